@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/client"
+)
+
+// resource describes one administrable collection for the CLI: its path and
+// the fields its create/update calls accept (all strings in the API).
+type resource struct {
+	path   string
+	fields []string
+}
+
+var resources = map[string]resource{
+	"tenants":     {"/api/v1/admin/tenants", []string{"name", "display_name", "timezone"}},
+	"departments": {"/api/v1/admin/departments", []string{"tenant_id", "parent_id", "name", "display_name"}},
+	"projects":    {"/api/v1/admin/projects", []string{"tenant_id", "department_id", "name", "display_name"}},
+	"users":       {"/api/v1/admin/users", []string{"tenant_id", "name", "display_name", "email", "role"}},
+	"keys":        {"/api/v1/admin/keys", []string{"user_id", "project_id", "name", "expires_at"}},
+	"memberships": {"/api/v1/admin/memberships", []string{"user_id", "project_id"}},
+	"audit":       {"/api/v1/admin/audit", nil},
+}
+
+var listFilters = []string{"tenant_id", "parent_id", "department_id", "project_id", "user_id", "root", "limit", "after"}
+
+// clientArgs splits "--server URL" and "--name-like value" flags from
+// positional arguments. Flag names use '-' or '_' interchangeably.
+func clientArgs(args []string) (flags map[string]string, pos []string, err error) {
+	flags = map[string]string{}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if !strings.HasPrefix(a, "--") {
+			pos = append(pos, a)
+			continue
+		}
+		name, val, hasVal := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		if !hasVal {
+			if i+1 >= len(args) {
+				return nil, nil, usageError(fmt.Sprintf("flag --%s needs a value", name))
+			}
+			i++
+			val = args[i]
+		}
+		flags[strings.ReplaceAll(name, "-", "_")] = val
+	}
+	return flags, pos, nil
+}
+
+func runClient(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	flags, pos, err := clientArgs(args)
+	if err != nil {
+		return err
+	}
+	server := flags["server"]
+	delete(flags, "server")
+	if server == "" {
+		server = getenv("SLUICE_SERVER")
+	}
+	if server == "" {
+		server = "http://127.0.0.1:8080"
+	}
+	c := client.New(server, getenv("SLUICE_API_KEY"))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	if pos[0] == "whoami" {
+		return show(ctx, c, stdout, http.MethodGet, "/api/v1/me", nil, nil)
+	}
+	res, ok := resources[pos[0]]
+	if !ok {
+		return usageError(fmt.Sprintf("unknown command %q (run sluice help)", pos[0]))
+	}
+	if len(pos) < 2 {
+		return usageError(fmt.Sprintf("%s needs a verb (list, get, create, update, delete)", pos[0]))
+	}
+	verb, rest := pos[1], pos[2:]
+	needID := func() (string, error) {
+		if len(rest) != 1 {
+			return "", usageError(fmt.Sprintf("%s %s needs exactly one id", pos[0], verb))
+		}
+		return url.PathEscape(rest[0]), nil
+	}
+	switch verb {
+	case "list":
+		q := url.Values{}
+		for k, v := range flags {
+			if !contains(listFilters, k) {
+				return usageError(fmt.Sprintf("%s list: unknown flag --%s (filters: %s)", pos[0], k, strings.Join(listFilters, ", ")))
+			}
+			q.Set(k, v)
+		}
+		return show(ctx, c, stdout, http.MethodGet, res.path, q, nil)
+	case "get":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		return show(ctx, c, stdout, http.MethodGet, res.path+"/"+id, nil, nil)
+	case "create", "add":
+		body, err := bodyOf(pos[0], res, flags)
+		if err != nil {
+			return err
+		}
+		return show(ctx, c, stdout, http.MethodPost, res.path, nil, body)
+	case "update":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		body, err := bodyOf(pos[0], res, flags)
+		if err != nil {
+			return err
+		}
+		return show(ctx, c, stdout, http.MethodPatch, res.path+"/"+id, nil, body)
+	case "delete", "revoke":
+		if pos[0] == "memberships" {
+			break
+		}
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		if err := show(ctx, c, stdout, http.MethodDelete, res.path+"/"+id, nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "%s %s: done\n", pos[0], rest[0])
+		return nil
+	case "remove":
+	default:
+		return usageError(fmt.Sprintf("unknown verb %q for %s", verb, pos[0]))
+	}
+	// memberships remove --user-id U --project-id P
+	if flags["user_id"] == "" || flags["project_id"] == "" {
+		return usageError("memberships remove needs --user-id and --project-id")
+	}
+	path := res.path + "/" + url.PathEscape(flags["user_id"]) + "/" + url.PathEscape(flags["project_id"])
+	if err := show(ctx, c, stdout, http.MethodDelete, path, nil, nil); err != nil {
+		return err
+	}
+	fmt.Fprintln(stderr, "membership removed")
+	return nil
+}
+
+func bodyOf(name string, res resource, flags map[string]string) (map[string]string, error) {
+	body := map[string]string{}
+	for k, v := range flags {
+		if !contains(res.fields, k) {
+			return nil, usageError(fmt.Sprintf("%s: unknown flag --%s (fields: %s)", name, k, strings.Join(res.fields, ", ")))
+		}
+		body[k] = v
+	}
+	return body, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// show performs a call and prints the JSON response, indented.
+func show(ctx context.Context, c *client.Client, w io.Writer, method, path string, q url.Values, body any) error {
+	var raw json.RawMessage
+	if err := c.Do(ctx, method, path, q, body, &raw); err != nil {
+		return err
+	}
+	if len(raw) == 0 {
+		return nil
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		_, err = w.Write(raw)
+		return err
+	}
+	out, _ := json.MarshalIndent(v, "", "  ")
+	_, err := fmt.Fprintf(w, "%s\n", out)
+	return err
+}

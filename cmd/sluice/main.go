@@ -1,0 +1,151 @@
+// Command sluice is the Sluice server and its command-line client.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/httpapi"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, os.Getenv)) }
+
+const usage = `sluice governs LLM workflows: quotas per tenant, department, project and user.
+
+Usage:
+  sluice serve [flags]            run the server (sluice serve -h for flags)
+  sluice version                  print the version
+  sluice whoami                   show who the API key belongs to
+  sluice RESOURCE VERB [flags]    administer a running server
+
+Resources and verbs:
+  tenants | departments | projects | users   list, get ID, create, update ID, delete ID
+  keys                                       list, get ID, create, update ID, revoke ID
+  memberships                                list, add, remove
+  audit                                      list
+
+Client flags: --server URL (default $SLUICE_SERVER or http://127.0.0.1:8080);
+the API key is read from $SLUICE_API_KEY. Object fields are flags:
+  sluice tenants create --name university --timezone Asia/Shanghai
+`
+
+func run(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	httpapi.Version = version
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(args[1:], stdout, stderr, getenv)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "sluice", version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		err = runClient(args, stdout, stderr, getenv)
+	}
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	var usageErr usageError
+	if errors.As(err, &usageErr) {
+		fmt.Fprintf(stderr, "sluice: %s\n", usageErr)
+		return 2
+	}
+	fmt.Fprintf(stderr, "sluice: %s\n", describe(err))
+	return 1
+}
+
+// usageError is a mistake on the command line.
+type usageError string
+
+func (u usageError) Error() string { return string(u) }
+
+// describe renders an error for a person at a terminal.
+func describe(err error) string {
+	var e *errs.Error
+	if errors.As(err, &e) && e.Code != errs.Internal {
+		msg := string(e.Code) + ": " + e.Message
+		if e.Field != "" {
+			msg += " (field " + e.Field + ")"
+		}
+		return msg
+	}
+	return err.Error()
+}
+
+// serve loads the config (defaults, file, environment, flags) and runs the
+// server until SIGINT or SIGTERM.
+func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configFile := fs.String("config", getenv("SLUICE_CONFIG"), "YAML config file (env SLUICE_CONFIG)")
+	addr := fs.String("addr", "", "listen address (env SLUICE_ADDR, default 127.0.0.1:8080)")
+	data := fs.String("data", "", "data directory (env SLUICE_DATA, default ./data)")
+	dbURL := fs.String("database-url", "", "database: sqlite:PATH (env SLUICE_DATABASE_URL, default SQLite in the data directory)")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error (env SLUICE_LOG_LEVEL)")
+	logFormat := fs.String("log-format", "", "json or text (env SLUICE_LOG_FORMAT)")
+	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets redacted) and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError(fmt.Sprintf("serve takes no arguments, got %q", fs.Args()))
+	}
+	cfg := config.Default()
+	if *configFile != "" {
+		if err := cfg.LoadFile(*configFile); err != nil {
+			return err
+		}
+	}
+	if err := cfg.Env(getenv); err != nil {
+		return err
+	}
+	for dst, v := range map[*string]string{&cfg.Addr: *addr, &cfg.DataDir: *data, &cfg.DatabaseURL: *dbURL, &cfg.LogLevel: *logLevel, &cfg.LogFormat: *logFormat} {
+		if v != "" {
+			*dst = v
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if *printConfig {
+		fmt.Fprint(stdout, cfg.String())
+		return nil
+	}
+	log := newLogger(stderr, cfg)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	app, err := NewApp(ctx, cfg, log, stdout)
+	if err != nil {
+		return err
+	}
+	return app.Serve(ctx)
+}
+
+func newLogger(w io.Writer, cfg config.Config) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

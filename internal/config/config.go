@@ -1,0 +1,180 @@
+// Package config owns Sluice's server configuration: defaults, an optional
+// YAML file, SLUICE_* environment variables and flags, in that order of
+// precedence, and validation that names the field at fault.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sluicehq/sluice/internal/errs"
+)
+
+// Config is what `sluice serve` needs to start.
+type Config struct {
+	// Addr is the HTTP listen address.
+	Addr string `yaml:"addr"`
+	// DataDir holds the SQLite database and the generated admin key.
+	DataDir string `yaml:"data_dir"`
+	// DatabaseURL selects the store; empty means SQLite in DataDir.
+	DatabaseURL string `yaml:"database_url"`
+	// AdminKey, when set at first start, becomes the first admin's key.
+	// Secret: never printed.
+	AdminKey Secret `yaml:"admin_key"`
+	// Log settings.
+	LogLevel  string `yaml:"log_level"`
+	LogFormat string `yaml:"log_format"`
+	// MaxBodyBytes bounds admin and API request bodies.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// ShutdownTimeout is how long in-flight requests get to finish.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+}
+
+// Secret is a string that never prints.
+type Secret string
+
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "<redacted>"
+}
+
+// MarshalYAML keeps secrets out of printed configs.
+func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
+
+// Duration is a time.Duration written as "15s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML reads "15s", "2m".
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration such as 15s", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as text.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Default returns the configuration used when nothing is set.
+func Default() Config {
+	return Config{
+		Addr:            "127.0.0.1:8080",
+		DataDir:         "./data",
+		LogLevel:        "info",
+		LogFormat:       "json",
+		MaxBodyBytes:    1 << 20,
+		ShutdownTimeout: Duration(15 * time.Second),
+	}
+}
+
+// Parse reads YAML over c. Unknown fields are errors.
+func (c *Config) Parse(r io.Reader) error {
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return errs.E(errs.Invalid, "config file: %v", err)
+	}
+	return nil
+}
+
+// LoadFile reads the YAML file at path over c.
+func (c *Config) LoadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return errs.Field(errs.Invalid, "config", "read config file: %v", err)
+	}
+	return c.Parse(bytes.NewReader(b))
+}
+
+// Env applies SLUICE_* variables from getenv over c.
+func (c *Config) Env(getenv func(string) string) error {
+	str := func(name string, dst *string) {
+		if v := getenv(name); v != "" {
+			*dst = v
+		}
+	}
+	str("SLUICE_ADDR", &c.Addr)
+	str("SLUICE_DATA", &c.DataDir)
+	str("SLUICE_DATABASE_URL", &c.DatabaseURL)
+	str("SLUICE_LOG_LEVEL", &c.LogLevel)
+	str("SLUICE_LOG_FORMAT", &c.LogFormat)
+	if v := getenv("SLUICE_ADMIN_KEY"); v != "" {
+		c.AdminKey = Secret(v)
+	}
+	if v := getenv("SLUICE_MAX_BODY_BYTES"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return errs.Field(errs.Invalid, "SLUICE_MAX_BODY_BYTES", "SLUICE_MAX_BODY_BYTES %q is not a whole number of bytes", v)
+		}
+		c.MaxBodyBytes = n
+	}
+	if v := getenv("SLUICE_SHUTDOWN_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return errs.Field(errs.Invalid, "SLUICE_SHUTDOWN_TIMEOUT", "SLUICE_SHUTDOWN_TIMEOUT %q is not a duration such as 15s", v)
+		}
+		c.ShutdownTimeout = Duration(d)
+	}
+	return nil
+}
+
+// Validate checks every field and names the first that is wrong.
+func (c *Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return errs.Field(errs.Invalid, "addr", "addr %q is not host:port (e.g. 127.0.0.1:8080)", c.Addr)
+	}
+	if c.DataDir == "" {
+		return errs.Field(errs.Invalid, "data_dir", "data_dir must not be empty")
+	}
+	if c.DatabaseURL != "" && !strings.HasPrefix(c.DatabaseURL, "sqlite:") {
+		return errs.Field(errs.Invalid, "database_url", "database_url must be sqlite:PATH (PostgreSQL support is not in this build)")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return errs.Field(errs.Invalid, "log_level", "log_level %q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		return errs.Field(errs.Invalid, "log_format", "log_format %q is not json or text", c.LogFormat)
+	}
+	if c.MaxBodyBytes < 1024 || c.MaxBodyBytes > 64<<20 {
+		return errs.Field(errs.Invalid, "max_body_bytes", "max_body_bytes %d is outside 1024..67108864", c.MaxBodyBytes)
+	}
+	if c.ShutdownTimeout <= 0 {
+		return errs.Field(errs.Invalid, "shutdown_timeout", "shutdown_timeout must be positive")
+	}
+	return nil
+}
+
+// SQLitePath is the database file: from database_url "sqlite:PATH", else
+// sluice.db in the data directory.
+func (c *Config) SQLitePath() string {
+	if p, ok := strings.CutPrefix(c.DatabaseURL, "sqlite:"); ok && p != "" {
+		return p
+	}
+	return strings.TrimRight(c.DataDir, "/") + "/sluice.db"
+}
+
+// String prints the config as YAML, secrets redacted.
+func (c Config) String() string {
+	b, err := yaml.Marshal(c)
+	if err != nil {
+		return fmt.Sprintf("config: %v", err)
+	}
+	return string(b)
+}

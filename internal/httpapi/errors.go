@@ -1,0 +1,89 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/sluicehq/sluice/internal/errs"
+)
+
+// statusOf maps a domain error code to its HTTP status. This table is the
+// only place where codes meet status codes.
+var statusOf = map[errs.Code]int{
+	errs.Invalid:         http.StatusBadRequest,
+	errs.NotFound:        http.StatusNotFound,
+	errs.Conflict:        http.StatusConflict,
+	errs.Unauthorized:    http.StatusUnauthorized,
+	errs.Forbidden:       http.StatusForbidden,
+	errs.QuotaExceeded:   http.StatusTooManyRequests,
+	errs.RateLimited:     http.StatusTooManyRequests,
+	errs.ModelNotAllowed: http.StatusForbidden,
+	errs.TooLarge:        http.StatusRequestEntityTooLarge,
+	errs.Unprocessable:   http.StatusUnprocessableEntity,
+	errs.Unavailable:     http.StatusServiceUnavailable,
+	errs.Internal:        http.StatusInternalServerError,
+}
+
+// errorBody is the one error shape of the API.
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code      errs.Code `json:"code"`
+	Message   string    `json:"message"`
+	Field     string    `json:"field,omitempty"`
+	RequestID string    `json:"request_id"`
+	// Extra carries code-specific details (quota denials), merged into the
+	// object.
+	Extra map[string]any `json:"-"`
+}
+
+func (d errorDetail) MarshalJSON() ([]byte, error) {
+	m := map[string]any{"code": d.Code, "message": d.Message, "request_id": d.RequestID}
+	if d.Field != "" {
+		m["field"] = d.Field
+	}
+	for k, v := range d.Extra {
+		if _, taken := m[k]; !taken {
+			m[k] = v
+		}
+	}
+	return json.Marshal(m)
+}
+
+// writeError answers with err in the API's error shape. Internal errors are
+// logged in full and shown to the caller only as "internal error".
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	rid := requestID(r.Context())
+	var e *errs.Error
+	if !errors.As(err, &e) {
+		e = errs.Wrap(err, "internal error")
+	}
+	status, ok := statusOf[e.Code]
+	if !ok {
+		status = http.StatusInternalServerError
+	}
+	detail := errorDetail{Code: e.Code, Message: e.Message, Field: e.Field, RequestID: rid}
+	if status >= 500 {
+		log.LogAttrs(r.Context(), slog.LevelError, "request failed", slog.String("request_id", rid), slog.String("error", err.Error()))
+		if e.Code == errs.Internal {
+			detail.Message = "internal error"
+			detail.Field = ""
+		}
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="sluice"`)
+	}
+	writeJSON(w, status, errorBody{Error: detail})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}

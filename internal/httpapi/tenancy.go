@@ -1,0 +1,197 @@
+package httpapi
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/tenancy"
+)
+
+func (s *Server) tenancyRoutes(mux *http.ServeMux) {
+	t := s.Tenancy
+	crud(s, mux, "/api/v1/admin/tenants", t.CreateTenant, t.Tenant, t.Tenants, t.UpdateTenant, t.DeleteTenant,
+		func(v *tenancy.Tenant) string { return v.ID })
+	crud(s, mux, "/api/v1/admin/departments", t.CreateDepartment, t.Department, t.Departments, t.UpdateDepartment, t.DeleteDepartment,
+		func(v *tenancy.Department) string { return v.ID })
+	crud(s, mux, "/api/v1/admin/projects", t.CreateProject, t.Project, t.Projects, t.UpdateProject, t.DeleteProject,
+		func(v *tenancy.Project) string { return v.ID })
+	crud(s, mux, "/api/v1/admin/users", t.CreateUser, t.User, t.Users, t.UpdateUser, t.DeleteUser,
+		func(v *tenancy.User) string { return v.ID })
+
+	mux.HandleFunc("POST /api/v1/admin/keys", s.createKey)
+	mux.HandleFunc("GET /api/v1/admin/keys", list(s, t.Keys, func(v *tenancy.Key) string { return v.ID }))
+	mux.HandleFunc("GET /api/v1/admin/keys/{id}", get(s, t.Key))
+	mux.HandleFunc("PATCH /api/v1/admin/keys/{id}", update(s, t.UpdateKey))
+	// Deleting a key revokes it; the record stays for the audit trail.
+	mux.HandleFunc("DELETE /api/v1/admin/keys/{id}", get(s, t.RevokeKey))
+	mux.HandleFunc("POST /api/v1/admin/keys/{id}/revoke", get(s, t.RevokeKey))
+
+	mux.HandleFunc("POST /api/v1/admin/memberships", create(s, t.AddMember))
+	mux.HandleFunc("GET /api/v1/admin/memberships", list(s, t.Memberships, func(v *tenancy.Membership) string { return v.UserID + "@" + v.ProjectID }))
+	mux.HandleFunc("DELETE /api/v1/admin/memberships/{user_id}/{project_id}", func(w http.ResponseWriter, r *http.Request) {
+		if err := t.RemoveMember(r.Context(), r.PathValue("user_id"), r.PathValue("project_id")); err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+
+	mux.HandleFunc("GET /api/v1/admin/audit", list(s, t.Audit, func(v *tenancy.AuditEntry) string { return v.ID }))
+}
+
+// createKeyResponse is a new key with its secret, shown this once.
+type createKeyResponse struct {
+	*tenancy.Key
+	Secret string `json:"secret"`
+}
+
+func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
+	var in tenancy.KeyInput
+	if err := decode(r, s.MaxBodyBytes, &in); err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	k, secret, err := s.Tenancy.CreateKey(r.Context(), in)
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusCreated, createKeyResponse{Key: k, Secret: secret})
+}
+
+// crud registers the five routes of a collection.
+func crud[In, Patch any, T any](s *Server, mux *http.ServeMux, base string,
+	c func(context.Context, In) (T, error),
+	g func(context.Context, string) (T, error),
+	l func(context.Context, tenancy.Filter) ([]T, error),
+	u func(context.Context, string, Patch) (T, error),
+	d func(context.Context, string) error,
+	idOf func(T) string,
+) {
+	mux.HandleFunc("POST "+base, create(s, c))
+	mux.HandleFunc("GET "+base, list(s, l, idOf))
+	mux.HandleFunc("GET "+base+"/{id}", get(s, g))
+	mux.HandleFunc("PATCH "+base+"/{id}", update(s, u))
+	mux.HandleFunc("DELETE "+base+"/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d(r.Context(), r.PathValue("id")); err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
+
+func create[In, T any](s *Server, fn func(context.Context, In) (T, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var in In
+		if err := decode(r, s.MaxBodyBytes, &in); err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		out, err := fn(r.Context(), in)
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, out)
+	}
+}
+
+func get[T any](s *Server, fn func(context.Context, string) (T, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		out, err := fn(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
+	}
+}
+
+func update[Patch, T any](s *Server, fn func(context.Context, string, Patch) (T, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var in Patch
+		if err := decode(r, s.MaxBodyBytes, &in); err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		out, err := fn(r.Context(), r.PathValue("id"), in)
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
+	}
+}
+
+// listResponse is one page of a list; Next, when set, is the `after` value
+// for the following page.
+type listResponse[T any] struct {
+	Items []T    `json:"items"`
+	Next  string `json:"next,omitempty"`
+}
+
+func list[T any](s *Server, fn func(context.Context, tenancy.Filter) ([]T, error), idOf func(T) string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		f, err := filterFromQuery(r)
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		items, err := fn(r.Context(), f)
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		resp := listResponse[T]{Items: items}
+		limit := f.Limit
+		if limit == 0 {
+			limit = tenancy.DefaultPageSize
+		}
+		if n := len(items); n > 0 && n == limit {
+			resp.Next = idOf(items[n-1])
+		}
+		writeJSON(w, http.StatusOK, resp)
+	}
+}
+
+// filterFromQuery reads list filters; unknown parameters are errors, so a
+// typo never silently lists everything.
+func filterFromQuery(r *http.Request) (tenancy.Filter, error) {
+	var f tenancy.Filter
+	for name, vals := range r.URL.Query() {
+		v := vals[len(vals)-1]
+		switch name {
+		case "tenant_id":
+			f.TenantID = v
+		case "parent_id":
+			f.ParentID = v
+		case "department_id":
+			f.DepartmentID = v
+		case "project_id":
+			f.ProjectID = v
+		case "user_id":
+			f.UserID = v
+		case "after":
+			f.After = v
+		case "root":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return f, errs.Field(errs.Invalid, "root", "root must be true or false")
+			}
+			f.Root = b
+		case "limit":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > tenancy.MaxPageSize {
+				return f, errs.Field(errs.Invalid, "limit", "limit must be a number from 1 to %d", tenancy.MaxPageSize)
+			}
+			f.Limit = n
+		default:
+			return f, errs.Field(errs.Invalid, name, "unknown query parameter %q", name)
+		}
+	}
+	return f, nil
+}

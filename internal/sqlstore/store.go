@@ -1,0 +1,197 @@
+// Package sqlstore persists Sluice's data in SQL: SQLite (the embedded
+// default, one file in WAL mode, no cgo) or, later, PostgreSQL, through one
+// set of embedded, versioned migrations.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/sluicehq/sluice/internal/errs"
+)
+
+// dialect is what differs between the SQL engines.
+type dialect struct {
+	name     string
+	dollar   bool                 // $1 placeholders instead of ?
+	isUnique func(err error) bool // a unique-constraint violation
+}
+
+// rebind turns ? placeholders into the dialect's.
+func (d dialect) rebind(q string) string {
+	if !d.dollar {
+		return q
+	}
+	var b strings.Builder
+	n := 0
+	for i := 0; i < len(q); i++ {
+		if q[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(q[i])
+	}
+	return b.String()
+}
+
+var sqlite = dialect{
+	name:   "sqlite",
+	dollar: false,
+	isUnique: func(err error) bool {
+		var c interface{ Code() int }
+		if errors.As(err, &c) {
+			// SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY
+			return c.Code() == 2067 || c.Code() == 1555
+		}
+		return false
+	},
+}
+
+// Store is a SQL database holding Sluice's state. Writes go through w; reads
+// through r (for SQLite a separate pool of read-only connections, so that
+// readers never queue behind the single writer).
+type Store struct {
+	w, r *sql.DB
+	d    dialect
+}
+
+// OpenSQLite opens (creating if needed) the SQLite database at path and
+// brings its schema up to date. path ":memory:" is not supported: use a file
+// in a temporary directory.
+func OpenSQLite(ctx context.Context, path string) (*Store, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite path %s: %w", path, err)
+	}
+	base := "file:" + (&url.URL{Path: abs}).EscapedPath()
+	pragmas := "?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
+	w, err := sql.Open("sqlite", base+pragmas+"&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	// SQLite has one writer at a time; one connection makes writers queue in
+	// Go rather than spin on SQLITE_BUSY.
+	w.SetMaxOpenConns(1)
+	s := &Store{w: w, d: sqlite}
+	if err := w.PingContext(ctx); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	if _, err := s.migrate(ctx); err != nil {
+		w.Close()
+		return nil, err
+	}
+	r, err := sql.Open("sqlite", base+pragmas+"&_pragma=query_only(1)")
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(8)
+	s.r = r
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error {
+	err := s.w.Close()
+	if s.r != nil && s.r != s.w {
+		err = errors.Join(err, s.r.Close())
+	}
+	return err
+}
+
+// Ping checks the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.w.PingContext(ctx); err != nil {
+		return errs.Wrap(err, "database unreachable")
+	}
+	var one int
+	if err := s.r.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+		return errs.Wrap(err, "database unreachable")
+	}
+	return nil
+}
+
+// Version returns the schema version the database is at.
+func (s *Store) Version(ctx context.Context) (int, error) {
+	var v int
+	err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}
+
+// Dialect names the SQL engine ("sqlite", "postgres").
+func (s *Store) Dialect() string { return s.d.name }
+
+func (s *Store) tx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return errs.Wrap(err, "begin transaction")
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return errs.Wrap(err, "commit")
+	}
+	return nil
+}
+
+// conn is a transaction plus what the query helpers need.
+type conn struct {
+	ctx context.Context
+	tx  *sql.Tx
+	d   dialect
+}
+
+func (c *conn) exec(q string, args ...any) (sql.Result, error) {
+	res, err := c.tx.ExecContext(c.ctx, c.d.rebind(q), args...)
+	if err != nil {
+		return nil, c.wrap(err)
+	}
+	return res, nil
+}
+
+func (c *conn) query(q string, args ...any) (*sql.Rows, error) {
+	rows, err := c.tx.QueryContext(c.ctx, c.d.rebind(q), args...)
+	if err != nil {
+		return nil, c.wrap(err)
+	}
+	return rows, nil
+}
+
+func (c *conn) queryRow(q string, args ...any) *sql.Row {
+	return c.tx.QueryRowContext(c.ctx, c.d.rebind(q), args...)
+}
+
+func (c *conn) wrap(err error) error {
+	if c.d.isUnique(err) {
+		return errs.Field(errs.Conflict, "name", "the name is already taken here")
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return &errs.Error{Code: errs.Unavailable, Message: "request cancelled or timed out", Err: err}
+	}
+	return errs.Wrap(err, "database")
+}
+
+// affected turns "no rows changed" into not found.
+func affected(res sql.Result, what string) error {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return errs.Wrap(err, "rows affected")
+	}
+	if n == 0 {
+		return errs.E(errs.NotFound, "%s not found", what)
+	}
+	return nil
+}

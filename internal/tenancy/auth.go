@@ -1,0 +1,127 @@
+package tenancy
+
+import (
+	"context"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/id"
+)
+
+// MaxSecretLen bounds what is hashed from a request header.
+const MaxSecretLen = 256
+
+// Authenticate resolves an API key to its principal. Revoked and expired
+// keys are refused; the error never echoes the key.
+func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, error) {
+	if secret == "" {
+		return Principal{}, errs.E(errs.Unauthorized, "an API key is required (Authorization: Bearer … or x-api-key)")
+	}
+	if len(secret) > MaxSecretLen {
+		return Principal{}, errs.E(errs.Unauthorized, "invalid API key")
+	}
+	var p Principal
+	err := s.store.View(ctx, func(tx Tx) error {
+		k, err := tx.KeyByHash(HashSecret(secret))
+		if errs.Is(err, errs.NotFound) {
+			return errs.E(errs.Unauthorized, "invalid API key")
+		} else if err != nil {
+			return err
+		}
+		if !k.Active(s.now()) {
+			if k.RevokedAt != nil {
+				return errs.E(errs.Unauthorized, "API key %s… has been revoked", k.Prefix)
+			}
+			return errs.E(errs.Unauthorized, "API key %s… has expired", k.Prefix)
+		}
+		u, err := tx.User(k.UserID)
+		if err != nil {
+			return err
+		}
+		p = Principal{KeyID: k.ID, UserID: u.ID, UserName: u.Name, TenantID: u.TenantID, ProjectID: k.ProjectID, Role: u.Role}
+		if p.ProjectID != "" && u.Role == RoleMember {
+			if _, err := tx.Membership(u.ID, p.ProjectID); errs.Is(err, errs.NotFound) {
+				p.ProjectID = "" // membership ended since the key was made
+			} else if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return p, err
+}
+
+// BootstrapResult says what Bootstrap did.
+type BootstrapResult struct {
+	Created bool   // a first admin was made
+	Secret  string // the generated key, when one was generated
+	UserID  string
+}
+
+// Bootstrap makes the first platform admin and key if there is none. With a
+// non-empty secret (SLUICE_ADMIN_KEY) that becomes the key; otherwise a key
+// is generated and returned once for the caller to show and save.
+func (s *Service) Bootstrap(ctx context.Context, secret string) (BootstrapResult, error) {
+	generated := secret == ""
+	if generated {
+		secret = NewSecret()
+	} else if err := checkOperatorSecret("SLUICE_ADMIN_KEY", secret); err != nil {
+		return BootstrapResult{}, err
+	}
+	var res BootstrapResult
+	err := s.store.Update(ctx, func(tx Tx) error {
+		admins, err := tx.Users(Filter{Root: true, Page: Page{Limit: 1}})
+		if err != nil {
+			return err
+		}
+		if len(admins) > 0 {
+			res.UserID = admins[0].ID
+			return nil
+		}
+		now := s.now().UTC()
+		u := &User{ID: id.NewAt("usr", now), Name: "admin", Role: RolePlatformAdmin, CreatedAt: now, UpdatedAt: now}
+		if err := tx.InsertUser(u); err != nil {
+			return err
+		}
+		k := newKey(now, u, "", "bootstrap", nil, secret)
+		if err := tx.InsertKey(k); err != nil {
+			return err
+		}
+		res = BootstrapResult{Created: true, UserID: u.ID}
+		if generated {
+			res.Secret = secret
+		}
+		if err := s.audit(tx, SystemPrincipal, "", "user.create", "user", u.ID, nil, u); err != nil {
+			return err
+		}
+		return s.audit(tx, SystemPrincipal, "", "key.create", "key", k.ID, nil, k)
+	})
+	return res, err
+}
+
+// Audit lists audit entries, newest first: all for platform admins, their
+// tenant's for tenant admins.
+func (s *Service) Audit(ctx context.Context, f Filter) ([]*AuditEntry, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if f, err = pageOf(f); err != nil {
+		return nil, err
+	}
+	if f, err = scopeToTenant(p, f); err != nil {
+		return nil, err
+	}
+	if err := mayAdmin(p, f.TenantID, "audit log"); err != nil && !p.IsPlatformAdmin() {
+		return nil, err
+	}
+	var out []*AuditEntry
+	err = s.store.View(ctx, func(tx Tx) (err error) {
+		out, err = tx.Audit(f)
+		return err
+	})
+	return out, err
+}
+
+// Now returns the service clock's time (handlers use it to stamp responses).
+func (s *Service) Now() time.Time { return s.clock() }

@@ -1,0 +1,588 @@
+package tenancy
+
+import (
+	"context"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/id"
+)
+
+// ---- users ----
+
+// UserInput creates a user. Role defaults to member.
+type UserInput struct {
+	TenantID    string `json:"tenant_id"`
+	Name        string `json:"name"`
+	DisplayName string `json:"display_name"`
+	Email       string `json:"email"`
+	Role        Role   `json:"role"`
+}
+
+// UserPatch changes a user.
+type UserPatch struct {
+	Name        *string `json:"name"`
+	DisplayName *string `json:"display_name"`
+	Email       *string `json:"email"`
+	Role        *Role   `json:"role"`
+}
+
+func (u *User) check() error {
+	if err := ValidName("name", u.Name); err != nil {
+		return err
+	}
+	if err := validDisplayName(u.DisplayName); err != nil {
+		return err
+	}
+	if err := validEmail(u.Email); err != nil {
+		return err
+	}
+	if !u.Role.valid() {
+		return errs.Field(errs.Invalid, "role", "role %q is not one of platform_admin, tenant_admin, member", u.Role)
+	}
+	if u.Role == RolePlatformAdmin && u.TenantID != "" {
+		return errs.Field(errs.Invalid, "role", "a platform admin belongs to no tenant; leave tenant_id empty")
+	}
+	if u.Role != RolePlatformAdmin && u.TenantID == "" {
+		return errs.Field(errs.Invalid, "tenant_id", "tenant_id is required")
+	}
+	return nil
+}
+
+// mayGrant stops anyone but a platform admin from making platform admins.
+func mayGrant(p Principal, r Role) error {
+	if r == RolePlatformAdmin && !p.IsPlatformAdmin() {
+		return errs.Field(errs.Forbidden, "role", "only a platform admin may grant platform_admin")
+	}
+	return nil
+}
+
+// CreateUser creates a user.
+func (s *Service) CreateUser(ctx context.Context, in UserInput) (*User, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	u := &User{ID: id.NewAt("usr", now), Name: in.Name, DisplayName: in.DisplayName, Email: in.Email, Role: in.Role, CreatedAt: now, UpdatedAt: now}
+	if u.Role == "" {
+		u.Role = RoleMember
+	}
+	if u.Role != RolePlatformAdmin {
+		u.TenantID = tenantFor(p, in.TenantID)
+	} else {
+		u.TenantID = in.TenantID
+	}
+	if err := mayGrant(p, u.Role); err != nil {
+		return nil, err
+	}
+	if err := u.check(); err != nil {
+		return nil, err
+	}
+	if err := mayAdmin(p, u.TenantID, "tenant"); err != nil {
+		return nil, err
+	}
+	err = s.store.Update(ctx, func(tx Tx) error {
+		if u.TenantID != "" {
+			if err := requireTenant(tx, u.TenantID); err != nil {
+				return err
+			}
+		}
+		if err := tx.InsertUser(u); err != nil {
+			return err
+		}
+		return s.audit(tx, p, u.TenantID, "user.create", "user", u.ID, nil, u)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// User returns one user. Members may see only themselves.
+func (s *Service) User(ctx context.Context, userID string) (*User, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var u *User
+	err = s.store.View(ctx, func(tx Tx) (err error) {
+		if u, err = tx.User(userID); err != nil {
+			return err
+		}
+		if err := mayRead(p, u.TenantID, "user", u.ID == p.UserID); err != nil {
+			return errs.E(errs.NotFound, "user not found")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// Users lists users. Members see only themselves.
+func (s *Service) Users(ctx context.Context, f Filter) ([]*User, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if f, err = pageOf(f); err != nil {
+		return nil, err
+	}
+	if f, err = scopeToTenant(p, f); err != nil {
+		return nil, err
+	}
+	if !p.AdminOf(f.TenantID) && !p.IsPlatformAdmin() {
+		f.UserID = p.UserID
+	}
+	var out []*User
+	err = s.store.View(ctx, func(tx Tx) (err error) {
+		out, err = tx.Users(f)
+		return err
+	})
+	return out, err
+}
+
+// UpdateUser changes a user. Only admins change users; nobody changes their
+// own role.
+func (s *Service) UpdateUser(ctx context.Context, userID string, in UserPatch) (*User, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var u *User
+	err = s.store.Update(ctx, func(tx Tx) error {
+		before, err := tx.User(userID)
+		if err != nil {
+			return err
+		}
+		if err := mayAdmin(p, before.TenantID, "user"); err != nil {
+			return err
+		}
+		if before.Role == RolePlatformAdmin && !p.IsPlatformAdmin() {
+			return errs.E(errs.Forbidden, "only a platform admin may change a platform admin")
+		}
+		after := *before
+		setIf(&after.Name, in.Name)
+		setIf(&after.DisplayName, in.DisplayName)
+		setIf(&after.Email, in.Email)
+		setIf(&after.Role, in.Role)
+		if after.Role != before.Role {
+			if userID == p.UserID {
+				return errs.Field(errs.Forbidden, "role", "you may not change your own role")
+			}
+			if err := mayGrant(p, after.Role); err != nil {
+				return err
+			}
+		}
+		if err := after.check(); err != nil {
+			return err
+		}
+		after.UpdatedAt = s.now().UTC()
+		if err := tx.UpdateUser(&after); err != nil {
+			return err
+		}
+		u = &after
+		return s.audit(tx, p, u.TenantID, "user.update", "user", u.ID, before, u)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// DeleteUser deletes a user who holds no active keys. Their memberships and
+// revoked keys go with them.
+func (s *Service) DeleteUser(ctx context.Context, userID string) error {
+	p, err := principal(ctx)
+	if err != nil {
+		return err
+	}
+	return s.store.Update(ctx, func(tx Tx) error {
+		u, err := tx.User(userID)
+		if err != nil {
+			return err
+		}
+		if err := mayAdmin(p, u.TenantID, "user"); err != nil {
+			return err
+		}
+		if u.Role == RolePlatformAdmin && !p.IsPlatformAdmin() {
+			return errs.E(errs.Forbidden, "only a platform admin may delete a platform admin")
+		}
+		if userID == p.UserID {
+			return errs.E(errs.Forbidden, "you may not delete yourself")
+		}
+		if n, err := tx.CountActiveKeys(Filter{UserID: userID}); err != nil {
+			return err
+		} else if n > 0 {
+			return errs.Field(errs.Conflict, "keys", "user %s still has %d active keys; revoke them first", u.Name, n)
+		}
+		if err := tx.DeleteMemberships(Filter{UserID: userID}); err != nil {
+			return err
+		}
+		if err := tx.DeleteRevokedKeys(userID); err != nil {
+			return err
+		}
+		if err := tx.DeleteUser(userID); err != nil {
+			return err
+		}
+		return s.audit(tx, p, u.TenantID, "user.delete", "user", userID, u, nil)
+	})
+}
+
+// ---- memberships ----
+
+// MembershipInput adds a user to a project.
+type MembershipInput struct {
+	UserID    string `json:"user_id"`
+	ProjectID string `json:"project_id"`
+}
+
+// loadPair fetches a user and a project of the same tenant, both visible to
+// an admin p.
+func loadPair(tx Tx, p Principal, userID, projectID string) (*User, *Project, error) {
+	if userID == "" {
+		return nil, nil, errs.Field(errs.Invalid, "user_id", "user_id is required")
+	}
+	if projectID == "" {
+		return nil, nil, errs.Field(errs.Invalid, "project_id", "project_id is required")
+	}
+	pr, err := tx.Project(projectID)
+	if errs.Is(err, errs.NotFound) {
+		return nil, nil, errs.Field(errs.NotFound, "project_id", "project %s not found", projectID)
+	} else if err != nil {
+		return nil, nil, err
+	}
+	if err := mayAdmin(p, pr.TenantID, "project"); err != nil {
+		if errs.Is(err, errs.NotFound) {
+			return nil, nil, errs.Field(errs.NotFound, "project_id", "project %s not found", projectID)
+		}
+		return nil, nil, err
+	}
+	u, err := tx.User(userID)
+	if errs.Is(err, errs.NotFound) || (err == nil && u.TenantID != pr.TenantID) {
+		return nil, nil, errs.Field(errs.NotFound, "user_id", "user %s not found in the project's tenant", userID)
+	}
+	return u, pr, err
+}
+
+// AddMember makes a user a member of a project.
+func (s *Service) AddMember(ctx context.Context, in MembershipInput) (*Membership, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var m *Membership
+	err = s.store.Update(ctx, func(tx Tx) error {
+		_, pr, err := loadPair(tx, p, in.UserID, in.ProjectID)
+		if err != nil {
+			return err
+		}
+		m = &Membership{UserID: in.UserID, ProjectID: in.ProjectID, TenantID: pr.TenantID, CreatedAt: s.now().UTC()}
+		if err := tx.InsertMembership(m); err != nil {
+			return err
+		}
+		return s.audit(tx, p, pr.TenantID, "membership.create", "membership", m.UserID+"@"+m.ProjectID, nil, m)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Memberships lists memberships; members see their own.
+func (s *Service) Memberships(ctx context.Context, f Filter) ([]*Membership, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if f, err = pageOf(f); err != nil {
+		return nil, err
+	}
+	if f, err = scopeToTenant(p, f); err != nil {
+		return nil, err
+	}
+	if !p.AdminOf(f.TenantID) && !p.IsPlatformAdmin() {
+		f.UserID = p.UserID
+	}
+	var out []*Membership
+	err = s.store.View(ctx, func(tx Tx) (err error) {
+		out, err = tx.Memberships(f)
+		return err
+	})
+	return out, err
+}
+
+// RemoveMember ends a membership. Keys whose default project it was stay, but
+// no longer authenticate into it.
+func (s *Service) RemoveMember(ctx context.Context, userID, projectID string) error {
+	p, err := principal(ctx)
+	if err != nil {
+		return err
+	}
+	return s.store.Update(ctx, func(tx Tx) error {
+		if _, _, err := loadPair(tx, p, userID, projectID); err != nil {
+			return err
+		}
+		m, err := tx.Membership(userID, projectID)
+		if err != nil {
+			return err
+		}
+		if err := tx.DeleteMembership(userID, projectID); err != nil {
+			return err
+		}
+		return s.audit(tx, p, m.TenantID, "membership.delete", "membership", userID+"@"+projectID, m, nil)
+	})
+}
+
+// ---- keys ----
+
+// KeyInput creates an API key. UserID empty means the caller. ProjectID is
+// the project the key works in unless a request names another.
+type KeyInput struct {
+	UserID    string     `json:"user_id"`
+	ProjectID string     `json:"project_id"`
+	Name      string     `json:"name"`
+	ExpiresAt *time.Time `json:"expires_at"`
+}
+
+// KeyPatch changes a key's name, default project or expiry.
+type KeyPatch struct {
+	Name      *string    `json:"name"`
+	ProjectID *string    `json:"project_id"`
+	ExpiresAt *time.Time `json:"expires_at"`
+}
+
+// keyOwner loads the key's user and checks p may manage their keys.
+func keyOwner(tx Tx, p Principal, userID string) (*User, error) {
+	u, err := tx.User(userID)
+	if errs.Is(err, errs.NotFound) {
+		return nil, errs.Field(errs.NotFound, "user_id", "user %s not found", userID)
+	} else if err != nil {
+		return nil, err
+	}
+	if u.ID == p.UserID {
+		return u, nil
+	}
+	if err := mayAdmin(p, u.TenantID, "user"); err != nil {
+		if errs.Is(err, errs.NotFound) {
+			return nil, errs.Field(errs.NotFound, "user_id", "user %s not found", userID)
+		}
+		return nil, err
+	}
+	if u.Role == RolePlatformAdmin && !p.IsPlatformAdmin() {
+		return nil, errs.Field(errs.Forbidden, "user_id", "only a platform admin may manage a platform admin's keys")
+	}
+	return u, nil
+}
+
+// checkKeyProject checks that a key's default project is one its user may
+// work in: any project of the tenant for a tenant admin, a project they are
+// a member of otherwise.
+func checkKeyProject(tx Tx, u *User, projectID string) error {
+	if projectID == "" {
+		return nil
+	}
+	pr, err := tx.Project(projectID)
+	if errs.Is(err, errs.NotFound) || (err == nil && pr.TenantID != u.TenantID) {
+		return errs.Field(errs.Invalid, "project_id", "project %s not found in the user's tenant", projectID)
+	} else if err != nil {
+		return err
+	}
+	if u.Role == RoleMember {
+		if _, err := tx.Membership(u.ID, projectID); errs.Is(err, errs.NotFound) {
+			return errs.Field(errs.Invalid, "project_id", "user %s is not a member of project %s", u.Name, pr.Name)
+		} else if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkKeyName(name string) error {
+	if name == "" {
+		return nil
+	}
+	return ValidName("name", name)
+}
+
+// CreateKey creates an API key and returns it with its secret, which is
+// shown this once and never stored.
+func (s *Service) CreateKey(ctx context.Context, in KeyInput) (*Key, string, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	if in.UserID == "" {
+		in.UserID = p.UserID
+	}
+	if err := checkKeyName(in.Name); err != nil {
+		return nil, "", err
+	}
+	now := s.now().UTC()
+	if in.ExpiresAt != nil && !in.ExpiresAt.After(now) {
+		return nil, "", errs.Field(errs.Invalid, "expires_at", "expires_at must be in the future")
+	}
+	secret := NewSecret()
+	var k *Key
+	err = s.store.Update(ctx, func(tx Tx) error {
+		u, err := keyOwner(tx, p, in.UserID)
+		if err != nil {
+			return err
+		}
+		if err := checkKeyProject(tx, u, in.ProjectID); err != nil {
+			return err
+		}
+		k = newKey(now, u, in.ProjectID, in.Name, in.ExpiresAt, secret)
+		if err := tx.InsertKey(k); err != nil {
+			return err
+		}
+		return s.audit(tx, p, k.TenantID, "key.create", "key", k.ID, nil, k)
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return k, secret, nil
+}
+
+func newKey(now time.Time, u *User, projectID, name string, expires *time.Time, secret string) *Key {
+	k := &Key{
+		ID: id.NewAt("key", now), Prefix: VisiblePrefix(secret), Name: name, UserID: u.ID,
+		TenantID: u.TenantID, ProjectID: projectID, CreatedAt: now, Hash: HashSecret(secret),
+	}
+	if expires != nil {
+		e := expires.UTC()
+		k.ExpiresAt = &e
+	}
+	return k
+}
+
+// Key returns one key (never its secret).
+func (s *Service) Key(ctx context.Context, keyID string) (*Key, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var k *Key
+	err = s.store.View(ctx, func(tx Tx) (err error) {
+		if k, err = tx.Key(keyID); err != nil {
+			return err
+		}
+		if _, err := keyOwner(tx, p, k.UserID); err != nil {
+			return errs.E(errs.NotFound, "key not found")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// Keys lists keys; members see their own.
+func (s *Service) Keys(ctx context.Context, f Filter) ([]*Key, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if f, err = pageOf(f); err != nil {
+		return nil, err
+	}
+	if f, err = scopeToTenant(p, f); err != nil {
+		return nil, err
+	}
+	if !p.AdminOf(f.TenantID) && !p.IsPlatformAdmin() {
+		f.UserID = p.UserID
+	}
+	var out []*Key
+	err = s.store.View(ctx, func(tx Tx) (err error) {
+		out, err = tx.Keys(f)
+		return err
+	})
+	return out, err
+}
+
+// UpdateKey renames a key, changes its default project or its expiry.
+func (s *Service) UpdateKey(ctx context.Context, keyID string, in KeyPatch) (*Key, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var k *Key
+	err = s.store.Update(ctx, func(tx Tx) error {
+		before, err := tx.Key(keyID)
+		if err != nil {
+			return err
+		}
+		u, err := keyOwner(tx, p, before.UserID)
+		if err != nil {
+			return errs.E(errs.NotFound, "key not found")
+		}
+		if before.RevokedAt != nil {
+			return errs.E(errs.Conflict, "key %s is revoked", keyID)
+		}
+		after := *before
+		setIf(&after.Name, in.Name)
+		setIf(&after.ProjectID, in.ProjectID)
+		if in.ExpiresAt != nil {
+			if !in.ExpiresAt.After(s.now()) {
+				return errs.Field(errs.Invalid, "expires_at", "expires_at must be in the future")
+			}
+			e := in.ExpiresAt.UTC()
+			after.ExpiresAt = &e
+		}
+		if err := checkKeyName(after.Name); err != nil {
+			return err
+		}
+		if after.ProjectID != before.ProjectID {
+			if err := checkKeyProject(tx, u, after.ProjectID); err != nil {
+				return err
+			}
+		}
+		if err := tx.UpdateKey(&after); err != nil {
+			return err
+		}
+		k = &after
+		return s.audit(tx, p, k.TenantID, "key.update", "key", k.ID, before, k)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// RevokeKey revokes a key at once. The record stays for the audit trail.
+// Revoking a revoked key changes nothing.
+func (s *Service) RevokeKey(ctx context.Context, keyID string) (*Key, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var k *Key
+	err = s.store.Update(ctx, func(tx Tx) error {
+		before, err := tx.Key(keyID)
+		if err != nil {
+			return err
+		}
+		if _, err := keyOwner(tx, p, before.UserID); err != nil {
+			return errs.E(errs.NotFound, "key not found")
+		}
+		if before.RevokedAt != nil {
+			k = before
+			return nil
+		}
+		after := *before
+		now := s.now().UTC()
+		after.RevokedAt = &now
+		if err := tx.UpdateKey(&after); err != nil {
+			return err
+		}
+		k = &after
+		return s.audit(tx, p, k.TenantID, "key.revoke", "key", k.ID, before, k)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return k, nil
+}
