@@ -30,6 +30,14 @@ func (s *Server) tenancyRoutes(mux *http.ServeMux) {
 
 	mux.HandleFunc("POST /api/v1/admin/memberships", create(s, t.AddMember))
 	mux.HandleFunc("GET /api/v1/admin/memberships", list(s, t.Memberships, func(v *tenancy.Membership) string { return v.UserID + "@" + v.ProjectID }))
+	mux.HandleFunc("GET /api/v1/admin/memberships/{user_id}/{project_id}", func(w http.ResponseWriter, r *http.Request) {
+		m, err := t.Membership(r.Context(), r.PathValue("user_id"), r.PathValue("project_id"))
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, m)
+	})
 	mux.HandleFunc("DELETE /api/v1/admin/memberships/{user_id}/{project_id}", func(w http.ResponseWriter, r *http.Request) {
 		if err := t.RemoveMember(r.Context(), r.PathValue("user_id"), r.PathValue("project_id")); err != nil {
 			writeError(w, r, s.Log, err)

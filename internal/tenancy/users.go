@@ -314,6 +314,28 @@ func (s *Service) Memberships(ctx context.Context, f Filter) ([]*Membership, err
 	return out, err
 }
 
+// Membership returns one membership: to admins of its tenant and to its user.
+func (s *Service) Membership(ctx context.Context, userID, projectID string) (*Membership, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var m *Membership
+	err = s.store.View(ctx, func(tx Tx) (err error) {
+		if m, err = tx.Membership(userID, projectID); err != nil {
+			return err
+		}
+		if mayRead(p, m.TenantID, "membership", m.UserID == p.UserID) != nil {
+			return errs.E(errs.NotFound, "membership not found")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // RemoveMember ends a membership. Keys whose default project it was stay, but
 // no longer authenticate into it.
 func (s *Service) RemoveMember(ctx context.Context, userID, projectID string) error {
