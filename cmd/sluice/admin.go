@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -28,6 +29,8 @@ var resources = map[string]resource{
 	"keys":        {"/api/v1/admin/keys", []string{"user_id", "project_id", "name", "expires_at"}},
 	"memberships": {"/api/v1/admin/memberships", []string{"user_id", "project_id"}},
 	"audit":       {"/api/v1/admin/audit", nil},
+	"plans":       {"/api/v1/admin/plans", nil},
+	"grants":      {"/api/v1/admin/grants", nil},
 }
 
 var listFilters = []string{"tenant_id", "parent_id", "department_id", "project_id", "user_id", "root", "limit", "after"}
@@ -38,11 +41,15 @@ func clientArgs(args []string) (flags map[string]string, pos []string, err error
 	flags = map[string]string{}
 	for i := 0; i < len(args); i++ {
 		a := args[i]
-		if !strings.HasPrefix(a, "--") {
+		if !strings.HasPrefix(a, "-") || a == "-" {
 			pos = append(pos, a)
 			continue
 		}
-		name, val, hasVal := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if name == "dry-run" && !hasVal {
+			flags["dry_run"] = "true"
+			continue
+		}
 		if !hasVal {
 			if i+1 >= len(args) {
 				return nil, nil, usageError(fmt.Sprintf("flag --%s needs a value", name))
@@ -72,8 +79,34 @@ func runClient(args []string, stdout, stderr io.Writer, getenv func(string) stri
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	if pos[0] == "whoami" {
+	if len(pos) == 0 {
+		return usageError("missing command (run sluice help)")
+	}
+	switch pos[0] {
+	case "whoami":
 		return show(ctx, c, stdout, http.MethodGet, "/api/v1/me", nil, nil)
+	case "usage":
+		q := url.Values{}
+		for k, v := range flags {
+			if k != "scope" && k != "user_id" && k != "project_id" {
+				return usageError(fmt.Sprintf("usage: unknown flag --%s (flags: --scope, --user-id, --project-id)", k))
+			}
+			q.Set(k, v)
+		}
+		return show(ctx, c, stdout, http.MethodGet, "/api/v1/usage", q, nil)
+	case "apply":
+		return apply(ctx, c, flags, stdout, stderr)
+	case "export":
+		format := flags["format"]
+		if format == "" {
+			format = "yaml"
+		}
+		var raw json.RawMessage
+		if err := c.Do(ctx, http.MethodGet, "/api/v1/admin/policy", url.Values{"format": {format}}, nil, &raw); err != nil {
+			return err
+		}
+		_, err := stdout.Write(raw)
+		return err
 	}
 	res, ok := resources[pos[0]]
 	if !ok {
@@ -147,6 +180,55 @@ func runClient(args []string, stdout, stderr io.Writer, getenv func(string) stri
 		return err
 	}
 	fmt.Fprintln(stderr, "membership removed")
+	return nil
+}
+
+// apply sends a policy file to the server: sluice apply -f FILE [--dry-run].
+func apply(ctx context.Context, c *client.Client, flags map[string]string, stdout, stderr io.Writer) error {
+	path := flags["f"]
+	if path == "" {
+		path = flags["file"]
+	}
+	if path == "" {
+		return usageError("apply needs -f FILE (or -f - for standard input)")
+	}
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = io.ReadAll(os.Stdin)
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	q := url.Values{}
+	dry := flags["dry_run"] == "true"
+	if dry {
+		q.Set("dry_run", "true")
+	}
+	var out struct {
+		Changes []struct{ Action, Kind, Path, Detail string } `json:"changes"`
+	}
+	if err := c.DoRaw(ctx, http.MethodPost, "/api/v1/admin/policy", q, "application/yaml", data, &out); err != nil {
+		return err
+	}
+	sym := map[string]string{"create": "+", "update": "~", "set-limits": "~", "add-member": "+"}
+	for _, ch := range out.Changes {
+		line := fmt.Sprintf("%s %s %s", sym[ch.Action], ch.Kind, ch.Path)
+		if ch.Detail != "" {
+			line += ": " + ch.Detail
+		}
+		fmt.Fprintln(stdout, line)
+	}
+	switch {
+	case len(out.Changes) == 0:
+		fmt.Fprintln(stderr, "no changes: the server already matches", path)
+	case dry:
+		fmt.Fprintf(stderr, "%d changes (dry run: nothing applied)\n", len(out.Changes))
+	default:
+		fmt.Fprintf(stderr, "%d changes applied\n", len(out.Changes))
+	}
 	return nil
 }
 

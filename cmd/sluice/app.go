@@ -14,21 +14,29 @@ import (
 
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/httpapi"
+	"github.com/sluicehq/sluice/internal/metering"
+	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/sqlstore"
 	"github.com/sluicehq/sluice/internal/tenancy"
+	"github.com/sluicehq/sluice/internal/usage"
 )
 
 // App is a whole Sluice server: built from a Config, started on a listener,
 // stopped by cancelling the context given to Serve. It touches no signals and
 // no globals, so tests start it on 127.0.0.1:0.
 type App struct {
-	cfg     config.Config
-	log     *slog.Logger
-	stdout  io.Writer
-	store   *sqlstore.Store
-	tenancy *tenancy.Service
-	ln      net.Listener
-	srv     *http.Server
+	cfg      config.Config
+	log      *slog.Logger
+	stdout   io.Writer
+	store    *sqlstore.Store
+	tenancy  *tenancy.Service
+	policy   *policy.Service
+	engine   *quota.Memory
+	recorder *usage.Recorder
+	meter    *metering.Meter
+	ln       net.Listener
+	srv      *http.Server
 }
 
 // NewApp opens the store, applies migrations and makes sure a first admin
@@ -49,7 +57,45 @@ func NewApp(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 		store.Close()
 		return nil, err
 	}
+	if err := a.startQuota(ctx); err != nil {
+		store.Close()
+		return nil, err
+	}
 	return a, nil
+}
+
+// startQuota loads the policy, starts the engine and the usage recorder,
+// and rebuilds the current windows' budgets from recorded usage, so a
+// restart resets nobody's budget.
+func (a *App) startQuota(ctx context.Context) error {
+	global := a.cfg.GlobalDefault()
+	if global.IsZero() {
+		a.log.Warn("no default global rate: until an admin sets global limits, nothing caps the platform's total requests")
+	}
+	mgr := policy.NewManager(a.store, global, a.log)
+	a.policy = policy.NewService(a.store, mgr, a.log)
+	if err := a.policy.EnsureDefaultPlans(ctx); err != nil {
+		return fmt.Errorf("default plans: %w", err)
+	}
+	if err := mgr.Reload(ctx); err != nil {
+		return fmt.Errorf("load policy: %w", err)
+	}
+	a.tenancy.OnChange = func(ctx context.Context) {
+		if err := mgr.Reload(context.WithoutCancel(ctx)); err != nil {
+			a.log.Error("policy reload after a tenancy change failed", slog.String("error", err.Error()))
+		}
+	}
+	a.engine = quota.NewMemory(quota.Options{})
+	a.recorder = usage.NewRecorder(a.store, a.log, time.Duration(a.cfg.UsageFlushInterval))
+	a.meter = metering.New(a.engine, mgr, a.recorder, a.log)
+	n, err := a.meter.Restore(ctx, a.store)
+	if err != nil {
+		a.recorder.Close()
+		a.engine.Close()
+		return fmt.Errorf("restore usage counters: %w", err)
+	}
+	a.log.Info("quota engine ready", slog.String("backend", "memory"), slog.Int("restored_rollups", n))
+	return nil
 }
 
 // bootstrap creates the first platform admin and key if there is none.
@@ -95,6 +141,8 @@ func (a *App) Addr() string { return a.ln.Addr().String() }
 func (a *App) Handler() http.Handler {
 	api := &httpapi.Server{
 		Tenancy:      a.tenancy,
+		Policy:       a.policy,
+		Meter:        a.meter,
 		Log:          a.log,
 		MaxBodyBytes: a.cfg.MaxBodyBytes,
 		Ready: func(ctx context.Context) map[string]error {
@@ -124,6 +172,7 @@ func (a *App) Serve(ctx context.Context) error {
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	select {
 	case err := <-errc:
+		a.closeQuota()
 		a.store.Close()
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
@@ -135,5 +184,12 @@ func (a *App) Serve(ctx context.Context) error {
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		err = errors.Join(err, serr)
 	}
+	a.closeQuota()
 	return errors.Join(err, a.store.Close())
+}
+
+// closeQuota writes out queued usage and stops the engine.
+func (a *App) closeQuota() {
+	a.recorder.Close()
+	a.engine.Close()
 }

@@ -22,12 +22,15 @@ var version = "dev"
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, os.Getenv)) }
 
-const usage = `sluice governs LLM workflows: quotas per tenant, department, project and user.
+const usageText = `sluice governs LLM workflows: quotas per tenant, department, project and user.
 
 Usage:
   sluice serve [flags]            run the server (sluice serve -h for flags)
   sluice version                  print the version
   sluice whoami                   show who the API key belongs to
+  sluice usage [--scope S]        limits, use and what remains, per scope
+  sluice apply -f FILE [--dry-run]  create/update plans, tree and limits from a policy file
+  sluice export [--format yaml|json] print the current policy in the same format
   sluice RESOURCE VERB [flags]    administer a running server
 
 Resources and verbs:
@@ -35,6 +38,8 @@ Resources and verbs:
   keys                                       list, get ID, create, update ID, revoke ID
   memberships                                list, add, remove
   audit                                      list
+  plans                                      list, get NAME
+  grants                                     list
 
 Client flags: --server URL (default $SLUICE_SERVER or http://127.0.0.1:8080);
 the API key is read from $SLUICE_API_KEY. Object fields are flags:
@@ -44,7 +49,7 @@ the API key is read from $SLUICE_API_KEY. Object fields are flags:
 func run(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	httpapi.Version = version
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usageText)
 		return 2
 	}
 	var err error
@@ -54,7 +59,7 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	case "version", "--version":
 		fmt.Fprintln(stdout, "sluice", version)
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usageText)
 	default:
 		err = runClient(args, stdout, stderr, getenv)
 	}

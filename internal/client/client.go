@@ -33,24 +33,33 @@ func New(baseURL, key string) *Client {
 // response into out (when out is not nil). API errors come back as
 // *errs.Error with the server's code, message and field.
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, body, out any) error {
+	var raw []byte
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		raw = b
+	}
+	return c.DoRaw(ctx, method, path, query, "application/json", raw, out)
+}
+
+// DoRaw is Do with a body sent as is.
+func (c *Client) DoRaw(ctx context.Context, method, path string, query url.Values, contentType string, body []byte, out any) error {
 	u := c.BaseURL + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}
 	var rd io.Reader
 	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return fmt.Errorf("encode request: %w", err)
-		}
-		rd = bytes.NewReader(b)
+		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
 	}
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", contentType)
 	}
 	if c.Key != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Key)

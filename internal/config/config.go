@@ -5,9 +5,11 @@ package config
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -17,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/policy"
 )
 
 // Config is what `sluice serve` needs to start.
@@ -37,6 +40,13 @@ type Config struct {
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 	// ShutdownTimeout is how long in-flight requests get to finish.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// DefaultGlobalRate caps requests on the whole platform until an admin
+	// sets global limits, so a fresh install cannot be flooded: "100/min".
+	// "none" removes the cap.
+	DefaultGlobalRate string `yaml:"default_global_rate"`
+	// UsageFlushInterval is how often usage events are written in a batch;
+	// a crash loses at most this much metering.
+	UsageFlushInterval Duration `yaml:"usage_flush_interval"`
 }
 
 // Secret is a string that never prints.
@@ -51,6 +61,15 @@ func (s Secret) String() string {
 
 // MarshalYAML keeps secrets out of printed configs.
 func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
+
+// MarshalJSON keeps secrets out of JSON.
+func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() + `"`), nil }
+
+// GoString keeps secrets out of %#v.
+func (s Secret) GoString() string { return s.String() }
+
+// LogValue keeps secrets out of structured logs.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // Duration is a time.Duration written as "15s" in YAML.
 type Duration time.Duration
@@ -77,6 +96,9 @@ func Default() Config {
 		LogFormat:       "json",
 		MaxBodyBytes:    1 << 20,
 		ShutdownTimeout: Duration(15 * time.Second),
+
+		DefaultGlobalRate:  "100/min",
+		UsageFlushInterval: Duration(100 * time.Millisecond),
 	}
 }
 
@@ -111,6 +133,7 @@ func (c *Config) Env(getenv func(string) string) error {
 	str("SLUICE_DATABASE_URL", &c.DatabaseURL)
 	str("SLUICE_LOG_LEVEL", &c.LogLevel)
 	str("SLUICE_LOG_FORMAT", &c.LogFormat)
+	str("SLUICE_DEFAULT_GLOBAL_RATE", &c.DefaultGlobalRate)
 	if v := getenv("SLUICE_ADMIN_KEY"); v != "" {
 		c.AdminKey = Secret(v)
 	}
@@ -158,7 +181,29 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		return errs.Field(errs.Invalid, "shutdown_timeout", "shutdown_timeout must be positive")
 	}
+	if c.DefaultGlobalRate != "none" {
+		var r policy.RateSpec
+		if err := json.Unmarshal([]byte(strconv.Quote(c.DefaultGlobalRate)), &r); err != nil {
+			return errs.Field(errs.Invalid, "default_global_rate", "default_global_rate: %v (or \"none\")", err)
+		}
+	}
+	if c.UsageFlushInterval <= 0 || time.Duration(c.UsageFlushInterval) > 10*time.Second {
+		return errs.Field(errs.Invalid, "usage_flush_interval", "usage_flush_interval must be between 0 and 10s")
+	}
 	return nil
+}
+
+// GlobalDefault is the spec the global scope has until an admin sets one.
+func (c *Config) GlobalDefault() policy.Spec {
+	var s policy.Spec
+	if c.DefaultGlobalRate == "none" {
+		return s
+	}
+	var r policy.RateSpec
+	if json.Unmarshal([]byte(strconv.Quote(c.DefaultGlobalRate)), &r) == nil {
+		s.Requests = &r
+	}
+	return s
 }
 
 // SQLitePath is the database file: from database_url "sqlite:PATH", else

@@ -171,7 +171,7 @@ func (e *env) must(want int, key, method, path string, body any) resp {
 // world is one tenant's objects, made by the platform admin.
 type world struct {
 	tenant, dept, subDept, project, admin, member, other string
-	adminKey, memberKey, adminKeyID, memberKeyID       string
+	adminKey, memberKey, adminKeyID, memberKeyID         string
 }
 
 func (e *env) makeWorld(name string) world {

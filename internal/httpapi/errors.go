@@ -57,6 +57,11 @@ func (d errorDetail) MarshalJSON() ([]byte, error) {
 // writeError answers with err in the API's error shape. Internal errors are
 // logged in full and shown to the caller only as "internal error".
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	writeErrorExtra(w, r, log, err, nil)
+}
+
+// writeErrorExtra is writeError with code-specific fields in the body.
+func writeErrorExtra(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error, extra map[string]any) {
 	rid := requestID(r.Context())
 	var e *errs.Error
 	if !errors.As(err, &e) {
@@ -66,7 +71,7 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	if !ok {
 		status = http.StatusInternalServerError
 	}
-	detail := errorDetail{Code: e.Code, Message: e.Message, Field: e.Field, RequestID: rid}
+	detail := errorDetail{Code: e.Code, Message: e.Message, Field: e.Field, RequestID: rid, Extra: extra}
 	if status >= 500 {
 		log.LogAttrs(r.Context(), slog.LevelError, "request failed", slog.String("request_id", rid), slog.String("error", err.Error()))
 		if e.Code == errs.Internal {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/metering"
+	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/tenancy"
 )
 
@@ -21,6 +23,8 @@ var Version = "dev"
 // Server serves the API.
 type Server struct {
 	Tenancy      *tenancy.Service
+	Policy       *policy.Service
+	Meter        *metering.Meter
 	Log          *slog.Logger
 	MaxBodyBytes int64
 	// Ready reports whether the server can serve (store reachable, …).
@@ -36,6 +40,9 @@ func (s *Server) Handler() http.Handler {
 	api := http.NewServeMux()
 	api.HandleFunc("GET /api/v1/me", s.me)
 	s.tenancyRoutes(api)
+	s.quotaRoutes(api)
+	s.policyRoutes(api)
+	s.policyDocRoutes(api)
 	api.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -89,6 +89,9 @@ func (s *Store) migrate(ctx context.Context) (int, error) {
 	if err := s.w.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
 		return 0, fmt.Errorf("read schema version: %w", err)
 	}
+	if latest := ms[len(ms)-1].version; current > latest {
+		return current, fmt.Errorf("the database is at schema version %d but this sluice knows only up to %d: run a newer sluice", current, latest)
+	}
 	for _, m := range ms {
 		if m.version <= current {
 			continue

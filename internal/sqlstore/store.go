@@ -135,16 +135,26 @@ func (s *Store) Dialect() string { return s.d.name }
 func (s *Store) tx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return errs.Wrap(err, "begin transaction")
+		return dbError(err, "begin transaction")
 	}
 	if err := fn(tx); err != nil {
 		_ = tx.Rollback()
 		return err
 	}
 	if err := tx.Commit(); err != nil {
-		return errs.Wrap(err, "commit")
+		return dbError(err, "commit")
 	}
 	return nil
+}
+
+// dbError classifies a database error: a cancelled or timed-out request is
+// unavailable (the caller went away or ran out of time), anything else is
+// internal.
+func dbError(err error, what string) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return &errs.Error{Code: errs.Unavailable, Message: "request cancelled or timed out", Err: err}
+	}
+	return errs.Wrap(err, "%s", what)
 }
 
 // conn is a transaction plus what the query helpers need.
@@ -178,10 +188,7 @@ func (c *conn) wrap(err error) error {
 	if c.d.isUnique(err) {
 		return errs.Field(errs.Conflict, "name", "the name is already taken here")
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return &errs.Error{Code: errs.Unavailable, Message: "request cancelled or timed out", Err: err}
-	}
-	return errs.Wrap(err, "database")
+	return dbError(err, "database")
 }
 
 // affected turns "no rows changed" into not found.

@@ -105,7 +105,7 @@ func one[T any](row *sql.Row, scan func(scanner) (*T, error), what string) (*T, 
 		return nil, errs.E(errs.NotFound, "%s not found", what)
 	}
 	if err != nil {
-		return nil, errs.Wrap(err, "read %s", what)
+		return nil, dbError(err, "read "+what)
 	}
 	return v, nil
 }
@@ -527,7 +527,11 @@ func (c *conn) Audit(f tenancy.Filter) ([]*tenancy.AuditEntry, error) {
 	if len(w.conds) > 0 {
 		q = " WHERE " + strings.Join(w.conds, " AND ")
 	}
-	rows, err := c.query(`SELECT `+auditCols+` FROM audit_log`+q+` ORDER BY id DESC LIMIT ?`, append(w.args, f.Limit)...)
+	limit := f.Limit
+	if limit <= 0 {
+		limit = tenancy.DefaultPageSize
+	}
+	rows, err := c.query(`SELECT `+auditCols+` FROM audit_log`+q+` ORDER BY id DESC LIMIT ?`, append(w.args, limit)...)
 	if err != nil {
 		return nil, err
 	}

@@ -69,7 +69,7 @@ func (s *Service) Bootstrap(ctx context.Context, secret string) (BootstrapResult
 		return BootstrapResult{}, err
 	}
 	var res BootstrapResult
-	err := s.store.Update(ctx, func(tx Tx) error {
+	err := s.update(ctx, func(tx Tx) error {
 		admins, err := tx.Users(Filter{Root: true, Page: Page{Limit: 1}})
 		if err != nil {
 			return err

@@ -22,6 +22,21 @@ type Service struct {
 	store Store
 	clock func() time.Time
 	log   *slog.Logger
+	// OnChange, when set, runs after every committed change (the policy
+	// manager rebuilds its view of the tree).
+	OnChange func(ctx context.Context)
+}
+
+// update runs fn in a write transaction and, once it commits, tells
+// OnChange.
+func (s *Service) update(ctx context.Context, fn func(Tx) error) error {
+	if err := s.store.Update(ctx, fn); err != nil {
+		return err
+	}
+	if s.OnChange != nil {
+		s.OnChange(ctx)
+	}
+	return nil
 }
 
 // NewService returns a Service over store.
@@ -153,7 +168,7 @@ func (s *Service) CreateTenant(ctx context.Context, in TenantInput) (*Tenant, er
 	if err := t.check(); err != nil {
 		return nil, err
 	}
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		if err := tx.InsertTenant(t); err != nil {
 			return err
 		}
@@ -212,7 +227,7 @@ func (s *Service) UpdateTenant(ctx context.Context, tenantID string, in TenantPa
 		return nil, err
 	}
 	var t *Tenant
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		before, err := tx.Tenant(tenantID)
 		if err != nil {
 			return err
@@ -246,7 +261,7 @@ func (s *Service) DeleteTenant(ctx context.Context, tenantID string) error {
 		}
 		return errs.E(errs.Forbidden, "only a platform admin may delete tenants")
 	}
-	return s.store.Update(ctx, func(tx Tx) error {
+	return s.update(ctx, func(tx Tx) error {
 		t, err := tx.Tenant(tenantID)
 		if err != nil {
 			return err

@@ -139,7 +139,7 @@ func (s *Service) CreateDepartment(ctx context.Context, in DepartmentInput) (*De
 	if err := mayAdmin(p, d.TenantID, "tenant"); err != nil {
 		return nil, err
 	}
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		if err := requireTenant(tx, d.TenantID); err != nil {
 			return err
 		}
@@ -208,7 +208,7 @@ func (s *Service) UpdateDepartment(ctx context.Context, deptID string, in Depart
 		return nil, err
 	}
 	var d *Department
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		before, err := tx.Department(deptID)
 		if err != nil {
 			return err
@@ -251,7 +251,7 @@ func (s *Service) DeleteDepartment(ctx context.Context, deptID string) error {
 	if err != nil {
 		return err
 	}
-	return s.store.Update(ctx, func(tx Tx) error {
+	return s.update(ctx, func(tx Tx) error {
 		d, err := tx.Department(deptID)
 		if err != nil {
 			return err
@@ -329,7 +329,7 @@ func (s *Service) CreateProject(ctx context.Context, in ProjectInput) (*Project,
 	if err := mayAdmin(p, pr.TenantID, "tenant"); err != nil {
 		return nil, err
 	}
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		if err := requireTenant(tx, pr.TenantID); err != nil {
 			return err
 		}
@@ -403,7 +403,7 @@ func (s *Service) UpdateProject(ctx context.Context, projectID string, in Projec
 		return nil, err
 	}
 	var pr *Project
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		before, err := tx.Project(projectID)
 		if err != nil {
 			return err
@@ -441,7 +441,7 @@ func (s *Service) DeleteProject(ctx context.Context, projectID string) error {
 	if err != nil {
 		return err
 	}
-	return s.store.Update(ctx, func(tx Tx) error {
+	return s.update(ctx, func(tx Tx) error {
 		pr, err := tx.Project(projectID)
 		if err != nil {
 			return err

@@ -82,7 +82,7 @@ func (s *Service) CreateUser(ctx context.Context, in UserInput) (*User, error) {
 	if err := mayAdmin(p, u.TenantID, "tenant"); err != nil {
 		return nil, err
 	}
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		if u.TenantID != "" {
 			if err := requireTenant(tx, u.TenantID); err != nil {
 				return err
@@ -152,7 +152,7 @@ func (s *Service) UpdateUser(ctx context.Context, userID string, in UserPatch) (
 		return nil, err
 	}
 	var u *User
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		before, err := tx.User(userID)
 		if err != nil {
 			return err
@@ -199,7 +199,7 @@ func (s *Service) DeleteUser(ctx context.Context, userID string) error {
 	if err != nil {
 		return err
 	}
-	return s.store.Update(ctx, func(tx Tx) error {
+	return s.update(ctx, func(tx Tx) error {
 		u, err := tx.User(userID)
 		if err != nil {
 			return err
@@ -274,7 +274,7 @@ func (s *Service) AddMember(ctx context.Context, in MembershipInput) (*Membershi
 		return nil, err
 	}
 	var m *Membership
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		_, pr, err := loadPair(tx, p, in.UserID, in.ProjectID)
 		if err != nil {
 			return err
@@ -336,6 +336,32 @@ func (s *Service) Membership(ctx context.Context, userID, projectID string) (*Me
 	return m, nil
 }
 
+// CanWorkIn checks that user may work in project: a member of it, or an
+// admin of its tenant. The caller must be able to see the user.
+func (s *Service) CanWorkIn(ctx context.Context, userID, projectID string) error {
+	return s.store.View(ctx, func(tx Tx) error {
+		u, err := tx.User(userID)
+		if err != nil {
+			return errs.Field(errs.NotFound, "user_id", "user %s not found", userID)
+		}
+		pr, err := tx.Project(projectID)
+		if errs.Is(err, errs.NotFound) || (err == nil && pr.TenantID != u.TenantID) {
+			return errs.Field(errs.NotFound, "project_id", "project %s not found", projectID)
+		} else if err != nil {
+			return err
+		}
+		if u.Role == RoleTenantAdmin {
+			return nil
+		}
+		if _, err := tx.Membership(userID, projectID); errs.Is(err, errs.NotFound) {
+			return errs.Field(errs.Forbidden, "project_id", "user %s is not a member of project %s", u.Name, pr.Name)
+		} else if err != nil {
+			return err
+		}
+		return nil
+	})
+}
+
 // RemoveMember ends a membership. Keys whose default project it was stay, but
 // no longer authenticate into it.
 func (s *Service) RemoveMember(ctx context.Context, userID, projectID string) error {
@@ -343,7 +369,7 @@ func (s *Service) RemoveMember(ctx context.Context, userID, projectID string) er
 	if err != nil {
 		return err
 	}
-	return s.store.Update(ctx, func(tx Tx) error {
+	return s.update(ctx, func(tx Tx) error {
 		if _, _, err := loadPair(tx, p, userID, projectID); err != nil {
 			return err
 		}
@@ -448,7 +474,7 @@ func (s *Service) CreateKey(ctx context.Context, in KeyInput) (*Key, string, err
 	}
 	secret := NewSecret()
 	var k *Key
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		u, err := keyOwner(tx, p, in.UserID)
 		if err != nil {
 			return err
@@ -532,7 +558,7 @@ func (s *Service) UpdateKey(ctx context.Context, keyID string, in KeyPatch) (*Ke
 		return nil, err
 	}
 	var k *Key
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		before, err := tx.Key(keyID)
 		if err != nil {
 			return err
@@ -582,7 +608,7 @@ func (s *Service) RevokeKey(ctx context.Context, keyID string) (*Key, error) {
 		return nil, err
 	}
 	var k *Key
-	err = s.store.Update(ctx, func(tx Tx) error {
+	err = s.update(ctx, func(tx Tx) error {
 		before, err := tx.Key(keyID)
 		if err != nil {
 			return err

@@ -1,0 +1,370 @@
+package config_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/errs"
+)
+
+// env is a getenv backed by a map.
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+// fieldOf returns the Field of the *errs.Error in err's chain.
+func fieldOf(t *testing.T, err error) string {
+	t.Helper()
+	var e *errs.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("got error %v (%T), want an *errs.Error", err, err)
+	}
+	return e.Field
+}
+
+func TestDefaultValidates(t *testing.T) {
+	c := config.Default()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Default().Validate() = %v, want nil", err)
+	}
+	if got, want := c.SQLitePath(), "./data/sluice.db"; got != want {
+		t.Errorf("Default().SQLitePath() = %q, want %q", got, want)
+	}
+}
+
+func TestParse(t *testing.T) {
+	const valid = `
+# a comment
+addr: 0.0.0.0:9000
+data_dir: /var/lib/sluice
+database_url: sqlite:/srv/sluice.db
+admin_key: sk-file-secret
+log_level: debug
+log_format: text
+max_body_bytes: 2048
+shutdown_timeout: 2m30s
+`
+	c := config.Default()
+	if err := c.Parse(strings.NewReader(valid)); err != nil {
+		t.Fatalf("Parse(valid) = %v, want nil", err)
+	}
+	want := config.Config{
+		Addr:            "0.0.0.0:9000",
+		DataDir:         "/var/lib/sluice",
+		DatabaseURL:     "sqlite:/srv/sluice.db",
+		AdminKey:        "sk-file-secret",
+		LogLevel:        "debug",
+		LogFormat:       "text",
+		MaxBodyBytes:    2048,
+		ShutdownTimeout: config.Duration(150 * time.Second),
+
+		DefaultGlobalRate:  "100/min",
+		UsageFlushInterval: config.Duration(100 * time.Millisecond),
+	}
+	if c != want {
+		t.Errorf("Parse(valid) = %+v, want %+v", c, want)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate() after Parse(valid) = %v, want nil", err)
+	}
+}
+
+func TestParseKeepsUnsetDefaults(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+	}{
+		{"empty", ""},
+		{"comment only", "# nothing here\n"},
+		{"one field", "log_level: warn\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := config.Default()
+			if err := c.Parse(strings.NewReader(tt.yaml)); err != nil {
+				t.Fatalf("Parse(%q) = %v, want nil", tt.yaml, err)
+			}
+			want := config.Default()
+			if strings.Contains(tt.yaml, "log_level") {
+				want.LogLevel = "warn"
+			}
+			if c != want {
+				t.Errorf("Parse(%q) = %+v, want %+v", tt.yaml, c, want)
+			}
+		})
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+	}{
+		{"unknown field", "addr: 127.0.0.1:1\nlisten: 127.0.0.1:2\n"},
+		{"misspelt field", "log_levle: debug\n"},
+		{"bad duration", "shutdown_timeout: fifteen\n"},
+		{"duration without unit", "shutdown_timeout: 15\n"},
+		{"number is not a number", "max_body_bytes: lots\n"},
+		{"not a mapping", "- addr\n- data_dir\n"},
+		{"broken yaml", "addr: [unclosed\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := config.Default()
+			err := c.Parse(strings.NewReader(tt.yaml))
+			if !errs.Is(err, errs.Invalid) {
+				t.Errorf("Parse(%q) = %v (code %q), want code %q", tt.yaml, err, errs.CodeOf(err), errs.Invalid)
+			}
+		})
+	}
+}
+
+func TestEnv(t *testing.T) {
+	const file = `
+addr: 10.0.0.1:80
+data_dir: /from/file
+log_level: debug
+log_format: text
+max_body_bytes: 4096
+shutdown_timeout: 5s
+admin_key: file-key
+`
+	tests := []struct {
+		name   string
+		env    map[string]string
+		modify func(c *config.Config) // the expected changes to the file's config
+	}{
+		{"no variables keeps the file", nil, func(*config.Config) {}},
+		{"empty variables keep the file", map[string]string{"SLUICE_ADDR": "", "SLUICE_LOG_LEVEL": ""}, func(*config.Config) {}},
+		{"addr", map[string]string{"SLUICE_ADDR": ":9999"}, func(c *config.Config) { c.Addr = ":9999" }},
+		{"data dir", map[string]string{"SLUICE_DATA": "/from/env"}, func(c *config.Config) { c.DataDir = "/from/env" }},
+		{"database url", map[string]string{"SLUICE_DATABASE_URL": "sqlite:/e.db"}, func(c *config.Config) { c.DatabaseURL = "sqlite:/e.db" }},
+		{"log level", map[string]string{"SLUICE_LOG_LEVEL": "error"}, func(c *config.Config) { c.LogLevel = "error" }},
+		{"log format", map[string]string{"SLUICE_LOG_FORMAT": "json"}, func(c *config.Config) { c.LogFormat = "json" }},
+		{"admin key", map[string]string{"SLUICE_ADMIN_KEY": "env-key"}, func(c *config.Config) { c.AdminKey = "env-key" }},
+		{"max body", map[string]string{"SLUICE_MAX_BODY_BYTES": "65536"}, func(c *config.Config) { c.MaxBodyBytes = 65536 }},
+		{"shutdown", map[string]string{"SLUICE_SHUTDOWN_TIMEOUT": "1m"}, func(c *config.Config) { c.ShutdownTimeout = config.Duration(time.Minute) }},
+		{
+			"all at once",
+			map[string]string{
+				"SLUICE_ADDR": "127.0.0.1:1", "SLUICE_DATA": "/d", "SLUICE_DATABASE_URL": "sqlite:/x.db",
+				"SLUICE_LOG_LEVEL": "warn", "SLUICE_LOG_FORMAT": "json", "SLUICE_ADMIN_KEY": "k",
+				"SLUICE_MAX_BODY_BYTES": "1024", "SLUICE_SHUTDOWN_TIMEOUT": "250ms",
+			},
+			func(c *config.Config) {
+				*c = config.Config{
+					Addr: "127.0.0.1:1", DataDir: "/d", DatabaseURL: "sqlite:/x.db", LogLevel: "warn", LogFormat: "json",
+					AdminKey: "k", MaxBodyBytes: 1024, ShutdownTimeout: config.Duration(250 * time.Millisecond),
+					DefaultGlobalRate: "100/min", UsageFlushInterval: config.Duration(100 * time.Millisecond),
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := config.Default()
+			if err := c.Parse(strings.NewReader(file)); err != nil {
+				t.Fatalf("Parse = %v, want nil", err)
+			}
+			want := c
+			tt.modify(&want)
+			if err := c.Env(env(tt.env)); err != nil {
+				t.Fatalf("Env = %v, want nil", err)
+			}
+			if c != want {
+				t.Errorf("after Env got %+v, want %+v", c, want)
+			}
+			if err := c.Validate(); err != nil {
+				t.Errorf("Validate() = %v, want nil", err)
+			}
+		})
+	}
+}
+
+func TestEnvErrors(t *testing.T) {
+	tests := []struct {
+		name, key, value string
+	}{
+		{"max body not a number", "SLUICE_MAX_BODY_BYTES", "1MB"},
+		{"max body fraction", "SLUICE_MAX_BODY_BYTES", "1.5"},
+		{"shutdown not a duration", "SLUICE_SHUTDOWN_TIMEOUT", "soon"},
+		{"shutdown without unit", "SLUICE_SHUTDOWN_TIMEOUT", "15"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := config.Default()
+			before := c
+			err := c.Env(env(map[string]string{tt.key: tt.value}))
+			if !errs.Is(err, errs.Invalid) {
+				t.Fatalf("Env(%s=%q) = %v (code %q), want code %q", tt.key, tt.value, err, errs.CodeOf(err), errs.Invalid)
+			}
+			if got := fieldOf(t, err); got != tt.key {
+				t.Errorf("Env(%s=%q) field = %q, want %q", tt.key, tt.value, got, tt.key)
+			}
+			if c != before {
+				t.Errorf("after a failed Env got %+v, want the config unchanged %+v", c, before)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(c *config.Config)
+		field  string // "" means valid
+	}{
+		{"addr without port", func(c *config.Config) { c.Addr = "localhost" }, "addr"},
+		{"addr empty", func(c *config.Config) { c.Addr = "" }, "addr"},
+		{"addr url", func(c *config.Config) { c.Addr = "http://127.0.0.1:8080" }, "addr"},
+		{"addr port only", func(c *config.Config) { c.Addr = ":8080" }, ""},
+		{"addr ipv6", func(c *config.Config) { c.Addr = "[::1]:8080" }, ""},
+		{"data_dir empty", func(c *config.Config) { c.DataDir = "" }, "data_dir"},
+		{"database_url postgres", func(c *config.Config) { c.DatabaseURL = "postgres://localhost/sluice" }, "database_url"},
+		{"database_url path without scheme", func(c *config.Config) { c.DatabaseURL = "/srv/sluice.db" }, "database_url"},
+		{"database_url sqlite", func(c *config.Config) { c.DatabaseURL = "sqlite:/srv/sluice.db" }, ""},
+		{"log_level unknown", func(c *config.Config) { c.LogLevel = "verbose" }, "log_level"},
+		{"log_level empty", func(c *config.Config) { c.LogLevel = "" }, "log_level"},
+		{"log_level upper case", func(c *config.Config) { c.LogLevel = "INFO" }, "log_level"},
+		{"log_level warn", func(c *config.Config) { c.LogLevel = "warn" }, ""},
+		{"log_format unknown", func(c *config.Config) { c.LogFormat = "logfmt" }, "log_format"},
+		{"log_format empty", func(c *config.Config) { c.LogFormat = "" }, "log_format"},
+		{"log_format text", func(c *config.Config) { c.LogFormat = "text" }, ""},
+		{"max_body_bytes zero", func(c *config.Config) { c.MaxBodyBytes = 0 }, "max_body_bytes"},
+		{"max_body_bytes negative", func(c *config.Config) { c.MaxBodyBytes = -1 }, "max_body_bytes"},
+		{"max_body_bytes below minimum", func(c *config.Config) { c.MaxBodyBytes = 1023 }, "max_body_bytes"},
+		{"max_body_bytes minimum", func(c *config.Config) { c.MaxBodyBytes = 1024 }, ""},
+		{"max_body_bytes maximum", func(c *config.Config) { c.MaxBodyBytes = 64 << 20 }, ""},
+		{"max_body_bytes above maximum", func(c *config.Config) { c.MaxBodyBytes = 64<<20 + 1 }, "max_body_bytes"},
+		{"shutdown_timeout zero", func(c *config.Config) { c.ShutdownTimeout = 0 }, "shutdown_timeout"},
+		{"shutdown_timeout negative", func(c *config.Config) { c.ShutdownTimeout = config.Duration(-time.Second) }, "shutdown_timeout"},
+		{"shutdown_timeout 1ns", func(c *config.Config) { c.ShutdownTimeout = 1 }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := config.Default()
+			tt.modify(&c)
+			err := c.Validate()
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			if !errs.Is(err, errs.Invalid) {
+				t.Fatalf("Validate() = %v (code %q), want code %q", err, errs.CodeOf(err), errs.Invalid)
+			}
+			if got := fieldOf(t, err); got != tt.field {
+				t.Errorf("Validate() field = %q, want %q", got, tt.field)
+			}
+		})
+	}
+}
+
+func TestStringRedactsAdminKey(t *testing.T) {
+	const secret = "sk-TOP-SECRET-5f2a9c"
+	tests := []struct {
+		name string
+		load func(t *testing.T) config.Config
+	}{
+		{"set directly", func(*testing.T) config.Config {
+			c := config.Default()
+			c.AdminKey = secret
+			return c
+		}},
+		{"from yaml", func(t *testing.T) config.Config {
+			c := config.Default()
+			if err := c.Parse(strings.NewReader("admin_key: " + secret + "\n")); err != nil {
+				t.Fatalf("Parse = %v, want nil", err)
+			}
+			return c
+		}},
+		{"from env", func(t *testing.T) config.Config {
+			c := config.Default()
+			if err := c.Env(env(map[string]string{"SLUICE_ADMIN_KEY": secret})); err != nil {
+				t.Fatalf("Env = %v, want nil", err)
+			}
+			return c
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := tt.load(t)
+			if c.AdminKey != secret {
+				t.Fatalf("AdminKey = %q, want the secret loaded", string(c.AdminKey))
+			}
+			printed := map[string]string{
+				"String()":          c.String(),
+				"(&c).String()":     (&c).String(),
+				"AdminKey.String()": c.AdminKey.String(),
+				"%v":                fmt.Sprintf("%v", c),
+				"%+v":               fmt.Sprintf("%+v", c),
+				"%s of AdminKey":    fmt.Sprintf("%s", c.AdminKey),
+			}
+			for how, s := range printed {
+				if strings.Contains(s, secret) {
+					t.Errorf("%s = %q, want no %q in it", how, s, secret)
+				}
+				if !strings.Contains(s, "<redacted>") {
+					t.Errorf("%s = %q, want %q in it", how, s, "<redacted>")
+				}
+			}
+			// The rest of the config still prints.
+			if s := c.String(); !strings.Contains(s, "addr: 127.0.0.1:8080") || !strings.Contains(s, "shutdown_timeout: 15s") {
+				t.Errorf("String() = %q, want addr and shutdown_timeout printed", s)
+			}
+		})
+	}
+}
+
+func TestStringRoundTrips(t *testing.T) {
+	// A printed config (without a secret) parses back to itself.
+	c := config.Default()
+	c.DatabaseURL = "sqlite:/srv/s.db"
+	c.ShutdownTimeout = config.Duration(90 * time.Second)
+	var back config.Config
+	if err := back.Parse(strings.NewReader(c.String())); err != nil {
+		t.Fatalf("Parse(String()) = %v, want nil", err)
+	}
+	if back != c {
+		t.Errorf("Parse(String()) = %+v, want %+v", back, c)
+	}
+}
+
+func TestSQLitePath(t *testing.T) {
+	tests := []struct {
+		dataDir, databaseURL, want string
+	}{
+		{"./data", "", "./data/sluice.db"},
+		{"/var/lib/sluice", "", "/var/lib/sluice/sluice.db"},
+		{"/var/lib/sluice/", "", "/var/lib/sluice/sluice.db"},
+		{"data//", "", "data/sluice.db"},
+		{"/var/lib/sluice", "sqlite:/srv/other.db", "/srv/other.db"},
+		{"/var/lib/sluice", "sqlite:relative.db", "relative.db"},
+		{"/var/lib/sluice", "sqlite:", "/var/lib/sluice/sluice.db"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.dataDir+"|"+tt.databaseURL, func(t *testing.T) {
+			c := config.Default()
+			c.DataDir, c.DatabaseURL = tt.dataDir, tt.databaseURL
+			if got := c.SQLitePath(); got != tt.want {
+				t.Errorf("SQLitePath() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	c := config.Default()
+	err := c.LoadFile(t.TempDir() + "/missing.yaml")
+	if !errs.Is(err, errs.Invalid) {
+		t.Fatalf("LoadFile(missing) = %v (code %q), want code %q", err, errs.CodeOf(err), errs.Invalid)
+	}
+	if got := fieldOf(t, err); got != "config" {
+		t.Errorf("LoadFile(missing) field = %q, want %q", got, "config")
+	}
+}

@@ -1,0 +1,398 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/metering"
+	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/tenancy"
+)
+
+func (s *Server) quotaRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /api/v1/quota/acquire", s.acquire)
+	mux.HandleFunc("POST /api/v1/quota/settle", s.settle)
+	mux.HandleFunc("POST /api/v1/quota/heartbeat", s.heartbeat)
+	mux.HandleFunc("GET /api/v1/usage", s.usage)
+}
+
+// acquireRequest asks for admission on behalf of the caller, or, for
+// admins, of a user of their tenant.
+type acquireRequest struct {
+	UserID      string   `json:"user_id"`
+	ProjectID   string   `json:"project_id"`
+	Requests    *int64   `json:"requests"`
+	Tokens      int64    `json:"tokens"`
+	MinTokens   int64    `json:"min_tokens"`
+	GPUSeconds  float64  `json:"gpu_seconds"`
+	CostUSD     float64  `json:"cost_usd"`
+	Concurrency bool     `json:"concurrency"`
+	Model       string   `json:"model"`
+	TTLSeconds  *float64 `json:"ttl_seconds"`
+}
+
+type remainingView struct {
+	Dimension string     `json:"dimension"`
+	Window    string     `json:"window,omitempty"`
+	Scope     string     `json:"scope"`
+	Limit     int64      `json:"limit"`
+	Remaining int64      `json:"remaining"`
+	ResetAt   *time.Time `json:"reset_at,omitempty"`
+}
+
+type capsView struct {
+	MemoryPerRun     int64   `json:"memory_per_run,omitempty"`
+	RunTimeoutSecs   float64 `json:"run_timeout_seconds,omitempty"`
+	MaxSteps         int64   `json:"max_steps,omitempty"`
+	MaxTokensPerCall int64   `json:"max_tokens_per_call,omitempty"`
+}
+
+type acquireResponse struct {
+	Ticket    string          `json:"ticket"`
+	ExpiresAt time.Time       `json:"expires_at"`
+	Tokens    int64           `json:"tokens"`
+	Clamped   bool            `json:"clamped"`
+	Priority  policy.Priority `json:"priority"`
+	Caps      capsView        `json:"caps"`
+	Scopes    []string        `json:"scopes"`
+	Remaining []remainingView `json:"remaining"`
+}
+
+// who resolves whom a metering call charges: the caller in its key's
+// project by default; another project the caller may work in; or, for an
+// admin of the tenant, another user.
+func (s *Server) who(ctx context.Context, userID, projectID string) (metering.Who, error) {
+	p, _ := tenancy.PrincipalFrom(ctx)
+	w := metering.Who{TenantID: p.TenantID, UserID: p.UserID, ProjectID: p.ProjectID}
+	if userID != "" && userID != p.UserID {
+		u, err := s.Tenancy.User(ctx, userID)
+		if err != nil {
+			return w, errs.Field(errs.NotFound, "user_id", "user %s not found", userID)
+		}
+		if !p.AdminOf(u.TenantID) {
+			return w, errs.Field(errs.Forbidden, "user_id", "only an admin of the tenant may meter on behalf of another user")
+		}
+		w.TenantID, w.UserID, w.ProjectID = u.TenantID, u.ID, ""
+	}
+	if projectID != "" {
+		w.ProjectID = projectID
+	}
+	if w.ProjectID != "" && w.ProjectID != p.ProjectID || userID != "" {
+		if w.ProjectID != "" {
+			if err := s.Tenancy.CanWorkIn(ctx, w.UserID, w.ProjectID); err != nil {
+				return w, err
+			}
+		}
+	}
+	return w, nil
+}
+
+func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
+	var in acquireRequest
+	if err := decode(r, s.MaxBodyBytes, &in); err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	ask := quota.Ask{Requests: 1, Tokens: in.Tokens, MinTokens: in.MinTokens, Concurrency: in.Concurrency, Model: in.Model,
+		GPUMillis: int64(math.Ceil(in.GPUSeconds * 1000)), CostMicros: int64(math.Ceil(in.CostUSD * 1e6))}
+	if in.Requests != nil {
+		ask.Requests = *in.Requests
+	}
+	for _, c := range []struct {
+		field string
+		v     float64
+	}{{"requests", float64(ask.Requests)}, {"tokens", float64(in.Tokens)}, {"min_tokens", float64(in.MinTokens)},
+		{"gpu_seconds", in.GPUSeconds}, {"cost_usd", in.CostUSD}} {
+		if c.v < 0 || math.IsNaN(c.v) || c.v > 1e15 {
+			writeError(w, r, s.Log, errs.Field(errs.Invalid, c.field, "%s must be between 0 and 1e15", c.field))
+			return
+		}
+	}
+	if in.MinTokens > in.Tokens {
+		writeError(w, r, s.Log, errs.Field(errs.Invalid, "min_tokens", "min_tokens must not exceed tokens"))
+		return
+	}
+	ttl := 5 * time.Minute
+	if in.TTLSeconds != nil {
+		if *in.TTLSeconds <= 0 || *in.TTLSeconds > 86400 {
+			writeError(w, r, s.Log, errs.Field(errs.Invalid, "ttl_seconds", "ttl_seconds must be between 0 and 86400"))
+			return
+		}
+		ttl = time.Duration(*in.TTLSeconds * float64(time.Second))
+	}
+	who, err := s.who(r.Context(), in.UserID, in.ProjectID)
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	adm, err := s.Meter.Acquire(r.Context(), who, "metering", ask, ttl)
+	if err != nil {
+		writeQuotaError(w, r, s, err)
+		return
+	}
+	setRateHeaders(w, &adm.Ticket)
+	out := acquireResponse{Ticket: adm.ID, ExpiresAt: adm.ExpiresAt, Tokens: adm.Tokens, Clamped: adm.Clamped, Priority: adm.Priority,
+		Caps: capsView{MemoryPerRun: adm.Caps.MemoryPerRun, RunTimeoutSecs: adm.Caps.RunTimeout.Seconds(),
+			MaxSteps: adm.Caps.MaxSteps, MaxTokensPerCall: adm.Caps.MaxTokensPerCall},
+		Remaining: []remainingView{}}
+	for _, sc := range adm.Chain.Scopes {
+		out.Scopes = append(out.Scopes, sc.Key)
+	}
+	for _, rem := range adm.Remaining {
+		if rem.Scope == "" {
+			continue
+		}
+		v := remainingView{Dimension: rem.Dimension.String(), Window: rem.Window.String(), Scope: rem.Scope, Limit: rem.Limit, Remaining: rem.Remaining}
+		if !rem.ResetAt.IsZero() {
+			t := rem.ResetAt
+			v.ResetAt = &t
+		}
+		if rem.Dimension == quota.DimGPUSeconds {
+			v.Limit, v.Remaining = v.Limit/1000, v.Remaining/1000
+		}
+		out.Remaining = append(out.Remaining, v)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// setRateHeaders adds the IETF RateLimit-* headers (for requests) and the
+// OpenAI-style x-ratelimit-* headers (requests and tokens).
+func setRateHeaders(w http.ResponseWriter, t *quota.Ticket) {
+	h := w.Header()
+	secs := func(at time.Time) string {
+		if at.IsZero() {
+			return "0"
+		}
+		return strconv.FormatInt(int64(math.Ceil(max(time.Until(at), 0).Seconds())), 10)
+	}
+	if req := t.Tightest(quota.DimRequests, quota.WindowNone); req.Scope != "" {
+		h.Set("RateLimit-Limit", strconv.FormatInt(req.Limit, 10))
+		h.Set("RateLimit-Remaining", strconv.FormatInt(req.Remaining, 10))
+		h.Set("RateLimit-Reset", secs(req.ResetAt))
+		h.Set("x-ratelimit-limit-requests", strconv.FormatInt(req.Limit, 10))
+		h.Set("x-ratelimit-remaining-requests", strconv.FormatInt(req.Remaining, 10))
+		h.Set("x-ratelimit-reset-requests", secs(req.ResetAt)+"s")
+	}
+	tok := t.Tightest(quota.DimTokens, quota.WindowDay)
+	if month := t.Tightest(quota.DimTokens, quota.WindowMonth); month.Scope != "" && (tok.Scope == "" || month.Remaining < tok.Remaining) {
+		tok = month
+	}
+	if rate := t.Tightest(quota.DimTokensRate, quota.WindowNone); rate.Scope != "" && (tok.Scope == "" || rate.Remaining < tok.Remaining) {
+		tok = rate
+	}
+	if tok.Scope != "" {
+		h.Set("x-ratelimit-limit-tokens", strconv.FormatInt(tok.Limit, 10))
+		h.Set("x-ratelimit-remaining-tokens", strconv.FormatInt(tok.Remaining, 10))
+		h.Set("x-ratelimit-reset-tokens", secs(tok.ResetAt)+"s")
+	}
+}
+
+// writeQuotaError answers a denial with 429 (or 403 for a model that is not
+// allowed), Retry-After, and the denial's details in the error body.
+func writeQuotaError(w http.ResponseWriter, r *http.Request, s *Server, err error) {
+	var d *quota.Denial
+	if !errors.As(err, &d) {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	code := errs.Code(d.Code)
+	limit, used, requested := d.Limit, d.Used, d.Requested
+	unit := ""
+	switch d.Dimension {
+	case quota.DimGPUSeconds:
+		limit, used, requested, unit = limit/1000, (used+999)/1000, (requested+999)/1000, "seconds"
+	case quota.DimCost:
+		unit = "micro_usd"
+	}
+	extra := map[string]any{"scope": d.Scope, "dimension": d.Dimension.String()}
+	if d.Code != quota.CodeModelNotAllowed {
+		extra["limit"], extra["used"], extra["requested"] = limit, used, requested
+		if d.Window != quota.WindowNone {
+			extra["window"] = d.Window.String()
+		}
+		if d.Period > 0 {
+			extra["period"] = d.Period.String()
+		}
+		if unit != "" {
+			extra["unit"] = unit
+		}
+		if !d.ResetAt.IsZero() {
+			extra["reset_at"] = d.ResetAt.UTC()
+		}
+	} else {
+		extra["model"] = d.Model
+	}
+	if d.RetryAfter > 0 {
+		secs := int64(math.Ceil(d.RetryAfter.Seconds()))
+		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		extra["retry_after_seconds"] = secs
+	}
+	if d.Dimension == quota.DimRequests {
+		w.Header().Set("RateLimit-Limit", strconv.FormatInt(d.Limit, 10))
+		w.Header().Set("RateLimit-Remaining", "0")
+		w.Header().Set("RateLimit-Reset", strconv.FormatInt(int64(math.Ceil(d.RetryAfter.Seconds())), 10))
+	}
+	writeErrorExtra(w, r, s.Log, &errs.Error{Code: code, Message: denialMessage(d, limit, used, requested)}, extra)
+}
+
+func denialMessage(d *quota.Denial, limit, used, requested int64) string {
+	what := d.Dimension.String()
+	if d.Window != quota.WindowNone {
+		what += " per " + d.Window.String()
+	}
+	switch d.Code {
+	case quota.CodeModelNotAllowed:
+		return "model " + strconv.Quote(d.Model) + " is not allowed for " + d.Scope
+	case quota.CodeRateLimited:
+		if d.Dimension == quota.DimConcurrency {
+			return "concurrency limit reached at " + d.Scope + ": " + strconv.FormatInt(used, 10) + " of " + strconv.FormatInt(limit, 10) + " runs in flight"
+		}
+		return what + " rate limit reached at " + d.Scope + " (" + strconv.FormatInt(limit, 10) + " per " + d.Period.String() + ")"
+	}
+	msg := what + " budget of " + d.Scope + " exhausted: used " + strconv.FormatInt(used, 10) + " of " + strconv.FormatInt(limit, 10) +
+		", asked for " + strconv.FormatInt(requested, 10)
+	if d.RetryAfter == 0 && requested > limit {
+		msg += "; the ask is larger than the whole limit"
+	}
+	return msg
+}
+
+type settleRequest struct {
+	Ticket       string  `json:"ticket"`
+	InputTokens  int64   `json:"input_tokens"`
+	OutputTokens int64   `json:"output_tokens"`
+	GPUSeconds   float64 `json:"gpu_seconds"`
+	CostUSD      float64 `json:"cost_usd"`
+	Model        string  `json:"model"`
+}
+
+type settleResponse struct {
+	Ticket         string    `json:"ticket"`
+	InputTokens    int64     `json:"input_tokens"`
+	OutputTokens   int64     `json:"output_tokens"`
+	GPUSeconds     float64   `json:"gpu_seconds"`
+	CostUSD        float64   `json:"cost_usd"`
+	ReservedTokens int64     `json:"reserved_tokens"`
+	Overrun        bool      `json:"overrun"`
+	SettledAt      time.Time `json:"settled_at"`
+}
+
+func (s *Server) mayTouchTicket(ctx context.Context, ticket string) error {
+	p, _ := tenancy.PrincipalFrom(ctx)
+	owner, ok := s.Meter.Owner(ticket)
+	if !ok || p.IsPlatformAdmin() || owner.UserID == p.UserID || p.AdminOf(owner.TenantID) {
+		return nil // unknown tickets fall through to the engine's answer
+	}
+	return errs.Field(errs.NotFound, "ticket", "ticket %s is unknown or expired", ticket)
+}
+
+func (s *Server) settle(w http.ResponseWriter, r *http.Request) {
+	var in settleRequest
+	if err := decode(r, s.MaxBodyBytes, &in); err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	if in.Ticket == "" {
+		writeError(w, r, s.Log, errs.Field(errs.Invalid, "ticket", "ticket is required"))
+		return
+	}
+	for _, c := range []struct {
+		field string
+		v     float64
+	}{{"input_tokens", float64(in.InputTokens)}, {"output_tokens", float64(in.OutputTokens)}, {"gpu_seconds", in.GPUSeconds}, {"cost_usd", in.CostUSD}} {
+		if c.v < 0 || math.IsNaN(c.v) || c.v > 1e15 {
+			writeError(w, r, s.Log, errs.Field(errs.Invalid, c.field, "%s must be between 0 and 1e15", c.field))
+			return
+		}
+	}
+	if err := s.mayTouchTicket(r.Context(), in.Ticket); err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	u := quota.Usage{InputTokens: in.InputTokens, OutputTokens: in.OutputTokens,
+		GPUMillis: int64(math.Ceil(in.GPUSeconds * 1000)), CostMicros: int64(math.Ceil(in.CostUSD * 1e6))}
+	// Settle even if the client goes away mid-request: the use happened.
+	st, err := s.Meter.Settle(context.WithoutCancel(r.Context()), in.Ticket, u, in.Model)
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, settleResponse{Ticket: st.TicketID, InputTokens: st.Usage.InputTokens, OutputTokens: st.Usage.OutputTokens,
+		GPUSeconds: float64(st.Usage.GPUMillis) / 1000, CostUSD: float64(st.Usage.CostMicros) / 1e6,
+		ReservedTokens: st.ReservedTokens, Overrun: st.Overrun, SettledAt: st.SettledAt})
+}
+
+func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Ticket     string  `json:"ticket"`
+		TTLSeconds float64 `json:"ttl_seconds"`
+	}
+	if err := decode(r, s.MaxBodyBytes, &in); err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	if in.TTLSeconds <= 0 || in.TTLSeconds > 86400 {
+		writeError(w, r, s.Log, errs.Field(errs.Invalid, "ttl_seconds", "ttl_seconds must be between 0 and 86400"))
+		return
+	}
+	if err := s.mayTouchTicket(r.Context(), in.Ticket); err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	exp, err := s.Meter.Heartbeat(r.Context(), in.Ticket, time.Duration(in.TTLSeconds*float64(time.Second)))
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ticket": in.Ticket, "expires_at": exp})
+}
+
+// usage shows the caller's limits and use on every scope of its chain, or,
+// for admins, those of ?scope=.
+func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
+	p, _ := tenancy.PrincipalFrom(r.Context())
+	q := r.URL.Query()
+	for k := range q {
+		if k != "scope" && k != "project_id" && k != "user_id" {
+			writeError(w, r, s.Log, errs.Field(errs.Invalid, k, "unknown query parameter %q", k))
+			return
+		}
+	}
+	var scopes []string
+	if scope := q.Get("scope"); scope != "" {
+		if _, err := s.Policy.Limits(r.Context(), scope); err != nil { // authorises the read
+			writeError(w, r, s.Log, err)
+			return
+		}
+		scopes = []string{scope}
+	} else {
+		who, err := s.who(r.Context(), q.Get("user_id"), q.Get("project_id"))
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		chain, err := s.Meter.Policy().Current().Chain(who.TenantID, who.UserID, who.ProjectID)
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		for _, sc := range chain.Scopes {
+			if sc.Key == policy.GlobalScope && !p.IsPlatformAdmin() {
+				continue // the platform-wide pool is the operator's business
+			}
+			scopes = append(scopes, sc.Key)
+		}
+	}
+	rep, err := s.Meter.Report(r.Context(), scopes)
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"scopes": rep})
+}

@@ -1,0 +1,125 @@
+package metering
+
+import (
+	"context"
+	"math"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/quota"
+)
+
+// ScopeReport is a scope's limits and use, as shown to people.
+type ScopeReport struct {
+	Scope      string            `json:"scope"`
+	Plan       string            `json:"plan,omitempty"`
+	Priority   policy.Priority   `json:"priority,omitempty"`
+	Dimensions []DimensionReport `json:"dimensions"`
+	Caps       *quota.Caps       `json:"-"`
+}
+
+// DimensionReport is one meter of a scope. Limit is absent when the scope
+// does not limit the dimension (its use is still shown).
+type DimensionReport struct {
+	Dimension string     `json:"dimension"`
+	Window    string     `json:"window,omitempty"`
+	Period    string     `json:"period,omitempty"` // rates: "1m0s"
+	Limit     *int64     `json:"limit,omitempty"`
+	Used      int64      `json:"used"`
+	Remaining *int64     `json:"remaining,omitempty"`
+	Percent   *float64   `json:"percent,omitempty"`
+	ResetAt   *time.Time `json:"reset_at,omitempty"`
+	Unit      string     `json:"unit"`
+}
+
+// Report describes the given scopes' limits and use at now.
+func (m *Meter) Report(ctx context.Context, scopes []string) ([]ScopeReport, error) {
+	snap := m.policy.Current()
+	now := m.now()
+	out := make([]ScopeReport, 0, len(scopes))
+	for _, s := range scopes {
+		r := snap.Effective(s)
+		use, err := m.engine.Use(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		rep := ScopeReport{Scope: s, Plan: r.Plan, Priority: r.Priority, Dimensions: []DimensionReport{}}
+		l := r.Limits
+		if l == nil {
+			l = &quota.Limits{}
+		}
+		add := func(d DimensionReport, limit int64, limited bool) {
+			if limited {
+				d.Limit = &limit
+				left := max(limit-d.Used, 0)
+				d.Remaining = &left
+				pct := 100.0
+				if limit > 0 {
+					pct = math.Round(float64(d.Used)/float64(limit)*1000) / 10
+				}
+				d.Percent = &pct
+			}
+			if limited || d.Used > 0 {
+				rep.Dimensions = append(rep.Dimensions, d)
+			}
+		}
+		rate := func(name string, rl quota.Rate, ru quota.RateUse) {
+			d := DimensionReport{Dimension: name, Used: ru.Level, Unit: unitOf(name)}
+			if !rl.IsZero() {
+				d.Period = rl.Period.String()
+				if ru.EmptyAt.After(now) {
+					t := ru.EmptyAt
+					d.ResetAt = &t
+				}
+				burst := rl.Burst
+				if burst == 0 {
+					burst = rl.Limit
+				}
+				add(d, burst, true)
+				return
+			}
+			add(d, 0, false)
+		}
+		budget := func(name string, w quota.Window, b quota.Bound, wu quota.WindowUse, scale int64) {
+			d := DimensionReport{Dimension: name, Window: w.String(), Used: ceilDiv(wu.Used, scale), Unit: unitOf(name)}
+			if !wu.End.IsZero() {
+				t := wu.End
+				d.ResetAt = &t
+			}
+			n, ok := b.Max()
+			add(d, n/scale, ok)
+		}
+		rate("requests", l.Requests, use.Requests)
+		rate("tokens_rate", l.TokensRate, use.TokensRate)
+		budget("tokens", quota.WindowDay, l.TokensDay, use.TokensDay, 1)
+		budget("tokens", quota.WindowMonth, l.TokensMonth, use.TokensMonth, 1)
+		budget("gpu_seconds", quota.WindowMonth, l.GPUMillisMonth, use.GPUMillis, 1000)
+		budget("cost", quota.WindowMonth, l.CostMicrosMonth, use.CostMicros, 1)
+		c := DimensionReport{Dimension: "concurrency", Used: use.Concurrency, Unit: "runs"}
+		n, ok := l.Concurrency.Max()
+		add(c, n, ok)
+		out = append(out, rep)
+	}
+	return out, nil
+}
+
+func ceilDiv(a, b int64) int64 {
+	if b == 1 {
+		return a
+	}
+	return (a + b - 1) / b
+}
+
+func unitOf(dim string) string {
+	switch dim {
+	case "requests":
+		return "requests"
+	case "tokens", "tokens_rate":
+		return "tokens"
+	case "gpu_seconds":
+		return "seconds"
+	case "cost":
+		return "micro_usd"
+	}
+	return ""
+}

@@ -1,0 +1,294 @@
+package policy
+
+import (
+	"sync"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/quota"
+)
+
+// Tree is the part of the tenancy tree that scope chains need.
+type Tree struct {
+	Tenants     []TreeTenant
+	Departments []TreeDepartment
+	Projects    []TreeProject
+}
+
+// TreeTenant is a tenant as chains see it.
+type TreeTenant struct{ ID, Name, Timezone string }
+
+// TreeDepartment is a department as chains see it.
+type TreeDepartment struct{ ID, TenantID, ParentID, Name string }
+
+// TreeProject is a project as chains see it.
+type TreeProject struct{ ID, TenantID, DepartmentID, Name string }
+
+// Data is everything a snapshot is built from.
+type Data struct {
+	Tree
+	Plans  []*Plan
+	Scopes []*ScopeLimits
+	Grants []*Grant // active ones
+}
+
+// Resolved is a scope's effective policy.
+type Resolved struct {
+	Spec     Spec
+	Limits   *quota.Limits // nil when the scope limits nothing
+	Plan     string
+	Priority Priority // "" when no plan is set on the scope
+	Grants   []*Grant
+}
+
+// Snapshot is an immutable view of the whole policy at one moment, with
+// the effective limits of each scope and the chain of each user@project
+// computed once and cached.
+type Snapshot struct {
+	Version    int64
+	BuiltAt    time.Time
+	ValidUntil time.Time // the first grant expiry; zero when none
+
+	data          *Data
+	defaultGlobal Spec
+	plans         map[string]*Plan
+	scopes        map[string]*ScopeLimits
+	grants        map[string][]*Grant
+	tenants       map[string]*tenantNode
+	depts         map[string]TreeDepartment
+	projects      map[string]*projectNode
+
+	mu        sync.RWMutex
+	effective map[string]*Resolved
+	chains    map[chainKey]*Chain
+}
+
+type tenantNode struct {
+	TreeTenant
+	loc *time.Location
+}
+
+type projectNode struct {
+	TreeProject
+	path []string // scope names from global down to the project
+}
+
+type chainKey struct{ tenant, user, project string }
+
+// Chain is a request's scopes, outermost first, with their limits.
+type Chain struct {
+	Scopes   []quota.Scope
+	Priority Priority
+}
+
+// NewSnapshot builds a snapshot of d at now. defaultGlobal applies to the
+// global scope unless an admin set limits on it.
+func NewSnapshot(d *Data, defaultGlobal Spec, version int64, now time.Time) *Snapshot {
+	s := &Snapshot{
+		Version: version, BuiltAt: now, data: d, defaultGlobal: defaultGlobal,
+		plans: map[string]*Plan{}, scopes: map[string]*ScopeLimits{}, grants: map[string][]*Grant{},
+		tenants: map[string]*tenantNode{}, depts: map[string]TreeDepartment{}, projects: map[string]*projectNode{},
+		effective: map[string]*Resolved{}, chains: map[chainKey]*Chain{},
+	}
+	for _, p := range d.Plans {
+		s.plans[p.Name] = p
+	}
+	for _, sl := range d.Scopes {
+		s.scopes[sl.Scope] = sl
+	}
+	for _, g := range d.Grants {
+		if !g.Active(now) {
+			continue
+		}
+		s.grants[g.Scope] = append(s.grants[g.Scope], g)
+		if s.ValidUntil.IsZero() || g.ExpiresAt.Before(s.ValidUntil) {
+			s.ValidUntil = g.ExpiresAt
+		}
+	}
+	for _, t := range d.Tenants {
+		loc, err := time.LoadLocation(t.Timezone)
+		if err != nil {
+			loc = time.UTC
+		}
+		s.tenants[t.ID] = &tenantNode{TreeTenant: t, loc: loc}
+	}
+	for _, dp := range d.Departments {
+		s.depts[dp.ID] = dp
+	}
+	for _, p := range d.Projects {
+		s.projects[p.ID] = &projectNode{TreeProject: p, path: s.pathOf(p)}
+	}
+	return s
+}
+
+// pathOf lists the scopes above and including project p, outermost first.
+func (s *Snapshot) pathOf(p TreeProject) []string {
+	var depts []string
+	for cur, n := p.DepartmentID, 0; cur != "" && n < 64; n++ {
+		d, ok := s.depts[cur]
+		if !ok {
+			break
+		}
+		depts = append(depts, ScopeName(KindDepartment, d.ID))
+		cur = d.ParentID
+	}
+	path := []string{GlobalScope, ScopeName(KindTenant, p.TenantID)}
+	for i := len(depts) - 1; i >= 0; i-- {
+		path = append(path, depts[i])
+	}
+	return append(path, ScopeName(KindProject, p.ID))
+}
+
+// Plan returns a plan by name.
+func (s *Snapshot) Plan(name string) (*Plan, bool) {
+	p, ok := s.plans[name]
+	return p, ok
+}
+
+// Effective returns a scope's effective policy: its plan, overlaid with its
+// explicit limits, raised by its active grants.
+func (s *Snapshot) Effective(scope string) *Resolved {
+	s.mu.RLock()
+	r, ok := s.effective[scope]
+	s.mu.RUnlock()
+	if ok {
+		return r
+	}
+	r = s.resolve(scope, s.scopes[scope])
+	s.mu.Lock()
+	s.effective[scope] = r
+	s.mu.Unlock()
+	return r
+}
+
+// resolve computes a scope's effective policy as if sl were its settings.
+func (s *Snapshot) resolve(scope string, sl *ScopeLimits) *Resolved {
+	r := &Resolved{}
+	switch {
+	case sl != nil:
+		if p, ok := s.plans[sl.Plan]; ok {
+			r.Spec, r.Plan, r.Priority = p.Limits, p.Name, p.Priority
+		}
+		r.Spec = overlay(r.Spec, sl.Limits)
+	case scope == GlobalScope:
+		r.Spec = s.defaultGlobal
+	}
+	for _, g := range s.grants[scope] {
+		r.Spec = raise(r.Spec, g.Limits)
+		r.Grants = append(r.Grants, g)
+	}
+	if !r.Spec.IsZero() {
+		r.Limits = r.Spec.Limits()
+	}
+	return r
+}
+
+// Location returns the time zone of a tenant's windows (UTC if unknown).
+func (s *Snapshot) Location(tenantID string) *time.Location {
+	if t, ok := s.tenants[tenantID]; ok {
+		return t.loc
+	}
+	return time.UTC
+}
+
+// Chain returns the scopes a request by user in project (both of tenant)
+// is charged to: global, tenant, departments, project, user, user@project.
+// projectID may be empty (no project: global, tenant, user); tenantID is
+// empty for platform admins (global, user).
+func (s *Snapshot) Chain(tenantID, userID, projectID string) (*Chain, error) {
+	k := chainKey{tenantID, userID, projectID}
+	s.mu.RLock()
+	c, ok := s.chains[k]
+	s.mu.RUnlock()
+	if ok {
+		return c, nil
+	}
+	var names []string
+	switch {
+	case projectID != "":
+		p, ok := s.projects[projectID]
+		if !ok || p.TenantID != tenantID {
+			return nil, errs.Field(errs.NotFound, "project_id", "project %s not found", projectID)
+		}
+		names = append(append(names, p.path...), ScopeName(KindUser, userID), MembershipScope(userID, projectID))
+	case tenantID != "":
+		if _, ok := s.tenants[tenantID]; !ok {
+			return nil, errs.E(errs.NotFound, "tenant %s not found", tenantID)
+		}
+		names = []string{GlobalScope, ScopeName(KindTenant, tenantID), ScopeName(KindUser, userID)}
+	default:
+		names = []string{GlobalScope, ScopeName(KindUser, userID)}
+	}
+	loc := s.Location(tenantID)
+	c = &Chain{Scopes: make([]quota.Scope, len(names)), Priority: PriorityNormal}
+	for i, n := range names {
+		r := s.Effective(n)
+		c.Scopes[i] = quota.Scope{Key: n, Limits: r.Limits, Loc: loc}
+		if n == GlobalScope {
+			c.Scopes[i].Loc = time.UTC
+		}
+		if r.Priority != "" {
+			c.Priority = r.Priority // the innermost plan decides
+		}
+	}
+	s.mu.Lock()
+	s.chains[k] = c
+	s.mu.Unlock()
+	return c, nil
+}
+
+// Parents returns the scopes directly above scope, those whose limits cap
+// it: a department's parent department or tenant, a project's department
+// or tenant, a user's tenant, a membership's user and project.
+func (s *Snapshot) Parents(kind, id, tenantID string) []string {
+	switch kind {
+	case KindTenant:
+		return []string{GlobalScope}
+	case KindDepartment:
+		if d, ok := s.depts[id]; ok && d.ParentID != "" {
+			return []string{ScopeName(KindDepartment, d.ParentID)}
+		}
+		return []string{ScopeName(KindTenant, tenantID)}
+	case KindProject:
+		if p, ok := s.projects[id]; ok && p.DepartmentID != "" {
+			return []string{ScopeName(KindDepartment, p.DepartmentID)}
+		}
+		return []string{ScopeName(KindTenant, tenantID)}
+	case KindUser:
+		if tenantID == "" {
+			return []string{GlobalScope}
+		}
+		return []string{ScopeName(KindTenant, tenantID)}
+	case KindMembership:
+		u, p, _ := cutAt(id)
+		return []string{ScopeName(KindUser, u), ScopeName(KindProject, p)}
+	}
+	return nil
+}
+
+func cutAt(id string) (string, string, bool) {
+	for i := 0; i < len(id); i++ {
+		if id[i] == '@' {
+			return id[:i], id[i+1:], true
+		}
+	}
+	return id, "", false
+}
+
+// Scopes returns every scope with explicit settings.
+func (s *Snapshot) Scopes() []*ScopeLimits {
+	out := make([]*ScopeLimits, 0, len(s.scopes))
+	for _, sl := range s.scopes {
+		out = append(out, sl)
+	}
+	return out
+}
+
+// Plans returns every plan.
+func (s *Snapshot) Plans() []*Plan {
+	out := make([]*Plan, 0, len(s.plans))
+	for _, p := range s.plans {
+		out = append(out, p)
+	}
+	return out
+}

@@ -1,0 +1,125 @@
+package policydoc
+
+import (
+	"context"
+	"sort"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/tenancy"
+)
+
+// Export writes the state the caller may see as a document: all of it for
+// a platform admin, its tenant for a tenant admin.
+func (a *Applier) Export(ctx context.Context) (*Document, error) {
+	p, ok := tenancy.PrincipalFrom(ctx)
+	if !ok {
+		return nil, errs.E(errs.Unauthorized, "an API key is required")
+	}
+	if !p.IsPlatformAdmin() && p.Role != tenancy.RoleTenantAdmin {
+		return nil, errs.E(errs.Forbidden, "only admins export policy")
+	}
+	d := &Document{}
+	settings, err := a.Policy.ListLimits(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	limits := map[string]*policy.ScopeLimits{}
+	for _, sl := range settings {
+		limits[sl.Scope] = sl
+	}
+	limited := func(scope string) (string, *policy.Spec) {
+		sl, ok := limits[scope]
+		if !ok {
+			return "", nil
+		}
+		spec := sl.Limits
+		return sl.Plan, &spec
+	}
+	if p.IsPlatformAdmin() {
+		plans, err := a.Policy.Plans(ctx)
+		if err != nil {
+			return nil, err
+		}
+		d.Plans = map[string]Plan{}
+		for _, pl := range plans {
+			d.Plans[pl.Name] = Plan{Priority: pl.Priority, Description: pl.Description, Limits: pl.Limits}
+		}
+		if plan, spec := limited(policy.GlobalScope); spec != nil {
+			d.Global = &Limited{Plan: plan, Limits: spec}
+		}
+	}
+	tenants, err := all(func(f tenancy.Filter) ([]*tenancy.Tenant, error) { return a.Tenancy.Tenants(ctx, f) },
+		func(t *tenancy.Tenant) string { return t.ID })
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range tenants {
+		dt := Tenant{Name: t.Name, DisplayName: t.DisplayName, Timezone: t.Timezone}
+		dt.Plan, dt.Limits = limited(policy.ScopeName(policy.KindTenant, t.ID))
+		depts, err := all(func(f tenancy.Filter) ([]*tenancy.Department, error) {
+			f.TenantID = t.ID
+			return a.Tenancy.Departments(ctx, f)
+		}, func(x *tenancy.Department) string { return x.ID })
+		if err != nil {
+			return nil, err
+		}
+		projects, err := all(func(f tenancy.Filter) ([]*tenancy.Project, error) {
+			f.TenantID = t.ID
+			return a.Tenancy.Projects(ctx, f)
+		}, func(x *tenancy.Project) string { return x.ID })
+		if err != nil {
+			return nil, err
+		}
+		projectName := map[string]string{}
+		projectsIn := map[string][]Project{} // department id ("" = tenant) → projects
+		for _, pr := range projects {
+			projectName[pr.ID] = pr.Name
+			dp := Project{Name: pr.Name, DisplayName: pr.DisplayName}
+			dp.Plan, dp.Limits = limited(policy.ScopeName(policy.KindProject, pr.ID))
+			projectsIn[pr.DepartmentID] = append(projectsIn[pr.DepartmentID], dp)
+		}
+		children := map[string][]*tenancy.Department{}
+		for _, dp := range depts {
+			children[dp.ParentID] = append(children[dp.ParentID], dp)
+		}
+		var build func(parent string) []Department
+		build = func(parent string) []Department {
+			var out []Department
+			for _, dp := range children[parent] {
+				dd := Department{Name: dp.Name, DisplayName: dp.DisplayName, Projects: projectsIn[dp.ID], Departments: build(dp.ID)}
+				dd.Plan, dd.Limits = limited(policy.ScopeName(policy.KindDepartment, dp.ID))
+				out = append(out, dd)
+			}
+			return out
+		}
+		dt.Departments = build("")
+		dt.Projects = projectsIn[""]
+		users, err := all(func(f tenancy.Filter) ([]*tenancy.User, error) {
+			f.TenantID = t.ID
+			return a.Tenancy.Users(ctx, f)
+		}, func(x *tenancy.User) string { return x.ID })
+		if err != nil {
+			return nil, err
+		}
+		members, err := all(func(f tenancy.Filter) ([]*tenancy.Membership, error) {
+			f.TenantID = t.ID
+			return a.Tenancy.Memberships(ctx, f)
+		}, func(x *tenancy.Membership) string { return x.UserID + "@" + x.ProjectID })
+		if err != nil {
+			return nil, err
+		}
+		memberOf := map[string][]string{}
+		for _, m := range members {
+			memberOf[m.UserID] = append(memberOf[m.UserID], projectName[m.ProjectID])
+		}
+		for _, u := range users {
+			du := User{Name: u.Name, DisplayName: u.DisplayName, Email: u.Email, Role: string(u.Role), Projects: memberOf[u.ID]}
+			sort.Strings(du.Projects)
+			du.Plan, du.Limits = limited(policy.ScopeName(policy.KindUser, u.ID))
+			dt.Users = append(dt.Users, du)
+		}
+		d.Tenants = append(d.Tenants, dt)
+	}
+	return d, nil
+}
