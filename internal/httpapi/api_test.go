@@ -15,18 +15,26 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/httpapi"
+	"github.com/sluicehq/sluice/internal/metering"
+	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/sqlstore"
 	"github.com/sluicehq/sluice/internal/tenancy"
+	"github.com/sluicehq/sluice/internal/usage"
 )
 
 // env is a running API over a real SQLite store, with a platform admin key.
 type env struct {
-	t     *testing.T
-	url   string
-	admin string
-	svc   *tenancy.Service
-	logs  *syncBuffer
-	clock *clock
+	t      *testing.T
+	url    string
+	admin  string
+	svc    *tenancy.Service
+	policy *policy.Service
+	meter  *metering.Meter
+	rec    *usage.Recorder
+	store  *sqlstore.Store
+	logs   *syncBuffer
+	clock  *clock
 }
 
 type syncBuffer struct {
@@ -80,11 +88,26 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &httpapi.Server{Tenancy: svc, Log: log, MaxBodyBytes: 1 << 20,
+	mgr := policy.NewManager(store, policy.Spec{}, log)
+	mgr.SetClock(clk.Now)
+	pol := policy.NewService(store, mgr, log)
+	if err := pol.EnsureDefaultPlans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := mgr.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	svc.OnChange = func(ctx context.Context) { _ = mgr.Reload(ctx) }
+	engine := quota.NewMemory(quota.Options{Now: clk.Now})
+	t.Cleanup(func() { engine.Close() })
+	rec := usage.NewRecorder(store, log, 10*time.Millisecond)
+	t.Cleanup(func() { rec.Close() })
+	meter := metering.New(engine, mgr, rec, log)
+	srv := &httpapi.Server{Tenancy: svc, Policy: pol, Meter: meter, Log: log, MaxBodyBytes: 1 << 20,
 		Ready: func(ctx context.Context) map[string]error { return map[string]error{"store": store.Ping(ctx)} }}
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(ts.Close)
-	return &env{t: t, url: ts.URL, admin: res.Secret, svc: svc, logs: logs, clock: clk}
+	return &env{t: t, url: ts.URL, admin: res.Secret, svc: svc, policy: pol, meter: meter, rec: rec, store: store, logs: logs, clock: clk}
 }
 
 // resp is a decoded response.

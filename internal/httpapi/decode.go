@@ -38,7 +38,10 @@ func decodeError(err error, maxBytes int64) error {
 	var typ *json.UnmarshalTypeError
 	var tooBig *http.MaxBytesError
 	var timeErr *time.ParseError
+	var domain *errs.Error
 	switch {
+	case errors.As(err, &domain):
+		return domain // a value's own decoder named the field
 	case errors.As(err, &tooBig):
 		return errs.E(errs.TooLarge, "request body is larger than %d bytes", maxBytes)
 	case errors.Is(err, io.EOF):

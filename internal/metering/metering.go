@@ -7,6 +7,7 @@ package metering
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -113,17 +114,24 @@ func (m *Meter) Owner(ticketID string) (Who, bool) {
 // new (the event id is the ticket id).
 func (m *Meter) Settle(ctx context.Context, ticketID string, u quota.Usage, model string) (quota.Settlement, error) {
 	s, err := m.engine.Settle(ctx, ticketID, u)
-	if err != nil {
-		if err == quota.ErrUnknownTicket {
-			return s, errs.Field(errs.NotFound, "ticket", "ticket %s is unknown or expired (its reservation was released)", ticketID)
-		}
-		return s, err
-	}
 	m.mu.Lock()
-	meta, ok := m.tickets[ticketID]
-	delete(m.tickets, ticketID)
+	meta, known := m.tickets[ticketID]
+	if err == nil || errors.Is(err, quota.ErrUnknownTicket) {
+		delete(m.tickets, ticketID)
+	}
 	m.mu.Unlock()
-	if !ok {
+	switch {
+	case errors.Is(err, quota.ErrUnknownTicket) && known:
+		// The ticket expired before this settle: the engine refunded its
+		// reservation, but the work happened, so its use is still recorded
+		// durably (and counts again from the roll-ups after a restart).
+		s = quota.Settlement{TicketID: ticketID, Usage: u, SettledAt: m.now()}
+		m.log.Warn("settle after ticket expiry: usage recorded, not charged to live counters", slog.String("ticket", ticketID))
+	case errors.Is(err, quota.ErrUnknownTicket):
+		return s, errs.Field(errs.NotFound, "ticket", "ticket %s is unknown or expired (its reservation was released)", ticketID)
+	case err != nil:
+		return s, err
+	case !known:
 		return s, nil // a replay: the event was recorded the first time
 	}
 	if model == "" {
@@ -141,7 +149,7 @@ func (m *Meter) Settle(ctx context.Context, ticketID string, u quota.Usage, mode
 // Heartbeat extends a ticket's lease.
 func (m *Meter) Heartbeat(ctx context.Context, ticketID string, ttl time.Duration) (time.Time, error) {
 	exp, err := m.engine.Heartbeat(ctx, ticketID, ttl)
-	if err == quota.ErrUnknownTicket {
+	if errors.Is(err, quota.ErrUnknownTicket) {
 		return exp, errs.Field(errs.NotFound, "ticket", "ticket %s is unknown or expired", ticketID)
 	}
 	if err == nil {

@@ -8,8 +8,10 @@ package policy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +36,42 @@ type Spec struct {
 	Models           []string  `json:"models,omitempty"`
 	OnOutage         string    `json:"on_outage,omitempty"`
 }
+
+// UnmarshalJSON decodes a spec field by field, so an error names the limit
+// at fault ("limits.tokens") and unknown limits are refused.
+func (s *Spec) UnmarshalJSON(b []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return errs.Field(errs.Invalid, "limits", "limits must be an object such as {\"requests\":\"60/min\"}")
+	}
+	type plain Spec
+	var out plain
+	for k, v := range raw {
+		if !specFields[k] {
+			return errs.Field(errs.Invalid, "limits."+k, "unknown limit %q (known: requests, tokens_rate, tokens, gpu_seconds, cost, concurrency, memory_per_run, run_timeout, max_steps, max_tokens_per_call, models, on_outage)", k)
+		}
+		one, _ := json.Marshal(map[string]json.RawMessage{k: v})
+		if err := json.Unmarshal(one, &out); err != nil {
+			var te *json.UnmarshalTypeError
+			if errors.As(err, &te) {
+				return errs.Field(errs.Invalid, "limits."+k, "limits.%s must be %s, not %s", k, te.Type, te.Value)
+			}
+			return errs.Field(errs.Invalid, "limits."+k, "limits.%s: %v", k, err)
+		}
+	}
+	*s = Spec(out)
+	return nil
+}
+
+var specFields = func() map[string]bool {
+	m := map[string]bool{}
+	t := reflect.TypeOf(Spec{})
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		m[name] = true
+	}
+	return m
+}()
 
 // IsZero reports whether s sets nothing.
 func (s *Spec) IsZero() bool {

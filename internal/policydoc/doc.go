@@ -10,6 +10,7 @@ package policydoc
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"go.yaml.in/yaml/v3"
@@ -171,6 +172,10 @@ func join(path, k string) string {
 }
 
 func docError(err error) error {
+	var domain *errs.Error
+	if errors.As(err, &domain) {
+		return domain
+	}
 	var typ *json.UnmarshalTypeError
 	if e, ok := err.(*json.UnmarshalTypeError); ok {
 		typ = e

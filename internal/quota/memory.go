@@ -50,7 +50,10 @@ type Options struct {
 // the mutex: no I/O, no allocation on the steady-state path beyond the
 // occasional ticket ID block. It starts no goroutines: expired tickets are
 // reclaimed at the start of every operation, from a heap ordered by expiry,
-// so what an operation observes is always exact.
+// so what an operation observes is always exact. Memory stays bounded: a
+// scope's state is dropped, a few at a time as admissions go by, once it
+// holds nothing (no live tickets, no use in its current windows, drained
+// rate buckets), and settlements live in a fixed ring.
 type Memory struct {
 	now        func() time.Time
 	defaultTTL int64
