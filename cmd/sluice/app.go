@@ -140,6 +140,7 @@ func (a *App) Addr() string { return a.ln.Addr().String() }
 // Handler is the app's HTTP handler.
 func (a *App) Handler() http.Handler {
 	api := &httpapi.Server{
+		Version:      version,
 		Tenancy:      a.tenancy,
 		Policy:       a.policy,
 		Meter:        a.meter,
@@ -167,7 +168,7 @@ func (a *App) Serve(ctx context.Context) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
-	a.log.Info("sluice serving", slog.String("addr", a.Addr()), slog.String("store", a.store.Dialect()), slog.String("version", httpapi.Version))
+	a.log.Info("sluice serving", slog.String("addr", a.Addr()), slog.String("store", a.store.Dialect()), slog.String("version", version))
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	select {

@@ -14,7 +14,6 @@ import (
 
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/errs"
-	"github.com/sluicehq/sluice/internal/httpapi"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -47,7 +46,6 @@ the API key is read from $SLUICE_API_KEY. Object fields are flags:
 `
 
 func run(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	httpapi.Version = version
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usageText)
 		return 2

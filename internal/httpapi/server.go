@@ -17,11 +17,10 @@ import (
 	"github.com/sluicehq/sluice/internal/tenancy"
 )
 
-// Version is reported by /healthz; the binary sets it at start.
-var Version = "dev"
-
 // Server serves the API.
 type Server struct {
+	// Version is reported by /healthz.
+	Version      string
 	Tenancy      *tenancy.Service
 	Policy       *policy.Service
 	Meter        *metering.Meter
@@ -54,7 +53,7 @@ func (s *Server) Handler() http.Handler {
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": Version})
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": s.Version})
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
