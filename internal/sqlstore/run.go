@@ -1,0 +1,232 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"slices"
+	"strings"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/run"
+	"github.com/sluicehq/sluice/internal/tenancy"
+)
+
+var _ run.Store = (*Store)(nil)
+
+// one-statement helpers outside an explicit transaction
+
+func (s *Store) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	res, err := s.w.ExecContext(ctx, s.d.rebind(q), args...)
+	if err != nil {
+		c := &conn{d: s.d}
+		return nil, c.wrap(err)
+	}
+	return res, nil
+}
+
+// ---- flows ----
+
+const flowCols = "id, tenant_id, project_id, name, endpoint_name, description, format, data, created_by, created_at, updated_at"
+
+func scanFlow(r scanner) (*run.Flow, error) {
+	var f run.Flow
+	var data string
+	var c, u int64
+	if err := r.Scan(&f.ID, &f.TenantID, &f.ProjectID, &f.Name, &f.EndpointName, &f.Description, &f.Format, &data, &f.CreatedBy, &c, &u); err != nil {
+		return nil, err
+	}
+	f.Data = json.RawMessage(data)
+	f.CreatedAt, f.UpdatedAt = fromMicros(c), fromMicros(u)
+	return &f, nil
+}
+
+// InsertFlow stores a new flow.
+func (s *Store) InsertFlow(ctx context.Context, f *run.Flow) error {
+	_, err := s.exec(ctx, `INSERT INTO flows (`+flowCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		f.ID, f.TenantID, f.ProjectID, f.Name, f.EndpointName, f.Description, f.Format, string(f.Data), f.CreatedBy,
+		micros(f.CreatedAt), micros(f.UpdatedAt))
+	if errs.Is(err, errs.Conflict) {
+		return errs.Field(errs.Conflict, "endpoint_name", "a flow with endpoint name %q already exists in this tenant", f.EndpointName)
+	}
+	return err
+}
+
+// Flow returns a flow by id.
+func (s *Store) Flow(ctx context.Context, id string) (*run.Flow, error) {
+	return one(s.r.QueryRowContext(ctx, s.d.rebind(`SELECT `+flowCols+` FROM flows WHERE id = ?`), id), scanFlow, "flow")
+}
+
+// FlowByEndpoint returns a tenant's flow by endpoint name.
+func (s *Store) FlowByEndpoint(ctx context.Context, tenantID, endpoint string) (*run.Flow, error) {
+	return one(s.r.QueryRowContext(ctx, s.d.rebind(`SELECT `+flowCols+` FROM flows WHERE tenant_id = ? AND endpoint_name = ?`), tenantID, endpoint),
+		scanFlow, "flow")
+}
+
+// Flows lists flows (without their data).
+func (s *Store) Flows(ctx context.Context, f tenancy.Filter) ([]*run.Flow, error) {
+	var w where
+	w.eq("tenant_id", f.TenantID)
+	w.eq("project_id", f.ProjectID)
+	q, args := w.sql(f, "id")
+	rows, err := s.r.QueryContext(ctx, s.d.rebind(`SELECT `+strings.Replace(flowCols, "data", "''", 1)+` FROM flows`+q), args...)
+	if err != nil {
+		return nil, dbError(err, "list flows")
+	}
+	out, err := collect(rows, func(r *sql.Rows) (*run.Flow, error) { return scanFlow(r) })
+	for _, fl := range out {
+		fl.Data = nil
+	}
+	return out, err
+}
+
+// UpdateFlow replaces a flow's name, description and data.
+func (s *Store) UpdateFlow(ctx context.Context, f *run.Flow) error {
+	res, err := s.exec(ctx, `UPDATE flows SET name = ?, endpoint_name = ?, description = ?, format = ?, data = ?, updated_at = ? WHERE id = ?`,
+		f.Name, f.EndpointName, f.Description, f.Format, string(f.Data), micros(f.UpdatedAt), f.ID)
+	if errs.Is(err, errs.Conflict) {
+		return errs.Field(errs.Conflict, "endpoint_name", "a flow with endpoint name %q already exists in this tenant", f.EndpointName)
+	}
+	if err != nil {
+		return err
+	}
+	return affected(res, "flow")
+}
+
+// DeleteFlow deletes a flow; its runs stay for the record.
+func (s *Store) DeleteFlow(ctx context.Context, id string) error {
+	res, err := s.exec(ctx, `DELETE FROM flows WHERE id = ?`, id)
+	if err != nil {
+		return err
+	}
+	return affected(res, "flow")
+}
+
+// ---- runs ----
+
+const runCols = `id, flow_id, tenant_id, project_id, user_id, session_id, status, error_code, error_message, started_at, ended_at,
+	input_tokens, output_tokens, gpu_ms, cost_micros, steps, memory_enforced, peak_memory, cpu_ms, output_preview, trace_json`
+
+func scanRun(r scanner) (*run.Record, error) {
+	var x run.Record
+	var started int64
+	var ended sql.NullInt64
+	var enforced int64
+	var trace string
+	if err := r.Scan(&x.ID, &x.FlowID, &x.TenantID, &x.ProjectID, &x.UserID, &x.SessionID, &x.Status, &x.ErrorCode, &x.ErrorMessage,
+		&started, &ended, &x.Usage.InputTokens, &x.Usage.OutputTokens, &x.Usage.GPUMillis, &x.Usage.CostMicros, &x.Steps,
+		&enforced, &x.PeakMemory, &x.CPUMillis, &x.OutputPreview, &trace); err != nil {
+		return nil, err
+	}
+	x.StartedAt, x.EndedAt, x.MemoryEnforced = fromMicros(started), fromNullMicros(ended), enforced != 0
+	if err := json.Unmarshal([]byte(trace), &x.Trace); err != nil {
+		return nil, err
+	}
+	return &x, nil
+}
+
+func runArgs(x *run.Record) ([]any, error) {
+	trace, err := json.Marshal(x.Trace)
+	if err != nil {
+		return nil, errs.Wrap(err, "encode trace")
+	}
+	if x.Trace == nil {
+		trace = []byte("[]")
+	}
+	enforced := 0
+	if x.MemoryEnforced {
+		enforced = 1
+	}
+	return []any{x.ID, x.FlowID, x.TenantID, x.ProjectID, x.UserID, x.SessionID, string(x.Status), x.ErrorCode, x.ErrorMessage,
+		micros(x.StartedAt), nullMicros(x.EndedAt), x.Usage.InputTokens, x.Usage.OutputTokens, x.Usage.GPUMillis, x.Usage.CostMicros,
+		x.Steps, enforced, x.PeakMemory, x.CPUMillis, x.OutputPreview, string(trace)}, nil
+}
+
+// InsertRun records a run as it starts.
+func (s *Store) InsertRun(ctx context.Context, x *run.Record) error {
+	args, err := runArgs(x)
+	if err != nil {
+		return err
+	}
+	_, err = s.exec(ctx, `INSERT INTO runs (`+runCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
+	return err
+}
+
+// FinishRun writes a run's outcome.
+func (s *Store) FinishRun(ctx context.Context, x *run.Record) error {
+	args, err := runArgs(x)
+	if err != nil {
+		return err
+	}
+	res, err := s.exec(ctx, `UPDATE runs SET status = ?, error_code = ?, error_message = ?, ended_at = ?, input_tokens = ?, output_tokens = ?,
+		gpu_ms = ?, cost_micros = ?, steps = ?, memory_enforced = ?, peak_memory = ?, cpu_ms = ?, output_preview = ?, trace_json = ?
+		WHERE id = ?`, slices.Concat(args[6:9], args[10:], []any{x.ID})...)
+	if err != nil {
+		return err
+	}
+	return affected(res, "run")
+}
+
+// Run returns a run by id.
+func (s *Store) Run(ctx context.Context, id string) (*run.Record, error) {
+	return one(s.r.QueryRowContext(ctx, s.d.rebind(`SELECT `+runCols+` FROM runs WHERE id = ?`), id), scanRun, "run")
+}
+
+// Runs lists runs, newest first.
+func (s *Store) Runs(ctx context.Context, f tenancy.Filter) ([]*run.Record, error) {
+	var w where
+	w.eq("tenant_id", f.TenantID)
+	w.eq("project_id", f.ProjectID)
+	w.eq("user_id", f.UserID)
+	w.eq("flow_id", f.ParentID)
+	if f.After != "" {
+		w.add("id < ?", f.After)
+	}
+	q := ""
+	if len(w.conds) > 0 {
+		q = " WHERE " + strings.Join(w.conds, " AND ")
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = tenancy.DefaultPageSize
+	}
+	rows, err := s.r.QueryContext(ctx, s.d.rebind(`SELECT `+runCols+` FROM runs`+q+` ORDER BY id DESC LIMIT ?`), append(w.args, limit)...)
+	if err != nil {
+		return nil, dbError(err, "list runs")
+	}
+	return collect(rows, func(r *sql.Rows) (*run.Record, error) { return scanRun(r) })
+}
+
+// ---- messages ----
+
+// AppendMessage stores a chat message.
+func (s *Store) AppendMessage(ctx context.Context, m *run.Message) error {
+	_, err := s.exec(ctx, `INSERT INTO messages (id, tenant_id, flow_id, session_id, sender, sender_name, text, run_id, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, m.ID, m.TenantID, m.FlowID, m.SessionID, m.Sender, m.SenderName, m.Text, m.RunID, micros(m.CreatedAt))
+	return err
+}
+
+// Messages returns a session's last n messages, oldest first.
+func (s *Store) Messages(ctx context.Context, tenantID, sessionID string, n int) ([]*run.Message, error) {
+	rows, err := s.r.QueryContext(ctx, s.d.rebind(`SELECT id, tenant_id, flow_id, session_id, sender, sender_name, text, run_id, created_at
+		FROM messages WHERE tenant_id = ? AND session_id = ? ORDER BY id DESC LIMIT ?`), tenantID, sessionID, n)
+	if err != nil {
+		return nil, dbError(err, "read messages")
+	}
+	out, err := collect(rows, func(r *sql.Rows) (*run.Message, error) {
+		var m run.Message
+		var c int64
+		if err := r.Scan(&m.ID, &m.TenantID, &m.FlowID, &m.SessionID, &m.Sender, &m.SenderName, &m.Text, &m.RunID, &c); err != nil {
+			return nil, err
+		}
+		m.CreatedAt = fromMicros(c)
+		return &m, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, nil
+}
