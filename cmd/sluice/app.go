@@ -15,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/httpapi"
 	"github.com/sluicehq/sluice/internal/metering"
+	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/sqlstore"
@@ -35,6 +36,7 @@ type App struct {
 	engine   *quota.Memory
 	recorder *usage.Recorder
 	meter    *metering.Meter
+	metrics  *metrics.Metrics
 	ln       net.Listener
 	srv      *http.Server
 }
@@ -48,10 +50,11 @@ func NewApp(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
 	}
-	store, err := sqlstore.OpenSQLite(ctx, cfg.SQLitePath())
+	store, err := sqlstore.Open(ctx, cfg.DatabaseURL, cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
+	log.Info("store open", slog.String("store", store.Dialect()), slog.String("database", sqlstore.Redact(cfg.DatabaseURL)))
 	a := &App{cfg: cfg, log: log, stdout: stdout, store: store, tenancy: tenancy.NewService(store, log)}
 	if err := a.bootstrap(ctx); err != nil {
 		store.Close()
@@ -88,6 +91,9 @@ func (a *App) startQuota(ctx context.Context) error {
 	a.engine = quota.NewMemory(quota.Options{})
 	a.recorder = usage.NewRecorder(a.store, a.log, time.Duration(a.cfg.UsageFlushInterval))
 	a.meter = metering.New(a.engine, mgr, a.recorder, a.log)
+	a.metrics = metrics.New(func() float64 { return float64(a.recorder.Pending()) })
+	a.meter.OnDecision = func(kind, result, dim string) { a.metrics.Decisions.WithLabelValues(kind, result, dim).Inc() }
+	a.meter.OnSettle = a.metrics.Settlements.Inc
 	n, err := a.meter.Restore(ctx, a.store)
 	if err != nil {
 		a.recorder.Close()
@@ -144,6 +150,7 @@ func (a *App) Handler() http.Handler {
 		Tenancy:      a.tenancy,
 		Policy:       a.policy,
 		Meter:        a.meter,
+		Metrics:      a.metrics,
 		Log:          a.log,
 		MaxBodyBytes: a.cfg.MaxBodyBytes,
 		Ready: func(ctx context.Context) map[string]error {

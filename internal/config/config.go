@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -28,7 +29,9 @@ type Config struct {
 	Addr string `yaml:"addr"`
 	// DataDir holds the SQLite database and the generated admin key.
 	DataDir string `yaml:"data_dir"`
-	// DatabaseURL selects the store; empty means SQLite in DataDir.
+	// DatabaseURL selects the store: "sqlite:PATH", or a postgres:// or
+	// postgresql:// URL; empty means SQLite in DataDir. Its password never
+	// prints.
 	DatabaseURL string `yaml:"database_url"`
 	// AdminKey, when set at first start, becomes the first admin's key.
 	// Secret: never printed.
@@ -162,8 +165,8 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		return errs.Field(errs.Invalid, "data_dir", "data_dir must not be empty")
 	}
-	if c.DatabaseURL != "" && !strings.HasPrefix(c.DatabaseURL, "sqlite:") {
-		return errs.Field(errs.Invalid, "database_url", "database_url must be sqlite:PATH (PostgreSQL support is not in this build)")
+	if err := validDatabaseURL(c.DatabaseURL); err != nil {
+		return err
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -215,8 +218,61 @@ func (c *Config) SQLitePath() string {
 	return strings.TrimRight(c.DataDir, "/") + "/sluice.db"
 }
 
-// String prints the config as YAML, secrets redacted.
+func validDatabaseURL(s string) error {
+	switch {
+	case s == "", strings.HasPrefix(s, "sqlite:"):
+		return nil
+	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"):
+		// The parse error would quote the URL, password and all.
+		if _, err := url.Parse(s); err != nil {
+			return errs.Field(errs.Invalid, "database_url", "database_url %s is not a valid URL", redactURL(s))
+		}
+		return nil
+	}
+	return errs.Field(errs.Invalid, "database_url", "database_url %s is not sqlite:PATH, postgres://… or postgresql://…", redactURL(s))
+}
+
+// redactURL replaces the password of a database URL, and any password
+// parameter, with "xxxxx". (sqlstore.Redact does the same for the store's
+// errors; config does not import the store.)
+func redactURL(s string) string {
+	const mask = "xxxxx"
+	u, err := url.Parse(s)
+	if err != nil {
+		if strings.Contains(s, "@") || strings.Contains(strings.ToLower(s), "password") {
+			return "<unparseable database URL>"
+		}
+		return s
+	}
+	changed := false
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), mask)
+		changed = true
+	}
+	if strings.Contains(strings.ToLower(u.RawQuery), "password") {
+		q, err := url.ParseQuery(u.RawQuery)
+		if err != nil {
+			u.RawQuery = mask
+		} else {
+			for k := range q {
+				if strings.Contains(strings.ToLower(k), "password") {
+					q.Set(k, mask)
+				}
+			}
+			u.RawQuery = q.Encode()
+		}
+		changed = true
+	}
+	if !changed {
+		return s
+	}
+	return u.String()
+}
+
+// String prints the config as YAML, secrets redacted: the admin key, and
+// the password in database_url.
 func (c Config) String() string {
+	c.DatabaseURL = redactURL(c.DatabaseURL)
 	b, err := yaml.Marshal(c)
 	if err != nil {
 		return fmt.Sprintf("config: %v", err)

@@ -224,9 +224,18 @@ func TestValidate(t *testing.T) {
 		{"addr port only", func(c *config.Config) { c.Addr = ":8080" }, ""},
 		{"addr ipv6", func(c *config.Config) { c.Addr = "[::1]:8080" }, ""},
 		{"data_dir empty", func(c *config.Config) { c.DataDir = "" }, "data_dir"},
-		{"database_url postgres", func(c *config.Config) { c.DatabaseURL = "postgres://localhost/sluice" }, "database_url"},
+		{"database_url postgres", func(c *config.Config) { c.DatabaseURL = "postgres://localhost/sluice" }, ""},
+		{"database_url postgres with password", func(c *config.Config) {
+			c.DatabaseURL = "postgres://sluice:pw@db.internal:5432/sluice?sslmode=verify-full"
+		}, ""},
+		{"database_url postgresql", func(c *config.Config) { c.DatabaseURL = "postgresql://sluice@db/sluice" }, ""},
+		{"database_url postgres unparseable", func(c *config.Config) { c.DatabaseURL = "postgres://u:p%zz@db/sluice" }, "database_url"},
+		{"database_url postgres without slashes", func(c *config.Config) { c.DatabaseURL = "postgres:db/sluice" }, "database_url"},
+		{"database_url mysql", func(c *config.Config) { c.DatabaseURL = "mysql://root@localhost/sluice" }, "database_url"},
+		{"database_url upper-case scheme", func(c *config.Config) { c.DatabaseURL = "POSTGRES://localhost/sluice" }, "database_url"},
 		{"database_url path without scheme", func(c *config.Config) { c.DatabaseURL = "/srv/sluice.db" }, "database_url"},
 		{"database_url sqlite", func(c *config.Config) { c.DatabaseURL = "sqlite:/srv/sluice.db" }, ""},
+		{"database_url sqlite without path", func(c *config.Config) { c.DatabaseURL = "sqlite:" }, ""},
 		{"log_level unknown", func(c *config.Config) { c.LogLevel = "verbose" }, "log_level"},
 		{"log_level empty", func(c *config.Config) { c.LogLevel = "" }, "log_level"},
 		{"log_level upper case", func(c *config.Config) { c.LogLevel = "INFO" }, "log_level"},
@@ -318,6 +327,50 @@ func TestStringRedactsAdminKey(t *testing.T) {
 				t.Errorf("String() = %q, want addr and shutdown_timeout printed", s)
 			}
 		})
+	}
+}
+
+func TestStringRedactsDatabasePassword(t *testing.T) {
+	const password = "pg-TOP-SECRET-77e1"
+	tests := []struct {
+		name, url, want string
+	}{
+		{"userinfo", "postgres://sluice:" + password + "@db.internal:5432/sluice?sslmode=verify-full",
+			"database_url: postgres://sluice:xxxxx@db.internal:5432/sluice?sslmode=verify-full"},
+		{"postgresql scheme", "postgresql://sluice:" + password + "@db/sluice", "database_url: postgresql://sluice:xxxxx@db/sluice"},
+		{"query parameter", "postgres://db/sluice?user=sluice&password=" + password, "database_url: postgres://db/sluice?password=xxxxx&user=sluice"},
+		{"unparseable", "postgres://sluice:" + password + "%zz@db/sluice", "database_url: <unparseable database URL>"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := config.Default()
+			if err := c.Env(env(map[string]string{"SLUICE_DATABASE_URL": tt.url})); err != nil {
+				t.Fatalf("Env = %v, want nil", err)
+			}
+			if c.DatabaseURL != tt.url {
+				t.Fatalf("DatabaseURL = %q, want the URL loaded unchanged", c.DatabaseURL)
+			}
+			for how, s := range map[string]string{
+				"String()":      c.String(),
+				"(&c).String()": (&c).String(),
+				"%v":            fmt.Sprintf("%v", c),
+				"%+v":           fmt.Sprintf("%+v", c),
+				"Validate()":    fmt.Sprint(c.Validate()),
+			} {
+				if strings.Contains(s, password) {
+					t.Errorf("%s = %q, want no %q in it", how, s, password)
+				}
+			}
+			if s := c.String(); !strings.Contains(s, tt.want) {
+				t.Errorf("String() = %q, want %q in it", s, tt.want)
+			}
+		})
+	}
+	// A URL without a password prints as it is.
+	c := config.Default()
+	c.DatabaseURL = "postgres://sluice@db/sluice?sslmode=require"
+	if s := c.String(); !strings.Contains(s, "database_url: postgres://sluice@db/sluice?sslmode=require") {
+		t.Errorf("String() = %q, want the URL unchanged", s)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/metering"
+	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/tenancy"
 )
@@ -28,6 +29,8 @@ type Server struct {
 	MaxBodyBytes int64
 	// Ready reports whether the server can serve (store reachable, …).
 	Ready func(ctx context.Context) map[string]error
+	// Metrics, when set, records requests and serves /metrics.
+	Metrics *metrics.Metrics
 }
 
 // Handler returns the API's root handler.
@@ -35,6 +38,9 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.Metrics.Handler())
+	}
 
 	api := http.NewServeMux()
 	api.HandleFunc("GET /api/v1/me", s.me)
@@ -186,13 +192,23 @@ func (s *Server) withRequestLog(next http.Handler) http.Handler {
 					slog.String("key", info.principal.KeyID))
 			}
 			s.Log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
+			if s.Metrics != nil {
+				route := info.route
+				if route == "" {
+					route = r.Pattern
+				}
+				s.Metrics.ObserveHTTP(route, sw.status, time.Since(start))
+			}
 		}()
 		next.ServeHTTP(sw, r)
 	})
 }
 
 // requestInfo lets inner handlers tell the request log who called.
-type requestInfo struct{ principal tenancy.Principal }
+type requestInfo struct {
+	principal tenancy.Principal
+	route     string // the matched pattern of the API mux
+}
 
 type requestInfoKey struct{}
 
@@ -218,9 +234,14 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			writeError(w, r, s.Log, err)
 			return
 		}
-		if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
+		info, _ := r.Context().Value(requestInfoKey{}).(*requestInfo)
+		if info != nil {
 			info.principal = p
 		}
-		next.ServeHTTP(w, r.WithContext(tenancy.WithPrincipal(r.Context(), p)))
+		inner := r.WithContext(tenancy.WithPrincipal(r.Context(), p))
+		next.ServeHTTP(w, inner)
+		if info != nil {
+			info.route = inner.Pattern
+		}
 	})
 }

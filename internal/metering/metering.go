@@ -35,6 +35,12 @@ type Meter struct {
 
 	mu      sync.Mutex
 	tickets map[string]*ticketMeta
+
+	// OnDecision, when set, is told every admission decision: the kind of
+	// work, "admitted", "denied" or "error", and the denying dimension.
+	OnDecision func(kind, result, dimension string)
+	// OnSettle, when set, is told every first settlement.
+	OnSettle func()
 }
 
 // ticketMeta is what a settlement needs to know about its ticket.
@@ -67,6 +73,17 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 		return nil, err
 	}
 	t, err := m.engine.Acquire(ctx, quota.Request{Chain: chain.Scopes, Ask: ask, TTL: ttl})
+	if m.OnDecision != nil {
+		var d *quota.Denial
+		switch {
+		case err == nil:
+			m.OnDecision(kind, "admitted", "")
+		case errors.As(err, &d):
+			m.OnDecision(kind, "denied", d.Dimension.String())
+		default:
+			m.OnDecision(kind, "error", "")
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +150,9 @@ func (m *Meter) Settle(ctx context.Context, ticketID string, u quota.Usage, mode
 		return s, err
 	case !known:
 		return s, nil // a replay: the event was recorded the first time
+	}
+	if m.OnSettle != nil {
+		m.OnSettle()
 	}
 	if model == "" {
 		model = meta.model

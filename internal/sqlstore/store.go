@@ -1,6 +1,7 @@
 // Package sqlstore persists Sluice's data in SQL: SQLite (the embedded
-// default, one file in WAL mode, no cgo) or, later, PostgreSQL, through one
-// set of embedded, versioned migrations.
+// default, one file in WAL mode, no cgo) or PostgreSQL (shared by several
+// instances), through one set of embedded, versioned migrations and one set
+// of queries.
 package sqlstore
 
 import (
@@ -59,10 +60,31 @@ var sqlite = dialect{
 
 // Store is a SQL database holding Sluice's state. Writes go through w; reads
 // through r (for SQLite a separate pool of read-only connections, so that
-// readers never queue behind the single writer).
+// readers never queue behind the single writer; for PostgreSQL the same
+// pool as w).
 type Store struct {
-	w, r *sql.DB
-	d    dialect
+	w *sql.DB
+	r readDB
+	d dialect
+}
+
+// readDB is the pool reads use. Its transactions are declared read-only:
+// on PostgreSQL, where reads share the writers' pool, that is what keeps a
+// View from writing.
+type readDB struct{ *sql.DB }
+
+// BeginTx begins a read-only transaction.
+func (r readDB) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error) {
+	ro := sql.TxOptions{ReadOnly: true}
+	if opts != nil {
+		ro.Isolation = opts.Isolation
+	}
+	return r.DB.BeginTx(ctx, &ro)
+}
+
+// beginner is a pool that begins transactions: w, or r.
+type beginner interface {
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
 }
 
 // OpenSQLite opens (creating if needed) the SQLite database at path and
@@ -97,14 +119,14 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 	r.SetMaxOpenConns(8)
-	s.r = r
+	s.r = readDB{r}
 	return s, nil
 }
 
 // Close closes the database.
 func (s *Store) Close() error {
 	err := s.w.Close()
-	if s.r != nil && s.r != s.w {
+	if s.r.DB != nil && s.r.DB != s.w {
 		err = errors.Join(err, s.r.Close())
 	}
 	return err
@@ -132,7 +154,7 @@ func (s *Store) Version(ctx context.Context) (int, error) {
 // Dialect names the SQL engine ("sqlite", "postgres").
 func (s *Store) Dialect() string { return s.d.name }
 
-func (s *Store) tx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
+func (s *Store) tx(ctx context.Context, db beginner, fn func(*sql.Tx) error) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return dbError(err, "begin transaction")

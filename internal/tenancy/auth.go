@@ -62,6 +62,17 @@ type BootstrapResult struct {
 // non-empty secret (SLUICE_ADMIN_KEY) that becomes the key; otherwise a key
 // is generated and returned once for the caller to show and save.
 func (s *Service) Bootstrap(ctx context.Context, secret string) (BootstrapResult, error) {
+	res, err := s.bootstrap(ctx, secret)
+	if errs.Is(err, errs.Conflict) {
+		// Another instance made the first admin between our check and our
+		// insert (several instances starting on one PostgreSQL database):
+		// look again, and find theirs.
+		return s.bootstrap(ctx, secret)
+	}
+	return res, err
+}
+
+func (s *Service) bootstrap(ctx context.Context, secret string) (BootstrapResult, error) {
 	generated := secret == ""
 	if generated {
 		secret = NewSecret()

@@ -1,0 +1,104 @@
+// Package metrics owns Sluice's Prometheus metrics: one registry per app
+// (so tests can start many apps in one process), with the counters and
+// gauges every other package reports through. Label values never carry
+// tenant or user ids, which would explode cardinality and leak who uses
+// the platform; per-tenant figures live in the usage API.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics is the set of Sluice's metrics.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	HTTPRequests  *prometheus.CounterVec
+	HTTPDuration  *prometheus.HistogramVec
+	Decisions     *prometheus.CounterVec
+	Settlements   prometheus.Counter
+	QuotaMode     *prometheus.GaugeVec
+	EventsPending prometheus.GaugeFunc
+	Runs          *prometheus.CounterVec
+	ModelCalls    *prometheus.CounterVec
+	Tokens        *prometheus.CounterVec
+	PolicyVersion prometheus.Gauge
+}
+
+// New registers every metric in a fresh registry. pending reports queued
+// usage events (nil for none).
+func New(pending func() float64) *Metrics {
+	if pending == nil {
+		pending = func() float64 { return 0 }
+	}
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		HTTPRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_http_requests_total", Help: "HTTP requests by route pattern and status code.",
+		}, []string{"route", "code"}),
+		HTTPDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sluice_http_request_duration_seconds", Help: "HTTP request latency by route pattern.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"route"}),
+		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_quota_decisions_total", Help: "Quota decisions by kind (run, model_call, metering), result (admitted, denied, error) and the denying dimension.",
+		}, []string{"kind", "result", "dimension"}),
+		Settlements: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_quota_settlements_total", Help: "Tickets settled.",
+		}),
+		QuotaMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_quota_mode", Help: "1 for the quota engine's current mode (normal, degraded, read_only), 0 for the others.",
+		}, []string{"mode"}),
+		Runs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_runs_total", Help: "Flow runs by final status.",
+		}, []string{"status"}),
+		ModelCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_model_calls_total", Help: "Model calls by model, provider and outcome.",
+		}, []string{"model", "provider", "outcome"}),
+		Tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_tokens_total", Help: "Tokens used by model and direction (input, output).",
+		}, []string{"model", "direction"}),
+		PolicyVersion: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_policy_version", Help: "Version of the policy snapshot in force on this instance.",
+		}),
+	}
+	m.EventsPending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_usage_events_pending", Help: "Usage events queued and not yet written to the store.",
+	}, pending)
+	m.Registry.MustRegister(m.HTTPRequests, m.HTTPDuration, m.Decisions, m.Settlements, m.QuotaMode, m.EventsPending,
+		m.Runs, m.ModelCalls, m.Tokens, m.PolicyVersion,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.SetMode("normal")
+	return m
+}
+
+// SetMode marks the quota engine's mode.
+func (m *Metrics) SetMode(mode string) {
+	for _, k := range []string{"normal", "degraded", "read_only"} {
+		v := 0.0
+		if k == mode {
+			v = 1
+		}
+		m.QuotaMode.WithLabelValues(k).Set(v)
+	}
+}
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
+}
+
+// ObserveHTTP records one request.
+func (m *Metrics) ObserveHTTP(route string, code int, d time.Duration) {
+	if route == "" {
+		route = "unmatched"
+	}
+	m.HTTPRequests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+	m.HTTPDuration.WithLabelValues(route).Observe(d.Seconds())
+}
