@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/config"
@@ -17,6 +18,7 @@ import (
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/policydoc"
 	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/sqlstore"
 	"github.com/sluicehq/sluice/internal/tenancy"
@@ -39,6 +41,9 @@ type App struct {
 	metrics  *metrics.Metrics
 	ln       net.Listener
 	srv      *http.Server
+
+	stopBackground context.CancelFunc
+	background     sync.WaitGroup
 }
 
 // NewApp opens the store, applies migrations and makes sure a first admin
@@ -94,6 +99,15 @@ func (a *App) startQuota(ctx context.Context) error {
 	a.metrics = metrics.New(func() float64 { return float64(a.recorder.Pending()) })
 	a.meter.OnDecision = func(kind, result, dim string) { a.metrics.Decisions.WithLabelValues(kind, result, dim).Inc() }
 	a.meter.OnSettle = a.metrics.Settlements.Inc
+	mgr.OnReload = func(s *policy.Snapshot) {
+		a.metrics.PolicyVersion.Set(float64(s.Version))
+		if s.Platform().ReadOnly {
+			a.metrics.SetMode("read_only")
+		} else {
+			a.metrics.SetMode("normal")
+		}
+	}
+	mgr.OnReload(mgr.Current())
 	n, err := a.meter.Restore(ctx, a.store)
 	if err != nil {
 		a.recorder.Close()
@@ -156,6 +170,12 @@ func (a *App) Handler() http.Handler {
 		Ready: func(ctx context.Context) map[string]error {
 			return map[string]error{"store": a.store.Ping(ctx)}
 		},
+		Mode: func() string {
+			if a.policy.Manager().Current().Platform().ReadOnly {
+				return "read_only"
+			}
+			return "normal"
+		},
 	}
 	return api.Handler()
 }
@@ -176,10 +196,12 @@ func (a *App) Serve(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
 	a.log.Info("sluice serving", slog.String("addr", a.Addr()), slog.String("store", a.store.Dialect()), slog.String("version", version))
+	a.startBackground()
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	select {
 	case err := <-errc:
+		a.endBackground()
 		a.closeQuota()
 		a.store.Close()
 		return fmt.Errorf("serve: %w", err)
@@ -192,8 +214,38 @@ func (a *App) Serve(ctx context.Context) error {
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		err = errors.Join(err, serr)
 	}
+	a.endBackground()
 	a.closeQuota()
 	return errors.Join(err, a.store.Close())
+}
+
+// startBackground starts the goroutines the app owns: the policy watch
+// (changes made on other instances) and the policy file watch.
+func (a *App) startBackground() {
+	ctx, cancel := context.WithCancel(context.Background())
+	a.stopBackground = cancel
+	mgr := a.policy.Manager()
+	a.background.Add(1)
+	go func() {
+		defer a.background.Done()
+		mgr.Watch(ctx, time.Duration(a.cfg.PolicyPollInterval), a.store.ChangeVersion)
+	}()
+	if a.cfg.PolicyFile != "" {
+		ap := &policydoc.Applier{Tenancy: a.tenancy, Policy: a.policy}
+		a.background.Add(1)
+		go func() {
+			defer a.background.Done()
+			ap.WatchFile(ctx, a.cfg.PolicyFile, time.Second, a.log)
+		}()
+	}
+}
+
+// endBackground stops the app's goroutines and waits for them.
+func (a *App) endBackground() {
+	if a.stopBackground != nil {
+		a.stopBackground()
+	}
+	a.background.Wait()
 }
 
 // closeQuota writes out queued usage and stops the engine.

@@ -50,6 +50,12 @@ type Config struct {
 	// UsageFlushInterval is how often usage events are written in a batch;
 	// a crash loses at most this much metering.
 	UsageFlushInterval Duration `yaml:"usage_flush_interval"`
+	// PolicyPollInterval is how often an instance looks for changes made
+	// by others (the shared store's change counter).
+	PolicyPollInterval Duration `yaml:"policy_poll_interval"`
+	// PolicyFile, when set, is a policy YAML (sluice apply's format) applied
+	// at start and again whenever it changes.
+	PolicyFile string `yaml:"policy_file"`
 }
 
 // Secret is a string that never prints.
@@ -102,6 +108,7 @@ func Default() Config {
 
 		DefaultGlobalRate:  "100/min",
 		UsageFlushInterval: Duration(100 * time.Millisecond),
+		PolicyPollInterval: Duration(500 * time.Millisecond),
 	}
 }
 
@@ -137,6 +144,7 @@ func (c *Config) Env(getenv func(string) string) error {
 	str("SLUICE_LOG_LEVEL", &c.LogLevel)
 	str("SLUICE_LOG_FORMAT", &c.LogFormat)
 	str("SLUICE_DEFAULT_GLOBAL_RATE", &c.DefaultGlobalRate)
+	str("SLUICE_POLICY_FILE", &c.PolicyFile)
 	if v := getenv("SLUICE_ADMIN_KEY"); v != "" {
 		c.AdminKey = Secret(v)
 	}
@@ -189,6 +197,9 @@ func (c *Config) Validate() error {
 		if err := json.Unmarshal([]byte(strconv.Quote(c.DefaultGlobalRate)), &r); err != nil {
 			return errs.Field(errs.Invalid, "default_global_rate", "default_global_rate: %v (or \"none\")", err)
 		}
+	}
+	if c.PolicyPollInterval <= 0 || time.Duration(c.PolicyPollInterval) > time.Second {
+		return errs.Field(errs.Invalid, "policy_poll_interval", "policy_poll_interval must be between 0 and 1s, so changes reach every instance within a second")
 	}
 	if c.UsageFlushInterval <= 0 || time.Duration(c.UsageFlushInterval) > 10*time.Second {
 		return errs.Field(errs.Invalid, "usage_flush_interval", "usage_flush_interval must be between 0 and 10s")

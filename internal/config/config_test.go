@@ -64,6 +64,7 @@ shutdown_timeout: 2m30s
 
 		DefaultGlobalRate:  "100/min",
 		UsageFlushInterval: config.Duration(100 * time.Millisecond),
+		PolicyPollInterval: config.Duration(500 * time.Millisecond),
 	}
 	if c != want {
 		t.Errorf("Parse(valid) = %+v, want %+v", c, want)
@@ -160,6 +161,7 @@ admin_key: file-key
 					Addr: "127.0.0.1:1", DataDir: "/d", DatabaseURL: "sqlite:/x.db", LogLevel: "warn", LogFormat: "json",
 					AdminKey: "k", MaxBodyBytes: 1024, ShutdownTimeout: config.Duration(250 * time.Millisecond),
 					DefaultGlobalRate: "100/min", UsageFlushInterval: config.Duration(100 * time.Millisecond),
+					PolicyPollInterval: config.Duration(500 * time.Millisecond),
 				}
 			},
 		},

@@ -135,6 +135,28 @@ func (s *Server) policyRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, listResponse[*policy.Grant]{Items: out})
 	})
 	mux.HandleFunc("DELETE /api/v1/admin/grants/{id}", get(s, p.RevokeGrant))
+
+	mux.HandleFunc("GET /api/v1/admin/platform", func(w http.ResponseWriter, r *http.Request) {
+		pf, err := p.Platform(r.Context())
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, pf)
+	})
+	mux.HandleFunc("PUT /api/v1/admin/platform", func(w http.ResponseWriter, r *http.Request) {
+		var in policy.Platform
+		if err := decode(r, s.MaxBodyBytes, &in); err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		pf, err := p.SetPlatform(r.Context(), in)
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, pf)
+	})
 }
 
 // policyDocRoutes serve `sluice apply` and `sluice export`.

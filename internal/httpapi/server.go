@@ -29,6 +29,9 @@ type Server struct {
 	MaxBodyBytes int64
 	// Ready reports whether the server can serve (store reachable, …).
 	Ready func(ctx context.Context) map[string]error
+	// Mode reports the quota engine's mode for /readyz: normal, degraded,
+	// read_only.
+	Mode func() string
 	// Metrics, when set, records requests and serves /metrics.
 	Metrics *metrics.Metrics
 }
@@ -79,6 +82,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	body := map[string]any{"status": "ready", "checks": checks}
+	if s.Mode != nil {
+		body["mode"] = s.Mode()
+	}
 	if status != http.StatusOK {
 		body["status"] = "unavailable"
 	}

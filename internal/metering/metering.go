@@ -68,7 +68,25 @@ type Admission struct {
 
 // Acquire admits ask for who, or returns the engine's *quota.Denial.
 func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask, ttl time.Duration) (*Admission, error) {
-	chain, err := m.policy.Current().Chain(who.TenantID, who.UserID, who.ProjectID)
+	snap := m.policy.Current()
+	if pf := snap.Platform(); pf.ReadOnly {
+		msg := "Sluice is in read-only mode: no new work is admitted"
+		if pf.Message != "" {
+			msg += ": " + pf.Message
+		}
+		if m.OnDecision != nil {
+			m.OnDecision(kind, "denied", "read_only")
+		}
+		return nil, errs.E(errs.Unavailable, "%s", msg)
+	}
+	chain, err := snap.Chain(who.TenantID, who.UserID, who.ProjectID)
+	if errs.Is(err, errs.NotFound) {
+		// The project may have been created on another instance since our
+		// last reload: callers have already checked it exists in the store.
+		if rerr := m.policy.ReloadIfOlder(ctx, snap); rerr == nil {
+			chain, err = m.policy.Current().Chain(who.TenantID, who.UserID, who.ProjectID)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -17,9 +18,13 @@ type Manager struct {
 	log           *slog.Logger
 	now           func() time.Time
 
-	snap    atomic.Pointer[Snapshot]
-	mu      sync.Mutex // serialises reloads
-	version atomic.Int64
+	snap     atomic.Pointer[Snapshot]
+	mu       sync.Mutex // serialises reloads
+	reloadMu sync.Mutex // collapses reloads on a miss
+	version  atomic.Int64
+
+	// OnReload, when set, is told each new snapshot (metrics, logs).
+	OnReload func(*Snapshot)
 }
 
 // NewManager returns a manager; call Reload before Current.
@@ -47,14 +52,82 @@ func (m *Manager) Reload(ctx context.Context) error {
 		if d.Scopes, err = tx.ListScopeLimits(""); err != nil {
 			return err
 		}
-		d.Grants, err = tx.Grants("", "", m.now())
-		return err
+		if d.Grants, err = tx.Grants("", "", m.now()); err != nil {
+			return err
+		}
+		raw, err := tx.Setting(platformSetting)
+		if err != nil || raw == "" {
+			return err
+		}
+		return json.Unmarshal([]byte(raw), &d.Platform)
 	})
 	if err != nil {
 		return err
 	}
 	m.snap.Store(NewSnapshot(d, m.defaultGlobal, m.version.Add(1), m.now()))
+	if m.OnReload != nil {
+		m.OnReload(m.snap.Load())
+	}
 	return nil
+}
+
+// ReloadIfOlder reloads unless someone already replaced snapshot s since
+// the caller got it, so a burst of misses costs one reload.
+func (m *Manager) ReloadIfOlder(ctx context.Context, s *Snapshot) error {
+	if m.snap.Load() != s {
+		return nil
+	}
+	m.reloadMu.Lock()
+	defer m.reloadMu.Unlock()
+	if m.snap.Load() != s {
+		return nil
+	}
+	return m.Reload(ctx)
+}
+
+// platformSetting is the settings row holding Platform as JSON.
+const platformSetting = "platform"
+
+// Watch reloads the snapshot whenever version (the store's change counter)
+// moves, checking every interval, until ctx ends. This is how a change made
+// on one instance reaches every other within a second. A failing check is
+// logged once per outage; the last snapshot stays in force.
+func (m *Manager) Watch(ctx context.Context, interval time.Duration, version func(context.Context) (int64, error)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var seen int64 = -1
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		v, err := version(ctx)
+		if err != nil {
+			if !failing && ctx.Err() == nil {
+				m.log.Error("policy watch: cannot read the change counter; keeping the policy in force", slog.String("error", err.Error()))
+			}
+			failing = true
+			continue
+		}
+		if failing {
+			m.log.Info("policy watch: store reachable again")
+			failing = false
+		}
+		if v == seen {
+			continue
+		}
+		// The first reading reloads too: a change may have landed between
+		// the start-up load and now.
+		if err := m.Reload(ctx); err != nil {
+			if ctx.Err() == nil {
+				m.log.Error("policy watch: reload failed; keeping the policy in force", slog.String("error", err.Error()))
+			}
+			continue
+		}
+		seen = v
+	}
 }
 
 // Current returns the snapshot in force. When a grant in it has expired,

@@ -604,3 +604,43 @@ func (s *Service) RevokeGrant(ctx context.Context, grantID string) (*Grant, erro
 	})
 	return g, err
 }
+
+// ---- platform ----
+
+// Platform returns the platform switches.
+func (s *Service) Platform(ctx context.Context) (Platform, error) {
+	if _, err := principal(ctx); err != nil {
+		return Platform{}, err
+	}
+	return s.mgr.Current().Platform(), nil
+}
+
+// SetPlatform changes the platform switches. Platform admins only.
+func (s *Service) SetPlatform(ctx context.Context, in Platform) (Platform, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return Platform{}, err
+	}
+	if !p.IsPlatformAdmin() {
+		return Platform{}, errs.E(errs.Forbidden, "only a platform admin may change platform settings")
+	}
+	if len(in.Message) > 500 {
+		return Platform{}, errs.Field(errs.Invalid, "message", "message is longer than 500 characters")
+	}
+	err = s.update(ctx, func(tx Tx) error {
+		raw, err := tx.Setting(platformSetting)
+		if err != nil {
+			return err
+		}
+		var before Platform
+		if raw != "" {
+			_ = json.Unmarshal([]byte(raw), &before)
+		}
+		b, _ := json.Marshal(in)
+		if err := tx.PutSetting(platformSetting, string(b)); err != nil {
+			return err
+		}
+		return audit(tx, p, "", "platform.update", "platform", "platform", before, in)
+	})
+	return in, err
+}

@@ -27,9 +27,18 @@ type TreeProject struct{ ID, TenantID, DepartmentID, Name string }
 // Data is everything a snapshot is built from.
 type Data struct {
 	Tree
-	Plans  []*Plan
-	Scopes []*ScopeLimits
-	Grants []*Grant // active ones
+	Plans    []*Plan
+	Scopes   []*ScopeLimits
+	Grants   []*Grant // active ones
+	Platform Platform
+}
+
+// Platform holds platform-wide switches.
+type Platform struct {
+	// ReadOnly stops new runs and admissions (503 with Message); reads,
+	// settlements of work in flight and administration continue.
+	ReadOnly bool   `json:"read_only"`
+	Message  string `json:"message,omitempty"`
 }
 
 // Resolved is a scope's effective policy.
@@ -138,6 +147,9 @@ func (s *Snapshot) pathOf(p TreeProject) []string {
 	}
 	return append(path, ScopeName(KindProject, p.ID))
 }
+
+// Platform returns the platform switches in force.
+func (s *Snapshot) Platform() Platform { return s.data.Platform }
 
 // Plan returns a plan by name.
 func (s *Snapshot) Plan(name string) (*Plan, bool) {

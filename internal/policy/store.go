@@ -39,4 +39,8 @@ type Tx interface {
 	UpdateGrant(g *Grant) error
 
 	Tree() (*Tree, error)
+
+	// Setting returns a platform setting ("" when unset).
+	Setting(name string) (string, error)
+	PutSetting(name, value string) error
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -12,9 +13,10 @@ import (
 
 var _ policy.Store = (*Store)(nil)
 
-// UpdatePolicy runs fn in a read-write transaction.
+// UpdatePolicy runs fn in a read-write transaction that bumps the change
+// counter.
 func (s *Store) UpdatePolicy(ctx context.Context, fn func(policy.Tx) error) error {
-	return s.tx(ctx, s.w, func(tx *sql.Tx) error { return fn(&conn{ctx: ctx, tx: tx, d: s.d}) })
+	return s.change(ctx, func(c *conn) error { return fn(c) })
 }
 
 // ViewPolicy runs fn in a read-only transaction.
@@ -266,4 +268,24 @@ func (c *conn) Tree() (*policy.Tree, error) {
 		t.Projects = append(t.Projects, *v)
 	}
 	return t, nil
+}
+
+// ---- settings ----
+
+func (c *conn) Setting(name string) (string, error) {
+	var v string
+	err := c.queryRow(`SELECT value FROM settings WHERE name = ?`, name).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", c.wrap(err)
+	}
+	return v, nil
+}
+
+func (c *conn) PutSetting(name, value string) error {
+	_, err := c.exec(`INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?)
+		ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`, name, value, micros(time.Now()))
+	return err
 }

@@ -14,9 +14,32 @@ import (
 
 var _ tenancy.Store = (*Store)(nil)
 
-// Update runs fn in a read-write transaction.
+// Update runs fn in a read-write transaction and bumps the change counter
+// in it, so other instances reload their view of the tree.
 func (s *Store) Update(ctx context.Context, fn func(tenancy.Tx) error) error {
-	return s.tx(ctx, s.w, func(tx *sql.Tx) error { return fn(&conn{ctx: ctx, tx: tx, d: s.d}) })
+	return s.change(ctx, func(c *conn) error { return fn(c) })
+}
+
+// change runs fn in a write transaction that also bumps the change counter.
+func (s *Store) change(ctx context.Context, fn func(*conn) error) error {
+	return s.tx(ctx, s.w, func(tx *sql.Tx) error {
+		c := &conn{ctx: ctx, tx: tx, d: s.d}
+		if err := fn(c); err != nil {
+			return err
+		}
+		_, err := c.exec(`UPDATE change_counter SET version = version + 1 WHERE id = 1`)
+		return err
+	})
+}
+
+// ChangeVersion returns the change counter: it grows with every committed
+// change to the tree, the policy or the platform settings.
+func (s *Store) ChangeVersion(ctx context.Context) (int64, error) {
+	var v int64
+	if err := s.r.QueryRowContext(ctx, `SELECT version FROM change_counter WHERE id = 1`).Scan(&v); err != nil {
+		return 0, dbError(err, "read change counter")
+	}
+	return v, nil
 }
 
 // View runs fn in a read-only transaction.
