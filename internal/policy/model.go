@@ -224,7 +224,7 @@ func (s *Spec) Limits() *quota.Limits {
 		l.TokensMonth = quota.AtMost(b.Amount)
 	}
 	if s.GPUSeconds != nil {
-		l.GPUMillisMonth = quota.AtMost(s.GPUSeconds.Amount * 1000)
+		l.GPUMillisMonth = quota.AtMost(min(s.GPUSeconds.Amount, maxGPUSeconds) * 1000)
 	}
 	if s.Cost != nil {
 		l.CostMicrosMonth = quota.AtMost(s.Cost.Amount)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"time"
 
@@ -304,7 +305,8 @@ func mayRead(p tenancy.Principal, kind, id, tenantID string) error {
 }
 
 // checkWithinParents verifies that scope's effective limits, if sl were its
-// settings, stay within each parent's.
+// settings, stay within every ancestor's, and that no scope below it with
+// settings of its own would then exceed it.
 func (s *Service) checkWithinParents(snap *Snapshot, kind, id, tenantID, scope string, sl *ScopeLimits) error {
 	if sl.Plan != "" {
 		if _, ok := snap.Plan(sl.Plan); !ok {
@@ -312,11 +314,28 @@ func (s *Service) checkWithinParents(snap *Snapshot, kind, id, tenantID, scope s
 		}
 	}
 	child := snap.resolve(scope, sl)
-	for _, parent := range snap.Parents(kind, id, tenantID) {
-		pr := snap.Effective(parent)
+	for _, anc := range snap.Ancestors(kind, id, tenantID) {
+		pr := snap.Effective(anc)
 		if f := exceeds(&child.Spec, &pr.Spec); f != "" {
-			return errs.Field(errs.Invalid, "limits."+f, "%s of %s would exceed its parent %s (%s); a child's cap may not exceed its parent's",
-				f, scope, parent, describeField(&pr.Spec, f))
+			return errs.Field(errs.Invalid, "limits."+f, "%s of %s would exceed that of %s (%s); a child's cap may not exceed its parent's",
+				f, scope, anc, describeField(&pr.Spec, f))
+		}
+	}
+	for _, other := range snap.Scopes() {
+		if other.Scope == scope {
+			continue
+		}
+		k, oid, err := ParseScope("scope", other.Scope)
+		if err != nil || k == KindGlobal {
+			continue
+		}
+		if !slices.Contains(snap.Ancestors(k, oid, other.TenantID), scope) {
+			continue
+		}
+		below := snap.Effective(other.Scope)
+		if f := exceeds(&below.Spec, &child.Spec); f != "" {
+			return errs.Field(errs.Invalid, "limits."+f, "%s of %s would fall below that of %s below it (%s); lower the child first",
+				f, scope, other.Scope, describeField(&below.Spec, f))
 		}
 	}
 	return nil
@@ -518,6 +537,9 @@ func (s *Service) CreateGrant(ctx context.Context, in GrantInput) (*Grant, error
 	}
 	if in.Limits.IsZero() {
 		return nil, errs.Field(errs.Invalid, "limits", "a grant must raise at least one limit")
+	}
+	if l := in.Limits; l.MemoryPerRun != nil || l.RunTimeout != nil || l.MaxSteps != nil || l.MaxTokensPerCall != nil || l.Models != nil || l.OnOutage != "" {
+		return nil, errs.Field(errs.Invalid, "limits", "a grant raises amounts (requests, tokens_rate, tokens, gpu_seconds, cost, concurrency); change per-run caps and models with the scope's limits")
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)
 	if !in.ExpiresAt.After(now) || in.ExpiresAt.Sub(now) > MaxGrantLife {

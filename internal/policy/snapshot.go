@@ -278,6 +278,46 @@ func (s *Snapshot) Parents(kind, id, tenantID string) []string {
 	return nil
 }
 
+// Ancestors returns every scope above a scope (parents, their parents, up
+// to global), nearest first, without repeats.
+func (s *Snapshot) Ancestors(kind, id, tenantID string) []string {
+	var out []string
+	seen := map[string]bool{}
+	queue := s.Parents(kind, id, tenantID)
+	for len(queue) > 0 && len(out) < 64 {
+		sc := queue[0]
+		queue = queue[1:]
+		if seen[sc] {
+			continue
+		}
+		seen[sc] = true
+		out = append(out, sc)
+		k, oid, err := ParseScope("scope", sc)
+		if err != nil || k == KindGlobal {
+			continue
+		}
+		queue = append(queue, s.Parents(k, oid, s.tenantOf(k, oid, tenantID))...)
+	}
+	return out
+}
+
+// tenantOf returns the tenant of a scope as far as the snapshot knows.
+func (s *Snapshot) tenantOf(kind, id, fallback string) string {
+	switch kind {
+	case KindTenant:
+		return id
+	case KindDepartment:
+		if d, ok := s.depts[id]; ok {
+			return d.TenantID
+		}
+	case KindProject:
+		if p, ok := s.projects[id]; ok {
+			return p.TenantID
+		}
+	}
+	return fallback
+}
+
 func cutAt(id string) (string, string, bool) {
 	for i := 0; i < len(id); i++ {
 		if id[i] == '@' {

@@ -95,6 +95,9 @@ func (s *Spec) Validate(prefix string) error {
 			return err
 		}
 	}
+	if s.GPUSeconds != nil && s.GPUSeconds.Amount > maxGPUSeconds {
+		return errs.Field(errs.Invalid, prefix+"gpu_seconds", "gpu_seconds above %d per month cannot be represented", maxGPUSeconds)
+	}
 	if s.GPUSeconds != nil && s.GPUSeconds.Window != quota.WindowMonth {
 		return errs.Field(errs.Invalid, prefix+"gpu_seconds", "gpu_seconds is a monthly budget: write it as N/month")
 	}
@@ -120,6 +123,9 @@ func (s *Spec) Validate(prefix string) error {
 	}
 	return nil
 }
+
+// maxGPUSeconds keeps GPU budgets convertible to milliseconds.
+const maxGPUSeconds = math.MaxInt64 / 1000
 
 // ---- rates ----
 
@@ -358,7 +364,7 @@ func ParseBytes(s string) (Bytes, error) {
 		}
 	}
 	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v < 0 || v*float64(mult) > math.MaxInt64/2 {
+	if err != nil || !(v >= 0) || v*float64(mult) > math.MaxInt64/2 {
 		return 0, fmt.Errorf("%q is not a size such as 2GiB or 512MB", s)
 	}
 	return Bytes(v * float64(mult)), nil
@@ -412,8 +418,8 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Durat
 func (d *Duration) UnmarshalJSON(data []byte) error {
 	var secs float64
 	if err := json.Unmarshal(data, &secs); err == nil {
-		if secs < 0 {
-			return fmt.Errorf("a duration must not be negative")
+		if !(secs >= 0) || secs > float64(math.MaxInt64)/float64(time.Second) {
+			return fmt.Errorf("a duration must be between 0 and about 292 years")
 		}
 		*d = Duration(secs * float64(time.Second))
 		return nil

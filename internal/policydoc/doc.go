@@ -12,11 +12,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sort"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/tenancy"
 )
 
 // Document is a policy file.
@@ -105,7 +109,54 @@ func Parse(data []byte) (*Document, error) {
 	if err != nil {
 		return nil, errs.E(errs.Invalid, "policy document: %v", err)
 	}
-	return Decode(j)
+	d, err := Decode(j)
+	if err != nil {
+		return nil, locateError(norm, err)
+	}
+	return d, nil
+}
+
+// locateError rewrites a decoding error's field ("timezon", "limits.tokns",
+// "tenants.name") into its full path in the document
+// ("tenants[0].timezon"), found by walking the document for the first key
+// path that ends that way.
+func locateError(doc any, err error) error {
+	var e *errs.Error
+	if !errors.As(err, &e) || e.Field == "" || strings.ContainsAny(e.Field, "[]") {
+		return err
+	}
+	want := strings.Split(e.Field, ".")
+	if path := find(doc, nil, "", want); path != "" && path != e.Field {
+		return &errs.Error{Code: e.Code, Field: path, Message: path + ": " + e.Message, Err: e.Err}
+	}
+	return err
+}
+
+// find returns the first path in v whose keys (indices aside) end with want.
+func find(v any, keys []string, path string, want []string) string {
+	if len(keys) >= len(want) && slices.Equal(keys[len(keys)-len(want):], want) {
+		return path
+	}
+	switch t := v.(type) {
+	case map[string]any:
+		names := make([]string, 0, len(t))
+		for k := range t {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			if p := find(t[k], append(keys[:len(keys):len(keys)], k), join(path, k), want); p != "" {
+				return p
+			}
+		}
+	case []any:
+		for i, x := range t {
+			if p := find(x, keys, fmt.Sprintf("%s[%d]", path, i), want); p != "" {
+				return p
+			}
+		}
+	}
+	return ""
 }
 
 // Decode reads a document from JSON, strictly.
@@ -193,7 +244,15 @@ func docError(err error) error {
 // Validate checks the document before anything is applied: names, limits,
 // plan references, duplicate names and users' project references.
 func (d *Document) Validate() error {
+	if d.Global != nil && d.Global.Limits != nil {
+		if err := d.Global.Limits.Validate("global.limits."); err != nil {
+			return err
+		}
+	}
 	for name, p := range d.Plans {
+		if err := tenancy.ValidName("plans."+name, name); err != nil {
+			return err
+		}
 		if err := p.Limits.Validate("plans." + name + ".limits."); err != nil {
 			return err
 		}
@@ -203,6 +262,14 @@ func (d *Document) Validate() error {
 		at := fmt.Sprintf("tenants[%d]", i)
 		if t.Name == "" {
 			return errs.Field(errs.Invalid, at+".name", "%s.name is required", at)
+		}
+		if err := tenancy.ValidName(at+".name", t.Name); err != nil {
+			return err
+		}
+		if t.Timezone != "" {
+			if err := tenancy.ValidTimezone(at+".timezone", t.Timezone); err != nil {
+				return err
+			}
 		}
 		if seenTenant[t.Name] {
 			return errs.Field(errs.Invalid, at+".name", "tenant %q appears twice", t.Name)
@@ -219,6 +286,9 @@ func (d *Document) Validate() error {
 				dat := fmt.Sprintf("%s.departments[%d]", at, j)
 				if dp.Name == "" || seen[dp.Name] {
 					return errs.Field(errs.Invalid, dat+".name", "%s.name is missing or repeated", dat)
+				}
+				if err := tenancy.ValidName(dat+".name", dp.Name); err != nil {
+					return err
 				}
 				seen[dp.Name] = true
 				if err := checkLimited(dat, dp.Plan, dp.Limits); err != nil {
@@ -244,6 +314,14 @@ func (d *Document) Validate() error {
 			uat := fmt.Sprintf("%s.users[%d]", at, j)
 			if u.Name == "" || users[u.Name] {
 				return errs.Field(errs.Invalid, uat+".name", "%s.name is missing or repeated", uat)
+			}
+			if err := tenancy.ValidName(uat+".name", u.Name); err != nil {
+				return err
+			}
+			switch tenancy.Role(u.Role) {
+			case "", tenancy.RoleMember, tenancy.RoleTenantAdmin:
+			default:
+				return errs.Field(errs.Invalid, uat+".role", "%s.role %q is not member or tenant_admin", uat, u.Role)
 			}
 			users[u.Name] = true
 			if err := checkLimited(uat, u.Plan, u.Limits); err != nil {
@@ -273,6 +351,9 @@ func addProjects(at string, ps []Project, seen map[string]bool) error {
 		pat := fmt.Sprintf("%s.projects[%d]", at, k)
 		if p.Name == "" || seen[p.Name] {
 			return errs.Field(errs.Invalid, pat+".name", "%s.name is missing or repeated in the tenant", pat)
+		}
+		if err := tenancy.ValidName(pat+".name", p.Name); err != nil {
+			return err
 		}
 		seen[p.Name] = true
 		if err := checkLimited(pat, p.Plan, p.Limits); err != nil {

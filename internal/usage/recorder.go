@@ -2,6 +2,7 @@ package usage
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -20,10 +21,11 @@ type Recorder struct {
 	flushed *sync.Cond // broadcast after each flush attempt
 	pending int        // events queued or being written
 
-	kick   chan struct{}
-	stop   chan struct{}
-	done   chan struct{}
-	closed bool
+	kick     chan struct{}
+	stop     chan struct{}
+	done     chan struct{}
+	closed   bool
+	doneFlag bool // the loop has ended (guarded by mu)
 }
 
 // batchSize is how many queued events trigger an early flush.
@@ -63,11 +65,22 @@ func (r *Recorder) Flush(ctx context.Context) error {
 	case r.kick <- struct{}{}:
 	default:
 	}
+	// Wake the wait below when ctx ends, so a hung store cannot hold the
+	// caller past its deadline.
+	stop := context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		r.flushed.Broadcast()
+		r.mu.Unlock()
+	})
+	defer stop()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for r.pending > 0 {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if r.closed && r.doneFlag {
+			return fmt.Errorf("recorder closed with %d events unwritten", r.pending)
 		}
 		select {
 		case r.kick <- struct{}{}:
@@ -79,7 +92,13 @@ func (r *Recorder) Flush(ctx context.Context) error {
 }
 
 func (r *Recorder) loop() {
-	defer close(r.done)
+	defer func() {
+		r.mu.Lock()
+		r.doneFlag = true
+		r.flushed.Broadcast()
+		r.mu.Unlock()
+		close(r.done)
+	}()
 	t := time.NewTicker(r.interval)
 	defer t.Stop()
 	backoff := time.Duration(0)
