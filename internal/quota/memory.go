@@ -74,6 +74,7 @@ type Memory struct {
 	idBlock  []byte
 	seq      uint64
 	ops      uint64
+	charged  map[string]int64 // Charge ids seen, with when
 }
 
 var _ Backend = (*Memory)(nil)

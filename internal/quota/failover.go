@@ -1,0 +1,403 @@
+package quota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// SharedBackend is what Failover needs of the shared store: the Backend
+// operations and idempotent charges for reconciliation.
+type SharedBackend interface {
+	Backend
+	Charger
+}
+
+// FailoverOptions configure a Failover.
+type FailoverOptions struct {
+	// Instances is how many Sluice instances share the backend (configured,
+	// or counted from heartbeats); each gets limit ÷ Instances while
+	// degraded. Values below 1 count as 1.
+	Instances func() int
+	// Floor is the least share a non-zero limit gets while degraded, so a
+	// small limit does not round down to nothing (default 1).
+	Floor int64
+	// Probe checks the shared backend answers (e.g. PING).
+	Probe func(ctx context.Context) error
+	// ProbeInterval is how often a degraded Failover probes (default 250 ms).
+	ProbeInterval time.Duration
+	// OnMode is told every transition: "normal" or "degraded".
+	OnMode func(mode string)
+	Log    *slog.Logger
+	// Local configures the local fallback engine.
+	Local Options
+}
+
+// localPrefix marks tickets of the local fallback engine.
+const localPrefix = "~"
+
+// Failover is a Backend that uses a shared backend (Redis) and, when it
+// cannot be reached, fails over to local counters with conservative limits:
+// every limit divided by the number of instances (at least Floor), so that
+// all instances together stay within it. Scopes whose limits say
+// on_outage: deny refuse instead. Usage settled while degraded, and
+// settlements of shared tickets that could not be delivered, are spooled
+// and charged to the shared backend when it returns, each exactly once
+// (charges and settles are idempotent by id). Nothing fails open: an error
+// that is not an outage is returned as is.
+type Failover struct {
+	shared SharedBackend
+	local  *Memory
+	o      FailoverOptions
+
+	degraded atomic.Bool
+
+	mu     sync.Mutex
+	chains map[string][]Scope // live tickets' chains, by ticket id
+	spool  []spooled
+	shares sync.Map // *Limits → *Limits scaled for the current instance count
+	count  atomic.Int64
+
+	probing atomic.Bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	closed  atomic.Bool
+}
+
+// spooled is a settlement or charge waiting for the shared backend.
+type spooled struct {
+	ticket string // a shared ticket to settle, or
+	charge string // a charge id for use settled locally
+	chain  []Scope
+	usage  Usage
+	at     time.Time
+}
+
+var _ Backend = (*Failover)(nil)
+
+// NewFailover returns a Failover over shared.
+func NewFailover(shared SharedBackend, o FailoverOptions) *Failover {
+	if o.Instances == nil {
+		o.Instances = func() int { return 1 }
+	}
+	if o.Floor <= 0 {
+		o.Floor = 1
+	}
+	if o.ProbeInterval <= 0 {
+		o.ProbeInterval = 250 * time.Millisecond
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Failover{shared: shared, local: NewMemory(o.Local), o: o, chains: map[string][]Scope{}, stop: make(chan struct{})}
+}
+
+// Degraded reports whether the local fallback is in use.
+func (f *Failover) Degraded() bool { return f.degraded.Load() }
+
+// Spooled returns how many settlements wait for the shared backend.
+func (f *Failover) Spooled() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.spool)
+}
+
+// outage reports whether err means the shared backend is unreachable, as
+// opposed to a decision or a caller's mistake.
+func outage(err error) bool {
+	if err == nil {
+		return false
+	}
+	var d *Denial
+	if errors.As(err, &d) || errors.Is(err, ErrUnknownTicket) || errors.Is(err, ErrInvalid) || errors.Is(err, ErrClosed) {
+		return false
+	}
+	return true // timeouts, refused connections, ErrUnavailable
+}
+
+// trip switches to degraded mode and starts probing for the return.
+func (f *Failover) trip(err error) {
+	if f.degraded.Swap(true) {
+		return
+	}
+	f.shares.Clear()
+	f.o.Log.Error("quota backend unreachable: degraded mode, local counters with conservative limits",
+		slog.String("error", err.Error()), slog.Int("instances", f.instances()))
+	if f.o.OnMode != nil {
+		f.o.OnMode("degraded")
+	}
+	if f.closed.Load() || !f.probing.CompareAndSwap(false, true) {
+		return
+	}
+	f.wg.Add(1)
+	go f.probe()
+}
+
+// probe waits for the shared backend, reconciles the spool, then returns
+// the Failover to normal mode.
+func (f *Failover) probe() {
+	defer f.wg.Done()
+	defer f.probing.Store(false)
+	t := time.NewTicker(f.o.ProbeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := f.o.Probe(ctx)
+		if err == nil {
+			err = f.reconcile(ctx)
+		}
+		cancel()
+		if err != nil {
+			continue
+		}
+		f.degraded.Store(false)
+		// Settlements spooled between the drain and the switch.
+		ctx, cancel = context.WithTimeout(context.Background(), 2*time.Second)
+		if err := f.reconcile(ctx); err != nil {
+			cancel()
+			f.degraded.Store(true)
+			continue
+		}
+		cancel()
+		f.o.Log.Info("quota backend reachable again: normal mode, spooled usage reconciled")
+		if f.o.OnMode != nil {
+			f.o.OnMode("normal")
+		}
+		return
+	}
+}
+
+// reconcile delivers the spool in order; it stops at the first outage.
+func (f *Failover) reconcile(ctx context.Context) error {
+	for {
+		f.mu.Lock()
+		if len(f.spool) == 0 {
+			f.mu.Unlock()
+			return nil
+		}
+		s := f.spool[0]
+		f.mu.Unlock()
+		var err error
+		if s.ticket != "" {
+			_, err = f.shared.Settle(ctx, s.ticket, s.usage)
+			if errors.Is(err, ErrUnknownTicket) {
+				// The ticket expired during the outage and its reservation
+				// was refunded: charge the use it had.
+				err = f.shared.Charge(ctx, "late:"+s.ticket, s.chain, s.usage, s.at)
+			}
+		} else {
+			err = f.shared.Charge(ctx, s.charge, s.chain, s.usage, s.at)
+		}
+		if err != nil && outage(err) {
+			return err
+		}
+		if err != nil {
+			f.o.Log.Error("reconciling spooled usage failed; dropped", slog.String("error", err.Error()))
+		}
+		f.mu.Lock()
+		f.spool = f.spool[1:]
+		f.mu.Unlock()
+	}
+}
+
+func (f *Failover) instances() int {
+	n := f.o.Instances()
+	if n < 1 {
+		n = 1
+	}
+	return n
+}
+
+// share returns l scaled down to this instance's share.
+func (f *Failover) share(l *Limits) *Limits {
+	if l == nil {
+		return nil
+	}
+	n := int64(f.instances())
+	if f.count.Swap(n) != n {
+		f.shares.Clear() // the instance count changed
+	}
+	if s, ok := f.shares.Load(l); ok {
+		return s.(*Limits)
+	}
+	c := *l
+	part := func(v int64) int64 {
+		if v <= 0 {
+			return v
+		}
+		return max(v/n, f.o.Floor)
+	}
+	bound := func(b Bound) Bound {
+		if v, ok := b.Max(); ok {
+			return AtMost(part(v))
+		}
+		return b
+	}
+	rate := func(r Rate) Rate {
+		if r.IsZero() {
+			return r
+		}
+		burst := r.Burst
+		if burst == 0 {
+			burst = r.Limit
+		}
+		return Rate{Limit: part(r.Limit), Period: r.Period, Burst: part(burst)}
+	}
+	c.Requests, c.TokensRate = rate(l.Requests), rate(l.TokensRate)
+	c.TokensDay, c.TokensMonth = bound(l.TokensDay), bound(l.TokensMonth)
+	c.GPUMillisMonth, c.CostMicrosMonth, c.Concurrency = bound(l.GPUMillisMonth), bound(l.CostMicrosMonth), bound(l.Concurrency)
+	f.shares.Store(l, &c)
+	return &c
+}
+
+// Acquire implements Backend.
+func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
+	if !f.degraded.Load() {
+		t, err := f.shared.Acquire(ctx, r)
+		if !outage(err) {
+			if err == nil {
+				f.remember(t.ID, r.Chain)
+			}
+			return t, err
+		}
+		f.trip(err)
+	}
+	for _, s := range r.Chain {
+		if s.Limits != nil && s.Limits.OnOutage == OutageDeny {
+			return Ticket{}, fmt.Errorf("quota store unreachable and scope %s denies on outage: %w", s.Key, ErrUnavailable)
+		}
+	}
+	local := r
+	local.Chain = make([]Scope, len(r.Chain))
+	for i, s := range r.Chain {
+		local.Chain[i] = Scope{Key: s.Key, Limits: f.share(s.Limits), Loc: s.Loc}
+	}
+	t, err := f.local.Acquire(ctx, local)
+	if err != nil {
+		return t, err
+	}
+	t.ID = localPrefix + t.ID
+	f.remember(t.ID, r.Chain)
+	return t, nil
+}
+
+func (f *Failover) remember(id string, chain []Scope) {
+	f.mu.Lock()
+	f.chains[id] = chain
+	f.mu.Unlock()
+}
+
+func (f *Failover) forget(id string) []Scope {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.chains[id]
+	delete(f.chains, id)
+	return c
+}
+
+// Settle implements Backend.
+func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, error) {
+	if lid, ok := strings.CutPrefix(id, localPrefix); ok {
+		s, err := f.local.Settle(ctx, lid, u)
+		if err != nil {
+			return s, err
+		}
+		s.TicketID = id
+		chain := f.forget(id)
+		if chain == nil {
+			return s, nil // a replay: charged the first time
+		}
+		item := spooled{charge: "local:" + id, chain: chain, usage: u, at: s.SettledAt}
+		if !f.degraded.Load() {
+			// The shared backend came back while this ticket ran: deliver
+			// its use now.
+			err := f.shared.Charge(ctx, item.charge, chain, u, item.at)
+			if !outage(err) {
+				return s, nil
+			}
+			f.trip(err)
+		}
+		f.mu.Lock()
+		f.spool = append(f.spool, item)
+		f.mu.Unlock()
+		return s, nil
+	}
+	if !f.degraded.Load() {
+		s, err := f.shared.Settle(ctx, id, u)
+		if !outage(err) {
+			if err == nil {
+				f.forget(id)
+			}
+			return s, err
+		}
+		f.trip(err)
+	}
+	chain := f.forget(id)
+	if chain == nil {
+		return Settlement{}, fmt.Errorf("settle %s during an outage: %w", id, ErrUnknownTicket)
+	}
+	now := time.Now().UTC()
+	f.mu.Lock()
+	f.spool = append(f.spool, spooled{ticket: id, chain: chain, usage: u, at: now})
+	f.mu.Unlock()
+	return Settlement{TicketID: id, Usage: u, SettledAt: now}, nil
+}
+
+// Heartbeat implements Backend.
+func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) (time.Time, error) {
+	if lid, ok := strings.CutPrefix(id, localPrefix); ok {
+		return f.local.Heartbeat(ctx, lid, ttl)
+	}
+	if !f.degraded.Load() {
+		exp, err := f.shared.Heartbeat(ctx, id, ttl)
+		if !outage(err) {
+			return exp, err
+		}
+		f.trip(err)
+	}
+	// The lease lives in the unreachable store; it will expire there and
+	// free its slot, which is the safe side.
+	return time.Now().Add(ttl).UTC(), nil
+}
+
+// Use implements Backend: the shared counters, or while degraded the local
+// ones (this instance's share only).
+func (f *Failover) Use(ctx context.Context, key string) (ScopeUse, error) {
+	if !f.degraded.Load() {
+		u, err := f.shared.Use(ctx, key)
+		if !outage(err) {
+			return u, err
+		}
+		f.trip(err)
+	}
+	return f.local.Use(ctx, key)
+}
+
+// Restore implements Backend for the shared backend.
+func (f *Failover) Restore(ctx context.Context, key string, d Dimension, w Window, start time.Time, used int64) error {
+	return f.shared.Restore(ctx, key, d, w, start, used)
+}
+
+// Close stops probing and closes both engines. Spooled usage not yet
+// delivered is reported in the log (it is also in the durable usage events).
+func (f *Failover) Close() error {
+	if f.closed.Swap(true) {
+		return nil
+	}
+	close(f.stop)
+	f.wg.Wait()
+	if n := f.Spooled(); n > 0 {
+		f.o.Log.Error("closing with spooled usage not delivered to the shared quota backend", slog.Int("settlements", n))
+	}
+	return errors.Join(f.local.Close(), f.shared.Close())
+}
