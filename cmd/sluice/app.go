@@ -15,11 +15,13 @@ import (
 
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/httpapi"
+	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/policydoc"
 	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/run"
 	"github.com/sluicehq/sluice/internal/sqlstore"
 	"github.com/sluicehq/sluice/internal/tenancy"
 	"github.com/sluicehq/sluice/internal/usage"
@@ -39,6 +41,7 @@ type App struct {
 	recorder *usage.Recorder
 	meter    *metering.Meter
 	metrics  *metrics.Metrics
+	runs     *run.Service
 	ln       net.Listener
 	srv      *http.Server
 
@@ -115,6 +118,24 @@ func (a *App) startQuota(ctx context.Context) error {
 		return fmt.Errorf("restore usage counters: %w", err)
 	}
 	a.log.Info("quota engine ready", slog.String("backend", "memory"), slog.Int("restored_rollups", n))
+	return a.startRuns()
+}
+
+// startRuns builds the model registry and the flow runtime.
+func (a *App) startRuns() error {
+	models, err := llm.NewRegistry(a.cfg.Models, os.Getenv)
+	if err != nil {
+		return fmt.Errorf("models: %w", err)
+	}
+	demo := len(a.cfg.Models) == 0
+	if demo {
+		a.log.Warn("no model table configured: every model runs on the built-in simulated model, whose answers are marked simulated")
+	}
+	llm.WarmTokenizers()
+	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: &run.Guard{AllowHosts: a.cfg.AllowHosts},
+		Log: a.log, DemoModels: demo}
+	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
+		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
 	return nil
 }
 
@@ -165,6 +186,7 @@ func (a *App) Handler() http.Handler {
 		Policy:       a.policy,
 		Meter:        a.meter,
 		Metrics:      a.metrics,
+		Runs:         a.runs,
 		Log:          a.log,
 		MaxBodyBytes: a.cfg.MaxBodyBytes,
 		Ready: func(ctx context.Context) map[string]error {

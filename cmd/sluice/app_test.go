@@ -25,7 +25,7 @@ import (
 // test binary behaves as the sluice command (used to test signals).
 func TestMain(m *testing.M) {
 	if os.Getenv("SLUICE_TEST_MAIN") == "1" {
-		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, os.Getenv))
+		os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr, os.Getenv))
 	}
 	os.Exit(m.Run())
 }
@@ -102,7 +102,7 @@ func cli(t *testing.T, url, key string, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	env := map[string]string{"SLUICE_SERVER": url, "SLUICE_API_KEY": key}
-	code := run(args, &out, &errOut, func(k string) string { return env[k] })
+	code := realMain(args, &out, &errOut, func(k string) string { return env[k] })
 	return code, out.String(), errOut.String()
 }
 
@@ -233,7 +233,7 @@ func TestServeRejectsBadConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var out, errOut bytes.Buffer
-		code := run(tt.args, &out, &errOut, func(k string) string { return tt.env[k] })
+		code := realMain(tt.args, &out, &errOut, func(k string) string { return tt.env[k] })
 		if code != 1 || !strings.Contains(errOut.String(), "field "+tt.field) {
 			t.Errorf("%v %v: exit %d, stderr %q; want 1 naming field %s", tt.args, tt.env, code, errOut.String(), tt.field)
 		}
@@ -242,7 +242,7 @@ func TestServeRejectsBadConfig(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "sluice.yaml")
 	os.WriteFile(f, []byte("addr: 127.0.0.1:0\nlisten: 1\n"), 0o600)
 	var errOut bytes.Buffer
-	if code := run([]string{"serve", "--config", f}, io.Discard, &errOut, func(string) string { return "" }); code != 1 || !strings.Contains(errOut.String(), "listen") {
+	if code := realMain([]string{"serve", "--config", f}, io.Discard, &errOut, func(string) string { return "" }); code != 1 || !strings.Contains(errOut.String(), "listen") {
 		t.Fatalf("unknown config field: exit %d, stderr %q", code, errOut.String())
 	}
 }
@@ -250,7 +250,7 @@ func TestServeRejectsBadConfig(t *testing.T) {
 func TestPrintConfigRedactsSecrets(t *testing.T) {
 	var out bytes.Buffer
 	env := map[string]string{"SLUICE_ADMIN_KEY": "super-secret-admin-key-0123456789abcdef"}
-	if code := run([]string{"serve", "--print-config"}, &out, io.Discard, func(k string) string { return env[k] }); code != 0 {
+	if code := realMain([]string{"serve", "--print-config"}, &out, io.Discard, func(k string) string { return env[k] }); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	if strings.Contains(out.String(), "super-secret") || !strings.Contains(out.String(), "<redacted>") {
@@ -260,13 +260,13 @@ func TestPrintConfigRedactsSecrets(t *testing.T) {
 
 func TestVersionAndUsage(t *testing.T) {
 	var out bytes.Buffer
-	if code := run([]string{"version"}, &out, io.Discard, os.Getenv); code != 0 || !strings.HasPrefix(out.String(), "sluice ") {
+	if code := realMain([]string{"version"}, &out, io.Discard, os.Getenv); code != 0 || !strings.HasPrefix(out.String(), "sluice ") {
 		t.Fatalf("version: %d %q", code, out.String())
 	}
-	if code := run(nil, io.Discard, io.Discard, os.Getenv); code != 2 {
+	if code := realMain(nil, io.Discard, io.Discard, os.Getenv); code != 2 {
 		t.Fatalf("no args: exit %d, want 2", code)
 	}
-	if code := run([]string{"frobnicate"}, io.Discard, io.Discard, os.Getenv); code != 2 {
+	if code := realMain([]string{"frobnicate"}, io.Discard, io.Discard, os.Getenv); code != 2 {
 		t.Fatalf("unknown command: exit %d, want 2", code)
 	}
 }

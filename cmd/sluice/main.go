@@ -19,7 +19,7 @@ import (
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "dev"
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, os.Getenv)) }
+func main() { os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr, os.Getenv)) }
 
 const usageText = `sluice governs LLM workflows: quotas per tenant, department, project and user.
 
@@ -45,7 +45,7 @@ the API key is read from $SLUICE_API_KEY. Object fields are flags:
   sluice tenants create --name university --timezone Asia/Shanghai
 `
 
-func run(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+func realMain(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usageText)
 		return 2

@@ -20,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/policy"
 )
 
@@ -56,6 +57,12 @@ type Config struct {
 	// PolicyFile, when set, is a policy YAML (sluice apply's format) applied
 	// at start and again whenever it changes.
 	PolicyFile string `yaml:"policy_file"`
+	// Models is the model table. Empty: one built-in simulated model, and
+	// flows naming any model run on it (demo mode).
+	Models []llm.ModelConfig `yaml:"models"`
+	// AllowHosts are hosts the URL and API tools may reach although they
+	// are loopback or private (the SSRF guard refuses those otherwise).
+	AllowHosts []string `yaml:"allow_hosts"`
 }
 
 // Secret is a string that never prints.
@@ -200,6 +207,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PolicyPollInterval <= 0 || time.Duration(c.PolicyPollInterval) > time.Second {
 		return errs.Field(errs.Invalid, "policy_poll_interval", "policy_poll_interval must be between 0 and 1s, so changes reach every instance within a second")
+	}
+	if err := llm.ValidateModels(c.Models); err != nil {
+		return err
 	}
 	if c.UsageFlushInterval <= 0 || time.Duration(c.UsageFlushInterval) > 10*time.Second {
 		return errs.Field(errs.Invalid, "usage_flush_interval", "usage_flush_interval must be between 0 and 10s")

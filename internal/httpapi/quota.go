@@ -196,9 +196,14 @@ func setRateHeaders(w http.ResponseWriter, t *quota.Ticket) {
 // writeQuotaError answers a denial with 429 (or 403 for a model that is not
 // allowed), Retry-After, and the denial's details in the error body.
 func writeQuotaError(w http.ResponseWriter, r *http.Request, s *Server, err error) {
+	writeQuotaErrorExtra(w, r, s, err, nil)
+}
+
+// writeQuotaErrorExtra is writeQuotaError with more fields in the body.
+func writeQuotaErrorExtra(w http.ResponseWriter, r *http.Request, s *Server, err error, more map[string]any) {
 	var d *quota.Denial
 	if !errors.As(err, &d) {
-		writeError(w, r, s.Log, err)
+		writeErrorExtra(w, r, s.Log, err, more)
 		return
 	}
 	code := errs.Code(d.Code)
@@ -211,6 +216,9 @@ func writeQuotaError(w http.ResponseWriter, r *http.Request, s *Server, err erro
 		unit = "micro_usd"
 	}
 	extra := map[string]any{"scope": d.Scope, "dimension": d.Dimension.String()}
+	for k, v := range more {
+		extra[k] = v
+	}
 	if d.Code != quota.CodeModelNotAllowed {
 		extra["limit"], extra["used"], extra["requested"] = limit, used, requested
 		if d.Window != quota.WindowNone {
@@ -238,7 +246,11 @@ func writeQuotaError(w http.ResponseWriter, r *http.Request, s *Server, err erro
 		w.Header().Set("RateLimit-Remaining", "0")
 		w.Header().Set("RateLimit-Reset", strconv.FormatInt(int64(math.Ceil(d.RetryAfter.Seconds())), 10))
 	}
-	writeErrorExtra(w, r, s.Log, &errs.Error{Code: code, Message: denialMessage(d, limit, used, requested)}, extra)
+	msg := denialMessage(d, limit, used, requested)
+	if node, ok := more["node_id"].(string); ok {
+		msg = "node " + node + ": " + msg
+	}
+	writeErrorExtra(w, r, s.Log, &errs.Error{Code: code, Message: msg}, extra)
 }
 
 func denialMessage(d *quota.Denial, limit, used, requested int64) string {

@@ -331,7 +331,7 @@ tenants:
 	if n := len(round.body["changes"].([]any)); n != 0 {
 		t.Fatalf("applying the export: %d changes, want 0: %s", n, round.raw)
 	}
-	if r := e.do(e.admin, "POST", "/api/v1/admin/policy", "tenants: [{name: x, colour: red}]"); r.status != 400 || r.errField() != "colour" {
+	if r := e.do(e.admin, "POST", "/api/v1/admin/policy", "tenants: [{name: x, colour: red}]"); r.status != 400 || r.errField() != "tenants[0].colour" {
 		t.Fatalf("bad document: %d %s", r.status, r.raw)
 	}
 }

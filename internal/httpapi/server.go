@@ -15,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/run"
 	"github.com/sluicehq/sluice/internal/tenancy"
 )
 
@@ -25,6 +26,7 @@ type Server struct {
 	Tenancy      *tenancy.Service
 	Policy       *policy.Service
 	Meter        *metering.Meter
+	Runs         *run.Service
 	Log          *slog.Logger
 	MaxBodyBytes int64
 	// Ready reports whether the server can serve (store reachable, …).
@@ -51,6 +53,7 @@ func (s *Server) Handler() http.Handler {
 	s.quotaRoutes(api)
 	s.policyRoutes(api)
 	s.policyDocRoutes(api)
+	s.runRoutes(api)
 	api.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -1,0 +1,276 @@
+package run
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/flow"
+	"github.com/sluicehq/sluice/internal/llm"
+)
+
+// exec runs one node: it reads the node's inputs and sets its outputs.
+func (s *state) exec(ctx context.Context, n *flow.Node, t *NodeTrace) error {
+	switch n.Type {
+	case "ChatInput", "TextInput":
+		return s.input(ctx, n)
+	case "ChatOutput", "TextOutput":
+		return s.output(ctx, n)
+	case flow.TypePrompt:
+		return s.prompt(n)
+	case "LanguageModelComponent", "OpenAIModel", "HuggingFaceHub", "OllamaModel":
+		return s.model(ctx, n, t)
+	case flow.TypeLLMChain:
+		return s.chain(ctx, n, t)
+	case "Memory":
+		return s.memory(ctx, n)
+	case flow.TypeAgent:
+		return s.agent(ctx, n, t)
+	case "CalculatorComponent", "URLComponent", "APIRequest":
+		res, err := s.toolFor(n).run(ctx, s.toolArgs(n))
+		if err != nil {
+			return err
+		}
+		for _, o := range n.Component().Outputs {
+			s.setOut(n.ID, o.Name, value{text: res})
+		}
+		return nil
+	case "File":
+		path := s.param(n, "path").String()
+		if path == "" {
+			return errs.Field(errs.Unprocessable, "nodes."+n.ID+".path",
+				"node %s (File) needs a file; upload one and pass it as the tweak %s.path — file uploads are not supported by this build", n.ID, n.ID)
+		}
+		return errs.Field(errs.Unprocessable, "nodes."+n.ID+".path", "node %s (File): reading files from the server's disk is not allowed", n.ID)
+	}
+	return errs.Field(errs.Unprocessable, "nodes."+n.ID, "node %s: component %s has no implementation", n.ID, n.Type)
+}
+
+// input is ChatInput and TextInput: the run's input value, for the input
+// type the caller named, or the node's own value.
+func (s *state) input(ctx context.Context, n *flow.Node) error {
+	text := s.text(n, "input_value")
+	kind := "chat"
+	if n.Type == "TextInput" {
+		kind = "text"
+	}
+	if it := s.job.InputType; (it == "" && kind == "chat") || it == kind || it == "any" {
+		if s.job.InputValue != "" || it != "" {
+			text = s.job.InputValue
+		}
+	}
+	out := "text"
+	if n.Type == "ChatInput" {
+		out = "message"
+		sender, name := s.param(n, "sender").String(), s.param(n, "sender_name").String()
+		if sender == "" {
+			sender = "User"
+		}
+		if name == "" {
+			name = "User"
+		}
+		m := s.newMessage(n, sender, name, text)
+		if err := s.store(ctx, n, m); err != nil {
+			return err
+		}
+		s.setOut(n.ID, out, value{text: text, message: m})
+		return nil
+	}
+	s.setOut(n.ID, out, value{text: text})
+	return nil
+}
+
+// output is ChatOutput and TextOutput.
+func (s *state) output(ctx context.Context, n *flow.Node) error {
+	text := joinTexts(s.inputs[n.ID]["input_value"])
+	if n.Type == "TextOutput" {
+		s.setOut(n.ID, "text", value{text: text})
+		return nil
+	}
+	sender, name := s.param(n, "sender").String(), s.param(n, "sender_name").String()
+	if sender == "" {
+		sender = "Machine"
+	}
+	if name == "" {
+		name = "AI"
+	}
+	m := s.newMessage(n, sender, name, text)
+	if err := s.store(ctx, n, m); err != nil {
+		return err
+	}
+	s.setOut(n.ID, "message", value{text: text, message: m})
+	return nil
+}
+
+// promptVars binds a Prompt's variables from edges and parameters.
+func (s *state) promptVars(n *flow.Node) (string, map[string]string, []string, error) {
+	tmpl := s.param(n, "template").String()
+	names, err := flow.Variables(tmpl)
+	if err != nil {
+		return "", nil, nil, errs.Field(errs.Unprocessable, "nodes."+n.ID+".template", "node %s: %v", n.ID, err)
+	}
+	vars := map[string]string{}
+	var free []string
+	for _, v := range names {
+		if vs := s.inputs[n.ID][v]; len(vs) > 0 {
+			vars[v] = joinTexts(vs)
+		} else if p := s.param(n, v); !p.Empty() {
+			vars[v] = p.String()
+		} else {
+			free = append(free, v)
+		}
+	}
+	return tmpl, vars, free, nil
+}
+
+// prompt renders a Prompt. Its "template" output hands the template, with
+// what it bound, to a chain that fills the rest from the run's input.
+func (s *state) prompt(n *flow.Node) error {
+	tmpl, vars, free, err := s.promptVars(n)
+	if err != nil {
+		return err
+	}
+	s.setOut(n.ID, "template", value{template: &templated{template: tmpl, vars: vars}})
+	if len(free) > 0 {
+		for _, e := range s.f.Outgoing(n.ID) {
+			if e.SourceOutput == "prompt" {
+				return errs.Field(errs.Unprocessable, "nodes."+n.ID+"."+free[0], "node %s: prompt variable {%s} has no value", n.ID, free[0])
+			}
+		}
+		return nil
+	}
+	text, err := flow.Render(tmpl, vars)
+	if err != nil {
+		return errs.Field(errs.Unprocessable, "nodes."+n.ID+".template", "node %s: %v", n.ID, err)
+	}
+	s.setOut(n.ID, "prompt", value{text: text})
+	return nil
+}
+
+// model is a language-model component: it hands itself to consumers of
+// model_output and, if anything reads text_output, calls the model.
+func (s *state) model(ctx context.Context, n *flow.Node, t *NodeTrace) error {
+	s.setOut(n.ID, "model_output", value{model: &modelRef{node: n}})
+	needText := false
+	for _, e := range s.f.Outgoing(n.ID) {
+		if e.SourceOutput != "model_output" {
+			needText = true
+		}
+	}
+	if !needText && len(s.f.Outgoing(n.ID)) > 0 {
+		return nil
+	}
+	var msgs []llm.Message
+	if sys := s.text(n, "system_message"); sys != "" {
+		msgs = append(msgs, llm.Message{Role: llm.RoleSystem, Content: sys})
+	}
+	msgs = append(msgs, llm.Message{Role: llm.RoleUser, Content: s.text(n, "input_value")})
+	resp, err := s.complete(ctx, n, n, msgs, nil, t)
+	if err != nil {
+		return err
+	}
+	s.setOut(n.ID, "text_output", value{text: resp.Text})
+	return nil
+}
+
+// chain is the legacy LLMChain: render the prompt template, filling its
+// free variables from the run's input, and call the chain's model.
+func (s *state) chain(ctx context.Context, n *flow.Node, t *NodeTrace) error {
+	pv, ok := s.in(n, "prompt")
+	if !ok {
+		return errs.Field(errs.Unprocessable, "nodes."+n.ID+".prompt", "node %s: no prompt connected", n.ID)
+	}
+	mv, ok := s.in(n, "llm")
+	if !ok || mv.model == nil {
+		return errs.Field(errs.Unprocessable, "nodes."+n.ID+".llm", "node %s: no model connected", n.ID)
+	}
+	text := pv.text
+	if pv.template != nil {
+		vars := map[string]string{}
+		for k, v := range pv.template.vars {
+			vars[k] = v
+		}
+		names, err := flow.Variables(pv.template.template)
+		if err != nil {
+			return err
+		}
+		input := s.job.InputValue
+		if v, ok := s.in(n, "input_value"); ok {
+			input = v.text
+		}
+		for _, name := range names {
+			if _, bound := vars[name]; !bound {
+				if tw := s.param(n, name); !tw.Empty() {
+					vars[name] = tw.String()
+				} else {
+					vars[name] = input
+				}
+			}
+		}
+		text, err = flow.Render(pv.template.template, vars)
+		if err != nil {
+			return errs.Field(errs.Unprocessable, "nodes."+n.ID+".prompt", "node %s: %v", n.ID, err)
+		}
+	}
+	if mem, ok := s.in(n, "memory"); ok && mem.text != "" {
+		text = mem.text + "\n" + text
+	}
+	resp, err := s.complete(ctx, n, mv.model.node, []llm.Message{{Role: llm.RoleUser, Content: text}}, nil, t)
+	if err != nil {
+		return err
+	}
+	s.setOut(n.ID, "text", value{text: resp.Text})
+	return nil
+}
+
+// memory reads the session's history (messages of earlier runs).
+func (s *state) memory(ctx context.Context, n *flow.Node) error {
+	limit := 100
+	if v, ok := s.param(n, "n_messages").Int(); ok && v > 0 {
+		limit = min(v, 1000)
+	}
+	var msgs []*Message
+	if s.e.Messages != nil && s.job.SessionID != "" {
+		all, err := s.e.Messages.Messages(ctx, s.job.Who.TenantID, s.job.SessionID, limit+len(s.msgs))
+		if err != nil {
+			return err
+		}
+		for _, m := range all {
+			if m.RunID != s.job.RunID {
+				msgs = append(msgs, m)
+			}
+		}
+		if len(msgs) > limit {
+			msgs = msgs[len(msgs)-limit:]
+		}
+	}
+	sender := s.param(n, "sender").String()
+	var kept []*Message
+	for _, m := range msgs {
+		if sender == "" || strings.Contains(sender, m.Sender) {
+			kept = append(kept, m)
+		}
+	}
+	if s.param(n, "order").String() == "Descending" {
+		sort.SliceStable(kept, func(i, j int) bool { return i > j })
+	}
+	tmpl := s.param(n, "template").String()
+	if tmpl == "" {
+		tmpl = "{sender_name}: {text}"
+	}
+	lines := make([]string, 0, len(kept))
+	for _, m := range kept {
+		line, err := flow.Render(tmpl, map[string]string{"sender_name": m.SenderName, "text": m.Text, "sender": m.Sender, "session_id": m.SessionID})
+		if err != nil {
+			line = fmt.Sprintf("%s: %s", m.SenderName, m.Text)
+		}
+		lines = append(lines, line)
+	}
+	text := strings.Join(lines, "\n")
+	for _, o := range []string{"messages_text", "messages", "dataframe", "memory"} {
+		s.setOut(n.ID, o, value{text: text})
+	}
+	return nil
+}

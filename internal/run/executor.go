@@ -1,0 +1,414 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/flow"
+	"github.com/sluicehq/sluice/internal/id"
+	"github.com/sluicehq/sluice/internal/llm"
+	"github.com/sluicehq/sluice/internal/metering"
+	"github.com/sluicehq/sluice/internal/quota"
+)
+
+// Executor runs flow graphs. Every model call goes through the meter.
+type Executor struct {
+	Meter    *metering.Meter
+	Models   *llm.Registry
+	Messages MessageStore
+	Guard    *Guard
+	Log      *slog.Logger
+	// DemoModels maps every model name to the default model when no model
+	// table is configured, so exported flows naming gpt-4o run on the
+	// simulated model out of the box (the trace says so).
+	DemoModels bool
+}
+
+// MessageStore keeps chat history for Memory components.
+type MessageStore interface {
+	AppendMessage(ctx context.Context, m *Message) error
+	Messages(ctx context.Context, tenantID, sessionID string, n int) ([]*Message, error)
+}
+
+// Job is one run of a flow.
+type Job struct {
+	RunID  string
+	FlowID string
+	Flow   *flow.Flow
+	Who    metering.Who
+
+	InputValue      string
+	InputType       string // chat (default), text, any
+	OutputType      string // chat, text, any (default), debug
+	OutputComponent string
+	Tweaks          map[string]map[string]any
+	SessionID       string
+
+	Caps quota.Caps
+	// OnEvent, when set, receives streaming events (add_message, token).
+	OnEvent func(event string, data any)
+}
+
+// Result is what a run produced.
+type Result struct {
+	Outputs  []ComponentOutput
+	Usage    Usage
+	Steps    int64
+	Trace    []NodeTrace
+	Messages []*Message
+}
+
+// ComponentOutput is the value of one output component.
+type ComponentOutput struct {
+	NodeID      string
+	DisplayName string
+	Type        string
+	Text        string
+	Message     *Message
+	Usage       Usage
+}
+
+// RunError is a run that ended early, with the status to record.
+type RunError struct {
+	Status Status
+	NodeID string
+	Err    error
+}
+
+func (e *RunError) Error() string {
+	if e.NodeID != "" {
+		return fmt.Sprintf("node %s: %v", e.NodeID, e.Err)
+	}
+	return e.Err.Error()
+}
+
+func (e *RunError) Unwrap() error { return e.Err }
+
+// value is what travels along an edge.
+type value struct {
+	text     string
+	message  *Message   // set for chat messages
+	model    *modelRef  // LanguageModel handles
+	template *templated // PromptTemplate handles
+	tool     *tool      // tools for agents
+}
+
+// modelRef is a model chosen by a node, not yet called.
+type modelRef struct {
+	node *flow.Node
+}
+
+// templated is a prompt template with the variables its node bound.
+type templated struct {
+	template string
+	vars     map[string]string
+}
+
+// state is one run in progress.
+type state struct {
+	e       *Executor
+	job     *Job
+	f       *flow.Flow
+	outputs map[string]map[string]value
+	inputs  map[string]map[string][]value
+	trace   []NodeTrace
+	usage   Usage
+	steps   int64
+	msgs    []*Message
+	start   time.Time
+	// callCount counts model calls, for the trace.
+	callCount int
+}
+
+// step counts a node, model turn or tool call against max_steps.
+func (s *state) step(nodeID string) error {
+	s.steps++
+	if m := s.job.Caps.MaxSteps; m > 0 && s.steps > m {
+		return &RunError{Status: StatusStepLimitExceeded, NodeID: nodeID,
+			Err: errs.E(errs.QuotaExceeded, "the run reached its cap of %d steps (max_steps)", m)}
+	}
+	return nil
+}
+
+func (s *state) emit(event string, data any) {
+	if s.job.OnEvent != nil {
+		s.job.OnEvent(event, data)
+	}
+}
+
+// Execute runs the job's flow to the end or to its first failure. The
+// result holds what was done either way (usage, trace), so the caller can
+// record it.
+func (e *Executor) Execute(ctx context.Context, job *Job) (*Result, error) {
+	s := &state{e: e, job: job, f: job.Flow, outputs: map[string]map[string]value{}, inputs: map[string]map[string][]value{}, start: time.Now()}
+	err := s.run(ctx)
+	res := &Result{Usage: s.usage, Steps: s.steps, Trace: s.trace, Messages: s.msgs}
+	if err == nil {
+		res.Outputs = s.collect()
+	}
+	return res, err
+}
+
+func (s *state) run(ctx context.Context) error {
+	for _, n := range s.f.Nodes {
+		if c := n.Component(); c != nil && c.IsCustom {
+			return &RunError{Status: StatusFailed, NodeID: n.ID, Err: errs.Field(errs.Unprocessable, "nodes."+n.ID,
+				"node %s is custom code; custom components are never run in the server (they need the sandbox, which is not enabled)", n.ID)}
+		}
+	}
+	order, err := flow.Order(s.f)
+	if err != nil {
+		return &RunError{Status: StatusFailed, Err: err}
+	}
+	for _, n := range order {
+		if err := ctx.Err(); err != nil {
+			return ctxError(err)
+		}
+		if s.toolOnly(n) {
+			s.setOut(n.ID, flow.ToolOutput, value{tool: s.toolFor(n)})
+			continue
+		}
+		if err := s.step(n.ID); err != nil {
+			return err
+		}
+		t := NodeTrace{NodeID: n.ID, Type: n.Type, StartedAt: time.Now().UTC()}
+		before := s.usage
+		calls := s.callCount
+		err := s.exec(ctx, n, &t)
+		t.DurationMS = float64(time.Since(t.StartedAt).Microseconds()) / 1000
+		t.Usage = Usage{InputTokens: s.usage.InputTokens - before.InputTokens, OutputTokens: s.usage.OutputTokens - before.OutputTokens,
+			GPUMillis: s.usage.GPUMillis - before.GPUMillis, CostMicros: s.usage.CostMicros - before.CostMicros}
+		t.Calls = s.callCount - calls
+		if err != nil {
+			t.Status, t.Error = "failed", err.Error()
+			s.trace = append(s.trace, t)
+			var re *RunError
+			if errors.As(err, &re) {
+				if re.NodeID == "" {
+					re.NodeID = n.ID
+				}
+				return re
+			}
+			return &RunError{Status: statusOf(err), NodeID: n.ID, Err: err}
+		}
+		t.Status = "succeeded"
+		t.OutputPreview = preview(s.previewOf(n.ID))
+		s.trace = append(s.trace, t)
+	}
+	return nil
+}
+
+// toolOnly reports a node used only as an agent's tool: it does not run in
+// the graph, the agent calls it.
+func (s *state) toolOnly(n *flow.Node) bool {
+	out := s.f.Outgoing(n.ID)
+	if len(out) == 0 {
+		return false
+	}
+	for _, e := range out {
+		if e.SourceOutput != flow.ToolOutput {
+			return false
+		}
+	}
+	return true
+}
+
+// statusOf maps an error from a node to the run's status.
+func statusOf(err error) Status {
+	var d *quota.Denial
+	switch {
+	case errors.As(err, &d) && d.Code == quota.CodeRateLimited:
+		return StatusRateLimited
+	case errors.As(err, &d):
+		return StatusQuotaExceeded
+	case errors.Is(err, context.DeadlineExceeded):
+		return StatusTimeout
+	case errors.Is(err, context.Canceled):
+		return StatusCancelled
+	}
+	switch errs.CodeOf(err) {
+	case errs.QuotaExceeded, errs.ModelNotAllowed:
+		return StatusQuotaExceeded
+	case errs.RateLimited:
+		return StatusRateLimited
+	}
+	return StatusFailed
+}
+
+func ctxError(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return &RunError{Status: StatusTimeout, Err: errs.E(errs.Unavailable, "the run reached its time limit (run_timeout)")}
+	}
+	return &RunError{Status: StatusCancelled, Err: errs.E(errs.Unavailable, "the run was cancelled")}
+}
+
+func (s *state) setOut(nodeID, output string, v value) {
+	m := s.outputs[nodeID]
+	if m == nil {
+		m = map[string]value{}
+		s.outputs[nodeID] = m
+	}
+	m[output] = v
+	// Deliver to the inputs of downstream nodes.
+	for _, e := range s.f.Outgoing(nodeID) {
+		if e.SourceOutput != output {
+			continue
+		}
+		in := s.inputs[e.Target]
+		if in == nil {
+			in = map[string][]value{}
+			s.inputs[e.Target] = in
+		}
+		in[e.TargetInput] = append(in[e.TargetInput], v)
+	}
+}
+
+// in returns the first value on an input, whether it came by edge.
+func (s *state) in(n *flow.Node, name string) (value, bool) {
+	vs := s.inputs[n.ID][name]
+	if len(vs) == 0 {
+		return value{}, false
+	}
+	return vs[0], true
+}
+
+// text returns an input's text: from an edge, else the tweaked or stored
+// parameter.
+func (s *state) text(n *flow.Node, name string) string {
+	if v, ok := s.in(n, name); ok {
+		return v.text
+	}
+	return s.param(n, name).String()
+}
+
+// param returns a parameter with the job's tweaks applied (by node id or
+// display name, as LangFlow accepts).
+func (s *state) param(n *flow.Node, name string) flow.Param {
+	for _, key := range []string{n.ID, n.DisplayName} {
+		if t, ok := s.job.Tweaks[key]; ok && key != "" {
+			if v, ok := t[name]; ok {
+				return flow.Param{Value: v}
+			}
+		}
+	}
+	return n.Param(name)
+}
+
+func (s *state) previewOf(nodeID string) string {
+	for _, name := range []string{"message", "text", "text_output", "prompt", "response", "messages_text", "result", "raw_results"} {
+		if v, ok := s.outputs[nodeID][name]; ok && v.text != "" {
+			return v.text
+		}
+	}
+	return ""
+}
+
+// preview shortens text for traces and records.
+func preview(s string) string {
+	const max = 500
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// collect gathers the run's result: its output components (filtered by
+// output_type / output_component), or, in flows without any (compact and
+// legacy chains), the values of the nodes nothing consumes.
+func (s *state) collect() []ComponentOutput {
+	var out []ComponentOutput
+	for _, n := range s.f.Nodes {
+		c := n.Component()
+		if c == nil || !c.IsOutput {
+			continue
+		}
+		if s.job.OutputComponent != "" && n.ID != s.job.OutputComponent {
+			continue
+		}
+		switch s.job.OutputType {
+		case "chat":
+			if n.Type != "ChatOutput" {
+				continue
+			}
+		case "text":
+			if n.Type != "TextOutput" {
+				continue
+			}
+		}
+		for _, v := range s.outputs[n.ID] {
+			out = append(out, ComponentOutput{NodeID: n.ID, DisplayName: n.DisplayName, Type: n.Type, Text: v.text, Message: v.message})
+			break
+		}
+	}
+	if len(out) > 0 || s.hasOutputComponents() {
+		return out
+	}
+	for _, n := range s.f.Nodes {
+		if len(s.f.Outgoing(n.ID)) > 0 {
+			continue
+		}
+		if t := s.previewOf(n.ID); t != "" || s.outputs[n.ID] != nil {
+			out = append(out, ComponentOutput{NodeID: n.ID, DisplayName: n.DisplayName, Type: n.Type, Text: s.fullText(n.ID)})
+		}
+	}
+	return out
+}
+
+func (s *state) fullText(nodeID string) string {
+	for _, v := range s.outputs[nodeID] {
+		if v.text != "" {
+			return v.text
+		}
+	}
+	return ""
+}
+
+func (s *state) hasOutputComponents() bool {
+	for _, n := range s.f.Nodes {
+		if c := n.Component(); c != nil && c.IsOutput {
+			return true
+		}
+	}
+	return false
+}
+
+// newMessage makes a chat message of this run.
+func (s *state) newMessage(n *flow.Node, sender, senderName, text string) *Message {
+	return &Message{ID: id.New("msg"), TenantID: s.job.Who.TenantID, FlowID: s.job.FlowID, SessionID: s.job.SessionID,
+		Sender: sender, SenderName: senderName, Text: text, RunID: s.job.RunID, CreatedAt: time.Now().UTC()}
+}
+
+// store keeps a message for Memory when the node asks for it.
+func (s *state) store(ctx context.Context, n *flow.Node, m *Message) error {
+	if b, ok := s.param(n, "should_store_message").Bool(); ok && !b {
+		return nil
+	}
+	if s.e.Messages == nil || m.SessionID == "" {
+		return nil
+	}
+	if err := s.e.Messages.AppendMessage(context.WithoutCancel(ctx), m); err != nil {
+		return err
+	}
+	s.msgs = append(s.msgs, m)
+	s.emit("add_message", messageJSON(m))
+	return nil
+}
+
+// joinTexts joins the texts of several values.
+func joinTexts(vs []value) string {
+	parts := make([]string, 0, len(vs))
+	for _, v := range vs {
+		parts = append(parts, v.text)
+	}
+	return strings.Join(parts, "\n")
+}

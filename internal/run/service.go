@@ -1,0 +1,449 @@
+package run
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/flow"
+	"github.com/sluicehq/sluice/internal/id"
+	"github.com/sluicehq/sluice/internal/metering"
+	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/tenancy"
+)
+
+// DefaultRunTimeout bounds a run whose scopes set no run_timeout.
+const DefaultRunTimeout = 10 * time.Minute
+
+// Service stores flows and runs them for callers.
+type Service struct {
+	Store   Store
+	Tenancy *tenancy.Service
+	Exec    *Executor
+	Log     *slog.Logger
+	// OnRunEnd, when set, is told each run's final status (metrics).
+	OnRunEnd func(Status)
+
+	mu     sync.Mutex
+	parsed map[string]parsedFlow // by flow id, for the version stored
+}
+
+type parsedFlow struct {
+	updated time.Time
+	f       *flow.Flow
+}
+
+func principal(ctx context.Context) (tenancy.Principal, error) {
+	p, ok := tenancy.PrincipalFrom(ctx)
+	if !ok {
+		return p, errs.E(errs.Unauthorized, "an API key is required")
+	}
+	return p, nil
+}
+
+// FlowInput uploads a flow.
+type FlowInput struct {
+	ProjectID    string
+	Name         string
+	EndpointName string
+	Data         []byte
+}
+
+// slug makes an endpoint name from a flow name.
+func slug(name string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(name) {
+		if unicode.IsLetter(r) && r < 128 || unicode.IsDigit(r) {
+			b.WriteRune(r)
+			dash = false
+		} else if !dash && b.Len() > 0 {
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	out := strings.Trim(b.String(), "-")
+	if len(out) > tenancy.MaxNameLen {
+		out = strings.Trim(out[:tenancy.MaxNameLen], "-")
+	}
+	return out
+}
+
+// CreateFlow validates and stores a flow in a project the caller works in.
+func (s *Service) CreateFlow(ctx context.Context, in FlowInput) (*Flow, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if in.ProjectID == "" {
+		in.ProjectID = p.ProjectID
+	}
+	if in.ProjectID == "" {
+		return nil, errs.Field(errs.Invalid, "project_id", "project_id is required (the key has no default project)")
+	}
+	pr, err := s.Tenancy.Project(ctx, in.ProjectID)
+	if err != nil {
+		return nil, errs.Field(errs.NotFound, "project_id", "project %s not found", in.ProjectID)
+	}
+	if err := s.Tenancy.CanWorkIn(ctx, p.UserID, pr.ID); err != nil && !p.AdminOf(pr.TenantID) {
+		return nil, err
+	}
+	f, err := flow.Parse(in.Data)
+	if err != nil {
+		return nil, err
+	}
+	name := in.Name
+	if name == "" {
+		name = f.Name
+	}
+	if name == "" {
+		name = "flow"
+	}
+	if len(name) > 200 {
+		return nil, errs.Field(errs.Invalid, "name", "name is longer than 200 characters")
+	}
+	endpoint := in.EndpointName
+	if endpoint == "" {
+		endpoint = f.EndpointName
+	}
+	if endpoint == "" {
+		endpoint = slug(name)
+	}
+	if err := tenancy.ValidName("endpoint_name", endpoint); err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	fl := &Flow{ID: id.NewAt("flw", now), TenantID: pr.TenantID, ProjectID: pr.ID, Name: name, EndpointName: endpoint,
+		Description: f.Description, Format: string(f.Format), Data: json.RawMessage(in.Data), CreatedBy: p.UserID, CreatedAt: now, UpdatedAt: now}
+	if err := s.Store.InsertFlow(ctx, fl); err != nil {
+		return nil, err
+	}
+	return fl, nil
+}
+
+// Flow returns a flow by id or endpoint name, if the caller may use it.
+func (s *Service) Flow(ctx context.Context, idOrName string) (*Flow, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	f, err := s.Store.Flow(ctx, idOrName)
+	if errs.Is(err, errs.NotFound) && p.TenantID != "" {
+		f, err = s.Store.FlowByEndpoint(ctx, p.TenantID, idOrName)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !p.AdminOf(f.TenantID) {
+		if f.TenantID != p.TenantID {
+			return nil, errs.E(errs.NotFound, "flow not found")
+		}
+		if err := s.Tenancy.CanWorkIn(ctx, p.UserID, f.ProjectID); err != nil {
+			return nil, errs.E(errs.NotFound, "flow not found")
+		}
+	}
+	return f, nil
+}
+
+// Flows lists flows the caller may see.
+func (s *Service) Flows(ctx context.Context, f tenancy.Filter) ([]*Flow, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !p.IsPlatformAdmin() {
+		if f.TenantID != "" && f.TenantID != p.TenantID {
+			return nil, errs.E(errs.NotFound, "tenant not found")
+		}
+		f.TenantID = p.TenantID
+	}
+	all, err := s.Store.Flows(ctx, f)
+	if err != nil || p.AdminOf(p.TenantID) {
+		return all, err
+	}
+	var out []*Flow
+	for _, fl := range all {
+		if s.Tenancy.CanWorkIn(ctx, p.UserID, fl.ProjectID) == nil {
+			out = append(out, fl)
+		}
+	}
+	return out, nil
+}
+
+// UpdateFlow replaces a flow's graph (and optionally its name).
+func (s *Service) UpdateFlow(ctx context.Context, idOrName string, in FlowInput) (*Flow, error) {
+	fl, err := s.Flow(ctx, idOrName)
+	if err != nil {
+		return nil, err
+	}
+	f, err := flow.Parse(in.Data)
+	if err != nil {
+		return nil, err
+	}
+	if in.Name != "" {
+		fl.Name = in.Name
+	}
+	if in.EndpointName != "" {
+		if err := tenancy.ValidName("endpoint_name", in.EndpointName); err != nil {
+			return nil, err
+		}
+		fl.EndpointName = in.EndpointName
+	}
+	fl.Data, fl.Format, fl.Description = json.RawMessage(in.Data), string(f.Format), f.Description
+	fl.UpdatedAt = time.Now().UTC().Truncate(time.Microsecond)
+	if err := s.Store.UpdateFlow(ctx, fl); err != nil {
+		return nil, err
+	}
+	return fl, nil
+}
+
+// DeleteFlow deletes a flow (its runs stay).
+func (s *Service) DeleteFlow(ctx context.Context, idOrName string) error {
+	fl, err := s.Flow(ctx, idOrName)
+	if err != nil {
+		return err
+	}
+	return s.Store.DeleteFlow(ctx, fl.ID)
+}
+
+// graph returns the parsed graph of a stored flow, cached per version.
+func (s *Service) graph(fl *Flow) (*flow.Flow, error) {
+	s.mu.Lock()
+	if s.parsed == nil {
+		s.parsed = map[string]parsedFlow{}
+	}
+	if p, ok := s.parsed[fl.ID]; ok && p.updated.Equal(fl.UpdatedAt) {
+		s.mu.Unlock()
+		return p.f, nil
+	}
+	s.mu.Unlock()
+	f, err := flow.Parse(fl.Data)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if len(s.parsed) > 1000 {
+		clear(s.parsed)
+	}
+	s.parsed[fl.ID] = parsedFlow{updated: fl.UpdatedAt, f: f}
+	s.mu.Unlock()
+	return f, nil
+}
+
+// RunRequest is LangFlow's run request.
+type RunRequest struct {
+	InputValue      string                    `json:"input_value"`
+	InputType       string                    `json:"input_type"`
+	OutputType      string                    `json:"output_type"`
+	OutputComponent string                    `json:"output_component"`
+	Tweaks          map[string]map[string]any `json:"tweaks"`
+	SessionID       string                    `json:"session_id"`
+}
+
+// Validate checks the request's enums.
+func (r *RunRequest) Validate() error {
+	switch r.InputType {
+	case "", "chat", "text", "any":
+	default:
+		return errs.Field(errs.Invalid, "input_type", "input_type %q is not chat, text or any", r.InputType)
+	}
+	switch r.OutputType {
+	case "", "chat", "text", "any", "debug":
+	default:
+		return errs.Field(errs.Invalid, "output_type", "output_type %q is not chat, text, any or debug", r.OutputType)
+	}
+	if len(r.SessionID) > 200 {
+		return errs.Field(errs.Invalid, "session_id", "session_id is longer than 200 characters")
+	}
+	return nil
+}
+
+// Outcome is a finished (or refused) run.
+type Outcome struct {
+	Record *Record
+	Result *Result
+	Err    error // why the run did not succeed; nil on success
+}
+
+// Run admits and executes a run of a stored flow, records it, and returns
+// its outcome. A denial at admission returns an error and records nothing
+// (nothing ran); anything after admission is recorded.
+func (s *Service) Run(ctx context.Context, idOrName string, req RunRequest, onEvent func(string, any)) (*Outcome, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	fl, err := s.Flow(ctx, idOrName)
+	if err != nil {
+		return nil, err
+	}
+	g, err := s.graph(fl)
+	if err != nil {
+		return nil, err
+	}
+	who := metering.Who{TenantID: fl.TenantID, UserID: p.UserID, ProjectID: fl.ProjectID}
+	return s.execute(ctx, who, fl.ID, g, req, onEvent)
+}
+
+// RunGraph runs a graph that is not stored (the CLI's local runs).
+func (s *Service) RunGraph(ctx context.Context, who metering.Who, g *flow.Flow, req RunRequest, onEvent func(string, any)) (*Outcome, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	return s.execute(ctx, who, "", g, req, onEvent)
+}
+
+func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, g *flow.Flow, req RunRequest, onEvent func(string, any)) (*Outcome, error) {
+	runID := id.New("run")
+	adm, err := s.Exec.Meter.Acquire(ctx, who, "run", quota.Ask{Requests: 1, Concurrency: true}, DefaultRunTimeout+time.Minute)
+	if err != nil {
+		return nil, err
+	}
+	caps := adm.Caps
+	timeout := DefaultRunTimeout
+	if caps.RunTimeout > 0 {
+		timeout = caps.RunTimeout
+	}
+	if req.SessionID == "" {
+		req.SessionID = runID
+	}
+	rec := &Record{ID: runID, FlowID: flowID, TenantID: who.TenantID, ProjectID: who.ProjectID, UserID: who.UserID,
+		SessionID: req.SessionID, Status: StatusRunning, StartedAt: time.Now().UTC().Truncate(time.Microsecond), Trace: []NodeTrace{}}
+	// Every exit path below releases the run's slot and records the run.
+	defer func() {
+		if _, err := s.Exec.Meter.Settle(context.WithoutCancel(ctx), adm.ID, quota.Usage{}, ""); err != nil {
+			s.Log.Error("releasing a run's slot failed", slog.String("run_id", runID), slog.String("error", err.Error()))
+		}
+	}()
+	if err := s.Store.InsertRun(context.WithoutCancel(ctx), rec); err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	job := &Job{RunID: runID, FlowID: flowID, Flow: g, Who: who, InputValue: req.InputValue, InputType: req.InputType,
+		OutputType: req.OutputType, OutputComponent: req.OutputComponent, Tweaks: req.Tweaks, SessionID: req.SessionID,
+		Caps: caps, OnEvent: onEvent}
+	res, runErr := s.Exec.Execute(rctx, job)
+	if runErr != nil && rctx.Err() != nil && ctx.Err() == nil {
+		runErr = ctxError(rctx.Err()) // the run's own deadline, not the caller's
+	}
+	end := time.Now().UTC().Truncate(time.Microsecond)
+	rec.EndedAt, rec.Usage, rec.Steps, rec.Trace = &end, res.Usage, res.Steps, res.Trace
+	rec.Status = StatusSucceeded
+	if runErr != nil {
+		rec.Status = StatusFailed
+		var re *RunError
+		if errors.As(runErr, &re) {
+			rec.Status = re.Status
+		}
+		var e *errs.Error
+		if errors.As(runErr, &e) {
+			rec.ErrorCode = string(e.Code)
+			rec.ErrorMessage = runErr.Error()
+		} else {
+			rec.ErrorCode, rec.ErrorMessage = string(errs.Internal), runErr.Error()
+			var d *quota.Denial
+			if errors.As(runErr, &d) {
+				rec.ErrorCode, rec.ErrorMessage = d.Code, runErr.Error()
+			}
+		}
+	} else if len(res.Outputs) > 0 {
+		rec.OutputPreview = preview(res.Outputs[0].Text)
+	}
+	if err := s.Store.FinishRun(context.WithoutCancel(ctx), rec); err != nil {
+		s.Log.Error("recording a run failed", slog.String("run_id", runID), slog.String("error", err.Error()))
+	}
+	if s.OnRunEnd != nil {
+		s.OnRunEnd(rec.Status)
+	}
+	return &Outcome{Record: rec, Result: res, Err: runErr}, nil
+}
+
+// RunRecord returns a run, if the caller may see it.
+func (s *Service) RunRecord(ctx context.Context, runID string) (*Record, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.Store.Run(ctx, runID)
+	if err != nil {
+		return nil, err
+	}
+	if r.UserID != p.UserID && !p.AdminOf(r.TenantID) {
+		return nil, errs.E(errs.NotFound, "run not found")
+	}
+	return r, nil
+}
+
+// Runs lists runs: a member's own, all of a tenant for its admins.
+func (s *Service) Runs(ctx context.Context, f tenancy.Filter) ([]*Record, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !p.IsPlatformAdmin() {
+		if f.TenantID != "" && f.TenantID != p.TenantID {
+			return nil, errs.E(errs.NotFound, "tenant not found")
+		}
+		f.TenantID = p.TenantID
+		if !p.AdminOf(p.TenantID) {
+			f.UserID = p.UserID
+		}
+	}
+	return s.Store.Runs(ctx, f)
+}
+
+// ---- LangFlow's response shape ----
+
+// messageJSON renders a message as LangFlow does.
+func messageJSON(m *Message) map[string]any {
+	return map[string]any{
+		"id": m.ID, "text": m.Text, "sender": m.Sender, "sender_name": m.SenderName, "session_id": m.SessionID,
+		"timestamp": m.CreatedAt.Format("2006-01-02 15:04:05 MST"), "flow_id": m.FlowID, "files": []any{},
+		"error": false, "edit": false, "category": "message", "content_blocks": []any{},
+		"properties": map[string]any{"source": map[string]any{}, "state": "complete"},
+	}
+}
+
+// Response renders an outcome as LangFlow's run response.
+func (o *Outcome) Response(req RunRequest) map[string]any {
+	var outs []any
+	for _, c := range o.Result.Outputs {
+		m := c.Message
+		if m == nil {
+			m = &Message{Text: c.Text, Sender: "Machine", SenderName: "AI", SessionID: o.Record.SessionID, CreatedAt: time.Now().UTC()}
+		}
+		mj := messageJSON(m)
+		props := mj["properties"].(map[string]any)
+		props["usage"] = map[string]any{"input_tokens": o.Record.Usage.InputTokens, "output_tokens": o.Record.Usage.OutputTokens,
+			"total_tokens": o.Record.Usage.InputTokens + o.Record.Usage.OutputTokens}
+		outs = append(outs, map[string]any{
+			"results":   map[string]any{"message": mj},
+			"artifacts": map[string]any{"message": c.Text, "sender": m.Sender, "sender_name": m.SenderName, "type": "object"},
+			"outputs":   map[string]any{"message": map[string]any{"message": c.Text, "type": "text"}},
+			"logs":      map[string]any{"message": []any{}},
+			"messages": []any{map[string]any{"message": c.Text, "sender": m.Sender, "sender_name": m.SenderName,
+				"session_id": m.SessionID, "component_id": c.NodeID, "type": "message"}},
+			"component_display_name": c.DisplayName, "component_id": c.NodeID, "used_frozen_result": false,
+		})
+	}
+	if outs == nil {
+		outs = []any{}
+	}
+	return map[string]any{
+		"session_id": o.Record.SessionID,
+		"run_id":     o.Record.ID,
+		"outputs":    []any{map[string]any{"inputs": map[string]any{"input_value": req.InputValue}, "outputs": outs}},
+		"usage": map[string]any{"input_tokens": o.Record.Usage.InputTokens, "output_tokens": o.Record.Usage.OutputTokens,
+			"gpu_seconds": float64(o.Record.Usage.GPUMillis) / 1000, "cost_usd": float64(o.Record.Usage.CostMicros) / 1e6, "steps": o.Record.Steps},
+	}
+}
