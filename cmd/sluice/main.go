@@ -25,6 +25,7 @@ const usageText = `sluice governs LLM workflows: quotas per tenant, department, 
 
 Usage:
   sluice serve [flags]            run the server (sluice serve -h for flags)
+  sluice run FLOW.json --input "…"  run a flow file in this process (no server needed)
   sluice version                  print the version
   sluice whoami                   show who the API key belongs to
   sluice usage [--scope S]        limits, use and what remains, per scope
@@ -54,6 +55,8 @@ func realMain(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	switch args[0] {
 	case "serve":
 		err = serve(args[1:], stdout, stderr, getenv)
+	case "run":
+		err = runLocal(args[1:], stdout, stderr, getenv)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "sluice", version)
 	case "help", "-h", "--help":

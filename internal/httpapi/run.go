@@ -157,33 +157,19 @@ func (s *Server) updateFlow(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, f)
 }
 
-// writeFlowError answers a flow that does not validate with 422 and every
-// problem found, each naming its node and field.
+// writeFlowError answers a flow that does not validate with 422 (413 when
+// too large) and every problem found, each naming its node and field.
 func writeFlowError(w http.ResponseWriter, r *http.Request, s *Server, err error) {
 	var ve *flow.ValidationError
 	if errors.As(err, &ve) {
 		problems := make([]map[string]string, 0, len(ve.Problems))
 		for _, p := range ve.Problems {
-			problems = append(problems, map[string]string{"node_id": p.NodeID, "field": p.Field, "message": p.Message})
+			problems = append(problems, map[string]string{"kind": string(p.Kind), "node_id": p.NodeID, "field": p.Field, "message": p.Message})
 		}
-		e := &errs.Error{Code: errs.Unprocessable, Message: ve.Error()}
-		if len(ve.Problems) > 0 {
-			e.Field = problemField(ve.Problems[0])
-		}
-		writeErrorExtra(w, r, s.Log, e, map[string]any{"problems": problems})
+		writeErrorExtra(w, r, s.Log, ve.ErrsError(), map[string]any{"problems": problems})
 		return
 	}
 	writeError(w, r, s.Log, err)
-}
-
-func problemField(p flow.Problem) string {
-	switch {
-	case p.NodeID != "" && p.Field != "":
-		return "nodes." + p.NodeID + "." + p.Field
-	case p.NodeID != "":
-		return "nodes." + p.NodeID
-	}
-	return p.Field
 }
 
 // runBody is LangFlow's run request, plus its body-level stream flag.

@@ -62,6 +62,8 @@ type Result struct {
 	Steps    int64
 	Trace    []NodeTrace
 	Messages []*Message
+	// Simulated reports that a simulated model produced some of the text.
+	Simulated bool
 }
 
 // ComponentOutput is the value of one output component.
@@ -124,6 +126,8 @@ type state struct {
 	start   time.Time
 	// callCount counts model calls, for the trace.
 	callCount int
+	// simulated is set once a simulated model answered.
+	simulated bool
 }
 
 // step counts a node, model turn or tool call against max_steps.
@@ -148,7 +152,7 @@ func (s *state) emit(event string, data any) {
 func (e *Executor) Execute(ctx context.Context, job *Job) (*Result, error) {
 	s := &state{e: e, job: job, f: job.Flow, outputs: map[string]map[string]value{}, inputs: map[string]map[string][]value{}, start: time.Now()}
 	err := s.run(ctx)
-	res := &Result{Usage: s.usage, Steps: s.steps, Trace: s.trace, Messages: s.msgs}
+	res := &Result{Usage: s.usage, Steps: s.steps, Trace: s.trace, Messages: s.msgs, Simulated: s.simulated}
 	if err == nil {
 		res.Outputs = s.collect()
 	}

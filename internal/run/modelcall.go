@@ -143,6 +143,9 @@ func (s *state) call(ctx context.Context, caller *flow.Node, m *llm.Model, req l
 		resp, err = m.Chat(ctx, req)
 	}
 	wall := time.Since(start)
+	if resp.Simulated {
+		s.simulated = true
+	}
 	u := resp.Usage
 	gpu := int64(0)
 	if cfg.GPU {

@@ -98,6 +98,9 @@ func (s *Service) CreateFlow(ctx context.Context, in FlowInput) (*Flow, error) {
 	if err != nil {
 		return nil, err
 	}
+	if in.Data, err = scrubSecrets(in.Data); err != nil {
+		return nil, err
+	}
 	name := in.Name
 	if name == "" {
 		name = f.Name
@@ -184,6 +187,9 @@ func (s *Service) UpdateFlow(ctx context.Context, idOrName string, in FlowInput)
 	}
 	f, err := flow.Parse(in.Data)
 	if err != nil {
+		return nil, err
+	}
+	if in.Data, err = scrubSecrets(in.Data); err != nil {
 		return nil, err
 	}
 	if in.Name != "" {
@@ -426,6 +432,9 @@ func (o *Outcome) Response(req RunRequest) map[string]any {
 		props := mj["properties"].(map[string]any)
 		props["usage"] = map[string]any{"input_tokens": o.Record.Usage.InputTokens, "output_tokens": o.Record.Usage.OutputTokens,
 			"total_tokens": o.Record.Usage.InputTokens + o.Record.Usage.OutputTokens}
+		if o.Result.Simulated {
+			props["simulated"] = true // the text came from Sluice's simulated model, not a real one
+		}
 		outs = append(outs, map[string]any{
 			"results":   map[string]any{"message": mj},
 			"artifacts": map[string]any{"message": c.Text, "sender": m.Sender, "sender_name": m.SenderName, "type": "object"},
@@ -446,4 +455,56 @@ func (o *Outcome) Response(req RunRequest) map[string]any {
 		"usage": map[string]any{"input_tokens": o.Record.Usage.InputTokens, "output_tokens": o.Record.Usage.OutputTokens,
 			"gpu_seconds": float64(o.Record.Usage.GPUMillis) / 1000, "cost_usd": float64(o.Record.Usage.CostMicros) / 1e6, "steps": o.Record.Steps},
 	}
+}
+
+// scrubSecrets blanks secrets written inline in a LangFlow export (password
+// fields whose value is not a reference to a stored variable), so that no
+// provider key is stored with the flow or shown when it is read back.
+// Sluice takes provider keys from its model table only.
+func scrubSecrets(data []byte) ([]byte, error) {
+	var doc any
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return data, nil // the parser already accepted it; nothing to scrub
+	}
+	changed := false
+	var walk func(v any)
+	walk = func(v any) {
+		switch t := v.(type) {
+		case map[string]any:
+			if tpl, ok := t["template"].(map[string]any); ok {
+				for _, field := range tpl {
+					f, ok := field.(map[string]any)
+					if !ok {
+						continue
+					}
+					if pw, _ := f["password"].(bool); !pw {
+						continue
+					}
+					if ref, _ := f["load_from_db"].(bool); ref {
+						continue
+					}
+					if val, ok := f["value"].(string); ok && val != "" {
+						f["value"] = ""
+						changed = true
+					}
+				}
+			}
+			for _, c := range t {
+				walk(c)
+			}
+		case []any:
+			for _, c := range t {
+				walk(c)
+			}
+		}
+	}
+	walk(doc)
+	if !changed {
+		return data, nil
+	}
+	out, err := json.Marshal(doc)
+	if err != nil {
+		return nil, errs.Wrap(err, "re-encode flow")
+	}
+	return out, nil
 }
