@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/httpapi"
+	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/run"
 	"github.com/sluicehq/sluice/internal/sqlstore"
 	"github.com/sluicehq/sluice/internal/tenancy"
 	"github.com/sluicehq/sluice/internal/usage"
@@ -71,7 +73,10 @@ func (c *clock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-func newEnv(t *testing.T) *env {
+// newEnv starts the API. The flow runtime is wired as cmd/sluice does it:
+// with no models, the built-in simulated model stands in for every model a
+// flow names (demo mode); with models, exactly that model table is used.
+func newEnv(t *testing.T, models ...llm.ModelConfig) *env {
 	t.Helper()
 	ctx := context.Background()
 	store, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "sluice.db"))
@@ -103,7 +108,13 @@ func newEnv(t *testing.T) *env {
 	rec := usage.NewRecorder(store, log, 10*time.Millisecond)
 	t.Cleanup(func() { rec.Close() })
 	meter := metering.New(engine, mgr, rec, log)
-	srv := &httpapi.Server{Tenancy: svc, Policy: pol, Meter: meter, Log: log, MaxBodyBytes: 1 << 20,
+	registry, err := llm.NewRegistry(models, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec := &run.Executor{Meter: meter, Models: registry, Messages: store, Guard: &run.Guard{}, Log: log, DemoModels: len(models) == 0}
+	runs := &run.Service{Store: store, Tenancy: svc, Exec: exec, Log: log}
+	srv := &httpapi.Server{Tenancy: svc, Policy: pol, Meter: meter, Runs: runs, Log: log, MaxBodyBytes: 1 << 20,
 		Ready: func(ctx context.Context) map[string]error { return map[string]error{"store": store.Ping(ctx)} }}
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(ts.Close)

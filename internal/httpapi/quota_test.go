@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -333,5 +334,19 @@ tenants:
 	}
 	if r := e.do(e.admin, "POST", "/api/v1/admin/policy", "tenants: [{name: x, colour: red}]"); r.status != 400 || r.errField() != "tenants[0].colour" {
 		t.Fatalf("bad document: %d %s", r.status, r.raw)
+	}
+}
+
+func TestDeletingAScopeDropsItsLimits(t *testing.T) {
+	e := newEnv(t)
+	w := e.makeWorld("acme")
+	e.must(200, e.admin, "PUT", "/api/v1/admin/limits/user/"+w.other, map[string]any{"limits": map[string]any{"concurrency": 1}})
+	e.must(201, e.admin, "POST", "/api/v1/admin/grants", map[string]any{"scope": "user/" + w.other,
+		"limits": map[string]any{"concurrency": 1}, "expires_at": e.clock.Now().Add(time.Hour).Format(time.RFC3339Nano)})
+	e.must(204, e.admin, "DELETE", "/api/v1/admin/users/"+w.other, nil)
+	for _, path := range []string{"/api/v1/admin/limits", "/api/v1/admin/grants"} {
+		if r := e.must(200, e.admin, "GET", path, nil); strings.Contains(r.raw, w.other) {
+			t.Fatalf("GET %s still lists the deleted user's scope: %s", path, r.raw)
+		}
 	}
 }

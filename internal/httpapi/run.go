@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/flow"
+	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/run"
 	"github.com/sluicehq/sluice/internal/tenancy"
 )
@@ -279,6 +281,13 @@ func writeRunError(w http.ResponseWriter, r *http.Request, s *Server, err error,
 		return
 	}
 	extra := map[string]any{"run_id": rec.ID, "status": rec.Status}
+	// A provider's own rate limit keeps its retry hint.
+	var pe *llm.ProviderError
+	if errors.As(err, &pe) && pe.RetryAfter > 0 {
+		secs := int64(math.Ceil(pe.RetryAfter.Seconds()))
+		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		extra["retry_after_seconds"] = secs
+	}
 	var re *run.RunError
 	if errors.As(err, &re) && re.NodeID != "" {
 		extra["node_id"] = re.NodeID

@@ -193,6 +193,9 @@ func (c *conn) UpdateTenant(t *tenancy.Tenant) error {
 }
 
 func (c *conn) DeleteTenant(id string) error {
+	if err := c.dropScope("tenant/" + id); err != nil {
+		return err
+	}
 	res, err := c.exec(`DELETE FROM tenants WHERE id = ?`, id)
 	if err != nil {
 		return err
@@ -251,6 +254,9 @@ func (c *conn) UpdateDepartment(d *tenancy.Department) error {
 }
 
 func (c *conn) DeleteDepartment(id string) error {
+	if err := c.dropScope("department/" + id); err != nil {
+		return err
+	}
 	res, err := c.exec(`DELETE FROM departments WHERE id = ?`, id)
 	if err != nil {
 		return err
@@ -312,6 +318,9 @@ func (c *conn) UpdateProject(p *tenancy.Project) error {
 }
 
 func (c *conn) DeleteProject(id string) error {
+	if err := c.dropScope("project/" + id); err != nil {
+		return err
+	}
 	// Revoked and expired keys may still name the project as their default;
 	// they keep their audit record without it.
 	if _, err := c.exec(`UPDATE api_keys SET project_id = NULL WHERE project_id = ?`, id); err != nil {
@@ -378,6 +387,9 @@ func (c *conn) UpdateUser(u *tenancy.User) error {
 }
 
 func (c *conn) DeleteUser(id string) error {
+	if err := c.dropScope("user/" + id); err != nil {
+		return err
+	}
 	res, err := c.exec(`DELETE FROM users WHERE id = ?`, id)
 	if err != nil {
 		return err
@@ -428,6 +440,9 @@ func (c *conn) Memberships(f tenancy.Filter) ([]*tenancy.Membership, error) {
 }
 
 func (c *conn) DeleteMembership(userID, projectID string) error {
+	if err := c.dropScope("membership/" + userID + "@" + projectID); err != nil {
+		return err
+	}
 	res, err := c.exec(`DELETE FROM memberships WHERE user_id = ? AND project_id = ?`, userID, projectID)
 	if err != nil {
 		return err
@@ -436,6 +451,22 @@ func (c *conn) DeleteMembership(userID, projectID string) error {
 }
 
 func (c *conn) DeleteMemberships(f tenancy.Filter) error {
+	// The memberships' limits go with them.
+	var scopes []string
+	switch {
+	case f.UserID != "":
+		scopes = append(scopes, "membership/"+f.UserID+"@%")
+	case f.ProjectID != "":
+		scopes = append(scopes, "membership/%@"+f.ProjectID)
+	}
+	for _, pat := range scopes {
+		if _, err := c.exec(`DELETE FROM scope_limits WHERE scope LIKE ?`, pat); err != nil {
+			return err
+		}
+		if _, err := c.exec(`DELETE FROM grants WHERE scope LIKE ?`, pat); err != nil {
+			return err
+		}
+	}
 	var w where
 	w.eq("user_id", f.UserID)
 	w.eq("project_id", f.ProjectID)
@@ -443,6 +474,16 @@ func (c *conn) DeleteMemberships(f tenancy.Filter) error {
 		return errs.E(errs.Internal, "refusing to delete all memberships")
 	}
 	_, err := c.exec(`DELETE FROM memberships WHERE `+strings.Join(w.conds, " AND "), w.args...)
+	return err
+}
+
+// dropScope removes the limits and grants of a scope whose object is being
+// deleted, so they cannot come back to life with a reused id.
+func (c *conn) dropScope(scope string) error {
+	if _, err := c.exec(`DELETE FROM scope_limits WHERE scope = ?`, scope); err != nil {
+		return err
+	}
+	_, err := c.exec(`DELETE FROM grants WHERE scope = ?`, scope)
 	return err
 }
 
