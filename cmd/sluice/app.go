@@ -20,8 +20,8 @@ import (
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/policydoc"
-	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/run"
+	"github.com/sluicehq/sluice/internal/sandbox"
 	"github.com/sluicehq/sluice/internal/sqlstore"
 	"github.com/sluicehq/sluice/internal/tenancy"
 	"github.com/sluicehq/sluice/internal/usage"
@@ -37,11 +37,12 @@ type App struct {
 	store    *sqlstore.Store
 	tenancy  *tenancy.Service
 	policy   *policy.Service
-	engine   *quota.Memory
+	engine   *engine
 	recorder *usage.Recorder
 	meter    *metering.Meter
 	metrics  *metrics.Metrics
 	runs     *run.Service
+	sandbox  *sandbox.Sandbox
 	ln       net.Listener
 	srv      *http.Server
 
@@ -96,7 +97,15 @@ func (a *App) startQuota(ctx context.Context) error {
 			a.log.Error("policy reload after a tenancy change failed", slog.String("error", err.Error()))
 		}
 	}
-	a.engine = quota.NewMemory(quota.Options{})
+	eng, err := a.newEngine(ctx, func(mode string) {
+		if a.metrics != nil {
+			a.metrics.SetMode(mode)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	a.engine = eng
 	a.recorder = usage.NewRecorder(a.store, a.log, time.Duration(a.cfg.UsageFlushInterval))
 	a.meter = metering.New(a.engine, mgr, a.recorder, a.log)
 	a.metrics = metrics.New(func() float64 { return float64(a.recorder.Pending()) })
@@ -104,20 +113,18 @@ func (a *App) startQuota(ctx context.Context) error {
 	a.meter.OnSettle = a.metrics.Settlements.Inc
 	mgr.OnReload = func(s *policy.Snapshot) {
 		a.metrics.PolicyVersion.Set(float64(s.Version))
-		if s.Platform().ReadOnly {
-			a.metrics.SetMode("read_only")
-		} else {
-			a.metrics.SetMode("normal")
-		}
+		a.metrics.SetMode(a.mode())
 	}
 	mgr.OnReload(mgr.Current())
-	n, err := a.meter.Restore(ctx, a.store)
-	if err != nil {
+	backend, n := "memory", 0
+	if a.engine.shared {
+		backend = "redis" // Redis holds the counters; the store's roll-ups would be older
+	} else if n, err = a.meter.Restore(ctx, a.store); err != nil {
 		a.recorder.Close()
 		a.engine.Close()
 		return fmt.Errorf("restore usage counters: %w", err)
 	}
-	a.log.Info("quota engine ready", slog.String("backend", "memory"), slog.Int("restored_rollups", n))
+	a.log.Info("quota engine ready", slog.String("backend", backend), slog.Int("restored_rollups", n))
 	return a.startRuns()
 }
 
@@ -136,7 +143,7 @@ func (a *App) startRuns() error {
 		Log: a.log, DemoModels: demo}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
 		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
-	return nil
+	return a.startSandbox(exec)
 }
 
 // bootstrap creates the first platform admin and key if there is none.
@@ -190,14 +197,10 @@ func (a *App) Handler() http.Handler {
 		Log:          a.log,
 		MaxBodyBytes: a.cfg.MaxBodyBytes,
 		Ready: func(ctx context.Context) map[string]error {
-			return map[string]error{"store": a.store.Ping(ctx)}
+			return map[string]error{"store": a.store.Ping(ctx), "sandbox": a.sandbox.Ready()}
 		},
-		Mode: func() string {
-			if a.policy.Manager().Current().Platform().ReadOnly {
-				return "read_only"
-			}
-			return "normal"
-		},
+		Sandbox: func() string { return string(a.sandbox.Mode()) },
+		Mode:    a.mode,
 	}
 	return api.Handler()
 }
@@ -241,6 +244,18 @@ func (a *App) Serve(ctx context.Context) error {
 	return errors.Join(err, a.store.Close())
 }
 
+// mode is the quota engine's mode: read_only (set by an admin), degraded
+// (the shared store is unreachable) or normal.
+func (a *App) mode() string {
+	switch {
+	case a.policy.Manager().Current().Platform().ReadOnly:
+		return "read_only"
+	case a.engine != nil && a.engine.degraded.Load():
+		return "degraded"
+	}
+	return "normal"
+}
+
 // startBackground starts the goroutines the app owns: the policy watch
 // (changes made on other instances) and the policy file watch.
 func (a *App) startBackground() {
@@ -270,8 +285,12 @@ func (a *App) endBackground() {
 	a.background.Wait()
 }
 
-// closeQuota writes out queued usage and stops the engine.
+// closeQuota stops the sandbox's workers, writes out queued usage and stops
+// the engine.
 func (a *App) closeQuota() {
+	if err := a.sandbox.Close(); err != nil {
+		a.log.Warn("closing the sandbox", slog.String("error", err.Error()))
+	}
 	a.recorder.Close()
 	a.engine.Close()
 }

@@ -57,6 +57,8 @@ func realMain(args []string, stdout, stderr io.Writer, getenv func(string) strin
 		err = serve(args[1:], stdout, stderr, getenv)
 	case "run":
 		err = runLocal(args[1:], stdout, stderr, getenv)
+	case "worker":
+		err = worker(args[1:], stdout, stderr, getenv)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "sluice", version)
 	case "help", "-h", "--help":

@@ -60,10 +60,52 @@ type Config struct {
 	// Models is the model table. Empty: one built-in simulated model, and
 	// flows naming any model run on it (demo mode).
 	Models []llm.ModelConfig `yaml:"models"`
+	// RedisURL, when set, makes the quota engine shared through Redis
+	// (several instances enforce one set of limits); empty keeps it in
+	// process. Secret: it may carry a password.
+	RedisURL string `yaml:"redis_url"`
+	// RedisPrefix is the hash tag of every Redis key (one deployment).
+	RedisPrefix string `yaml:"redis_prefix"`
+	// Instances is how many instances share the limits while Redis is
+	// unreachable (each then admits limit ÷ Instances); 0 counts them from
+	// their heartbeats in Redis.
+	Instances int `yaml:"instances"`
 	// AllowHosts are hosts the URL and API tools may reach although they
 	// are loopback or private (the SSRF guard refuses those otherwise).
 	AllowHosts []string `yaml:"allow_hosts"`
+	// Sandbox configures the worker processes that execute runs with a
+	// memory cap (memory_per_run).
+	Sandbox Sandbox `yaml:"sandbox"`
 }
+
+// Sandbox configures sandboxed runs: each run whose caps include
+// memory_per_run executes in a worker process held to the cap by a memory
+// cgroup.
+type Sandbox struct {
+	// Unenforced decides the fate of capped runs when the host gives Sluice
+	// no writable memory cgroup: "refuse" them (503, saying why) or "run"
+	// them in a worker without a limit, recorded memory_enforced: false.
+	Unenforced string `yaml:"unenforced"`
+	// Workers is how many workers are started ahead of need.
+	Workers int `yaml:"workers"`
+	// CgroupRoot is the cgroup directory Sluice creates its own group in:
+	// empty for the server's own cgroup (v2 where its memory controller is
+	// delegated, else v1), "none" to use no cgroup.
+	CgroupRoot string `yaml:"cgroup_root"`
+	// WorkerCommand starts a worker; empty for this binary with the
+	// argument "worker". A wrapper (e.g. a network namespace tool) may go
+	// in front.
+	WorkerCommand []string `yaml:"worker_command"`
+	// WorkerEnv is added to the workers' environment (NAME=value). Workers
+	// otherwise get only PATH: never the server's secrets or provider keys.
+	WorkerEnv []string `yaml:"worker_env"`
+}
+
+// Values of Sandbox.Unenforced.
+const (
+	UnenforcedRefuse = "refuse"
+	UnenforcedRun    = "run"
+)
 
 // Secret is a string that never prints.
 type Secret string
@@ -116,6 +158,8 @@ func Default() Config {
 		DefaultGlobalRate:  "100/min",
 		UsageFlushInterval: Duration(100 * time.Millisecond),
 		PolicyPollInterval: Duration(500 * time.Millisecond),
+
+		Sandbox: Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
 	}
 }
 
@@ -152,6 +196,24 @@ func (c *Config) Env(getenv func(string) string) error {
 	str("SLUICE_LOG_FORMAT", &c.LogFormat)
 	str("SLUICE_DEFAULT_GLOBAL_RATE", &c.DefaultGlobalRate)
 	str("SLUICE_POLICY_FILE", &c.PolicyFile)
+	str("SLUICE_REDIS_URL", &c.RedisURL)
+	str("SLUICE_REDIS_PREFIX", &c.RedisPrefix)
+	if v := getenv("SLUICE_INSTANCES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return errs.Field(errs.Invalid, "SLUICE_INSTANCES", "SLUICE_INSTANCES %q is not a whole number", v)
+		}
+		c.Instances = n
+	}
+	str("SLUICE_SANDBOX_UNENFORCED", &c.Sandbox.Unenforced)
+	str("SLUICE_SANDBOX_CGROUP_ROOT", &c.Sandbox.CgroupRoot)
+	if v := getenv("SLUICE_SANDBOX_WORKERS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return errs.Field(errs.Invalid, "SLUICE_SANDBOX_WORKERS", "SLUICE_SANDBOX_WORKERS %q is not a whole number", v)
+		}
+		c.Sandbox.Workers = n
+	}
 	if v := getenv("SLUICE_ADMIN_KEY"); v != "" {
 		c.AdminKey = Secret(v)
 	}
@@ -208,11 +270,44 @@ func (c *Config) Validate() error {
 	if c.PolicyPollInterval <= 0 || time.Duration(c.PolicyPollInterval) > time.Second {
 		return errs.Field(errs.Invalid, "policy_poll_interval", "policy_poll_interval must be between 0 and 1s, so changes reach every instance within a second")
 	}
+	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") && !strings.HasPrefix(c.RedisURL, "unix://") {
+		return errs.Field(errs.Invalid, "redis_url", "redis_url must be redis://HOST:PORT[/DB], rediss://… or unix://…")
+	}
+	if c.Instances < 0 || c.Instances > 10000 {
+		return errs.Field(errs.Invalid, "instances", "instances must be between 0 (count them) and 10000")
+	}
+	if strings.ContainsAny(c.RedisPrefix, "{}") {
+		return errs.Field(errs.Invalid, "redis_prefix", "redis_prefix must not contain braces (it becomes the hash tag)")
+	}
 	if err := llm.ValidateModels(c.Models); err != nil {
 		return err
 	}
 	if c.UsageFlushInterval <= 0 || time.Duration(c.UsageFlushInterval) > 10*time.Second {
 		return errs.Field(errs.Invalid, "usage_flush_interval", "usage_flush_interval must be between 0 and 10s")
+	}
+	return c.Sandbox.validate()
+}
+
+func (s *Sandbox) validate() error {
+	switch s.Unenforced {
+	case UnenforcedRefuse, UnenforcedRun:
+	default:
+		return errs.Field(errs.Invalid, "sandbox.unenforced", "sandbox.unenforced %q is not refuse or run", s.Unenforced)
+	}
+	if s.Workers < 1 || s.Workers > 256 {
+		return errs.Field(errs.Invalid, "sandbox.workers", "sandbox.workers %d is outside 1..256", s.Workers)
+	}
+	if s.CgroupRoot != "" && s.CgroupRoot != "none" && !strings.HasPrefix(s.CgroupRoot, "/") {
+		return errs.Field(errs.Invalid, "sandbox.cgroup_root", "sandbox.cgroup_root %q is not an absolute path or none", s.CgroupRoot)
+	}
+	if len(s.WorkerCommand) > 0 && strings.TrimSpace(s.WorkerCommand[0]) == "" {
+		return errs.Field(errs.Invalid, "sandbox.worker_command", "sandbox.worker_command must start with a program")
+	}
+	for i, kv := range s.WorkerEnv {
+		name, _, ok := strings.Cut(kv, "=")
+		if !ok || name == "" || strings.ContainsAny(name, " \t\n") {
+			return errs.Field(errs.Invalid, fmt.Sprintf("sandbox.worker_env[%d]", i), "sandbox.worker_env[%d] is not NAME=value", i)
+		}
 	}
 	return nil
 }
@@ -294,6 +389,7 @@ func redactURL(s string) string {
 // the password in database_url.
 func (c Config) String() string {
 	c.DatabaseURL = redactURL(c.DatabaseURL)
+	c.RedisURL = redactURL(c.RedisURL)
 	b, err := yaml.Marshal(c)
 	if err != nil {
 		return fmt.Sprintf("config: %v", err)

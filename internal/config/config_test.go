@@ -3,6 +3,7 @@ package config_test
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -65,8 +66,9 @@ shutdown_timeout: 2m30s
 		DefaultGlobalRate:  "100/min",
 		UsageFlushInterval: config.Duration(100 * time.Millisecond),
 		PolicyPollInterval: config.Duration(500 * time.Millisecond),
+		Sandbox:            config.Sandbox{Unenforced: "refuse", Workers: 2},
 	}
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Parse(valid) = %+v, want %+v", c, want)
 	}
 	if err := c.Validate(); err != nil {
@@ -93,7 +95,7 @@ func TestParseKeepsUnsetDefaults(t *testing.T) {
 			if strings.Contains(tt.yaml, "log_level") {
 				want.LogLevel = "warn"
 			}
-			if c != want {
+			if !reflect.DeepEqual(c, want) {
 				t.Errorf("Parse(%q) = %+v, want %+v", tt.yaml, c, want)
 			}
 		})
@@ -162,6 +164,7 @@ admin_key: file-key
 					AdminKey: "k", MaxBodyBytes: 1024, ShutdownTimeout: config.Duration(250 * time.Millisecond),
 					DefaultGlobalRate: "100/min", UsageFlushInterval: config.Duration(100 * time.Millisecond),
 					PolicyPollInterval: config.Duration(500 * time.Millisecond),
+					Sandbox:            config.Sandbox{Unenforced: "refuse", Workers: 2},
 				}
 			},
 		},
@@ -177,7 +180,7 @@ admin_key: file-key
 			if err := c.Env(env(tt.env)); err != nil {
 				t.Fatalf("Env = %v, want nil", err)
 			}
-			if c != want {
+			if !reflect.DeepEqual(c, want) {
 				t.Errorf("after Env got %+v, want %+v", c, want)
 			}
 			if err := c.Validate(); err != nil {
@@ -207,7 +210,7 @@ func TestEnvErrors(t *testing.T) {
 			if got := fieldOf(t, err); got != tt.key {
 				t.Errorf("Env(%s=%q) field = %q, want %q", tt.key, tt.value, got, tt.key)
 			}
-			if c != before {
+			if !reflect.DeepEqual(c, before) {
 				t.Errorf("after a failed Env got %+v, want the config unchanged %+v", c, before)
 			}
 		})
@@ -385,7 +388,9 @@ func TestStringRoundTrips(t *testing.T) {
 	if err := back.Parse(strings.NewReader(c.String())); err != nil {
 		t.Fatalf("Parse(String()) = %v, want nil", err)
 	}
-	if back != c {
+	// Compared in print: an empty list prints as [] and parses back empty,
+	// not nil.
+	if back.String() != c.String() {
 		t.Errorf("Parse(String()) = %+v, want %+v", back, c)
 	}
 }
@@ -421,5 +426,83 @@ func TestLoadFile(t *testing.T) {
 	}
 	if got := fieldOf(t, err); got != "config" {
 		t.Errorf("LoadFile(missing) field = %q, want %q", got, "config")
+	}
+}
+
+func TestSandbox(t *testing.T) {
+	c := config.Default()
+	if got, want := c.Sandbox, (config.Sandbox{Unenforced: config.UnenforcedRefuse, Workers: 2}); !reflect.DeepEqual(got, want) {
+		t.Fatalf("Default().Sandbox = %+v, want %+v", got, want)
+	}
+	const file = `
+sandbox:
+  unenforced: run
+  workers: 4
+  cgroup_root: /sys/fs/cgroup/sluice.slice
+  worker_command: [/usr/bin/unshare, --net, /usr/local/bin/sluice, worker]
+  worker_env: [GOMAXPROCS=1, TZ=UTC]
+`
+	if err := c.Parse(strings.NewReader(file)); err != nil {
+		t.Fatalf("Parse = %v, want nil", err)
+	}
+	want := config.Sandbox{Unenforced: "run", Workers: 4, CgroupRoot: "/sys/fs/cgroup/sluice.slice",
+		WorkerCommand: []string{"/usr/bin/unshare", "--net", "/usr/local/bin/sluice", "worker"}, WorkerEnv: []string{"GOMAXPROCS=1", "TZ=UTC"}}
+	if !reflect.DeepEqual(c.Sandbox, want) {
+		t.Errorf("Parse got %+v, want %+v", c.Sandbox, want)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate() = %v, want nil", err)
+	}
+	if err := c.Env(env(map[string]string{"SLUICE_SANDBOX_UNENFORCED": "refuse", "SLUICE_SANDBOX_WORKERS": "8", "SLUICE_SANDBOX_CGROUP_ROOT": "none"})); err != nil {
+		t.Fatalf("Env = %v, want nil", err)
+	}
+	want.Unenforced, want.Workers, want.CgroupRoot = "refuse", 8, "none"
+	if !reflect.DeepEqual(c.Sandbox, want) {
+		t.Errorf("after Env got %+v, want %+v", c.Sandbox, want)
+	}
+	err := c.Env(env(map[string]string{"SLUICE_SANDBOX_WORKERS": "many"}))
+	if got := fieldOf(t, err); got != "SLUICE_SANDBOX_WORKERS" {
+		t.Errorf("Env(SLUICE_SANDBOX_WORKERS=many) field = %q, want SLUICE_SANDBOX_WORKERS", got)
+	}
+}
+
+func TestSandboxValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(s *config.Sandbox)
+		field  string // "" means valid
+	}{
+		{"unenforced run", func(s *config.Sandbox) { s.Unenforced = "run" }, ""},
+		{"unenforced empty", func(s *config.Sandbox) { s.Unenforced = "" }, "sandbox.unenforced"},
+		{"unenforced unknown", func(s *config.Sandbox) { s.Unenforced = "allow" }, "sandbox.unenforced"},
+		{"workers zero", func(s *config.Sandbox) { s.Workers = 0 }, "sandbox.workers"},
+		{"workers too many", func(s *config.Sandbox) { s.Workers = 257 }, "sandbox.workers"},
+		{"workers one", func(s *config.Sandbox) { s.Workers = 1 }, ""},
+		{"cgroup_root none", func(s *config.Sandbox) { s.CgroupRoot = "none" }, ""},
+		{"cgroup_root absolute", func(s *config.Sandbox) { s.CgroupRoot = "/sys/fs/cgroup/x" }, ""},
+		{"cgroup_root relative", func(s *config.Sandbox) { s.CgroupRoot = "cgroup/x" }, "sandbox.cgroup_root"},
+		{"worker_command empty program", func(s *config.Sandbox) { s.WorkerCommand = []string{" ", "worker"} }, "sandbox.worker_command"},
+		{"worker_env without =", func(s *config.Sandbox) { s.WorkerEnv = []string{"A=1", "B"} }, "sandbox.worker_env[1]"},
+		{"worker_env empty name", func(s *config.Sandbox) { s.WorkerEnv = []string{"=1"} }, "sandbox.worker_env[0]"},
+		{"worker_env empty value", func(s *config.Sandbox) { s.WorkerEnv = []string{"A="} }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := config.Default()
+			tt.modify(&c.Sandbox)
+			err := c.Validate()
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			if !errs.Is(err, errs.Invalid) {
+				t.Fatalf("Validate() = %v (code %q), want code %q", err, errs.CodeOf(err), errs.Invalid)
+			}
+			if got := fieldOf(t, err); got != tt.field {
+				t.Errorf("Validate() field = %q, want %q", got, tt.field)
+			}
+		})
 	}
 }

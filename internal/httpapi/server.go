@@ -34,6 +34,9 @@ type Server struct {
 	// Mode reports the quota engine's mode for /readyz: normal, degraded,
 	// read_only.
 	Mode func() string
+	// Sandbox reports for /readyz how memory caps are enforced: v2, v1
+	// (cgroup versions) or none.
+	Sandbox func() string
 	// Metrics, when set, records requests and serves /metrics.
 	Metrics *metrics.Metrics
 }
@@ -87,6 +90,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	body := map[string]any{"status": "ready", "checks": checks}
 	if s.Mode != nil {
 		body["mode"] = s.Mode()
+	}
+	if s.Sandbox != nil {
+		body["sandbox"] = s.Sandbox()
 	}
 	if status != http.StatusOK {
 		body["status"] = "unavailable"

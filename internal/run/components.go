@@ -45,6 +45,23 @@ func (s *state) exec(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 		}
 		return errs.Field(errs.Unprocessable, "nodes."+n.ID+".path", "node %s (File): reading files from the server's disk is not allowed", n.ID)
 	}
+	if f, ok := s.e.Components[n.Type]; ok {
+		text, err := f(ctx, n, func(name string) flow.Param { return s.param(n, name) }, s.text(n, "input_value"))
+		if err != nil {
+			return err
+		}
+		outs := []string{"text"}
+		if c := n.Component(); c != nil && len(c.Outputs) > 0 {
+			outs = outs[:0]
+			for _, o := range c.Outputs {
+				outs = append(outs, o.Name)
+			}
+		}
+		for _, o := range outs {
+			s.setOut(n.ID, o, value{text: text})
+		}
+		return nil
+	}
 	return errs.Field(errs.Unprocessable, "nodes."+n.ID, "node %s: component %s has no implementation", n.ID, n.Type)
 }
 

@@ -28,7 +28,19 @@ type Executor struct {
 	// table is configured, so exported flows naming gpt-4o run on the
 	// simulated model out of the box (the trace says so).
 	DemoModels bool
+	// Calls, when set, makes the run's model calls instead of the executor
+	// itself (Meter, Models and DemoModels are then unused): a sandbox
+	// worker's executor asks the server.
+	Calls Caller
+	// Components implements node types the executor does not, by type: the
+	// sandbox worker's test components. Nil in the server.
+	Components map[string]NodeFunc
 }
+
+// NodeFunc implements a node type: given the node, its parameters (tweaks
+// applied) and the text on its input_value, it returns the text of its
+// outputs.
+type NodeFunc func(ctx context.Context, n *flow.Node, param func(name string) flow.Param, input string) (string, error)
 
 // MessageStore keeps chat history for Memory components.
 type MessageStore interface {
@@ -53,6 +65,19 @@ type Job struct {
 	Caps quota.Caps
 	// OnEvent, when set, receives streaming events (add_message, token).
 	OnEvent func(event string, data any)
+	// Progress, when set, is told when a node starts and ends, so that a
+	// run stopped from outside (a sandbox worker killed at its deadline or
+	// by the kernel) can still be recorded with what it did.
+	Progress func(Progress)
+}
+
+// Progress is how far a run has got.
+type Progress struct {
+	Steps int64 `json:"steps"`
+	// Node is the node that starts; "" when one ends.
+	Node string `json:"node,omitempty"`
+	// Done is the trace of the node that ended.
+	Done *NodeTrace `json:"done,omitempty"`
 }
 
 // Result is what a run produced.
@@ -64,6 +89,23 @@ type Result struct {
 	Messages []*Message
 	// Simulated reports that a simulated model produced some of the text.
 	Simulated bool
+	// Resources is set when the run executed in a sandbox worker process.
+	Resources *Resources
+}
+
+// Resources is what a sandboxed run's worker process used.
+type Resources struct {
+	// MemoryEnforced reports that the kernel held the worker to the run's
+	// memory_per_run (a cgroup); false when the host allows no cgroup and
+	// the operator chose to run capped runs anyway.
+	MemoryEnforced bool
+	// PeakMemory is the worker's peak memory in bytes: the cgroup's peak
+	// when enforced, else the process's maximum resident set size, which
+	// PeakApproximate marks.
+	PeakMemory      int64
+	PeakApproximate bool
+	// CPUMillis is the worker's user and system CPU time.
+	CPUMillis int64
 }
 
 // ComponentOutput is the value of one output component.
@@ -163,7 +205,7 @@ func (s *state) run(ctx context.Context) error {
 	for _, n := range s.f.Nodes {
 		if c := n.Component(); c != nil && c.IsCustom {
 			return &RunError{Status: StatusFailed, NodeID: n.ID, Err: errs.Field(errs.Unprocessable, "nodes."+n.ID,
-				"node %s is custom code; custom components are never run in the server (they need the sandbox, which is not enabled)", n.ID)}
+				"node %s is custom code; custom components are never run in the server, and Sluice's sandbox workers do not run Python either", n.ID)}
 		}
 	}
 	order, err := flow.Order(s.f)
@@ -182,6 +224,9 @@ func (s *state) run(ctx context.Context) error {
 			return err
 		}
 		t := NodeTrace{NodeID: n.ID, Type: n.Type, StartedAt: time.Now().UTC()}
+		if s.job.Progress != nil {
+			s.job.Progress(Progress{Steps: s.steps, Node: n.ID})
+		}
 		before := s.usage
 		calls := s.callCount
 		err := s.exec(ctx, n, &t)
@@ -192,6 +237,7 @@ func (s *state) run(ctx context.Context) error {
 		if err != nil {
 			t.Status, t.Error = "failed", err.Error()
 			s.trace = append(s.trace, t)
+			s.progress(&t)
 			var re *RunError
 			if errors.As(err, &re) {
 				if re.NodeID == "" {
@@ -204,8 +250,17 @@ func (s *state) run(ctx context.Context) error {
 		t.Status = "succeeded"
 		t.OutputPreview = preview(s.previewOf(n.ID))
 		s.trace = append(s.trace, t)
+		s.progress(&t)
 	}
 	return nil
+}
+
+// progress reports a node's end to the job's Progress.
+func (s *state) progress(t *NodeTrace) {
+	if s.job.Progress != nil {
+		done := *t
+		s.job.Progress(Progress{Steps: s.steps, Done: &done})
+	}
 }
 
 // toolOnly reports a node used only as an agent's tool: it does not run in

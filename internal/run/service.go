@@ -29,9 +29,25 @@ type Service struct {
 	Log     *slog.Logger
 	// OnRunEnd, when set, is told each run's final status (metrics).
 	OnRunEnd func(Status)
+	// Sandbox, when set, executes the runs whose caps include
+	// memory_per_run, in worker processes held to that cap. Without one,
+	// such runs execute in this process and are recorded memory_enforced
+	// false.
+	Sandbox Sandbox
 
 	mu     sync.Mutex
 	parsed map[string]parsedFlow // by flow id, for the version stored
+}
+
+// Sandbox executes runs outside the server process.
+type Sandbox interface {
+	// Check says why a run with these caps cannot be given to Execute (the
+	// host cannot enforce the memory cap and the operator chose to refuse
+	// such runs), or nil. A refused run is not recorded.
+	Check(caps quota.Caps) error
+	// Execute runs the job to its end, as Executor.Execute does, and
+	// always returns a Result (with Resources set once a worker ran).
+	Execute(ctx context.Context, job *Job) (*Result, error)
 }
 
 type parsedFlow struct {
@@ -330,6 +346,13 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 			s.Log.Error("releasing a run's slot failed", slog.String("run_id", runID), slog.String("error", err.Error()))
 		}
 	}()
+	execute := s.Exec.Execute
+	if caps.MemoryPerRun > 0 && s.Sandbox != nil {
+		if err := s.Sandbox.Check(caps); err != nil {
+			return nil, err
+		}
+		execute = s.Sandbox.Execute
+	}
 	if err := s.Store.InsertRun(context.WithoutCancel(ctx), rec); err != nil {
 		return nil, err
 	}
@@ -338,12 +361,15 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	job := &Job{RunID: runID, FlowID: flowID, Flow: g, Who: who, InputValue: req.InputValue, InputType: req.InputType,
 		OutputType: req.OutputType, OutputComponent: req.OutputComponent, Tweaks: req.Tweaks, SessionID: req.SessionID,
 		Caps: caps, OnEvent: onEvent}
-	res, runErr := s.Exec.Execute(rctx, job)
+	res, runErr := execute(rctx, job)
 	if runErr != nil && rctx.Err() != nil && ctx.Err() == nil {
 		runErr = ctxError(rctx.Err()) // the run's own deadline, not the caller's
 	}
 	end := time.Now().UTC().Truncate(time.Microsecond)
 	rec.EndedAt, rec.Usage, rec.Steps, rec.Trace = &end, res.Usage, res.Steps, res.Trace
+	if r := res.Resources; r != nil {
+		rec.MemoryEnforced, rec.PeakMemory, rec.CPUMillis = r.MemoryEnforced, r.PeakMemory, r.CPUMillis
+	}
 	rec.Status = StatusSucceeded
 	if runErr != nil {
 		rec.Status = StatusFailed
