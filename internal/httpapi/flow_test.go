@@ -1113,9 +1113,6 @@ func TestTweaksOverrideParametersByNodeID(t *testing.T) {
 // user who picks the same name, least of all in a project they do not
 // belong to.
 func TestMemoryIsPrivateToItsOwner(t *testing.T) {
-	t.Skip("BUG: internal/run/components.go:253 (state.memory) reads Messages(tenant, session) and internal/sqlstore/run.go:210 (Store.Messages) filters by tenant_id and session_id only: " +
-		"any user of the tenant who runs a Memory flow with the same session_id reads another user's chat, across projects. " +
-		"Fix: scope history to its owner: store and filter messages by user_id (and flow_id or project_id) as well, e.g. Messages(ctx, tenantID, userID, flowID, sessionID, n)")
 	const answer = "Nice to meet you, Ada."
 	oa := newOpenAIServer(t, answer, 40, 7)
 	e := newEnv(t, oa.model())

@@ -250,7 +250,7 @@ func (s *state) memory(ctx context.Context, n *flow.Node) error {
 	}
 	var msgs []*Message
 	if s.e.Messages != nil && s.job.SessionID != "" {
-		all, err := s.e.Messages.Messages(ctx, s.job.Who.TenantID, s.job.SessionID, limit+len(s.msgs))
+		all, err := s.e.Messages.Messages(ctx, s.job.Who.TenantID, s.job.Who.UserID, s.job.SessionID, limit+len(s.msgs))
 		if err != nil {
 			return err
 		}

@@ -45,7 +45,9 @@ type NodeFunc func(ctx context.Context, n *flow.Node, param func(name string) fl
 // MessageStore keeps chat history for Memory components.
 type MessageStore interface {
 	AppendMessage(ctx context.Context, m *Message) error
-	Messages(ctx context.Context, tenantID, sessionID string, n int) ([]*Message, error)
+	// Messages returns the last n messages of a user's session, oldest
+	// first: history is private to the user who had the conversation.
+	Messages(ctx context.Context, tenantID, userID, sessionID string, n int) ([]*Message, error)
 }
 
 // Job is one run of a flow.
@@ -443,7 +445,7 @@ func (s *state) hasOutputComponents() bool {
 
 // newMessage makes a chat message of this run.
 func (s *state) newMessage(n *flow.Node, sender, senderName, text string) *Message {
-	return &Message{ID: id.New("msg"), TenantID: s.job.Who.TenantID, FlowID: s.job.FlowID, SessionID: s.job.SessionID,
+	return &Message{ID: id.New("msg"), TenantID: s.job.Who.TenantID, UserID: s.job.Who.UserID, FlowID: s.job.FlowID, SessionID: s.job.SessionID,
 		Sender: sender, SenderName: senderName, Text: text, RunID: s.job.RunID, CreatedAt: time.Now().UTC()}
 }
 

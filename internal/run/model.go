@@ -100,6 +100,7 @@ type NodeTrace struct {
 type Message struct {
 	ID         string    `json:"id"`
 	TenantID   string    `json:"-"`
+	UserID     string    `json:"-"`
 	FlowID     string    `json:"flow_id,omitempty"`
 	SessionID  string    `json:"session_id"`
 	Sender     string    `json:"sender"` // "User" or "Machine", as LangFlow
@@ -125,5 +126,5 @@ type Store interface {
 
 	AppendMessage(ctx context.Context, m *Message) error
 	// Messages returns a session's last n messages, oldest first.
-	Messages(ctx context.Context, tenantID, sessionID string, n int) ([]*Message, error)
+	Messages(ctx context.Context, tenantID, userID, sessionID string, n int) ([]*Message, error)
 }

@@ -335,6 +335,14 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	if caps.RunTimeout > 0 {
 		timeout = caps.RunTimeout
 	}
+	if timeout > DefaultRunTimeout {
+		// The slot was leased for the default; a longer allowed run keeps it
+		// for its whole life.
+		if _, err := s.Exec.Meter.Heartbeat(ctx, adm.ID, timeout+time.Minute); err != nil {
+			_, _ = s.Exec.Meter.Settle(context.WithoutCancel(ctx), adm.ID, quota.Usage{}, "")
+			return nil, err
+		}
+	}
 	if req.SessionID == "" {
 		req.SessionID = runID
 	}

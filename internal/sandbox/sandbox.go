@@ -392,7 +392,7 @@ func (se *session) appendMessage(ctx context.Context, f frame) {
 		err = errs.E(errs.Forbidden, "a run stores messages in its own session only")
 	}
 	if err == nil {
-		m.TenantID, m.RunID, m.FlowID = se.job.Who.TenantID, se.job.RunID, se.job.FlowID
+		m.TenantID, m.UserID, m.RunID, m.FlowID = se.job.Who.TenantID, se.job.Who.UserID, se.job.RunID, se.job.FlowID
 		err = se.s.opts.Messages.AppendMessage(context.WithoutCancel(ctx), &m)
 	}
 	if err == nil {
@@ -415,7 +415,7 @@ func (se *session) messages(ctx context.Context, f frame) {
 		err = errs.E(errs.Forbidden, "a run reads its own session only")
 	}
 	if err == nil {
-		out, err = se.s.opts.Messages.Messages(ctx, se.job.Who.TenantID, se.job.SessionID, min(max(q.N, 0), maxHistory))
+		out, err = se.s.opts.Messages.Messages(ctx, se.job.Who.TenantID, se.job.Who.UserID, se.job.SessionID, min(max(q.N, 0), maxHistory))
 	}
 	_ = se.w.c.send(frameMessagesResult, f.ID, messagesResultBody{Messages: out, Error: encodeError(err)})
 }

@@ -318,7 +318,7 @@ func TestSandboxedRunMatchesInProcess(t *testing.T) {
 			t.Errorf("second turn's prompt %q, want the first turn's message from memory", boxed.Record.Trace[2].OutputPreview)
 		}
 	}
-	msgs, err := st.store.Messages(ctx, whoU1.TenantID, "boxed-s", 10)
+	msgs, err := st.store.Messages(ctx, whoU1.TenantID, whoU1.UserID, "boxed-s", 10)
 	if err != nil || len(msgs) != 4 {
 		t.Errorf("session boxed-s holds %d messages (%v), want 4", len(msgs), err)
 	}

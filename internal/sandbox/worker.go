@@ -271,7 +271,7 @@ func (r *remote) AppendMessage(ctx context.Context, m *run.Message) error {
 }
 
 // Messages asks the server for this run's session history.
-func (r *remote) Messages(ctx context.Context, _, sessionID string, n int) ([]*run.Message, error) {
+func (r *remote) Messages(ctx context.Context, _, _, sessionID string, n int) ([]*run.Message, error) {
 	var ans messagesResultBody
 	if err := r.ask(ctx, frameMessages, messagesBody{SessionID: sessionID, N: n}, &ans); err != nil {
 		return nil, err

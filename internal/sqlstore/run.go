@@ -201,22 +201,22 @@ func (s *Store) Runs(ctx context.Context, f tenancy.Filter) ([]*run.Record, erro
 
 // AppendMessage stores a chat message.
 func (s *Store) AppendMessage(ctx context.Context, m *run.Message) error {
-	_, err := s.exec(ctx, `INSERT INTO messages (id, tenant_id, flow_id, session_id, sender, sender_name, text, run_id, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, m.ID, m.TenantID, m.FlowID, m.SessionID, m.Sender, m.SenderName, m.Text, m.RunID, micros(m.CreatedAt))
+	_, err := s.exec(ctx, `INSERT INTO messages (id, tenant_id, user_id, flow_id, session_id, sender, sender_name, text, run_id, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, m.ID, m.TenantID, m.UserID, m.FlowID, m.SessionID, m.Sender, m.SenderName, m.Text, m.RunID, micros(m.CreatedAt))
 	return err
 }
 
-// Messages returns a session's last n messages, oldest first.
-func (s *Store) Messages(ctx context.Context, tenantID, sessionID string, n int) ([]*run.Message, error) {
-	rows, err := s.r.QueryContext(ctx, s.d.rebind(`SELECT id, tenant_id, flow_id, session_id, sender, sender_name, text, run_id, created_at
-		FROM messages WHERE tenant_id = ? AND session_id = ? ORDER BY id DESC LIMIT ?`), tenantID, sessionID, n)
+// Messages returns the last n messages of a user's session, oldest first.
+func (s *Store) Messages(ctx context.Context, tenantID, userID, sessionID string, n int) ([]*run.Message, error) {
+	rows, err := s.r.QueryContext(ctx, s.d.rebind(`SELECT id, tenant_id, user_id, flow_id, session_id, sender, sender_name, text, run_id, created_at
+		FROM messages WHERE tenant_id = ? AND user_id = ? AND session_id = ? ORDER BY id DESC LIMIT ?`), tenantID, userID, sessionID, n)
 	if err != nil {
 		return nil, dbError(err, "read messages")
 	}
 	out, err := collect(rows, func(r *sql.Rows) (*run.Message, error) {
 		var m run.Message
 		var c int64
-		if err := r.Scan(&m.ID, &m.TenantID, &m.FlowID, &m.SessionID, &m.Sender, &m.SenderName, &m.Text, &m.RunID, &c); err != nil {
+		if err := r.Scan(&m.ID, &m.TenantID, &m.UserID, &m.FlowID, &m.SessionID, &m.Sender, &m.SenderName, &m.Text, &m.RunID, &c); err != nil {
 			return nil, err
 		}
 		m.CreatedAt = fromMicros(c)
