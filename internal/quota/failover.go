@@ -138,42 +138,54 @@ func (f *Failover) trip(err error) {
 	go f.probe()
 }
 
-// probe waits for the shared backend, reconciles the spool, then returns
-// the Failover to normal mode.
+// probe waits for the shared backend, switches back to it at once, and
+// then delivers the spool in the background: charges are idempotent and
+// carry their time, so the shared counters catch up without holding new
+// decisions on local shares while a long spool drains.
 func (f *Failover) probe() {
 	defer f.wg.Done()
-	defer f.probing.Store(false)
 	t := time.NewTicker(f.o.ProbeInterval)
 	defer t.Stop()
+	back := false
 	for {
 		select {
 		case <-f.stop:
+			f.probing.Store(false)
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := f.o.Probe(ctx)
-		if err == nil {
-			err = f.reconcile(ctx)
-		}
-		cancel()
-		if err != nil {
-			continue
-		}
-		f.degraded.Store(false)
-		// Settlements spooled between the drain and the switch.
-		ctx, cancel = context.WithTimeout(context.Background(), 2*time.Second)
-		if err := f.reconcile(ctx); err != nil {
+		if !back {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			err := f.o.Probe(ctx)
 			cancel()
-			f.degraded.Store(true)
-			continue
+			if err != nil {
+				continue
+			}
+			back = true
+			f.degraded.Store(false)
+			f.shares.Clear()
+			f.o.Log.Info("quota backend reachable again: normal mode; delivering spooled usage", slog.Int("spooled", f.Spooled()))
+			if f.o.OnMode != nil {
+				f.o.OnMode("normal")
+			}
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := f.reconcile(ctx)
 		cancel()
-		f.o.Log.Info("quota backend reachable again: normal mode, spooled usage reconciled")
-		if f.o.OnMode != nil {
-			f.o.OnMode("normal")
+		if err == nil && !f.degraded.Load() {
+			f.o.Log.Info("spooled usage reconciled with the shared quota backend")
+			f.probing.Store(false)
+			// An outage that began as this loop ended found it still
+			// running and started none: take it on.
+			if f.degraded.Load() && f.probing.CompareAndSwap(false, true) {
+				back = false
+				continue
+			}
+			return
 		}
-		return
+		if f.degraded.Load() {
+			back = false // it went away again; trip() already logged it
+		}
 	}
 }
 

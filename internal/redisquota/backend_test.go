@@ -33,7 +33,7 @@ func newBackend(t testing.TB, c redis.Scripter, o redisquota.Options) (*redisquo
 
 // workload exercises every script: admissions with every dimension,
 // denials, settles (one across a window), replays, heartbeats, expiry,
-// restores and uses, on chains in two time zones.
+// restores, charges and uses, on chains in two time zones.
 func workload(t *testing.T, b *redisquota.Backend, clk *fakeClock) {
 	t.Helper()
 	ctx := context.Background()
@@ -68,6 +68,12 @@ func workload(t *testing.T, b *redisquota.Backend, clk *fakeClock) {
 	if err := b.Restore(ctx, "t/restored", quota.DimTokens, quota.WindowDay, clk.Now().Truncate(time.Hour), 10); err != nil {
 		t.Fatalf("Restore: %v", err)
 	}
+	charged := []quota.Scope{{Key: "global"}, {Key: "t/0", Loc: shanghai}, {Key: "t/charged", Loc: shanghai}}
+	for range 2 {
+		if err := b.Charge(ctx, "local:1", charged, quota.Usage{InputTokens: 10, GPUMillis: 1}, clk.Now()); err != nil {
+			t.Fatalf("Charge: %v", err)
+		}
+	}
 	for i, id := range ids {
 		switch i % 4 {
 		case 0, 1:
@@ -84,7 +90,7 @@ func workload(t *testing.T, b *redisquota.Backend, clk *fakeClock) {
 		}
 	}
 	clk.advance(3 * time.Minute) // the rest expire; the heartbeated live on
-	for _, k := range []string{"global", "t/0", "u/0", "t/restored", "never"} {
+	for _, k := range []string{"global", "t/0", "u/0", "t/restored", "t/charged", "never"} {
 		if _, err := b.Use(ctx, k); err != nil {
 			t.Fatalf("Use: %v", err)
 		}
@@ -262,7 +268,7 @@ func TestKeysHaveTTLs(t *testing.T) {
 		}
 		kinds[strings.SplitN(k, ":", 3)[1]]++
 	}
-	for _, kind := range []string{"s", "l", "r", "t"} {
+	for _, kind := range []string{"s", "l", "r", "t", "c"} {
 		if kinds[kind] == 0 {
 			t.Errorf("no %s: keys after the workload (%v): the test no longer covers them", kind, kinds)
 		}
@@ -496,6 +502,7 @@ func TestRedisDown(t *testing.T) {
 		{"Restore", func() error {
 			return b.Restore(ctx, "t/a", quota.DimTokens, quota.WindowDay, time.Now().Truncate(24*time.Hour), 1)
 		}},
+		{"Charge", func() error { return b.Charge(ctx, "c", chain, quota.Usage{InputTokens: 1}, time.Now()) }},
 	}
 	var slowest time.Duration
 	for round := range 3 {
@@ -504,8 +511,8 @@ func TestRedisDown(t *testing.T) {
 			err := call.fn()
 			took := time.Since(start)
 			slowest = max(slowest, took)
-			if !errors.Is(err, redisquota.ErrUnavailable) {
-				t.Fatalf("round %d %s with Redis down: got %v, want ErrUnavailable", round, call.name, err)
+			if !errors.Is(err, redisquota.ErrUnavailable) || !errors.Is(err, quota.ErrUnavailable) {
+				t.Fatalf("round %d %s with Redis down: got %v, want ErrUnavailable (both packages')", round, call.name, err)
 			}
 			// The bound is the 100 ms timeout plus scheduling slack on
 			// a loaded machine; a hang would take the client's 1 s

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -202,4 +203,28 @@ func BenchmarkAcquireSettleParallel(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pairs/s")
 	b.ReportMetric(float64(h.n.Load())/float64(2*b.N), "rt/decision")
+}
+
+// BenchmarkCharge measures charges one at a time, as quota.Failover
+// delivers its spool after an outage: its rate is how fast a Failover
+// catches up with use counted locally.
+func BenchmarkCharge(b *testing.B) {
+	chains, be, h := benchBackend(b)
+	ctx := context.Background()
+	x := uint64(88172645463325252)
+	prefix := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-" // fresh ids on every run
+	var n int
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		n++
+		if err := be.Charge(ctx, prefix+strconv.Itoa(n), chains[x%benchUsers], benchUse, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "charges/s")
+	b.ReportMetric(float64(h.n.Load())/float64(b.N), "rt/charge")
 }

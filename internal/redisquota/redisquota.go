@@ -1,10 +1,10 @@
 // Package redisquota is the shared quota.Backend: it keeps every counter,
 // bucket, lease and ticket in Redis, so that many Sluice instances enforce
-// one set of limits exactly. Each Acquire and each Settle is one Lua script,
-// one round trip, atomic over the whole chain; the checks and their order,
-// the denials, clamping, GCRA arithmetic, calendar windows, expiry refunds
-// and settlement idempotency are quota.Memory's, and the package passes
-// quotatest.Run unchanged.
+// one set of limits exactly. Each Acquire, Settle and Charge is one Lua
+// script, one round trip, atomic over the whole chain; the checks and their
+// order, the denials, clamping, GCRA arithmetic, calendar windows, expiry
+// refunds and the idempotency of settlements and charges are
+// quota.Memory's, and the package passes quotatest.Run unchanged.
 //
 // Time is Redis's: the scripts call TIME, which Redis 5 and later allow in a
 // script that writes because they replicate a script's effects, not the
@@ -23,11 +23,14 @@
 //	{sluice}:r:<scope>   sorted set: other live tickets that reserved something, by expiry µs
 //	{sluice}:t:<ticket>  string, msgpack: expiry, reservations, scopes and windows charged;
 //	                     once settled, the settlement, kept for SettledRetention
+//	{sluice}:c:<charge>  string: when a Charge with this id was counted, kept for ChargeRetention
+//	{sluice}:instances   sorted set: Sluice instances by last heartbeat (Instances)
 //
 // Every key has a TTL: a scope's state lives until its month window ends,
 // its buckets drain and any ticket that charged it expires, plus an hour; a
 // ticket until it expires or, while it holds a reservation, its month
-// window ends, plus an hour; a settlement for SettledRetention.
+// window ends, plus an hour; a settlement for SettledRetention; a charge
+// id for ChargeRetention; the instance registry for its TTL.
 //
 // One slot for all keys is a deliberate choice. The global scope is in
 // every chain, and an expired ticket's refund touches every scope of its
@@ -81,7 +84,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -95,13 +97,16 @@ import (
 )
 
 // ErrUnavailable is wrapped by every error that means Redis did not decide:
-// unreachable, too slow, or answering with an error.
-var ErrUnavailable = errors.New("redis quota backend unavailable")
+// unreachable, too slow, or answering with an error. It matches
+// quota.ErrUnavailable with errors.Is, so callers that know only package
+// quota (quota.Failover) see an outage.
+var ErrUnavailable = fmt.Errorf("redis %w", quota.ErrUnavailable)
 
 // Defaults for Options.
 const (
-	DefaultPrefix  = "sluice"
-	DefaultTimeout = 100 * time.Millisecond
+	DefaultPrefix          = "sluice"
+	DefaultTimeout         = 100 * time.Millisecond
+	DefaultChargeRetention = 48 * time.Hour
 )
 
 // keyMargin is how long a key outlives the last moment it can matter, for
@@ -123,6 +128,10 @@ type Options struct {
 	DefaultTTL       time.Duration
 	MaxTTL           time.Duration
 	SettledRetention time.Duration
+	// ChargeRetention is how long Charge remembers a charge id (default
+	// 48 h): a charge replayed later is counted again, so it must outlast
+	// the longest outage whose use is reconciled.
+	ChargeRetention time.Duration
 	// Clock, when set, is the time the scripts use instead of Redis's
 	// TIME, passed with each call. It is for tests, which control time
 	// (quotatest.Clock.Now); production leaves it nil. Key expiry still
@@ -142,6 +151,7 @@ type Backend struct {
 	baseMS     int64 // key life covering the longest ticket, ms
 	marginMS   int64
 	retention  int64 // ms
+	chargeMS   int64 // charge ids' retention, ms
 	prefixArg  any   // prefix, baseMS and marginMS as script arguments
 	baseArg    any
 	marginArg  any
@@ -153,7 +163,7 @@ type Backend struct {
 	closed     atomic.Bool
 }
 
-var _ quota.Backend = (*Backend)(nil)
+var _ quota.SharedBackend = (*Backend)(nil)
 
 // New returns a backend on the Redis behind c: a *redis.Client, a
 // *redis.ClusterClient or anything else that runs scripts. The caller owns
@@ -184,6 +194,9 @@ func New(c redis.Scripter, o Options) (*Backend, error) {
 	if o.SettledRetention <= 0 {
 		o.SettledRetention = quota.DefaultSettledRetention
 	}
+	if o.ChargeRetention <= 0 {
+		o.ChargeRetention = DefaultChargeRetention
+	}
 	var timeouts bool
 	switch c := c.(type) {
 	case *redis.Client:
@@ -209,6 +222,7 @@ func New(c redis.Scripter, o Options) (*Backend, error) {
 		baseMS:     (o.MaxTTL + keyMargin).Milliseconds(),
 		marginMS:   keyMargin.Milliseconds(),
 		retention:  o.SettledRetention.Milliseconds(),
+		chargeMS:   max(o.ChargeRetention.Milliseconds(), 1),
 		clock:      o.Clock,
 		wall:       time.Now,
 		idPrefix:   hex.EncodeToString(p[:]) + "-",

@@ -22,10 +22,17 @@ var (
 	useBody string
 	//go:embed lua/restore.lua
 	restoreBody string
+	//go:embed lua/charge.lua
+	chargeBody string
+	//go:embed lua/instances.lua
+	instancesBody string
 
 	acquireScript   = redis.NewScript(prelude + acquireBody)
 	settleScript    = redis.NewScript(prelude + settleBody)
 	heartbeatScript = redis.NewScript(prelude + heartbeatBody)
 	useScript       = redis.NewScript(prelude + useBody)
 	restoreScript   = redis.NewScript(prelude + restoreBody)
+	chargeScript    = redis.NewScript(prelude + chargeBody)
+	// The registry's script needs nothing of the prelude.
+	instancesScript = redis.NewScript(instancesBody)
 )

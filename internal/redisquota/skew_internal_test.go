@@ -62,3 +62,30 @@ func TestClockSkew(t *testing.T) {
 		t.Errorf("ResetAt: got %v, want %v", d.ResetAt, end)
 	}
 }
+
+// TestChargeClockSkew: Charge, like Acquire, recomputes the windows around
+// Redis's now when this instance's clock is days off.
+func TestChargeClockSkew(t *testing.T) {
+	c := luaClient(t)
+	h := &scriptCounter{}
+	c.AddHook(h)
+	b, err := New(c, Options{Prefix: "skewcharge"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.wall = func() time.Time { return time.Now().Add(-72 * time.Hour) }
+	ctx := context.Background()
+	if err := b.Charge(ctx, "id", []quota.Scope{{Key: "t/a"}}, quota.Usage{InputTokens: 9}, time.Now()); err != nil {
+		t.Fatalf("Charge with a skewed clock: %v", err)
+	}
+	if got := h.n.Load(); got != 2 {
+		t.Errorf("round trips: got %d, want 2", got)
+	}
+	u, err := b.Use(ctx, "t/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now := time.Now(); u.TokensDay.Used != 9 || now.Before(u.TokensDay.Start) || !now.Before(u.TokensDay.End.Add(time.Minute)) {
+		t.Errorf("Use: got %d tokens in the day %v–%v, want 9 in Redis's today", u.TokensDay.Used, u.TokensDay.Start, u.TokensDay.End)
+	}
+}

@@ -46,24 +46,7 @@ end
 for i = 1, n do
   local o = o0 + (i - 1) * SA
   local s = S[i]
-  local w = zones[tonumber(ARGV[o + 2])]
-  if s.z == w.name then
-    if NOWS >= s.dE then s.dS, s.dE, s.td = w.ds, w.de, 0 end
-    if NOWS >= s.mE then s.mS, s.mE, s.tm, s.g, s.c = w.ms, w.me, 0, 0, 0 end
-  else
-    if s.z then
-      -- The zone changed: finish the windows in the old zone, then carry
-      -- the counts into the new zone's (a zone change frees no budget).
-      if NOWS >= (s.dE or 0) then s.td = 0 end
-      if NOWS >= (s.mE or 0) then s.tm, s.g, s.c = 0, 0, 0 end
-    else
-      -- First sight: counters exist only if restored, and count only if
-      -- restored for the current window.
-      if s.dS ~= w.ds then s.td = 0 end
-      if s.mS ~= w.ms then s.tm, s.g, s.c = 0, 0, 0 end
-    end
-    s.z, s.dS, s.dE, s.mS, s.mE = w.name, w.ds, w.de, w.ms, w.me
-  end
+  scope_roll(s, zones[tonumber(ARGV[o + 2])])
   s.o = o
 end
 

@@ -440,6 +440,29 @@ local function sweep(P, s, base, margin)
   return true
 end
 
+-- scope_roll binds a scope to the zone of w (its windows holding now) and
+-- starts new windows whose predecessors have ended, as quota.Memory's bind
+-- and roll do.
+local function scope_roll(s, w)
+  if s.z == w.name then
+    if NOWS >= s.dE then s.dS, s.dE, s.td = w.ds, w.de, 0 end
+    if NOWS >= s.mE then s.mS, s.mE, s.tm, s.g, s.c = w.ms, w.me, 0, 0, 0 end
+    return
+  end
+  if s.z then
+    -- The zone changed: finish the windows in the old zone, then carry
+    -- the counts into the new zone's (a zone change frees no budget).
+    if NOWS >= (s.dE or 0) then s.td = 0 end
+    if NOWS >= (s.mE or 0) then s.tm, s.g, s.c = 0, 0, 0 end
+  else
+    -- First sight: counters exist only if restored, and count only if
+    -- restored for the current window.
+    if s.dS ~= w.ds then s.td = 0 end
+    if s.mS ~= w.ms then s.tm, s.g, s.c = 0, 0, 0 end
+  end
+  s.z, s.dS, s.dE, s.mS, s.mE = w.name, w.ds, w.de, w.ms, w.me
+end
+
 -- pickwin returns the window among b[i]..b[i+3] (three consecutive windows'
 -- bounds, Unix seconds) that holds now, or nil.
 local function pickwin(b, i)

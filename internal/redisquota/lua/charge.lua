@@ -1,0 +1,55 @@
+-- charge: add use that happened outside this backend's tickets to every
+-- scope of a chain, once per charge id. Use counts in a scope's day or
+-- month window that holds at, when that window is the current one; use in
+-- a window that has ended limits nothing.
+--
+-- KEYS: the charge id's marker, then per scope its state, leases and
+-- reservations (the sweep reads them; so are the other scopes of tickets
+-- it releases, all in one hash slot).
+-- ARGV: nowS nowN prefix base margin retention tokens gpu cost at (Unix
+-- seconds, floor) nScopes nZones, the zones (see readzones), then per
+-- scope its key and zone index.
+-- Reply: {1, nowS, nowN} (charged), {2, nowS, nowN} (charged before:
+-- nothing was changed), {-1, nowS, nowN} (clock skew: nothing was changed).
+setnow(ARGV[1], ARGV[2])
+local P = ARGV[3]
+local base, margin, retention = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local tok, gpu, cost, at = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local n, nz = tonumber(ARGV[11]), tonumber(ARGV[12])
+local zones = readzones(nz, 12)
+if not zones then return {-1, NOWS, NOWN} end
+if not call('SET', KEYS[1], abs(0), 'NX', 'PX', retention) then
+  return {2, NOWS, NOWN}
+end
+local o0 = 12 + 9 * nz
+
+-- Release expired tickets first, as acquire does: every operation
+-- observes expiry as of its now.
+local S = {}
+local swept = false
+for i = 1, n do
+  S[i] = scope_load(P, ARGV[o0 + 2 * i - 1])
+end
+for i = 1, n do
+  if sweep(P, S[i], base, margin) then swept = true end
+end
+if swept then
+  for i = 1, n do
+    S[i] = scope_load(P, ARGV[o0 + 2 * i - 1])
+  end
+end
+
+-- Window bounds are whole seconds, so at (floored to a second) is in
+-- [start, end) exactly when the instant is.
+for i = 1, n do
+  local s = S[i]
+  scope_roll(s, zones[tonumber(ARGV[o0 + 2 * i])])
+  if s.dS <= at and at < s.dE then
+    s.td = sadd(s.td, tok)
+  end
+  if s.mS <= at and at < s.mE then
+    s.tm, s.g, s.c = sadd(s.tm, tok), sadd(s.g, gpu), sadd(s.c, cost)
+  end
+  scope_save(s, base, margin)
+end
+return {1, NOWS, NOWN}
