@@ -227,7 +227,7 @@ tenants:
   - name: acme
     projects: [{name: web}]
     users:
-      - {name: alice, projects: [web], limits: {tokens: 30000/day}}
+      - {name: alice, projects: [web], limits: {tokens: 200000/day}}
 `)
 	var settled, fivexx, degradedAdmitted atomic.Int64
 	var outage atomic.Bool
@@ -244,7 +244,7 @@ tenants:
 					return
 				default:
 				}
-				code, m := call(t, "POST", app.url+"/api/v1/quota/acquire", c.key, `{"tokens":100,"requests":0}`)
+				code, m := call(t, "POST", app.url+"/api/v1/quota/acquire", c.key, `{"tokens":100,"requests":0,"ttl_seconds":2}`)
 				if code >= 500 {
 					fivexx.Add(1)
 				}
@@ -292,16 +292,21 @@ tenants:
 	if fivexx.Load() > 0 {
 		t.Errorf("%d 5xx answers on the quota path during the outage", fivexx.Load())
 	}
-	// While degraded each instance admits at most its local share, limit ÷ 3;
-	// all together no more than the configured shares.
-	if degradedAdmitted.Load() > 30000 {
-		t.Errorf("admitted %d tokens while degraded, more than the three local shares of 10000", degradedAdmitted.Load())
+	// While degraded each instance admits at most its local share of what
+	// was left (the limit minus the use Redis last reported, ÷ 3); all
+	// together the budget is not exceeded, give or take the reservations in
+	// flight when Redis went away (one per client).
+	if total := settled.Load(); total > 200000+100*30 {
+		t.Errorf("settled %d tokens in all, budget 200000 (%d before the outage, %d during it)", total, before, degradedAdmitted.Load())
 	}
-	_ = before
-	// After the return, Redis holds every settled token exactly once.
-	eventually(t, 5*time.Second, "reconciled counters", func() bool {
-		return c.usedTokens(t, 0) == settled.Load()
+	// After the return, Redis holds every settled token exactly once. (An
+	// acquire Redis applied just as it died, whose answer never arrived,
+	// holds its reservation until its ticket expires: 2 s here.)
+	var used int64
+	eventually(t, 8*time.Second, "reconciled counters", func() bool {
+		used = c.usedTokens(t, 0)
+		return used == settled.Load()
 	})
-	t.Logf("settled %d tokens (%d during the outage), counters agree", settled.Load(), degradedAdmitted.Load())
+	t.Logf("settled %d tokens (%d during the outage), counters say %d", settled.Load(), degradedAdmitted.Load(), used)
 	_ = context.Background
 }

@@ -59,9 +59,12 @@ type Failover struct {
 
 	mu     sync.Mutex
 	chains map[string][]Scope // live tickets' chains, by ticket id
-	spool  []spooled
-	shares sync.Map // *Limits → *Limits scaled for the current instance count
+	spool  []*spooled
+	shares sync.Map // shareKey → *Limits scaled for the current instance count
 	count  atomic.Int64
+
+	knownMu sync.Mutex
+	known   map[string]*knownUse // last budget use seen from the shared backend, by scope
 
 	probing atomic.Bool
 	stop    chan struct{}
@@ -69,13 +72,31 @@ type Failover struct {
 	closed  atomic.Bool
 }
 
-// spooled is a settlement or charge waiting for the shared backend.
+// knownUse is a scope's budget use as the shared backend last reported it,
+// so that an outage shares what was left, not the whole limit.
+type knownUse struct {
+	used  [4]int64     // tokens/day, tokens/month, gpu, cost
+	until [4]time.Time // the end of the window each was seen in
+}
+
+// shareKey identifies scaled limits: a scope's limits as of one snapshot.
+type shareKey struct {
+	scope string
+	l     *Limits
+}
+
+// spooled is a settlement or charge waiting for the shared backend. Local
+// settlements of one chain within a quarter hour are merged into one
+// charge, so the spool grows with the chains active in an outage, not with
+// its traffic, and drains in a few round trips.
 type spooled struct {
-	ticket string // a shared ticket to settle, or
-	charge string // a charge id for use settled locally
-	chain  []Scope
-	usage  Usage
-	at     time.Time
+	bucket  string // chain and quarter hour, for merging local charges
+	sending bool   // being delivered: no more merges
+	ticket  string // a shared ticket to settle, or
+	charge  string // a charge id for use settled locally
+	chain   []Scope
+	usage   Usage
+	at      time.Time
 }
 
 var _ Backend = (*Failover)(nil)
@@ -94,7 +115,8 @@ func NewFailover(shared SharedBackend, o FailoverOptions) *Failover {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Failover{shared: shared, local: NewMemory(o.Local), o: o, chains: map[string][]Scope{}, stop: make(chan struct{})}
+	return &Failover{shared: shared, local: NewMemory(o.Local), o: o, chains: map[string][]Scope{}, stop: make(chan struct{}),
+		known: map[string]*knownUse{}}
 }
 
 // Degraded reports whether the local fallback is in use.
@@ -138,15 +160,14 @@ func (f *Failover) trip(err error) {
 	go f.probe()
 }
 
-// probe waits for the shared backend, switches back to it at once, and
-// then delivers the spool in the background: charges are idempotent and
-// carry their time, so the shared counters catch up without holding new
-// decisions on local shares while a long spool drains.
+// probe waits for the shared backend, delivers the spool, and switches
+// back to normal mode. If the spool is still not delivered after a while
+// (an unusually long outage), it switches anyway and keeps delivering:
+// charges are idempotent and carry their time.
 func (f *Failover) probe() {
 	defer f.wg.Done()
 	t := time.NewTicker(f.o.ProbeInterval)
 	defer t.Stop()
-	back := false
 	for {
 		select {
 		case <-f.stop:
@@ -154,17 +175,19 @@ func (f *Failover) probe() {
 			return
 		case <-t.C:
 		}
-		if !back {
+		if f.degraded.Load() {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			err := f.o.Probe(ctx)
-			cancel()
-			if err != nil {
-				continue
+			if err == nil {
+				err = f.reconcile(ctx)
 			}
-			back = true
+			cancel()
+			if err != nil && (outage(err) && !errors.Is(err, context.DeadlineExceeded)) {
+				continue // still away
+			}
 			f.degraded.Store(false)
 			f.shares.Clear()
-			f.o.Log.Info("quota backend reachable again: normal mode; delivering spooled usage", slog.Int("spooled", f.Spooled()))
+			f.o.Log.Info("quota backend reachable again: normal mode", slog.Int("still_spooled", f.Spooled()))
 			if f.o.OnMode != nil {
 				f.o.OnMode("normal")
 			}
@@ -173,18 +196,13 @@ func (f *Failover) probe() {
 		err := f.reconcile(ctx)
 		cancel()
 		if err == nil && !f.degraded.Load() {
-			f.o.Log.Info("spooled usage reconciled with the shared quota backend")
 			f.probing.Store(false)
 			// An outage that began as this loop ended found it still
 			// running and started none: take it on.
 			if f.degraded.Load() && f.probing.CompareAndSwap(false, true) {
-				back = false
 				continue
 			}
 			return
-		}
-		if f.degraded.Load() {
-			back = false // it went away again; trip() already logged it
 		}
 	}
 }
@@ -198,6 +216,7 @@ func (f *Failover) reconcile(ctx context.Context) error {
 			return nil
 		}
 		s := f.spool[0]
+		s.sending = true
 		f.mu.Unlock()
 		var err error
 		if s.ticket != "" {
@@ -230,8 +249,35 @@ func (f *Failover) instances() int {
 	return n
 }
 
-// share returns l scaled down to this instance's share.
-func (f *Failover) share(l *Limits) *Limits {
+// budgetMeters are the Ticket.Remaining meters that knownUse tracks.
+var budgetMeters = [4]int{meterTokensDay, meterTokensMonth, meterGPU, meterCost}
+
+// learn records the budget use a shared admission reported.
+func (f *Failover) learn(t *Ticket) {
+	f.knownMu.Lock()
+	defer f.knownMu.Unlock()
+	for i, m := range budgetMeters {
+		r := t.Remaining[m]
+		if r.Scope == "" {
+			continue
+		}
+		k := f.known[r.Scope]
+		if k == nil {
+			if len(f.known) > 100000 {
+				clear(f.known)
+			}
+			k = &knownUse{}
+			f.known[r.Scope] = k
+		}
+		k.used[i], k.until[i] = max(r.Limit-r.Remaining, 0), r.ResetAt
+	}
+}
+
+// share returns a scope's limits scaled down to this instance's share: a
+// rate or concurrency bound divided by the instance count, and a budget's
+// remainder (what the shared backend last reported left in the current
+// window, else the whole budget) divided likewise, at least Floor.
+func (f *Failover) share(scope string, l *Limits) *Limits {
 	if l == nil {
 		return nil
 	}
@@ -239,21 +285,33 @@ func (f *Failover) share(l *Limits) *Limits {
 	if f.count.Swap(n) != n {
 		f.shares.Clear() // the instance count changed
 	}
-	if s, ok := f.shares.Load(l); ok {
+	key := shareKey{scope, l}
+	if s, ok := f.shares.Load(key); ok {
 		return s.(*Limits)
 	}
-	c := *l
 	part := func(v int64) int64 {
 		if v <= 0 {
 			return v
 		}
 		return max(v/n, f.o.Floor)
 	}
-	bound := func(b Bound) Bound {
-		if v, ok := b.Max(); ok {
-			return AtMost(part(v))
+	now := time.Now()
+	f.knownMu.Lock()
+	k := f.known[scope]
+	f.knownMu.Unlock()
+	budget := func(b Bound, i int) Bound {
+		v, ok := b.Max()
+		if !ok {
+			return b
 		}
-		return b
+		left := v
+		if k != nil && now.Before(k.until[i]) {
+			left = max(v-k.used[i], 0)
+		}
+		if left == 0 {
+			return AtMost(0)
+		}
+		return AtMost(part(left))
 	}
 	rate := func(r Rate) Rate {
 		if r.IsZero() {
@@ -265,10 +323,14 @@ func (f *Failover) share(l *Limits) *Limits {
 		}
 		return Rate{Limit: part(r.Limit), Period: r.Period, Burst: part(burst)}
 	}
+	c := *l
 	c.Requests, c.TokensRate = rate(l.Requests), rate(l.TokensRate)
-	c.TokensDay, c.TokensMonth = bound(l.TokensDay), bound(l.TokensMonth)
-	c.GPUMillisMonth, c.CostMicrosMonth, c.Concurrency = bound(l.GPUMillisMonth), bound(l.CostMicrosMonth), bound(l.Concurrency)
-	f.shares.Store(l, &c)
+	c.TokensDay, c.TokensMonth = budget(l.TokensDay, 0), budget(l.TokensMonth, 1)
+	c.GPUMillisMonth, c.CostMicrosMonth = budget(l.GPUMillisMonth, 2), budget(l.CostMicrosMonth, 3)
+	if v, ok := l.Concurrency.Max(); ok {
+		c.Concurrency = AtMost(part(v))
+	}
+	f.shares.Store(key, &c)
 	return &c
 }
 
@@ -279,6 +341,7 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 		if !outage(err) {
 			if err == nil {
 				f.remember(t.ID, r.Chain)
+				f.learn(&t)
 			}
 			return t, err
 		}
@@ -292,7 +355,7 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 	local := r
 	local.Chain = make([]Scope, len(r.Chain))
 	for i, s := range r.Chain {
-		local.Chain[i] = Scope{Key: s.Key, Limits: f.share(s.Limits), Loc: s.Loc}
+		local.Chain[i] = Scope{Key: s.Key, Limits: f.share(s.Key, s.Limits), Loc: s.Loc}
 	}
 	t, err := f.local.Acquire(ctx, local)
 	if err != nil {
@@ -329,7 +392,7 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 		if chain == nil {
 			return s, nil // a replay: charged the first time
 		}
-		item := spooled{charge: "local:" + id, chain: chain, usage: u, at: s.SettledAt}
+		item := &spooled{charge: "local:" + id, chain: chain, usage: u, at: s.SettledAt, bucket: bucketOf(chain, s.SettledAt)}
 		if !f.degraded.Load() {
 			// The shared backend came back while this ticket ran: deliver
 			// its use now.
@@ -340,7 +403,7 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 			f.trip(err)
 		}
 		f.mu.Lock()
-		f.spool = append(f.spool, item)
+		f.spoolCharge(item)
 		f.mu.Unlock()
 		return s, nil
 	}
@@ -360,9 +423,36 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 	}
 	now := time.Now().UTC()
 	f.mu.Lock()
-	f.spool = append(f.spool, spooled{ticket: id, chain: chain, usage: u, at: now})
+	f.spool = append(f.spool, &spooled{ticket: id, chain: chain, usage: u, at: now})
 	f.mu.Unlock()
 	return Settlement{TicketID: id, Usage: u, SettledAt: now}, nil
+}
+
+// spoolCharge adds a local charge to the spool, merged into a waiting one of
+// the same chain and quarter hour when there is one. Called with f.mu held.
+func (f *Failover) spoolCharge(item *spooled) {
+	for i := len(f.spool) - 1; i >= 0 && i >= len(f.spool)-64; i-- {
+		s := f.spool[i]
+		if s.bucket == item.bucket && !s.sending && s.charge != "" {
+			s.usage.InputTokens += item.usage.InputTokens
+			s.usage.OutputTokens += item.usage.OutputTokens
+			s.usage.GPUMillis += item.usage.GPUMillis
+			s.usage.CostMicros += item.usage.CostMicros
+			return
+		}
+	}
+	f.spool = append(f.spool, item)
+}
+
+// bucketOf names a chain's quarter hour, within which its charges merge.
+func bucketOf(chain []Scope, at time.Time) string {
+	var b strings.Builder
+	for _, s := range chain {
+		b.WriteString(s.Key)
+		b.WriteByte(' ')
+	}
+	b.WriteString(at.UTC().Truncate(15 * time.Minute).Format(time.RFC3339))
+	return b.String()
 }
 
 // Heartbeat implements Backend.
