@@ -1262,3 +1262,34 @@ func TestUpdatedFlowRunsItsNewVersion(t *testing.T) {
 		t.Errorf("after the update: got Prompt output %q, want the new template", p)
 	}
 }
+
+// TestTenantDefaultModel: a model node that selects no model runs on the
+// first model its tenant's limits allow, not the deployment's default.
+func TestTenantDefaultModel(t *testing.T) {
+	e := newEnv(t,
+		llm.ModelConfig{Name: "house-model", Provider: llm.ProviderSimulated, Default: true},
+		llm.ModelConfig{Name: "tenant-model", Provider: llm.ProviderSimulated})
+	w := e.makeWorld("acme")
+	e.uploadFlow(w.memberKey, readSharedFlow(t, "basic-prompting.json"), "basic")
+	modelOf := func() string {
+		t.Helper()
+		r := e.runFlow(w.memberKey, "basic", map[string]any{"input_value": "hi"})
+		if r.status != 200 {
+			t.Fatalf("run: %d %s", r.status, r.raw)
+		}
+		rec := e.must(200, w.memberKey, "GET", "/api/v1/runs/"+r.str("run_id"), nil)
+		for _, tr := range rec.body["trace"].([]any) {
+			if m, _ := tr.(map[string]any)["model"].(string); m != "" {
+				return m
+			}
+		}
+		return ""
+	}
+	if got := modelOf(); got != "house-model" {
+		t.Fatalf("before the tenant lists models: ran on %q, want house-model", got)
+	}
+	e.must(200, e.admin, "PUT", "/api/v1/admin/limits/tenant/"+w.tenant, map[string]any{"limits": map[string]any{"models": []string{"tenant-model"}}})
+	if got := modelOf(); got != "tenant-model" {
+		t.Fatalf("with the tenant's models: ran on %q, want tenant-model", got)
+	}
+}

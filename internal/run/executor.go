@@ -65,6 +65,10 @@ type Job struct {
 	SessionID       string
 
 	Caps quota.Caps
+	// DefaultModel is the model for nodes that select none: the first model
+	// the innermost scope with a model list allows (a tenant's own models),
+	// else the model table's default.
+	DefaultModel string
 	// OnEvent, when set, receives streaming events (add_message, token).
 	OnEvent func(event string, data any)
 	// Progress, when set, is told when a node starts and ends, so that a

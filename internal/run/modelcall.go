@@ -84,8 +84,13 @@ func (s *state) modelName(n *flow.Node) string {
 // resolveModel finds the model for a call: the one its node names, the
 // default when it names none, or (demo mode, no model table) the default
 // standing in for an unconfigured name.
-func (e *Executor) resolveModel(c ModelCall) (*llm.Model, string, error) {
+func (e *Executor) resolveModel(job *Job, c ModelCall) (*llm.Model, string, error) {
 	if c.Model == "" {
+		if job != nil && job.DefaultModel != "" {
+			if m, err := e.Models.Lookup(job.DefaultModel); err == nil {
+				return m, "", nil
+			}
+		}
 		return e.Models.Default(), "", nil
 	}
 	m, err := e.Models.Lookup(c.Model)
@@ -133,7 +138,7 @@ func (s *state) complete(ctx context.Context, caller, modelNode *flow.Node, msgs
 // every exit path. A model refused GPU time is retried on its CPU fallback.
 func (e *Executor) Call(ctx context.Context, job *Job, c ModelCall) (CallResult, error) {
 	var out CallResult
-	m, note, err := e.resolveModel(c)
+	m, note, err := e.resolveModel(job, c)
 	if err != nil {
 		return out, err
 	}

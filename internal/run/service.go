@@ -14,6 +14,7 @@ import (
 	"github.com/sluicehq/sluice/internal/flow"
 	"github.com/sluicehq/sluice/internal/id"
 	"github.com/sluicehq/sluice/internal/metering"
+	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/tenancy"
 )
@@ -368,7 +369,7 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	defer cancel()
 	job := &Job{RunID: runID, FlowID: flowID, Flow: g, Who: who, InputValue: req.InputValue, InputType: req.InputType,
 		OutputType: req.OutputType, OutputComponent: req.OutputComponent, Tweaks: req.Tweaks, SessionID: req.SessionID,
-		Caps: caps, OnEvent: onEvent}
+		Caps: caps, OnEvent: onEvent, DefaultModel: defaultModel(adm.Chain)}
 	res, runErr := execute(rctx, job)
 	if runErr != nil && rctx.Err() != nil && ctx.Err() == nil {
 		runErr = ctxError(rctx.Err()) // the run's own deadline, not the caller's
@@ -541,4 +542,19 @@ func scrubSecrets(data []byte) ([]byte, error) {
 		return nil, errs.Wrap(err, "re-encode flow")
 	}
 	return out, nil
+}
+
+// defaultModel is the first model allowed by the innermost scope of the
+// chain that lists models: a tenant (or user) with its own models gets them
+// for nodes that select none.
+func defaultModel(c *policy.Chain) string {
+	if c == nil {
+		return ""
+	}
+	for i := len(c.Scopes) - 1; i >= 0; i-- {
+		if l := c.Scopes[i].Limits; l != nil && len(l.Models) > 0 {
+			return l.Models[0]
+		}
+	}
+	return ""
 }
