@@ -39,10 +39,9 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 	if err != nil {
 		return nil, fmt.Errorf("redis_url: %w", err)
 	}
+	timeout := time.Duration(a.cfg.RedisTimeout)
 	opts.ContextTimeoutEnabled = true
-	opts.DialTimeout = 100 * time.Millisecond
-	opts.ReadTimeout = 100 * time.Millisecond
-	opts.WriteTimeout = 100 * time.Millisecond
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = timeout, timeout, timeout
 	opts.MaxRetries = -1 // a decision is never retried blindly: the failover decides
 	opts.PoolSize = 64
 	client := redis.NewClient(opts)
@@ -50,7 +49,7 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 	if prefix == "" {
 		prefix = redisquota.DefaultPrefix
 	}
-	backend, err := redisquota.New(client, redisquota.Options{Prefix: prefix})
+	backend, err := redisquota.New(client, redisquota.Options{Prefix: prefix, Timeout: timeout})
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("redis quota backend: %w", err)

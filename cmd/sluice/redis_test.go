@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/config"
 )
 
 // redisServer is a real redis-server on a loopback port, started by the
@@ -78,7 +80,7 @@ type cluster struct {
 	redis *redisServer
 }
 
-func startCluster(t *testing.T, policy string) *cluster {
+func startCluster(t *testing.T, policy string, redisTimeout time.Duration) *cluster {
 	t.Helper()
 	dbURL := freshPostgres(t)
 	c := &cluster{admin: "operator-chosen-admin-key-0123456789abcdef", redis: startRedis(t)}
@@ -86,6 +88,7 @@ func startCluster(t *testing.T, policy string) *cluster {
 		cfg := testConfig(t)
 		cfg.DatabaseURL, cfg.RedisURL, cfg.Instances = dbURL, c.redis.url(), 3
 		cfg.DefaultGlobalRate = "none"
+		cfg.RedisTimeout = config.Duration(redisTimeout)
 		cfg.AdminKey = "operator-chosen-admin-key-0123456789abcdef"
 		c.apps = append(c.apps, start(t, cfg))
 	}
@@ -142,7 +145,7 @@ tenants:
     projects: [{name: web}]
     users:
       - {name: alice, projects: [web], limits: {requests: {rate: 600/min, burst: 10}, tokens: 20000/day, concurrency: 5}}
-`)
+`, 5*time.Second) // exactness is about normal mode: a loaded -race run must not time out into degraded mode
 	const clients = 200
 	var admitted, inFlight, maxInFlight, settledTokens, fivexx atomic.Int64
 	start := time.Now()
@@ -228,7 +231,7 @@ tenants:
     projects: [{name: web}]
     users:
       - {name: alice, projects: [web], limits: {tokens: 200000/day}}
-`)
+`, 300*time.Millisecond)
 	var settled, fivexx, degradedAdmitted atomic.Int64
 	var outage atomic.Bool
 	stop := make(chan struct{})

@@ -66,6 +66,9 @@ type Config struct {
 	RedisURL string `yaml:"redis_url"`
 	// RedisPrefix is the hash tag of every Redis key (one deployment).
 	RedisPrefix string `yaml:"redis_prefix"`
+	// RedisTimeout bounds every Redis call; past it the engine fails over
+	// to local shares (default 100ms).
+	RedisTimeout Duration `yaml:"redis_timeout"`
 	// Instances is how many instances share the limits while Redis is
 	// unreachable (each then admits limit ÷ Instances); 0 counts them from
 	// their heartbeats in Redis.
@@ -158,6 +161,7 @@ func Default() Config {
 		DefaultGlobalRate:  "100/min",
 		UsageFlushInterval: Duration(100 * time.Millisecond),
 		PolicyPollInterval: Duration(500 * time.Millisecond),
+		RedisTimeout:       Duration(100 * time.Millisecond),
 
 		Sandbox: Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
 	}
@@ -272,6 +276,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") && !strings.HasPrefix(c.RedisURL, "unix://") {
 		return errs.Field(errs.Invalid, "redis_url", "redis_url must be redis://HOST:PORT[/DB], rediss://… or unix://…")
+	}
+	if c.RedisTimeout <= 0 || time.Duration(c.RedisTimeout) > 10*time.Second {
+		return errs.Field(errs.Invalid, "redis_timeout", "redis_timeout must be between 0 and 10s")
 	}
 	if c.Instances < 0 || c.Instances > 10000 {
 		return errs.Field(errs.Invalid, "instances", "instances must be between 0 (count them) and 10000")

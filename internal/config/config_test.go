@@ -66,6 +66,7 @@ shutdown_timeout: 2m30s
 		DefaultGlobalRate:  "100/min",
 		UsageFlushInterval: config.Duration(100 * time.Millisecond),
 		PolicyPollInterval: config.Duration(500 * time.Millisecond),
+		RedisTimeout:       config.Duration(100 * time.Millisecond),
 		Sandbox:            config.Sandbox{Unenforced: "refuse", Workers: 2},
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -163,8 +164,8 @@ admin_key: file-key
 					Addr: "127.0.0.1:1", DataDir: "/d", DatabaseURL: "sqlite:/x.db", LogLevel: "warn", LogFormat: "json",
 					AdminKey: "k", MaxBodyBytes: 1024, ShutdownTimeout: config.Duration(250 * time.Millisecond),
 					DefaultGlobalRate: "100/min", UsageFlushInterval: config.Duration(100 * time.Millisecond),
-					PolicyPollInterval: config.Duration(500 * time.Millisecond),
-					Sandbox:            config.Sandbox{Unenforced: "refuse", Workers: 2},
+					PolicyPollInterval: config.Duration(500 * time.Millisecond), RedisTimeout: config.Duration(100 * time.Millisecond),
+					Sandbox: config.Sandbox{Unenforced: "refuse", Workers: 2},
 				}
 			},
 		},
