@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/flow"
@@ -115,6 +117,23 @@ func TestSandboxedRunsThroughTheAPI(t *testing.T) {
 	}
 	if cpu, _ := rec["cpu_ms"].(float64); cpu <= 0 {
 		t.Errorf("cpu_ms %v, want > 0", rec["cpu_ms"])
+	}
+	// The run's usage event carries its peak memory and CPU time too.
+	if err := s.app.recorder.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	events, err := s.app.store.UsageEvents(context.Background(), "", time.Now().Add(-time.Hour), time.Now().Add(time.Hour), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, ev := range events {
+		if ev.Kind == "run" && ev.PeakMemory > 16<<20 && ev.CPUMillis > 0 {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no run usage event with the peak memory and CPU time: %+v", events)
 	}
 
 	code, body = call(t, "POST", s.url+"/api/v1/run/alloc", key, `{"input_value":"hi","tweaks":{"alloc":{"mib":1024}}}`)

@@ -148,6 +148,12 @@ func (m *Meter) Owner(ticketID string) (Who, bool) {
 // event. Replaying a settle returns the first result and records nothing
 // new (the event id is the ticket id).
 func (m *Meter) Settle(ctx context.Context, ticketID string, u quota.Usage, model string) (quota.Settlement, error) {
+	return m.SettleWith(ctx, ticketID, u, model, nil)
+}
+
+// SettleWith is Settle with a last word on the usage event (a run adds the
+// peak memory and CPU time its sandbox measured).
+func (m *Meter) SettleWith(ctx context.Context, ticketID string, u quota.Usage, model string, annotate func(*usage.Event)) (quota.Settlement, error) {
 	s, err := m.engine.Settle(ctx, ticketID, u)
 	m.mu.Lock()
 	meta, known := m.tickets[ticketID]
@@ -175,12 +181,16 @@ func (m *Meter) Settle(ctx context.Context, ticketID string, u quota.Usage, mode
 	if model == "" {
 		model = meta.model
 	}
-	m.rec.Record(usage.Event{
+	ev := usage.Event{
 		ID: ticketID, At: s.SettledAt, TenantID: meta.who.TenantID, UserID: meta.who.UserID, ProjectID: meta.who.ProjectID,
 		Kind: meta.kind, Model: model, Requests: meta.requests,
 		InputTokens: s.Usage.InputTokens, OutputTokens: s.Usage.OutputTokens, GPUMillis: s.Usage.GPUMillis, CostMicros: s.Usage.CostMicros,
 		Scopes: meta.scopes, Loc: meta.loc,
-	})
+	}
+	if annotate != nil {
+		annotate(&ev)
+	}
+	m.rec.Record(ev)
 	return s, nil
 }
 

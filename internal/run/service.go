@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/tenancy"
+	"github.com/sluicehq/sluice/internal/usage"
 )
 
 // DefaultRunTimeout bounds a run whose scopes set no run_timeout.
@@ -351,7 +352,8 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 		SessionID: req.SessionID, Status: StatusRunning, StartedAt: time.Now().UTC().Truncate(time.Microsecond), Trace: []NodeTrace{}}
 	// Every exit path below releases the run's slot and records the run.
 	defer func() {
-		if _, err := s.Exec.Meter.Settle(context.WithoutCancel(ctx), adm.ID, quota.Usage{}, ""); err != nil {
+		resources := func(ev *usage.Event) { ev.PeakMemory, ev.CPUMillis = rec.PeakMemory, rec.CPUMillis }
+		if _, err := s.Exec.Meter.SettleWith(context.WithoutCancel(ctx), adm.ID, quota.Usage{}, "", resources); err != nil {
 			s.Log.Error("releasing a run's slot failed", slog.String("run_id", runID), slog.String("error", err.Error()))
 		}
 	}()

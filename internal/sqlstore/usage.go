@@ -22,10 +22,10 @@ func (s *Store) RecordUsage(ctx context.Context, events []usage.Event) (int, err
 		for i := range events {
 			e := &events[i]
 			res, err := c.exec(`INSERT INTO usage_events (id, at, tenant_id, user_id, project_id, kind, model,
-				requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+				requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes, peak_memory, cpu_ms)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
 				e.ID, micros(e.At), e.TenantID, e.UserID, e.ProjectID, e.Kind, e.Model,
-				e.Requests, e.InputTokens, e.OutputTokens, e.GPUMillis, e.CostMicros, strings.Join(e.Scopes, " "))
+				e.Requests, e.InputTokens, e.OutputTokens, e.GPUMillis, e.CostMicros, strings.Join(e.Scopes, " "), e.PeakMemory, e.CPUMillis)
 			if err != nil {
 				return err
 			}
@@ -96,8 +96,8 @@ func (s *Store) UsageEvents(ctx context.Context, tenantID string, from, to time.
 	w.eq("tenant_id", tenantID)
 	w.add("at >= ?", micros(from))
 	w.add("at < ?", micros(to))
-	q := `SELECT id, at, tenant_id, user_id, project_id, kind, model, requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes
-		FROM usage_events WHERE ` + strings.Join(w.conds, " AND ") + ` ORDER BY at, id LIMIT ?`
+	q := `SELECT id, at, tenant_id, user_id, project_id, kind, model, requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes,
+		peak_memory, cpu_ms FROM usage_events WHERE ` + strings.Join(w.conds, " AND ") + ` ORDER BY at, id LIMIT ?`
 	rows, err := s.r.QueryContext(ctx, s.d.rebind(q), append(w.args, limit)...)
 	if err != nil {
 		return nil, errs.Wrap(err, "read usage events")
@@ -109,7 +109,7 @@ func (s *Store) UsageEvents(ctx context.Context, tenantID string, from, to time.
 		var at int64
 		var scopes string
 		if err := rows.Scan(&e.ID, &at, &e.TenantID, &e.UserID, &e.ProjectID, &e.Kind, &e.Model, &e.Requests,
-			&e.InputTokens, &e.OutputTokens, &e.GPUMillis, &e.CostMicros, &scopes); err != nil {
+			&e.InputTokens, &e.OutputTokens, &e.GPUMillis, &e.CostMicros, &scopes, &e.PeakMemory, &e.CPUMillis); err != nil {
 			return nil, errs.Wrap(err, "scan usage event")
 		}
 		e.At = fromMicros(at)

@@ -25,6 +25,10 @@ type Event struct {
 	OutputTokens int64
 	GPUMillis    int64
 	CostMicros   int64
+	// PeakMemory (bytes) and CPUMillis are a run's resources: measured by
+	// its sandbox, zero for other events.
+	PeakMemory int64
+	CPUMillis  int64
 
 	// Scopes are the chain the event was charged to, outermost first.
 	Scopes []string
