@@ -49,6 +49,13 @@ func dayBounds(now int64, loc *time.Location) (int64, int64) {
 	return start, end
 }
 
+// DayBounds returns, in Unix ns, the calendar day of loc holding now: the
+// windows every backend uses for daily budgets (DST-safe; see dayBounds).
+func DayBounds(now int64, loc *time.Location) (int64, int64) { return dayBounds(now, loc) }
+
+// MonthBounds returns, in Unix ns, the calendar month of loc holding now.
+func MonthBounds(now int64, loc *time.Location) (int64, int64) { return monthBounds(now, loc) }
+
 // monthBounds returns the local month holding now: from the first instant of
 // its 1st to the first instant of the next month's 1st.
 func monthBounds(now int64, loc *time.Location) (int64, int64) {

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/quota"
 )
 
 // Lua has no time zone database, so the Go side computes each zone's day
@@ -92,57 +94,9 @@ func floorDiv(a, b int64) int64 {
 	return q
 }
 
-// The rest is quota's window.go, which is unexported there.
-
-// dayBounds returns the local day holding now: from the first instant of its
-// local date to the first instant of the next. Across a DST change a day
-// lasts 23 or 25 hours.
-func dayBounds(now int64, loc *time.Location) (int64, int64) {
-	y, m, d := time.Unix(0, now).In(loc).Date()
-	start, end := dateStart(y, m, d, loc), dateStart(y, m, d+1, loc)
-	switch {
-	case now < start:
-		start, end = dateStart(y, m, d-1, loc), start
-	case now >= end:
-		start, end = end, dateStart(y, m, d+2, loc)
-	}
-	return start, end
-}
-
-// monthBounds returns the local month holding now.
-func monthBounds(now int64, loc *time.Location) (int64, int64) {
-	y, m, _ := time.Unix(0, now).In(loc).Date()
-	start, end := dateStart(y, m, 1, loc), dateStart(y, m+1, 1, loc)
-	switch {
-	case now < start:
-		start, end = dateStart(y, m-1, 1, loc), start
-	case now >= end:
-		start, end = end, dateStart(y, m+2, 1, loc)
-	}
-	return start, end
-}
-
-// dateStart returns the first instant whose local date is y-m-d or later:
-// local midnight, or the DST transition where one skips midnight.
-func dateStart(y int, m time.Month, d int, loc *time.Location) int64 {
-	t := time.Date(y, m, d, 0, 0, 0, 0, loc)
-	want := time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
-	if !dateBefore(t.In(loc), want) {
-		return t.UnixNano()
-	}
-	lo, hi := t.Unix(), t.Unix()+48*3600
-	for lo < hi {
-		mid := lo + (hi-lo)/2
-		if dateBefore(time.Unix(mid, 0).In(loc), want) {
-			lo = mid + 1
-		} else {
-			hi = mid
-		}
-	}
-	return lo * int64(time.Second)
-}
-
-func dateBefore(t, want time.Time) bool {
-	y, m, d := t.Date()
-	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC).Before(want)
-}
+// dayBounds and monthBounds are quota's calendar windows, so both backends
+// agree to the nanosecond on when a day or month starts.
+var (
+	dayBounds   = quota.DayBounds
+	monthBounds = quota.MonthBounds
+)
