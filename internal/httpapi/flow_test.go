@@ -1293,3 +1293,15 @@ func TestTenantDefaultModel(t *testing.T) {
 		t.Fatalf("with the tenant's models: ran on %q, want tenant-model", got)
 	}
 }
+
+// TestRunResponsesCarryRateLimitHeaders: a run is a governed response.
+func TestRunResponsesCarryRateLimitHeaders(t *testing.T) {
+	e := newEnv(t)
+	w := e.makeWorld("acme")
+	e.must(200, e.admin, "PUT", "/api/v1/admin/limits/user/"+w.member, map[string]any{"limits": map[string]any{"requests": "30/min"}})
+	e.uploadFlow(w.memberKey, readSharedFlow(t, "basic-prompting.json"), "basic")
+	r := e.runFlow(w.memberKey, "basic", map[string]any{"input_value": "hi"})
+	if r.status != 200 || r.header.Get("RateLimit-Limit") != "30" || r.header.Get("RateLimit-Remaining") != "29" || r.header.Get("x-ratelimit-limit-requests") != "30" {
+		t.Fatalf("run response: %d with headers %v, want RateLimit-Limit 30, Remaining 29", r.status, r.header)
+	}
+}

@@ -219,6 +219,9 @@ func (s *Server) runFlow(w http.ResponseWriter, r *http.Request) {
 			writeRunError(w, r, s, err, nil)
 			return
 		}
+		if out.Ticket != nil {
+			setRateHeaders(w, out.Ticket)
+		}
 		if out.Err != nil {
 			writeRunError(w, r, s, out.Err, out.Record)
 			return

@@ -293,6 +293,9 @@ type Outcome struct {
 	Record *Record
 	Result *Result
 	Err    error // why the run did not succeed; nil on success
+	// Ticket is the run's admission, with what remained after it (for the
+	// RateLimit headers of the response).
+	Ticket *quota.Ticket
 }
 
 // Run admits and executes a run of a stored flow, records it, and returns
@@ -408,7 +411,7 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	if s.OnRunEnd != nil {
 		s.OnRunEnd(rec.Status)
 	}
-	return &Outcome{Record: rec, Result: res, Err: runErr}, nil
+	return &Outcome{Record: rec, Result: res, Err: runErr, Ticket: &adm.Ticket}, nil
 }
 
 // RunRecord returns a run, if the caller may see it.
