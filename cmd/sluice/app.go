@@ -140,7 +140,12 @@ func (a *App) startRuns() error {
 	}
 	llm.WarmTokenizers()
 	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: &run.Guard{AllowHosts: a.cfg.AllowHosts},
-		Log: a.log, DemoModels: demo}
+		Log: a.log, DemoModels: demo,
+		OnModelCall: func(model, provider, outcome string, in, out int) {
+			a.metrics.ModelCalls.WithLabelValues(model, provider, outcome).Inc()
+			a.metrics.Tokens.WithLabelValues(model, "input").Add(float64(in))
+			a.metrics.Tokens.WithLabelValues(model, "output").Add(float64(out))
+		}}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
 		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
 	return a.startSandbox(exec)

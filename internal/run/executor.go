@@ -35,6 +35,9 @@ type Executor struct {
 	// Components implements node types the executor does not, by type: the
 	// sandbox worker's test components. Nil in the server.
 	Components map[string]NodeFunc
+	// OnModelCall, when set, is told each model call's model, provider,
+	// outcome ("ok" or "error") and tokens (metrics).
+	OnModelCall func(model, provider, outcome string, input, output int)
 }
 
 // NodeFunc implements a node type: given the node, its parameters (tweaks

@@ -233,6 +233,13 @@ func (e *Executor) call(ctx context.Context, job *Job, c ModelCall, m *llm.Model
 	if serr != nil {
 		e.Log.Error("settling a model call failed", "run_id", job.RunID, "error", serr.Error())
 	}
+	if e.OnModelCall != nil {
+		outcome := "ok"
+		if err != nil {
+			outcome = "error"
+		}
+		e.OnModelCall(m.Name(), cfg.Provider, outcome, u.InputTokens, u.OutputTokens)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return resp, ctxError(ctx.Err())
