@@ -112,6 +112,7 @@ func (a *App) startQuota(ctx context.Context) error {
 	a.meter.OnDecision = func(kind, result, dim string) { a.metrics.Decisions.WithLabelValues(kind, result, dim).Inc() }
 	a.meter.OnSettle = a.metrics.Settlements.Inc
 	mgr.OnReload = func(s *policy.Snapshot) {
+		a.tenancy.ForgetKeys() // a change made through another instance may have revoked a key
 		a.metrics.PolicyVersion.Set(float64(s.Version))
 		a.metrics.SetMode(a.mode())
 	}

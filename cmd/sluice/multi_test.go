@@ -125,6 +125,22 @@ func TestPolicyChangesReachEveryInstance(t *testing.T) {
 		code, _ := call(t, "POST", a.url+"/api/v1/quota/acquire", aliceKey, `{}`)
 		return code == 200
 	})
+
+	// A key revoked through A is refused by C within a second, although C
+	// had just resolved (and remembered) it.
+	if code, _ := call(t, "GET", c.url+"/api/v1/me", aliceKey, ""); code != 200 {
+		t.Fatalf("me on C: %d", code)
+	}
+	if code, m := call(t, "DELETE", a.url+"/api/v1/admin/keys/"+key["id"].(string), admin, ""); code != 200 {
+		t.Fatalf("revoke: %d %v", code, m)
+	}
+	if code, _ := call(t, "GET", a.url+"/api/v1/me", aliceKey, ""); code != 401 {
+		t.Fatalf("revoked key on the instance that revoked it: %d, want 401 at once", code)
+	}
+	eventually(t, time.Second, "revocation reaches C", func() bool {
+		code, _ := call(t, "GET", c.url+"/api/v1/me", aliceKey, "")
+		return code == 401
+	})
 }
 
 // TestPolicyFileWatched: a policy file is applied at start and re-applied

@@ -2,6 +2,8 @@ package tenancy
 
 import (
 	"context"
+	"crypto/sha256"
+	"sync"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -10,6 +12,36 @@ import (
 
 // MaxSecretLen bounds what is hashed from a request header.
 const MaxSecretLen = 256
+
+// authTTL bounds how long a resolved key is trusted without the store. Any
+// change made through this instance forgets every resolved key at once, and
+// changes made through others do within their poll interval (ForgetKeys,
+// called on every policy reload); the TTL bounds the rest.
+const authTTL = 5 * time.Second
+
+// authCache remembers resolved keys, so that the hot paths (metering, runs)
+// do not read the store on every request.
+type authCache struct {
+	mu      sync.RWMutex
+	entries map[[32]byte]authEntry
+	gen     uint64 // bumped by ForgetKeys: a read that straddles one is not cached
+}
+
+type authEntry struct {
+	p       Principal
+	prefix  string
+	expires *time.Time
+	until   time.Time
+}
+
+// ForgetKeys drops every resolved key: the next request of each reads the
+// store again. Called after every change.
+func (s *Service) ForgetKeys() {
+	s.auth.mu.Lock()
+	s.auth.entries = nil
+	s.auth.gen++
+	s.auth.mu.Unlock()
+}
 
 // Authenticate resolves an API key to its principal. Revoked and expired
 // keys are refused; the error never echoes the key.
@@ -20,9 +52,22 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, e
 	if len(secret) > MaxSecretLen {
 		return Principal{}, errs.E(errs.Unauthorized, "invalid API key")
 	}
+	hash := sha256.Sum256([]byte(secret))
+	now := s.clock()
+	s.auth.mu.RLock()
+	e, ok := s.auth.entries[hash]
+	gen := s.auth.gen
+	s.auth.mu.RUnlock()
+	if ok && now.Before(e.until) {
+		if e.expires != nil && !now.Before(*e.expires) {
+			return Principal{}, errs.E(errs.Unauthorized, "API key %s… has expired", e.prefix)
+		}
+		return e.p, nil
+	}
 	var p Principal
+	var key *Key
 	err := s.store.View(ctx, func(tx Tx) error {
-		k, err := tx.KeyByHash(HashSecret(secret))
+		k, err := tx.KeyByHash(hash[:])
 		if errs.Is(err, errs.NotFound) {
 			return errs.E(errs.Unauthorized, "invalid API key")
 		} else if err != nil {
@@ -38,6 +83,7 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, e
 		if err != nil {
 			return err
 		}
+		key = k
 		p = Principal{KeyID: k.ID, UserID: u.ID, UserName: u.Name, TenantID: u.TenantID, ProjectID: k.ProjectID, Role: u.Role}
 		if p.ProjectID != "" && u.Role == RoleMember {
 			if _, err := tx.Membership(u.ID, p.ProjectID); errs.Is(err, errs.NotFound) {
@@ -48,7 +94,18 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, e
 		}
 		return nil
 	})
-	return p, err
+	if err != nil {
+		return p, err
+	}
+	s.auth.mu.Lock()
+	if s.auth.gen == gen { // nothing changed while we read: safe to remember
+		if s.auth.entries == nil || len(s.auth.entries) > 100000 {
+			s.auth.entries = map[[32]byte]authEntry{}
+		}
+		s.auth.entries[hash] = authEntry{p: p, prefix: key.Prefix, expires: key.ExpiresAt, until: now.Add(authTTL)}
+	}
+	s.auth.mu.Unlock()
+	return p, nil
 }
 
 // BootstrapResult says what Bootstrap did.

@@ -25,6 +25,8 @@ type Service struct {
 	// OnChange, when set, runs after every committed change (the policy
 	// manager rebuilds its view of the tree).
 	OnChange func(ctx context.Context)
+
+	auth authCache
 }
 
 // update runs fn in a write transaction and, once it commits, tells
@@ -33,6 +35,7 @@ func (s *Service) update(ctx context.Context, fn func(Tx) error) error {
 	if err := s.store.Update(ctx, fn); err != nil {
 		return err
 	}
+	s.ForgetKeys() // a key, user or membership may have changed
 	if s.OnChange != nil {
 		s.OnChange(ctx)
 	}
