@@ -105,11 +105,7 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 	if err != nil {
 		return nil, err
 	}
-	scopes := make([]string, len(chain.Scopes))
-	for i, s := range chain.Scopes {
-		scopes[i] = s.Key
-	}
-	meta := &ticketMeta{who: who, kind: kind, model: ask.Model, requests: ask.Requests, scopes: scopes, expiresAt: t.ExpiresAt}
+	meta := &ticketMeta{who: who, kind: kind, model: ask.Model, requests: ask.Requests, scopes: chain.Keys, expiresAt: t.ExpiresAt}
 	if len(chain.Scopes) > 1 {
 		meta.loc = chain.Scopes[1].Loc
 	}

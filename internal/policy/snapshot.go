@@ -87,6 +87,7 @@ type chainKey struct{ tenant, user, project string }
 // Chain is a request's scopes, outermost first, with their limits.
 type Chain struct {
 	Scopes   []quota.Scope
+	Keys     []string // the scopes' keys, for usage events
 	Priority Priority
 }
 
@@ -232,7 +233,7 @@ func (s *Snapshot) Chain(tenantID, userID, projectID string) (*Chain, error) {
 		names = []string{GlobalScope, ScopeName(KindUser, userID)}
 	}
 	loc := s.Location(tenantID)
-	c = &Chain{Scopes: make([]quota.Scope, len(names)), Priority: PriorityNormal}
+	c = &Chain{Scopes: make([]quota.Scope, len(names)), Keys: names, Priority: PriorityNormal}
 	for i, n := range names {
 		r := s.Effective(n)
 		c.Scopes[i] = quota.Scope{Key: n, Limits: r.Limits, Loc: loc}
