@@ -85,6 +85,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strconv"
 	"strings"
@@ -158,6 +159,7 @@ type Backend struct {
 	clock      func() time.Time
 	wall       func() time.Time // the instance's clock, for windows; tests skew it
 	zones      zones
+	keys       keyCache
 	idPrefix   string
 	seq        atomic.Uint64
 	closed     atomic.Bool
@@ -227,6 +229,7 @@ func New(c redis.Scripter, o Options) (*Backend, error) {
 		wall:       time.Now,
 		idPrefix:   hex.EncodeToString(p[:]) + "-",
 	}
+	b.keys.seed = maphash.MakeSeed()
 	b.prefixArg, b.baseArg, b.marginArg = b.prefix, b.baseMS, b.marginMS
 	return b, nil
 }
@@ -246,10 +249,10 @@ func (b *Backend) ttl(d time.Duration) int64 {
 }
 
 // now returns the instance's now for computing windows, and the now the
-// scripts are to use ("" for Redis's TIME).
-func (b *Backend) now() (int64, string, string) {
+// scripts are to use ("" for Redis's TIME) as script arguments.
+func (b *Backend) now() (int64, any, any) {
 	if b.clock == nil {
-		return b.wall().UnixNano(), "", ""
+		return b.wall().UnixNano(), emptyArg, emptyArg
 	}
 	t := b.clock()
 	return t.UnixNano(), strconv.FormatInt(t.Unix(), 10), strconv.Itoa(t.Nanosecond())
@@ -319,9 +322,6 @@ func unixTime(ns int64) time.Time { return time.Unix(0, ns).UTC() }
 
 // scriptArgs builds a script's arguments.
 type scriptArgs []any
-
-func (a *scriptArgs) str(s string) { *a = append(*a, s) }
-func (a *scriptArgs) int(n int64)  { *a = append(*a, n) }
 
 // zones appends the windows of ws: count, then name and 8 bounds each.
 func (a *scriptArgs) zones(ws []*zoneWindows) {
@@ -413,20 +413,26 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 		}
 	}
 
+	var skBuf [8]*scopeKeys
+	sks := skBuf[:0]
 	keys := make([]string, 0, 1+3*len(r.Chain))
 	keys = append(keys, b.key("t:", id))
 	for i := range r.Chain {
-		k := r.Chain[i].Key
-		keys = append(keys, b.key("s:", k), b.key("l:", k), b.key("r:", k))
+		sk := b.keys.scope(b.prefix, r.Chain[i].Key)
+		sks = append(sks, sk)
+		keys = append(keys, sk.s, sk.l, sk.r)
 	}
+	ttlArg, idArg := intArg(ttl), any(id)
 	for try := 0; ; try++ {
-		ws := make([]*zoneWindows, len(entries))
-		for i, e := range entries {
-			ws[i] = e.windows(wall)
+		var wsBuf [4]*zoneWindows
+		ws := wsBuf[:0]
+		for _, e := range entries {
+			ws = append(ws, e.windows(wall))
 		}
 		args := make(scriptArgs, 0, 15+9*len(ws)+14*len(r.Chain))
-		args = append(args, nowS, nowN, b.prefixArg, id, ttl, b.baseArg, b.marginArg,
-			a.Requests, a.Tokens, minTokens, a.GPUMillis, a.CostMicros, boolArg[a.Concurrency], len(r.Chain))
+		args = append(args, nowS, nowN, b.prefixArg, idArg, ttlArg, b.baseArg, b.marginArg,
+			intArg(a.Requests), intArg(a.Tokens), intArg(minTokens), intArg(a.GPUMillis), intArg(a.CostMicros),
+			boolArg[a.Concurrency], len(r.Chain))
 		args.zones(ws)
 		for i := range r.Chain {
 			sc := &r.Chain[i]
@@ -439,11 +445,11 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 			default:
 				flags = flagLimits
 			}
-			args = append(args, sc.Key, zoneIdx[i], flags)
+			args = append(args, sks[i].arg, zoneIdx[i], flags)
 			args = append(args, rates[i][0].args[:]...)
 			args = append(args, rates[i][1].args[:]...)
 			for _, bd := range limitBounds(l) {
-				args = append(args, bd)
+				args = append(args, intArg(bd))
 			}
 		}
 		res, err := b.run(ctx, op{verb: "acquire"}, acquireScript, keys, args)
@@ -632,16 +638,8 @@ func (b *Backend) Settle(ctx context.Context, id string, u quota.Usage) (quota.S
 	o := op{"settle", id}
 	for try := 0; ; try++ {
 		args := make(scriptArgs, 0, 12+9*len(ws))
-		args.str(nowS)
-		args.str(nowN)
-		args.str(b.prefix)
-		args.int(u.InputTokens)
-		args.int(u.OutputTokens)
-		args.int(u.GPUMillis)
-		args.int(u.CostMicros)
-		args.int(b.retention)
-		args.int(b.baseMS)
-		args.int(b.marginMS)
+		args = append(args, nowS, nowN, b.prefixArg, intArg(u.InputTokens), intArg(u.OutputTokens),
+			intArg(u.GPUMillis), intArg(u.CostMicros), intArg(b.retention), b.baseArg, b.marginArg)
 		args.zones(ws)
 		res, err := b.run(ctx, o, settleScript, keys, args)
 		if err != nil {

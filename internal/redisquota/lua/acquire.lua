@@ -51,7 +51,7 @@ for i = 1, n do
 end
 
 local function inflight(s)
-  if s.inflight == nil then
+  if not s.inflight then
     s.inflight = call('ZCARD', P .. 'l:' .. s.key)
   end
   return s.inflight
@@ -131,26 +131,39 @@ local grant = atok
 if clamp and fit < grant then grant = fit end -- >= amin: every check passed with it
 
 -- Charge, and gather the tightest remaining amount per meter (outermost
--- scope on ties).
+-- scope on ties): remI, remL and remR hold each meter's scope index,
+-- remaining amount and reset (false: none yet); a reset is computed only
+-- for an offer that is kept.
 local score = usec(ttl)
 local reserves = grant > 0 or agpu > 0 or acost > 0
-local rem = {}
-local function offer(m, i, left, reset)
-  local r = rem[m]
-  if r and left >= r[2] then return end
-  rem[m] = {i, max0(left), reset}
-end
+local remI = {false, false, false, false, false, false, false}
+local remL = {false, false, false, false, false, false, false}
+local remR = {false, false, false, false, false, false, false}
 local function offerrate(m, i, g, o)
   local mode = ARGV[o]
   if mode == '0' then return end
-  if mode == '2' then
-    offer(m, i, 0, 0)
-    return
+  local left = 0
+  if mode ~= '2' then
+    guse(g, ARGV[o + 1], ARGV[o + 2])
+    left = gavail(g)
   end
-  guse(g, ARGV[o + 1], ARGV[o + 2])
-  offer(m, i, gavail(g), gempty(g))
+  local r = remL[m]
+  if r and left >= r then return end
+  remI[m], remL[m] = i, max0(left)
+  if mode == '2' then remR[m] = 0 else remR[m] = gempty(g) end
 end
-local t = {e = abs(ttl), x = grant, g = agpu, c = acost, s = aconc and 1 or 0, mx = 0, n = n, ch = {}}
+local function offerbudget(m, i, l, used, e)
+  if l < 0 then return end
+  local left = l - used
+  local r = remL[m]
+  if r and left >= r then return end
+  remI[m], remL[m], remR[m] = i, max0(left), secrel(e)
+end
+-- The ticket's array (see ticket_save), filled in as the scopes are
+-- charged; its latest month end, a[6], is set at the end.
+local t = {e = abs(ttl), x = grant, g = agpu, c = acost, mx = 0}
+local ta = {t.e, grant, agpu, acost, aconc and 1 or 0, 0, n}
+local lease = aconc and 'l:' or 'r:'
 for i = 1, n do
   local s, o = S[i], S[i].o
   local limited = ARGV[o + 3] ~= '0'
@@ -165,38 +178,40 @@ for i = 1, n do
   s.td, s.tm = sadd(s.td, grant), sadd(s.tm, grant)
   s.g, s.c = sadd(s.g, agpu), sadd(s.c, acost)
   if aconc or reserves then
-    local zk = P .. (aconc and 'l:' or 'r:') .. s.key
+    local zk = P .. lease .. s.key
     call('ZADD', zk, score, id)
     call('PEXPIRE', zk, base)
-    if aconc then s.inflight = inflight(s) + 1 end
+    -- A count not read while checking is read below only if it is not
+    -- this ticket's lease set.
+    if aconc and s.inflight then s.inflight = s.inflight + 1 end
     if s.x == nil or score < s.x then s.x = score end
   end
-  t.ch[i] = {key = s.key, d = s.dS, m = s.mS, rated = rated}
+  ta[7 + i], ta[7 + n + i], ta[7 + 2 * n + i], ta[7 + 3 * n + i] = s.key, s.dS, s.mS, rated and 1 or 0
   if s.mE > t.mx then t.mx = s.mE end
   if limited then
     offerrate(1, i, s.req, o + 4)
     offerrate(2, i, s.tok, o + 7)
-    local l = tonumber(ARGV[o + 10])
-    if l >= 0 then offer(3, i, l - s.td, secrel(s.dE)) end
-    l = tonumber(ARGV[o + 11])
-    if l >= 0 then offer(4, i, l - s.tm, secrel(s.mE)) end
-    l = tonumber(ARGV[o + 12])
-    if l >= 0 then offer(5, i, l - s.g, secrel(s.mE)) end
-    l = tonumber(ARGV[o + 13])
-    if l >= 0 then offer(6, i, l - s.c, secrel(s.mE)) end
-    l = tonumber(ARGV[o + 14])
-    if l >= 0 then offer(7, i, l - inflight(s), 0) end
+    offerbudget(3, i, tonumber(ARGV[o + 10]), s.td, s.dE)
+    offerbudget(4, i, tonumber(ARGV[o + 11]), s.tm, s.mE)
+    offerbudget(5, i, tonumber(ARGV[o + 12]), s.g, s.mE)
+    offerbudget(6, i, tonumber(ARGV[o + 13]), s.c, s.mE)
+    local l = tonumber(ARGV[o + 14])
+    if l >= 0 then
+      local left = l - inflight(s)
+      local r = remL[7]
+      if not (r and left >= r) then remI[7], remL[7], remR[7] = i, max0(left), 0 end
+    end
   end
   scope_save(s, base, margin)
 end
-ticket_save(P, id, t, ticket_ttl(t, margin))
+ta[6] = t.mx
+call('SET', KEYS[1], mpack(unpack(ta, 1, 7 + 4 * n)), 'PX', ticket_ttl(t, margin))
 
 local out = {1, NOWS, NOWN, grant}
 for m = 1, 7 do
-  local r = rem[m]
   local b = 4 + 3 * (m - 1)
-  if r then
-    out[b + 1], out[b + 2], out[b + 3] = r[1], r[2], r[3]
+  if remI[m] then
+    out[b + 1], out[b + 2], out[b + 3] = remI[m], remL[m], remR[m]
   else
     out[b + 1], out[b + 2], out[b + 3] = 0, 0, 0
   end

@@ -7,6 +7,8 @@
 -- exceed 2^53 go through muldiv, exact for 106-bit intermediates.
 local call = redis.call
 local floor = math.floor
+local tonumber = tonumber
+local mpack, munpack = cmsgpack.pack, cmsgpack.unpack
 local TWO52 = 4503599627370496  -- 2^52: the largest span, limit or amount
 local SAT = 9007199254740992    -- 2^53: counters and quotients saturate here
 local LB = 16777216             -- limb base 2^24
@@ -273,51 +275,67 @@ end
 -- reserved something. Before x, nothing has expired: most calls need not
 -- look.
 
-local function rate_unpack(a, i)
-  local g = {K = a[i], A = a[i + 1], b = a[i + 2], l = a[i + 3], p = a[i + 4], cq = a[i + 5], cr = a[i + 6], f = a[i + 9]}
-  if a[i + 7] then g.t = (a[i + 7] - NOWS) * 1e9 + (a[i + 8] - NOWN) end
-  return g
+-- scope_load returns a scope's state. The msgpack array is unpacked into
+-- locals (not a table) and every field a script may add later (o, inflight)
+-- has its slot from the start: tables that grow are rehashed.
+local function rate_new(K, A, b, l, p, cq, cr, ts, tn, f)
+  local t
+  if ts then t = (ts - NOWS) * 1e9 + (tn - NOWN) end
+  return {K = K, A = A, b = b, l = l, p = p, cq = cq, cr = cr, t = t, f = f}
 end
 
 local function scope_load(P, key)
   local h = P .. 's:' .. key
   local v = call('GET', h)
   if not v then
-    return {key = key, h = h, td = 0, tm = 0, g = 0, c = 0, req = {}, tok = {}}
+    return {key = key, h = h, td = 0, tm = 0, g = 0, c = 0, req = {}, tok = {}, o = false, inflight = false,
+      z = nil, dS = nil, dE = nil, mS = nil, mE = nil, x = nil}
   end
-  local a = {cmsgpack.unpack(v)}
+  local z, dS, dE, mS, mE, td, tm, g, c, x,
+    K1, A1, b1, l1, p1, cq1, cr1, ts1, tn1, f1,
+    K2, A2, b2, l2, p2, cq2, cr2, ts2, tn2, f2 = munpack(v)
   return {
     key = key, h = h,
-    z = a[1], dS = a[2], dE = a[3], mS = a[4], mE = a[5],
-    td = a[6], tm = a[7], g = a[8], c = a[9], x = a[10],
-    req = rate_unpack(a, 11), tok = rate_unpack(a, 21),
+    z = z, dS = dS, dE = dE, mS = mS, mE = mE,
+    td = td, tm = tm, g = g, c = c, x = x,
+    req = rate_new(K1, A1, b1, l1, p1, cq1, cr1, ts1, tn1, f1),
+    tok = rate_new(K2, A2, b2, l2, p2, cq2, cr2, ts2, tn2, f2),
+    o = false, inflight = false,
   }
-end
-
-local function rate_pack(a, i, g)
-  a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5], a[i + 6] = g.K, g.A, g.b, g.l, g.p, g.cq, g.cr
-  if g.t ~= nil then
-    local q, ns = idiv(NOWN + g.t, 1e9)
-    a[i + 7], a[i + 8], a[i + 9] = NOWS + q, ns, g.f
-  end
 end
 
 -- scope_save writes the state back, to live until its windows end, its
 -- buckets drain and any ticket that charged it expires (base, the longest
--- ticket life, covers those) plus the margin, and at least least ms.
+-- ticket life, covers those) plus the margin, and at least least ms. The
+-- array is packed from locals: a rate's K..cr, then (only while its
+-- arrival time is set) that time as Unix seconds and ns and its fraction.
 local function scope_save(s, base, margin, least)
-  local a = {s.z, s.dS, s.dE, s.mS, s.mE, s.td, s.tm, s.g, s.c, s.x}
-  rate_pack(a, 11, s.req)
-  rate_pack(a, 21, s.tok)
   local ms = base
   if least and least > ms then ms = least end
-  for _, e in ipairs({s.dE or 0, s.mE or 0}) do
-    if (e - NOWS) * 1000 + margin > ms then ms = (e - NOWS) * 1000 + margin end
+  local e = ((s.dE or 0) - NOWS) * 1000 + margin
+  if e > ms then ms = e end
+  e = ((s.mE or 0) - NOWS) * 1000 + margin
+  if e > ms then ms = e end
+  local r, k = s.req, s.tok
+  local rt, rs, rn, rf = r.t
+  if rt ~= nil then
+    local q
+    q, rn = idiv(NOWN + rt, 1e9)
+    rs, rf = NOWS + q, r.f
+    e = floor(rt / 1e6) + 1 + margin
+    if e > ms then ms = e end
   end
-  for _, g in ipairs({s.req, s.tok}) do
-    if g.t ~= nil and floor(g.t / 1e6) + 1 + margin > ms then ms = floor(g.t / 1e6) + 1 + margin end
+  local kt, ks, kn, kf = k.t
+  if kt ~= nil then
+    local q
+    q, kn = idiv(NOWN + kt, 1e9)
+    ks, kf = NOWS + q, k.f
+    e = floor(kt / 1e6) + 1 + margin
+    if e > ms then ms = e end
   end
-  call('SET', s.h, cmsgpack.pack(unpack(a, 1, 30)), 'PX', ms)
+  call('SET', s.h, mpack(s.z, s.dS, s.dE, s.mS, s.mE, s.td, s.tm, s.g, s.c, s.x,
+    r.K, r.A, r.b, r.l, r.p, r.cq, r.cr, rs, rn, rf,
+    k.K, k.A, k.b, k.l, k.p, k.cq, k.cr, ks, kn, kf), 'PX', ms)
 end
 
 -- Tickets: one key holding a msgpack array: expiry (Unix ns, string),
@@ -330,7 +348,7 @@ end
 local function ticket_load(P, id)
   local v = call('GET', P .. 't:' .. id)
   if not v or string.sub(v, 1, 2) == 'S ' then return nil, v end
-  local a = {cmsgpack.unpack(v)}
+  local a = {munpack(v)}
   local n = a[7]
   local t = {e = a[1], x = a[2], g = a[3], c = a[4], s = a[5], mx = a[6], n = n, ch = {}}
   for i = 1, n do
@@ -347,7 +365,7 @@ local function ticket_save(P, id, t, ms)
     a[7 + i], a[7 + n + i], a[7 + 2 * n + i] = ch.key, ch.d, ch.m
     a[7 + 3 * n + i] = ch.rated and 1 or 0
   end
-  call('SET', P .. 't:' .. id, cmsgpack.pack(unpack(a)), 'PX', ms)
+  call('SET', P .. 't:' .. id, mpack(unpack(a)), 'PX', ms)
 end
 
 -- ticket_ttl returns how long (ms) a ticket's key must live: until it
