@@ -343,10 +343,17 @@ func TestDeletingAScopeDropsItsLimits(t *testing.T) {
 	e.must(200, e.admin, "PUT", "/api/v1/admin/limits/user/"+w.other, map[string]any{"limits": map[string]any{"concurrency": 1}})
 	e.must(201, e.admin, "POST", "/api/v1/admin/grants", map[string]any{"scope": "user/" + w.other,
 		"limits": map[string]any{"concurrency": 1}, "expires_at": e.clock.Now().Add(time.Hour).Format(time.RFC3339Nano)})
+	// Membership limits: bob's go with him, alice's stay.
+	e.must(201, e.admin, "POST", "/api/v1/admin/memberships", map[string]any{"user_id": w.other, "project_id": w.project})
+	e.must(200, e.admin, "PUT", "/api/v1/admin/limits/membership/"+w.other+"@"+w.project, map[string]any{"limits": map[string]any{"concurrency": 1}})
+	e.must(200, e.admin, "PUT", "/api/v1/admin/limits/membership/"+w.member+"@"+w.project, map[string]any{"limits": map[string]any{"concurrency": 1}})
 	e.must(204, e.admin, "DELETE", "/api/v1/admin/users/"+w.other, nil)
 	for _, path := range []string{"/api/v1/admin/limits", "/api/v1/admin/grants"} {
 		if r := e.must(200, e.admin, "GET", path, nil); strings.Contains(r.raw, w.other) {
 			t.Fatalf("GET %s still lists the deleted user's scope: %s", path, r.raw)
 		}
+	}
+	if r := e.must(200, e.admin, "GET", "/api/v1/admin/limits", nil); !strings.Contains(r.raw, "membership/"+w.member+"@"+w.project) {
+		t.Fatalf("alice's membership limits went with bob: %s", r.raw)
 	}
 }

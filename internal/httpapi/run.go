@@ -67,18 +67,15 @@ func (s *Server) runRoutes(mux *http.ServeMux) {
 			return
 		}
 		resp := listResponse[*run.Record]{Items: runs}
-		if n := len(runs); n > 0 && n == max(f.Limit, 100*boolToInt(f.Limit == 0)) {
+		limit := f.Limit
+		if limit == 0 {
+			limit = tenancy.DefaultPageSize
+		}
+		if n := len(runs); n > 0 && n == limit {
 			resp.Next = runs[n-1].ID
 		}
 		writeJSON(w, http.StatusOK, resp)
 	})
-}
-
-func boolToInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // readFlowBody reads an uploaded flow (a LangFlow export or compact JSON).

@@ -452,18 +452,20 @@ func (c *conn) DeleteMembership(userID, projectID string) error {
 
 func (c *conn) DeleteMemberships(f tenancy.Filter) error {
 	// The memberships' limits go with them.
+	// Ids hold '_', a LIKE wildcard: escape it.
+	esc := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
 	var scopes []string
 	switch {
 	case f.UserID != "":
-		scopes = append(scopes, "membership/"+f.UserID+"@%")
+		scopes = append(scopes, esc.Replace("membership/"+f.UserID+"@")+"%")
 	case f.ProjectID != "":
-		scopes = append(scopes, "membership/%@"+f.ProjectID)
+		scopes = append(scopes, "membership/%@"+esc.Replace(f.ProjectID))
 	}
 	for _, pat := range scopes {
-		if _, err := c.exec(`DELETE FROM scope_limits WHERE scope LIKE ?`, pat); err != nil {
+		if _, err := c.exec(`DELETE FROM scope_limits WHERE scope LIKE ? ESCAPE '\'`, pat); err != nil {
 			return err
 		}
-		if _, err := c.exec(`DELETE FROM grants WHERE scope LIKE ?`, pat); err != nil {
+		if _, err := c.exec(`DELETE FROM grants WHERE scope LIKE ? ESCAPE '\'`, pat); err != nil {
 			return err
 		}
 	}
