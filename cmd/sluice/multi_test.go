@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
@@ -70,22 +69,8 @@ func TestPolicyChangesReachEveryInstance(t *testing.T) {
 		apps = append(apps, start(t, cfg))
 	}
 	a, b, c := apps[0], apps[1], apps[2]
-	policyFile := filepath.Join(t.TempDir(), "p.yaml")
-	os.WriteFile(policyFile, []byte("tenants:\n  - name: acme\n    projects: [{name: web}]\n    users: [{name: alice, projects: [web]}]\n"), 0o600)
-	if code, out, errOut := cli(t, a.url, admin, "apply", "-f", policyFile); code != 0 {
-		t.Fatalf("apply: %s %s", out, errOut)
-	}
-	_, users := call(t, "GET", a.url+"/api/v1/admin/users", admin, "")
-	alice := ""
-	for _, u := range users["items"].([]any) {
-		if m := u.(map[string]any); m["name"] == "alice" {
-			alice = m["id"].(string)
-		}
-	}
-	_, projects := call(t, "GET", a.url+"/api/v1/admin/projects", admin, "")
-	web := projects["items"].([]any)[0].(map[string]any)["id"].(string)
-	_, key := call(t, "POST", b.url+"/api/v1/admin/keys", admin, `{"user_id":"`+alice+`","project_id":"`+web+`"}`)
-	aliceKey := key["secret"].(string)
+	member := applyPolicy(t, a.url, admin, "tenants:\n  - name: acme\n    projects: [{name: web}]\n    users: [{name: alice, projects: [web]}]\n")
+	aliceKey, alice := member.key, member.userID
 
 	// Instance C admits 5,000 tokens before any limit exists.
 	if code, m := call(t, "POST", c.url+"/api/v1/quota/acquire", aliceKey, `{"tokens":5000,"requests":0}`); code != 200 {
@@ -131,7 +116,7 @@ func TestPolicyChangesReachEveryInstance(t *testing.T) {
 	if code, _ := call(t, "GET", c.url+"/api/v1/me", aliceKey, ""); code != 200 {
 		t.Fatalf("me on C: %d", code)
 	}
-	if code, m := call(t, "DELETE", a.url+"/api/v1/admin/keys/"+key["id"].(string), admin, ""); code != 200 {
+	if code, m := call(t, "DELETE", a.url+"/api/v1/admin/keys/"+member.keyID, admin, ""); code != 200 {
 		t.Fatalf("revoke: %d %v", code, m)
 	}
 	if code, _ := call(t, "GET", a.url+"/api/v1/me", aliceKey, ""); code != 401 {
@@ -181,5 +166,4 @@ func TestPolicyFileWatched(t *testing.T) {
 	if got := tenantLimit(); got != "2000/day" {
 		t.Fatalf("after an invalid file: limit %q, want the last good 2000/day", got)
 	}
-	_ = context.Background
 }

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -35,8 +33,7 @@ func TestRestartKeepsBudgets(t *testing.T) {
 	admin := string(cfg.AdminKey)
 	s := start(t, cfg)
 
-	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
-	os.WriteFile(policyFile, []byte(`
+	aliceKey := applyPolicy(t, s.url, admin, `
 tenants:
   - name: acme
     timezone: Asia/Shanghai
@@ -44,21 +41,7 @@ tenants:
     projects: [{name: web}]
     users:
       - {name: alice, projects: [web]}
-`), 0o600)
-	if code, out, errOut := cli(t, s.url, admin, "apply", "-f", policyFile); code != 0 {
-		t.Fatalf("apply: %d %s %s", code, out, errOut)
-	}
-	_, users := call(t, "GET", s.url+"/api/v1/admin/users?root=false", admin, "")
-	alice := ""
-	for _, u := range users["items"].([]any) {
-		if u.(map[string]any)["name"] == "alice" {
-			alice = u.(map[string]any)["id"].(string)
-		}
-	}
-	_, projects := call(t, "GET", s.url+"/api/v1/admin/projects", admin, "")
-	web := projects["items"].([]any)[0].(map[string]any)["id"].(string)
-	_, key := call(t, "POST", s.url+"/api/v1/admin/keys", admin, `{"user_id":"`+alice+`","project_id":"`+web+`"}`)
-	aliceKey := key["secret"].(string)
+`).key
 
 	code, acq := call(t, "POST", s.url+"/api/v1/quota/acquire", aliceKey, `{"tokens":900}`)
 	if code != 200 {

@@ -1,12 +1,9 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -92,21 +89,8 @@ func startCluster(t *testing.T, policy string, redisTimeout time.Duration) *clus
 		cfg.AdminKey = "operator-chosen-admin-key-0123456789abcdef"
 		c.apps = append(c.apps, start(t, cfg))
 	}
-	f := filepath.Join(t.TempDir(), "p.yaml")
-	os.WriteFile(f, []byte(policy), 0o600)
-	if code, out, errOut := cli(t, c.apps[0].url, c.admin, "apply", "-f", f); code != 0 {
-		t.Fatalf("apply: %s %s", out, errOut)
-	}
-	_, users := call(t, "GET", c.apps[1].url+"/api/v1/admin/users", c.admin, "")
-	for _, u := range users["items"].([]any) {
-		if m := u.(map[string]any); m["name"] == "alice" {
-			c.user = m["id"].(string)
-		}
-	}
-	_, projects := call(t, "GET", c.apps[2].url+"/api/v1/admin/projects", c.admin, "")
-	web := projects["items"].([]any)[0].(map[string]any)["id"].(string)
-	_, key := call(t, "POST", c.apps[0].url+"/api/v1/admin/keys", c.admin, `{"user_id":"`+c.user+`","project_id":"`+web+`"}`)
-	c.key = key["secret"].(string)
+	member := applyPolicy(t, c.apps[0].url, c.admin, policy)
+	c.user, c.key = member.userID, member.key
 	// Every instance must know the new project before the load starts.
 	for _, a := range c.apps {
 		eventually(t, 2*time.Second, "instance sees the policy", func() bool {
@@ -311,5 +295,4 @@ tenants:
 		return used == settled.Load()
 	})
 	t.Logf("settled %d tokens (%d during the outage), counters say %d", settled.Load(), degradedAdmitted.Load(), used)
-	_ = context.Background
 }

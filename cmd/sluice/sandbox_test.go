@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,28 +40,13 @@ func sandboxApp(t *testing.T, modify func(*config.Config)) (*started, string) {
 	}
 	s := start(t, cfg)
 	admin := string(cfg.AdminKey)
-	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
-	os.WriteFile(policyFile, []byte(`
+	aliceKey := applyPolicy(t, s.url, admin, `
 tenants:
   - name: acme
     projects: [{name: web, limits: {memory_per_run: 128MiB, run_timeout: 30s}}]
     users:
       - {name: alice, projects: [web]}
-`), 0o600)
-	if code, out, errOut := cli(t, s.url, admin, "apply", "-f", policyFile); code != 0 {
-		t.Fatalf("apply: %d %s %s", code, out, errOut)
-	}
-	_, users := call(t, "GET", s.url+"/api/v1/admin/users?root=false", admin, "")
-	alice := ""
-	for _, u := range users["items"].([]any) {
-		if u.(map[string]any)["name"] == "alice" {
-			alice = u.(map[string]any)["id"].(string)
-		}
-	}
-	_, projects := call(t, "GET", s.url+"/api/v1/admin/projects", admin, "")
-	web := projects["items"].([]any)[0].(map[string]any)["id"].(string)
-	_, key := call(t, "POST", s.url+"/api/v1/admin/keys", admin, `{"user_id":"`+alice+`","project_id":"`+web+`"}`)
-	aliceKey := key["secret"].(string)
+`).key
 	if code, m := call(t, "POST", s.url+"/api/v1/flows?name=alloc", aliceKey, allocFlowJSON); code != 201 {
 		t.Fatalf("upload flow: %d %v", code, m)
 	}

@@ -83,11 +83,11 @@ func (s *Server) who(ctx context.Context, userID, projectID string) (metering.Wh
 	if projectID != "" {
 		w.ProjectID = projectID
 	}
-	if w.ProjectID != "" && w.ProjectID != p.ProjectID || userID != "" {
-		if w.ProjectID != "" {
-			if err := s.Tenancy.CanWorkIn(ctx, w.UserID, w.ProjectID); err != nil {
-				return w, err
-			}
+	// The key's own user in its own project was checked when it
+	// authenticated; any other pair is checked here.
+	if w.ProjectID != "" && (w.UserID != p.UserID || w.ProjectID != p.ProjectID) {
+		if err := s.Tenancy.CanWorkIn(ctx, w.UserID, w.ProjectID); err != nil {
+			return w, err
 		}
 	}
 	return w, nil

@@ -3,7 +3,7 @@ package run
 import (
 	"context"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -271,7 +271,7 @@ func (s *state) memory(ctx context.Context, n *flow.Node) error {
 		}
 	}
 	if s.param(n, "order").String() == "Descending" {
-		sort.SliceStable(kept, func(i, j int) bool { return i > j })
+		slices.Reverse(kept)
 	}
 	tmpl := s.param(n, "template").String()
 	if tmpl == "" {

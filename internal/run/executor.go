@@ -257,7 +257,7 @@ func (s *state) run(ctx context.Context) error {
 			return &RunError{Status: statusOf(err), NodeID: n.ID, Err: err}
 		}
 		t.Status = "succeeded"
-		t.OutputPreview = preview(s.previewOf(n.ID))
+		t.OutputPreview = preview(s.textOf(n.ID))
 		s.trace = append(s.trace, t)
 		s.progress(&t)
 	}
@@ -368,7 +368,9 @@ func (s *state) param(n *flow.Node, name string) flow.Param {
 	return n.Param(name)
 }
 
-func (s *state) previewOf(nodeID string) string {
+// textOf is a node's main text: its first non-empty output, in a fixed
+// order of the output names components use.
+func (s *state) textOf(nodeID string) string {
 	for _, name := range []string{"message", "text", "text_output", "prompt", "response", "messages_text", "result", "raw_results"} {
 		if v, ok := s.outputs[nodeID][name]; ok && v.text != "" {
 			return v.text
@@ -413,9 +415,9 @@ func (s *state) collect() []ComponentOutput {
 				continue
 			}
 		}
-		for _, v := range s.outputs[n.ID] {
+		// An output component has one output: "message" or "text".
+		if v, ok := s.outputs[n.ID][c.Outputs[0].Name]; ok {
 			out = append(out, ComponentOutput{NodeID: n.ID, DisplayName: n.DisplayName, Type: n.Type, Text: v.text, Message: v.message})
-			break
 		}
 	}
 	if len(out) > 0 || s.hasOutputComponents() {
@@ -425,20 +427,11 @@ func (s *state) collect() []ComponentOutput {
 		if len(s.f.Outgoing(n.ID)) > 0 {
 			continue
 		}
-		if t := s.previewOf(n.ID); t != "" || s.outputs[n.ID] != nil {
-			out = append(out, ComponentOutput{NodeID: n.ID, DisplayName: n.DisplayName, Type: n.Type, Text: s.fullText(n.ID)})
+		if s.outputs[n.ID] != nil {
+			out = append(out, ComponentOutput{NodeID: n.ID, DisplayName: n.DisplayName, Type: n.Type, Text: s.textOf(n.ID)})
 		}
 	}
 	return out
-}
-
-func (s *state) fullText(nodeID string) string {
-	for _, v := range s.outputs[nodeID] {
-		if v.text != "" {
-			return v.text
-		}
-	}
-	return ""
 }
 
 func (s *state) hasOutputComponents() bool {

@@ -190,6 +190,3 @@ func (s *Service) Audit(ctx context.Context, f Filter) ([]*AuditEntry, error) {
 	})
 	return out, err
 }
-
-// Now returns the service clock's time (handlers use it to stamp responses).
-func (s *Service) Now() time.Time { return s.clock() }
