@@ -2,7 +2,6 @@ package redisquota_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strconv"
 	"sync"
@@ -13,48 +12,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/quota/quotatest"
 	"github.com/sluicehq/sluice/internal/redisquota"
 )
-
-// benchChains is internal/quota's: 100,000 users under global → 20 tenants
-// → 200 departments → 2,000 projects, 6 scopes per chain, every dimension
-// limited generously, half the tenants in Asia/Shanghai.
-func benchChains(users int) [][]quota.Scope {
-	lim := func(scale int64) *quota.Limits {
-		return &quota.Limits{
-			Requests:        quota.Rate{Limit: 1_000_000 * scale, Period: time.Second},
-			TokensRate:      quota.Rate{Limit: 1_000_000_000 * scale, Period: time.Minute},
-			TokensDay:       quota.AtMost(1 << 50),
-			TokensMonth:     quota.AtMost(1 << 52),
-			GPUMillisMonth:  quota.AtMost(1 << 50),
-			CostMicrosMonth: quota.AtMost(1 << 50),
-			Concurrency:     quota.AtMost(1 << 30),
-			Models:          []string{"gpt-4o-mini", "llama3"},
-			Caps:            quota.Caps{MemoryPerRun: 1 << 30, RunTimeout: time.Minute, MaxSteps: 100, MaxTokensPerCall: 8192},
-		}
-	}
-	global, tenant, dept, project, user := lim(1000), lim(100), lim(10), lim(5), lim(1)
-	shanghai, _ := time.LoadLocation("Asia/Shanghai")
-	chains := make([][]quota.Scope, users)
-	for u := range chains {
-		p := u % 2000
-		d := p % 200
-		t := d % 20
-		loc := time.UTC
-		if t%2 == 1 {
-			loc = shanghai
-		}
-		chains[u] = []quota.Scope{
-			{Key: "global", Limits: global},
-			{Key: fmt.Sprintf("t/ten_%d", t), Limits: tenant, Loc: loc},
-			{Key: fmt.Sprintf("d/dep_%d", d), Limits: dept, Loc: loc},
-			{Key: fmt.Sprintf("p/prj_%d", p), Limits: project, Loc: loc},
-			{Key: fmt.Sprintf("u/usr_%d", u), Limits: user, Loc: loc},
-			{Key: fmt.Sprintf("m/usr_%d@prj_%d", u, p), Limits: user, Loc: loc},
-		}
-	}
-	return chains
-}
 
 // countHook counts the commands a client sends: each is one round trip.
 type countHook struct{ n atomic.Int64 }
@@ -112,7 +72,7 @@ func benchBackend(b *testing.B) ([][]quota.Scope, *redisquota.Backend, *countHoo
 		if e.err != nil {
 			return
 		}
-		e.chains = benchChains(benchUsers)
+		e.chains = quotatest.BenchChains(benchUsers)
 		ctx := context.Background()
 		var wg sync.WaitGroup
 		var next atomic.Int64
