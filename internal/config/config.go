@@ -348,17 +348,17 @@ func validDatabaseURL(s string) error {
 	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"):
 		// The parse error would quote the URL, password and all.
 		if _, err := url.Parse(s); err != nil {
-			return errs.Field(errs.Invalid, "database_url", "database_url %s is not a valid URL", redactURL(s))
+			return errs.Field(errs.Invalid, "database_url", "database_url %s is not a valid URL", RedactURL(s))
 		}
 		return nil
 	}
-	return errs.Field(errs.Invalid, "database_url", "database_url %s is not sqlite:PATH, postgres://… or postgresql://…", redactURL(s))
+	return errs.Field(errs.Invalid, "database_url", "database_url %s is not sqlite:PATH, postgres://… or postgresql://…", RedactURL(s))
 }
 
-// redactURL replaces the password of a database URL, and any password
+// RedactURL replaces the password of a database URL, and any password
 // parameter, with "xxxxx". (sqlstore.Redact does the same for the store's
 // errors; config does not import the store.)
-func redactURL(s string) string {
+func RedactURL(s string) string {
 	const mask = "xxxxx"
 	u, err := url.Parse(s)
 	if err != nil {
@@ -395,8 +395,8 @@ func redactURL(s string) string {
 // String prints the config as YAML, secrets redacted: the admin key, and
 // the password in database_url.
 func (c Config) String() string {
-	c.DatabaseURL = redactURL(c.DatabaseURL)
-	c.RedisURL = redactURL(c.RedisURL)
+	c.DatabaseURL = RedactURL(c.DatabaseURL)
+	c.RedisURL = RedactURL(c.RedisURL)
 	b, err := yaml.Marshal(c)
 	if err != nil {
 		return fmt.Sprintf("config: %v", err)

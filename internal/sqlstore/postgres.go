@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/sluicehq/sluice/internal/config"
 )
 
 var postgres = dialect{
@@ -105,36 +107,4 @@ func (s *Store) migrateExclusive(ctx context.Context) error {
 // password, and any password parameter, replaced by "xxxxx". A URL that
 // holds no password comes back unchanged; one that does not parse but might
 // hold a password comes back as a placeholder.
-func Redact(databaseURL string) string {
-	const mask = "xxxxx"
-	u, err := url.Parse(databaseURL)
-	if err != nil {
-		if strings.Contains(databaseURL, "@") || strings.Contains(strings.ToLower(databaseURL), "password") {
-			return "<unparseable database URL>"
-		}
-		return databaseURL
-	}
-	changed := false
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), mask)
-		changed = true
-	}
-	if strings.Contains(strings.ToLower(u.RawQuery), "password") {
-		q, err := url.ParseQuery(u.RawQuery)
-		if err != nil {
-			u.RawQuery = mask // cannot tell where the password ends
-		} else {
-			for k := range q {
-				if strings.Contains(strings.ToLower(k), "password") { // password, sslpassword
-					q.Set(k, mask)
-				}
-			}
-			u.RawQuery = q.Encode()
-		}
-		changed = true
-	}
-	if !changed {
-		return databaseURL
-	}
-	return u.String()
-}
+func Redact(databaseURL string) string { return config.RedactURL(databaseURL) }
