@@ -22,7 +22,7 @@ import (
 type engine struct {
 	quota.Backend
 	shared    bool          // counters live in Redis (not rebuilt from the store)
-	degraded  *atomic.Bool  // set while the shared backend is unreachable
+	degraded  atomic.Bool   // set while the shared backend is unreachable
 	redis     *redis.Client // nil in process
 	instances *redisquota.Instances
 	stop      context.CancelFunc
@@ -33,7 +33,7 @@ type engine struct {
 // backend behind a failover to local shares.
 func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, error) {
 	if a.cfg.RedisURL == "" {
-		return &engine{Backend: quota.NewMemory(quota.Options{}), degraded: new(atomic.Bool)}, nil
+		return &engine{Backend: quota.NewMemory(quota.Options{})}, nil
 	}
 	opts, err := redis.ParseURL(a.cfg.RedisURL)
 	if err != nil {
@@ -57,7 +57,7 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 	host, _ := os.Hostname()
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	e := &engine{shared: true, degraded: new(atomic.Bool), redis: client,
+	e := &engine{shared: true, redis: client,
 		instances: redisquota.NewInstances(client, prefix, host+"-"+hex.EncodeToString(b[:]), redisquota.DefaultInstanceTTL)}
 	count := func() int {
 		// A configured count wins; the registry's count (kept while Redis is

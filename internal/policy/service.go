@@ -55,8 +55,8 @@ func (s *Service) update(ctx context.Context, fn func(Tx) error) error {
 	return nil
 }
 
-func audit(tx Tx, p tenancy.Principal, tenantID, action, kind, objID string, before, after any) error {
-	now := time.Now().UTC()
+func (s *Service) audit(tx Tx, p tenancy.Principal, tenantID, action, kind, objID string, before, after any) error {
+	now := s.now().UTC()
 	e := &tenancy.AuditEntry{ID: id.NewAt("aud", now), At: now, ActorUser: p.UserID, ActorKey: p.KeyID,
 		TenantID: tenantID, Action: action, ObjectKind: kind, ObjectID: objID}
 	if before != nil {
@@ -81,7 +81,7 @@ func (s *Service) EnsureDefaultPlans(ctx context.Context) error {
 			if err := tx.PutPlan(p); err != nil {
 				return err
 			}
-			if err := audit(tx, tenancy.SystemPrincipal, "", "plan.create", "plan", p.Name, nil, p); err != nil {
+			if err := s.audit(tx, tenancy.SystemPrincipal, "", "plan.create", "plan", p.Name, nil, p); err != nil {
 				return err
 			}
 		}
@@ -161,9 +161,9 @@ func (s *Service) PutPlan(ctx context.Context, name string, in PlanInput) (*Plan
 			return err
 		}
 		if before == nil {
-			return audit(tx, p, "", action, "plan", name, nil, out)
+			return s.audit(tx, p, "", action, "plan", name, nil, out)
 		}
-		return audit(tx, p, "", action, "plan", name, before, out)
+		return s.audit(tx, p, "", action, "plan", name, before, out)
 	})
 	return out, err
 }
@@ -190,7 +190,7 @@ func (s *Service) DeletePlan(ctx context.Context, name string) error {
 		if err := tx.DeletePlan(name); err != nil {
 			return err
 		}
-		return audit(tx, p, "", "plan.delete", "plan", name, before, nil)
+		return s.audit(tx, p, "", "plan.delete", "plan", name, before, nil)
 	})
 }
 
@@ -467,9 +467,9 @@ func (s *Service) SetLimits(ctx context.Context, scope string, in LimitsInput) (
 			return err
 		}
 		if before == nil {
-			return audit(tx, p, tenantID, "limits.set", "scope", scope, nil, after)
+			return s.audit(tx, p, tenantID, "limits.set", "scope", scope, nil, after)
 		}
-		return audit(tx, p, tenantID, "limits.set", "scope", scope, before, after)
+		return s.audit(tx, p, tenantID, "limits.set", "scope", scope, before, after)
 	})
 	if err != nil {
 		return nil, err
@@ -503,7 +503,7 @@ func (s *Service) ClearLimits(ctx context.Context, scope string) error {
 		if err := tx.DeleteScopeLimits(scope); err != nil {
 			return err
 		}
-		return audit(tx, p, tenantID, "limits.clear", "scope", scope, before, nil)
+		return s.audit(tx, p, tenantID, "limits.clear", "scope", scope, before, nil)
 	})
 }
 
@@ -562,7 +562,7 @@ func (s *Service) CreateGrant(ctx context.Context, in GrantInput) (*Grant, error
 		if err := tx.InsertGrant(g); err != nil {
 			return err
 		}
-		return audit(tx, p, tenantID, "grant.create", "grant", g.ID, nil, g)
+		return s.audit(tx, p, tenantID, "grant.create", "grant", g.ID, nil, g)
 	})
 	return g, err
 }
@@ -622,7 +622,7 @@ func (s *Service) RevokeGrant(ctx context.Context, grantID string) (*Grant, erro
 			return err
 		}
 		g = &after
-		return audit(tx, p, after.TenantID, "grant.revoke", "grant", g.ID, before, g)
+		return s.audit(tx, p, after.TenantID, "grant.revoke", "grant", g.ID, before, g)
 	})
 	return g, err
 }
@@ -662,7 +662,7 @@ func (s *Service) SetPlatform(ctx context.Context, in Platform) (Platform, error
 		if err := tx.PutSetting(platformSetting, string(b)); err != nil {
 			return err
 		}
-		return audit(tx, p, "", "platform.update", "platform", "platform", before, in)
+		return s.audit(tx, p, "", "platform.update", "platform", "platform", before, in)
 	})
 	return in, err
 }
