@@ -7,6 +7,7 @@ package errs
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code classifies an error for callers and for the HTTP mapping.
@@ -35,6 +36,9 @@ type Error struct {
 	Message string
 	Field   string
 	Err     error // underlying cause, for logs only
+	// RetryAfter, when positive, tells the caller when trying again may
+	// succeed (HTTP Retry-After), e.g. for a store that is behind.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 
 	"github.com/sluicehq/sluice/internal/errs"
 )
@@ -78,6 +80,13 @@ func writeErrorExtra(w http.ResponseWriter, r *http.Request, log *slog.Logger, e
 			detail.Message = "internal error"
 			detail.Field = ""
 		}
+	}
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(e.RetryAfter.Seconds())), 10))
+		if detail.Extra == nil {
+			detail.Extra = map[string]any{}
+		}
+		detail.Extra["retry_after_seconds"] = int64(math.Ceil(e.RetryAfter.Seconds()))
 	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="sluice"`)
