@@ -63,7 +63,7 @@ func TestGuard(t *testing.T) {
 			t.Errorf("CheckURL(%q): %v", u, err)
 		}
 	}
-	allowed := &Guard{AllowHosts: []string{"127.0.0.1"}}
+	allowed := &Guard{AllowHosts: []string{"127.0.0.1:9"}}
 	if _, err := allowed.CheckURL("http://127.0.0.1:9/"); err != nil {
 		t.Errorf("allowed host refused: %v", err)
 	}

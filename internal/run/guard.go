@@ -2,11 +2,14 @@ package run
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -14,11 +17,40 @@ import (
 
 // Guard keeps the URL and API tools away from the platform's own network:
 // loopback, link-local (cloud metadata lives there), private and other
-// non-public ranges are refused unless an admin allowed the host. The check
-// runs on the address actually dialled, so DNS rebinding cannot slip past.
+// non-public ranges are refused unless an admin allowed the host asked for.
+//
+// An allowance is for a name, never for an address: a URL passes because
+// the host it names (and its port) matches an AllowHosts entry, not because
+// it resolves to the same address as an allowed name (another name for the
+// same machine may be another service on it, Sluice's own port included).
+// The guard resolves the name itself, checks every address, and dials the
+// address it checked, so DNS rebinding cannot slip past. Its refusals name
+// the host and port asked for, never an address the resolver gave.
 type Guard struct {
-	// AllowHosts are host names or IPs an admin allowed despite the rules.
+	// AllowHosts are host[:port] entries an admin allowed despite the rules:
+	// "vm" (ports 80 and 443), "vm:8080" (that port), "vm:*" (any port),
+	// "10.0.0.7:9000", "[fd00::7]:9000". Names match case-insensitively and
+	// exactly; an IP entry matches a URL that names that IP.
 	AllowHosts []string
+	// MaxResponseBytes bounds what one tool call reads (a URL tool's
+	// responses together): max_tool_response_bytes, 0 for
+	// DefaultMaxToolResponse. A response over it fails the node; no more
+	// than the cap is ever held in memory.
+	MaxResponseBytes int64
+
+	// resolve looks names up; nil for the default resolver (tests swap it).
+	resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+}
+
+// DefaultMaxToolResponse is the tool response cap when none is configured.
+const DefaultMaxToolResponse = 10 << 20
+
+// maxResponse is the tool response cap in force.
+func (g *Guard) maxResponse() int64 {
+	if g == nil || g.MaxResponseBytes <= 0 {
+		return DefaultMaxToolResponse
+	}
+	return g.MaxResponseBytes
 }
 
 var blockedPrefixes = func() []netip.Prefix {
@@ -45,18 +77,113 @@ func Blocked(ip netip.Addr) bool {
 	return false
 }
 
-func (g *Guard) allowed(host string) bool {
+// allowEntry is one parsed AllowHosts entry.
+type allowEntry struct {
+	host string     // lower case, no trailing dot; "" for an IP entry
+	ip   netip.Addr // valid for an IP entry
+	port int        // 0: 80 and 443; -1: any
+}
+
+// parseAllowHost reads "host", "host:port", "host:*", "[v6]:port" or a
+// bare IPv6 address.
+func parseAllowHost(s string) (allowEntry, error) {
+	s = strings.TrimSpace(s)
+	host, port := s, ""
+	if h, p, err := net.SplitHostPort(s); err == nil {
+		host, port = h, p
+	} else if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+		host = s[1 : len(s)-1]
+	}
+	var e allowEntry
+	switch port {
+	case "":
+	case "*":
+		e.port = -1
+	default:
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 1 || n > 65535 {
+			return e, fmt.Errorf("allow_hosts entry %q: port %q is not 1..65535 or *", s, port)
+		}
+		e.port = n
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		e.ip = ip.Unmap()
+		return e, nil
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	if host == "" || strings.ContainsAny(host, "/@?#[]*: \t") {
+		return e, fmt.Errorf("allow_hosts entry %q is not host, host:port or host:*", s)
+	}
+	e.host = host
+	return e, nil
+}
+
+// Validate reports the first AllowHosts entry that is not host[:port].
+func (g *Guard) Validate() error {
+	for _, h := range g.AllowHosts {
+		if _, err := parseAllowHost(h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// allowed reports whether an entry names host (as asked for: a name or an
+// IP literal) and port.
+func (g *Guard) allowed(host string, port int) bool {
+	ip, ipErr := netip.ParseAddr(host)
 	host = strings.ToLower(strings.TrimSuffix(host, "."))
 	for _, h := range g.AllowHosts {
-		if strings.EqualFold(strings.TrimSuffix(h, "."), host) {
+		e, err := parseAllowHost(h)
+		if err != nil {
+			continue // Validate reported it at start
+		}
+		if ipErr == nil {
+			if !e.ip.IsValid() || e.ip != ip.Unmap() {
+				continue
+			}
+		} else if e.host != host {
+			continue
+		}
+		switch e.port {
+		case -1:
 			return true
+		case 0:
+			if port == 80 || port == 443 {
+				return true
+			}
+		default:
+			if port == e.port {
+				return true
+			}
 		}
 	}
 	return false
 }
 
+// urlPort is the URL's port, or its scheme's default.
+func urlPort(u *url.URL) (int, error) {
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return 0, fmt.Errorf("port %q is not 1..65535", p)
+		}
+		return n, nil
+	}
+	if u.Scheme == "https" {
+		return 443, nil
+	}
+	return 80, nil
+}
+
+// hostPort names a destination as asked for, for messages.
+func hostPort(host string, port int) string {
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
 // CheckURL validates a URL before any request: scheme and, for literal IPs
-// and well-known metadata names, the destination.
+// and well-known internal names, the destination. Names are checked again,
+// on every address they resolve to, when the request dials.
 func (g *Guard) CheckURL(raw string) (*url.URL, error) {
 	u, err := url.Parse(strings.TrimSpace(raw))
 	if err != nil || u.Host == "" {
@@ -69,39 +196,108 @@ func (g *Guard) CheckURL(raw string) (*url.URL, error) {
 		return nil, fmt.Errorf("URLs with credentials are not allowed")
 	}
 	host := u.Hostname()
-	if g.allowed(host) {
+	port, err := urlPort(u)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", u.Redacted(), err)
+	}
+	if g.allowed(host, port) {
 		return u, nil
 	}
-	lower := strings.ToLower(host)
+	lower := strings.ToLower(strings.TrimSuffix(host, "."))
 	if lower == "localhost" || strings.HasSuffix(lower, ".localhost") || lower == "metadata.google.internal" || strings.HasSuffix(lower, ".internal") {
-		return nil, fmt.Errorf("host %s is not allowed: internal address", host)
+		return nil, fmt.Errorf("host %s is not allowed: internal address (allow_hosts does not list it)", hostPort(host, port))
 	}
 	if ip, err := netip.ParseAddr(host); err == nil && Blocked(ip) {
-		return nil, fmt.Errorf("address %s is not allowed: not a public address", host)
+		return nil, fmt.Errorf("host %s is not allowed: not a public address (allow_hosts does not list it)", hostPort(host, port))
 	}
 	return u, nil
 }
 
+// dialTimeout bounds one connection attempt.
+const dialTimeout = 10 * time.Second
+
+// dialContext resolves the host asked for, checks every address it gives,
+// and dials one it checked. Errors name addr as asked for, never an address.
+func (g *Guard) dialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %v", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: bad port", addr)
+	}
+	asked := hostPort(host, port)
+	allowed := g.allowed(host, port)
+	var addrs []netip.Addr
+	if ip, err := netip.ParseAddr(host); err == nil {
+		addrs = []netip.Addr{ip}
+	} else {
+		resolve := g.resolve
+		if resolve == nil {
+			resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+				return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+			}
+		}
+		addrs, err = resolve(ctx, host)
+		if err != nil || len(addrs) == 0 {
+			// The resolver's own error names the resolver's address.
+			var de *net.DNSError
+			if errors.As(err, &de) && de.IsNotFound {
+				return nil, fmt.Errorf("host %s not found", asked)
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("cannot resolve host %s", asked)
+		}
+	}
+	if !allowed {
+		for _, ip := range addrs {
+			if Blocked(ip) {
+				// One address of the name is internal: refuse the name
+				// outright rather than reach its public ones by luck.
+				return nil, fmt.Errorf("host %s is not allowed: it resolves to a non-public address (allow_hosts does not list it)", asked)
+			}
+		}
+	}
+	d := &net.Dialer{Timeout: dialTimeout}
+	var lastErr error
+	for _, ip := range addrs {
+		c, err := d.DialContext(ctx, network, netip.AddrPortFrom(ip.Unmap(), uint16(port)).String())
+		if err == nil {
+			return c, nil
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
+	return nil, fmt.Errorf("connect to %s: %s", asked, dialReason(lastErr))
+}
+
+// dialReason says why a connection failed without the address dialled.
+func dialReason(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "host unreachable"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timed out"
+	}
+	return "connection failed"
+}
+
 // Client returns an HTTP client whose every connection (redirects
-// included) is checked against the rules at dial time.
+// included) goes through the guard's resolve-check-dial.
 func (g *Guard) Client(timeout time.Duration) *http.Client {
-	d := &net.Dialer{Timeout: 10 * time.Second, Control: func(network, address string, _ syscall.RawConn) error {
-		host, _, err := net.SplitHostPort(address)
-		if err != nil {
-			return err
-		}
-		ip, err := netip.ParseAddr(host)
-		if err != nil {
-			return fmt.Errorf("dial %s: not an IP", address)
-		}
-		if Blocked(ip) && !g.allowedIP(ip) {
-			return fmt.Errorf("address %s is not allowed: not a public address", ip)
-		}
-		return nil
-	}}
 	tr := &http.Transport{
 		Proxy:                 nil, // a proxy would hide the real destination from the guard
-		DialContext:           d.DialContext,
+		DialContext:           g.dialContext,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: timeout,
 		MaxIdleConns:          16,
@@ -114,34 +310,4 @@ func (g *Guard) Client(timeout time.Duration) *http.Client {
 		_, err := g.CheckURL(req.URL.String())
 		return err
 	}}
-}
-
-// allowedIP lets an allowed host that is a literal IP through at dial time.
-func (g *Guard) allowedIP(ip netip.Addr) bool {
-	for _, h := range g.AllowHosts {
-		if a, err := netip.ParseAddr(h); err == nil && a.Unmap() == ip.Unmap() {
-			return true
-		}
-	}
-	return g.allowedResolved(ip)
-}
-
-// allowedResolved lets through addresses of allowed host names, resolved
-// when the guard is used (tests allow "127.0.0.1" directly instead).
-func (g *Guard) allowedResolved(ip netip.Addr) bool {
-	for _, h := range g.AllowHosts {
-		if _, err := netip.ParseAddr(h); err == nil {
-			continue
-		}
-		addrs, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip", h)
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if a.Unmap() == ip.Unmap() {
-				return true
-			}
-		}
-	}
-	return false
 }

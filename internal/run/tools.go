@@ -3,9 +3,11 @@ package run
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -19,9 +21,6 @@ type tool struct {
 	def llm.Tool
 	run func(ctx context.Context, args map[string]any) (string, error)
 }
-
-// maxFetch bounds what a URL or API tool reads.
-const maxFetch = 1 << 20
 
 // toolFor builds the tool a node offers: its name and parameters from the
 // export's tools_metadata when present, else the component's defaults.
@@ -58,12 +57,15 @@ func (s *state) toolFor(n *flow.Node) *tool {
 			if len(urls) == 0 {
 				return "", errs.E(errs.Invalid, "no URL given")
 			}
+			// The URLs share one cap: a tool call never holds more.
 			var out []string
+			left := s.guard().maxResponse()
 			for _, u := range urls[:min(len(urls), 5)] {
-				body, err := s.fetch(ctx, http.MethodGet, u, nil)
+				body, err := s.fetch(ctx, http.MethodGet, u, nil, left)
 				if err != nil {
 					return "", err
 				}
+				left -= int64(len(body))
 				out = append(out, body)
 			}
 			return strings.Join(out, "\n\n"), nil
@@ -77,7 +79,7 @@ func (s *state) toolFor(n *flow.Node) *tool {
 			if method == "" {
 				method = http.MethodGet
 			}
-			return s.fetch(ctx, strings.ToUpper(method), u, nil)
+			return s.fetch(ctx, strings.ToUpper(method), u, nil, s.guard().maxResponse())
 		}
 	default:
 		t.def = llm.Tool{Name: n.ID, Description: n.DisplayName}
@@ -137,29 +139,103 @@ func (s *state) toolArgs(n *flow.Node) map[string]any {
 	return nil
 }
 
-// fetch makes a guarded HTTP request and returns its body as text.
-func (s *state) fetch(ctx context.Context, method, raw string, body io.Reader) (string, error) {
-	g := s.e.Guard
-	if g == nil {
-		g = &Guard{}
+// guard is the executor's guard, or one with the default rules.
+func (s *state) guard() *Guard {
+	if s.e.Guard == nil {
+		return &Guard{}
 	}
+	return s.e.Guard
+}
+
+// fetch makes a guarded HTTP request and returns its body as text, failing
+// when the body is longer than limit (what is left of the tool call's
+// cap). It never holds more than limit bytes of the body.
+func (s *state) fetch(ctx context.Context, method, raw string, body io.Reader, limit int64) (string, error) {
+	g := s.guard()
 	u, err := g.CheckURL(raw)
 	if err != nil {
 		return "", errs.E(errs.Forbidden, "%v", err)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
-		return "", errs.E(errs.Invalid, "request %s: %v", raw, err)
+		return "", errs.E(errs.Invalid, "request %s: %v", u.Redacted(), err)
 	}
 	req.Header.Set("User-Agent", "Sluice/1 (+flow tool)")
-	resp, err := g.Client(30 * time.Second).Do(req)
+	client := g.Client(30 * time.Second)
+	defer client.CloseIdleConnections()
+	resp, err := client.Do(req)
 	if err != nil {
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			err = ue.Err // it repeats the URL
+		}
 		return "", errs.E(errs.Unavailable, "request %s failed: %v", u.Redacted(), err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxFetch))
+	tooLarge := errs.E(errs.TooLarge, "response of %s exceeds the %s cap (max_tool_response_bytes)", u.Redacted(), sizeText(g.maxResponse()))
+	if resp.ContentLength > limit {
+		return "", tooLarge
+	}
+	chunks, n, over, err := readCapped(resp.Body, limit)
 	if err != nil {
 		return "", errs.E(errs.Unavailable, "reading %s: %v", u.Redacted(), err)
 	}
-	return fmt.Sprintf("%s %d\n%s", u.Redacted(), resp.StatusCode, data), nil
+	if over {
+		return "", tooLarge
+	}
+	head := fmt.Sprintf("%s %d\n", u.Redacted(), resp.StatusCode)
+	var b strings.Builder
+	b.Grow(len(head) + int(n))
+	b.WriteString(head)
+	for _, c := range chunks {
+		b.Write(c)
+	}
+	return b.String(), nil
+}
+
+// readCapped reads r to its end through io.LimitReader(limit+1) and
+// reports over when r holds more than limit bytes. It reads into chunks of
+// growing size (32 KiB, doubling) that together never pass limit, and never
+// copies them: however long r is, it holds at most limit bytes, and the
+// caller's one copy makes 2×limit in all.
+func readCapped(r io.Reader, limit int64) (chunks [][]byte, n int64, over bool, err error) {
+	lr := io.LimitReader(r, max(limit, 0)+1)
+	size := int64(32 << 10)
+	for n < limit {
+		c := make([]byte, min(size, limit-n))
+		m, err := io.ReadFull(lr, c)
+		n += int64(m)
+		if m > 0 {
+			chunks = append(chunks, c[:m])
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return chunks, n, false, nil
+		}
+		if err != nil {
+			return nil, 0, false, err
+		}
+		size *= 2
+	}
+	// limit bytes read: one more means the body is longer than the cap.
+	var one [1]byte
+	m, err := io.ReadFull(lr, one[:])
+	if m > 0 {
+		return nil, 0, true, nil
+	}
+	if err != nil && err != io.EOF {
+		return nil, 0, false, err
+	}
+	return chunks, n, false, nil
+}
+
+// sizeText writes a byte count as people read caps: "10 MiB".
+func sizeText(n int64) string {
+	for _, u := range []struct {
+		s string
+		m int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.m && n%u.m == 0 {
+			return fmt.Sprintf("%d %s", n/u.m, u.s)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
