@@ -1,9 +1,12 @@
 package llm
 
 import (
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -68,13 +71,75 @@ func (s *Secret) UnmarshalText(b []byte) error {
 func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // redact removes key from text an upstream sent back (some proxies echo the
-// key they were given in error messages), as well as OpenAI's masked form
-// ("sk-abc1****wxyz"), which still gives away part of the key.
+// key they were given in error messages), in the forms an echo takes: the
+// key in any letter case, URL-encoded (query or path escaping, hex digits in
+// either case), and base64 in the standard and URL alphabets with or
+// without padding; as well as OpenAI's masked form ("sk-abc1****wxyz"),
+// which still gives away part of the key.
 func redact(text string, key Secret) string {
-	if k := key.Reveal(); len(k) >= 4 && strings.Contains(text, k) {
-		text = strings.ReplaceAll(text, k, "<redacted>")
+	if k := key.Reveal(); len(k) >= 4 {
+		for _, f := range keyForms(k) {
+			text = f.replace(text)
+		}
 	}
 	return maskedKey(text)
+}
+
+// keyForm is one way a key may be written.
+type keyForm struct {
+	s    string
+	fold bool // match in any ASCII letter case
+}
+
+func (f keyForm) replace(text string) string {
+	if !f.fold {
+		return strings.ReplaceAll(text, f.s, "<redacted>")
+	}
+	return replaceFold(text, f.s, "<redacted>")
+}
+
+// keyForms lists the forms of k, longest first so that a padded base64 form
+// goes whole before its unpadded prefix is looked for.
+func keyForms(k string) []keyForm {
+	forms := []keyForm{{k, true}, {url.QueryEscape(k), true}, {url.PathEscape(k), true}}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		forms = append(forms, keyForm{enc.EncodeToString([]byte(k)), false}) // base64 is case-sensitive
+	}
+	slices.SortStableFunc(forms, func(a, b keyForm) int { return len(b.s) - len(a.s) })
+	return slices.CompactFunc(forms, func(a, b keyForm) bool { return a == b })
+}
+
+// replaceFold replaces every match of old in s, ignoring ASCII letter case.
+// Only ASCII letters are folded, so byte offsets in the folded copy are
+// offsets in s.
+func replaceFold(s, old, repl string) string {
+	ls, lo := asciiLower(s), asciiLower(old)
+	if !strings.Contains(ls, lo) {
+		return s
+	}
+	var b strings.Builder
+	for {
+		i := strings.Index(ls, lo)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i])
+		b.WriteString(repl)
+		s, ls = s[i+len(old):], ls[i+len(old):]
+	}
+}
+
+// asciiLower lowers ASCII letters byte by byte (strings.ToLower and
+// strings.Map would change the length of non-ASCII or invalid text).
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // maskedKey replaces words such as "sk-proj-ab12************wxyz".
