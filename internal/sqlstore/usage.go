@@ -3,63 +3,400 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/usage"
 )
 
-var _ usage.Store = (*Store)(nil)
+var (
+	_ usage.Store           = (*Store)(nil)
+	_ usage.QuarantineStore = (*Store)(nil)
+)
 
-// RecordUsage inserts new events and adds them to their scopes' roll-ups in
-// one transaction. An event whose id is already stored is skipped, so a
-// replayed batch changes nothing.
+// The longest texts an event may carry. Ids, tenants and users are indexed,
+// and PostgreSQL refuses an index entry over about 2.7 KB with an error no
+// retry mends: the store refuses longer values itself, as malformed, on
+// both engines alike.
+const (
+	maxEventText   = 1024 // id, tenant, user, project, kind, model
+	maxEventScopes = 8192 // the scopes, joined
+)
+
+// RecordUsage inserts the events whose ids are new and adds those to their
+// scopes' roll-ups, in one transaction, and returns how many were new. An
+// id already stored (or repeated in events) is skipped, so a replayed batch
+// changes nothing.
+//
+// The work per transaction is one multi-row insert of the events, which
+// reports the ids that were new, and one multi-row upsert of the roll-ups:
+// the new events' use is summed in memory per scope and period first. On
+// PostgreSQL both are single statements over arrays (unnest), so their text
+// is fixed and prepared once.
+//
+// An error the data causes (a value the store cannot hold) is errs.Invalid,
+// an outage anything else: the recorder isolates and quarantines the
+// events of the first and retries the second.
 func (s *Store) RecordUsage(ctx context.Context, events []usage.Event) (int, error) {
+	for i := range events {
+		if err := checkEvent(&events[i]); err != nil {
+			return 0, err
+		}
+	}
+	events = firstOfEachID(events)
+	if len(events) == 0 {
+		return 0, nil
+	}
 	inserted := 0
 	err := s.tx(ctx, s.w, func(tx *sql.Tx) error {
-		c := &conn{ctx: ctx, tx: tx, d: s.d}
-		for i := range events {
-			e := &events[i]
-			res, err := c.exec(`INSERT INTO usage_events (id, at, tenant_id, user_id, project_id, kind, model,
-				requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes, peak_memory, cpu_ms)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-				e.ID, micros(e.At), e.TenantID, e.UserID, e.ProjectID, e.Kind, e.Model,
-				e.Requests, e.InputTokens, e.OutputTokens, e.GPUMillis, e.CostMicros, strings.Join(e.Scopes, " "), e.PeakMemory, e.CPUMillis)
-			if err != nil {
-				return err
-			}
-			if n, _ := res.RowsAffected(); n == 0 {
-				continue // already recorded
-			}
-			inserted++
-			loc := e.Loc
-			if loc == nil {
-				loc = time.UTC
-			}
-			for _, scope := range e.Scopes {
-				l := loc
-				if scope == "global" {
-					l = time.UTC
-				}
-				for _, period := range []string{usage.DayPeriod(e.At, l), usage.MonthPeriod(e.At, l)} {
-					if _, err := c.exec(`INSERT INTO usage_rollups (scope, period, tenant_id, requests, tokens, gpu_ms, cost_micros)
-						VALUES (?, ?, ?, ?, ?, ?, ?)
-						ON CONFLICT (scope, period) DO UPDATE SET requests = usage_rollups.requests + excluded.requests,
-						tokens = usage_rollups.tokens + excluded.tokens, gpu_ms = usage_rollups.gpu_ms + excluded.gpu_ms,
-						cost_micros = usage_rollups.cost_micros + excluded.cost_micros`,
-						scope, period, e.TenantID, e.Requests, e.Tokens(), e.GPUMillis, e.CostMicros); err != nil {
-						return err
-					}
-				}
-			}
+		var fresh map[string]bool
+		var err error
+		if s.d.dollar {
+			fresh, err = pgInsertEvents(ctx, tx, events)
+		} else {
+			fresh, err = sqliteInsertEvents(ctx, tx, events)
 		}
-		return nil
+		if err != nil {
+			return err
+		}
+		inserted = len(fresh)
+		if inserted == 0 {
+			return nil
+		}
+		keys, deltas, err := rollupDeltas(events, fresh)
+		if err != nil {
+			return err
+		}
+		if s.d.dollar {
+			return pgUpsertRollups(ctx, tx, keys, deltas)
+		}
+		return sqliteUpsertRollups(ctx, tx, keys, deltas)
 	})
 	if err != nil {
 		return 0, err
 	}
 	return inserted, nil
+}
+
+// checkEvent refuses, as malformed, an event with a text longer than the
+// store holds.
+func checkEvent(e *usage.Event) error {
+	for _, f := range [...]struct{ name, v string }{{"id", e.ID}, {"tenant_id", e.TenantID}, {"user_id", e.UserID},
+		{"project_id", e.ProjectID}, {"kind", e.Kind}, {"model", e.Model}} {
+		if len(f.v) > maxEventText {
+			return errs.Field(errs.Invalid, f.name, "usage event %.64q: %s is %d bytes long; the store holds at most %d",
+				e.ID, f.name, len(f.v), maxEventText)
+		}
+	}
+	n := 0
+	for _, sc := range e.Scopes {
+		n += len(sc) + 1
+	}
+	if n > maxEventScopes {
+		return errs.Field(errs.Invalid, "scopes", "usage event %.64q: its scopes are %d bytes long; the store holds at most %d",
+			e.ID, n, maxEventScopes)
+	}
+	return nil
+}
+
+// firstOfEachID returns events without the later events of a repeated id
+// (usually events itself): one statement must not insert an id twice.
+func firstOfEachID(events []usage.Event) []usage.Event {
+	seen := make(map[string]struct{}, len(events))
+	for i := range events {
+		if _, dup := seen[events[i].ID]; dup {
+			out := slices.Clone(events[:i])
+			for j := i + 1; j < len(events); j++ {
+				if _, dup := seen[events[j].ID]; !dup {
+					seen[events[j].ID] = struct{}{}
+					out = append(out, events[j])
+				}
+			}
+			return out
+		}
+		seen[events[i].ID] = struct{}{}
+	}
+	return events
+}
+
+// usageError classifies an error writing usage. PostgreSQL SQLSTATE
+// classes 22 (data exception: a NUL byte, invalid UTF-8, a number out of
+// range) and 23 (integrity constraint), and SQLite's constraint, too-big
+// and type-mismatch errors, are caused by the values written: errs.Invalid.
+// Anything else is the store's trouble (dbError: unavailable or internal).
+func usageError(err error, what string) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23")) {
+		return &errs.Error{Code: errs.Invalid, Message: fmt.Sprintf("%s: the store refused a value (SQLSTATE %s)", what, pe.Code), Err: err}
+	}
+	var se interface{ Code() int }
+	if errors.As(err, &se) {
+		switch se.Code() & 0xff {
+		case 18, 19, 20: // SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH
+			return &errs.Error{Code: errs.Invalid, Message: fmt.Sprintf("%s: the store refused a value (SQLite code %d)", what, se.Code()), Err: err}
+		}
+	}
+	return dbError(err, what)
+}
+
+const eventColumns = `id, at, tenant_id, user_id, project_id, kind, model,
+	requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes, peak_memory, cpu_ms`
+
+// sqliteRows is the most rows in one SQLite statement: 15 columns each stays
+// well under SQLite's 32,766 bound variables.
+const sqliteRows = 500
+
+func sqliteInsertEvents(ctx context.Context, tx *sql.Tx, events []usage.Event) (map[string]bool, error) {
+	fresh := make(map[string]bool, len(events))
+	args := make([]any, 0, 15*min(len(events), sqliteRows))
+	for part := range slices.Chunk(events, sqliteRows) {
+		args = args[:0]
+		for i := range part {
+			e := &part[i]
+			args = append(args, e.ID, micros(e.At), e.TenantID, e.UserID, e.ProjectID, e.Kind, e.Model,
+				e.Requests, e.InputTokens, e.OutputTokens, e.GPUMillis, e.CostMicros, strings.Join(e.Scopes, " "), e.PeakMemory, e.CPUMillis)
+		}
+		q := valuesSQL(`INSERT INTO usage_events (`+eventColumns+`) VALUES `, 15, len(part),
+			` ON CONFLICT (id) DO NOTHING RETURNING id`)
+		if err := collectIDs(ctx, tx, fresh, q, args...); err != nil {
+			return nil, err
+		}
+	}
+	return fresh, nil
+}
+
+const pgInsertEventsSQL = `INSERT INTO usage_events (` + eventColumns + `)
+	SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+		$8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::bigint[], $15::bigint[])
+	ON CONFLICT (id) DO NOTHING RETURNING id`
+
+// pgInsertEvents inserts events in one statement over arrays: one round
+// trip whatever their number.
+func pgInsertEvents(ctx context.Context, tx *sql.Tx, events []usage.Event) (map[string]bool, error) {
+	n := len(events)
+	ids, tenants, users, projects, kinds, models, scopes := make([]string, n), make([]string, n), make([]string, n),
+		make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	at, requests, in, out, gpu, cost, mem, cpu := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n),
+		make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	for i := range events {
+		e := &events[i]
+		ids[i], tenants[i], users[i], projects[i], kinds[i], models[i], scopes[i] = e.ID, e.TenantID, e.UserID, e.ProjectID,
+			e.Kind, e.Model, strings.Join(e.Scopes, " ")
+		at[i], requests[i], in[i], out[i], gpu[i], cost[i], mem[i], cpu[i] = micros(e.At), e.Requests, e.InputTokens,
+			e.OutputTokens, e.GPUMillis, e.CostMicros, e.PeakMemory, e.CPUMillis
+	}
+	fresh := make(map[string]bool, n)
+	err := collectIDs(ctx, tx, fresh, pgInsertEventsSQL, ids, at, tenants, users, projects, kinds, models,
+		requests, in, out, gpu, cost, scopes, mem, cpu)
+	return fresh, err
+}
+
+// collectIDs runs an insert that returns the ids it inserted and adds them
+// to fresh.
+func collectIDs(ctx context.Context, tx *sql.Tx, fresh map[string]bool, q string, args ...any) error {
+	rows, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return usageError(err, "insert usage events")
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return usageError(err, "insert usage events")
+		}
+		fresh[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return usageError(err, "insert usage events")
+	}
+	return nil
+}
+
+// rollupKey is a roll-up's primary key.
+type rollupKey struct{ scope, period string }
+
+// rollupDelta is what a transaction adds to one roll-up.
+type rollupDelta struct {
+	tenant                            string // of the first event: kept only by a new row
+	requests, tokens, gpuMS, costMicr int64
+}
+
+// rollupDeltas sums the use of the fresh events per scope and period, in
+// the scope's time zone (UTC for global), and returns the keys sorted, so
+// that concurrent writers on PostgreSQL lock rows in one order. A sum that
+// overflows is a data error.
+func rollupDeltas(events []usage.Event, fresh map[string]bool) ([]rollupKey, map[rollupKey]*rollupDelta, error) {
+	deltas := make(map[rollupKey]*rollupDelta, 4*len(fresh))
+	var keys []rollupKey
+	for i := range events {
+		e := &events[i]
+		if !fresh[e.ID] {
+			continue
+		}
+		loc := e.Loc
+		if loc == nil {
+			loc = time.UTC
+		}
+		tokens, ok := addInt64(e.InputTokens, e.OutputTokens)
+		if !ok {
+			return nil, nil, errs.E(errs.Invalid, "usage event %.64q: its tokens overflow", e.ID)
+		}
+		var local, utc [2]string // day and month, in loc and in UTC
+		for _, scope := range e.Scopes {
+			periods, l := &local, loc
+			if scope == "global" || loc == time.UTC {
+				periods, l = &utc, time.UTC
+			}
+			if periods[0] == "" {
+				periods[0], periods[1] = usage.DayPeriod(e.At, l), usage.MonthPeriod(e.At, l)
+			}
+			for _, period := range periods {
+				k := rollupKey{scope, period}
+				r := deltas[k]
+				if r == nil {
+					r = &rollupDelta{tenant: e.TenantID}
+					deltas[k] = r
+					keys = append(keys, k)
+				}
+				var ok [4]bool
+				r.requests, ok[0] = addInt64(r.requests, e.Requests)
+				r.tokens, ok[1] = addInt64(r.tokens, tokens)
+				r.gpuMS, ok[2] = addInt64(r.gpuMS, e.GPUMillis)
+				r.costMicr, ok[3] = addInt64(r.costMicr, e.CostMicros)
+				if ok != [4]bool{true, true, true, true} {
+					return nil, nil, errs.E(errs.Invalid, "usage event %.64q: its use overflows the roll-up of %s %s", e.ID, scope, period)
+				}
+			}
+		}
+	}
+	slices.SortFunc(keys, func(a, b rollupKey) int {
+		if c := strings.Compare(a.scope, b.scope); c != 0 {
+			return c
+		}
+		return strings.Compare(a.period, b.period)
+	})
+	return keys, deltas, nil
+}
+
+// addInt64 adds, reporting false on overflow.
+func addInt64(a, b int64) (int64, bool) {
+	c := a + b
+	return c, (b >= 0) == (c >= a)
+}
+
+const rollupUpdate = ` ON CONFLICT (scope, period) DO UPDATE SET requests = usage_rollups.requests + excluded.requests,
+	tokens = usage_rollups.tokens + excluded.tokens, gpu_ms = usage_rollups.gpu_ms + excluded.gpu_ms,
+	cost_micros = usage_rollups.cost_micros + excluded.cost_micros`
+
+func sqliteUpsertRollups(ctx context.Context, tx *sql.Tx, keys []rollupKey, deltas map[rollupKey]*rollupDelta) error {
+	args := make([]any, 0, 7*min(len(keys), sqliteRows))
+	for part := range slices.Chunk(keys, sqliteRows) {
+		args = args[:0]
+		for _, k := range part {
+			d := deltas[k]
+			args = append(args, k.scope, k.period, d.tenant, d.requests, d.tokens, d.gpuMS, d.costMicr)
+		}
+		q := valuesSQL(`INSERT INTO usage_rollups (scope, period, tenant_id, requests, tokens, gpu_ms, cost_micros) VALUES `,
+			7, len(part), rollupUpdate)
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return usageError(err, "add to usage roll-ups")
+		}
+	}
+	return nil
+}
+
+const pgUpsertRollupsSQL = `INSERT INTO usage_rollups (scope, period, tenant_id, requests, tokens, gpu_ms, cost_micros)
+	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])` + rollupUpdate
+
+func pgUpsertRollups(ctx context.Context, tx *sql.Tx, keys []rollupKey, deltas map[rollupKey]*rollupDelta) error {
+	n := len(keys)
+	scopes, periods, tenants := make([]string, n), make([]string, n), make([]string, n)
+	requests, tokens, gpu, cost := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	for i, k := range keys {
+		d := deltas[k]
+		scopes[i], periods[i], tenants[i] = k.scope, k.period, d.tenant
+		requests[i], tokens[i], gpu[i], cost[i] = d.requests, d.tokens, d.gpuMS, d.costMicr
+	}
+	if _, err := tx.ExecContext(ctx, pgUpsertRollupsSQL, scopes, periods, tenants, requests, tokens, gpu, cost); err != nil {
+		return usageError(err, "add to usage roll-ups")
+	}
+	return nil
+}
+
+// valuesSQL returns head, then rows tuples of cols placeholders, then tail.
+// The texts are kept: the recorder's chunks repeat a few sizes.
+func valuesSQL(head string, cols, rows int, tail string) string {
+	k := valuesKey{head, cols, rows}
+	if q, ok := valuesCache.Load(k); ok {
+		return q.(string)
+	}
+	var b strings.Builder
+	b.WriteString(head)
+	tuple := "(?" + strings.Repeat(", ?", cols-1) + ")"
+	for i := 0; i < rows; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(tuple)
+	}
+	b.WriteString(tail)
+	q := b.String()
+	valuesCache.Store(k, q)
+	return q
+}
+
+type valuesKey struct {
+	head       string
+	cols, rows int
+}
+
+var valuesCache sync.Map // valuesKey → string
+
+// QuarantineUsage stores events the store refused, once per event id.
+// Every text is made storable again here, so that this write cannot fail
+// on the bytes that made the event's own write fail.
+func (s *Store) QuarantineUsage(ctx context.Context, qs []usage.Quarantined) error {
+	return s.tx(ctx, s.w, func(tx *sql.Tx) error {
+		for _, q := range qs {
+			const big = 1 << 20
+			if _, err := tx.ExecContext(ctx, s.d.rebind(`INSERT INTO usage_quarantine (id, event_key, event_id, tenant_id, event, error, at)
+				VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_key) DO NOTHING`),
+				q.ID, q.EventKey, usage.Storable(q.EventID, big), usage.Storable(q.TenantID, big), usage.Storable(q.Event, big),
+				usage.Storable(q.Error, big), micros(q.At)); err != nil {
+				return dbError(err, "quarantine usage event")
+			}
+		}
+		return nil
+	})
+}
+
+// UsageQuarantine lists quarantined events, oldest first, after the id
+// after ("" from the start), at most limit.
+func (s *Store) UsageQuarantine(ctx context.Context, after string, limit int) ([]usage.Quarantined, error) {
+	rows, err := s.r.QueryContext(ctx, s.d.rebind(`SELECT id, event_key, event_id, tenant_id, event, error, at
+		FROM usage_quarantine WHERE id > ? ORDER BY id LIMIT ?`), after, limit)
+	if err != nil {
+		return nil, errs.Wrap(err, "read usage quarantine")
+	}
+	defer rows.Close()
+	out := []usage.Quarantined{}
+	for rows.Next() {
+		var q usage.Quarantined
+		var at int64
+		if err := rows.Scan(&q.ID, &q.EventKey, &q.EventID, &q.TenantID, &q.Event, &q.Error, &at); err != nil {
+			return nil, errs.Wrap(err, "scan quarantined usage event")
+		}
+		q.At = fromMicros(at)
+		out = append(out, q)
+	}
+	return out, rows.Err()
 }
 
 // Rollups returns the roll-ups of the given periods.

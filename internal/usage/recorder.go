@@ -6,65 +6,192 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/id"
 )
 
-// Recorder writes events to the store in batches, off the request path. A
-// crash loses at most the events of one flush interval; Close flushes what
-// is queued.
+// Recorder writes events to the store through one writer goroutine.
+//
+// Commit is group commit: the caller's event joins the queue and Commit
+// returns once the transaction holding it has committed, together with the
+// other events of that transaction, so an acknowledged event survives a
+// crash of the process. Record queues without waiting, for callers that
+// need no acknowledgement. The queue is bounded: when it is full, Commit
+// answers unavailable at once (with a Retry-After) rather than letting
+// memory grow while the store is behind.
+//
+// The writer takes at most a chunk of events per transaction. A store
+// outage (connection refused, timeout, …) leaves the events queued and is
+// retried with backoff. An event the store refuses as malformed (an
+// errs.Invalid error) is found by bisecting its chunk, set aside in the
+// store's quarantine, and its waiter told; the other events are written.
 type Recorder struct {
 	store    Store
 	log      *slog.Logger
 	interval time.Duration
+	max      int
+	chunk    int
+	obs      Observer
 
-	mu      sync.Mutex
-	queue   []Event
-	flushed *sync.Cond // broadcast after each flush attempt
-	pending int        // events queued or being written
-
-	kick     chan struct{}
-	stop     chan struct{}
-	done     chan struct{}
+	mu       sync.Mutex
+	queue    []*pending
+	inflight int        // events taken by the writer and not yet resolved
+	flushed  *sync.Cond // broadcast after each write attempt
+	backoff  time.Duration
 	closed   bool
-	doneFlag bool // the loop has ended (guarded by mu)
+	doneFlag bool // the writer has ended (guarded by mu)
+
+	kick chan struct{}
+	stop chan struct{}
+	done chan struct{}
+
+	// Owned by the writer goroutine.
+	batch  []*pending
+	events []Event
 }
 
-// batchSize is how many queued events trigger an early flush.
-const batchSize = 512
+// pending is a queued event and, for Commit, where its outcome goes.
+type pending struct {
+	ev   Event
+	done chan error // nil for Record; buffered, receives the outcome once
+	err  error      // the outcome, set by the writer before done
+}
 
-// NewRecorder starts a recorder that flushes every interval.
-func NewRecorder(store Store, log *slog.Logger, interval time.Duration) *Recorder {
+// Observer learns what happens to events that are not simply written;
+// *metrics.Metrics implements it.
+type Observer interface {
+	// UsageQuarantined reports n events refused by the store as malformed
+	// and set aside.
+	UsageQuarantined(n int)
+	// UsageRefused reports n events turned away because the queue was
+	// full: refused to Commit's caller, or dropped (and logged) by Record.
+	UsageRefused(n int, dropped bool)
+}
+
+const (
+	// DefaultQueueMax is the queue bound when none is configured: about
+	// 30 MB of events, several seconds of the store's write rate.
+	DefaultQueueMax = 100_000
+	// DefaultChunk is the most events written in one transaction. Larger
+	// chunks gain little (the per-transaction cost is shared out well
+	// before 1,000) and keep a transaction, and a bisection, short.
+	DefaultChunk = 1000
+	// batchSize is how many events queued by Record make the writer write
+	// before its interval ends.
+	batchSize = 512
+	// writeTimeout bounds one transaction.
+	writeTimeout = 30 * time.Second
+)
+
+// Option configures a Recorder.
+type Option func(*Recorder)
+
+// WithQueueMax bounds the events queued and being written; n <= 0 means
+// DefaultQueueMax.
+func WithQueueMax(n int) Option {
+	return func(r *Recorder) {
+		if n > 0 {
+			r.max = n
+		}
+	}
+}
+
+// WithChunk sets the most events written in one transaction; n <= 0 means
+// DefaultChunk.
+func WithChunk(n int) Option {
+	return func(r *Recorder) {
+		if n > 0 {
+			r.chunk = n
+		}
+	}
+}
+
+// WithObserver reports quarantined and refused events to o.
+func WithObserver(o Observer) Option { return func(r *Recorder) { r.obs = o } }
+
+// NewRecorder starts a recorder. Events queued by Record are written at
+// least every interval (default 100ms); committed events at once.
+func NewRecorder(store Store, log *slog.Logger, interval time.Duration, opts ...Option) *Recorder {
 	if interval <= 0 {
 		interval = 100 * time.Millisecond
 	}
-	r := &Recorder{store: store, log: log, interval: interval,
+	r := &Recorder{store: store, log: log, interval: interval, max: DefaultQueueMax, chunk: DefaultChunk,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	for _, o := range opts {
+		o(r)
+	}
 	r.flushed = sync.NewCond(&r.mu)
 	go r.loop()
 	return r
 }
 
-// Record queues an event. It never blocks on the store.
-func (r *Recorder) Record(e Event) {
+// Commit queues e and waits until it is committed in the store. It returns
+// nil once e is durable (or was already stored: ids are idempotent);
+// errs.Unavailable with a RetryAfter, at once, when the queue is full or
+// the recorder is closed; errs.Invalid when the store refused e as
+// malformed and quarantined it; and ctx's error if ctx ends first, in
+// which case e stays queued and is still written.
+func (r *Recorder) Commit(ctx context.Context, e Event) error {
+	p := &pending{ev: e, done: make(chan error, 1)}
 	r.mu.Lock()
-	r.queue = append(r.queue, e)
-	r.pending++
-	n := len(r.queue)
-	r.mu.Unlock()
-	if n >= batchSize {
-		select {
-		case r.kick <- struct{}{}:
-		default:
+	if r.closed {
+		r.mu.Unlock()
+		return &errs.Error{Code: errs.Unavailable, Message: "usage recorder is shut down"}
+	}
+	if n := len(r.queue) + r.inflight; n >= r.max {
+		retry := max(r.backoff, time.Second)
+		r.mu.Unlock()
+		if r.obs != nil {
+			r.obs.UsageRefused(1, false)
 		}
+		return &errs.Error{Code: errs.Unavailable, RetryAfter: retry,
+			Message: fmt.Sprintf("usage store behind: %d events are waiting to be written", n)}
+	}
+	r.queue = append(r.queue, p)
+	r.mu.Unlock()
+	r.wake()
+	select {
+	case err := <-p.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
-// Flush writes everything queued so far and waits until it is written (or
-// the recorder gives up on this attempt and will retry).
-func (r *Recorder) Flush(ctx context.Context) error {
+// Record queues an event without waiting for it to be written. It never
+// blocks on the store. When the queue is full the event is dropped: logged
+// in full at error level and reported to the observer.
+func (r *Recorder) Record(e Event) {
+	r.mu.Lock()
+	if len(r.queue)+r.inflight >= r.max {
+		r.mu.Unlock()
+		r.log.Error("usage queue full: event dropped", slog.String("tenant", e.TenantID),
+			slog.String("event_id", e.ID), slog.String("event", EventJSON(e)))
+		if r.obs != nil {
+			r.obs.UsageRefused(1, true)
+		}
+		return
+	}
+	r.queue = append(r.queue, &pending{ev: e})
+	n := len(r.queue)
+	r.mu.Unlock()
+	if n >= batchSize {
+		r.wake()
+	}
+}
+
+func (r *Recorder) wake() {
 	select {
 	case r.kick <- struct{}{}:
 	default:
 	}
+}
+
+// Flush writes everything queued and waits until nothing is pending (or
+// ctx ends). Events queued meanwhile are waited for too.
+func (r *Recorder) Flush(ctx context.Context) error {
+	r.wake()
 	// Wake the wait below when ctx ends, so a hung store cannot hold the
 	// caller past its deadline.
 	stop := context.AfterFunc(ctx, func() {
@@ -75,82 +202,16 @@ func (r *Recorder) Flush(ctx context.Context) error {
 	defer stop()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for r.pending > 0 {
+	for len(r.queue)+r.inflight > 0 {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if r.closed && r.doneFlag {
-			return fmt.Errorf("recorder closed with %d events unwritten", r.pending)
+			return fmt.Errorf("recorder closed with %d events unwritten", len(r.queue)+r.inflight)
 		}
-		select {
-		case r.kick <- struct{}{}:
-		default:
-		}
+		r.wake()
 		r.flushed.Wait()
 	}
-	return nil
-}
-
-func (r *Recorder) loop() {
-	defer func() {
-		r.mu.Lock()
-		r.doneFlag = true
-		r.flushed.Broadcast()
-		r.mu.Unlock()
-		close(r.done)
-	}()
-	t := time.NewTicker(r.interval)
-	defer t.Stop()
-	backoff := time.Duration(0)
-	for {
-		select {
-		case <-r.stop:
-			// Last flush: retry a few times before giving up loudly.
-			for i := 0; i < 5 && r.flush() != nil; i++ {
-				time.Sleep(100 * time.Millisecond)
-			}
-			return
-		case <-t.C:
-		case <-r.kick:
-		}
-		if backoff > 0 {
-			time.Sleep(backoff)
-		}
-		if err := r.flush(); err != nil {
-			backoff = min(max(2*backoff, 50*time.Millisecond), 5*time.Second)
-			continue
-		}
-		backoff = 0
-	}
-}
-
-// flush writes the queue. On failure the events go back to the front of
-// the queue for the next attempt: usage is never dropped while the process
-// lives.
-func (r *Recorder) flush() error {
-	r.mu.Lock()
-	batch := r.queue
-	r.queue = nil
-	r.mu.Unlock()
-	if len(batch) == 0 {
-		r.mu.Lock()
-		r.flushed.Broadcast()
-		r.mu.Unlock()
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	_, err := r.store.RecordUsage(ctx, batch)
-	cancel()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err != nil {
-		r.queue = append(batch, r.queue...)
-		r.log.Error("writing usage events failed; will retry", slog.Int("events", len(batch)), slog.String("error", err.Error()))
-		r.flushed.Broadcast()
-		return err
-	}
-	r.pending -= len(batch)
-	r.flushed.Broadcast()
 	return nil
 }
 
@@ -158,10 +219,12 @@ func (r *Recorder) flush() error {
 func (r *Recorder) Pending() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.pending
+	return len(r.queue) + r.inflight
 }
 
-// Close flushes and stops the recorder.
+// Close writes out what is queued and stops the recorder. Against a store
+// that stays down it gives up after a few attempts: the events left are
+// logged as lost and their waiters told.
 func (r *Recorder) Close() error {
 	r.mu.Lock()
 	if r.closed {
@@ -175,5 +238,182 @@ func (r *Recorder) Close() error {
 	if n := r.Pending(); n > 0 {
 		r.log.Error("usage events could not be written before shutdown", slog.Int("events", n))
 	}
+	return nil
+}
+
+func (r *Recorder) loop() {
+	defer func() {
+		r.mu.Lock()
+		r.doneFlag = true
+		left := r.queue
+		r.flushed.Broadcast()
+		r.mu.Unlock()
+		for _, p := range left {
+			r.resolve(p, &errs.Error{Code: errs.Unavailable, Message: "usage recorder shut down before the event was written"})
+		}
+		close(r.done)
+	}()
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			r.drain()
+			return
+		case <-t.C:
+		case <-r.kick:
+		}
+		// Write until the queue is empty; retry an outage with backoff,
+		// the events staying queued and their waiters waiting.
+		backoff := time.Duration(0)
+		for {
+			more, err := r.writeChunk()
+			if err == nil {
+				backoff = 0
+				r.setBackoff(0)
+				if !more {
+					break
+				}
+				continue
+			}
+			backoff = min(max(2*backoff, 50*time.Millisecond), 5*time.Second)
+			r.setBackoff(backoff)
+			select {
+			case <-r.stop:
+				r.drain()
+				return
+			case <-time.After(backoff):
+			}
+		}
+	}
+}
+
+// drain is the last write at Close: everything queued, retrying a dead
+// store a few times before giving up loudly.
+func (r *Recorder) drain() {
+	failures := 0
+	for failures < 5 {
+		more, err := r.writeChunk()
+		if err != nil {
+			failures++
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if !more {
+			return
+		}
+	}
+}
+
+func (r *Recorder) setBackoff(d time.Duration) {
+	r.mu.Lock()
+	r.backoff = d
+	r.mu.Unlock()
+}
+
+// writeChunk writes the oldest chunk of the queue. It reports whether
+// events remain queued, and the store's error when it is down (the chunk's
+// unresolved events then go back to the front of the queue).
+func (r *Recorder) writeChunk() (more bool, err error) {
+	r.mu.Lock()
+	n := min(len(r.queue), r.chunk)
+	if n == 0 {
+		r.flushed.Broadcast()
+		r.mu.Unlock()
+		return false, nil
+	}
+	r.batch = append(r.batch[:0], r.queue[:n]...)
+	clear(r.queue[:n])
+	r.queue = r.queue[n:]
+	if len(r.queue) == 0 {
+		r.queue = nil // let the array go rather than creep along it
+	}
+	r.inflight = n
+	r.mu.Unlock()
+
+	r.events = r.events[:0]
+	for _, p := range r.batch {
+		r.events = append(r.events, p.ev)
+	}
+	resolved, err := r.write(r.batch, r.events)
+	if err != nil {
+		r.log.Error("writing usage events failed; will retry", slog.Int("events", n-resolved), slog.String("error", err.Error()))
+	}
+
+	r.mu.Lock()
+	r.inflight = 0
+	if rest := r.batch[resolved:]; len(rest) > 0 {
+		r.queue = append(append(make([]*pending, 0, len(rest)+len(r.queue)), rest...), r.queue...)
+	}
+	more = len(r.queue) > 0
+	r.flushed.Broadcast()
+	r.mu.Unlock()
+	for _, p := range r.batch[:resolved] {
+		r.resolve(p, p.err)
+	}
+	clear(r.batch)
+	clear(r.events)
+	return more, err
+}
+
+func (r *Recorder) resolve(p *pending, err error) {
+	if p.done != nil {
+		p.done <- err
+	}
+}
+
+// write writes events (the events of batch) and returns how many of them,
+// from the start, are resolved: written, or refused and quarantined. A
+// data error splits the events in halves, each written on its own, down
+// to the single events at fault. Any other error stops the write and is
+// returned.
+func (r *Recorder) write(batch []*pending, events []Event) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	_, err := r.store.RecordUsage(ctx, events)
+	cancel()
+	switch {
+	case err == nil:
+		return len(batch), nil
+	case !errs.Is(err, errs.Invalid):
+		return 0, err
+	case len(batch) == 1:
+		if err := r.quarantine(batch[0], err); err != nil {
+			return 0, err
+		}
+		return 1, nil
+	}
+	mid := len(batch) / 2
+	n, err := r.write(batch[:mid], events[:mid])
+	if err != nil {
+		return n, err
+	}
+	m, err := r.write(batch[mid:], events[mid:])
+	return mid + m, err
+}
+
+// quarantine sets p's event aside after the store refused it with refusal.
+func (r *Recorder) quarantine(p *pending, refusal error) error {
+	e := &p.ev
+	at := time.Now()
+	q := Quarantined{ID: id.NewAt("uq", at), EventKey: EventKey(e.ID), EventID: Storable(e.ID, maxQuarantineText),
+		TenantID: Storable(e.TenantID, maxQuarantineText), Event: EventJSON(*e),
+		Error: Storable(refusal.Error(), 4*maxQuarantineText), At: at}
+	qs, ok := r.store.(QuarantineStore)
+	if ok {
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		err := qs.QuarantineUsage(ctx, []Quarantined{q})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("quarantine usage event: %w", err)
+		}
+	}
+	r.log.Error("usage event refused by the store and quarantined", slog.String("tenant", q.TenantID),
+		slog.String("event_id", q.EventID), slog.String("quarantine_id", q.ID), slog.Bool("stored", ok),
+		slog.String("event", q.Event), slog.String("error", q.Error))
+	if r.obs != nil {
+		r.obs.UsageQuarantined(1)
+	}
+	p.err = &errs.Error{Code: errs.Invalid, Err: refusal,
+		Message: fmt.Sprintf("the usage store refused the event as malformed; it is quarantined as %s", q.ID)}
 	return nil
 }
