@@ -58,7 +58,7 @@ type Failover struct {
 	degraded atomic.Bool
 
 	mu     sync.Mutex
-	chains map[string][]Scope // live tickets' chains, by ticket id
+	chains map[string]*issued // live tickets this instance issued, by ticket id
 	spool  []*spooled
 	shares sync.Map // shareKey → *Limits scaled for the current instance count
 	count  atomic.Int64
@@ -70,6 +70,18 @@ type Failover struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	closed  atomic.Bool
+}
+
+// issued is what an outage needs of a ticket this instance issued: the
+// chain to charge its use to later, and what Lookup and Settle report
+// while the shared backend cannot.
+type issued struct {
+	chain   []Scope
+	meta    string
+	expires time.Time
+	tokens  int64
+	gpu     int64
+	cost    int64
 }
 
 // knownUse is a scope's budget use as the shared backend last reported it,
@@ -115,7 +127,7 @@ func NewFailover(shared SharedBackend, o FailoverOptions) *Failover {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Failover{shared: shared, local: NewMemory(o.Local), o: o, chains: map[string][]Scope{}, stop: make(chan struct{}),
+	return &Failover{shared: shared, local: NewMemory(o.Local), o: o, chains: map[string]*issued{}, stop: make(chan struct{}),
 		known: map[string]*knownUse{}}
 }
 
@@ -340,7 +352,7 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 		t, err := f.shared.Acquire(ctx, r)
 		if !outage(err) {
 			if err == nil {
-				f.remember(t.ID, r.Chain)
+				f.remember(&t, &r)
 				f.learn(&t)
 			}
 			return t, err
@@ -362,22 +374,54 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 		return t, err
 	}
 	t.ID = localPrefix + t.ID
-	f.remember(t.ID, r.Chain)
+	f.remember(&t, &r)
 	return t, nil
 }
 
-func (f *Failover) remember(id string, chain []Scope) {
+func (f *Failover) remember(t *Ticket, r *Request) {
 	f.mu.Lock()
-	f.chains[id] = chain
+	f.chains[t.ID] = &issued{chain: r.Chain, meta: r.Meta, expires: t.ExpiresAt,
+		tokens: t.Tokens, gpu: r.Ask.GPUMillis, cost: r.Ask.CostMicros}
 	f.mu.Unlock()
 }
 
+// forget drops a settled ticket and returns its chain, nil if it was not
+// remembered (a replay, or a ticket another instance issued).
 func (f *Failover) forget(id string) []Scope {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := f.chains[id]
 	delete(f.chains, id)
-	return c
+	if c == nil {
+		return nil
+	}
+	return c.chain
+}
+
+// Lookup implements Backend. While degraded it answers for the shared
+// tickets this instance issued; for others it returns ErrUnavailable.
+func (f *Failover) Lookup(ctx context.Context, id string) (TicketInfo, error) {
+	if lid, ok := strings.CutPrefix(id, localPrefix); ok {
+		info, err := f.local.Lookup(ctx, lid)
+		if err == nil {
+			info.ID = id
+		}
+		return info, err
+	}
+	if !f.degraded.Load() {
+		info, err := f.shared.Lookup(ctx, id)
+		if !outage(err) {
+			return info, err
+		}
+		f.trip(err)
+	}
+	f.mu.Lock()
+	is := f.chains[id]
+	f.mu.Unlock()
+	if is == nil {
+		return TicketInfo{}, fmt.Errorf("lookup %s during an outage: %w", id, ErrUnavailable)
+	}
+	return TicketInfo{ID: id, Meta: is.meta, ExpiresAt: is.expires, Tokens: is.tokens, GPUMillis: is.gpu, CostMicros: is.cost}, nil
 }
 
 // Settle implements Backend.
@@ -417,15 +461,21 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 		}
 		f.trip(err)
 	}
-	chain := f.forget(id)
-	if chain == nil {
+	f.mu.Lock()
+	is := f.chains[id]
+	delete(f.chains, id)
+	f.mu.Unlock()
+	if is == nil {
 		return Settlement{}, fmt.Errorf("settle %s during an outage: %w", id, ErrUnknownTicket)
 	}
 	now := time.Now().UTC()
 	f.mu.Lock()
-	f.spool = append(f.spool, &spooled{ticket: id, chain: chain, usage: u, at: now})
+	f.spool = append(f.spool, &spooled{ticket: id, chain: is.chain, usage: u, at: now})
 	f.mu.Unlock()
-	return Settlement{TicketID: id, Usage: u, SettledAt: now}, nil
+	tokens := sadd(u.InputTokens, u.OutputTokens)
+	return Settlement{TicketID: id, Usage: u, SettledAt: now, Meta: is.meta,
+		ReservedTokens: is.tokens, ReservedGPUMillis: is.gpu, ReservedCostMicros: is.cost,
+		Overrun: tokens > is.tokens || u.GPUMillis > is.gpu || u.CostMicros > is.cost}, nil
 }
 
 // spoolCharge adds a local charge to the spool, merged into a waiting one of

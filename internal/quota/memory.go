@@ -2,13 +2,11 @@ package quota
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
+	crand "crypto/rand"
 	"fmt"
 	"math"
-	"math/bits"
+	"math/rand/v2"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 	"unsafe"
@@ -36,12 +34,14 @@ type Options struct {
 	// MaxTTL caps Request.TTL and Heartbeat's ttl.
 	MaxTTL time.Duration
 	// SettledRetention is how long a settled ticket's Settlement is kept
-	// so that a repeated Settle returns it instead of ErrUnknownTicket.
+	// so that a repeated Settle returns it instead of ErrUnknownTicket,
+	// and how long an expired ticket is remembered for a late Settle.
 	SettledRetention time.Duration
 	// MaxSettled bounds how many settlements are kept: the settlement of
 	// a ticket is forgotten once SettledRetention has passed or a ticket
 	// issued MaxSettled tickets later has settled, whichever comes first.
-	// Each costs about 120 bytes, allocated up front.
+	// Each costs about 120 bytes, allocated up front, plus its Meta. It
+	// bounds the expired tickets remembered likewise.
 	MaxSettled int
 }
 
@@ -53,7 +53,12 @@ type Options struct {
 // so what an operation observes is always exact. Memory stays bounded: a
 // scope's state is dropped, a few at a time as admissions go by, once it
 // holds nothing (no live tickets, no use in its current windows, drained
-// rate buckets), and settlements live in a fixed ring.
+// rate buckets), settlements live in a fixed ring, and expired tickets are
+// remembered for the same retention, at most MaxSettled of them.
+//
+// Ticket IDs are "tkt_", 128 bits from a ChaCha8 stream seeded from the
+// operating system's CSPRNG, and a sequence number: the number finds the
+// ticket in O(1), and the whole ID must match, so IDs cannot be guessed.
 type Memory struct {
 	now        func() time.Time
 	defaultTTL int64
@@ -68,13 +73,28 @@ type Memory struct {
 	expiry   ticketHeap
 	free     []*ticket
 	settled  settledLog
+	expired  map[uint64]*expiredTicket // by sequence number
+	expiredQ []*expiredTicket          // in order of expiry, for forgetting
 	scratch  []*scopeState
 	created  []*scopeState
-	idPrefix string
+	rng      *rand.ChaCha8
 	idBlock  []byte
 	seq      uint64
 	ops      uint64
 	charged  map[string]int64 // Charge ids seen, with when
+
+	retention  int64
+	maxExpired int
+}
+
+// expiredTicket is what a late Settle needs of a ticket that expired.
+type expiredTicket struct {
+	id                string
+	seq               uint64
+	meta              string
+	tokens, gpu, cost int64
+	expires, at       int64   // when it was to expire, and when it was found expired
+	chain             []Scope // keys and zones of the scopes it charged
 }
 
 var _ Backend = (*Memory)(nil)
@@ -100,6 +120,7 @@ type scopeState struct {
 // ticket is a live reservation.
 type ticket struct {
 	id      string
+	meta    string
 	seq     uint64 // the counter in id; 0 is never issued
 	expires int64
 	heapIdx int
@@ -135,9 +156,8 @@ func NewMemory(o Options) *Memory {
 	if o.MaxSettled <= 0 {
 		o.MaxSettled = DefaultMaxSettled
 	}
-	var p [6]byte
-	rand.Read(p[:])
-	prefix := hex.EncodeToString(p[:]) + "-"
+	var seed [32]byte
+	crand.Read(seed[:]) // never fails (Go 1.24+); it panics rather than return weak bytes
 	return &Memory{
 		now:        o.Now,
 		defaultTTL: int64(o.DefaultTTL),
@@ -146,7 +166,10 @@ func NewMemory(o Options) *Memory {
 		cals:       make(map[string]*calendar),
 		tickets:    make(map[uint64]*ticket),
 		settled:    newSettledLog(o.MaxSettled, int64(o.SettledRetention)),
-		idPrefix:   prefix,
+		expired:    make(map[uint64]*expiredTicket),
+		rng:        rand.NewChaCha8(seed),
+		retention:  int64(o.SettledRetention),
+		maxExpired: o.MaxSettled,
 	}
 }
 
@@ -159,7 +182,7 @@ func (e *Memory) Close() error {
 	}
 	e.closed = true
 	e.scopes, e.tickets, e.cals, e.expiry, e.free = nil, nil, nil, nil, nil
-	e.settled = settledLog{}
+	e.settled, e.expired, e.expiredQ = settledLog{}, nil, nil
 	return nil
 }
 
@@ -175,11 +198,35 @@ func (e *Memory) begin(now int64) (int64, error) {
 	e.last = now
 	for len(e.expiry) > 0 && e.expiry[0].expires <= now {
 		t := e.expiry.pop()
+		e.remember(t, now)
 		e.release(t, now, false, 0, 0, 0)
 		delete(e.tickets, t.seq)
 		e.recycle(t)
 	}
+	for len(e.expiredQ) > 0 {
+		x := e.expiredQ[0]
+		if x.at+e.retention > now && len(e.expiredQ) <= e.maxExpired {
+			break
+		}
+		e.expiredQ[0] = nil
+		e.expiredQ = e.expiredQ[1:]
+		if e.expired[x.seq] == x {
+			delete(e.expired, x.seq)
+		}
+	}
 	return now, nil
+}
+
+// remember keeps what a late Settle of an expiring ticket needs. Expiry is
+// off the hot path, so this may allocate.
+func (e *Memory) remember(t *ticket, now int64) {
+	x := &expiredTicket{id: t.id, seq: t.seq, meta: t.meta, tokens: t.tokens, gpu: t.gpu, cost: t.cost,
+		expires: t.expires, at: now, chain: make([]Scope, len(t.charges))}
+	for i, c := range t.charges {
+		x.chain[i] = Scope{Key: c.st.key, Loc: c.st.loc}
+	}
+	e.expired[t.seq] = x
+	e.expiredQ = append(e.expiredQ, x)
 }
 
 func (e *Memory) ttl(d time.Duration) int64 {
@@ -200,6 +247,9 @@ func (e *Memory) Acquire(ctx context.Context, r Request) (Ticket, error) {
 	}
 	if len(r.Chain) == 0 {
 		return Ticket{}, fmt.Errorf("acquire: empty chain: %w", ErrInvalid)
+	}
+	if len(r.Meta) > MaxMetaBytes {
+		return Ticket{}, fmt.Errorf("acquire: meta of %d bytes above %d: %w", len(r.Meta), MaxMetaBytes, ErrInvalid)
 	}
 	wall := e.now().UnixNano()
 
@@ -287,7 +337,7 @@ func (e *Memory) Acquire(ctx context.Context, r Request) (Ticket, error) {
 	}
 
 	t := e.newTicket()
-	t.tokens, t.gpu, t.cost, t.slot = grant, a.GPUMillis, a.CostMicros, a.Concurrency
+	t.tokens, t.gpu, t.cost, t.slot, t.meta = grant, a.GPUMillis, a.CostMicros, a.Concurrency, r.Meta
 	t.expires = now + e.ttl(r.TTL)
 	out := Ticket{ID: t.id, Tokens: grant, Clamped: grant < a.Tokens, ExpiresAt: time.Unix(0, t.expires).UTC()}
 	var rem remainingSet
@@ -609,11 +659,14 @@ func (e *Memory) Settle(_ context.Context, id string, u Usage) (Settlement, erro
 	if err != nil {
 		return Settlement{}, err
 	}
-	seq := e.parseID(id)
+	seq := parseID(id)
 	t := e.tickets[seq]
-	if t == nil {
-		if s, ok := e.settled.get(seq, now); ok {
+	if t == nil || t.id != id {
+		if s, ok := e.settled.get(seq, id, now); ok {
 			return s, nil
+		}
+		if x := e.expired[seq]; x != nil && x.id == id {
+			return e.settleLate(x, u, now), nil
 		}
 		return Settlement{}, fmt.Errorf("settle %s: %w", id, ErrUnknownTicket)
 	}
@@ -626,6 +679,7 @@ func (e *Memory) Settle(_ context.Context, id string, u Usage) (Settlement, erro
 		ReservedCostMicros: t.cost,
 		Overrun:            tokens > t.tokens || u.GPUMillis > t.gpu || u.CostMicros > t.cost,
 		SettledAt:          time.Unix(0, now).UTC(),
+		Meta:               t.meta,
 	}
 	e.release(t, now, true, tokens, u.GPUMillis, u.CostMicros)
 	e.expiry.remove(t)
@@ -633,6 +687,63 @@ func (e *Memory) Settle(_ context.Context, id string, u Usage) (Settlement, erro
 	e.settled.put(t.seq, now, &s)
 	e.recycle(t)
 	return s, nil
+}
+
+// settleLate settles an expired ticket: its reservation was refunded at
+// expiry, so the use is charged to the current windows of its scopes as
+// it is. tokens_rate is left alone, as by an expiry and by Charge. Called
+// with e.mu held.
+func (e *Memory) settleLate(x *expiredTicket, u Usage, now int64) Settlement {
+	tokens := sadd(u.InputTokens, u.OutputTokens)
+	// The chain was valid when admitted, so resolve cannot fail.
+	if states, err := e.resolve(x.chain, now); err == nil {
+		for _, st := range states {
+			st.tokensDay = sadd(st.tokensDay, tokens)
+			st.tokensMonth = sadd(st.tokensMonth, tokens)
+			st.gpuMillis = sadd(st.gpuMillis, u.GPUMillis)
+			st.costMicros = sadd(st.costMicros, u.CostMicros)
+		}
+		e.created = e.created[:0]
+	}
+	s := Settlement{
+		TicketID:           x.id,
+		Usage:              u,
+		ReservedTokens:     x.tokens,
+		ReservedGPUMillis:  x.gpu,
+		ReservedCostMicros: x.cost,
+		Overrun:            tokens > x.tokens || u.GPUMillis > x.gpu || u.CostMicros > x.cost,
+		SettledAt:          time.Unix(0, now).UTC(),
+		Late:               true,
+		Meta:               x.meta,
+	}
+	delete(e.expired, x.seq)
+	e.settled.put(x.seq, now, &s)
+	return s
+}
+
+// Lookup implements Backend.
+func (e *Memory) Lookup(_ context.Context, id string) (TicketInfo, error) {
+	wall := e.now().UnixNano()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now, err := e.begin(wall)
+	if err != nil {
+		return TicketInfo{}, err
+	}
+	seq := parseID(id)
+	if t := e.tickets[seq]; t != nil && t.id == id {
+		return TicketInfo{ID: id, Meta: t.meta, ExpiresAt: time.Unix(0, t.expires).UTC(),
+			Tokens: t.tokens, GPUMillis: t.gpu, CostMicros: t.cost}, nil
+	}
+	if s, ok := e.settled.get(seq, id, now); ok {
+		return TicketInfo{ID: id, Meta: s.Meta, Tokens: s.ReservedTokens, GPUMillis: s.ReservedGPUMillis,
+			CostMicros: s.ReservedCostMicros, Settled: true}, nil
+	}
+	if x := e.expired[seq]; x != nil && x.id == id {
+		return TicketInfo{ID: id, Meta: x.meta, ExpiresAt: time.Unix(0, x.expires).UTC(),
+			Tokens: x.tokens, GPUMillis: x.gpu, CostMicros: x.cost, Expired: true}, nil
+	}
+	return TicketInfo{}, fmt.Errorf("lookup %s: %w", id, ErrUnknownTicket)
 }
 
 // Heartbeat implements Backend.
@@ -644,8 +755,8 @@ func (e *Memory) Heartbeat(_ context.Context, id string, ttl time.Duration) (tim
 	if err != nil {
 		return time.Time{}, err
 	}
-	t := e.tickets[e.parseID(id)]
-	if t == nil {
+	t := e.tickets[parseID(id)]
+	if t == nil || t.id != id {
 		return time.Time{}, fmt.Errorf("heartbeat %s: %w", id, ErrUnknownTicket)
 	}
 	t.expires = now + e.ttl(ttl)
@@ -803,34 +914,71 @@ func (e *Memory) newTicket() *ticket {
 }
 
 func (e *Memory) recycle(t *ticket) {
-	t.id = ""
+	t.id, t.meta = "", ""
 	if len(e.free) < 1024 {
 		e.free = append(e.free, t)
 	}
 }
 
-// newID returns a unique ticket ID: a random per-engine prefix and a counter
-// in base 36. IDs are carved out of 4 KiB blocks with unsafe.String, which
-// saves an allocation per ticket; bytes of a block are written once, before
-// the string that views them exists, and never again, so the strings are
-// truly immutable. A block stays alive while any ID in it does.
+// idAlphabet is internal/id's: Crockford's base32, lower case.
+const idAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+
+// Ticket IDs are idPrefix, idRandom base32 digits of 128 random bits, and
+// the sequence number in base32 (at most 13 digits).
+const (
+	idPrefix = "tkt_"
+	idRandom = 26
+	idMaxLen = len(idPrefix) + idRandom + 13
+)
+
+// newID returns a unique, unguessable ticket ID. IDs are carved out of 4
+// KiB blocks with unsafe.String, which saves an allocation per ticket;
+// bytes of a block are written once, before the string that views them
+// exists, and never again, so the strings are truly immutable. A block
+// stays alive while any ID in it does.
 func (e *Memory) newID(seq uint64) string {
-	const maxLen = 13 + 13 // prefix + base-36 uint64
-	if cap(e.idBlock)-len(e.idBlock) < maxLen {
+	if cap(e.idBlock)-len(e.idBlock) < idMaxLen {
 		e.idBlock = make([]byte, 0, 4096)
 	}
 	start := len(e.idBlock)
-	e.idBlock = append(e.idBlock, e.idPrefix...)
-	e.idBlock = strconv.AppendUint(e.idBlock, seq, 36)
+	e.idBlock = append(e.idBlock, idPrefix...)
+	e.idBlock = appendRandom(e.idBlock, e.rng.Uint64(), e.rng.Uint64())
+	e.idBlock = appendBase32(e.idBlock, seq)
 	b := e.idBlock[start:]
 	return unsafe.String(&b[0], len(b))
 }
 
-// parseID returns the sequence number in an ID this engine issued, or 0.
-// Tickets are indexed by it: hashing a uint64 is cheaper than a string.
-func (e *Memory) parseID(id string) uint64 {
-	p := len(e.idPrefix)
-	if len(id) <= p || len(id) > p+13 || id[:p] != e.idPrefix {
+// appendRandom appends 128 bits as 26 base32 digits.
+func appendRandom(dst []byte, hi, lo uint64) []byte {
+	for i := 0; i < idRandom; i++ {
+		dst = append(dst, idAlphabet[lo&31])
+		lo = lo>>5 | hi<<59
+		hi >>= 5
+	}
+	return dst
+}
+
+// appendBase32 appends n in base32, most significant digit first.
+func appendBase32(dst []byte, n uint64) []byte {
+	var buf [13]byte
+	i := len(buf)
+	for {
+		i--
+		buf[i] = idAlphabet[n&31]
+		n >>= 5
+		if n == 0 {
+			break
+		}
+	}
+	return append(dst, buf[i:]...)
+}
+
+// parseID returns the sequence number in a ticket ID, or 0. Tickets are
+// indexed by it (hashing a uint64 is cheaper than a string); the caller
+// compares the whole ID.
+func parseID(id string) uint64 {
+	const p = len(idPrefix) + idRandom
+	if len(id) <= p || len(id) > idMaxLen || id[:len(idPrefix)] != idPrefix {
 		return 0
 	}
 	var seq uint64
@@ -841,18 +989,29 @@ func (e *Memory) parseID(id string) uint64 {
 		case '0' <= c && c <= '9':
 			d = uint64(c - '0')
 		case 'a' <= c && c <= 'z':
-			d = uint64(c-'a') + 10
+			k := idDigit[c-'a']
+			if k == 0 {
+				return 0
+			}
+			d = uint64(k)
 		default:
 			return 0
 		}
-		hi, lo := bits.Mul64(seq, 36)
-		if hi != 0 || lo+d < lo {
+		if seq>>59 != 0 {
 			return 0
 		}
-		seq = lo + d
+		seq = seq<<5 | d
 	}
 	return seq
 }
+
+// idDigit maps a lower-case letter to its base32 value, 0 if not a digit.
+var idDigit = func() (m [26]byte) {
+	for i := 10; i < len(idAlphabet); i++ {
+		m[idAlphabet[i]-'a'] = byte(i)
+	}
+	return m
+}()
 
 // ticketHeap orders live tickets by expiry.
 type ticketHeap []*ticket
@@ -951,12 +1110,12 @@ func (l *settledLog) put(seq uint64, now int64, s *Settlement) {
 	r.seq, r.at, r.s = seq, now, *s
 }
 
-func (l *settledLog) get(seq uint64, now int64) (Settlement, bool) {
+func (l *settledLog) get(seq uint64, id string, now int64) (Settlement, bool) {
 	if seq == 0 {
 		return Settlement{}, false
 	}
 	r := &l.ring[seq%uint64(len(l.ring))]
-	if r.seq != seq || r.at+l.retention <= now {
+	if r.seq != seq || r.s.TicketID != id || r.at+l.retention <= now {
 		return Settlement{}, false
 	}
 	return r.s, true

@@ -40,13 +40,24 @@ type Backend interface {
 	// actual use is charged to the current window.
 	//
 	// Settling a settled ticket again returns the first Settlement and
-	// changes nothing (for a bounded retention period). An unknown or
-	// expired ticket yields ErrUnknownTicket. Callers settle on every exit
-	// path, so they should not pass a context cancelled with the request.
+	// changes nothing (for a bounded retention period). A ticket that
+	// expired within that period is settled late: its reservation was
+	// refunded at expiry, so the actual use is charged to the current
+	// windows as it is (no slot, no reservation) and the Settlement is
+	// marked Late; so counters agree with the usage ledger, which records
+	// the work either way. An unknown ticket, or one expired longer ago,
+	// yields ErrUnknownTicket. Callers settle on every exit path, so they
+	// should not pass a context cancelled with the request.
 	Settle(ctx context.Context, ticketID string, u Usage) (Settlement, error)
 	// Heartbeat moves the ticket's expiry to now+ttl (0 picks the default)
 	// and returns it; ErrUnknownTicket if it is settled or expired.
 	Heartbeat(ctx context.Context, ticketID string, ttl time.Duration) (time.Time, error)
+	// Lookup describes a live ticket, or one settled or expired within the
+	// settled-retention period, without changing it; ErrUnknownTicket
+	// otherwise. Any backend value over the same store answers for a
+	// ticket any other issued, which is what lets a settle land on another
+	// instance than its acquire.
+	Lookup(ctx context.Context, ticketID string) (TicketInfo, error)
 	// Use reports a scope's current use; a scope never charged reports
 	// zeros.
 	Use(ctx context.Context, scopeKey string) (ScopeUse, error)
@@ -299,6 +310,31 @@ type Request struct {
 	Ask   Ask
 	// TTL bounds the ticket's life; 0 picks the backend's default.
 	TTL time.Duration
+	// Meta is stored with the ticket, opaque to the engine, and returned
+	// by Lookup and in the Settlement: what the caller needs to account
+	// for the work whichever instance settles it. At most MaxMetaBytes,
+	// else ErrInvalid.
+	Meta string
+}
+
+// MaxMetaBytes bounds Request.Meta.
+const MaxMetaBytes = 4096
+
+// TicketInfo describes a ticket as Lookup found it.
+type TicketInfo struct {
+	ID   string
+	Meta string
+	// ExpiresAt is when a live ticket expires, or when an expired one did;
+	// zero for a settled ticket.
+	ExpiresAt time.Time
+	// The reservations the ticket holds, or held.
+	Tokens     int64
+	GPUMillis  int64
+	CostMicros int64
+	// Settled is true once the ticket is settled; Expired once it expired
+	// unsettled (a Settle then is late). A live ticket has neither.
+	Settled bool
+	Expired bool
 }
 
 // Ticket is an admitted request's reservation and lease.
@@ -387,6 +423,12 @@ type Settlement struct {
 	// above its limit; later asks are then denied until the window resets.
 	Overrun   bool
 	SettledAt time.Time
+	// Late is true when the ticket had expired (its reservations refunded)
+	// before this settle: the use was charged to the current windows on
+	// its own. The reservations above are those the ticket had.
+	Late bool
+	// Meta is the ticket's Request.Meta.
+	Meta string
 }
 
 // ScopeUse is a scope's current use.

@@ -21,15 +21,18 @@
 //	{sluice}:s:<scope>   string, msgpack: zone, windows, budget counters, two GCRA buckets
 //	{sluice}:l:<scope>   sorted set: live tickets holding a concurrency slot (leases), by expiry µs
 //	{sluice}:r:<scope>   sorted set: other live tickets that reserved something, by expiry µs
-//	{sluice}:t:<ticket>  string, msgpack: expiry, reservations, scopes and windows charged;
-//	                     once settled, the settlement, kept for SettledRetention
+//	{sluice}:t:<ticket>  string, msgpack: expiry, reservations, scopes and windows charged,
+//	                     the caller's meta; once settled, the settlement and meta, and
+//	                     once expired unsettled, what a late settle needs, each kept
+//	                     for SettledRetention
 //	{sluice}:c:<charge>  string: when a Charge with this id was counted, kept for ChargeRetention
 //	{sluice}:instances   sorted set: Sluice instances by last heartbeat (Instances)
 //
 // Every key has a TTL: a scope's state lives until its month window ends,
 // its buckets drain and any ticket that charged it expires, plus an hour; a
 // ticket until it expires or, while it holds a reservation, its month
-// window ends, plus an hour; a settlement for SettledRetention; a charge
+// window ends, plus an hour or SettledRetention if longer; a settlement or
+// an expired ticket for SettledRetention; a charge
 // id for ChargeRetention; the instance registry for its TTL.
 //
 // One slot for all keys is a deliberate choice. The global scope is in
@@ -83,7 +86,6 @@ package redisquota
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"hash/maphash"
 	"slices"
@@ -160,8 +162,7 @@ type Backend struct {
 	wall       func() time.Time // the instance's clock, for windows; tests skew it
 	zones      zones
 	keys       keyCache
-	idPrefix   string
-	seq        atomic.Uint64
+	retArg     any // retention as a script argument
 	closed     atomic.Bool
 }
 
@@ -213,8 +214,6 @@ func New(c redis.Scripter, o Options) (*Backend, error) {
 	if !timeouts {
 		return nil, fmt.Errorf("redisquota: client without ContextTimeoutEnabled: %w", quota.ErrInvalid)
 	}
-	var p [8]byte
-	rand.Read(p[:])
 	b := &Backend{
 		c:          c,
 		prefix:     "{" + o.Prefix + "}:",
@@ -227,10 +226,9 @@ func New(c redis.Scripter, o Options) (*Backend, error) {
 		chargeMS:   max(o.ChargeRetention.Milliseconds(), 1),
 		clock:      o.Clock,
 		wall:       time.Now,
-		idPrefix:   hex.EncodeToString(p[:]) + "-",
 	}
 	b.keys.seed = maphash.MakeSeed()
-	b.prefixArg, b.baseArg, b.marginArg = b.prefix, b.baseMS, b.marginMS
+	b.prefixArg, b.baseArg, b.marginArg, b.retArg = b.prefix, b.baseMS, b.marginMS, b.retention
 	return b, nil
 }
 
@@ -369,6 +367,9 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 	if len(r.Chain) == 0 {
 		return quota.Ticket{}, fmt.Errorf("acquire: empty chain: %w", quota.ErrInvalid)
 	}
+	if len(r.Meta) > quota.MaxMetaBytes {
+		return quota.Ticket{}, fmt.Errorf("acquire: meta of %d bytes above %d: %w", len(r.Meta), quota.MaxMetaBytes, quota.ErrInvalid)
+	}
 	for i := range r.Chain {
 		k := r.Chain[i].Key
 		if k == "" {
@@ -384,7 +385,7 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 		return quota.Ticket{}, quota.ErrClosed
 	}
 	ttl := b.ttl(r.TTL)
-	id := b.idPrefix + strconv.FormatUint(b.seq.Add(1), 36)
+	id := newID()
 	minTokens := min(a.MinTokens, maxExact)
 
 	wall, nowS, nowN := b.now()
@@ -429,7 +430,7 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 		for _, e := range entries {
 			ws = append(ws, e.windows(wall))
 		}
-		args := make(scriptArgs, 0, 15+9*len(ws)+14*len(r.Chain))
+		args := make(scriptArgs, 0, 17+9*len(ws)+14*len(r.Chain))
 		args = append(args, nowS, nowN, b.prefixArg, idArg, ttlArg, b.baseArg, b.marginArg,
 			intArg(a.Requests), intArg(a.Tokens), intArg(minTokens), intArg(a.GPUMillis), intArg(a.CostMicros),
 			boolArg[a.Concurrency], len(r.Chain))
@@ -452,6 +453,7 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 				args = append(args, intArg(bd))
 			}
 		}
+		args = append(args, r.Meta, b.retArg)
 		res, err := b.run(ctx, op{verb: "acquire"}, acquireScript, keys, args)
 		if err != nil {
 			return quota.Ticket{}, err
@@ -689,13 +691,16 @@ func (b *Backend) windowsFor(rep reply, had []*zoneWindows) ([]*zoneWindows, err
 	return out, nil
 }
 
-// parseSettlement decodes "in out gpu cost rtok rgpu rcost overrun at".
+// parseSettlement decodes "in out gpu cost rtok rgpu rcost overrun at
+// late", a newline and the meta. Settlements stored before tickets carried
+// meta have neither late nor meta.
 func parseSettlement(id, s string) (quota.Settlement, error) {
+	s, meta, _ := strings.Cut(s, "\n")
 	f := strings.Fields(s)
-	if len(f) != 9 {
+	if len(f) != 9 && len(f) != 10 {
 		return quota.Settlement{}, fmt.Errorf("bad settlement %q", s)
 	}
-	var n [9]int64
+	var n [10]int64
 	for i, v := range f {
 		x, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
@@ -711,7 +716,61 @@ func parseSettlement(id, s string) (quota.Settlement, error) {
 		ReservedCostMicros: n[6],
 		Overrun:            n[7] != 0,
 		SettledAt:          unixTime(n[8]),
+		Late:               n[9] != 0,
+		Meta:               meta,
 	}, nil
+}
+
+// Lookup implements quota.Backend.
+func (b *Backend) Lookup(ctx context.Context, id string) (quota.TicketInfo, error) {
+	if b.closed.Load() {
+		return quota.TicketInfo{}, quota.ErrClosed
+	}
+	_, nowS, nowN := b.now()
+	o := op{"lookup", id}
+	res, err := b.run(ctx, o, lookupScript, []string{b.key("t:", id)}, scriptArgs{nowS, nowN, b.prefixArg})
+	if err != nil {
+		return quota.TicketInfo{}, err
+	}
+	rep := reply(res)
+	switch k := rep.int(0); k {
+	case 1, 3:
+		return quota.TicketInfo{ID: id, Meta: rep.str(7), ExpiresAt: unixTime(rep.int(3)),
+			Tokens: rep.int(4), GPUMillis: rep.int(5), CostMicros: rep.int(6), Expired: k == 3}, nil
+	case 2:
+		s, err := parseSettlement(id, rep.str(3))
+		if err != nil {
+			return quota.TicketInfo{}, fmt.Errorf("%s: %w: %w", o, ErrUnavailable, err)
+		}
+		return quota.TicketInfo{ID: id, Meta: s.Meta, Tokens: s.ReservedTokens, GPUMillis: s.ReservedGPUMillis,
+			CostMicros: s.ReservedCostMicros, Settled: true}, nil
+	}
+	return quota.TicketInfo{}, fmt.Errorf("%s: %w", o, quota.ErrUnknownTicket)
+}
+
+// idAlphabet is internal/id's: Crockford's base32, lower case.
+const idAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+
+// newID returns "tkt_" and 128 bits from crypto/rand in base32: a ticket
+// ID nobody can guess, so knowing one ticket tells nothing of another.
+func newID() string {
+	var r [16]byte
+	rand.Read(r[:]) // never fails (Go 1.24+)
+	var out [4 + 26]byte
+	copy(out[:], "tkt_")
+	var acc uint32
+	bits, j := 0, 4
+	for _, c := range r {
+		acc = acc<<8 | uint32(c)
+		bits += 8
+		for bits >= 5 {
+			bits -= 5
+			out[j] = idAlphabet[acc>>bits&31]
+			j++
+		}
+	}
+	out[j] = idAlphabet[acc<<(5-bits)&31] // the last 3 bits
+	return string(out[:])
 }
 
 // Heartbeat implements quota.Backend.

@@ -26,6 +26,8 @@ var (
 	chargeBody string
 	//go:embed lua/instances.lua
 	instancesBody string
+	//go:embed lua/lookup.lua
+	lookupBody string
 
 	acquireScript   = redis.NewScript(prelude + acquireBody)
 	settleScript    = redis.NewScript(prelude + settleBody)
@@ -33,6 +35,7 @@ var (
 	useScript       = redis.NewScript(prelude + useBody)
 	restoreScript   = redis.NewScript(prelude + restoreBody)
 	chargeScript    = redis.NewScript(prelude + chargeBody)
+	lookupScript    = redis.NewScript(prelude + lookupBody)
 	// The registry's script needs nothing of the prelude.
 	instancesScript = redis.NewScript(instancesBody)
 )

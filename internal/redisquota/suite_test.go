@@ -37,3 +37,23 @@ func TestSuite(t *testing.T) {
 		return b, clk
 	})
 }
+
+// TestSuiteShared runs the shared-store suite on two backends (two
+// instances) on one Redis and one prefix.
+func TestSuiteShared(t *testing.T) {
+	srv := sharedServer(t)
+	c := newClient(t, srv.addr)
+	quotatest.RunShared(t, func(t *testing.T) (quota.Backend, quota.Backend, *quotatest.Clock) {
+		clk := quotatest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+		prefix := "shared" + strconv.FormatInt(prefixSeq.Add(1), 10)
+		var bs [2]quota.Backend
+		for i := range bs {
+			b, err := redisquota.New(c, redisquota.Options{Prefix: prefix, Clock: clk.Now, Timeout: 10 * time.Second})
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			bs[i] = b
+		}
+		return bs[0], bs[1], clk
+	})
+}

@@ -2,6 +2,7 @@ package quotatest
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 	_ "time/tzdata" // the calendar tests must not depend on the host's zoneinfo
@@ -43,6 +44,8 @@ func Run(t *testing.T, newBackend func(t *testing.T) (quota.Backend, *Clock)) {
 		{"CountsWithoutLimits", testCountsWithoutLimits},
 		{"Invalid", testInvalid},
 		{"UniqueTicketIDs", testUniqueIDs},
+		{"Meta", testMeta},
+		{"UnguessableIDs", testUnguessableIDs},
 		{"ConcurrentAcquire", testConcurrentAcquire},
 		{"RateBound", testRateBound},
 		{"Properties", testProperties},
@@ -420,11 +423,36 @@ func testExpiry(t *testing.T, f Factory) {
 	if got := e.use("t/a").TokensRate.Level; got != 767 {
 		t.Errorf("tokens rate level after expiry: got %d, want 767", got)
 	}
-	if _, err := e.b.Settle(e.ctx, tk.ID, quota.Usage{}); !errors.Is(err, quota.ErrUnknownTicket) {
-		t.Errorf("settle expired: got %v, want ErrUnknownTicket", err)
-	}
 	if _, err := e.b.Heartbeat(e.ctx, tk.ID, time.Minute); !errors.Is(err, quota.ErrUnknownTicket) {
 		t.Errorf("heartbeat expired: got %v, want ErrUnknownTicket", err)
+	}
+	if info, err := e.b.Lookup(e.ctx, tk.ID); err != nil || !info.Expired || info.Settled || info.Tokens != 800 ||
+		!info.ExpiresAt.Equal(t0.Add(time.Minute)) {
+		t.Errorf("Lookup expired: got %+v, %v, want Expired with 800 tokens, expired at %v", info, err, t0.Add(time.Minute))
+	}
+
+	// A settle after expiry is late: the reservation was refunded, so the
+	// use is charged to the current windows as it is, and no slot is held.
+	e.advance(10 * time.Second)
+	late := quota.Usage{InputTokens: 60, OutputTokens: 40, GPUMillis: 3}
+	s := e.settle(tk.ID, late)
+	want := quota.Settlement{TicketID: tk.ID, Usage: late, ReservedTokens: 800, ReservedGPUMillis: 5, SettledAt: e.now(), Late: true}
+	if !sameSettlement(s, want) {
+		t.Errorf("late settlement: got %+v, want %+v", s, want)
+	}
+	for _, k := range keys(chain) {
+		e.wantUsed(k, used{100, 100, 3, 0, 0})
+	}
+	if got := e.use("t/a").TokensRate.Level; got != 762 { // 1370 s at 1.8 s a token, rounded up: a late settle leaves it
+		t.Errorf("tokens rate level after late settle: got %d, want 762", got)
+	}
+	before := e.snapshot(keys(chain)...)
+	if again := e.settle(tk.ID, quota.Usage{InputTokens: 5000}); !sameSettlement(again, s) {
+		t.Errorf("replayed late settlement: got %+v, want %+v", again, s)
+	}
+	e.unchanged("late settle replay", before)
+	if _, err := e.b.Heartbeat(e.ctx, tk.ID, time.Minute); !errors.Is(err, quota.ErrUnknownTicket) {
+		t.Errorf("heartbeat settled late: got %v, want ErrUnknownTicket", err)
 	}
 	e.acquire(r)
 
@@ -724,6 +752,99 @@ func testInvalid(t *testing.T, f Factory) {
 		t.Errorf("negative usage: got %v, want ErrInvalid", err)
 	}
 	e.settle(tk.ID, quota.Usage{InputTokens: 5})
+}
+
+// testMeta: a request's meta is stored with its ticket and comes back from
+// Lookup, from Settle and from a replayed Settle.
+func testMeta(t *testing.T, f Factory) {
+	e := start(t, f, t0)
+	chain := []quota.Scope{sc("global", nil), sc("t/a", nil)}
+	meta := `{"who":"alice","note":"line\nbreak"}` + "\x00\n raw bytes \xff"
+	r := req(quota.Ask{Tokens: 100, GPUMillis: 20, CostMicros: 30, Concurrency: true}, chain...)
+	r.Meta, r.TTL = meta, time.Minute
+	tk := e.acquire(r)
+	info, err := e.b.Lookup(e.ctx, tk.ID)
+	want := quota.TicketInfo{ID: tk.ID, Meta: meta, ExpiresAt: t0.Add(time.Minute), Tokens: 100, GPUMillis: 20, CostMicros: 30}
+	if err != nil || !sameInfo(info, want) {
+		t.Errorf("Lookup live: got %+v, %v, want %+v", info, err, want)
+	}
+	s := e.settle(tk.ID, quota.Usage{InputTokens: 10})
+	if s.Meta != meta || s.Late {
+		t.Errorf("settlement meta: got %q late %v, want %q and not late", s.Meta, s.Late, meta)
+	}
+	info, err = e.b.Lookup(e.ctx, tk.ID)
+	want = quota.TicketInfo{ID: tk.ID, Meta: meta, Tokens: 100, GPUMillis: 20, CostMicros: 30, Settled: true}
+	if err != nil || !sameInfo(info, want) {
+		t.Errorf("Lookup settled: got %+v, %v, want %+v", info, err, want)
+	}
+	e.advance(time.Minute)
+	if again := e.settle(tk.ID, quota.Usage{}); again.Meta != meta || !sameSettlement(again, s) {
+		t.Errorf("replayed settlement: got %+v, want %+v", again, s)
+	}
+
+	// Meta is bounded.
+	r.Meta = strings.Repeat("m", quota.MaxMetaBytes)
+	tk = e.acquire(r)
+	if s := e.settle(tk.ID, quota.Usage{}); s.Meta != r.Meta {
+		t.Errorf("meta of MaxMetaBytes: got %d bytes back, want %d", len(s.Meta), len(r.Meta))
+	}
+	r.Meta += "m"
+	if _, err := e.b.Acquire(e.ctx, r); !errors.Is(err, quota.ErrInvalid) {
+		t.Errorf("meta above MaxMetaBytes: got %v, want ErrInvalid", err)
+	}
+	e.wantUsed("t/a", used{10, 10, 0, 0, 0})
+	if _, err := e.b.Lookup(e.ctx, "no-such-ticket"); !errors.Is(err, quota.ErrUnknownTicket) {
+		t.Errorf("Lookup unknown: got %v, want ErrUnknownTicket", err)
+	}
+}
+
+func sameInfo(a, b quota.TicketInfo) bool {
+	at, bt := a.ExpiresAt, b.ExpiresAt
+	a.ExpiresAt, b.ExpiresAt = time.Time{}, time.Time{}
+	return a == b && at.Equal(bt)
+}
+
+// testUnguessableIDs: ticket IDs are "tkt_" and at least 128 random bits,
+// so an ID next to a real one names nothing.
+func testUnguessableIDs(t *testing.T, f Factory) {
+	e := start(t, f, t0)
+	chain := []quota.Scope{sc("t/a", &quota.Limits{Concurrency: quota.AtMost(5)})}
+	r := req(quota.Ask{Tokens: 10, Concurrency: true}, chain...)
+	a, b := e.acquire(r), e.acquire(r)
+	for _, tk := range []quota.Ticket{a, b} {
+		id := strings.TrimPrefix(tk.ID, "~") // a failover's local tickets are marked
+		if !strings.HasPrefix(id, "tkt_") || len(id) < 4+26 {
+			t.Fatalf("ticket ID %q: want tkt_ and at least 26 base32 digits (128 bits)", tk.ID)
+		}
+	}
+	if common := commonPrefix(a.ID, b.ID); common > len(a.ID)/2 {
+		t.Errorf("IDs %q and %q share %d leading bytes: the random part does not lead", a.ID, b.ID, common)
+	}
+	// Change one character of the random part: the ID must name nothing.
+	i := len(a.ID) - 16
+	forged := a.ID[:i] + string(a.ID[i]^1) + a.ID[i+1:]
+	if _, err := e.b.Lookup(e.ctx, forged); !errors.Is(err, quota.ErrUnknownTicket) {
+		t.Errorf("Lookup forged %q: got %v, want ErrUnknownTicket", forged, err)
+	}
+	if _, err := e.b.Heartbeat(e.ctx, forged, time.Minute); !errors.Is(err, quota.ErrUnknownTicket) {
+		t.Errorf("Heartbeat forged: got %v, want ErrUnknownTicket", err)
+	}
+	if _, err := e.b.Settle(e.ctx, forged, quota.Usage{}); !errors.Is(err, quota.ErrUnknownTicket) {
+		t.Errorf("Settle forged: got %v, want ErrUnknownTicket", err)
+	}
+	e.wantUsed("t/a", used{20, 20, 0, 0, 2})
+	e.settle(a.ID, quota.Usage{})
+	if _, err := e.b.Settle(e.ctx, forged, quota.Usage{}); !errors.Is(err, quota.ErrUnknownTicket) {
+		t.Errorf("Settle forged after the real one settled: got %v, want ErrUnknownTicket", err)
+	}
+}
+
+func commonPrefix(a, b string) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
 }
 
 func testUniqueIDs(t *testing.T, f Factory) {

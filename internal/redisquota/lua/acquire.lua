@@ -11,6 +11,7 @@
 --   requests rate: mode (0 none, 1 valid, 2 refuse all) K A
 --   tokens rate: the same
 --   limits (-1 none): tokens/day tokens/month gpu cost concurrency
+-- and last the ticket's meta and the settled retention (ms).
 -- Reply: {1, nowS, nowN, grant, then per meter: scope index (0 none),
 -- remaining, reset (ns after now)} or {0, nowS, nowN, scope index, check,
 -- used, requested, reset, wait} or {-1, nowS, nowN} (clock skew).
@@ -205,7 +206,9 @@ for i = 1, n do
   scope_save(s, base, margin)
 end
 ta[6] = t.mx
-call('SET', KEYS[1], mpack(unpack(ta, 1, 7 + 4 * n)), 'PX', ticket_ttl(t, margin))
+t.ret = tonumber(ARGV[o0 + n * SA + 2])
+ta[8 + 4 * n], ta[9 + 4 * n] = ARGV[o0 + n * SA + 1], t.ret
+call('SET', KEYS[1], mpack(unpack(ta, 1, 9 + 4 * n)), 'PX', ticket_ttl(t, margin))
 
 local out = {1, NOWS, NOWN, grant}
 for m = 1, 7 do

@@ -9,8 +9,7 @@ local id = string.sub(KEYS[1], #P + 3)
 local t = ticket_load(P, id)
 if t == nil then return {0, NOWS, NOWN} end
 if rel(t.e) <= 0 then
-  release(P, id, t, nil, nil, nil, base, margin)
-  call('DEL', KEYS[1])
+  ticket_expire(P, id, t, release(P, id, t, nil, nil, nil, base, margin))
   return {0, NOWS, NOWN}
 end
 t.e = abs(ttl)

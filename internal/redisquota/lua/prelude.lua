@@ -342,15 +342,21 @@ end
 -- tokens, GPU ms and cost reserved, 1 if it holds a slot, the latest end
 -- of the month windows it charged (s), the number of scopes n, then their
 -- n keys, n day window starts, n month window starts, n flags (1 when
--- tokens_rate was charged). Settled, the key holds "S " and the
--- settlement, for the retention period.
+-- tokens_rate was charged), then the caller's meta and the settled
+-- retention (ms). Settled, the key holds "S ", the settlement, a newline
+-- and the meta, for the retention period. Expired unsettled, it holds "E "
+-- and a msgpack array (see ticket_expire), for the retention period, so
+-- that a late settle can charge the use.
 
 local function ticket_load(P, id)
   local v = call('GET', P .. 't:' .. id)
-  if not v or string.sub(v, 1, 2) == 'S ' then return nil, v end
+  if not v then return nil, v end
+  local k = string.sub(v, 1, 2)
+  if k == 'S ' or k == 'E ' then return nil, v end
   local a = {munpack(v)}
   local n = a[7]
-  local t = {e = a[1], x = a[2], g = a[3], c = a[4], s = a[5], mx = a[6], n = n, ch = {}}
+  local t = {e = a[1], x = a[2], g = a[3], c = a[4], s = a[5], mx = a[6], n = n, ch = {},
+    meta = a[8 + 4 * n] or '', ret = a[9 + 4 * n]}
   for i = 1, n do
     t.ch[i] = {key = a[7 + i], d = a[7 + n + i], m = a[7 + 2 * n + i], rated = a[7 + 3 * n + i] == 1}
   end
@@ -365,16 +371,47 @@ local function ticket_save(P, id, t, ms)
     a[7 + i], a[7 + n + i], a[7 + 2 * n + i] = ch.key, ch.d, ch.m
     a[7 + 3 * n + i] = ch.rated and 1 or 0
   end
-  call('SET', P .. 't:' .. id, mpack(unpack(a)), 'PX', ms)
+  a[8 + 4 * n], a[9 + 4 * n] = t.meta or '', t.ret or 0
+  call('SET', P .. 't:' .. id, mpack(unpack(a, 1, 9 + 4 * n)), 'PX', ms)
 end
 
 -- ticket_ttl returns how long (ms) a ticket's key must live: until it
 -- expires and, while it holds a reservation, until the month windows it
--- charged have ended (a lazy sweep may still refund it), plus the margin.
+-- charged have ended (a lazy sweep may still refund it), plus the margin
+-- or, if longer, the settled retention (a late settle may still come).
 local function ticket_ttl(t, margin)
   local ms = floor(rel(t.e) / 1e6) + 1
   if (t.x > 0 or t.g > 0 or t.c > 0) and (t.mx - NOWS) * 1000 > ms then ms = (t.mx - NOWS) * 1000 end
+  if t.ret and t.ret > margin then return ms + t.ret end
   return ms + margin
+end
+
+-- ticket_expire replaces the key of a ticket released at expiry with what
+-- a late settle needs, for the retention period: "E " and a msgpack array
+-- of expiry, the reservations, meta, the number of scopes n, their n keys
+-- and n zone names ('' unknown). zn holds the zone names release found.
+local function ticket_expire(P, id, t, zn)
+  local k = P .. 't:' .. id
+  if not t.ret or t.ret <= 0 then
+    call('DEL', k) -- stored before tickets carried their retention
+    return
+  end
+  local a = {t.e, t.x, t.g, t.c, t.meta or '', t.n}
+  for i = 1, t.n do
+    a[6 + i], a[6 + t.n + i] = t.ch[i].key, zn[i] or ''
+  end
+  call('SET', k, 'E ' .. mpack(unpack(a, 1, 6 + 2 * t.n)), 'PX', t.ret)
+end
+
+-- expired_load decodes an "E " value.
+local function expired_load(v)
+  local a = {munpack(string.sub(v, 3))}
+  local n = a[6]
+  local x = {e = a[1], x = a[2], g = a[3], c = a[4], meta = a[5], n = n, keys = {}, zones = {}}
+  for i = 1, n do
+    x.keys[i], x.zones[i] = a[6 + i], a[6 + n + i]
+  end
+  return x
 end
 
 -- release replaces a ticket's reservations with actual use u (nil for an
@@ -383,14 +420,16 @@ end
 -- since ended died with it; actual use goes to the current window, taken
 -- from zones (by zone name) when the stored one has ended. A stored window
 -- that has ended and receives no use is left as is: every reader rolls it
--- before looking.
+-- before looking. It returns the zone names of the scopes ('' unknown).
 local function release(P, id, t, u, zones, states, base, margin)
   local tres, gres, cres = t.x, t.g, t.c
   local tok, gpu, cost = 0, 0, 0
   if u then tok, gpu, cost = u[1], u[2], u[3] end
   local lease = (t.s == 1) and 'l:' or 'r:'
+  local zn = {}
   for i, ch in ipairs(t.ch) do
     local s = (states and states[i]) or scope_load(P, ch.key)
+    zn[i] = s.z or ''
     if s.dE and NOWS < s.dE then
       if s.dS == ch.d then
         s.td = max0(sadd(s.td, tok - tres))
@@ -423,6 +462,7 @@ local function release(P, id, t, u, zones, states, base, margin)
       scope_save(s, base, margin)
     end
   end
+  return zn
 end
 
 -- sweep releases a scope's expired tickets, exactly as of now, if its lower
@@ -439,8 +479,7 @@ local function sweep(P, s, base, margin)
       if t == nil then
         call('ZREM', zk, id) -- settled, or its key outlived every refund
       elseif score < NOWUS or rel(t.e) <= 0 then
-        release(P, id, t, nil, nil, nil, base, margin)
-        call('DEL', P .. 't:' .. id)
+        ticket_expire(P, id, t, release(P, id, t, nil, nil, nil, base, margin))
       end
     end
     local first = call('ZRANGE', zk, 0, 0, 'WITHSCORES')
