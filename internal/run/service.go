@@ -36,6 +36,9 @@ type Service struct {
 	// such runs execute in this process and are recorded memory_enforced
 	// false.
 	Sandbox Sandbox
+	// InProcess, when set, bounds the memory of the runs this process
+	// executes itself (see MemoryCeiling); nil admits them all.
+	InProcess *MemoryCeiling
 
 	mu     sync.Mutex
 	parsed map[string]parsedFlow // by flow id, for the version stored
@@ -366,6 +369,12 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 			return nil, err
 		}
 		execute = s.Sandbox.Execute
+	} else {
+		release, err := s.admitInProcess(runID, g, caps)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
 	}
 	if err := s.Store.InsertRun(context.WithoutCancel(ctx), rec); err != nil {
 		return nil, err
@@ -412,6 +421,28 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 		s.OnRunEnd(rec.Status)
 	}
 	return &Outcome{Record: rec, Result: res, Err: runErr, Ticket: &adm.Ticket}, nil
+}
+
+// admitInProcess reserves a run's share of the in-process memory ceiling,
+// for a run that executes in this process, where no kernel limit holds it.
+func (s *Service) admitInProcess(runID string, g *flow.Flow, caps quota.Caps) (release func(), err error) {
+	if caps.MemoryPerRun > 0 {
+		s.Log.Warn("run executes in the server process without a sandbox: its memory_per_run is NOT enforced",
+			slog.String("run_id", runID), slog.Int64("memory_per_run", caps.MemoryPerRun))
+	}
+	if s.InProcess == nil {
+		return func() {}, nil
+	}
+	need := s.InProcess.Estimate(g)
+	release, err = s.InProcess.Reserve(need)
+	if err != nil {
+		used, runs := s.InProcess.InUse()
+		s.Log.Warn("in-process run refused: the in-process run memory ceiling is reached",
+			slog.String("run_id", runID), slog.Int64("needed", need), slog.Int64("reserved", used),
+			slog.Int("runs", runs), slog.Int64("inprocess_run_memory", s.InProcess.Total))
+		return nil, err
+	}
+	return release, nil
 }
 
 // RunRecord returns a run, if the caller may see it.
