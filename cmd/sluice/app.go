@@ -140,7 +140,11 @@ func (a *App) startRuns() error {
 		a.log.Warn("no model table configured: every model runs on the built-in simulated model, whose answers are marked simulated")
 	}
 	llm.WarmTokenizers()
-	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: &run.Guard{AllowHosts: a.cfg.AllowHosts},
+	guard := &run.Guard{AllowHosts: a.cfg.AllowHosts, MaxResponseBytes: int64(a.cfg.MaxToolResponseBytes)}
+	if err := guard.Validate(); err != nil {
+		return fmt.Errorf("allow_hosts: %w", err)
+	}
+	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: guard,
 		Log: a.log, DemoModels: demo,
 		OnModelCall: func(model, provider, outcome string, in, out int) {
 			a.metrics.ModelCalls.WithLabelValues(model, provider, outcome).Inc()
@@ -149,6 +153,15 @@ func (a *App) startRuns() error {
 		}}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
 		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
+	// Runs without memory_per_run execute here, where no kernel limit holds
+	// them: the ceiling admits them by estimate instead.
+	a.runs.InProcess = &run.MemoryCeiling{Total: int64(a.cfg.InProcessRunMemory),
+		PerRun: int64(a.cfg.InProcessRunReserve), PerTool: int64(a.cfg.MaxToolResponseBytes)}
+	a.log.Warn("runs without memory_per_run execute in the server process: the kernel does NOT enforce their memory; "+
+		"they are admitted against the in-process run memory ceiling, by estimate",
+		slog.String("inprocess_run_memory", policy.Bytes(a.cfg.InProcessRunMemory).String()),
+		slog.String("inprocess_run_reserve", policy.Bytes(a.cfg.InProcessRunReserve).String()),
+		slog.String("max_tool_response_bytes", policy.Bytes(a.cfg.MaxToolResponseBytes).String()))
 	return a.startSandbox(exec)
 }
 

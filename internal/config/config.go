@@ -73,9 +73,26 @@ type Config struct {
 	// unreachable (each then admits limit ÷ Instances); 0 counts them from
 	// their heartbeats in Redis.
 	Instances int `yaml:"instances"`
-	// AllowHosts are hosts the URL and API tools may reach although they
-	// are loopback or private (the SSRF guard refuses those otherwise).
+	// AllowHosts are host[:port] entries the URL and API tools may reach
+	// although they are loopback or private (the SSRF guard refuses those
+	// otherwise): "vm" allows ports 80 and 443, "vm:8080" that port, "vm:*"
+	// any. A URL passes only if the host it names matches, case-insensitively
+	// and exactly; another name for the same address does not.
 	AllowHosts []string `yaml:"allow_hosts"`
+	// MaxToolResponseBytes bounds what one URL or API tool call reads ("10MiB";
+	// a URL tool's responses together). A longer response fails the node;
+	// no more than this is ever held in memory.
+	MaxToolResponseBytes Bytes `yaml:"max_tool_response_bytes"`
+	// InProcessRunMemory is the ceiling on the memory the runs executing in
+	// the server's own process (those without memory_per_run) may reserve
+	// together; a run that does not fit is refused with 503 and Retry-After.
+	// It is admission by estimate: the kernel enforces memory only for runs
+	// in the sandbox.
+	InProcessRunMemory Bytes `yaml:"inprocess_run_memory"`
+	// InProcessRunReserve is what each in-process run reserves of
+	// InProcessRunMemory before its tools; each URL or API node in its flow
+	// adds MaxToolResponseBytes.
+	InProcessRunReserve Bytes `yaml:"inprocess_run_reserve"`
 	// Sandbox configures the worker processes that execute runs with a
 	// memory cap (memory_per_run).
 	Sandbox Sandbox `yaml:"sandbox"`
@@ -148,6 +165,64 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // MarshalYAML writes the duration as text.
 func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
 
+// Bytes is a size written as a number of bytes or with a unit: "10MiB",
+// "512MB".
+type Bytes int64
+
+// UnmarshalYAML reads 10485760 or "10MiB".
+func (b *Bytes) UnmarshalYAML(n *yaml.Node) error {
+	v, err := policy.ParseBytes(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a size such as 10MiB", n.Line, n.Value)
+	}
+	*b = Bytes(v)
+	return nil
+}
+
+// MarshalYAML writes the size with its largest whole binary unit.
+func (b Bytes) MarshalYAML() (any, error) { return policy.Bytes(b).String(), nil }
+
+// envInProcess applies the variables of the tool response cap and the
+// in-process memory ceiling.
+func (c *Config) envInProcess(getenv func(string) string) error {
+	for _, v := range []struct {
+		name string
+		dst  *Bytes
+	}{
+		{"SLUICE_MAX_TOOL_RESPONSE_BYTES", &c.MaxToolResponseBytes},
+		{"SLUICE_INPROCESS_RUN_MEMORY", &c.InProcessRunMemory},
+		{"SLUICE_INPROCESS_RUN_RESERVE", &c.InProcessRunReserve},
+	} {
+		s := getenv(v.name)
+		if s == "" {
+			continue
+		}
+		n, err := policy.ParseBytes(s)
+		if err != nil {
+			return errs.Field(errs.Invalid, v.name, "%s %q is not a size such as 10MiB", v.name, s)
+		}
+		*v.dst = Bytes(n)
+	}
+	return nil
+}
+
+// validateInProcess checks the tool response cap and the in-process memory
+// ceiling: at least one run with one URL or API node must fit.
+func (c *Config) validateInProcess() error {
+	if c.MaxToolResponseBytes < 1<<10 || c.MaxToolResponseBytes > 1<<30 {
+		return errs.Field(errs.Invalid, "max_tool_response_bytes", "max_tool_response_bytes %d is outside 1KiB..1GiB", c.MaxToolResponseBytes)
+	}
+	if c.InProcessRunReserve < 64<<10 {
+		return errs.Field(errs.Invalid, "inprocess_run_reserve", "inprocess_run_reserve %d is under 64KiB", c.InProcessRunReserve)
+	}
+	if need := c.InProcessRunReserve + c.MaxToolResponseBytes; c.InProcessRunMemory < need {
+		return errs.Field(errs.Invalid, "inprocess_run_memory",
+			"inprocess_run_memory %s is less than one run with one URL or API tool needs (inprocess_run_reserve + max_tool_response_bytes = %s)",
+			policy.Bytes(c.InProcessRunMemory), policy.Bytes(need))
+	}
+	return nil
+}
+
 // Default returns the configuration used when nothing is set.
 func Default() Config {
 	return Config{
@@ -162,6 +237,10 @@ func Default() Config {
 		UsageFlushInterval: Duration(100 * time.Millisecond),
 		PolicyPollInterval: Duration(500 * time.Millisecond),
 		RedisTimeout:       Duration(100 * time.Millisecond),
+
+		MaxToolResponseBytes: 10 << 20,
+		InProcessRunMemory:   512 << 20,
+		InProcessRunReserve:  4 << 20,
 
 		Sandbox: Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
 	}
@@ -200,6 +279,9 @@ func (c *Config) Env(getenv func(string) string) error {
 	str("SLUICE_LOG_FORMAT", &c.LogFormat)
 	str("SLUICE_DEFAULT_GLOBAL_RATE", &c.DefaultGlobalRate)
 	str("SLUICE_POLICY_FILE", &c.PolicyFile)
+	if err := c.envInProcess(getenv); err != nil {
+		return err
+	}
 	str("SLUICE_REDIS_URL", &c.RedisURL)
 	str("SLUICE_REDIS_PREFIX", &c.RedisPrefix)
 	if v := getenv("SLUICE_INSTANCES"); v != "" {
@@ -291,6 +373,9 @@ func (c *Config) Validate() error {
 	}
 	if c.UsageFlushInterval <= 0 || time.Duration(c.UsageFlushInterval) > 10*time.Second {
 		return errs.Field(errs.Invalid, "usage_flush_interval", "usage_flush_interval must be between 0 and 10s")
+	}
+	if err := c.validateInProcess(); err != nil {
+		return err
 	}
 	return c.Sandbox.validate()
 }

@@ -68,6 +68,8 @@ shutdown_timeout: 2m30s
 		PolicyPollInterval: config.Duration(500 * time.Millisecond),
 		RedisTimeout:       config.Duration(100 * time.Millisecond),
 		Sandbox:            config.Sandbox{Unenforced: "refuse", Workers: 2},
+
+		MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Parse(valid) = %+v, want %+v", c, want)
@@ -166,6 +168,8 @@ admin_key: file-key
 					DefaultGlobalRate: "100/min", UsageFlushInterval: config.Duration(100 * time.Millisecond),
 					PolicyPollInterval: config.Duration(500 * time.Millisecond), RedisTimeout: config.Duration(100 * time.Millisecond),
 					Sandbox: config.Sandbox{Unenforced: "refuse", Workers: 2},
+
+					MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 				}
 			},
 		},
