@@ -61,6 +61,10 @@ func (s *Store) RecordUsage(ctx context.Context, events []usage.Event) (int, err
 		if s.d.dollar {
 			fresh, err = pgInsertEvents(ctx, tx, events)
 		} else {
+			// A multi-row statement journals the pages it changes, so that
+			// it can be undone alone; in memory that costs no file writes.
+			// Best effort: the setting only saves time.
+			_, _ = tx.ExecContext(ctx, "PRAGMA temp_store = MEMORY")
 			fresh, err = sqliteInsertEvents(ctx, tx, events)
 		}
 		if err != nil {
@@ -149,27 +153,79 @@ func usageError(err error, what string) error {
 const eventColumns = `id, at, tenant_id, user_id, project_id, kind, model,
 	requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes, peak_memory, cpu_ms`
 
-// sqliteRows is the most rows in one SQLite statement: 15 columns each stays
-// well under SQLite's 32,766 bound variables.
-const sqliteRows = 500
-
 func sqliteInsertEvents(ctx context.Context, tx *sql.Tx, events []usage.Event) (map[string]bool, error) {
 	fresh := make(map[string]bool, len(events))
-	args := make([]any, 0, 15*min(len(events), sqliteRows))
-	for part := range slices.Chunk(events, sqliteRows) {
-		args = args[:0]
-		for i := range part {
-			e := &part[i]
-			args = append(args, e.ID, micros(e.At), e.TenantID, e.UserID, e.ProjectID, e.Kind, e.Model,
-				e.Requests, e.InputTokens, e.OutputTokens, e.GPUMillis, e.CostMicros, strings.Join(e.Scopes, " "), e.PeakMemory, e.CPUMillis)
-		}
-		q := valuesSQL(`INSERT INTO usage_events (`+eventColumns+`) VALUES `, 15, len(part),
-			` ON CONFLICT (id) DO NOTHING RETURNING id`)
-		if err := collectIDs(ctx, tx, fresh, q, args...); err != nil {
-			return nil, err
-		}
+	args := make([]any, 0, 15*len(events))
+	for i := range events {
+		e := &events[i]
+		args = append(args, e.ID, micros(e.At), e.TenantID, e.UserID, e.ProjectID, e.Kind, e.Model,
+			e.Requests, e.InputTokens, e.OutputTokens, e.GPUMillis, e.CostMicros, strings.Join(e.Scopes, " "), e.PeakMemory, e.CPUMillis)
+	}
+	err := sqliteRows(ctx, tx, `INSERT INTO usage_events (`+eventColumns+`) VALUES `, ` ON CONFLICT (id) DO NOTHING RETURNING id`,
+		15, args, func(rows *sql.Rows) error {
+			for rows.Next() {
+				var id string
+				if err := rows.Scan(&id); err != nil {
+					return err
+				}
+				fresh[id] = true
+			}
+			return rows.Err()
+		})
+	if err != nil {
+		return nil, usageError(err, "insert usage events")
 	}
 	return fresh, nil
+}
+
+// sqliteRows runs head, a VALUES list of rows of cols arguments each, tail
+// over args, in statements of a few fixed sizes, each prepared once in the
+// transaction: parsing a statement as long as the whole list would cost
+// SQLite more than running it. each, when set, reads the rows a statement
+// returns.
+func sqliteRows(ctx context.Context, tx *sql.Tx, head, tail string, cols int, args []any, each func(*sql.Rows) error) error {
+	stmts := map[int]*sql.Stmt{}
+	defer func() {
+		for _, st := range stmts {
+			st.Close()
+		}
+	}()
+	for len(args) > 0 {
+		n := len(args) / cols
+		size := 1
+		for _, sz := range [...]int{32, 8} {
+			if n >= sz {
+				size = sz
+				break
+			}
+		}
+		st := stmts[size]
+		if st == nil {
+			var err error
+			if st, err = tx.PrepareContext(ctx, valuesSQL(head, cols, size, tail)); err != nil {
+				return err
+			}
+			stmts[size] = st
+		}
+		part := args[:size*cols]
+		args = args[size*cols:]
+		if each == nil {
+			if _, err := st.ExecContext(ctx, part...); err != nil {
+				return err
+			}
+			continue
+		}
+		rows, err := st.QueryContext(ctx, part...)
+		if err != nil {
+			return err
+		}
+		err = each(rows)
+		rows.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 const pgInsertEventsSQL = `INSERT INTO usage_events (` + eventColumns + `)
@@ -296,18 +352,15 @@ const rollupUpdate = ` ON CONFLICT (scope, period) DO UPDATE SET requests = usag
 	cost_micros = usage_rollups.cost_micros + excluded.cost_micros`
 
 func sqliteUpsertRollups(ctx context.Context, tx *sql.Tx, keys []rollupKey, deltas map[rollupKey]*rollupDelta) error {
-	args := make([]any, 0, 7*min(len(keys), sqliteRows))
-	for part := range slices.Chunk(keys, sqliteRows) {
-		args = args[:0]
-		for _, k := range part {
-			d := deltas[k]
-			args = append(args, k.scope, k.period, d.tenant, d.requests, d.tokens, d.gpuMS, d.costMicr)
-		}
-		q := valuesSQL(`INSERT INTO usage_rollups (scope, period, tenant_id, requests, tokens, gpu_ms, cost_micros) VALUES `,
-			7, len(part), rollupUpdate)
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
-			return usageError(err, "add to usage roll-ups")
-		}
+	args := make([]any, 0, 7*len(keys))
+	for _, k := range keys {
+		d := deltas[k]
+		args = append(args, k.scope, k.period, d.tenant, d.requests, d.tokens, d.gpuMS, d.costMicr)
+	}
+	err := sqliteRows(ctx, tx, `INSERT INTO usage_rollups (scope, period, tenant_id, requests, tokens, gpu_ms, cost_micros) VALUES `,
+		rollupUpdate, 7, args, nil)
+	if err != nil {
+		return usageError(err, "add to usage roll-ups")
 	}
 	return nil
 }

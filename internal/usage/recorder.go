@@ -37,6 +37,7 @@ type Recorder struct {
 	mu       sync.Mutex
 	queue    []*pending
 	inflight int        // events taken by the writer and not yet resolved
+	released int        // waiters the last chunk released (for gather)
 	flushed  *sync.Cond // broadcast after each write attempt
 	backoff  time.Duration
 	closed   bool
@@ -267,11 +268,13 @@ func (r *Recorder) loop() {
 		// the events staying queued and their waiters waiting.
 		backoff := time.Duration(0)
 		for {
+			start := time.Now()
 			more, err := r.writeChunk()
 			if err == nil {
 				backoff = 0
 				r.setBackoff(0)
-				if !more {
+				r.gather(time.Since(start))
+				if !more && r.Pending() == 0 {
 					break
 				}
 				continue
@@ -284,6 +287,39 @@ func (r *Recorder) loop() {
 				return
 			case <-time.After(backoff):
 			}
+		}
+	}
+}
+
+// gather waits briefly, after a chunk whose committers were released, for
+// them to queue their next events, so that transactions stay full instead
+// of alternating between the few events queued the moment one commits and
+// the many that come just after. It waits at most half the last write's
+// time (and 2ms): a committer that does not come back costs the others
+// little, and a lone committer waits for nobody.
+func (r *Recorder) gather(took time.Duration) {
+	r.mu.Lock()
+	want := min(r.released, r.chunk)
+	r.released = 0
+	r.mu.Unlock()
+	if want <= 1 {
+		return
+	}
+	deadline := time.NewTimer(min(took/2, 2*time.Millisecond))
+	defer deadline.Stop()
+	for {
+		r.mu.Lock()
+		n := len(r.queue)
+		r.mu.Unlock()
+		if n >= want {
+			return
+		}
+		select {
+		case <-r.kick:
+		case <-deadline.C:
+			return
+		case <-r.stop:
+			return
 		}
 	}
 }
@@ -346,6 +382,12 @@ func (r *Recorder) writeChunk() (more bool, err error) {
 		r.queue = append(append(make([]*pending, 0, len(rest)+len(r.queue)), rest...), r.queue...)
 	}
 	more = len(r.queue) > 0
+	r.released = 0
+	for _, p := range r.batch[:resolved] {
+		if p.done != nil {
+			r.released++
+		}
+	}
 	r.flushed.Broadcast()
 	r.mu.Unlock()
 	for _, p := range r.batch[:resolved] {
