@@ -215,6 +215,7 @@ func (a *App) Handler() http.Handler {
 		Runs:         a.runs,
 		Log:          a.log,
 		MaxBodyBytes: a.cfg.MaxBodyBytes,
+		Settle:       settleBounds(&a.cfg),
 		Ready: func(ctx context.Context) map[string]error {
 			return map[string]error{"store": a.store.Ping(ctx), "sandbox": a.sandbox.Ready()}
 		},
@@ -222,6 +223,13 @@ func (a *App) Handler() http.Handler {
 		Mode:    a.mode,
 	}
 	return api.Handler()
+}
+
+// settleBounds resolves the configured settle bounds for the API.
+func settleBounds(c *config.Config) *httpapi.SettleBounds {
+	o, s := c.SettleOverrun.Units(config.DefaultSettleOverrun), c.SettleSanity.Units(config.DefaultSettleSanity)
+	return &httpapi.SettleBounds{OverrunTokens: o.Tokens, OverrunGPUMillis: o.GPUMillis, OverrunCostMicros: o.CostMicros,
+		SanityTokens: s.Tokens, SanityGPUMillis: s.GPUMillis, SanityCostMicros: s.CostMicros}
 }
 
 // Serve serves until ctx is cancelled, then drains in-flight requests for

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -96,6 +97,81 @@ type Config struct {
 	// Sandbox configures the worker processes that execute runs with a
 	// memory cap (memory_per_run).
 	Sandbox Sandbox `yaml:"sandbox"`
+
+	// --- Settle bounds (POST /api/v1/quota/settle) ---
+
+	// SettleOverrun is how much more than its ticket reserved a member may
+	// settle, per dimension (unset: DefaultSettleOverrun). Tokens apply
+	// only when the ticket's chain sets no max_tokens_per_call; with one,
+	// that cap is the allowed overrun.
+	SettleOverrun SettleAmounts `yaml:"settle_overrun"`
+	// SettleSanity is the most a tenant admin (a service account reporting
+	// for its users) or a platform admin may settle on one ticket (unset:
+	// DefaultSettleSanity).
+	SettleSanity SettleAmounts `yaml:"settle_sanity"`
+}
+
+// SettleAmounts are per-dimension amounts of a settle; an unset (nil)
+// amount takes its default, so that 0 can mean none.
+type SettleAmounts struct {
+	Tokens     *int64   `yaml:"tokens,omitempty"` // input + output
+	GPUSeconds *float64 `yaml:"gpu_seconds,omitempty"`
+	CostUSD    *float64 `yaml:"cost_usd,omitempty"`
+}
+
+// Defaults of the settle bounds: a member may overrun a reservation by
+// 4096 tokens (when no max_tokens_per_call applies), a minute of GPU time
+// and one dollar; an admin may settle up to 10^9 tokens, 10^7 GPU seconds
+// and 10^6 USD on one ticket.
+var (
+	DefaultSettleOverrun = SettleUnits{Tokens: 4096, GPUMillis: 60_000, CostMicros: 1_000_000}
+	DefaultSettleSanity  = SettleUnits{Tokens: 1e9, GPUMillis: 1e10, CostMicros: 1e12}
+)
+
+// SettleUnits are settle amounts in the engine's units.
+type SettleUnits struct {
+	Tokens, GPUMillis, CostMicros int64
+}
+
+// Units returns a in the engine's units, unset amounts taken from def.
+// Validate has checked that they convert exactly.
+func (a SettleAmounts) Units(def SettleUnits) SettleUnits {
+	u := def
+	if a.Tokens != nil {
+		u.Tokens = *a.Tokens
+	}
+	if a.GPUSeconds != nil {
+		u.GPUMillis = int64(math.Ceil(*a.GPUSeconds * 1000))
+	}
+	if a.CostUSD != nil {
+		u.CostMicros = int64(math.Ceil(*a.CostUSD * 1e6))
+	}
+	return u
+}
+
+// validateSettle checks the settle bounds: non-negative, the sanity bound
+// at least the overrun, and small enough that the engines count them
+// exactly (2^52 tokens, milliseconds and micro-USD).
+func (c *Config) validateSettle() error {
+	const exact = 1 << 52
+	for _, v := range []struct {
+		field string
+		a     SettleAmounts
+	}{{"settle_overrun", c.SettleOverrun}, {"settle_sanity", c.SettleSanity}} {
+		switch a := v.a; {
+		case a.Tokens != nil && (*a.Tokens < 0 || *a.Tokens > exact):
+			return errs.Field(errs.Invalid, v.field+".tokens", "%s.tokens must be between 0 and 2^52", v.field)
+		case a.GPUSeconds != nil && !(*a.GPUSeconds >= 0 && *a.GPUSeconds*1000 <= exact):
+			return errs.Field(errs.Invalid, v.field+".gpu_seconds", "%s.gpu_seconds must be between 0 and 2^52/1000", v.field)
+		case a.CostUSD != nil && !(*a.CostUSD >= 0 && *a.CostUSD*1e6 <= exact):
+			return errs.Field(errs.Invalid, v.field+".cost_usd", "%s.cost_usd must be between 0 and 2^52/1e6", v.field)
+		}
+	}
+	o, s := c.SettleOverrun.Units(DefaultSettleOverrun), c.SettleSanity.Units(DefaultSettleSanity)
+	if s.Tokens < o.Tokens || s.GPUMillis < o.GPUMillis || s.CostMicros < o.CostMicros {
+		return errs.Field(errs.Invalid, "settle_sanity", "settle_sanity must be at least settle_overrun in every dimension")
+	}
+	return nil
 }
 
 // Sandbox configures sandboxed runs: each run whose caps include
@@ -375,6 +451,9 @@ func (c *Config) Validate() error {
 		return errs.Field(errs.Invalid, "usage_flush_interval", "usage_flush_interval must be between 0 and 10s")
 	}
 	if err := c.validateInProcess(); err != nil {
+		return err
+	}
+	if err := c.validateSettle(); err != nil {
 		return err
 	}
 	return c.Sandbox.validate()

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -13,13 +15,60 @@ import (
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/tenancy"
+	"github.com/sluicehq/sluice/internal/usage"
 )
 
 func (s *Server) quotaRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/quota/acquire", s.acquire)
 	mux.HandleFunc("POST /api/v1/quota/settle", s.settle)
 	mux.HandleFunc("POST /api/v1/quota/heartbeat", s.heartbeat)
+	mux.HandleFunc("GET /api/v1/quota/tickets/{id}", s.ticket)
 	mux.HandleFunc("GET /api/v1/usage", s.usage)
+}
+
+// SettleBounds bound what one settle may report, in the engine's units. A
+// member may settle a ticket's reservation plus the overrun: tokens up to
+// the ticket's max_tokens_per_call beyond it, or OverrunTokens when its
+// chain sets no such cap. A tenant or platform admin (a service account
+// reporting its users' work) may settle up to the sanity bounds.
+type SettleBounds struct {
+	OverrunTokens, OverrunGPUMillis, OverrunCostMicros int64
+	SanityTokens, SanityGPUMillis, SanityCostMicros    int64
+}
+
+// DefaultSettleBounds apply when Server.Settle is nil: config's defaults.
+var DefaultSettleBounds = SettleBounds{
+	OverrunTokens: 4096, OverrunGPUMillis: 60_000, OverrunCostMicros: 1_000_000,
+	SanityTokens: 1e9, SanityGPUMillis: 1e10, SanityCostMicros: 1e12,
+}
+
+func (s *Server) settleBounds() *SettleBounds {
+	if s.Settle != nil {
+		return s.Settle
+	}
+	return &DefaultSettleBounds
+}
+
+// maxAmount is the largest amount (tokens, milliseconds, micro-USD) the
+// engines count exactly; anything larger is refused before it can
+// overflow a conversion.
+const maxAmount = 1 << 52
+
+// amount converts a non-negative decimal in a client's unit to whole
+// engine units (rounded up), or names the field when it is out of range.
+func amount(field string, v, scale float64) (int64, error) {
+	if math.IsNaN(v) || v < 0 || v*scale > maxAmount {
+		return 0, errs.Field(errs.Invalid, field, "%s must be between 0 and %.6g", field, maxAmount/scale)
+	}
+	return int64(math.Ceil(v * scale)), nil
+}
+
+// count checks a whole-number amount.
+func count(field string, v int64) error {
+	if v < 0 || v > maxAmount {
+		return errs.Field(errs.Invalid, field, "%s must be between 0 and %d", field, int64(maxAmount))
+	}
+	return nil
 }
 
 // acquireRequest asks for admission on behalf of the caller, or, for
@@ -99,20 +148,28 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, err)
 		return
 	}
-	ask := quota.Ask{Requests: 1, Tokens: in.Tokens, MinTokens: in.MinTokens, Concurrency: in.Concurrency, Model: in.Model,
-		GPUMillis: int64(math.Ceil(in.GPUSeconds * 1000)), CostMicros: int64(math.Ceil(in.CostUSD * 1e6))}
+	ask := quota.Ask{Requests: 1, Tokens: in.Tokens, MinTokens: in.MinTokens, Concurrency: in.Concurrency, Model: in.Model}
 	if in.Requests != nil {
 		ask.Requests = *in.Requests
 	}
+	err := usage.CheckText("model", in.Model, 0)
 	for _, c := range []struct {
 		field string
-		v     float64
-	}{{"requests", float64(ask.Requests)}, {"tokens", float64(in.Tokens)}, {"min_tokens", float64(in.MinTokens)},
-		{"gpu_seconds", in.GPUSeconds}, {"cost_usd", in.CostUSD}} {
-		if c.v < 0 || math.IsNaN(c.v) || c.v > 1e15 {
-			writeError(w, r, s.Log, errs.Field(errs.Invalid, c.field, "%s must be between 0 and 1e15", c.field))
-			return
+		v     int64
+	}{{"requests", ask.Requests}, {"tokens", in.Tokens}, {"min_tokens", in.MinTokens}} {
+		if err == nil {
+			err = count(c.field, c.v)
 		}
+	}
+	if err == nil {
+		ask.GPUMillis, err = amount("gpu_seconds", in.GPUSeconds, 1000)
+	}
+	if err == nil {
+		ask.CostMicros, err = amount("cost_usd", in.CostUSD, 1e6)
+	}
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
 	}
 	if in.MinTokens > in.Tokens {
 		writeError(w, r, s.Log, errs.Field(errs.Invalid, "min_tokens", "min_tokens must not exceed tokens"))
@@ -120,7 +177,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 	}
 	ttl := 5 * time.Minute
 	if in.TTLSeconds != nil {
-		if *in.TTLSeconds <= 0 || *in.TTLSeconds > 86400 {
+		if !(*in.TTLSeconds > 0 && *in.TTLSeconds <= 86400) {
 			writeError(w, r, s.Log, errs.Field(errs.Invalid, "ttl_seconds", "ttl_seconds must be between 0 and 86400"))
 			return
 		}
@@ -285,23 +342,66 @@ type settleRequest struct {
 }
 
 type settleResponse struct {
-	Ticket         string    `json:"ticket"`
-	InputTokens    int64     `json:"input_tokens"`
-	OutputTokens   int64     `json:"output_tokens"`
-	GPUSeconds     float64   `json:"gpu_seconds"`
-	CostUSD        float64   `json:"cost_usd"`
-	ReservedTokens int64     `json:"reserved_tokens"`
-	Overrun        bool      `json:"overrun"`
-	SettledAt      time.Time `json:"settled_at"`
+	Ticket         string  `json:"ticket"`
+	InputTokens    int64   `json:"input_tokens"`
+	OutputTokens   int64   `json:"output_tokens"`
+	GPUSeconds     float64 `json:"gpu_seconds"`
+	CostUSD        float64 `json:"cost_usd"`
+	ReservedTokens int64   `json:"reserved_tokens"`
+	Overrun        bool    `json:"overrun"`
+	// Late is true when the ticket had expired: its reservation was
+	// released, and the use was charged on its own.
+	Late      bool      `json:"late,omitempty"`
+	SettledAt time.Time `json:"settled_at"`
 }
 
-func (s *Server) mayTouchTicket(ctx context.Context, ticket string) error {
-	p, _ := tenancy.PrincipalFrom(ctx)
-	owner, ok := s.Meter.Owner(ticket)
-	if !ok || p.IsPlatformAdmin() || owner.UserID == p.UserID || p.AdminOf(owner.TenantID) {
-		return nil // unknown tickets fall through to the engine's answer
+// ticketFor returns the ticket if the caller may touch it: its own user,
+// an admin of its tenant, or a platform admin. Everyone else gets the
+// answer for a ticket that does not exist, word for word, so that a
+// ticket id reveals nothing to them.
+func (s *Server) ticketFor(ctx context.Context, id string) (*metering.TicketView, error) {
+	if id == "" {
+		return nil, errs.Field(errs.Invalid, "ticket", "ticket is required")
 	}
-	return errs.Field(errs.NotFound, "ticket", "ticket %s is unknown or expired", ticket)
+	v, err := s.Meter.Ticket(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	p, _ := tenancy.PrincipalFrom(ctx)
+	if p.IsPlatformAdmin() || p.AdminOf(v.Who.TenantID) || (v.Who.UserID == p.UserID && v.Who.TenantID == p.TenantID) {
+		return v, nil
+	}
+	return nil, errs.Field(errs.NotFound, "ticket", "ticket %s is unknown or expired", id)
+}
+
+// checkSettleBounds refuses a settle that reports more than the caller may
+// (see SettleBounds), naming the field.
+func (s *Server) checkSettleBounds(ctx context.Context, v *metering.TicketView, u quota.Usage) error {
+	b := s.settleBounds()
+	extra := b.OverrunTokens
+	if v.MaxTokensPerCall > 0 {
+		extra = v.MaxTokensPerCall
+	}
+	tokLim, gpuLim, costLim := v.Tokens+extra, v.GPUMillis+b.OverrunGPUMillis, v.CostMicros+b.OverrunCostMicros
+	who := "a member may settle on this ticket (its reservation plus the allowed overrun)"
+	if p, _ := tenancy.PrincipalFrom(ctx); p.AdminOf(v.Who.TenantID) {
+		tokLim, gpuLim, costLim = max(tokLim, b.SanityTokens), max(gpuLim, b.SanityGPUMillis), max(costLim, b.SanityCostMicros)
+		who = "anyone may settle on one ticket"
+	}
+	if tokens := u.InputTokens + u.OutputTokens; tokens > tokLim {
+		field := "output_tokens"
+		if u.InputTokens > tokLim {
+			field = "input_tokens"
+		}
+		return errs.Field(errs.Invalid, field, "input_tokens + output_tokens = %d is more than the %d tokens %s", tokens, tokLim, who)
+	}
+	if u.GPUMillis > gpuLim {
+		return errs.Field(errs.Invalid, "gpu_seconds", "gpu_seconds %.3f is more than the %.3f %s", float64(u.GPUMillis)/1000, float64(gpuLim)/1000, who)
+	}
+	if u.CostMicros > costLim {
+		return errs.Field(errs.Invalid, "cost_usd", "cost_usd %.6f is more than the %.6f %s", float64(u.CostMicros)/1e6, float64(costLim)/1e6, who)
+	}
+	return nil
 }
 
 func (s *Server) settle(w http.ResponseWriter, r *http.Request) {
@@ -310,25 +410,40 @@ func (s *Server) settle(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, err)
 		return
 	}
-	if in.Ticket == "" {
-		writeError(w, r, s.Log, errs.Field(errs.Invalid, "ticket", "ticket is required"))
-		return
+	u := quota.Usage{InputTokens: in.InputTokens, OutputTokens: in.OutputTokens}
+	err := count("input_tokens", in.InputTokens)
+	if err == nil {
+		err = count("output_tokens", in.OutputTokens)
 	}
-	for _, c := range []struct {
-		field string
-		v     float64
-	}{{"input_tokens", float64(in.InputTokens)}, {"output_tokens", float64(in.OutputTokens)}, {"gpu_seconds", in.GPUSeconds}, {"cost_usd", in.CostUSD}} {
-		if c.v < 0 || math.IsNaN(c.v) || c.v > 1e15 {
-			writeError(w, r, s.Log, errs.Field(errs.Invalid, c.field, "%s must be between 0 and 1e15", c.field))
-			return
-		}
+	if err == nil && in.InputTokens+in.OutputTokens > maxAmount {
+		err = errs.Field(errs.Invalid, "output_tokens", "input_tokens + output_tokens must be at most %d", int64(maxAmount))
 	}
-	if err := s.mayTouchTicket(r.Context(), in.Ticket); err != nil {
+	if err == nil {
+		u.GPUMillis, err = amount("gpu_seconds", in.GPUSeconds, 1000)
+	}
+	if err == nil {
+		u.CostMicros, err = amount("cost_usd", in.CostUSD, 1e6)
+	}
+	if err == nil {
+		err = usage.CheckText("model", in.Model, 0)
+	}
+	if err != nil {
 		writeError(w, r, s.Log, err)
 		return
 	}
-	u := quota.Usage{InputTokens: in.InputTokens, OutputTokens: in.OutputTokens,
-		GPUMillis: int64(math.Ceil(in.GPUSeconds * 1000)), CostMicros: int64(math.Ceil(in.CostUSD * 1e6))}
+	v, err := s.ticketFor(r.Context(), in.Ticket)
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	// A replay changes nothing and returns the first settlement, whatever
+	// it reports: only a first settle is bounded.
+	if !v.Settled {
+		if err := s.checkSettleBounds(r.Context(), v, u); err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+	}
 	// Settle even if the client goes away mid-request: the use happened.
 	st, err := s.Meter.Settle(context.WithoutCancel(r.Context()), in.Ticket, u, in.Model)
 	if err != nil {
@@ -337,7 +452,48 @@ func (s *Server) settle(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, settleResponse{Ticket: st.TicketID, InputTokens: st.Usage.InputTokens, OutputTokens: st.Usage.OutputTokens,
 		GPUSeconds: float64(st.Usage.GPUMillis) / 1000, CostUSD: float64(st.Usage.CostMicros) / 1e6,
-		ReservedTokens: st.ReservedTokens, Overrun: st.Overrun, SettledAt: st.SettledAt})
+		ReservedTokens: st.ReservedTokens, Overrun: st.Overrun, Late: st.Late, SettledAt: st.SettledAt})
+}
+
+// ticketResponse describes a ticket to its owner or an admin.
+type ticketResponse struct {
+	Ticket           string     `json:"ticket"`
+	Status           string     `json:"status"` // live, settled or expired
+	TenantID         string     `json:"tenant_id"`
+	UserID           string     `json:"user_id"`
+	ProjectID        string     `json:"project_id,omitempty"`
+	Kind             string     `json:"kind"`
+	Model            string     `json:"model,omitempty"`
+	Scopes           []string   `json:"scopes"`
+	ExpiresAt        *time.Time `json:"expires_at,omitempty"`
+	ReservedTokens   int64      `json:"reserved_tokens"`
+	ReservedGPUSecs  float64    `json:"reserved_gpu_seconds"`
+	ReservedCostUSD  float64    `json:"reserved_cost_usd"`
+	MaxTokensPerCall int64      `json:"max_tokens_per_call,omitempty"`
+}
+
+func (s *Server) ticket(w http.ResponseWriter, r *http.Request) {
+	v, err := s.ticketFor(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	out := ticketResponse{Ticket: v.ID, Status: "live", TenantID: v.Who.TenantID, UserID: v.Who.UserID, ProjectID: v.Who.ProjectID,
+		Kind: v.Kind, Model: v.Model, Scopes: v.Scopes, ReservedTokens: v.Tokens,
+		ReservedGPUSecs: float64(v.GPUMillis) / 1000, ReservedCostUSD: float64(v.CostMicros) / 1e6, MaxTokensPerCall: v.MaxTokensPerCall}
+	switch {
+	case v.Settled:
+		out.Status = "settled"
+	case v.Expired:
+		out.Status = "expired"
+	}
+	if !v.Settled && !v.ExpiresAt.IsZero() {
+		out.ExpiresAt = &v.ExpiresAt
+	}
+	if out.Scopes == nil {
+		out.Scopes = []string{}
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
@@ -349,11 +505,11 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, err)
 		return
 	}
-	if in.TTLSeconds <= 0 || in.TTLSeconds > 86400 {
+	if !(in.TTLSeconds > 0 && in.TTLSeconds <= 86400) {
 		writeError(w, r, s.Log, errs.Field(errs.Invalid, "ttl_seconds", "ttl_seconds must be between 0 and 86400"))
 		return
 	}
-	if err := s.mayTouchTicket(r.Context(), in.Ticket); err != nil {
+	if _, err := s.ticketFor(r.Context(), in.Ticket); err != nil {
 		writeError(w, r, s.Log, err)
 		return
 	}
@@ -365,8 +521,43 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"ticket": in.Ticket, "expires_at": exp})
 }
 
-// usage shows the caller's limits and use on every scope of its chain, or,
-// for admins, those of ?scope=.
+// mayReadScope lets a member read a scope of their own chain only: of
+// their key's project, or of a project they work in named by the scope.
+// Every other scope, global included, is answered as if it did not exist.
+func (s *Server) mayReadScope(ctx context.Context, p tenancy.Principal, scope string) error {
+	missing := errs.Field(errs.NotFound, "scope", "scope %s not found", scope)
+	if scope == policy.GlobalScope {
+		return missing
+	}
+	snap := s.Meter.Policy().Current()
+	if chain, err := snap.Chain(p.TenantID, p.UserID, p.ProjectID); err == nil && slices.Contains(chain.Keys, scope) {
+		return nil
+	}
+	kind, id, err := policy.ParseScope("scope", scope)
+	if err != nil {
+		return err
+	}
+	project := ""
+	switch kind {
+	case policy.KindProject:
+		project = id
+	case policy.KindMembership:
+		if u, prj, _ := strings.Cut(id, "@"); u == p.UserID {
+			project = prj
+		}
+	}
+	if project == "" || project == p.ProjectID || s.Tenancy.CanWorkIn(ctx, p.UserID, project) != nil {
+		return missing
+	}
+	if chain, err := snap.Chain(p.TenantID, p.UserID, project); err == nil && slices.Contains(chain.Keys, scope) {
+		return nil
+	}
+	return missing
+}
+
+// usage shows the caller's limits and use on every scope of its chain, or
+// those of ?scope=: for a member a scope of their own chain, for admins
+// any scope they administer.
 func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
 	p, _ := tenancy.PrincipalFrom(r.Context())
 	q := r.URL.Query()
@@ -378,6 +569,12 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
 	}
 	var scopes []string
 	if scope := q.Get("scope"); scope != "" {
+		if !p.AdminOf(p.TenantID) {
+			if err := s.mayReadScope(r.Context(), p, scope); err != nil {
+				writeError(w, r, s.Log, err)
+				return
+			}
+		}
 		if _, err := s.Policy.Limits(r.Context(), scope); err != nil { // authorises the read
 			writeError(w, r, s.Log, err)
 			return

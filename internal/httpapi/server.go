@@ -29,6 +29,8 @@ type Server struct {
 	Runs         *run.Service
 	Log          *slog.Logger
 	MaxBodyBytes int64
+	// Settle bounds what a settle may report; nil is DefaultSettleBounds.
+	Settle *SettleBounds
 	// Ready reports whether the server can serve (store reachable, …).
 	Ready func(ctx context.Context) map[string]error
 	// Mode reports the quota engine's mode for /readyz: normal, degraded,

@@ -1,13 +1,16 @@
 // Package metering is the one door every governed unit of work goes
 // through: it resolves who is asking into their scope chain under the
-// policy in force, asks the quota engine, remembers what each ticket was
-// for, and on settlement records the durable usage event. The metering
-// API, the flow runtime and the gateway all call it.
+// policy in force, asks the quota engine, stores with each ticket (in the
+// engine, so any instance can settle it) what the ticket is for, and on
+// settlement records the durable usage event. The metering API, the flow
+// runtime and the gateway all call it.
 package metering
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -25,16 +28,16 @@ type Who struct {
 	ProjectID string
 }
 
-// Meter admits and settles work.
+// Meter admits and settles work. It keeps no ticket state of its own:
+// what a settle needs travels with the ticket in the engine (quota.Request
+// Meta), so a settle or heartbeat may land on any instance.
 type Meter struct {
 	engine quota.Backend
 	policy *policy.Manager
 	rec    *usage.Recorder
 	log    *slog.Logger
 	now    func() time.Time
-
-	mu      sync.Mutex
-	tickets map[string]*ticketMeta
+	locs   sync.Map // time zone name → *time.Location
 
 	// OnDecision, when set, is told every admission decision: the kind of
 	// work, "admitted", "denied" or "error", and the denying dimension.
@@ -43,20 +46,24 @@ type Meter struct {
 	OnSettle func()
 }
 
-// ticketMeta is what a settlement needs to know about its ticket.
+// ticketMeta is what a settlement needs to know about its ticket, stored
+// as JSON in the ticket's quota.Request.Meta.
 type ticketMeta struct {
-	who       Who
-	kind      string
-	model     string
-	requests  int64
-	scopes    []string
-	loc       *time.Location
-	expiresAt time.Time
+	TenantID  string   `json:"tenant"`
+	UserID    string   `json:"user"`
+	ProjectID string   `json:"project,omitempty"`
+	Kind      string   `json:"kind"`
+	Model     string   `json:"model,omitempty"`
+	Requests  int64    `json:"requests,omitempty"`
+	Scopes    []string `json:"scopes"`
+	Zone      string   `json:"zone,omitempty"` // the tenant's time zone, by name
+	// MaxTokensPerCall is the tightest cap of the chain when admitted.
+	MaxTokensPerCall int64 `json:"max_tokens_per_call,omitempty"`
 }
 
 // New returns a meter.
 func New(engine quota.Backend, pm *policy.Manager, rec *usage.Recorder, log *slog.Logger) *Meter {
-	return &Meter{engine: engine, policy: pm, rec: rec, log: log, now: time.Now, tickets: map[string]*ticketMeta{}}
+	return &Meter{engine: engine, policy: pm, rec: rec, log: log, now: time.Now}
 }
 
 // Admission is an admitted request.
@@ -90,7 +97,22 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 	if err != nil {
 		return nil, err
 	}
-	t, err := m.engine.Acquire(ctx, quota.Request{Chain: chain.Scopes, Ask: ask, TTL: ttl})
+	meta := ticketMeta{TenantID: who.TenantID, UserID: who.UserID, ProjectID: who.ProjectID, Kind: kind,
+		Model: ask.Model, Requests: ask.Requests, Scopes: chain.Keys}
+	if len(chain.Scopes) > 1 && chain.Scopes[1].Loc != nil {
+		meta.Zone = chain.Scopes[1].Loc.String()
+	}
+	for _, sc := range chain.Scopes {
+		if sc.Limits != nil && sc.Limits.MaxTokensPerCall > 0 &&
+			(meta.MaxTokensPerCall == 0 || sc.Limits.MaxTokensPerCall < meta.MaxTokensPerCall) {
+			meta.MaxTokensPerCall = sc.Limits.MaxTokensPerCall
+		}
+	}
+	raw, err := json.Marshal(meta)
+	if err != nil {
+		return nil, fmt.Errorf("acquire: encode ticket meta: %w", err)
+	}
+	t, err := m.engine.Acquire(ctx, quota.Request{Chain: chain.Scopes, Ask: ask, TTL: ttl, Meta: string(raw)})
 	if m.OnDecision != nil {
 		var d *quota.Denial
 		switch {
@@ -105,103 +127,142 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 	if err != nil {
 		return nil, err
 	}
-	meta := &ticketMeta{who: who, kind: kind, model: ask.Model, requests: ask.Requests, scopes: chain.Keys, expiresAt: t.ExpiresAt}
-	if len(chain.Scopes) > 1 {
-		meta.loc = chain.Scopes[1].Loc
-	}
-	m.mu.Lock()
-	m.tickets[t.ID] = meta
-	if len(m.tickets)%1024 == 0 {
-		m.dropExpiredLocked()
-	}
-	m.mu.Unlock()
 	return &Admission{Ticket: t, Priority: chain.Priority, Chain: chain}, nil
 }
 
-// dropExpiredLocked forgets tickets long past their expiry (the engine has
-// already refunded them).
-func (m *Meter) dropExpiredLocked() {
-	cutoff := m.now().Add(-time.Minute)
-	for id, t := range m.tickets {
-		if t.expiresAt.Before(cutoff) {
-			delete(m.tickets, id)
-		}
-	}
+// TicketView is what the engine knows of a ticket, decoded: whom it
+// charges and for what, its reservation and caps. It is for authorising
+// and bounding settles and heartbeats, wherever the ticket was issued.
+type TicketView struct {
+	ID       string
+	Who      Who
+	Kind     string
+	Model    string
+	Requests int64
+	Scopes   []string
+	Zone     string
+	// The reservation: tokens granted, GPU milliseconds, micro-USD.
+	Tokens     int64
+	GPUMillis  int64
+	CostMicros int64
+	// MaxTokensPerCall is the tightest cap of the chain when admitted (0
+	// none).
+	MaxTokensPerCall int64
+	// ExpiresAt is when a live ticket expires (or an expired one did).
+	ExpiresAt time.Time
+	// Settled and Expired are as in quota.TicketInfo: a settle of an
+	// expired ticket is late, of a settled one a replay.
+	Settled bool
+	Expired bool
 }
 
-// Owner returns who a live ticket charges, for authorisation of settles.
-func (m *Meter) Owner(ticketID string) (Who, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	t, ok := m.tickets[ticketID]
-	if !ok {
-		return Who{}, false
+// unknownTicket is the one answer for a ticket that does not exist, has
+// been forgotten, or is not the caller's: they must look the same.
+func unknownTicket(id string) error {
+	return errs.Field(errs.NotFound, "ticket", "ticket %s is unknown or expired", id)
+}
+
+// Ticket returns the ticket's view, or errs.NotFound if the engine does
+// not know it (or it was not issued through a Meter).
+func (m *Meter) Ticket(ctx context.Context, ticketID string) (*TicketView, error) {
+	info, err := m.engine.Lookup(ctx, ticketID)
+	if errors.Is(err, quota.ErrUnknownTicket) {
+		return nil, unknownTicket(ticketID)
 	}
-	return t.who, true
+	if err != nil {
+		return nil, err
+	}
+	var meta ticketMeta
+	if err := json.Unmarshal([]byte(info.Meta), &meta); err != nil || meta.TenantID == "" {
+		return nil, unknownTicket(ticketID)
+	}
+	return &TicketView{ID: info.ID, Who: Who{TenantID: meta.TenantID, UserID: meta.UserID, ProjectID: meta.ProjectID},
+		Kind: meta.Kind, Model: meta.Model, Requests: meta.Requests, Scopes: meta.Scopes, Zone: meta.Zone,
+		Tokens: info.Tokens, GPUMillis: info.GPUMillis, CostMicros: info.CostMicros, MaxTokensPerCall: meta.MaxTokensPerCall,
+		ExpiresAt: info.ExpiresAt, Settled: info.Settled, Expired: info.Expired}, nil
 }
 
 // Settle charges actual use, frees the ticket's slot and records the usage
-// event. Replaying a settle returns the first result and records nothing
-// new (the event id is the ticket id).
+// event. Replaying a settle returns the first result and records the same
+// event again (its id is the ticket id, so the store keeps one): a retry
+// after a failed write makes the event durable.
 func (m *Meter) Settle(ctx context.Context, ticketID string, u quota.Usage, model string) (quota.Settlement, error) {
 	return m.SettleWith(ctx, ticketID, u, model, nil)
 }
 
 // SettleWith is Settle with a last word on the usage event (a run adds the
-// peak memory and CPU time its sandbox measured).
+// peak memory and CPU time its sandbox measured). An error after the
+// engine settled (the usage store is behind) leaves the settlement in
+// place: the caller retries, and the replay records the event.
 func (m *Meter) SettleWith(ctx context.Context, ticketID string, u quota.Usage, model string, annotate func(*usage.Event)) (quota.Settlement, error) {
 	s, err := m.engine.Settle(ctx, ticketID, u)
-	m.mu.Lock()
-	meta, known := m.tickets[ticketID]
-	if err == nil || errors.Is(err, quota.ErrUnknownTicket) {
-		delete(m.tickets, ticketID)
-	}
-	m.mu.Unlock()
 	switch {
-	case errors.Is(err, quota.ErrUnknownTicket) && known:
-		// The ticket expired before this settle: the engine refunded its
-		// reservation, but the work happened, so its use is still recorded
-		// durably (and counts again from the roll-ups after a restart).
-		s = quota.Settlement{TicketID: ticketID, Usage: u, SettledAt: m.now()}
-		m.log.Warn("settle after ticket expiry: usage recorded, not charged to live counters", slog.String("ticket", ticketID))
 	case errors.Is(err, quota.ErrUnknownTicket):
-		return s, errs.Field(errs.NotFound, "ticket", "ticket %s is unknown or expired (its reservation was released)", ticketID)
+		return s, unknownTicket(ticketID)
 	case err != nil:
 		return s, err
-	case !known:
-		return s, nil // a replay: the event was recorded the first time
 	}
-	if m.OnSettle != nil {
-		m.OnSettle()
+	var meta ticketMeta
+	if err := json.Unmarshal([]byte(s.Meta), &meta); err != nil || meta.TenantID == "" {
+		// Not issued through a Meter (or by an older version, which kept
+		// this in memory): the counters are settled, but there is no one
+		// to record the event for.
+		m.log.Error("settled ticket carries no usage meta: event not recorded", slog.String("ticket", ticketID))
+		return s, nil
+	}
+	if !s.Replay {
+		if s.Late {
+			m.log.Warn("settle after ticket expiry: use charged late to the current windows",
+				slog.String("ticket", ticketID), slog.String("tenant", meta.TenantID))
+		}
+		if m.OnSettle != nil {
+			m.OnSettle()
+		}
 	}
 	if model == "" {
-		model = meta.model
+		model = meta.Model
 	}
 	ev := usage.Event{
-		ID: ticketID, At: s.SettledAt, TenantID: meta.who.TenantID, UserID: meta.who.UserID, ProjectID: meta.who.ProjectID,
-		Kind: meta.kind, Model: model, Requests: meta.requests,
+		ID: ticketID, At: s.SettledAt, TenantID: meta.TenantID, UserID: meta.UserID, ProjectID: meta.ProjectID,
+		Kind: meta.Kind, Model: model, Requests: meta.Requests,
 		InputTokens: s.Usage.InputTokens, OutputTokens: s.Usage.OutputTokens, GPUMillis: s.Usage.GPUMillis, CostMicros: s.Usage.CostMicros,
-		Scopes: meta.scopes, Loc: meta.loc,
+		Scopes: meta.Scopes, Loc: m.location(meta.Zone),
 	}
 	if annotate != nil {
 		annotate(&ev)
 	}
-	m.rec.Record(ev)
+	if err := m.commit(ctx, ev); err != nil {
+		return s, err
+	}
 	return s, nil
+}
+
+// commit makes the event durable before the settle answers.
+func (m *Meter) commit(ctx context.Context, ev usage.Event) error {
+	return m.rec.Commit(ctx, ev)
+}
+
+// location returns the time zone named in a ticket's meta, nil when none.
+func (m *Meter) location(name string) *time.Location {
+	if name == "" {
+		return nil
+	}
+	if l, ok := m.locs.Load(name); ok {
+		return l.(*time.Location)
+	}
+	l, err := time.LoadLocation(name)
+	if err != nil {
+		return nil
+	}
+	m.locs.Store(name, l)
+	return l
 }
 
 // Heartbeat extends a ticket's lease.
 func (m *Meter) Heartbeat(ctx context.Context, ticketID string, ttl time.Duration) (time.Time, error) {
 	exp, err := m.engine.Heartbeat(ctx, ticketID, ttl)
 	if errors.Is(err, quota.ErrUnknownTicket) {
-		return exp, errs.Field(errs.NotFound, "ticket", "ticket %s is unknown or expired", ticketID)
-	}
-	if err == nil {
-		m.mu.Lock()
-		if t, ok := m.tickets[ticketID]; ok {
-			t.expiresAt = exp
-		}
-		m.mu.Unlock()
+		return exp, unknownTicket(ticketID)
 	}
 	return exp, err
 }

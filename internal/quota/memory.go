@@ -663,6 +663,7 @@ func (e *Memory) Settle(_ context.Context, id string, u Usage) (Settlement, erro
 	t := e.tickets[seq]
 	if t == nil || t.id != id {
 		if s, ok := e.settled.get(seq, id, now); ok {
+			s.Replay = true
 			return s, nil
 		}
 		if x := e.expired[seq]; x != nil && x.id == id {

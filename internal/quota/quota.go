@@ -427,6 +427,9 @@ type Settlement struct {
 	// before this settle: the use was charged to the current windows on
 	// its own. The reservations above are those the ticket had.
 	Late bool
+	// Replay is true when this call found the ticket settled already and
+	// returned its first Settlement (with Replay set).
+	Replay bool
 	// Meta is the ticket's Request.Meta.
 	Meta string
 }

@@ -654,6 +654,7 @@ func (b *Backend) Settle(ctx context.Context, id string, u quota.Usage) (quota.S
 			if err != nil {
 				return quota.Settlement{}, fmt.Errorf("%s: %w: %w", o, ErrUnavailable, err)
 			}
+			s.Replay = rep.int(0) == 2
 			return s, nil
 		case 0:
 			return quota.Settlement{}, fmt.Errorf("%s: %w", o, quota.ErrUnknownTicket)

@@ -69,7 +69,7 @@ func testSettleElsewhere(t *testing.T, f PairFactory) {
 		t.Errorf("settlement elsewhere: got %+v, want meta %q, reserved 500, not late", s, r.Meta)
 	}
 	a.wantUsed("t/a", used{150, 150, 10, 20, 0})
-	if again := a.settle(tk.ID, quota.Usage{InputTokens: 9}); !sameSettlement(again, s) {
+	if again := a.settle(tk.ID, quota.Usage{InputTokens: 9}); !sameSettlement(again, s) || !again.Replay {
 		t.Errorf("replay on the issuer: got %+v, want %+v", again, s)
 	}
 	if info, err := a.b.Lookup(a.ctx, tk.ID); err != nil || !info.Settled || info.Meta != r.Meta {

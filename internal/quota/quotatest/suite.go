@@ -335,8 +335,8 @@ func testSettle(t *testing.T, f Factory) {
 	e.advance(time.Minute)
 	before := e.snapshot(keys(chain)...)
 	again := e.settle(tk.ID, quota.Usage{InputTokens: 9999})
-	if !sameSettlement(again, s) {
-		t.Errorf("replayed settlement: got %+v, want %+v", again, s)
+	if !sameSettlement(again, s) || !again.Replay || s.Replay {
+		t.Errorf("replayed settlement: got %+v, want %+v with Replay set (and not on the first)", again, s)
 	}
 	e.unchanged("settle replay", before)
 
@@ -447,7 +447,7 @@ func testExpiry(t *testing.T, f Factory) {
 		t.Errorf("tokens rate level after late settle: got %d, want 762", got)
 	}
 	before := e.snapshot(keys(chain)...)
-	if again := e.settle(tk.ID, quota.Usage{InputTokens: 5000}); !sameSettlement(again, s) {
+	if again := e.settle(tk.ID, quota.Usage{InputTokens: 5000}); !sameSettlement(again, s) || !again.Replay || s.Replay {
 		t.Errorf("replayed late settlement: got %+v, want %+v", again, s)
 	}
 	e.unchanged("late settle replay", before)
