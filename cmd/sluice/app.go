@@ -106,9 +106,10 @@ func (a *App) startQuota(ctx context.Context) error {
 		return err
 	}
 	a.engine = eng
-	a.recorder = usage.NewRecorder(a.store, a.log, time.Duration(a.cfg.UsageFlushInterval))
-	a.meter = metering.New(a.engine, mgr, a.recorder, a.log)
 	a.metrics = metrics.New(func() float64 { return float64(a.recorder.Pending()) })
+	a.recorder = usage.NewRecorder(a.store, a.log, time.Duration(a.cfg.UsageFlushInterval),
+		usage.WithQueueMax(a.cfg.UsageQueueMax), usage.WithObserver(a.metrics))
+	a.meter = metering.New(a.engine, mgr, a.recorder, a.log)
 	a.meter.OnDecision = func(kind, result, dim string) { a.metrics.Decisions.WithLabelValues(kind, result, dim).Inc() }
 	a.meter.OnSettle = a.metrics.Settlements.Inc
 	mgr.OnReload = func(s *policy.Snapshot) {
@@ -212,6 +213,7 @@ func (a *App) Handler() http.Handler {
 		Policy:       a.policy,
 		Meter:        a.meter,
 		Metrics:      a.metrics,
+		Quarantine:   a.store,
 		Runs:         a.runs,
 		Log:          a.log,
 		MaxBodyBytes: a.cfg.MaxBodyBytes,

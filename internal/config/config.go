@@ -49,9 +49,13 @@ type Config struct {
 	// sets global limits, so a fresh install cannot be flooded: "100/min".
 	// "none" removes the cap.
 	DefaultGlobalRate string `yaml:"default_global_rate"`
-	// UsageFlushInterval is how often usage events are written in a batch;
-	// a crash loses at most this much metering.
+	// UsageFlushInterval is how often usage events queued without a
+	// waiting caller are written; a settle waits for its own commit.
 	UsageFlushInterval Duration `yaml:"usage_flush_interval"`
+	// UsageQueueMax bounds the usage events waiting to be written. When
+	// the store falls that far behind, settles answer 503 with Retry-After
+	// instead of memory growing; 0 means 100000.
+	UsageQueueMax int `yaml:"usage_queue_max"`
 	// PolicyPollInterval is how often an instance looks for changes made
 	// by others (the shared store's change counter).
 	PolicyPollInterval Duration `yaml:"policy_poll_interval"`
@@ -449,6 +453,9 @@ func (c *Config) Validate() error {
 	}
 	if c.UsageFlushInterval <= 0 || time.Duration(c.UsageFlushInterval) > 10*time.Second {
 		return errs.Field(errs.Invalid, "usage_flush_interval", "usage_flush_interval must be between 0 and 10s")
+	}
+	if c.UsageQueueMax < 0 || c.UsageQueueMax > 10_000_000 {
+		return errs.Field(errs.Invalid, "usage_queue_max", "usage_queue_max must be between 0 (the default, 100000) and 10000000")
 	}
 	if err := c.validateInProcess(); err != nil {
 		return err

@@ -41,6 +41,8 @@ type Server struct {
 	Sandbox func() string
 	// Metrics, when set, records requests and serves /metrics.
 	Metrics *metrics.Metrics
+	// Quarantine, when set, lists refused usage events to platform admins.
+	Quarantine QuarantineLister
 }
 
 // Handler returns the API's root handler.
@@ -59,6 +61,7 @@ func (s *Server) Handler() http.Handler {
 	s.policyRoutes(api)
 	s.policyDocRoutes(api)
 	s.runRoutes(api)
+	s.usageAdminRoutes(api)
 	api.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

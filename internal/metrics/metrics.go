@@ -29,6 +29,12 @@ type Metrics struct {
 	ModelCalls    *prometheus.CounterVec
 	Tokens        *prometheus.CounterVec
 	PolicyVersion prometheus.Gauge
+	// UsageQuarantinedTotal counts usage events the store refused as
+	// malformed and set aside (GET /api/v1/admin/usage/quarantine).
+	UsageQuarantinedTotal prometheus.Counter
+	// UsageRefusedTotal counts usage events turned away because the
+	// queue was full, by how: "commit" (the caller got 503) or "dropped".
+	UsageRefusedTotal *prometheus.CounterVec
 }
 
 // New registers every metric in a fresh registry. pending reports queued
@@ -68,11 +74,17 @@ func New(pending func() float64) *Metrics {
 			Name: "sluice_policy_version", Help: "Version of the policy snapshot in force on this instance.",
 		}),
 	}
+	m.UsageQuarantinedTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sluice_usage_events_quarantined_total", Help: "Usage events the store refused as malformed and set aside in the quarantine.",
+	})
+	m.UsageRefusedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_usage_events_refused_total", Help: "Usage events turned away because the write queue was full: commit (answered 503) or dropped (logged).",
+	}, []string{"how"})
 	m.EventsPending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_usage_events_pending", Help: "Usage events queued and not yet written to the store.",
 	}, pending)
 	m.Registry.MustRegister(m.HTTPRequests, m.HTTPDuration, m.Decisions, m.Settlements, m.QuotaMode, m.EventsPending,
-		m.Runs, m.ModelCalls, m.Tokens, m.PolicyVersion,
+		m.Runs, m.ModelCalls, m.Tokens, m.PolicyVersion, m.UsageQuarantinedTotal, m.UsageRefusedTotal,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.SetMode("normal")
 	return m
@@ -101,4 +113,17 @@ func (m *Metrics) ObserveHTTP(route string, code int, d time.Duration) {
 	}
 	m.HTTPRequests.WithLabelValues(route, strconv.Itoa(code)).Inc()
 	m.HTTPDuration.WithLabelValues(route).Observe(d.Seconds())
+}
+
+// UsageQuarantined counts n usage events set aside as malformed (it makes
+// Metrics a usage.Observer).
+func (m *Metrics) UsageQuarantined(n int) { m.UsageQuarantinedTotal.Add(float64(n)) }
+
+// UsageRefused counts n usage events turned away by a full queue.
+func (m *Metrics) UsageRefused(n int, dropped bool) {
+	how := "commit"
+	if dropped {
+		how = "dropped"
+	}
+	m.UsageRefusedTotal.WithLabelValues(how).Add(float64(n))
 }

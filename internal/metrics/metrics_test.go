@@ -14,6 +14,9 @@ func TestMetricsExposition(t *testing.T) {
 	m.ObserveHTTP("", 404, time.Millisecond)
 	m.Decisions.WithLabelValues("metering", "denied", "tokens").Inc()
 	m.SetMode("degraded")
+	m.UsageQuarantined(2)
+	m.UsageRefused(1, false)
+	m.UsageRefused(3, true)
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body, _ := io.ReadAll(rec.Body)
@@ -24,6 +27,9 @@ func TestMetricsExposition(t *testing.T) {
 		`sluice_quota_mode{mode="degraded"} 1`,
 		`sluice_quota_mode{mode="normal"} 0`,
 		`sluice_usage_events_pending 7`,
+		`sluice_usage_events_quarantined_total 2`,
+		`sluice_usage_events_refused_total{how="commit"} 1`,
+		`sluice_usage_events_refused_total{how="dropped"} 3`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(string(body), want) {
