@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
+	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/usage"
 )
 
@@ -18,13 +22,48 @@ import (
 // it returns an error the call fails and writes nothing.
 type fakeStore struct {
 	RecordUsageFn func(call int, events []usage.Event) error
+	// QuarantineFn, when set, runs at the start of every QuarantineUsage
+	// call; if it returns an error nothing is quarantined.
+	QuarantineFn func(call int, q []usage.Quarantined) error
 
-	mu      sync.Mutex
-	calls   int
-	batches [][]usage.Event // what was written, batch by batch
+	mu          sync.Mutex
+	calls       int
+	batches     [][]usage.Event // what was written, batch by batch
+	qcalls      int
+	quarantined []usage.Quarantined
 }
 
-var _ usage.Store = (*fakeStore)(nil)
+var (
+	_ usage.Store           = (*fakeStore)(nil)
+	_ usage.QuarantineStore = (*fakeStore)(nil)
+)
+
+func (f *fakeStore) QuarantineUsage(ctx context.Context, q []usage.Quarantined) error {
+	f.mu.Lock()
+	f.qcalls++
+	n, fn := f.qcalls, f.QuarantineFn
+	f.mu.Unlock()
+	if fn != nil {
+		if err := fn(n, q); err != nil {
+			return err
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.quarantined = append(f.quarantined, q...)
+	return nil
+}
+
+// quarantinedIDs returns the event ids quarantined, in order.
+func (f *fakeStore) quarantinedIDs() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var ids []string
+	for _, q := range f.quarantined {
+		ids = append(ids, q.EventID)
+	}
+	return ids
+}
 
 func (f *fakeStore) RecordUsage(ctx context.Context, events []usage.Event) (int, error) {
 	f.mu.Lock()
@@ -451,4 +490,319 @@ func TestRecorderFlushHonoursContextWhileBlocked(t *testing.T) {
 			t.Fatalf("Flush after Close with events pending: got nil, want an error")
 		}
 	})
+}
+
+// ---- Commit: group commit, the bound, quarantine ----
+
+// commit runs r.Commit(ctx, e) in a goroutine; the channel receives its
+// result.
+func commit(ctx context.Context, r *usage.Recorder, e usage.Event) <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- r.Commit(ctx, e) }()
+	return ch
+}
+
+func result(t *testing.T, what string, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(hangLimit):
+		t.Fatalf("%s did not return within %v", what, hangLimit)
+		return nil
+	}
+}
+
+func notYet(t *testing.T, what string, ch <-chan error) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		t.Fatalf("%s returned (%v) before its transaction committed", what, err)
+	default:
+	}
+}
+
+// waitPending waits until the recorder holds n events.
+func waitPending(t *testing.T, r *usage.Recorder, n int) {
+	t.Helper()
+	deadline := time.Now().Add(hangLimit)
+	for r.Pending() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("Pending: got %d, want %d within %v", r.Pending(), n, hangLimit)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// countObserver counts what a recorder reports.
+type countObserver struct {
+	mu                            sync.Mutex
+	quarantined, refused, dropped int
+}
+
+func (o *countObserver) UsageQuarantined(n int) { o.mu.Lock(); o.quarantined += n; o.mu.Unlock() }
+func (o *countObserver) UsageRefused(n int, dropped bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if dropped {
+		o.dropped += n
+	} else {
+		o.refused += n
+	}
+}
+
+func (o *countObserver) counts() (quarantined, refused, dropped int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.quarantined, o.refused, o.dropped
+}
+
+func TestCommitReturnsOnlyOnceItsTransactionCommits(t *testing.T) {
+	t.Parallel()
+	entered := []chan struct{}{make(chan struct{}), make(chan struct{})}
+	release := []chan struct{}{make(chan struct{}), make(chan struct{})}
+	store := &fakeStore{RecordUsageFn: func(call int, events []usage.Event) error {
+		if call <= 2 {
+			close(entered[call-1])
+			<-release[call-1]
+		}
+		return nil
+	}}
+	r := newRecorder(t, store)
+	ctx := context.Background()
+	first := commit(ctx, r, event(0))
+	waitFor(t, "the first transaction", entered[0])
+	// Ten more arrive while the first transaction is open: they make the
+	// next transaction, together.
+	var rest []<-chan error
+	for i := 1; i <= 10; i++ {
+		rest = append(rest, commit(ctx, r, event(i)))
+	}
+	waitPending(t, r, 11)
+	notYet(t, "Commit of event 0", first)
+	close(release[0])
+	if err := result(t, "Commit of event 0", first); err != nil {
+		t.Fatalf("Commit of event 0 = %v, want nil", err)
+	}
+	waitFor(t, "the second transaction", entered[1])
+	for i, ch := range rest {
+		notYet(t, fmt.Sprintf("Commit of event %d", i+1), ch)
+	}
+	close(release[1])
+	for i, ch := range rest {
+		if err := result(t, "Commit", ch); err != nil {
+			t.Fatalf("Commit of event %d = %v, want nil", i+1, err)
+		}
+	}
+	ids, sizes := store.written()
+	slices.Sort(ids) // committers queue in any order
+	sameIDs(t, ids, eventIDs(0, 11))
+	if !reflect.DeepEqual(sizes, []int{1, 10}) {
+		t.Fatalf("transactions: got sizes %v, want [1 10]", sizes)
+	}
+}
+
+func TestCommitKeepsTheEventWhenItsContextEnds(t *testing.T) {
+	t.Parallel()
+	entered, release := make(chan struct{}), make(chan struct{})
+	store := &fakeStore{RecordUsageFn: func(call int, events []usage.Event) error {
+		if call == 1 {
+			close(entered)
+			<-release
+		}
+		return nil
+	}}
+	r := newRecorder(t, store)
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := commit(ctx, r, event(0))
+	waitFor(t, "the transaction", entered)
+	cancel()
+	if err := result(t, "Commit", ch); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Commit after its context ended: got %v, want context.Canceled", err)
+	}
+	close(release)
+	flush(t, r)
+	ids, _ := store.written()
+	sameIDs(t, ids, eventIDs(0, 1))
+}
+
+func TestCommitRefusesAtOnceWhenTheQueueIsFull(t *testing.T) {
+	t.Parallel()
+	entered, release := make(chan struct{}), make(chan struct{})
+	store := &fakeStore{RecordUsageFn: func(call int, events []usage.Event) error {
+		if call == 1 {
+			close(entered)
+			<-release
+		}
+		return nil
+	}}
+	obs := &countObserver{}
+	r := usage.NewRecorder(store, slog.New(slog.DiscardHandler), time.Hour, usage.WithQueueMax(3), usage.WithObserver(obs))
+	t.Cleanup(func() { _ = r.Close() })
+	ctx := context.Background()
+	var admitted []<-chan error
+	admitted = append(admitted, commit(ctx, r, event(0)))
+	waitFor(t, "the first transaction", entered)
+	admitted = append(admitted, commit(ctx, r, event(1)), commit(ctx, r, event(2)))
+	waitPending(t, r, 3)
+
+	err := r.Commit(ctx, event(3)) // returns at once: no goroutine needed
+	var e *errs.Error
+	if !errors.As(err, &e) || e.Code != errs.Unavailable || e.RetryAfter <= 0 {
+		t.Fatalf("Commit into a full queue: got %#v, want errs.Unavailable with a RetryAfter", err)
+	}
+	r.Record(event(4)) // dropped, loudly
+	if got := r.Pending(); got != 3 {
+		t.Fatalf("Pending at the bound: got %d, want 3", got)
+	}
+	if _, refused, dropped := obs.counts(); refused != 1 || dropped != 1 {
+		t.Fatalf("observer: got %d refused and %d dropped, want 1 and 1", refused, dropped)
+	}
+
+	close(release)
+	for i, ch := range admitted {
+		if err := result(t, "Commit", ch); err != nil {
+			t.Fatalf("Commit of event %d = %v, want nil", i, err)
+		}
+	}
+	ids, _ := store.written()
+	slices.Sort(ids)
+	sameIDs(t, ids, eventIDs(0, 3))
+	// Room again.
+	if err := r.Commit(ctx, event(5)); err != nil {
+		t.Fatalf("Commit once the queue drained = %v, want nil", err)
+	}
+}
+
+// refuseModel makes a store refuse, as malformed, every batch holding an
+// event of model "poison", as a database refuses a whole transaction.
+func refuseModel(call int, events []usage.Event) error {
+	for _, e := range events {
+		if e.Model == "poison" {
+			return errs.E(errs.Invalid, "the store refused a value")
+		}
+	}
+	return nil
+}
+
+func TestCommitQuarantinesAPoisonEventAndWritesTheRest(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{RecordUsageFn: refuseModel}
+	obs := &countObserver{}
+	r := usage.NewRecorder(store, slog.New(slog.DiscardHandler), time.Hour, usage.WithChunk(8), usage.WithObserver(obs))
+	t.Cleanup(func() { _ = r.Close() })
+	const n = 40
+	poison := map[int]bool{5: true, 6: true, 17: true, 39: true}
+	// Queue everything before the first write, so chunks hold poison and
+	// good events together.
+	for i := 0; i < n; i++ {
+		e := event(i)
+		if poison[i] {
+			e.Model = "poison"
+		}
+		r.Record(e)
+	}
+	flush(t, r)
+	ids, _ := store.written()
+	var want []string
+	for i := 0; i < n; i++ {
+		if !poison[i] {
+			want = append(want, event(i).ID)
+		}
+	}
+	sameIDs(t, ids, want)
+	sameIDs(t, store.quarantinedIDs(), []string{event(5).ID, event(6).ID, event(17).ID, event(39).ID})
+	if q, _, _ := obs.counts(); q != 4 {
+		t.Fatalf("observer: got %d quarantined, want 4", q)
+	}
+
+	// A committer of a poison event is told; one of a good event is not.
+	bad := event(100)
+	bad.Model = "poison"
+	badDone, goodDone := commit(context.Background(), r, bad), commit(context.Background(), r, event(101))
+	if err := result(t, "Commit of a poison event", badDone); !errs.Is(err, errs.Invalid) {
+		t.Fatalf("Commit of a poison event: got %v, want errs.Invalid", err)
+	}
+	if err := result(t, "Commit of a good event", goodDone); err != nil {
+		t.Fatalf("Commit of a good event = %v, want nil", err)
+	}
+}
+
+func TestCommitRetriesAnOutageWithoutQuarantine(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{RecordUsageFn: func(call int, events []usage.Event) error {
+		if call <= 3 {
+			return &errs.Error{Code: errs.Unavailable, Message: "connection refused"}
+		}
+		return nil
+	}}
+	r := newRecorder(t, store)
+	if err := result(t, "Commit", commit(context.Background(), r, event(0))); err != nil {
+		t.Fatalf("Commit through an outage = %v, want nil", err)
+	}
+	if q := store.quarantinedIDs(); len(q) != 0 {
+		t.Fatalf("quarantined during an outage: %v, want nothing", q)
+	}
+	if got := store.callCount(); got != 4 {
+		t.Fatalf("store calls: got %d, want 4", got)
+	}
+}
+
+func TestQuarantineRetriedWhenTheStoreIsDown(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{RecordUsageFn: refuseModel, QuarantineFn: func(call int, q []usage.Quarantined) error {
+		if call == 1 {
+			return errDown
+		}
+		return nil
+	}}
+	r := newRecorder(t, store)
+	bad := event(0)
+	bad.Model = "poison"
+	if err := result(t, "Commit", commit(context.Background(), r, bad)); !errs.Is(err, errs.Invalid) {
+		t.Fatalf("Commit of a poison event: got %v, want errs.Invalid", err)
+	}
+	sameIDs(t, store.quarantinedIDs(), eventIDs(0, 1))
+}
+
+func TestCloseTellsWaitersOfADeadStore(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{RecordUsageFn: func(int, []usage.Event) error { return errDown }}
+	r := usage.NewRecorder(store, slog.New(slog.DiscardHandler), time.Hour)
+	ch := commit(context.Background(), r, event(0))
+	waitPending(t, r, 1)
+	waitFor(t, "Close", run(func() { _ = r.Close() }))
+	if err := result(t, "Commit", ch); !errs.Is(err, errs.Unavailable) {
+		t.Fatalf("Commit when Close gave up: got %v, want errs.Unavailable", err)
+	}
+	if err := r.Commit(context.Background(), event(1)); !errs.Is(err, errs.Unavailable) {
+		t.Fatalf("Commit after Close: got %v, want errs.Unavailable", err)
+	}
+}
+
+func TestStorable(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		in   string
+		max  int
+		want string
+	}{
+		{"gpt-4o", 16, "gpt-4o"},
+		{"中文模型", 16, "中文模型"},
+		{"a\x00b", 16, `"a\x00b"`},
+		{"a\xffb", 16, `"a\xffb"`},
+		{"abcdefghij", 4, "abcd…(10 bytes)"},
+	} {
+		got := usage.Storable(c.in, c.max)
+		if got != c.want {
+			t.Errorf("Storable(%q, %d): got %q, want %q", c.in, c.max, got, c.want)
+		}
+		if !utf8.ValidString(got) || strings.ContainsRune(got, 0) {
+			t.Errorf("Storable(%q, %d) = %q holds what a store cannot", c.in, c.max, got)
+		}
+	}
+	e := usage.EventJSON(usage.Event{ID: "tkt_\x00", Model: "m\xff", Scopes: []string{"global"}})
+	if !utf8.ValidString(e) || strings.ContainsRune(e, 0) || !strings.Contains(e, `\\x00`) {
+		t.Errorf("EventJSON = %s, want NUL and invalid bytes escaped", e)
+	}
 }
