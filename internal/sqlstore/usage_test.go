@@ -1,0 +1,325 @@
+package sqlstore
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/usage"
+)
+
+// The usage write path on both engines: idempotent batches, data errors
+// told apart from outages, quarantine through a recorder, and many
+// committers at once. (testUsage in postgres_test.go covers the basics.)
+
+// wantRollups sums events (each id once) per scope and period, as the
+// store must.
+func wantRollups(events []usage.Event) map[rollupKey]usage.Rollup {
+	out := map[rollupKey]usage.Rollup{}
+	seen := map[string]bool{}
+	for _, e := range events {
+		if seen[e.ID] {
+			continue
+		}
+		seen[e.ID] = true
+		for _, scope := range e.Scopes {
+			loc := e.Loc
+			if loc == nil || scope == "global" {
+				loc = time.UTC
+			}
+			for _, p := range []string{usage.DayPeriod(e.At, loc), usage.MonthPeriod(e.At, loc)} {
+				k := rollupKey{scope, p}
+				r, ok := out[k]
+				if !ok {
+					r = usage.Rollup{Scope: scope, Period: p, TenantID: e.TenantID}
+				}
+				r.Requests += e.Requests
+				r.Tokens += e.Tokens()
+				r.GPUMillis += e.GPUMillis
+				r.CostMicros += e.CostMicros
+				out[k] = r
+			}
+		}
+	}
+	return out
+}
+
+// checkStored checks that the store holds exactly events (each id once)
+// and roll-ups that are their sums. Roll-up tenants are not compared:
+// concurrent writers race for which event creates a row.
+func checkStored(t *testing.T, s *Store, events []usage.Event) {
+	t.Helper()
+	ctx := context.Background()
+	want := wantRollups(events)
+	ids := map[string]bool{}
+	for _, e := range events {
+		ids[e.ID] = true
+	}
+	var n, distinct int
+	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*), COUNT(DISTINCT id) FROM usage_events`).Scan(&n, &distinct); err != nil {
+		t.Fatalf("count usage events: %v", err)
+	}
+	if n != len(ids) || distinct != len(ids) {
+		t.Fatalf("usage_events: got %d rows (%d distinct ids), want %d", n, distinct, len(ids))
+	}
+	stored, err := s.UsageEvents(ctx, "", time.Time{}, time.Now().Add(24*time.Hour), 1_000_000)
+	if err != nil {
+		t.Fatalf("UsageEvents = %v", err)
+	}
+	for _, e := range stored {
+		if !ids[e.ID] {
+			t.Fatalf("usage_events holds %s, which was not committed", e.ID)
+		}
+	}
+	periods := map[string]bool{}
+	for k := range want {
+		periods[k.period] = true
+	}
+	rs, err := s.Rollups(ctx, slices.Collect(func(yield func(string) bool) {
+		for p := range periods {
+			if !yield(p) {
+				return
+			}
+		}
+	}))
+	if err != nil {
+		t.Fatalf("Rollups = %v", err)
+	}
+	if len(rs) != len(want) {
+		t.Fatalf("roll-ups: got %d, want %d", len(rs), len(want))
+	}
+	for _, r := range rs {
+		w := want[rollupKey{r.Scope, r.Period}]
+		r.TenantID, w.TenantID = "", ""
+		if r != w {
+			t.Fatalf("roll-up %s %s: got %+v, want %+v", r.Scope, r.Period, r, w)
+		}
+	}
+}
+
+func TestUsageWrites(t *testing.T) {
+	for _, eng := range usageEngines {
+		t.Run(eng.name, func(t *testing.T) {
+			t.Parallel()
+			t.Run("replays", func(t *testing.T) { t.Parallel(); testUsageReplays(t, eng.open(t)) })
+			t.Run("data errors", func(t *testing.T) { t.Parallel(); testUsageDataErrors(t, eng.name, eng.open(t)) })
+			t.Run("quarantine", func(t *testing.T) { t.Parallel(); testUsageQuarantine(t, eng.name, eng.open(t)) })
+			t.Run("64 committers", func(t *testing.T) { t.Parallel(); testUsageCommitters(t, eng.open(t)) })
+		})
+	}
+}
+
+func testUsageReplays(t *testing.T, s *Store) {
+	ctx := context.Background()
+	at := time.Date(2026, 3, 10, 20, 0, 0, 0, time.UTC) // the 11th in Shanghai
+	var batch []usage.Event
+	for i := 0; i < 10; i++ {
+		batch = append(batch, realEvent(fmt.Sprintf("tkt_%d", i), i, at))
+	}
+	if n, err := s.RecordUsage(ctx, batch); err != nil || n != 10 {
+		t.Fatalf("RecordUsage = %d, %v, want 10, nil", n, err)
+	}
+	// The same batch again, and a batch repeating ids within itself and
+	// from before: only the one new id counts.
+	if n, err := s.RecordUsage(ctx, batch); err != nil || n != 0 {
+		t.Fatalf("RecordUsage(replay) = %d, %v, want 0, nil", n, err)
+	}
+	extra := realEvent("tkt_10", 10, at)
+	if n, err := s.RecordUsage(ctx, []usage.Event{batch[3], extra, extra, batch[0], extra}); err != nil || n != 1 {
+		t.Fatalf("RecordUsage(repeats) = %d, %v, want 1, nil", n, err)
+	}
+	if n, err := s.RecordUsage(ctx, nil); err != nil || n != 0 {
+		t.Fatalf("RecordUsage(nothing) = %d, %v, want 0, nil", n, err)
+	}
+	checkStored(t, s, append(batch, extra))
+}
+
+func testUsageDataErrors(t *testing.T, engine string, s *Store) {
+	ctx := context.Background()
+	at := time.Date(2026, 3, 10, 9, 0, 0, 0, time.UTC)
+	good := realEvent("tkt_good", 1, at)
+	bad := map[string]usage.Event{}
+	for _, f := range []string{"id", "model", "tenant"} {
+		e := realEvent("tkt_"+f, 2, at)
+		long := strings.Repeat("x", maxEventText+1)
+		switch f {
+		case "id":
+			e.ID = "tkt_" + long
+		case "model":
+			e.Model = long
+		case "tenant":
+			e.TenantID = long
+		}
+		bad["oversize "+f] = e
+	}
+	if engine == "postgres" {
+		e := realEvent("tkt_nul", 3, at)
+		e.Model = "gpt\x00-4o"
+		bad["NUL in model"] = e
+		e = realEvent("tkt_utf8", 4, at)
+		e.UserID = "usr_\xff"
+		bad["invalid UTF-8"] = e
+	}
+	for name, e := range bad {
+		_, err := s.RecordUsage(ctx, []usage.Event{good, e})
+		if !errs.Is(err, errs.Invalid) {
+			t.Errorf("RecordUsage with %s: got %v, want errs.Invalid", name, err)
+		}
+	}
+	// Nothing of a refused batch was written.
+	checkStored(t, s, nil)
+	if n, err := s.RecordUsage(ctx, []usage.Event{good}); err != nil || n != 1 {
+		t.Fatalf("RecordUsage(good) = %d, %v, want 1, nil", n, err)
+	}
+	// An outage is not the data's fault.
+	closed := s
+	if err := closed.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	if _, err := closed.RecordUsage(ctx, []usage.Event{realEvent("tkt_late", 5, at)}); err == nil || errs.Is(err, errs.Invalid) {
+		t.Fatalf("RecordUsage on a closed store: got %v, want an error other than errs.Invalid", err)
+	}
+}
+
+func testUsageQuarantine(t *testing.T, engine string, s *Store) {
+	ctx := context.Background()
+	r := usage.NewRecorder(s, slog.New(slog.DiscardHandler), time.Hour, usage.WithChunk(16))
+	defer r.Close()
+	at := time.Now().UTC()
+	poison := func(i int) (usage.Event, bool) {
+		e := realEvent(fmt.Sprintf("tkt_%03d", i), i, at)
+		switch {
+		case i%37 == 5:
+			e.Model = strings.Repeat("m", 5000) // too long for either store
+			return e, true
+		case engine == "postgres" && i%41 == 7:
+			e.Model = "gpt\x00-4o" // PostgreSQL cannot hold NUL (SQLSTATE 22021)
+			return e, true
+		}
+		return e, false
+	}
+	// Queue a first lot without waiting, so that poison and good events
+	// share chunks, then commit more behind them.
+	var good, bad []usage.Event
+	for i := 0; i < 100; i++ {
+		e, isBad := poison(i)
+		if isBad {
+			bad = append(bad, e)
+		} else {
+			good = append(good, e)
+		}
+		r.Record(e)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 100 + w; i < 300; i += 8 {
+				e, isBad := poison(i)
+				err := r.Commit(ctx, e)
+				mu.Lock()
+				switch {
+				case isBad && !errs.Is(err, errs.Invalid):
+					t.Errorf("Commit of poison event %s: got %v, want errs.Invalid", e.ID, err)
+				case !isBad && err != nil:
+					t.Errorf("Commit of event %s = %v, want nil", e.ID, err)
+				case isBad:
+					bad = append(bad, e)
+				default:
+					good = append(good, e)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := r.Flush(ctx); err != nil {
+		t.Fatalf("Flush = %v", err)
+	}
+	checkStored(t, s, good)
+
+	// A poison event replayed is quarantined once.
+	if err := r.Commit(ctx, bad[0]); !errs.Is(err, errs.Invalid) {
+		t.Fatalf("Commit of a replayed poison event: got %v, want errs.Invalid", err)
+	}
+	q, err := s.UsageQuarantine(ctx, "", 1000)
+	if err != nil {
+		t.Fatalf("UsageQuarantine = %v", err)
+	}
+	var got, want []string
+	for _, x := range q {
+		got = append(got, x.EventID)
+		if x.Error == "" || !strings.HasPrefix(x.Event, "{") || x.At.IsZero() {
+			t.Errorf("quarantined %s: got %+v, want the event, the error and the time", x.EventID, x)
+		}
+		if strings.ContainsRune(x.Event, 0) {
+			t.Errorf("quarantined %s holds a NUL: %q", x.EventID, x.Event)
+		}
+	}
+	for _, e := range bad {
+		want = append(want, e.ID)
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("quarantined events: got %v, want %v", got, want)
+	}
+	if engine == "postgres" && !slices.ContainsFunc(q, func(x usage.Quarantined) bool { return strings.Contains(x.Event, `gpt\\x00-4o`) }) {
+		t.Errorf("quarantine lacks the NUL event's escaped model")
+	}
+	// Paging: after the first, the rest.
+	if len(q) > 1 {
+		rest, err := s.UsageQuarantine(ctx, q[0].ID, 1000)
+		if err != nil || len(rest) != len(q)-1 {
+			t.Fatalf("UsageQuarantine(after first) = %d, %v, want %d, nil", len(rest), err, len(q)-1)
+		}
+	}
+}
+
+// testUsageCommitters commits from 64 goroutines at once, each event once
+// and some again (as retried settles): every committed event is stored
+// exactly once and the roll-ups are the sums of the events.
+func testUsageCommitters(t *testing.T, s *Store) {
+	ctx := context.Background()
+	r := usage.NewRecorder(s, slog.New(slog.DiscardHandler), time.Hour)
+	defer r.Close()
+	const clients, each = 64, 25
+	at := time.Now().UTC()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var all []usage.Event
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []usage.Event
+			for i := 0; i < each; i++ {
+				n := c*each + i
+				e := realEvent(fmt.Sprintf("tkt_%d", n), n, at)
+				if i%7 == 3 && len(mine) > 0 {
+					e = mine[len(mine)/2] // a replay
+				}
+				if err := r.Commit(ctx, e); err != nil {
+					t.Errorf("Commit(%s) = %v, want nil", e.ID, err)
+					return
+				}
+				mine = append(mine, e)
+			}
+			mu.Lock()
+			all = append(all, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	// Every Commit returned: everything is stored, without a Flush.
+	checkStored(t, s, all)
+}
