@@ -380,9 +380,23 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 
 func (f *Failover) remember(t *Ticket, r *Request) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.chains[t.ID] = &issued{chain: r.Chain, meta: r.Meta, expires: t.ExpiresAt,
 		tokens: t.Tokens, gpu: r.Ask.GPUMillis, cost: r.Ask.CostMicros}
-	f.mu.Unlock()
+	if len(f.chains)%4096 == 0 {
+		// Tickets never settled: past the retention a late settle is
+		// refused anyway, so they need not be remembered.
+		retention := f.o.Local.SettledRetention
+		if retention <= 0 {
+			retention = DefaultSettledRetention
+		}
+		cutoff := time.Now().Add(-retention)
+		for id, is := range f.chains {
+			if is.expires.Before(cutoff) {
+				delete(f.chains, id)
+			}
+		}
+	}
 }
 
 // forget drops a settled ticket and returns its chain, nil if it was not
@@ -513,6 +527,13 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 	if !f.degraded.Load() {
 		exp, err := f.shared.Heartbeat(ctx, id, ttl)
 		if !outage(err) {
+			if err == nil {
+				f.mu.Lock()
+				if is := f.chains[id]; is != nil {
+					is.expires = exp
+				}
+				f.mu.Unlock()
+			}
 			return exp, err
 		}
 		f.trip(err)

@@ -246,3 +246,46 @@ func TestSteadyStateAllocations(t *testing.T) {
 		t.Errorf("allocations per acquire+settle: got %.3f, want at most 0.05", got)
 	}
 }
+
+// TestExpiredTicketsAreForgotten: an expired ticket is remembered for a
+// late settle for the settled retention, then forgotten; and at most
+// MaxSettled are remembered.
+func TestExpiredTicketsAreForgotten(t *testing.T) {
+	ctx := context.Background()
+	e, clk := newTestMemory(t, Options{SettledRetention: time.Hour, MaxSettled: 4})
+	r := Request{Chain: chainOf("u"), Ask: Ask{Tokens: 10}, TTL: time.Minute, Meta: "m"}
+	var ids []string
+	for range 6 {
+		tk, err := e.Acquire(ctx, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, tk.ID)
+	}
+	clk.now = clk.now.Add(2 * time.Minute)
+	// Two fell out of the bound of 4.
+	var known []string
+	for _, id := range ids {
+		if info, err := e.Lookup(ctx, id); err == nil && info.Expired {
+			known = append(known, id)
+		} else if !errors.Is(err, ErrUnknownTicket) {
+			t.Errorf("Lookup of an expired ticket: got %+v, %v, want expired or ErrUnknownTicket", info, err)
+		}
+	}
+	if len(known) != 4 {
+		t.Fatalf("expired tickets remembered: got %d, want 4", len(known))
+	}
+	if s, err := e.Settle(ctx, known[0], Usage{InputTokens: 3}); err != nil || !s.Late || s.Meta != "m" {
+		t.Errorf("late settle: got %+v, %v, want late with meta", s, err)
+	}
+	clk.now = clk.now.Add(time.Hour)
+	if _, err := e.Settle(ctx, known[1], Usage{}); !errors.Is(err, ErrUnknownTicket) {
+		t.Errorf("settle after the retention: got %v, want ErrUnknownTicket", err)
+	}
+	e.mu.Lock()
+	n := len(e.expired)
+	e.mu.Unlock()
+	if n != 0 {
+		t.Errorf("expired tickets remembered after the retention: got %d, want 0", n)
+	}
+}
