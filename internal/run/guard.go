@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/errs"
 )
 
 // Guard keeps the URL and API tools away from the platform's own network:
@@ -257,7 +259,7 @@ func (g *Guard) dialContext(ctx context.Context, network, addr string) (net.Conn
 			if Blocked(ip) {
 				// One address of the name is internal: refuse the name
 				// outright rather than reach its public ones by luck.
-				return nil, fmt.Errorf("host %s is not allowed: it resolves to a non-public address (allow_hosts does not list it)", asked)
+				return nil, errs.E(errs.Forbidden, "host %s is not allowed: it resolves to a non-public address (allow_hosts does not list it)", asked)
 			}
 		}
 	}

@@ -152,3 +152,21 @@ func TestGuardDNSErrorHidesResolver(t *testing.T) {
 		t.Errorf("dial error wraps the resolver's error %v", de)
 	}
 }
+
+func FuzzParseAllowHost(f *testing.F) {
+	for _, s := range []string{"vm", "vm:8080", "vm:*", "[::1]:80", "::1", "10.0.0.1", "VM.", "a:b:c", "[", "]:", "*:*"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		e, err := parseAllowHost(s)
+		if err != nil {
+			return
+		}
+		if e.ip.IsValid() == (e.host != "") {
+			t.Fatalf("parseAllowHost(%q) = %+v: want exactly one of a name and an IP", s, e)
+		}
+		if e.port < -1 || e.port > 65535 || strings.ContainsAny(e.host, "*:/[] ") || e.host != strings.ToLower(e.host) {
+			t.Fatalf("parseAllowHost(%q) = %+v: not a lower-case host and a port", s, e)
+		}
+	})
+}

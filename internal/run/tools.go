@@ -168,6 +168,9 @@ func (s *state) fetch(ctx context.Context, method, raw string, body io.Reader, l
 		if ue, ok := errors.AsType[*url.Error](err); ok {
 			err = ue.Err // it repeats the URL
 		}
+		if e, ok := errors.AsType[*errs.Error](err); ok && e.Code == errs.Forbidden {
+			return "", errs.E(errs.Forbidden, "%s", e.Message) // the guard refused where the name led
+		}
 		return "", errs.E(errs.Unavailable, "request %s failed: %v", u.Redacted(), err)
 	}
 	defer resp.Body.Close()

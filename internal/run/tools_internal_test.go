@@ -121,3 +121,18 @@ func TestURLToolSharesCap(t *testing.T) {
 		t.Errorf("two URLs over the cap together: got %v, want too_large", err)
 	}
 }
+
+// A name that leads to a non-public address fails the node as forbidden,
+// naming the host asked for.
+func TestFetchRefusedByGuardIsForbidden(t *testing.T) {
+	srv := bigServer(t, 10)
+	port := srv.URL[strings.LastIndex(srv.URL, ":")+1:]
+	s := &state{e: &Executor{Guard: &Guard{AllowHosts: []string{"vm:" + port}, resolve: fakeDNS("vm", "runsc")}}, job: &Job{}}
+	if _, err := s.fetch(context.Background(), http.MethodGet, "http://vm:"+port+"/", nil, 1<<20); err != nil {
+		t.Fatalf("fetch of the allowed name: got %v, want the body", err)
+	}
+	_, err := s.fetch(context.Background(), http.MethodGet, "http://runsc:"+port+"/", nil, 1<<20)
+	if !errs.Is(err, errs.Forbidden) || !strings.Contains(err.Error(), "runsc:"+port) || strings.Contains(err.Error(), "127.0.0.1") {
+		t.Errorf("fetch of another name for the same address: got %v, want forbidden naming runsc:%s and no address", err, port)
+	}
+}
