@@ -125,7 +125,7 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, engineError(err)
 	}
 	return &Admission{Ticket: t, Priority: chain.Priority, Chain: chain}, nil
 }
@@ -156,6 +156,16 @@ type TicketView struct {
 	Expired bool
 }
 
+// engineError gives an engine outage its domain code (503 with
+// Retry-After: the caller should retry, not give up on a settle); other
+// errors pass as they are.
+func engineError(err error) error {
+	if errors.Is(err, quota.ErrUnavailable) {
+		return &errs.Error{Code: errs.Unavailable, Message: "the quota engine cannot be reached; retry", RetryAfter: time.Second, Err: err}
+	}
+	return err
+}
+
 // unknownTicket is the one answer for a ticket that does not exist, has
 // been forgotten, or is not the caller's: they must look the same.
 func unknownTicket(id string) error {
@@ -170,7 +180,7 @@ func (m *Meter) Ticket(ctx context.Context, ticketID string) (*TicketView, error
 		return nil, unknownTicket(ticketID)
 	}
 	if err != nil {
-		return nil, err
+		return nil, engineError(err)
 	}
 	var meta ticketMeta
 	if err := json.Unmarshal([]byte(info.Meta), &meta); err != nil || meta.TenantID == "" {
@@ -200,7 +210,7 @@ func (m *Meter) SettleWith(ctx context.Context, ticketID string, u quota.Usage, 
 	case errors.Is(err, quota.ErrUnknownTicket):
 		return s, unknownTicket(ticketID)
 	case err != nil:
-		return s, err
+		return s, engineError(err)
 	}
 	var meta ticketMeta
 	if err := json.Unmarshal([]byte(s.Meta), &meta); err != nil || meta.TenantID == "" {
@@ -264,7 +274,7 @@ func (m *Meter) Heartbeat(ctx context.Context, ticketID string, ttl time.Duratio
 	if errors.Is(err, quota.ErrUnknownTicket) {
 		return exp, unknownTicket(ticketID)
 	}
-	return exp, err
+	return exp, engineError(err)
 }
 
 // Use reports a scope's current use.

@@ -433,7 +433,9 @@ func (f *Failover) Lookup(ctx context.Context, id string) (TicketInfo, error) {
 	is := f.chains[id]
 	f.mu.Unlock()
 	if is == nil {
-		return TicketInfo{}, fmt.Errorf("lookup %s during an outage: %w", id, ErrUnavailable)
+		// Issued elsewhere: only the shared store knows it, and it may
+		// be back before the probe says so.
+		return f.shared.Lookup(ctx, id)
 	}
 	return TicketInfo{ID: id, Meta: is.meta, ExpiresAt: is.expires, Tokens: is.tokens, GPUMillis: is.gpu, CostMicros: is.cost}, nil
 }
@@ -480,7 +482,10 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 	delete(f.chains, id)
 	f.mu.Unlock()
 	if is == nil {
-		return Settlement{}, fmt.Errorf("settle %s during an outage: %w", id, ErrUnknownTicket)
+		// Issued elsewhere: only the shared store can settle it. An
+		// outage is ErrUnavailable, so that the caller retries rather
+		// than lose the use.
+		return f.shared.Settle(ctx, id, u)
 	}
 	now := time.Now().UTC()
 	f.mu.Lock()
