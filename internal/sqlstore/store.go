@@ -66,6 +66,8 @@ type Store struct {
 	w *sql.DB
 	r readDB
 	d dialect
+
+	roll *rollupLog // SQLite: the use of committed events not yet in usage_rollups
 }
 
 // readDB is the pool reads use. Its transactions are declared read-only:
@@ -113,6 +115,10 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 		w.Close()
 		return nil, err
 	}
+	if err := s.openRollups(ctx); err != nil {
+		w.Close()
+		return nil, err
+	}
 	r, err := sql.Open("sqlite", base+pragmas+"&_pragma=query_only(1)")
 	if err != nil {
 		w.Close()
@@ -123,9 +129,26 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	return s, nil
 }
 
-// Close closes the database.
+// Close folds the use of committed events still pending into the
+// roll-ups, and closes the database.
 func (s *Store) Close() error {
-	err := s.w.Close()
+	var err error
+	if l := s.roll; l != nil {
+		l.mu.Lock()
+		if !l.closed {
+			l.closed = true
+			if l.idle != nil {
+				l.idle.Stop()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), foldTimeout)
+			// A fold that fails loses nothing: the next open folds the
+			// events above the mark.
+			err = s.foldPending(ctx)
+			cancel()
+		}
+		l.mu.Unlock()
+	}
+	err = errors.Join(err, s.w.Close())
 	if s.r.DB != nil && s.r.DB != s.w {
 		err = errors.Join(err, s.r.Close())
 	}

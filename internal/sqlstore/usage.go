@@ -31,15 +31,18 @@ const (
 )
 
 // RecordUsage inserts the events whose ids are new and adds those to their
-// scopes' roll-ups, in one transaction, and returns how many were new. An
-// id already stored (or repeated in events) is skipped, so a replayed batch
-// changes nothing.
+// scopes' roll-ups, and returns how many were new. An id already stored (or
+// repeated in events) is skipped, so a replayed batch changes nothing.
 //
-// The work per transaction is one multi-row insert of the events, which
-// reports the ids that were new, and one multi-row upsert of the roll-ups:
-// the new events' use is summed in memory per scope and period first. On
-// PostgreSQL both are single statements over arrays (unnest), so their text
-// is fixed and prepared once.
+// On PostgreSQL one transaction holds both: a multi-row insert of the
+// events over arrays (unnest), which reports the ids that were new, and a
+// multi-row upsert of the roll-ups, the new events' use summed in memory
+// per scope and period first; their text is fixed and prepared once.
+// Several instances write at once there, so no order of the events'
+// sequence tells which are committed, and roll-ups cannot trail them.
+//
+// On SQLite the transaction holds only the events; see rollupLog for how
+// their roll-ups follow.
 //
 // An error the data causes (a value the store cannot hold) is errs.Invalid,
 // an outage anything else: the recorder isolates and quarantines the
@@ -54,19 +57,12 @@ func (s *Store) RecordUsage(ctx context.Context, events []usage.Event) (int, err
 	if len(events) == 0 {
 		return 0, nil
 	}
+	if s.roll != nil {
+		return s.sqliteRecordUsage(ctx, events)
+	}
 	inserted := 0
 	err := s.tx(ctx, s.w, func(tx *sql.Tx) error {
-		var fresh map[string]bool
-		var err error
-		if s.d.dollar {
-			fresh, err = pgInsertEvents(ctx, tx, events)
-		} else {
-			// A multi-row statement journals the pages it changes, so that
-			// it can be undone alone; in memory that costs no file writes.
-			// Best effort: the setting only saves time.
-			_, _ = tx.ExecContext(ctx, "PRAGMA temp_store = MEMORY")
-			fresh, err = sqliteInsertEvents(ctx, tx, events)
-		}
+		fresh, err := pgInsertEvents(ctx, tx, events)
 		if err != nil {
 			return err
 		}
@@ -78,15 +74,261 @@ func (s *Store) RecordUsage(ctx context.Context, events []usage.Event) (int, err
 		if err != nil {
 			return err
 		}
-		if s.d.dollar {
-			return pgUpsertRollups(ctx, tx, keys, deltas)
-		}
-		return sqliteUpsertRollups(ctx, tx, keys, deltas)
+		return pgUpsertRollups(ctx, tx, keys, deltas)
 	})
 	if err != nil {
 		return 0, err
 	}
 	return inserted, nil
+}
+
+// rollupLog is, on SQLite, the use of committed events that usage_rollups
+// does not hold yet, and what keeps the two consistent across a crash.
+//
+// SQLite has one writing connection, so an event's rowid order is its
+// commit order. A write commits only its events (about half the rows per
+// event that rolling up in the same transaction costs: an event touches
+// ~6 scopes × day and month) and, once committed, adds their use to
+// pending. pending goes into usage_rollups in a transaction that also moves
+// usage_rollup_mark to the highest rowid folded: inside a write's own
+// transaction once pending is older than foldEvery or wider than
+// foldMaxKeys, on its own after foldIdle without writes, before Rollups
+// reads, and at Close. Opening the store folds the events above the mark:
+// those whose use a crash took with pending. So usage_rollups plus pending
+// is always the sum of the committed events, and after a crash usage_rollups
+// alone is once the store is open again.
+//
+// mu is held across a write's transaction and its update of pending, so
+// that pending and upTo move in commit order.
+type rollupLog struct {
+	mu      sync.Mutex
+	pending map[rollupKey]*rollupDelta
+	upTo    int64     // the highest rowid whose use is in usage_rollups or pending
+	since   time.Time // when pending got its oldest use
+	idle    *time.Timer
+	closed  bool
+
+	every   time.Duration
+	maxKeys int
+}
+
+const (
+	foldEvery   = 500 * time.Millisecond
+	foldIdle    = time.Second
+	foldMaxKeys = 16_384 // ~2 MB of pending; a fold of that many rows takes tens of milliseconds
+	foldTimeout = 30 * time.Second
+)
+
+func (s *Store) sqliteRecordUsage(ctx context.Context, events []usage.Event) (int, error) {
+	l := s.roll
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var fresh map[string]bool
+	var batch map[rollupKey]*rollupDelta
+	var last int64
+	folded := false
+	err := s.tx(ctx, s.w, func(tx *sql.Tx) error {
+		// A multi-row statement journals the pages it changes, so that
+		// it can be undone alone; in memory that costs no file writes.
+		// Best effort: the setting only saves time.
+		_, _ = tx.ExecContext(ctx, "PRAGMA temp_store = MEMORY")
+		var err error
+		if fresh, last, err = sqliteInsertEvents(ctx, tx, events); err != nil || len(fresh) == 0 {
+			return err
+		}
+		if _, batch, err = rollupDeltas(events, fresh); err != nil {
+			return err
+		}
+		// Refuse now a sum that pending could not hold: once committed,
+		// the events' use must fit.
+		if k, ok := fits(l.pending, batch); !ok {
+			return errs.E(errs.Invalid, "usage events: their use overflows the roll-up of %s %s", k.scope, k.period)
+		}
+		if len(l.pending) == 0 || (time.Since(l.since) < l.every && len(l.pending)+len(batch) <= l.maxKeys) {
+			return nil
+		}
+		// Fold pending and this batch with its events: the two upserts
+		// add up where they share a row.
+		if err := sqliteUpsertRollups(ctx, tx, sortedKeys(l.pending), l.pending); err != nil {
+			return err
+		}
+		if err := sqliteUpsertRollups(ctx, tx, sortedKeys(batch), batch); err != nil {
+			return err
+		}
+		folded = true
+		return setRollupMark(ctx, tx, last)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if len(fresh) == 0 {
+		return 0, nil
+	}
+	l.upTo = max(l.upTo, last)
+	if folded {
+		l.emptied()
+	} else {
+		s.addPending(batch)
+	}
+	return len(fresh), nil
+}
+
+// addPending adds a committed batch's use to pending (l.mu held), and
+// makes sure pending is folded if no write comes to do it.
+func (s *Store) addPending(batch map[rollupKey]*rollupDelta) {
+	l := s.roll
+	if len(l.pending) == 0 && len(batch) > 0 {
+		l.since = time.Now()
+		if l.idle == nil {
+			l.idle = time.AfterFunc(foldIdle, s.foldIdle)
+		} else {
+			l.idle.Reset(foldIdle)
+		}
+	}
+	for k, d := range batch {
+		p := l.pending[k]
+		if p == nil {
+			l.pending[k] = d
+			continue
+		}
+		p.requests += d.requests // fits checked these
+		p.tokens += d.tokens
+		p.gpuMS += d.gpuMS
+		p.costMicr += d.costMicr
+	}
+}
+
+// emptied starts pending afresh after a fold (l.mu held).
+func (l *rollupLog) emptied() {
+	l.pending = make(map[rollupKey]*rollupDelta, len(l.pending))
+}
+
+// fits reports whether adding batch to pending overflows none of its sums,
+// and if it does, where.
+func fits(pending, batch map[rollupKey]*rollupDelta) (rollupKey, bool) {
+	for k, d := range batch {
+		p := pending[k]
+		if p == nil {
+			continue
+		}
+		for _, ab := range [...][2]int64{{p.requests, d.requests}, {p.tokens, d.tokens}, {p.gpuMS, d.gpuMS}, {p.costMicr, d.costMicr}} {
+			if _, ok := addInt64(ab[0], ab[1]); !ok {
+				return k, false
+			}
+		}
+	}
+	return rollupKey{}, true
+}
+
+// foldIdle folds pending when writes stopped before they folded it, so that
+// usage_rollups does not trail for long behind a quiet store.
+func (s *Store) foldIdle() {
+	l := s.roll
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), foldTimeout)
+	defer cancel()
+	if err := s.foldPending(ctx); err != nil {
+		// The store is in trouble; the next write, read or this timer
+		// folds it. Nothing is lost meanwhile: the events are committed.
+		l.idle.Reset(foldIdle)
+	}
+}
+
+// foldPending writes pending into usage_rollups and moves the mark to
+// upTo, in one transaction (l.mu held).
+func (s *Store) foldPending(ctx context.Context) error {
+	l := s.roll
+	if len(l.pending) == 0 {
+		return nil
+	}
+	err := s.tx(ctx, s.w, func(tx *sql.Tx) error {
+		if err := sqliteUpsertRollups(ctx, tx, sortedKeys(l.pending), l.pending); err != nil {
+			return err
+		}
+		return setRollupMark(ctx, tx, l.upTo)
+	})
+	if err != nil {
+		return err
+	}
+	l.emptied()
+	return nil
+}
+
+func setRollupMark(ctx context.Context, tx *sql.Tx, rowid int64) error {
+	if _, err := tx.ExecContext(ctx, `UPDATE usage_rollup_mark SET last_rowid = ? WHERE id = 1`, rowid); err != nil {
+		return dbError(err, "move the usage roll-up mark")
+	}
+	return nil
+}
+
+// openRollups starts the SQLite roll-up log: it sets the mark at the first
+// open after migration 0008, then folds the events above it, which a crash
+// left out of usage_rollups.
+func (s *Store) openRollups(ctx context.Context) error {
+	l := &rollupLog{every: foldEvery, maxKeys: foldMaxKeys}
+	l.emptied()
+	err := s.tx(ctx, s.w, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO usage_rollup_mark (id, last_rowid)
+			SELECT 1, COALESCE(MAX(rowid), 0) FROM usage_events`); err != nil {
+			return fmt.Errorf("set the usage roll-up mark: %w", err)
+		}
+		var mark int64
+		if err := tx.QueryRowContext(ctx, `SELECT last_rowid FROM usage_rollup_mark WHERE id = 1`).Scan(&mark); err != nil {
+			return fmt.Errorf("read the usage roll-up mark: %w", err)
+		}
+		l.upTo = mark
+		deltas, last, err := unfoldedDeltas(ctx, tx, mark)
+		if err != nil || last == mark {
+			return err
+		}
+		if err := sqliteUpsertRollups(ctx, tx, sortedKeys(deltas), deltas); err != nil {
+			return err
+		}
+		l.upTo = last
+		return setRollupMark(ctx, tx, last)
+	})
+	if err != nil {
+		return fmt.Errorf("fold usage events into roll-ups: %w", err)
+	}
+	s.roll = l
+	return nil
+}
+
+// unfoldedDeltas sums the use of the events above rowid mark per scope and
+// period, and returns the highest rowid read.
+func unfoldedDeltas(ctx context.Context, tx *sql.Tx, mark int64) (map[rollupKey]*rollupDelta, int64, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT rowid, id, at, tenant_id, requests, input_tokens, output_tokens, gpu_ms, cost_micros,
+		scopes, local_day FROM usage_events WHERE rowid > ? ORDER BY rowid`, mark)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	deltas := map[rollupKey]*rollupDelta{}
+	last := mark
+	for rows.Next() {
+		var e usage.Event
+		var at int64
+		var scopes, day string
+		if err := rows.Scan(&last, &e.ID, &at, &e.TenantID, &e.Requests, &e.InputTokens, &e.OutputTokens, &e.GPUMillis,
+			&e.CostMicros, &scopes, &day); err != nil {
+			return nil, 0, err
+		}
+		e.At = fromMicros(at)
+		if scopes != "" {
+			e.Scopes = strings.Split(scopes, " ")
+		}
+		if day == "" { // stored before local_day was: its zone is lost
+			day = usage.DayPeriod(e.At, time.UTC)
+		}
+		if err := addRollups(deltas, nil, &e, day); err != nil {
+			return nil, 0, err
+		}
+	}
+	return deltas, last, rows.Err()
 }
 
 // checkEvent refuses, as malformed, an event with a text longer than the
@@ -151,31 +393,37 @@ func usageError(err error, what string) error {
 }
 
 const eventColumns = `id, at, tenant_id, user_id, project_id, kind, model,
-	requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes, peak_memory, cpu_ms`
+	requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes, peak_memory, cpu_ms, local_day`
 
-func sqliteInsertEvents(ctx context.Context, tx *sql.Tx, events []usage.Event) (map[string]bool, error) {
+// sqliteInsertEvents inserts events and returns the ids that were new and
+// the highest rowid they got.
+func sqliteInsertEvents(ctx context.Context, tx *sql.Tx, events []usage.Event) (map[string]bool, int64, error) {
 	fresh := make(map[string]bool, len(events))
-	args := make([]any, 0, 15*len(events))
+	var last int64
+	args := make([]any, 0, 16*len(events))
 	for i := range events {
 		e := &events[i]
 		args = append(args, e.ID, micros(e.At), e.TenantID, e.UserID, e.ProjectID, e.Kind, e.Model,
-			e.Requests, e.InputTokens, e.OutputTokens, e.GPUMillis, e.CostMicros, strings.Join(e.Scopes, " "), e.PeakMemory, e.CPUMillis)
+			e.Requests, e.InputTokens, e.OutputTokens, e.GPUMillis, e.CostMicros, strings.Join(e.Scopes, " "), e.PeakMemory, e.CPUMillis,
+			localDay(e))
 	}
-	err := sqliteRows(ctx, tx, `INSERT INTO usage_events (`+eventColumns+`) VALUES `, ` ON CONFLICT (id) DO NOTHING RETURNING id`,
-		15, args, func(rows *sql.Rows) error {
+	err := sqliteRows(ctx, tx, `INSERT INTO usage_events (`+eventColumns+`) VALUES `, ` ON CONFLICT (id) DO NOTHING RETURNING id, rowid`,
+		16, args, func(rows *sql.Rows) error {
 			for rows.Next() {
 				var id string
-				if err := rows.Scan(&id); err != nil {
+				var rowid int64
+				if err := rows.Scan(&id, &rowid); err != nil {
 					return err
 				}
 				fresh[id] = true
+				last = max(last, rowid)
 			}
 			return rows.Err()
 		})
 	if err != nil {
-		return nil, usageError(err, "insert usage events")
+		return nil, 0, usageError(err, "insert usage events")
 	}
-	return fresh, nil
+	return fresh, last, nil
 }
 
 // sqliteRows runs head, a VALUES list of rows of cols arguments each, tail
@@ -230,27 +478,28 @@ func sqliteRows(ctx context.Context, tx *sql.Tx, head, tail string, cols int, ar
 
 const pgInsertEventsSQL = `INSERT INTO usage_events (` + eventColumns + `)
 	SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-		$8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::bigint[], $15::bigint[])
+		$8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::bigint[], $15::bigint[], $16::text[])
 	ON CONFLICT (id) DO NOTHING RETURNING id`
 
 // pgInsertEvents inserts events in one statement over arrays: one round
 // trip whatever their number.
 func pgInsertEvents(ctx context.Context, tx *sql.Tx, events []usage.Event) (map[string]bool, error) {
 	n := len(events)
-	ids, tenants, users, projects, kinds, models, scopes := make([]string, n), make([]string, n), make([]string, n),
-		make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids, tenants, users, projects, kinds, models, scopes, days := make([]string, n), make([]string, n), make([]string, n),
+		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	at, requests, in, out, gpu, cost, mem, cpu := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n),
 		make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 	for i := range events {
 		e := &events[i]
 		ids[i], tenants[i], users[i], projects[i], kinds[i], models[i], scopes[i] = e.ID, e.TenantID, e.UserID, e.ProjectID,
 			e.Kind, e.Model, strings.Join(e.Scopes, " ")
+		days[i] = localDay(e)
 		at[i], requests[i], in[i], out[i], gpu[i], cost[i], mem[i], cpu[i] = micros(e.At), e.Requests, e.InputTokens,
 			e.OutputTokens, e.GPUMillis, e.CostMicros, e.PeakMemory, e.CPUMillis
 	}
 	fresh := make(map[string]bool, n)
 	err := collectIDs(ctx, tx, fresh, pgInsertEventsSQL, ids, at, tenants, users, projects, kinds, models,
-		requests, in, out, gpu, cost, scopes, mem, cpu)
+		requests, in, out, gpu, cost, scopes, mem, cpu, days)
 	return fresh, err
 }
 
@@ -296,49 +545,81 @@ func rollupDeltas(events []usage.Event, fresh map[string]bool) ([]rollupKey, map
 		if !fresh[e.ID] {
 			continue
 		}
-		loc := e.Loc
-		if loc == nil {
-			loc = time.UTC
+		if err := addRollups(deltas, &keys, e, localDay(e)); err != nil {
+			return nil, nil, err
 		}
-		tokens, ok := addInt64(e.InputTokens, e.OutputTokens)
-		if !ok {
-			return nil, nil, errs.E(errs.Invalid, "usage event %.64q: its tokens overflow", e.ID)
+	}
+	sortKeys(keys)
+	return keys, deltas, nil
+}
+
+// localDay is the day period of e in its tenant's time zone.
+func localDay(e *usage.Event) string {
+	loc := e.Loc
+	if loc == nil {
+		loc = time.UTC
+	}
+	return usage.DayPeriod(e.At, loc)
+}
+
+// addRollups adds e's use to deltas, in the day and month of day (its day
+// in its tenant's zone) for its scopes but global, which count in UTC, and
+// appends the new keys to keys when set.
+func addRollups(deltas map[rollupKey]*rollupDelta, keys *[]rollupKey, e *usage.Event, day string) error {
+	tokens, ok := addInt64(e.InputTokens, e.OutputTokens)
+	if !ok {
+		return errs.E(errs.Invalid, "usage event %.64q: its tokens overflow", e.ID)
+	}
+	local := [2]string{day, day[:min(len(day), len("2006-01"))]}
+	var utc [2]string
+	for _, scope := range e.Scopes {
+		periods := &local
+		if scope == "global" {
+			if utc[0] == "" {
+				utc[0], utc[1] = usage.DayPeriod(e.At, time.UTC), usage.MonthPeriod(e.At, time.UTC)
+			}
+			periods = &utc
 		}
-		var local, utc [2]string // day and month, in loc and in UTC
-		for _, scope := range e.Scopes {
-			periods, l := &local, loc
-			if scope == "global" || loc == time.UTC {
-				periods, l = &utc, time.UTC
-			}
-			if periods[0] == "" {
-				periods[0], periods[1] = usage.DayPeriod(e.At, l), usage.MonthPeriod(e.At, l)
-			}
-			for _, period := range periods {
-				k := rollupKey{scope, period}
-				r := deltas[k]
-				if r == nil {
-					r = &rollupDelta{tenant: e.TenantID}
-					deltas[k] = r
-					keys = append(keys, k)
+		for _, period := range periods {
+			k := rollupKey{scope, period}
+			r := deltas[k]
+			if r == nil {
+				r = &rollupDelta{tenant: e.TenantID}
+				deltas[k] = r
+				if keys != nil {
+					*keys = append(*keys, k)
 				}
-				var ok [4]bool
-				r.requests, ok[0] = addInt64(r.requests, e.Requests)
-				r.tokens, ok[1] = addInt64(r.tokens, tokens)
-				r.gpuMS, ok[2] = addInt64(r.gpuMS, e.GPUMillis)
-				r.costMicr, ok[3] = addInt64(r.costMicr, e.CostMicros)
-				if ok != [4]bool{true, true, true, true} {
-					return nil, nil, errs.E(errs.Invalid, "usage event %.64q: its use overflows the roll-up of %s %s", e.ID, scope, period)
-				}
+			}
+			var ok [4]bool
+			r.requests, ok[0] = addInt64(r.requests, e.Requests)
+			r.tokens, ok[1] = addInt64(r.tokens, tokens)
+			r.gpuMS, ok[2] = addInt64(r.gpuMS, e.GPUMillis)
+			r.costMicr, ok[3] = addInt64(r.costMicr, e.CostMicros)
+			if ok != [4]bool{true, true, true, true} {
+				return errs.E(errs.Invalid, "usage event %.64q: its use overflows the roll-up of %s %s", e.ID, scope, period)
 			}
 		}
 	}
+	return nil
+}
+
+// sortedKeys returns the keys of deltas in order.
+func sortedKeys(deltas map[rollupKey]*rollupDelta) []rollupKey {
+	keys := make([]rollupKey, 0, len(deltas))
+	for k := range deltas {
+		keys = append(keys, k)
+	}
+	sortKeys(keys)
+	return keys
+}
+
+func sortKeys(keys []rollupKey) {
 	slices.SortFunc(keys, func(a, b rollupKey) int {
 		if c := strings.Compare(a.scope, b.scope); c != 0 {
 			return c
 		}
 		return strings.Compare(a.period, b.period)
 	})
-	return keys, deltas, nil
 }
 
 // addInt64 adds, reporting false on overflow.
@@ -452,10 +733,19 @@ func (s *Store) UsageQuarantine(ctx context.Context, after string, limit int) ([
 	return out, rows.Err()
 }
 
-// Rollups returns the roll-ups of the given periods.
+// Rollups returns the roll-ups of the given periods, with the use of every
+// event committed before the call.
 func (s *Store) Rollups(ctx context.Context, periods []string) ([]usage.Rollup, error) {
 	if len(periods) == 0 {
 		return nil, nil
+	}
+	if l := s.roll; l != nil {
+		l.mu.Lock()
+		err := s.foldPending(ctx)
+		l.mu.Unlock()
+		if err != nil {
+			return nil, usageError(err, "fold usage into roll-ups")
+		}
 	}
 	q := `SELECT scope, period, tenant_id, requests, tokens, gpu_ms, cost_micros FROM usage_rollups WHERE period IN (?` +
 		strings.Repeat(", ?", len(periods)-1) + `)`
