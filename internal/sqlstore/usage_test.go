@@ -2,8 +2,10 @@ package sqlstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -322,4 +324,150 @@ func testUsageCommitters(t *testing.T, s *Store) {
 	wg.Wait()
 	// Every Commit returned: everything is stored, without a Flush.
 	checkStored(t, s, all)
+}
+
+// crash drops s as a killed process would: the database closed, the use
+// of committed events still pending in memory never folded into the
+// roll-ups.
+func crash(t *testing.T, s *Store) {
+	t.Helper()
+	s.roll.mu.Lock()
+	s.roll.closed = true
+	if s.roll.idle != nil {
+		s.roll.idle.Stop()
+	}
+	s.roll.mu.Unlock()
+	if err := errors.Join(s.w.Close(), s.r.Close()); err != nil {
+		t.Fatalf("close = %v", err)
+	}
+}
+
+// storedRollupRows counts the rows of usage_rollups, pending use aside.
+func storedRollupRows(t *testing.T, s *Store) int {
+	t.Helper()
+	var n int
+	if err := s.r.QueryRow(`SELECT COUNT(*) FROM usage_rollups`).Scan(&n); err != nil {
+		t.Fatalf("count roll-ups: %v", err)
+	}
+	return n
+}
+
+// TestUsageRollupsAfterCrash: on SQLite the roll-ups trail the events. A
+// crash at any point between folds leaves events whose use is in no
+// roll-up; opening the store again folds them, so the roll-ups are the sum
+// of the events and a replay of everything changes nothing.
+func TestUsageRollupsAfterCrash(t *testing.T) {
+	at := time.Date(2026, 3, 31, 20, 0, 0, 0, time.UTC) // April 1st in Shanghai
+	batches := make([][]usage.Event, 7)
+	var all []usage.Event
+	for b := range batches {
+		for i := 0; i < 40; i++ {
+			n := b*40 + i
+			e := realEvent(fmt.Sprintf("tkt_%d", n), n, at.Add(time.Duration(n)*time.Minute))
+			batches[b] = append(batches[b], e)
+			all = append(all, e)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		// before runs before batch b is written, but the last.
+		before func(t *testing.T, s *Store, b int)
+	}{
+		{"nothing folded", func(t *testing.T, s *Store, b int) {}},
+		{"folded by a read midway", func(t *testing.T, s *Store, b int) {
+			if b == 3 {
+				if _, err := s.Rollups(context.Background(), []string{"2026-03"}); err != nil {
+					t.Fatalf("Rollups = %v", err)
+				}
+			}
+		}},
+		{"folded by writes", func(t *testing.T, s *Store, b int) {
+			s.roll.mu.Lock()
+			s.roll.every = 0 // each write folds what the one before left
+			s.roll.mu.Unlock()
+		}},
+		{"folded by size", func(t *testing.T, s *Store, b int) {
+			s.roll.mu.Lock()
+			s.roll.maxKeys = 500
+			s.roll.mu.Unlock()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			path := filepath.Join(t.TempDir(), "s.db")
+			s, err := OpenSQLite(ctx, path)
+			if err != nil {
+				t.Fatalf("OpenSQLite = %v", err)
+			}
+			for b, batch := range batches {
+				if b < len(batches)-1 {
+					tc.before(t, s, b)
+				} else { // the last batch stays pending
+					s.roll.mu.Lock()
+					s.roll.every, s.roll.maxKeys = time.Hour, foldMaxKeys
+					s.roll.mu.Unlock()
+				}
+				if n, err := s.RecordUsage(ctx, batch); err != nil || n != len(batch) {
+					t.Fatalf("RecordUsage(batch %d) = %d, %v, want %d, nil", b, n, err, len(batch))
+				}
+			}
+			if got, all := storedRollupRows(t, s), len(wantRollups(all)); got >= all {
+				t.Fatalf("before the crash: got %d roll-up rows, want fewer than %d (some use pending)", got, all)
+			}
+			crash(t, s)
+
+			s, err = OpenSQLite(ctx, path)
+			if err != nil {
+				t.Fatalf("OpenSQLite after the crash = %v", err)
+			}
+			defer s.Close()
+			if got, want := storedRollupRows(t, s), len(wantRollups(all)); got != want {
+				t.Fatalf("after open: got %d roll-up rows, want %d", got, want)
+			}
+			checkStored(t, s, all)
+			var mark, last int64
+			if err := s.r.QueryRow(`SELECT (SELECT last_rowid FROM usage_rollup_mark), (SELECT MAX(rowid) FROM usage_events)`).
+				Scan(&mark, &last); err != nil || mark != last {
+				t.Fatalf("mark = %d, %v; want the last rowid, %d", mark, err, last)
+			}
+			for b, batch := range batches {
+				if n, err := s.RecordUsage(ctx, batch); err != nil || n != 0 {
+					t.Fatalf("RecordUsage(replay of batch %d) = %d, %v, want 0, nil", b, n, err)
+				}
+			}
+			checkStored(t, s, all)
+		})
+	}
+}
+
+// TestUsageRollupsOpenTwice: the fold at open is idempotent: a second open
+// (after a crash right after the first) adds nothing.
+func TestUsageRollupsOpenTwice(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "s.db")
+	s, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatalf("OpenSQLite = %v", err)
+	}
+	at := time.Now().UTC()
+	var events []usage.Event
+	for i := 0; i < 50; i++ {
+		events = append(events, realEvent(fmt.Sprintf("tkt_%d", i), i, at))
+	}
+	if _, err := s.RecordUsage(ctx, events); err != nil {
+		t.Fatalf("RecordUsage = %v", err)
+	}
+	crash(t, s)
+	for i := 0; i < 2; i++ {
+		if s, err = OpenSQLite(ctx, path); err != nil {
+			t.Fatalf("OpenSQLite = %v", err)
+		}
+		crash(t, s)
+	}
+	if s, err = OpenSQLite(ctx, path); err != nil {
+		t.Fatalf("OpenSQLite = %v", err)
+	}
+	defer s.Close()
+	checkStored(t, s, events)
 }
