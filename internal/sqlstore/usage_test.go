@@ -1,15 +1,21 @@
 package sqlstore
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -470,4 +476,110 @@ func TestUsageRollupsOpenTwice(t *testing.T) {
 	}
 	defer s.Close()
 	checkStored(t, s, events)
+}
+
+// TestUsageKilled kills (SIGKILL) a process committing usage events
+// through a recorder on SQLite, at a moment it does not choose, three
+// times over the same database: every acknowledged event is stored, and
+// once the store is open again the roll-ups are exactly the sum of the
+// stored events.
+func TestUsageKilled(t *testing.T) {
+	if path := os.Getenv("SLUICE_TEST_USAGE_KILLED_DB"); path != "" {
+		usageKilledChild(path)
+		return
+	}
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	path := filepath.Join(t.TempDir(), "s.db")
+	acked := map[string]bool{}
+	for round := 0; round < 3; round++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestUsageKilled$")
+		cmd.Env = append(os.Environ(), "SLUICE_TEST_USAGE_KILLED_DB="+path, fmt.Sprintf("SLUICE_TEST_USAGE_KILLED_ROUND=%d", round))
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start child: %v", err)
+		}
+		// Kill after some acknowledgements, between 200 and 2,000 of them.
+		sc := bufio.NewScanner(out)
+		killAt := 200 + rand.IntN(1800)
+		n := 0
+		for sc.Scan() {
+			acked[sc.Text()] = true
+			if n++; n == killAt {
+				_ = cmd.Process.Kill()
+			}
+		}
+		if err := cmd.Wait(); err == nil || n < killAt {
+			t.Fatalf("round %d: child ended with %v after %d acknowledgements, want killed after %d", round, err, n, killAt)
+		}
+	}
+	s, err := OpenSQLite(context.Background(), path)
+	if err != nil {
+		t.Fatalf("OpenSQLite = %v", err)
+	}
+	defer s.Close()
+	stored, err := s.UsageEvents(context.Background(), "", time.Time{}, time.Now().Add(48*time.Hour), 10_000_000)
+	if err != nil {
+		t.Fatalf("UsageEvents = %v", err)
+	}
+	var events []usage.Event
+	have := map[string]bool{}
+	for _, e := range stored {
+		have[e.ID] = true
+		var round, n int
+		if _, err := fmt.Sscanf(e.ID, "tkt_%d_%d", &round, &n); err != nil {
+			t.Fatalf("stored event %s: %v", e.ID, err)
+		}
+		events = append(events, killedEvent(round, n))
+	}
+	for id := range acked {
+		if !have[id] {
+			t.Fatalf("acknowledged event %s is not stored", id)
+		}
+	}
+	checkStored(t, s, events)
+	t.Logf("%d events acknowledged, %d stored", len(acked), len(stored))
+}
+
+// killedEvent is the n-th event of a round of TestUsageKilled; its id
+// tells which.
+func killedEvent(round, n int) usage.Event {
+	return realEvent(fmt.Sprintf("tkt_%d_%d", round, n), n, time.Date(2026, 3, 31, 12, 0, 0, 0, time.UTC).Add(time.Duration(n)*time.Second))
+}
+
+// usageKilledChild commits events from 16 goroutines until it is killed,
+// printing each acknowledged id.
+func usageKilledChild(path string) {
+	round, _ := strconv.Atoi(os.Getenv("SLUICE_TEST_USAGE_KILLED_ROUND"))
+	s, err := OpenSQLite(context.Background(), path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "OpenSQLite:", err)
+		os.Exit(2)
+	}
+	r := usage.NewRecorder(s, slog.New(slog.DiscardHandler), time.Hour)
+	var mu sync.Mutex
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				e := killedEvent(round, int(next.Add(1)))
+				if err := r.Commit(context.Background(), e); err != nil {
+					fmt.Fprintln(os.Stderr, "Commit:", err)
+					os.Exit(2)
+				}
+				mu.Lock()
+				fmt.Println(e.ID)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
 }
