@@ -249,8 +249,27 @@ func (m *Meter) SettleWith(ctx context.Context, ticketID string, u quota.Usage, 
 
 // commit makes the event durable before the settle answers.
 func (m *Meter) commit(ctx context.Context, ev usage.Event) error {
-	return m.rec.Commit(ctx, ev)
+	// A store that is behind slows the caller down before it is refused:
+	// the settle waits for room in the queue for up to commitPatience, then
+	// answers 503 with Retry-After (a retried settle commits its event).
+	wait := 2 * time.Millisecond
+	deadline := time.Now().Add(commitPatience)
+	for {
+		err := m.rec.Commit(ctx, ev)
+		if !errors.Is(err, usage.ErrBehind) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 100*time.Millisecond)
+	}
 }
+
+// commitPatience is how long a settle waits for room in a full usage queue.
+const commitPatience = 5 * time.Second
 
 // location returns the time zone named in a ticket's meta, nil when none.
 func (m *Meter) location(name string) *time.Location {

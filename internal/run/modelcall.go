@@ -226,9 +226,12 @@ func (e *Executor) call(ctx context.Context, job *Job, c ModelCall, m *llm.Model
 	}
 	cost := m.Cost(u)
 	// Settle whatever happened: success, provider error, timeout, cancel.
-	_, serr := e.Meter.Settle(context.WithoutCancel(ctx), adm.ID, quota.Usage{
-		InputTokens: int64(u.InputTokens), OutputTokens: int64(u.OutputTokens), GPUMillis: gpu, CostMicros: cost,
-	}, m.Name())
+	serr := retrySettle(func() error {
+		_, err := e.Meter.Settle(context.WithoutCancel(ctx), adm.ID, quota.Usage{
+			InputTokens: int64(u.InputTokens), OutputTokens: int64(u.OutputTokens), GPUMillis: gpu, CostMicros: cost,
+		}, m.Name())
+		return err
+	})
 	out.Usage.Add(Usage{InputTokens: int64(u.InputTokens), OutputTokens: int64(u.OutputTokens), GPUMillis: gpu, CostMicros: cost})
 	if serr != nil {
 		e.Log.Error("settling a model call failed", "run_id", job.RunID, "error", serr.Error())

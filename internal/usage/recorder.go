@@ -2,6 +2,7 @@ package usage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -127,6 +128,10 @@ func NewRecorder(store Store, log *slog.Logger, interval time.Duration, opts ...
 	return r
 }
 
+// ErrBehind is wrapped by Commit's error when the queue is at its bound:
+// the store is not keeping up, and the caller should slow down and retry.
+var ErrBehind = errors.New("usage store behind")
+
 // Commit queues e and waits until it is committed in the store. It returns
 // nil once e is durable (or was already stored: ids are idempotent);
 // errs.Unavailable with a RetryAfter, at once, when the queue is full or
@@ -146,7 +151,7 @@ func (r *Recorder) Commit(ctx context.Context, e Event) error {
 		if r.obs != nil {
 			r.obs.UsageRefused(1, false)
 		}
-		return &errs.Error{Code: errs.Unavailable, RetryAfter: retry,
+		return &errs.Error{Code: errs.Unavailable, RetryAfter: retry, Err: ErrBehind,
 			Message: fmt.Sprintf("usage store behind: %d events are waiting to be written", n)}
 	}
 	r.queue = append(r.queue, p)

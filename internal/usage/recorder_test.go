@@ -648,8 +648,8 @@ func TestCommitRefusesAtOnceWhenTheQueueIsFull(t *testing.T) {
 
 	err := r.Commit(ctx, event(3)) // returns at once: no goroutine needed
 	var e *errs.Error
-	if !errors.As(err, &e) || e.Code != errs.Unavailable || e.RetryAfter <= 0 {
-		t.Fatalf("Commit into a full queue: got %#v, want errs.Unavailable with a RetryAfter", err)
+	if !errors.As(err, &e) || e.Code != errs.Unavailable || e.RetryAfter <= 0 || !errors.Is(err, usage.ErrBehind) {
+		t.Fatalf("Commit into a full queue: got %#v, want errs.Unavailable wrapping ErrBehind with a RetryAfter", err)
 	}
 	r.Record(event(4)) // dropped, loudly
 	if got := r.Pending(); got != 3 {
