@@ -145,6 +145,7 @@ func (s *Store) Close() error {
 			// events above the mark.
 			err = s.foldPending(ctx)
 			cancel()
+			l.closeStmts()
 		}
 		l.mu.Unlock()
 	}

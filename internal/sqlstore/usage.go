@@ -74,6 +74,8 @@ func (s *Store) RecordUsage(ctx context.Context, events []usage.Event) (int, err
 		if err != nil {
 			return err
 		}
+		// Concurrent writers lock rows in one order: no deadlock.
+		sortKeys(keys)
 		return pgUpsertRollups(ctx, tx, keys, deltas)
 	})
 	if err != nil {
@@ -107,6 +109,9 @@ type rollupLog struct {
 	since   time.Time // when pending got its oldest use
 	idle    *time.Timer
 	closed  bool
+	// stmts are the multi-row statements of usage writes, prepared on the
+	// writing connection at open rather than in each transaction.
+	stmts map[string]*sql.Stmt
 
 	every   time.Duration
 	maxKeys int
@@ -125,6 +130,7 @@ func (s *Store) sqliteRecordUsage(ctx context.Context, events []usage.Event) (in
 	defer l.mu.Unlock()
 	var fresh map[string]bool
 	var batch map[rollupKey]*rollupDelta
+	var batchKeys []rollupKey
 	var last int64
 	folded := false
 	err := s.tx(ctx, s.w, func(tx *sql.Tx) error {
@@ -133,10 +139,10 @@ func (s *Store) sqliteRecordUsage(ctx context.Context, events []usage.Event) (in
 		// Best effort: the setting only saves time.
 		_, _ = tx.ExecContext(ctx, "PRAGMA temp_store = MEMORY")
 		var err error
-		if fresh, last, err = sqliteInsertEvents(ctx, tx, events); err != nil || len(fresh) == 0 {
+		if fresh, last, err = sqliteInsertEvents(ctx, tx, l.stmts, events); err != nil || len(fresh) == 0 {
 			return err
 		}
-		if _, batch, err = rollupDeltas(events, fresh); err != nil {
+		if batchKeys, batch, err = rollupDeltas(events, fresh); err != nil {
 			return err
 		}
 		// Refuse now a sum that pending could not hold: once committed,
@@ -149,10 +155,10 @@ func (s *Store) sqliteRecordUsage(ctx context.Context, events []usage.Event) (in
 		}
 		// Fold pending and this batch with its events: the two upserts
 		// add up where they share a row.
-		if err := sqliteUpsertRollups(ctx, tx, sortedKeys(l.pending), l.pending); err != nil {
+		if err := sqliteUpsertRollups(ctx, tx, l.stmts, sortedKeys(l.pending), l.pending); err != nil {
 			return err
 		}
-		if err := sqliteUpsertRollups(ctx, tx, sortedKeys(batch), batch); err != nil {
+		if err := sqliteUpsertRollups(ctx, tx, l.stmts, batchKeys, batch); err != nil {
 			return err
 		}
 		folded = true
@@ -246,7 +252,7 @@ func (s *Store) foldPending(ctx context.Context) error {
 		return nil
 	}
 	err := s.tx(ctx, s.w, func(tx *sql.Tx) error {
-		if err := sqliteUpsertRollups(ctx, tx, sortedKeys(l.pending), l.pending); err != nil {
+		if err := sqliteUpsertRollups(ctx, tx, l.stmts, sortedKeys(l.pending), l.pending); err != nil {
 			return err
 		}
 		return setRollupMark(ctx, tx, l.upTo)
@@ -269,8 +275,18 @@ func setRollupMark(ctx context.Context, tx *sql.Tx, rowid int64) error {
 // open after migration 0008, then folds the events above it, which a crash
 // left out of usage_rollups.
 func (s *Store) openRollups(ctx context.Context) error {
-	l := &rollupLog{every: foldEvery, maxKeys: foldMaxKeys}
+	l := &rollupLog{every: foldEvery, maxKeys: foldMaxKeys, stmts: map[string]*sql.Stmt{}}
 	l.emptied()
+	for _, size := range valuesSizes {
+		for _, q := range [...]string{valuesSQL(insertEventsHead, 16, size, insertEventsTail), valuesSQL(upsertRollupHead, 7, size, rollupUpdate)} {
+			st, err := s.w.PrepareContext(ctx, q)
+			if err != nil {
+				l.closeStmts()
+				return fmt.Errorf("prepare usage writes: %w", err)
+			}
+			l.stmts[q] = st
+		}
+	}
 	err := s.tx(ctx, s.w, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO usage_rollup_mark (id, last_rowid)
 			SELECT 1, COALESCE(MAX(rowid), 0) FROM usage_events`); err != nil {
@@ -285,17 +301,24 @@ func (s *Store) openRollups(ctx context.Context) error {
 		if err != nil || last == mark {
 			return err
 		}
-		if err := sqliteUpsertRollups(ctx, tx, sortedKeys(deltas), deltas); err != nil {
+		if err := sqliteUpsertRollups(ctx, tx, l.stmts, sortedKeys(deltas), deltas); err != nil {
 			return err
 		}
 		l.upTo = last
 		return setRollupMark(ctx, tx, last)
 	})
 	if err != nil {
+		l.closeStmts()
 		return fmt.Errorf("fold usage events into roll-ups: %w", err)
 	}
 	s.roll = l
 	return nil
+}
+
+func (l *rollupLog) closeStmts() {
+	for _, st := range l.stmts {
+		st.Close()
+	}
 }
 
 // unfoldedDeltas sums the use of the events above rowid mark per scope and
@@ -395,9 +418,15 @@ func usageError(err error, what string) error {
 const eventColumns = `id, at, tenant_id, user_id, project_id, kind, model,
 	requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes, peak_memory, cpu_ms, local_day`
 
+const (
+	insertEventsHead = `INSERT INTO usage_events (` + eventColumns + `) VALUES `
+	insertEventsTail = ` ON CONFLICT (id) DO NOTHING RETURNING id, rowid`
+	upsertRollupHead = `INSERT INTO usage_rollups (scope, period, tenant_id, requests, tokens, gpu_ms, cost_micros) VALUES `
+)
+
 // sqliteInsertEvents inserts events and returns the ids that were new and
 // the highest rowid they got.
-func sqliteInsertEvents(ctx context.Context, tx *sql.Tx, events []usage.Event) (map[string]bool, int64, error) {
+func sqliteInsertEvents(ctx context.Context, tx *sql.Tx, prepared map[string]*sql.Stmt, events []usage.Event) (map[string]bool, int64, error) {
 	fresh := make(map[string]bool, len(events))
 	var last int64
 	args := make([]any, 0, 16*len(events))
@@ -407,31 +436,34 @@ func sqliteInsertEvents(ctx context.Context, tx *sql.Tx, events []usage.Event) (
 			e.Requests, e.InputTokens, e.OutputTokens, e.GPUMillis, e.CostMicros, strings.Join(e.Scopes, " "), e.PeakMemory, e.CPUMillis,
 			localDay(e))
 	}
-	err := sqliteRows(ctx, tx, `INSERT INTO usage_events (`+eventColumns+`) VALUES `, ` ON CONFLICT (id) DO NOTHING RETURNING id, rowid`,
-		16, args, func(rows *sql.Rows) error {
-			for rows.Next() {
-				var id string
-				var rowid int64
-				if err := rows.Scan(&id, &rowid); err != nil {
-					return err
-				}
-				fresh[id] = true
-				last = max(last, rowid)
+	err := sqliteRows(ctx, tx, prepared, insertEventsHead, insertEventsTail, 16, args, func(rows *sql.Rows) error {
+		for rows.Next() {
+			var id string
+			var rowid int64
+			if err := rows.Scan(&id, &rowid); err != nil {
+				return err
 			}
-			return rows.Err()
-		})
+			fresh[id] = true
+			last = max(last, rowid)
+		}
+		return rows.Err()
+	})
 	if err != nil {
 		return nil, 0, usageError(err, "insert usage events")
 	}
 	return fresh, last, nil
 }
 
+// valuesSizes are the rows of the multi-row statements, largest first.
+var valuesSizes = [...]int{32, 8, 1}
+
 // sqliteRows runs head, a VALUES list of rows of cols arguments each, tail
-// over args, in statements of a few fixed sizes, each prepared once in the
-// transaction: parsing a statement as long as the whole list would cost
-// SQLite more than running it. each, when set, reads the rows a statement
-// returns.
-func sqliteRows(ctx context.Context, tx *sql.Tx, head, tail string, cols int, args []any, each func(*sql.Rows) error) error {
+// over args, in statements of a few fixed sizes (valuesSizes), each taken
+// from prepared, or else prepared once in the transaction: parsing a
+// statement as long as the whole list would cost SQLite more than running
+// it. each, when set, reads the rows a statement returns.
+func sqliteRows(ctx context.Context, tx *sql.Tx, prepared map[string]*sql.Stmt, head, tail string, cols int, args []any,
+	each func(*sql.Rows) error) error {
 	stmts := map[int]*sql.Stmt{}
 	defer func() {
 		for _, st := range stmts {
@@ -441,7 +473,7 @@ func sqliteRows(ctx context.Context, tx *sql.Tx, head, tail string, cols int, ar
 	for len(args) > 0 {
 		n := len(args) / cols
 		size := 1
-		for _, sz := range [...]int{32, 8} {
+		for _, sz := range valuesSizes {
 			if n >= sz {
 				size = sz
 				break
@@ -449,9 +481,14 @@ func sqliteRows(ctx context.Context, tx *sql.Tx, head, tail string, cols int, ar
 		}
 		st := stmts[size]
 		if st == nil {
-			var err error
-			if st, err = tx.PrepareContext(ctx, valuesSQL(head, cols, size, tail)); err != nil {
-				return err
+			q := valuesSQL(head, cols, size, tail)
+			if p := prepared[q]; p != nil {
+				st = tx.StmtContext(ctx, p)
+			} else {
+				var err error
+				if st, err = tx.PrepareContext(ctx, q); err != nil {
+					return err
+				}
 			}
 			stmts[size] = st
 		}
@@ -534,9 +571,8 @@ type rollupDelta struct {
 }
 
 // rollupDeltas sums the use of the fresh events per scope and period, in
-// the scope's time zone (UTC for global), and returns the keys sorted, so
-// that concurrent writers on PostgreSQL lock rows in one order. A sum that
-// overflows is a data error.
+// the scope's time zone (UTC for global), and returns the keys in the order
+// first met. A sum that overflows is a data error.
 func rollupDeltas(events []usage.Event, fresh map[string]bool) ([]rollupKey, map[rollupKey]*rollupDelta, error) {
 	deltas := make(map[rollupKey]*rollupDelta, 4*len(fresh))
 	var keys []rollupKey
@@ -549,7 +585,6 @@ func rollupDeltas(events []usage.Event, fresh map[string]bool) ([]rollupKey, map
 			return nil, nil, err
 		}
 	}
-	sortKeys(keys)
 	return keys, deltas, nil
 }
 
@@ -632,14 +667,14 @@ const rollupUpdate = ` ON CONFLICT (scope, period) DO UPDATE SET requests = usag
 	tokens = usage_rollups.tokens + excluded.tokens, gpu_ms = usage_rollups.gpu_ms + excluded.gpu_ms,
 	cost_micros = usage_rollups.cost_micros + excluded.cost_micros`
 
-func sqliteUpsertRollups(ctx context.Context, tx *sql.Tx, keys []rollupKey, deltas map[rollupKey]*rollupDelta) error {
+func sqliteUpsertRollups(ctx context.Context, tx *sql.Tx, prepared map[string]*sql.Stmt, keys []rollupKey,
+	deltas map[rollupKey]*rollupDelta) error {
 	args := make([]any, 0, 7*len(keys))
 	for _, k := range keys {
 		d := deltas[k]
 		args = append(args, k.scope, k.period, d.tenant, d.requests, d.tokens, d.gpuMS, d.costMicr)
 	}
-	err := sqliteRows(ctx, tx, `INSERT INTO usage_rollups (scope, period, tenant_id, requests, tokens, gpu_ms, cost_micros) VALUES `,
-		rollupUpdate, 7, args, nil)
+	err := sqliteRows(ctx, tx, prepared, upsertRollupHead, rollupUpdate, 7, args, nil)
 	if err != nil {
 		return usageError(err, "add to usage roll-ups")
 	}
