@@ -70,7 +70,7 @@ func (s *Store) RecordUsage(ctx context.Context, events []usage.Event) (int, err
 		if inserted == 0 {
 			return nil
 		}
-		keys, deltas, err := rollupDeltas(events, fresh)
+		keys, deltas, err := rollupDeltas(events, localDays(events), fresh)
 		if err != nil {
 			return err
 		}
@@ -132,6 +132,7 @@ func (s *Store) sqliteRecordUsage(ctx context.Context, events []usage.Event) (in
 	var batch map[rollupKey]*rollupDelta
 	var batchKeys []rollupKey
 	var last int64
+	days := localDays(events)
 	folded := false
 	err := s.tx(ctx, s.w, func(tx *sql.Tx) error {
 		// A multi-row statement journals the pages it changes, so that
@@ -139,10 +140,10 @@ func (s *Store) sqliteRecordUsage(ctx context.Context, events []usage.Event) (in
 		// Best effort: the setting only saves time.
 		_, _ = tx.ExecContext(ctx, "PRAGMA temp_store = MEMORY")
 		var err error
-		if fresh, last, err = sqliteInsertEvents(ctx, tx, l.stmts, events); err != nil || len(fresh) == 0 {
+		if fresh, last, err = sqliteInsertEvents(ctx, tx, l.stmts, events, days); err != nil || len(fresh) == 0 {
 			return err
 		}
-		if batchKeys, batch, err = rollupDeltas(events, fresh); err != nil {
+		if batchKeys, batch, err = rollupDeltas(events, days, fresh); err != nil {
 			return err
 		}
 		// Refuse now a sum that pending could not hold: once committed,
@@ -426,7 +427,8 @@ const (
 
 // sqliteInsertEvents inserts events and returns the ids that were new and
 // the highest rowid they got.
-func sqliteInsertEvents(ctx context.Context, tx *sql.Tx, prepared map[string]*sql.Stmt, events []usage.Event) (map[string]bool, int64, error) {
+func sqliteInsertEvents(ctx context.Context, tx *sql.Tx, prepared map[string]*sql.Stmt, events []usage.Event,
+	days []string) (map[string]bool, int64, error) {
 	fresh := make(map[string]bool, len(events))
 	var last int64
 	args := make([]any, 0, 16*len(events))
@@ -434,7 +436,7 @@ func sqliteInsertEvents(ctx context.Context, tx *sql.Tx, prepared map[string]*sq
 		e := &events[i]
 		args = append(args, e.ID, micros(e.At), e.TenantID, e.UserID, e.ProjectID, e.Kind, e.Model,
 			e.Requests, e.InputTokens, e.OutputTokens, e.GPUMillis, e.CostMicros, strings.Join(e.Scopes, " "), e.PeakMemory, e.CPUMillis,
-			localDay(e))
+			days[i])
 	}
 	err := sqliteRows(ctx, tx, prepared, insertEventsHead, insertEventsTail, 16, args, func(rows *sql.Rows) error {
 		for rows.Next() {
@@ -573,7 +575,7 @@ type rollupDelta struct {
 // rollupDeltas sums the use of the fresh events per scope and period, in
 // the scope's time zone (UTC for global), and returns the keys in the order
 // first met. A sum that overflows is a data error.
-func rollupDeltas(events []usage.Event, fresh map[string]bool) ([]rollupKey, map[rollupKey]*rollupDelta, error) {
+func rollupDeltas(events []usage.Event, days []string, fresh map[string]bool) ([]rollupKey, map[rollupKey]*rollupDelta, error) {
 	deltas := make(map[rollupKey]*rollupDelta, 4*len(fresh))
 	var keys []rollupKey
 	for i := range events {
@@ -581,7 +583,7 @@ func rollupDeltas(events []usage.Event, fresh map[string]bool) ([]rollupKey, map
 		if !fresh[e.ID] {
 			continue
 		}
-		if err := addRollups(deltas, &keys, e, localDay(e)); err != nil {
+		if err := addRollups(deltas, &keys, e, days[i]); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -595,6 +597,15 @@ func localDay(e *usage.Event) string {
 		loc = time.UTC
 	}
 	return usage.DayPeriod(e.At, loc)
+}
+
+// localDays are the local days of events, by index.
+func localDays(events []usage.Event) []string {
+	days := make([]string, len(events))
+	for i := range events {
+		days[i] = localDay(&events[i])
+	}
+	return days
 }
 
 // addRollups adds e's use to deltas, in the day and month of day (its day
@@ -611,7 +622,8 @@ func addRollups(deltas map[rollupKey]*rollupDelta, keys *[]rollupKey, e *usage.E
 		periods := &local
 		if scope == "global" {
 			if utc[0] == "" {
-				utc[0], utc[1] = usage.DayPeriod(e.At, time.UTC), usage.MonthPeriod(e.At, time.UTC)
+				utc[0] = usage.DayPeriod(e.At, time.UTC)
+				utc[1] = utc[0][:len("2006-01")]
 			}
 			periods = &utc
 		}
