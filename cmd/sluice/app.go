@@ -120,7 +120,22 @@ func (a *App) startQuota(ctx context.Context) error {
 	mgr.OnReload(mgr.Current())
 	backend, n := "memory", 0
 	if a.engine.shared {
-		backend = "redis" // Redis holds the counters; the store's roll-ups would be older
+		// Redis holds the counters, unless it has no epoch (new, restarted
+		// empty, flushed): then one instance rebuilds them from the ledger
+		// before any is admitted against them.
+		backend = "redis"
+		a.engine.restore = func(ctx context.Context) (time.Time, int, error) {
+			if err := a.recorder.Flush(ctx); err != nil {
+				return time.Time{}, 0, fmt.Errorf("flush usage events: %w", err)
+			}
+			readAt := time.Now()
+			n, err := a.meter.Restore(ctx, a.store)
+			return readAt, n, err
+		}
+		if _, err := a.engine.rebuild(ctx); err != nil {
+			a.log.Error("quota counters in redis not confirmed at start: deciding on local shares until they are",
+				slog.String("error", err.Error()))
+		}
 	} else if n, err = a.meter.Restore(ctx, a.store); err != nil {
 		a.recorder.Close()
 		a.engine.Close()

@@ -27,7 +27,21 @@ type engine struct {
 	instances *redisquota.Instances
 	stop      context.CancelFunc
 	wg        sync.WaitGroup // the heartbeat loop
+
+	backend *redisquota.Backend
+	id      string                 // this instance, the rebuild lock's owner
+	epoch   atomic.Pointer[string] // the epoch this instance last saw
+	log     *slog.Logger
+	// restore flushes this instance's usage events and restores every
+	// budget counter of the current windows from the ledger, returning
+	// when it read the ledger. startQuota sets it, before the engine
+	// serves.
+	restore func(ctx context.Context) (readAt time.Time, n int, err error)
 }
+
+// rebuildLock is how long the rebuild lock is held at most: a rebuilder
+// that dies leaves it to another instance after this.
+const rebuildLock = time.Minute
 
 // newEngine builds the in-process engine, or with redis_url the Redis
 // backend behind a failover to local shares.
@@ -49,7 +63,7 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 	if prefix == "" {
 		prefix = redisquota.DefaultPrefix
 	}
-	backend, err := redisquota.New(client, redisquota.Options{Prefix: prefix, Timeout: timeout})
+	backend, err := redisquota.New(client, redisquota.Options{Prefix: prefix, Timeout: timeout, RequireEpoch: true})
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("redis quota backend: %w", err)
@@ -57,8 +71,9 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 	host, _ := os.Hostname()
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	e := &engine{shared: true, redis: client,
-		instances: redisquota.NewInstances(client, prefix, host+"-"+hex.EncodeToString(b[:]), redisquota.DefaultInstanceTTL)}
+	id := host + "-" + hex.EncodeToString(b[:])
+	e := &engine{shared: true, redis: client, backend: backend, id: id, log: a.log,
+		instances: redisquota.NewInstances(client, prefix, id, redisquota.DefaultInstanceTTL)}
 	count := func() int {
 		// A configured count wins; the registry's count (kept while Redis is
 		// down) is the floor otherwise.
@@ -66,7 +81,10 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 	}
 	e.Backend = quota.NewFailover(backend, quota.FailoverOptions{
 		Instances: count,
-		Probe:     func(ctx context.Context) error { return client.Ping(ctx).Err() },
+		Probe:     e.probe,
+		Rebuild:   e.rebuild,
+		// The lock's life: a rebuild that takes longer lets another start.
+		RebuildTimeout: rebuildLock,
 		OnMode: func(mode string) {
 			e.degraded.Store(mode == "degraded")
 			onMode(mode)
@@ -84,6 +102,82 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 		a.log.Error("redis unreachable at start: deciding on local shares until it answers", slog.String("error", err.Error()))
 	}
 	return e, nil
+}
+
+// probe checks that Redis answers and holds the epoch this instance last
+// saw: a missing or different epoch means the counters were lost (and
+// perhaps rebuilt by another instance), which the failover answers with
+// rebuild.
+func (e *engine) probe(ctx context.Context) error {
+	if err := e.redis.Ping(ctx).Err(); err != nil {
+		return err
+	}
+	v, err := e.backend.Epoch(ctx)
+	if err != nil {
+		return err
+	}
+	if known := e.epoch.Load(); v == "" || known == nil || *known != v {
+		return fmt.Errorf("probe: %w", redisquota.ErrEpochLost)
+	}
+	return nil
+}
+
+// rebuild makes sure Redis holds an epoch, and so counters that include
+// the ledger: when the epoch is missing, the instance that takes the
+// rebuild lock flushes its usage events, restores every budget counter of
+// the current windows from the ledger and sets a new epoch; the others get
+// ErrEpochLost until it has. It returns when the epoch's ledger was read.
+// A brand-new deployment starts the same way, from an empty ledger.
+func (e *engine) rebuild(ctx context.Context) (time.Time, error) {
+	v, err := e.backend.Epoch(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if v == "" {
+		if v, err = e.rebuildLocked(ctx); err != nil {
+			return time.Time{}, err
+		}
+	}
+	e.epoch.Store(&v)
+	readAt, ok := redisquota.EpochReadAt(v)
+	if !ok {
+		// Set by hand: nothing to tell which spooled use it holds, so
+		// keep all of it (over-counting is the safe side).
+		readAt = time.Time{}
+	}
+	return readAt, nil
+}
+
+// rebuildLocked rebuilds the counters under the rebuild lock and returns
+// the new epoch.
+func (e *engine) rebuildLocked(ctx context.Context) (string, error) {
+	ok, err := e.backend.LockRebuild(ctx, e.id, rebuildLock)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", fmt.Errorf("another instance is rebuilding the counters: %w", redisquota.ErrEpochLost)
+	}
+	defer func() {
+		if err := e.backend.UnlockRebuild(context.WithoutCancel(ctx), e.id); err != nil {
+			e.log.Warn("releasing the rebuild lock failed; it expires by itself", slog.String("error", err.Error()))
+		}
+	}()
+	// Another instance may have finished between the two reads.
+	if v, err := e.backend.Epoch(ctx); err != nil || v != "" {
+		return v, err
+	}
+	e.log.Warn("redis holds no quota epoch (new, restarted empty or flushed): rebuilding the counters from the ledger")
+	readAt, n, err := e.restore(ctx)
+	if err != nil {
+		return "", fmt.Errorf("rebuild counters: %w", err)
+	}
+	v := redisquota.NewEpoch(readAt)
+	if err := e.backend.SetEpoch(ctx, v); err != nil {
+		return "", err
+	}
+	e.log.Info("quota counters rebuilt from the ledger", slog.Int("restored_rollups", n), slog.Time("ledger_read_at", readAt))
+	return v, nil
 }
 
 // Close stops the engine and its client.

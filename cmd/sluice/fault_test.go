@@ -22,6 +22,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/redisquota"
 	"github.com/sluicehq/sluice/internal/sqlstore"
 	"github.com/sluicehq/sluice/internal/usage"
 )
@@ -518,5 +522,94 @@ func TestSustainedLoadSQLite(t *testing.T) {
 	p.kill()
 	if total := checkLedger(t, a, ledger(t, "", dir)); total != tokens {
 		t.Errorf("ledger holds %d tokens, clients settled %d", total, tokens)
+	}
+}
+
+// restartEmpty kills the Redis and starts it again without its data (its
+// AOF removed): a Redis restarted without persistence, or a failover to a
+// fresh replica.
+func restartEmpty(t *testing.T, r *redisServer) {
+	t.Helper()
+	r.kill()
+	entries, err := os.ReadDir(r.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(r.dir, e.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.start()
+}
+
+// TestRedisComesBackEmpty: three instances on PostgreSQL and Redis, a user
+// with 20000 tokens a day, 64 clients spending through all three; mid-load
+// the Redis restarts empty. Nobody gets a fresh budget: the instances go
+// degraded, one rebuilds the counters from the ledger, and the clients are
+// never acknowledged more than the limit plus what the tickets in flight at
+// the loss reserved (their reservations vanished with the counters; at
+// most one 10-token ticket per client). Once the load ends, Redis's counter
+// for the user equals the ledger.
+func TestRedisComesBackEmpty(t *testing.T) {
+	const limit, clients = 20000, 64
+	c := startCluster(t, `
+tenants:
+  - name: acme
+    projects: [{name: web}]
+    users:
+      - {name: alice, projects: [web], limits: {tokens: 20000/day}}
+`, time.Second)
+	urls := []string{c.apps[0].url, c.apps[1].url, c.apps[2].url}
+	rc := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", c.redis.port)})
+	defer rc.Close()
+	epoch := func() string {
+		v, _ := rc.Get(context.Background(), "{"+redisquota.DefaultPrefix+"}:epoch").Result()
+		return v
+	}
+	first := epoch()
+	if first == "" {
+		t.Fatal("no epoch after start-up: the first instance should have set one")
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	a := load(ctx, clients, urls, c.key, true)
+	runUntil(t, a, 800, func() { restartEmpty(t, c.redis) })
+	before, _ := a.total()
+	eventually(t, 2*time.Minute, "counters rebuilt and every instance back to normal", func() bool {
+		if v := epoch(); v == "" || v == first {
+			return false
+		}
+		for _, app := range c.apps {
+			if app.app.engine.degraded.Load() {
+				return false
+			}
+		}
+		return true
+	})
+	// Spend on until the budget is gone.
+	denied := a.denied.Load()
+	eventually(t, 2*time.Minute, "the budget is exhausted", func() bool { return a.denied.Load() > denied+2000 })
+	cancel()
+	a.wait()
+	n, tokens := a.total()
+	t.Logf("%d acknowledged settles (%d tokens, %d before the restart); %d denied; %d failed, e.g. %v",
+		n, tokens, before*7, a.denied.Load(), a.failed.Load(), a.samples)
+	if tokens > limit+clients*10 {
+		t.Errorf("clients were acknowledged %d tokens, the limit is %d (+%d in flight at the loss): a fresh budget", tokens, limit, clients*10)
+	}
+
+	for _, app := range c.apps {
+		if err := app.app.recorder.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		f := app.app.engine.Backend.(*quota.Failover)
+		eventually(t, time.Minute, "spool delivered", func() bool { return f.Spooled() == 0 })
+	}
+	total := checkLedger(t, a, ledger(t, c.apps[0].app.cfg.DatabaseURL, ""))
+	for i := range urls {
+		if used := c.usedTokens(t, i); used != total {
+			t.Errorf("instance %d: Redis says alice used %d tokens today, the ledger says %d", i, used, total)
+		}
 	}
 }

@@ -27,8 +27,22 @@ type FailoverOptions struct {
 	// Floor is the least share a non-zero limit gets while degraded, so a
 	// small limit does not round down to nothing (default 1).
 	Floor int64
-	// Probe checks the shared backend answers (e.g. PING).
+	// Probe checks the shared backend answers (e.g. PING) and still holds
+	// its state: an error wrapping ErrStateLost says it answers but lost
+	// its counters (or they were rebuilt since this instance last saw
+	// them), and the probe loop calls Rebuild before anything else.
 	Probe func(ctx context.Context) error
+	// Rebuild makes the shared backend's counters whole again after a
+	// state loss: it restores them from the ledger (or finds that another
+	// instance did) and returns the moment the ledger was read, so that
+	// the counters hold every settlement acknowledged before it. Spooled
+	// usage from before that moment is dropped; later usage is delivered.
+	// An error (another instance is rebuilding, Redis went away) keeps the
+	// Failover degraded, to try again at the next probe. Without Rebuild
+	// a state loss keeps it degraded.
+	Rebuild func(ctx context.Context) (readAt time.Time, err error)
+	// RebuildTimeout bounds one Rebuild (default 1 minute).
+	RebuildTimeout time.Duration
 	// ProbeInterval is how often a degraded Failover probes (default 250 ms).
 	ProbeInterval time.Duration
 	// OnMode is told every transition: "normal" or "degraded".
@@ -37,6 +51,12 @@ type FailoverOptions struct {
 	// Local configures the local fallback engine.
 	Local Options
 }
+
+// ErrStateLost is wrapped by a shared backend's errors when it answers but
+// has lost its counters (a Redis restarted empty): an outage, since it
+// also wraps ErrUnavailable, that lasts until FailoverOptions.Rebuild has
+// restored them.
+var ErrStateLost = fmt.Errorf("shared quota state lost: %w", ErrUnavailable)
 
 // localPrefix marks tickets of the local fallback engine.
 const localPrefix = "~"
@@ -50,6 +70,24 @@ const localPrefix = "~"
 // and charged to the shared backend when it returns, each exactly once
 // (charges and settles are idempotent by id). Nothing fails open: an error
 // that is not an outage is returned as is.
+//
+// A shared backend can also come back empty (a Redis restarted without
+// persistence, a fresh replica, FLUSHALL): it answers, but every counter
+// would start from nothing. The backend reports that as ErrStateLost, an
+// outage, so this instance stays degraded; its probe loop calls
+// FailoverOptions.Rebuild, which restores the counters from the ledger of
+// usage events (one instance does it; the others wait for it) and returns
+// when the ledger was read. A settlement is acknowledged to its caller only
+// after its usage event is committed, so every settlement spooled before
+// that moment is already in the rebuilt counters: replaying it would count
+// it twice, and it is dropped (the log says how many). Spooled usage from
+// after it is not in the ledger read and is delivered as usual. The moment
+// is compared with each spooled item's latest settlement, by the
+// instances' clocks, which must agree (NTP); a settlement that raced the
+// read can be counted twice, the safe side, and one whose event was still
+// uncommitted when the ledger was read but whose spooled time is earlier
+// is the only use that can go uncounted (bounded by the settlements in
+// flight at that instant).
 type Failover struct {
 	shared SharedBackend
 	local  *Memory
@@ -109,6 +147,7 @@ type spooled struct {
 	chain   []Scope
 	usage   Usage
 	at      time.Time
+	last    time.Time // the latest settlement merged in
 }
 
 var _ Backend = (*Failover)(nil)
@@ -126,6 +165,9 @@ func NewFailover(shared SharedBackend, o FailoverOptions) *Failover {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.RebuildTimeout <= 0 {
+		o.RebuildTimeout = time.Minute
 	}
 	return &Failover{shared: shared, local: NewMemory(o.Local), o: o, chains: map[string]*issued{}, stop: make(chan struct{}),
 		known: map[string]*knownUse{}}
@@ -190,6 +232,12 @@ func (f *Failover) probe() {
 		if f.degraded.Load() {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			err := f.o.Probe(ctx)
+			if errors.Is(err, ErrStateLost) {
+				if err = f.rebuild(); err != nil {
+					cancel()
+					continue // another instance is rebuilding, or Redis left again
+				}
+			}
 			if err == nil {
 				err = f.reconcile(ctx)
 			}
@@ -217,6 +265,49 @@ func (f *Failover) probe() {
 			return
 		}
 	}
+}
+
+// rebuild has FailoverOptions.Rebuild restore the shared counters after a
+// state loss, then drops the spooled usage that they already hold: what
+// was settled before the ledger was read. See the type's comment.
+func (f *Failover) rebuild() error {
+	if f.o.Rebuild == nil {
+		return ErrStateLost
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.o.RebuildTimeout)
+	defer cancel()
+	// Close must not wait a minute for a rebuild: it cancels it.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-f.stop:
+			cancel()
+		case <-done:
+		}
+	}()
+	readAt, err := f.o.Rebuild(ctx)
+	if err != nil {
+		f.o.Log.Warn("shared quota state lost: not rebuilt yet, staying degraded", slog.String("error", err.Error()))
+		return err
+	}
+	f.mu.Lock()
+	kept := make([]*spooled, 0, len(f.spool))
+	for _, s := range f.spool {
+		if s.last.Before(readAt) {
+			continue
+		}
+		kept = append(kept, s)
+	}
+	dropped := len(f.spool) - len(kept)
+	f.spool = kept
+	f.mu.Unlock()
+	f.knownMu.Lock()
+	clear(f.known)
+	f.knownMu.Unlock()
+	f.o.Log.Warn("shared quota state was lost and rebuilt from the ledger; dropped the spooled usage the ledger already held",
+		slog.Int("dropped", dropped), slog.Int("kept", len(kept)), slog.Time("ledger_read_at", readAt))
+	return nil
 }
 
 // reconcile delivers the spool in order; it stops at the first outage.
@@ -452,7 +543,7 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 		if chain == nil {
 			return s, nil // a replay: charged the first time
 		}
-		item := &spooled{charge: "local:" + id, chain: chain, usage: u, at: s.SettledAt, bucket: bucketOf(chain, s.SettledAt)}
+		item := &spooled{charge: "local:" + id, chain: chain, usage: u, at: s.SettledAt, last: s.SettledAt, bucket: bucketOf(chain, s.SettledAt)}
 		if !f.degraded.Load() {
 			// The shared backend came back while this ticket ran: deliver
 			// its use now.
@@ -489,7 +580,7 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 	}
 	now := time.Now().UTC()
 	f.mu.Lock()
-	f.spool = append(f.spool, &spooled{ticket: id, chain: is.chain, usage: u, at: now})
+	f.spool = append(f.spool, &spooled{ticket: id, chain: is.chain, usage: u, at: now, last: now})
 	f.mu.Unlock()
 	tokens := sadd(u.InputTokens, u.OutputTokens)
 	return Settlement{TicketID: id, Usage: u, SettledAt: now, Meta: is.meta,
@@ -507,6 +598,9 @@ func (f *Failover) spoolCharge(item *spooled) {
 			s.usage.OutputTokens += item.usage.OutputTokens
 			s.usage.GPUMillis += item.usage.GPUMillis
 			s.usage.CostMicros += item.usage.CostMicros
+			if item.last.After(s.last) {
+				s.last = item.last
+			}
 			return
 		}
 	}

@@ -61,12 +61,13 @@ func (b *Backend) Charge(ctx context.Context, id string, chain []quota.Scope, u 
 		}
 		zoneIdx[i] = j + 1
 	}
-	keys := make([]string, 0, 1+3*len(chain))
+	keys := make([]string, 0, 2+3*len(chain))
 	keys = append(keys, b.key("c:", id))
 	for i := range chain {
 		k := chain[i].Key
 		keys = append(keys, b.key("s:", k), b.key("l:", k), b.key("r:", k))
 	}
+	keys = b.withEpoch(keys)
 	// Both at most 2^52, so the sum is exact; the script saturates it.
 	tokens := u.InputTokens + u.OutputTokens
 	// Unix seconds, floored: window bounds are whole seconds.

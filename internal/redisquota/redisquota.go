@@ -140,6 +140,12 @@ type Options struct {
 	// (quotatest.Clock.Now); production leaves it nil. Key expiry still
 	// runs on Redis's clock.
 	Clock func() time.Time
+	// RequireEpoch makes Acquire, Settle, Heartbeat and Charge refuse
+	// with ErrEpochLost, changing nothing, while {Prefix}:epoch does not
+	// exist: a Redis that lost its state must not hand out fresh budgets.
+	// Production sets it and rebuilds the counters (see the package
+	// comment); tests that drive a bare Redis leave it off.
+	RequireEpoch bool
 }
 
 // Backend is a quota.Backend on Redis. It is safe for concurrent use, and
@@ -163,6 +169,8 @@ type Backend struct {
 	zones      zones
 	keys       keyCache
 	retArg     any // retention as a script argument
+	epochKey   string
+	requireEp  bool
 	closed     atomic.Bool
 }
 
@@ -226,6 +234,8 @@ func New(c redis.Scripter, o Options) (*Backend, error) {
 		chargeMS:   max(o.ChargeRetention.Milliseconds(), 1),
 		clock:      o.Clock,
 		wall:       time.Now,
+		epochKey:   "{" + o.Prefix + "}:epoch",
+		requireEp:  o.RequireEpoch,
 	}
 	b.keys.seed = maphash.MakeSeed()
 	b.prefixArg, b.baseArg, b.marginArg, b.retArg = b.prefix, b.baseMS, b.marginMS, b.retention
@@ -282,7 +292,22 @@ func (b *Backend) run(ctx context.Context, o op, s *redis.Script, keys []string,
 	if !ok || len(out) < 3 {
 		return nil, fmt.Errorf("%s: %w: unexpected reply %v", o, ErrUnavailable, v)
 	}
+	if n, _ := out[0].(int64); n == epochLostReply {
+		return nil, fmt.Errorf("%s: %w", o, ErrEpochLost)
+	}
 	return out, nil
+}
+
+// epochLostReply is the scripts' reply code for a missing epoch.
+const epochLostReply = -9
+
+// withEpoch appends the epoch key to a deciding script's keys when the
+// backend requires it; the script checks it last.
+func (b *Backend) withEpoch(keys []string) []string {
+	if b.requireEp {
+		keys = append(keys, b.epochKey)
+	}
+	return keys
 }
 
 // reply reads a script's reply.
@@ -416,13 +441,14 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 
 	var skBuf [8]*scopeKeys
 	sks := skBuf[:0]
-	keys := make([]string, 0, 1+3*len(r.Chain))
+	keys := make([]string, 0, 2+3*len(r.Chain))
 	keys = append(keys, b.key("t:", id))
 	for i := range r.Chain {
 		sk := b.keys.scope(b.prefix, r.Chain[i].Key)
 		sks = append(sks, sk)
 		keys = append(keys, sk.s, sk.l, sk.r)
 	}
+	keys = b.withEpoch(keys)
 	ttlArg, idArg := intArg(ttl), any(id)
 	for try := 0; ; try++ {
 		var wsBuf [4]*zoneWindows
@@ -634,7 +660,7 @@ func (b *Backend) Settle(ctx context.Context, id string, u quota.Usage) (quota.S
 	if b.closed.Load() {
 		return quota.Settlement{}, quota.ErrClosed
 	}
-	keys := []string{b.key("t:", id)}
+	keys := b.withEpoch([]string{b.key("t:", id)})
 	_, nowS, nowN := b.now()
 	var ws []*zoneWindows
 	o := op{"settle", id}
@@ -783,7 +809,7 @@ func (b *Backend) Heartbeat(ctx context.Context, id string, ttl time.Duration) (
 	_, nowS, nowN := b.now()
 	args := scriptArgs{nowS, nowN, b.prefix, d, b.baseMS, b.marginMS}
 	o := op{"heartbeat", id}
-	res, err := b.run(ctx, o, heartbeatScript, []string{b.key("t:", id)}, args)
+	res, err := b.run(ctx, o, heartbeatScript, b.withEpoch([]string{b.key("t:", id)}), args)
 	if err != nil {
 		return time.Time{}, err
 	}

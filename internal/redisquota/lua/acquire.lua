@@ -2,7 +2,7 @@
 -- passes, charge it to every scope and create the ticket; otherwise charge
 -- nothing. The checks and their order are quota.Memory's.
 --
--- KEYS: the ticket, then per scope its state, leases and reservations (all
+-- KEYS (the epoch's last, with RequireEpoch): the ticket, then per scope its state, leases and reservations (all
 -- in one hash slot; so are the other scopes of tickets it releases).
 -- ARGV: nowS nowN prefix id ttl base margin requests tokens minTokens gpu
 -- cost concurrency nScopes nZones, the zones (see readzones), then 14
@@ -17,6 +17,7 @@
 -- used, requested, reset, wait} or {-1, nowS, nowN} (clock skew).
 setnow(ARGV[1], ARGV[2])
 local P, id = ARGV[3], ARGV[4]
+if epoch_lost(P) then return {-9, NOWS, NOWN} end
 local ttl, base, margin = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local areq, atok, amin = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local agpu, acost, aconc = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13] == '1'

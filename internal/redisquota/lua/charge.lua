@@ -3,7 +3,7 @@
 -- month window that holds at, when that window is the current one; use in
 -- a window that has ended limits nothing.
 --
--- KEYS: the charge id's marker, then per scope its state, leases and
+-- KEYS (the epoch's last, with RequireEpoch): the charge id's marker, then per scope its state, leases and
 -- reservations (the sweep reads them; so are the other scopes of tickets
 -- it releases, all in one hash slot).
 -- ARGV: nowS nowN prefix base margin retention tokens gpu cost at (Unix
@@ -13,6 +13,7 @@
 -- nothing was changed), {-1, nowS, nowN} (clock skew: nothing was changed).
 setnow(ARGV[1], ARGV[2])
 local P = ARGV[3]
+if epoch_lost(P) then return {-9, NOWS, NOWN} end
 local base, margin, retention = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local tok, gpu, cost, at = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local n, nz = tonumber(ARGV[11]), tonumber(ARGV[12])

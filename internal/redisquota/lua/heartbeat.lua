@@ -1,9 +1,10 @@
 -- heartbeat: move a live ticket's expiry to now+ttl.
 --
--- KEYS: the ticket. ARGV: nowS nowN prefix ttl base margin.
+-- KEYS (the epoch's last, with RequireEpoch): the ticket. ARGV: nowS nowN prefix ttl base margin.
 -- Reply: {1, nowS, nowN} or {0, nowS, nowN} (unknown, settled or expired).
 setnow(ARGV[1], ARGV[2])
 local P = ARGV[3]
+if epoch_lost(P) then return {-9, NOWS, NOWN} end
 local ttl, base, margin = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local id = string.sub(KEYS[1], #P + 3)
 local t = ticket_load(P, id)

@@ -16,6 +16,16 @@ local LB2 = 281474976710656     -- 2^48
 
 local NOWS, NOWN, NOWUS, NOWMS -- now: Unix seconds, ns within the second, whole µs, whole ms
 
+-- epoch_lost reports whether the caller passed the epoch key as its last
+-- key (a backend with RequireEpoch) and that key is missing: this Redis
+-- lost its state (restarted empty, a fresh replica, FLUSHALL), so every
+-- counter would start from nothing. The scripts that decide then change
+-- nothing and reply {-9, nowS, nowN}. No other key is P .. 'epoch'.
+local function epoch_lost(P)
+  local k = KEYS[#KEYS]
+  return k == P .. 'epoch' and call('EXISTS', k) == 0
+end
+
 -- setnow takes now from Redis (TIME) unless the caller passed one (tests).
 -- TIME in a script that writes is safe: Redis 5+ replicates a script's
 -- effects, not the script.

@@ -2,7 +2,7 @@
 -- ticket that expired (its reservations refunded) within the retention,
 -- charge the actual use to the current windows as it is (a late settle).
 --
--- KEYS: the ticket (replaced by its settlement).
+-- KEYS (the epoch's last, with RequireEpoch): the ticket (replaced by its settlement).
 -- ARGV: nowS nowN prefix input output gpu cost retention base margin
 -- nZones, the zones (see readzones).
 -- Reply: {1, nowS, nowN, settlement} (settled now), {2, nowS, nowN,
@@ -14,6 +14,7 @@
 -- ticket's meta.
 setnow(ARGV[1], ARGV[2])
 local P = ARGV[3]
+if epoch_lost(P) then return {-9, NOWS, NOWN} end
 local tin, tout, gpu, cost = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local retention, base, margin = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local _, zones = readzones(tonumber(ARGV[11]), 11)
