@@ -27,8 +27,10 @@
 //	                     for SettledRetention
 //	{sluice}:c:<charge>  string: when a Charge with this id was counted, kept for ChargeRetention
 //	{sluice}:instances   sorted set: Sluice instances by last heartbeat (Instances)
+//	{sluice}:epoch       string: set once the counters hold the ledger (NewEpoch), no TTL
+//	{sluice}:rebuild     string: the instance rebuilding the counters (LockRebuild)
 //
-// Every key has a TTL: a scope's state lives until its month window ends,
+// Every key but the epoch has a TTL: a scope's state lives until its month window ends,
 // its buckets drain and any ticket that charged it expires, plus an hour; a
 // ticket until it expires or, while it holds a reservation, its month
 // window ends, plus an hour or SettledRetention if longer; a settlement or
@@ -78,7 +80,20 @@
 // noeviction (every key has a TTL, so volatile-* policies would pick them).
 // A failover to a replica can lose the last writes acknowledged by the
 // primary (replication is asynchronous); the loss is of recent admissions
-// and settlements, never a fake admission. When Redis cannot be reached or
+// and settlements, never a fake admission.
+//
+// A Redis that lost everything (restarted without persistence, a fresh
+// replica, FLUSHALL) would hand every scope a fresh budget. With
+// Options.RequireEpoch, Acquire, Settle, Heartbeat and Charge pass the
+// epoch key last in KEYS (one slot, so Cluster routing holds) and their
+// script checks it exists (one EXISTS) before anything else: without it
+// they change nothing and return ErrEpochLost, an outage to
+// quota.Failover. Restore, Use and Lookup do not check it, so that the
+// counters can be rebuilt from the ledger before the epoch is set again;
+// the rebuild itself (lock, restore, SetEpoch) is the caller's, which
+// owns the ledger.
+//
+// When Redis cannot be reached or
 // does not answer within Options.Timeout, every call returns an error
 // wrapping ErrUnavailable so that the caller can fail over.
 package redisquota

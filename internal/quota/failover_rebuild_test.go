@@ -1,0 +1,95 @@
+package quota_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/quota"
+)
+
+// TestFailoverRebuild: the shared backend comes back having lost its state.
+// The Failover stays degraded while Rebuild fails, then drops the spooled
+// usage from before the ledger was read (the rebuilt counters hold it) and
+// delivers the rest.
+func TestFailoverRebuild(t *testing.T) {
+	ctx := context.Background()
+	shared := &flaky{Memory: quota.NewMemory(quota.Options{})}
+	var lost, refuse atomic.Bool
+	var readAt atomic.Pointer[time.Time]
+	var rebuilds atomic.Int64
+	f := quota.NewFailover(shared, quota.FailoverOptions{
+		ProbeInterval: 5 * time.Millisecond,
+		Probe: func(context.Context) error {
+			if err := shared.err(); err != nil {
+				return err
+			}
+			if lost.Load() {
+				return quota.ErrStateLost
+			}
+			return nil
+		},
+		Rebuild: func(context.Context) (time.Time, error) {
+			rebuilds.Add(1)
+			if refuse.Load() {
+				return time.Time{}, errors.New("another instance is rebuilding")
+			}
+			lost.Store(false)
+			return *readAt.Load(), nil
+		},
+	})
+	defer f.Close()
+	lim := &quota.Limits{TokensDay: quota.AtMost(1000)}
+	spend := func(scope string) {
+		t.Helper()
+		tk, err := f.Acquire(ctx, quota.Request{Chain: []quota.Scope{{Key: scope, Limits: lim}}, Ask: quota.Ask{Requests: 1, Tokens: 10}})
+		if err != nil {
+			t.Fatalf("Acquire %s: %v", scope, err)
+		}
+		if _, err := f.Settle(ctx, tk.ID, quota.Usage{InputTokens: 7}); err != nil {
+			t.Fatalf("Settle %s: %v", scope, err)
+		}
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 30s", what)
+			}
+		}
+	}
+
+	shared.down.Store(true)
+	spend("u/before") // settled before the ledger is read: in the ledger
+	time.Sleep(2 * time.Millisecond)
+	now := time.Now()
+	readAt.Store(&now)
+	time.Sleep(2 * time.Millisecond)
+	spend("u/after") // settled after: not in the ledger
+	if !f.Degraded() || f.Spooled() != 2 {
+		t.Fatalf("got degraded %v with %d spooled, want degraded with 2", f.Degraded(), f.Spooled())
+	}
+
+	// Redis answers, empty, and another instance holds the rebuild lock.
+	refuse.Store(true)
+	lost.Store(true)
+	shared.down.Store(false)
+	waitFor("rebuild tried", func() bool { return rebuilds.Load() >= 3 })
+	if !f.Degraded() || f.Spooled() != 2 {
+		t.Fatalf("while not rebuilt: got degraded %v with %d spooled, want degraded with 2", f.Degraded(), f.Spooled())
+	}
+
+	refuse.Store(false)
+	waitFor("normal mode", func() bool { return !f.Degraded() && f.Spooled() == 0 })
+	for scope, want := range map[string]int64{"u/before": 0, "u/after": 7} {
+		u, err := shared.Use(ctx, scope)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.TokensDay.Used != want {
+			t.Errorf("%s: got %d tokens charged to the shared backend, want %d", scope, u.TokensDay.Used, want)
+		}
+	}
+}
