@@ -112,6 +112,7 @@ type rollupLog struct {
 	// stmts are the multi-row statements of usage writes, prepared on the
 	// writing connection at open rather than in each transaction.
 	stmts map[string]*sql.Stmt
+	undo  []rollupUndo // what the write under way added to pending
 
 	every   time.Duration
 	maxKeys int
@@ -129,10 +130,10 @@ func (s *Store) sqliteRecordUsage(ctx context.Context, events []usage.Event) (in
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var fresh map[string]bool
-	var batch map[rollupKey]*rollupDelta
-	var batchKeys []rollupKey
 	var last int64
 	days := localDays(events)
+	wasEmpty := len(l.pending) == 0
+	l.undo = l.undo[:0]
 	folded := false
 	err := s.tx(ctx, s.w, func(tx *sql.Tx) error {
 		// A multi-row statement journals the pages it changes, so that
@@ -143,88 +144,59 @@ func (s *Store) sqliteRecordUsage(ctx context.Context, events []usage.Event) (in
 		if fresh, last, err = sqliteInsertEvents(ctx, tx, l.stmts, events, days); err != nil || len(fresh) == 0 {
 			return err
 		}
-		if batchKeys, batch, err = rollupDeltas(events, days, fresh); err != nil {
-			return err
+		// Add the new events' use to pending now, so that a sum pending
+		// cannot hold refuses them: once committed, their use must fit.
+		// It is taken back if the transaction fails.
+		for i := range events {
+			if e := &events[i]; fresh[e.ID] {
+				if err := addRollups(l.pending, nil, &l.undo, e, days[i]); err != nil {
+					return err
+				}
+			}
 		}
-		// Refuse now a sum that pending could not hold: once committed,
-		// the events' use must fit.
-		if k, ok := fits(l.pending, batch); !ok {
-			return errs.E(errs.Invalid, "usage events: their use overflows the roll-up of %s %s", k.scope, k.period)
-		}
-		if len(l.pending) == 0 || (time.Since(l.since) < l.every && len(l.pending)+len(batch) <= l.maxKeys) {
+		if wasEmpty || (time.Since(l.since) < l.every && len(l.pending) <= l.maxKeys) {
 			return nil
 		}
-		// Fold pending and this batch with its events: the two upserts
-		// add up where they share a row.
 		if err := sqliteUpsertRollups(ctx, tx, l.stmts, sortedKeys(l.pending), l.pending); err != nil {
-			return err
-		}
-		if err := sqliteUpsertRollups(ctx, tx, l.stmts, batchKeys, batch); err != nil {
 			return err
 		}
 		folded = true
 		return setRollupMark(ctx, tx, last)
 	})
 	if err != nil {
+		takeBack(l.pending, l.undo)
+		clear(l.undo)
 		return 0, err
 	}
+	clear(l.undo) // let the events go
 	if len(fresh) == 0 {
 		return 0, nil
 	}
 	l.upTo = max(l.upTo, last)
-	if folded {
+	switch {
+	case folded:
 		l.emptied()
-	} else {
-		s.addPending(batch)
+	case wasEmpty:
+		s.began()
 	}
 	return len(fresh), nil
 }
 
-// addPending adds a committed batch's use to pending (l.mu held), and
-// makes sure pending is folded if no write comes to do it.
-func (s *Store) addPending(batch map[rollupKey]*rollupDelta) {
+// began notes when pending got its first use (l.mu held), and makes sure
+// pending is folded if no write comes to do it.
+func (s *Store) began() {
 	l := s.roll
-	if len(l.pending) == 0 && len(batch) > 0 {
-		l.since = time.Now()
-		if l.idle == nil {
-			l.idle = time.AfterFunc(foldIdle, s.foldIdle)
-		} else {
-			l.idle.Reset(foldIdle)
-		}
-	}
-	for k, d := range batch {
-		p := l.pending[k]
-		if p == nil {
-			l.pending[k] = d
-			continue
-		}
-		p.requests += d.requests // fits checked these
-		p.tokens += d.tokens
-		p.gpuMS += d.gpuMS
-		p.costMicr += d.costMicr
+	l.since = time.Now()
+	if l.idle == nil {
+		l.idle = time.AfterFunc(foldIdle, s.foldIdle)
+	} else {
+		l.idle.Reset(foldIdle)
 	}
 }
 
 // emptied starts pending afresh after a fold (l.mu held).
 func (l *rollupLog) emptied() {
 	l.pending = make(map[rollupKey]*rollupDelta, len(l.pending))
-}
-
-// fits reports whether adding batch to pending overflows none of its sums,
-// and if it does, where.
-func fits(pending, batch map[rollupKey]*rollupDelta) (rollupKey, bool) {
-	for k, d := range batch {
-		p := pending[k]
-		if p == nil {
-			continue
-		}
-		for _, ab := range [...][2]int64{{p.requests, d.requests}, {p.tokens, d.tokens}, {p.gpuMS, d.gpuMS}, {p.costMicr, d.costMicr}} {
-			if _, ok := addInt64(ab[0], ab[1]); !ok {
-				return k, false
-			}
-		}
-	}
-	return rollupKey{}, true
 }
 
 // foldIdle folds pending when writes stopped before they folded it, so that
@@ -348,7 +320,7 @@ func unfoldedDeltas(ctx context.Context, tx *sql.Tx, mark int64) (map[rollupKey]
 		if day == "" { // stored before local_day was: its zone is lost
 			day = usage.DayPeriod(e.At, time.UTC)
 		}
-		if err := addRollups(deltas, nil, &e, day); err != nil {
+		if err := addRollups(deltas, nil, nil, &e, day); err != nil {
 			return nil, 0, err
 		}
 	}
@@ -583,7 +555,7 @@ func rollupDeltas(events []usage.Event, days []string, fresh map[string]bool) ([
 		if !fresh[e.ID] {
 			continue
 		}
-		if err := addRollups(deltas, &keys, e, days[i]); err != nil {
+		if err := addRollups(deltas, &keys, nil, e, days[i]); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -611,7 +583,10 @@ func localDays(events []usage.Event) []string {
 // addRollups adds e's use to deltas, in the day and month of day (its day
 // in its tenant's zone) for its scopes but global, which count in UTC, and
 // appends the new keys to keys when set.
-func addRollups(deltas map[rollupKey]*rollupDelta, keys *[]rollupKey, e *usage.Event, day string) error {
+//
+// undo, when set, gets what each row was given, so that a failed write can
+// take it back (even a sum that overflowed: the arithmetic wraps).
+func addRollups(deltas map[rollupKey]*rollupDelta, keys *[]rollupKey, undo *[]rollupUndo, e *usage.Event, day string) error {
 	tokens, ok := addInt64(e.InputTokens, e.OutputTokens)
 	if !ok {
 		return errs.E(errs.Invalid, "usage event %.64q: its tokens overflow", e.ID)
@@ -630,7 +605,8 @@ func addRollups(deltas map[rollupKey]*rollupDelta, keys *[]rollupKey, e *usage.E
 		for _, period := range periods {
 			k := rollupKey{scope, period}
 			r := deltas[k]
-			if r == nil {
+			created := r == nil
+			if created {
 				r = &rollupDelta{tenant: e.TenantID}
 				deltas[k] = r
 				if keys != nil {
@@ -642,12 +618,38 @@ func addRollups(deltas map[rollupKey]*rollupDelta, keys *[]rollupKey, e *usage.E
 			r.tokens, ok[1] = addInt64(r.tokens, tokens)
 			r.gpuMS, ok[2] = addInt64(r.gpuMS, e.GPUMillis)
 			r.costMicr, ok[3] = addInt64(r.costMicr, e.CostMicros)
+			if undo != nil {
+				*undo = append(*undo, rollupUndo{key: k, row: r, created: created, e: e, tokens: tokens})
+			}
 			if ok != [4]bool{true, true, true, true} {
 				return errs.E(errs.Invalid, "usage event %.64q: its use overflows the roll-up of %s %s", e.ID, scope, period)
 			}
 		}
 	}
 	return nil
+}
+
+// rollupUndo is what addRollups gave one row for one event.
+type rollupUndo struct {
+	key     rollupKey
+	row     *rollupDelta
+	created bool
+	e       *usage.Event
+	tokens  int64
+}
+
+// takeBack undoes the additions of undo, last first, in deltas.
+func takeBack(deltas map[rollupKey]*rollupDelta, undo []rollupUndo) {
+	for i := len(undo) - 1; i >= 0; i-- {
+		u := &undo[i]
+		u.row.requests -= u.e.Requests
+		u.row.tokens -= u.tokens
+		u.row.gpuMS -= u.e.GPUMillis
+		u.row.costMicr -= u.e.CostMicros
+		if u.created {
+			delete(deltas, u.key)
+		}
+	}
 }
 
 // sortedKeys returns the keys of deltas in order.

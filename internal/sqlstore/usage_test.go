@@ -3,9 +3,11 @@ package sqlstore
 import (
 	"bufio"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -582,4 +584,78 @@ func usageKilledChild(path string) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestUsageRollupsUpgrade: a database written before migration 0008 holds
+// events rolled up in their own transactions, without a local day and
+// without a mark. The first open sets the mark past them, so their use is
+// not added twice, and later events roll up as usual.
+func TestUsageRollupsUpgrade(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "s.db")
+	s, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatalf("OpenSQLite = %v", err)
+	}
+	at := time.Date(2026, 3, 31, 20, 0, 0, 0, time.UTC)
+	var old, later []usage.Event
+	for i := 0; i < 50; i++ {
+		old = append(old, realEvent(fmt.Sprintf("tkt_%d", i), i, at))
+		later = append(later, realEvent(fmt.Sprintf("tkt_%d", 50+i), 50+i, at))
+	}
+	if _, err := s.RecordUsage(ctx, old); err != nil {
+		t.Fatalf("RecordUsage = %v", err)
+	}
+	if err := s.Close(); err != nil { // folds: the roll-ups hold old's use
+		t.Fatalf("Close = %v", err)
+	}
+	// As the database was before 0008.
+	raw, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(`DELETE FROM usage_rollup_mark; UPDATE usage_events SET local_day = ''`); err != nil {
+		t.Fatalf("undo 0008: %v", err)
+	}
+	raw.Close()
+
+	if s, err = OpenSQLite(ctx, path); err != nil {
+		t.Fatalf("OpenSQLite = %v", err)
+	}
+	checkStored(t, s, old)
+	if _, err := s.RecordUsage(ctx, later); err != nil {
+		t.Fatalf("RecordUsage = %v", err)
+	}
+	crash(t, s)
+	if s, err = OpenSQLite(ctx, path); err != nil {
+		t.Fatalf("OpenSQLite = %v", err)
+	}
+	defer s.Close()
+	checkStored(t, s, append(old, later...))
+}
+
+// TestUsageRollupsRefusedWrite: a write refused after some of its events'
+// use went into the pending sums takes that use back.
+func TestUsageRollupsRefusedWrite(t *testing.T) {
+	ctx := context.Background()
+	s := openSQLiteTB(t)
+	at := time.Date(2026, 3, 31, 20, 0, 0, 0, time.UTC)
+	ev := func(id, scope string, cost int64) usage.Event {
+		return usage.Event{ID: id, At: at, TenantID: "ten_a", Requests: 1, InputTokens: 3, CostMicros: cost,
+			Scopes: []string{scope}, Loc: shanghai}
+	}
+	a, b, c := ev("tkt_a", "t/x", math.MaxInt64-10), ev("tkt_b", "t/y", 5), ev("tkt_c", "t/x", 100)
+	if _, err := s.RecordUsage(ctx, []usage.Event{a}); err != nil {
+		t.Fatalf("RecordUsage(a) = %v", err)
+	}
+	for _, batch := range [][]usage.Event{{b, c}, {c, b}, {c}} {
+		if _, err := s.RecordUsage(ctx, batch); !errs.Is(err, errs.Invalid) {
+			t.Fatalf("RecordUsage(%s…) = %v, want errs.Invalid (an overflow)", batch[0].ID, err)
+		}
+	}
+	checkStored(t, s, []usage.Event{a})
+	if n, err := s.RecordUsage(ctx, []usage.Event{b}); err != nil || n != 1 {
+		t.Fatalf("RecordUsage(b) = %d, %v, want 1, nil", n, err)
+	}
+	checkStored(t, s, []usage.Event{a, b})
 }
