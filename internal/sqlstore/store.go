@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
@@ -67,6 +68,11 @@ type Store struct {
 	r readDB
 	d dialect
 
+	// SQLite: the checkpointing connection, and its goroutine's stop and
+	// done.
+	ckpt               *sql.DB
+	ckptStop, ckptDone chan struct{}
+
 	roll *rollupLog // SQLite: the use of committed events not yet in usage_rollups
 }
 
@@ -99,7 +105,10 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	}
 	base := "file:" + (&url.URL{Path: abs}).EscapedPath()
 	pragmas := "?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
-	w, err := sql.Open("sqlite", base+pragmas+"&_txlock=immediate")
+	// The writer checkpoints the WAL into the database itself only when it
+	// is far behind (wal_autocheckpoint, 10,000 pages, ~40 MB): checkpoint
+	// runs that on a connection of its own, off the path of commits.
+	w, err := sql.Open("sqlite", base+pragmas+"&_pragma=wal_autocheckpoint(10000)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
@@ -126,7 +135,52 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	}
 	r.SetMaxOpenConns(8)
 	s.r = readDB{r}
+	ckpt, err := sql.Open("sqlite", base+pragmas)
+	if err != nil {
+		w.Close()
+		r.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	ckpt.SetMaxOpenConns(1)
+	s.ckpt = ckpt
+	s.ckptStop, s.ckptDone = make(chan struct{}), make(chan struct{})
+	go s.checkpoint()
 	return s, nil
+}
+
+// stopCheckpoint stops checkpoint and closes its connection.
+func (s *Store) stopCheckpoint() error {
+	if s.ckpt == nil {
+		return nil
+	}
+	close(s.ckptStop)
+	<-s.ckptDone
+	return s.ckpt.Close()
+}
+
+// checkpointEvery is how often checkpoint copies the WAL into the database.
+const checkpointEvery = 100 * time.Millisecond
+
+// checkpoint copies committed pages from the WAL into the database (and
+// syncs it) every checkpointEvery until Close, so that the writer does
+// not: SQLite's automatic checkpoint runs inside a commit, and its fsyncs
+// stall every writer queued behind it (docs/performance.md, durable usage
+// writes). PASSIVE never waits for readers or the writer; a checkpoint
+// that cannot finish is done by the next.
+func (s *Store) checkpoint() {
+	defer close(s.ckptDone)
+	t := time.NewTicker(checkpointEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ckptStop:
+			return
+		case <-t.C:
+		}
+		// An error (SQLITE_BUSY at worst) leaves the WAL longer until the
+		// next tick; the writer's own checkpoint bounds it.
+		_, _ = s.ckpt.Exec("PRAGMA wal_checkpoint(PASSIVE)")
+	}
 }
 
 // Close folds the use of committed events still pending into the
@@ -146,6 +200,7 @@ func (s *Store) Close() error {
 			err = s.foldPending(ctx)
 			cancel()
 			l.closeStmts()
+			err = errors.Join(err, s.stopCheckpoint())
 		}
 		l.mu.Unlock()
 	}

@@ -345,7 +345,7 @@ func crash(t *testing.T, s *Store) {
 		s.roll.idle.Stop()
 	}
 	s.roll.mu.Unlock()
-	if err := errors.Join(s.w.Close(), s.r.Close()); err != nil {
+	if err := errors.Join(s.stopCheckpoint(), s.w.Close(), s.r.Close()); err != nil {
 		t.Fatalf("close = %v", err)
 	}
 }
