@@ -234,7 +234,7 @@ func (a *App) Handler() http.Handler {
 		MaxBodyBytes: a.cfg.MaxBodyBytes,
 		Settle:       settleBounds(&a.cfg),
 		Ready: func(ctx context.Context) map[string]error {
-			return map[string]error{"store": a.store.Ping(ctx), "sandbox": a.sandbox.Ready()}
+			return map[string]error{"store": a.store.Ping(ctx), "sandbox": a.sandboxReady()}
 		},
 		Sandbox: func() string { return string(a.sandbox.Mode()) },
 		Mode:    a.mode,

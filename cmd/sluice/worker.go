@@ -58,6 +58,9 @@ func (a *App) startSandbox(exec *run.Executor) error {
 	case sb.Mode() != sandbox.ModeNone:
 		a.log.Info("sandbox ready: runs with memory_per_run execute in worker processes held to it by the kernel",
 			slog.String("cgroup", string(sb.Mode())), slog.String("dir", sb.Dir()), slog.Int("workers", sc.Workers))
+	case sc.Unenforced == config.UnenforcedUnready:
+		a.log.Error("sandbox: memory caps CANNOT be enforced on this host; runs with memory_per_run are refused and /readyz reports "+
+			"this server not ready (sandbox.unenforced: unready; set refuse or run to serve anyway)", slog.String("reason", sb.Reason()))
 	case sc.Unenforced == config.UnenforcedRun:
 		a.log.Warn("sandbox: memory caps CANNOT be enforced on this host; runs with memory_per_run execute in workers without a limit "+
 			"and are recorded memory_enforced: false (sandbox.unenforced: run)", slog.String("reason", sb.Reason()))
@@ -68,4 +71,15 @@ func (a *App) startSandbox(exec *run.Executor) error {
 	a.sandbox = sb
 	a.runs.Sandbox = sb
 	return nil
+}
+
+// sandboxReady is the sandbox's readiness check: workers can be started,
+// and, where the operator chose sandbox.unenforced: unready, memory caps
+// can be enforced, so that an orchestrator sends a server that would refuse
+// every capped run no traffic.
+func (a *App) sandboxReady() error {
+	if a.sandbox != nil && a.sandbox.Mode() == sandbox.ModeNone && a.cfg.Sandbox.Unenforced == config.UnenforcedUnready {
+		return fmt.Errorf("memory caps cannot be enforced (%s) and sandbox.unenforced is unready", a.sandbox.Reason())
+	}
+	return a.sandbox.Ready()
 }

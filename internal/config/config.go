@@ -137,6 +137,12 @@ type SettleUnits struct {
 	Tokens, GPUMillis, CostMicros int64
 }
 
+// amounts returns u as config amounts, each its own pointer.
+func (u SettleUnits) amounts() SettleAmounts {
+	tokens, gpu, cost := u.Tokens, float64(u.GPUMillis)/1000, float64(u.CostMicros)/1e6
+	return SettleAmounts{Tokens: &tokens, GPUSeconds: &gpu, CostUSD: &cost}
+}
+
 // Units returns a in the engine's units, unset amounts taken from def.
 // Validate has checked that they convert exactly.
 func (a SettleAmounts) Units(def SettleUnits) SettleUnits {
@@ -183,8 +189,10 @@ func (c *Config) validateSettle() error {
 // cgroup.
 type Sandbox struct {
 	// Unenforced decides the fate of capped runs when the host gives Sluice
-	// no writable memory cgroup: "refuse" them (503, saying why) or "run"
-	// them in a worker without a limit, recorded memory_enforced: false.
+	// no writable memory cgroup: "refuse" them (503, saying why), "unready"
+	// (refuse them and fail the readiness check, so that an orchestrator
+	// sends such a server no traffic) or "run" them in a worker without a
+	// limit, recorded memory_enforced: false.
 	Unenforced string `yaml:"unenforced"`
 	// Workers is how many workers are started ahead of need.
 	Workers int `yaml:"workers"`
@@ -203,8 +211,9 @@ type Sandbox struct {
 
 // Values of Sandbox.Unenforced.
 const (
-	UnenforcedRefuse = "refuse"
-	UnenforcedRun    = "run"
+	UnenforcedRefuse  = "refuse"
+	UnenforcedUnready = "unready"
+	UnenforcedRun     = "run"
 )
 
 // Secret is a string that never prints.
@@ -317,6 +326,12 @@ func Default() Config {
 		UsageFlushInterval: Duration(100 * time.Millisecond),
 		PolicyPollInterval: Duration(500 * time.Millisecond),
 		RedisTimeout:       Duration(100 * time.Millisecond),
+		// Printed as applied: the engine and the recorder would take these
+		// for empty and 0 too, but --print-config should say what runs.
+		RedisPrefix:   "sluice",
+		UsageQueueMax: 100_000,
+		SettleOverrun: DefaultSettleOverrun.amounts(),
+		SettleSanity:  DefaultSettleSanity.amounts(),
 
 		MaxToolResponseBytes: 10 << 20,
 		InProcessRunMemory:   512 << 20,
@@ -468,9 +483,9 @@ func (c *Config) Validate() error {
 
 func (s *Sandbox) validate() error {
 	switch s.Unenforced {
-	case UnenforcedRefuse, UnenforcedRun:
+	case UnenforcedRefuse, UnenforcedUnready, UnenforcedRun:
 	default:
-		return errs.Field(errs.Invalid, "sandbox.unenforced", "sandbox.unenforced %q is not refuse or run", s.Unenforced)
+		return errs.Field(errs.Invalid, "sandbox.unenforced", "sandbox.unenforced %q is not refuse, unready or run", s.Unenforced)
 	}
 	if s.Workers < 1 || s.Workers > 256 {
 		return errs.Field(errs.Invalid, "sandbox.workers", "sandbox.workers %d is outside 1..256", s.Workers)

@@ -68,6 +68,10 @@ shutdown_timeout: 2m30s
 		PolicyPollInterval: config.Duration(500 * time.Millisecond),
 		RedisTimeout:       config.Duration(100 * time.Millisecond),
 		Sandbox:            config.Sandbox{Unenforced: "refuse", Workers: 2},
+		RedisPrefix:        "sluice",
+		UsageQueueMax:      100_000,
+		SettleOverrun:      config.Default().SettleOverrun,
+		SettleSanity:       config.Default().SettleSanity,
 
 		MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 	}
@@ -167,7 +171,9 @@ admin_key: file-key
 					AdminKey: "k", MaxBodyBytes: 1024, ShutdownTimeout: config.Duration(250 * time.Millisecond),
 					DefaultGlobalRate: "100/min", UsageFlushInterval: config.Duration(100 * time.Millisecond),
 					PolicyPollInterval: config.Duration(500 * time.Millisecond), RedisTimeout: config.Duration(100 * time.Millisecond),
-					Sandbox: config.Sandbox{Unenforced: "refuse", Workers: 2},
+					Sandbox:     config.Sandbox{Unenforced: "refuse", Workers: 2},
+					RedisPrefix: "sluice", UsageQueueMax: 100_000,
+					SettleOverrun: config.Default().SettleOverrun, SettleSanity: config.Default().SettleSanity,
 
 					MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 				}
