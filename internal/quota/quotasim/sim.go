@@ -463,9 +463,14 @@ func chainOf(t *oticket) []quota.Scope {
 }
 
 func (s *sim) heartbeat(ctx context.Context, c *client, e quota.Backend, h *held) {
-	ttl := 10*time.Second + time.Duration(c.rnd.Int64N(int64(30*time.Second)))
+	// A heartbeat extends: a lost reply then leaves the store holding
+	// the ticket longer than the client thinks, the safe side.
+	ttl := time.Until(h.t.ExpiresAt) + 5*time.Second + time.Duration(c.rnd.Int64N(int64(30*time.Second)))
 	call := s.o.begin()
 	exp, err := e.Heartbeat(ctx, h.t.ID, ttl)
+	if err == nil {
+		h.t.ExpiresAt = exp
+	}
 	now := time.Now()
 	s.count(func(r *Report) { r.Heartbeats++ })
 	if err != nil {
