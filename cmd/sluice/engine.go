@@ -54,16 +54,25 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 		return nil, fmt.Errorf("redis_url: %w", err)
 	}
 	timeout := time.Duration(a.cfg.RedisTimeout)
+	probeTimeout := max(time.Duration(a.cfg.RedisProbeTimeout), timeout)
 	opts.ContextTimeoutEnabled = true
-	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = timeout, timeout, timeout
-	opts.MaxRetries = -1 // a decision is never retried blindly: the failover decides
+	// Each call's context bounds it (redis_timeout for the scripts, the
+	// probe's own for PING): the client's own timeouts, which would cut
+	// the probe short, are only the outer bound.
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = probeTimeout, probeTimeout, probeTimeout
+	opts.MaxRetries = -1 // a decision is never retried blindly: redisquota resends only what is idempotent
 	opts.PoolSize = 64
 	client := redis.NewClient(opts)
 	prefix := a.cfg.RedisPrefix
 	if prefix == "" {
 		prefix = redisquota.DefaultPrefix
 	}
-	backend, err := redisquota.New(client, redisquota.Options{Prefix: prefix, Timeout: timeout, RequireEpoch: true})
+	observe := func(op, outcome string, d time.Duration) {
+		if a.metrics != nil {
+			a.metrics.ObserveRedisCall(op, outcome, d)
+		}
+	}
+	backend, err := redisquota.New(client, redisquota.Options{Prefix: prefix, Timeout: timeout, RequireEpoch: true, Observe: observe})
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("redis quota backend: %w", err)
@@ -85,6 +94,8 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 		Rebuild:   e.rebuild,
 		// The lock's life: a rebuild that takes longer lets another start.
 		RebuildTimeout: rebuildLock,
+		ProbeTimeout:   probeTimeout,
+		TripAfter:      a.cfg.RedisTripAfter,
 		OnMode: func(mode string) {
 			e.degraded.Store(mode == "degraded")
 			onMode(mode)

@@ -71,9 +71,20 @@ type Config struct {
 	RedisURL string `yaml:"redis_url"`
 	// RedisPrefix is the hash tag of every Redis key (one deployment).
 	RedisPrefix string `yaml:"redis_prefix"`
-	// RedisTimeout bounds every Redis call; past it the engine fails over
-	// to local shares (default 100ms).
+	// RedisTimeout bounds every Redis call (default 100ms). A call past it
+	// is sent again when that is safe, then answers 503; it does not by
+	// itself switch the engine to local shares (see RedisTripAfter).
 	RedisTimeout Duration `yaml:"redis_timeout"`
+	// RedisProbeTimeout bounds the health probe (PING and the epoch read)
+	// that a failed call triggers and that degraded mode repeats (default
+	// 2s). A probe that fails switches to degraded mode; one that succeeds
+	// is needed to leave it. It is at least redis_timeout, so that a loaded
+	// machine is not taken for an outage.
+	RedisProbeTimeout Duration `yaml:"redis_probe_timeout"`
+	// RedisTripAfter is how many consecutive failed Redis calls switch to
+	// degraded mode without waiting for the probe (default 3); calls that
+	// fail together in one stall count once, and any success starts over.
+	RedisTripAfter int `yaml:"redis_trip_after"`
 	// Instances is how many instances share the limits while Redis is
 	// unreachable (each then admits limit ÷ Instances); 0 counts them from
 	// their heartbeats in Redis.
@@ -326,6 +337,8 @@ func Default() Config {
 		UsageFlushInterval: Duration(100 * time.Millisecond),
 		PolicyPollInterval: Duration(500 * time.Millisecond),
 		RedisTimeout:       Duration(100 * time.Millisecond),
+		RedisProbeTimeout:  Duration(2 * time.Second),
+		RedisTripAfter:     3,
 		// Printed as applied: the engine and the recorder would take these
 		// for empty and 0 too, but --print-config should say what runs.
 		RedisPrefix:   "sluice",
@@ -456,6 +469,12 @@ func (c *Config) Validate() error {
 	}
 	if c.RedisTimeout <= 0 || time.Duration(c.RedisTimeout) > 10*time.Second {
 		return errs.Field(errs.Invalid, "redis_timeout", "redis_timeout must be between 0 and 10s")
+	}
+	if c.RedisProbeTimeout <= 0 || time.Duration(c.RedisProbeTimeout) > time.Minute {
+		return errs.Field(errs.Invalid, "redis_probe_timeout", "redis_probe_timeout must be between 0 and 1m")
+	}
+	if c.RedisTripAfter < 1 || c.RedisTripAfter > 1000 {
+		return errs.Field(errs.Invalid, "redis_trip_after", "redis_trip_after must be between 1 and 1000")
 	}
 	if c.Instances < 0 || c.Instances > 10000 {
 		return errs.Field(errs.Invalid, "instances", "instances must be between 0 (count them) and 10000")

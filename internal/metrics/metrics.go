@@ -35,6 +35,10 @@ type Metrics struct {
 	// UsageRefusedTotal counts usage events turned away because the
 	// queue was full, by how: "commit" (the caller got 503) or "dropped".
 	UsageRefusedTotal *prometheus.CounterVec
+	// RedisCallDuration is the latency of the quota engine's Redis calls,
+	// by operation (acquire, settle, charge, heartbeat, use, void, …) and
+	// outcome (ok, timeout, canceled, error).
+	RedisCallDuration *prometheus.HistogramVec
 }
 
 // New registers every metric in a fresh registry. pending reports queued
@@ -80,11 +84,16 @@ func New(pending func() float64) *Metrics {
 	m.UsageRefusedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_usage_events_refused_total", Help: "Usage events turned away because the write queue was full: commit (answered 503) or dropped (logged).",
 	}, []string{"how"})
+	m.RedisCallDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "sluice_redis_call_duration_seconds", Help: "Latency of the quota engine's Redis calls by operation and outcome (ok, timeout, canceled, error).",
+		Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"op", "outcome"})
 	m.EventsPending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_usage_events_pending", Help: "Usage events queued and not yet written to the store.",
 	}, pending)
 	m.Registry.MustRegister(m.HTTPRequests, m.HTTPDuration, m.Decisions, m.Settlements, m.QuotaMode, m.EventsPending,
 		m.Runs, m.ModelCalls, m.Tokens, m.PolicyVersion, m.UsageQuarantinedTotal, m.UsageRefusedTotal,
+		m.RedisCallDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.SetMode("normal")
 	return m
@@ -113,6 +122,12 @@ func (m *Metrics) ObserveHTTP(route string, code int, d time.Duration) {
 	}
 	m.HTTPRequests.WithLabelValues(route, strconv.Itoa(code)).Inc()
 	m.HTTPDuration.WithLabelValues(route).Observe(d.Seconds())
+}
+
+// ObserveRedisCall records one Redis call of the quota engine (it is
+// redisquota.Options.Observe).
+func (m *Metrics) ObserveRedisCall(op, outcome string, d time.Duration) {
+	m.RedisCallDuration.WithLabelValues(op, outcome).Observe(d.Seconds())
 }
 
 // UsageQuarantined counts n usage events set aside as malformed (it makes

@@ -45,6 +45,15 @@ type FailoverOptions struct {
 	RebuildTimeout time.Duration
 	// ProbeInterval is how often a degraded Failover probes (default 250 ms).
 	ProbeInterval time.Duration
+	// ProbeTimeout bounds each Probe (default 2 s). Make it more generous
+	// than the shared backend's call timeout: a probe that fails switches
+	// to degraded mode, and a loaded machine is not an outage.
+	ProbeTimeout time.Duration
+	// TripAfter is how many consecutive failed calls switch to degraded
+	// mode without waiting for a probe (default 3); any success starts the
+	// count again. Calls that fail together, in one stall, count once: a
+	// failure counts only if no other was counted while it was in flight.
+	TripAfter int
 	// OnMode is told every transition: "normal" or "degraded".
 	OnMode func(mode string)
 	Log    *slog.Logger
@@ -70,6 +79,17 @@ const localPrefix = "~"
 // and charged to the shared backend when it returns, each exactly once
 // (charges and settles are idempotent by id). Nothing fails open: an error
 // that is not an outage is returned as is.
+//
+// One slow call is not an outage. A call that fails returns its error
+// (wrapping ErrUnavailable) unless the Failover switches: after
+// FailoverOptions.TripAfter consecutive failures (calls failing together
+// in one stall count once; a success starts over), when a Probe run on
+// the failure's behalf fails (its timeout, ProbeTimeout, is longer than a
+// call's), or at once when the backend reports ErrStateLost. A dead
+// backend fails the probe at once, so callers see no error; a slow one
+// answers it, and the few calls that timed out get 503 instead of the
+// whole instance flipping to local shares and back. The switch back
+// needs a successful Probe and the spool delivered, as before.
 //
 // A shared backend can also come back empty (a Redis restarted without
 // persistence, a fresh replica, FLUSHALL): it answers, but every counter
@@ -103,6 +123,14 @@ type Failover struct {
 
 	knownMu sync.Mutex
 	known   map[string]*knownUse // last budget use seen from the shared backend, by scope
+
+	// fails counts consecutive failed calls; failSeq is bumped by every
+	// failure counted, so that a call knows whether one was counted while
+	// it was in flight.
+	fails   atomic.Int64
+	failSeq atomic.Uint64
+	checkMu sync.Mutex
+	check   *healthCheck // the probe callers wait for, nil if none
 
 	probing atomic.Bool
 	stop    chan struct{}
@@ -169,6 +197,12 @@ func NewFailover(shared SharedBackend, o FailoverOptions) *Failover {
 	if o.RebuildTimeout <= 0 {
 		o.RebuildTimeout = time.Minute
 	}
+	if o.ProbeTimeout <= 0 {
+		o.ProbeTimeout = 2 * time.Second
+	}
+	if o.TripAfter <= 0 {
+		o.TripAfter = 3
+	}
 	return &Failover{shared: shared, local: NewMemory(o.Local), o: o, chains: map[string]*issued{}, stop: make(chan struct{}),
 		known: map[string]*knownUse{}}
 }
@@ -196,6 +230,87 @@ func outage(err error) bool {
 	return true // timeouts, refused connections, ErrUnavailable
 }
 
+// healthCheck is one Probe run on behalf of failed calls.
+type healthCheck struct {
+	done chan struct{}
+	err  error
+}
+
+// ok records that the shared backend answered a call.
+func (f *Failover) ok() {
+	if f.fails.Load() != 0 {
+		f.fails.Store(0)
+	}
+}
+
+// failed handles a call to the shared backend that failed with an outage
+// error, begun when failSeq was seq, and reports whether the Failover is
+// now degraded: the caller then decides locally. Otherwise it returns the
+// error for the caller to return, wrapping ErrUnavailable (503 and
+// Retry-After to a client): one slow call is not an outage. The mode
+// switches when the backend says it lost its state, after TripAfter
+// consecutive failures, or when a Probe (with its own, longer timeout,
+// one at a time, its result shared by the calls that wait for it) fails.
+func (f *Failover) failed(ctx context.Context, seq uint64, err error) (bool, error) {
+	switch {
+	case f.degraded.Load():
+		return true, nil
+	case ctx.Err() != nil:
+		return false, err // the caller gave up: that says nothing of the backend
+	case errors.Is(err, ErrStateLost):
+		f.trip(err)
+		return true, nil
+	}
+	n := f.fails.Load()
+	if f.failSeq.CompareAndSwap(seq, seq+1) {
+		n = f.fails.Add(1)
+	}
+	if n >= int64(f.o.TripAfter) {
+		f.trip(fmt.Errorf("%d consecutive failures, the last: %w", n, err))
+		return true, nil
+	}
+	if perr := f.health(ctx); perr != nil {
+		f.trip(fmt.Errorf("%w; probe: %w", err, perr))
+		return true, nil
+	}
+	if f.degraded.Load() {
+		return true, nil
+	}
+	if !errors.Is(err, ErrUnavailable) {
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return false, err
+}
+
+// health runs Probe, or waits for the run in flight, and returns its
+// result; nil if the caller stops waiting first.
+func (f *Failover) health(ctx context.Context) error {
+	if f.o.Probe == nil {
+		return nil
+	}
+	f.checkMu.Lock()
+	if c := f.check; c != nil {
+		f.checkMu.Unlock()
+		select {
+		case <-c.done:
+			return c.err
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	c := &healthCheck{done: make(chan struct{})}
+	f.check = c
+	f.checkMu.Unlock()
+	pctx, cancel := context.WithTimeout(context.Background(), f.o.ProbeTimeout)
+	c.err = f.o.Probe(pctx)
+	cancel()
+	f.checkMu.Lock()
+	f.check = nil
+	f.checkMu.Unlock()
+	close(c.done)
+	return c.err
+}
+
 // trip switches to degraded mode and starts probing for the return.
 func (f *Failover) trip(err error) {
 	if f.degraded.Swap(true) {
@@ -207,6 +322,12 @@ func (f *Failover) trip(err error) {
 	if f.o.OnMode != nil {
 		f.o.OnMode("degraded")
 	}
+	f.deliver()
+}
+
+// deliver starts the probe loop unless it runs: it probes while degraded
+// and delivers the spool until it is empty.
+func (f *Failover) deliver() {
 	if f.closed.Load() || !f.probing.CompareAndSwap(false, true) {
 		return
 	}
@@ -230,7 +351,7 @@ func (f *Failover) probe() {
 		case <-t.C:
 		}
 		if f.degraded.Load() {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), f.o.ProbeTimeout)
 			err := f.o.Probe(ctx)
 			if errors.Is(err, ErrStateLost) {
 				if err = f.rebuild(); err != nil {
@@ -245,6 +366,7 @@ func (f *Failover) probe() {
 			if err != nil && (outage(err) && !errors.Is(err, context.DeadlineExceeded)) {
 				continue // still away
 			}
+			f.fails.Store(0)
 			f.degraded.Store(false)
 			f.shares.Clear()
 			f.o.Log.Info("quota backend reachable again: normal mode", slog.Int("still_spooled", f.Spooled()))
@@ -440,15 +562,19 @@ func (f *Failover) share(scope string, l *Limits) *Limits {
 // Acquire implements Backend.
 func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 	if !f.degraded.Load() {
+		seq := f.failSeq.Load()
 		t, err := f.shared.Acquire(ctx, r)
 		if !outage(err) {
+			f.ok()
 			if err == nil {
 				f.remember(&t, &r)
 				f.learn(&t)
 			}
 			return t, err
 		}
-		f.trip(err)
+		if down, err := f.failed(ctx, seq, err); !down {
+			return Ticket{}, err
+		}
 	}
 	for _, s := range r.Chain {
 		if s.Limits != nil && s.Limits.OnOutage == OutageDeny {
@@ -514,11 +640,15 @@ func (f *Failover) Lookup(ctx context.Context, id string) (TicketInfo, error) {
 		return info, err
 	}
 	if !f.degraded.Load() {
+		seq := f.failSeq.Load()
 		info, err := f.shared.Lookup(ctx, id)
 		if !outage(err) {
+			f.ok()
 			return info, err
 		}
-		f.trip(err)
+		if down, err := f.failed(ctx, seq, err); !down {
+			return TicketInfo{}, err
+		}
 	}
 	f.mu.Lock()
 	is := f.chains[id]
@@ -547,26 +677,36 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 		if !f.degraded.Load() {
 			// The shared backend came back while this ticket ran: deliver
 			// its use now.
+			seq := f.failSeq.Load()
 			err := f.shared.Charge(ctx, item.charge, chain, u, item.at)
 			if !outage(err) {
+				f.ok()
 				return s, nil
 			}
-			f.trip(err)
+			f.failed(ctx, seq, err)
 		}
+		// Settled here: spooled, and delivered by the probe loop (which
+		// runs while the spool is not empty, degraded or not).
 		f.mu.Lock()
 		f.spoolCharge(item)
 		f.mu.Unlock()
+		f.deliver()
 		return s, nil
 	}
 	if !f.degraded.Load() {
+		seq := f.failSeq.Load()
 		s, err := f.shared.Settle(ctx, id, u)
 		if !outage(err) {
+			f.ok()
 			if err == nil {
 				f.forget(id)
 			}
 			return s, err
 		}
-		f.trip(err)
+		if down, err := f.failed(ctx, seq, err); !down {
+			// Not settled: the caller retries (settles are idempotent).
+			return Settlement{}, err
+		}
 	}
 	f.mu.Lock()
 	is := f.chains[id]
@@ -624,8 +764,10 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 		return f.local.Heartbeat(ctx, lid, ttl)
 	}
 	if !f.degraded.Load() {
+		seq := f.failSeq.Load()
 		exp, err := f.shared.Heartbeat(ctx, id, ttl)
 		if !outage(err) {
+			f.ok()
 			if err == nil {
 				f.mu.Lock()
 				if is := f.chains[id]; is != nil {
@@ -635,7 +777,9 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 			}
 			return exp, err
 		}
-		f.trip(err)
+		if down, err := f.failed(ctx, seq, err); !down {
+			return time.Time{}, err
+		}
 	}
 	// The lease lives in the unreachable store; it will expire there and
 	// free its slot, which is the safe side.
@@ -646,11 +790,15 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 // ones (this instance's share only).
 func (f *Failover) Use(ctx context.Context, key string) (ScopeUse, error) {
 	if !f.degraded.Load() {
+		seq := f.failSeq.Load()
 		u, err := f.shared.Use(ctx, key)
 		if !outage(err) {
+			f.ok()
 			return u, err
 		}
-		f.trip(err)
+		if down, err := f.failed(ctx, seq, err); !down {
+			return ScopeUse{}, err
+		}
 	}
 	return f.local.Use(ctx, key)
 }

@@ -85,7 +85,7 @@ func (b *Backend) Charge(ctx context.Context, id string, chain []quota.Scope, u 
 		for i := range chain {
 			args = append(args, chain[i].Key, zoneIdx[i])
 		}
-		res, err := b.run(ctx, o, chargeScript, keys, args)
+		res, _, err := b.runIdem(ctx, o, chargeScript, keys, args)
 		if err != nil {
 			return err
 		}

@@ -51,11 +51,27 @@ func EpochReadAt(v string) (time.Time, bool) {
 	return time.Unix(0, n).UTC(), true
 }
 
-// Epoch returns the value of {prefix}:epoch, "" when it is missing.
+// Epoch returns the value of {prefix}:epoch, "" when it is missing. It is
+// part of a health probe, so a deadline in ctx (the probe's, longer than
+// a call's) bounds it; without one, Options.Timeout does.
 func (b *Backend) Epoch(ctx context.Context) (string, error) {
-	cctx, cancel := context.WithTimeout(ctx, b.timeout)
+	cctx, cancel := ctx, context.CancelFunc(func() {})
+	if _, ok := ctx.Deadline(); !ok {
+		cctx, cancel = context.WithTimeout(ctx, b.timeout)
+	}
 	defer cancel()
+	var start time.Time
+	if b.observe != nil {
+		start = time.Now()
+	}
 	v, err := getScript.Run(cctx, b.c, []string{b.epochKey}).Text()
+	if b.observe != nil {
+		e := err
+		if errors.Is(e, redis.Nil) {
+			e = nil
+		}
+		b.observe("epoch", outcome(ctx, cctx, e), time.Since(start))
+	}
 	if errors.Is(err, redis.Nil) {
 		return "", nil
 	}

@@ -93,14 +93,32 @@
 // the rebuild itself (lock, restore, SetEpoch) is the caller's, which
 // owns the ledger.
 //
-// When Redis cannot be reached or
-// does not answer within Options.Timeout, every call returns an error
-// wrapping ErrUnavailable so that the caller can fail over.
+// Unknown outcomes. Every script call that changes Redis carries an id:
+// the ticket's for Acquire (a fresh random one), Settle and Heartbeat, the
+// charge's for Charge. When a call's reply is lost (Options.Timeout passes,
+// the connection breaks, the caller stops waiting), Redis may or may not
+// have carried it out. Settle, Charge and Heartbeat are idempotent by
+// their id and are sent again, up to Options.Retries times. A lost
+// Acquire's ticket id goes to the voider (void.go), a goroutine the
+// Backend owns and Close stops: it runs void.lua, with retries, until
+// Redis answers; the script releases the ticket if it was granted (as a
+// zero-use settle that records nothing) or else writes a tombstone that
+// acquire.lua refuses (every acquire checks its ticket key does not
+// exist), so a lost acquire holds no slot and no reservation once Redis
+// answers again. The Acquire itself is tried again with a fresh id.
+//
+// When Redis cannot be reached or does not answer within Options.Timeout
+// (after the retries), a call returns an error wrapping ErrUnavailable;
+// the caller (quota.Failover) decides whether that is an outage.
+// Options.Observe sees every call's latency and outcome.
+//
+// {sluice}:t:<ticket> also holds "V " for ten minutes once voided.
 package redisquota
 
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"slices"
@@ -125,6 +143,7 @@ const (
 	DefaultPrefix          = "sluice"
 	DefaultTimeout         = 100 * time.Millisecond
 	DefaultChargeRetention = 48 * time.Hour
+	DefaultRetries         = 2
 )
 
 // keyMargin is how long a key outlives the last moment it can matter, for
@@ -161,6 +180,18 @@ type Options struct {
 	// Production sets it and rebuilds the counters (see the package
 	// comment); tests that drive a bare Redis leave it off.
 	RequireEpoch bool
+	// Retries is how many times a call whose reply was lost (a timeout,
+	// a broken connection) is sent again before its error is returned
+	// (default 2; negative for none). Settle, Charge and Heartbeat resend
+	// the same call: they are idempotent by their id. Acquire tries again
+	// with a fresh ticket id, after handing the lost one to the voider
+	// (see the package comment).
+	Retries int
+	// Observe, when set, is told every script call's operation
+	// ("acquire", "settle", "void", …), its outcome ("ok", "timeout",
+	// "canceled", "error") and how long it took: the caller's latency
+	// histogram. It must be fast and safe for concurrent use.
+	Observe func(op, outcome string, d time.Duration)
 }
 
 // Backend is a quota.Backend on Redis. It is safe for concurrent use, and
@@ -186,6 +217,9 @@ type Backend struct {
 	retArg     any // retention as a script argument
 	epochKey   string
 	requireEp  bool
+	retries    int
+	observe    func(op, outcome string, d time.Duration)
+	voids      voider
 	closed     atomic.Bool
 }
 
@@ -223,6 +257,12 @@ func New(c redis.Scripter, o Options) (*Backend, error) {
 	if o.ChargeRetention <= 0 {
 		o.ChargeRetention = DefaultChargeRetention
 	}
+	switch {
+	case o.Retries == 0:
+		o.Retries = DefaultRetries
+	case o.Retries < 0:
+		o.Retries = 0
+	}
 	var timeouts bool
 	switch c := c.(type) {
 	case *redis.Client:
@@ -251,16 +291,21 @@ func New(c redis.Scripter, o Options) (*Backend, error) {
 		wall:       time.Now,
 		epochKey:   "{" + o.Prefix + "}:epoch",
 		requireEp:  o.RequireEpoch,
+		retries:    o.Retries,
+		observe:    o.Observe,
 	}
 	b.keys.seed = maphash.MakeSeed()
 	b.prefixArg, b.baseArg, b.marginArg, b.retArg = b.prefix, b.baseMS, b.marginMS, b.retention
 	return b, nil
 }
 
-// Close makes later calls return quota.ErrClosed. It does not close the
-// client, which the caller owns. The state in Redis stays: it is shared.
+// Close makes later calls return quota.ErrClosed and stops the voider
+// after one last attempt at what it holds (bounded: it stops at the first
+// failure). It does not close the client, which the caller owns and
+// closes after. The state in Redis stays: it is shared.
 func (b *Backend) Close() error {
 	b.closed.Store(true)
+	b.stopVoider()
 	return nil
 }
 
@@ -296,7 +341,14 @@ func (o op) String() string {
 func (b *Backend) run(ctx context.Context, o op, s *redis.Script, keys []string, args []any) ([]any, error) {
 	cctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
+	var start time.Time
+	if b.observe != nil {
+		start = time.Now()
+	}
 	v, err := s.Run(cctx, b.c, keys, args...).Result()
+	if b.observe != nil {
+		b.observe(o.verb, outcome(ctx, cctx, err), time.Since(start))
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%s: %w", o, ctx.Err())
@@ -315,6 +367,40 @@ func (b *Backend) run(ctx context.Context, o op, s *redis.Script, keys []string,
 
 // epochLostReply is the scripts' reply code for a missing epoch.
 const epochLostReply = -9
+
+// outcome names how a call ended, for Options.Observe.
+func outcome(ctx, cctx context.Context, err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case ctx.Err() != nil:
+		return "canceled"
+	case cctx.Err() != nil:
+		return "timeout"
+	}
+	return "error"
+}
+
+// lost reports whether err may hide an effect Redis applied: the call was
+// sent and no reply came back in time (or the caller stopped waiting), as
+// opposed to a reply that says the script changed nothing.
+func lost(err error) bool {
+	return err != nil && !errors.Is(err, ErrEpochLost) && !errors.Is(err, quota.ErrClosed)
+}
+
+// runIdem runs a script whose effect is idempotent by the id in its keys
+// (a settle, a charge, a heartbeat): a reply that was lost is asked for
+// again with the same call, up to Options.Retries times, so that one slow
+// moment is neither an outage nor an effect left unknown. It reports
+// whether it sent the call more than once.
+func (b *Backend) runIdem(ctx context.Context, o op, s *redis.Script, keys []string, args []any) ([]any, bool, error) {
+	for attempt := 0; ; attempt++ {
+		res, err := b.run(ctx, o, s, keys, args)
+		if err == nil || attempt >= b.retries || !lost(err) || ctx.Err() != nil || b.closed.Load() {
+			return res, attempt > 0, err
+		}
+	}
+}
 
 // withEpoch appends the epoch key to a deciding script's keys when the
 // backend requires it; the script checks it last.
@@ -465,6 +551,7 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 	}
 	keys = b.withEpoch(keys)
 	ttlArg, idArg := intArg(ttl), any(id)
+	retries := 0
 	for try := 0; ; try++ {
 		var wsBuf [4]*zoneWindows
 		ws := wsBuf[:0]
@@ -496,6 +583,18 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 		}
 		args = append(args, r.Meta, b.retArg)
 		res, err := b.run(ctx, op{verb: "acquire"}, acquireScript, keys, args)
+		if lost(err) {
+			// Redis may have granted it: the voider releases the ticket,
+			// or bars it should it arrive late. Nobody else knows its id.
+			b.voidLater(id, ttl)
+			if retries < b.retries && ctx.Err() == nil && !b.closed.Load() {
+				retries++
+				try--
+				id = newID()
+				keys[0], idArg = b.key("t:", id), id
+				continue
+			}
+		}
 		if err != nil {
 			return quota.Ticket{}, err
 		}
@@ -505,6 +604,8 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 			return b.ticket(r, rep, id, ttl), nil
 		case 0:
 			return quota.Ticket{}, denial(r, rates, rep)
+		case idTakenReply:
+			return quota.Ticket{}, fmt.Errorf("acquire: %w: ticket id %s already used", ErrUnavailable, id)
 		}
 		// The windows do not hold Redis's now: the clocks disagree by
 		// more than a day. Try once more around Redis's now.
@@ -684,7 +785,7 @@ func (b *Backend) Settle(ctx context.Context, id string, u quota.Usage) (quota.S
 		args = append(args, nowS, nowN, b.prefixArg, intArg(u.InputTokens), intArg(u.OutputTokens),
 			intArg(u.GPUMillis), intArg(u.CostMicros), intArg(b.retention), b.baseArg, b.marginArg)
 		args.zones(ws)
-		res, err := b.run(ctx, o, settleScript, keys, args)
+		res, resent, err := b.runIdem(ctx, o, settleScript, keys, args)
 		if err != nil {
 			return quota.Settlement{}, err
 		}
@@ -695,7 +796,9 @@ func (b *Backend) Settle(ctx context.Context, id string, u quota.Usage) (quota.S
 			if err != nil {
 				return quota.Settlement{}, fmt.Errorf("%s: %w: %w", o, ErrUnavailable, err)
 			}
-			s.Replay = rep.int(0) == 2
+			// Settled before, found by a resend: most likely by the
+			// attempt whose reply was lost, so this caller's own settle.
+			s.Replay = rep.int(0) == 2 && !resent
 			return s, nil
 		case 0:
 			return quota.Settlement{}, fmt.Errorf("%s: %w", o, quota.ErrUnknownTicket)
@@ -824,7 +927,7 @@ func (b *Backend) Heartbeat(ctx context.Context, id string, ttl time.Duration) (
 	_, nowS, nowN := b.now()
 	args := scriptArgs{nowS, nowN, b.prefix, d, b.baseMS, b.marginMS}
 	o := op{"heartbeat", id}
-	res, err := b.run(ctx, o, heartbeatScript, b.withEpoch([]string{b.key("t:", id)}), args)
+	res, _, err := b.runIdem(ctx, o, heartbeatScript, b.withEpoch([]string{b.key("t:", id)}), args)
 	if err != nil {
 		return time.Time{}, err
 	}

@@ -28,6 +28,8 @@ var (
 	instancesBody string
 	//go:embed lua/lookup.lua
 	lookupBody string
+	//go:embed lua/void.lua
+	voidBody string
 
 	acquireScript   = redis.NewScript(prelude + acquireBody)
 	settleScript    = redis.NewScript(prelude + settleBody)
@@ -36,6 +38,7 @@ var (
 	restoreScript   = redis.NewScript(prelude + restoreBody)
 	chargeScript    = redis.NewScript(prelude + chargeBody)
 	lookupScript    = redis.NewScript(prelude + lookupBody)
+	voidScript      = redis.NewScript(prelude + voidBody)
 	// The registry's script needs nothing of the prelude.
 	instancesScript = redis.NewScript(instancesBody)
 )

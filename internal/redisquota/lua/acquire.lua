@@ -14,10 +14,13 @@
 -- and last the ticket's meta and the settled retention (ms).
 -- Reply: {1, nowS, nowN, grant, then per meter: scope index (0 none),
 -- remaining, reset (ns after now)} or {0, nowS, nowN, scope index, check,
--- used, requested, reset, wait} or {-1, nowS, nowN} (clock skew).
+-- used, requested, reset, wait} or {-1, nowS, nowN} (clock skew) or {-8,
+-- nowS, nowN} (the ticket id is taken: this acquire reached Redis after
+-- it was voided, see void.lua; nothing was changed).
 setnow(ARGV[1], ARGV[2])
 local P, id = ARGV[3], ARGV[4]
 if epoch_lost(P) then return {-9, NOWS, NOWN} end
+if call('EXISTS', KEYS[1]) == 1 then return {-8, NOWS, NOWN} end
 local ttl, base, margin = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local areq, atok, amin = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local agpu, acost, aconc = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13] == '1'

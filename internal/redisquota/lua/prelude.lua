@@ -356,13 +356,15 @@ end
 -- retention (ms). Settled, the key holds "S ", the settlement, a newline
 -- and the meta, for the retention period. Expired unsettled, it holds "E "
 -- and a msgpack array (see ticket_expire), for the retention period, so
--- that a late settle can charge the use.
+-- that a late settle can charge the use. Voided (an acquire whose reply
+-- was lost, released by void), it holds "V " for a while, so that the
+-- acquire, should it reach Redis late, is refused.
 
 local function ticket_load(P, id)
   local v = call('GET', P .. 't:' .. id)
   if not v then return nil, v end
   local k = string.sub(v, 1, 2)
-  if k == 'S ' or k == 'E ' then return nil, v end
+  if k == 'S ' or k == 'E ' or k == 'V ' then return nil, v end
   local a = {munpack(v)}
   local n = a[7]
   local t = {e = a[1], x = a[2], g = a[3], c = a[4], s = a[5], mx = a[6], n = n, ch = {},

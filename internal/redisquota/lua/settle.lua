@@ -6,7 +6,7 @@
 -- ARGV: nowS nowN prefix input output gpu cost retention base margin
 -- nZones, the zones (see readzones).
 -- Reply: {1, nowS, nowN, settlement} (settled now), {2, nowS, nowN,
--- settlement} (settled before), {0, nowS, nowN} (unknown, or expired
+-- settlement} (settled before), {0, nowS, nowN} (unknown, voided, or expired
 -- longer ago), {-1, nowS, nowN, zone...} (a charged scope's window has
 -- ended and the current one of these zones is needed: nothing was changed
 -- but, perhaps, the release of the ticket at its expiry). A settlement is
@@ -59,7 +59,9 @@ end
 local t, raw = ticket_load(P, id)
 if t == nil then
   if not raw then return {0, NOWS, NOWN} end
-  if string.sub(raw, 1, 2) == 'S ' then return {2, NOWS, NOWN, string.sub(raw, 3)} end
+  local k = string.sub(raw, 1, 2)
+  if k == 'S ' then return {2, NOWS, NOWN, string.sub(raw, 3)} end
+  if k == 'V ' then return {0, NOWS, NOWN} end -- voided: never granted to anyone
   return late(expired_load(raw))
 end
 if rel(t.e) <= 0 then
