@@ -1,0 +1,85 @@
+-- KEYS: 1 state, 2 leases, 3 expiries, 4 stranded, 5 request, 6 epoch.
+-- ARGV: 1 now, 2 require epoch, 3 instance, 4 ttl µs, 5 validity µs,
+-- 6 replay ms, 7 key ms, 8 maxttl µs, 9 count, then per want 8 values:
+-- meter, amount, min, pin, limit, window (budgets) or period µs (rates),
+-- burst (rates), unused.
+-- Reply: {status, now, expiry, then per want granted, remaining, held, x}
+-- where status is 0 fresh, 1 replay, -1 epoch lost, and x is the lease's
+-- spend deadline for rates, else 0.
+if epoch_lost() then return {-1} end
+local prev = redis.call('GET', KEYS[5])
+if prev then
+  local r = cmsgpack.unpack(prev)
+  r[1] = 1
+  return r
+end
+local now = now_us()
+local inst = ARGV[3]
+local ttl, delta = tonumber(ARGV[4]), tonumber(ARGV[5])
+reclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, tonumber(ARGV[8]))
+local l = lease_load(KEYS[2], inst) or {}
+local exp = now + ttl
+local out = {0, now, exp}
+local cnt = tonumber(ARGV[9])
+for i = 0, cnt - 1 do
+  local b = 10 + i * 8
+  local k, amt, mn, pin = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local lim, x, burst = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
+  local got, rem, held, extra = 0, 0, 0, 0
+  if is_rate(k) then
+    -- x is the period in µs, lim the units per period. Lease slots start
+    -- no earlier than now+validity: units spent up to validity late then
+    -- still sit in slots after their spending time (see doc.go).
+    local tat = num(redis.call('HGET', KEYS[1], 't' .. k))
+    local a = math.max(tat, now + delta)
+    local room = now + idiv(burst * x, lim) - a
+    local fit = 0
+    if room > 0 then fit = idiv(room * lim, x) end
+    got = math.min(amt, fit)
+    if got < mn or got <= 0 then got = 0 end
+    if got > 0 then
+      local te = a + ceildiv(got * x, lim)
+      redis.call('HSET', KEYS[1], 't' .. k, s(te))
+      l['a' .. k], l['n' .. k], l['te' .. k], l['dl' .. k] = a, got, te, now + delta
+      extra = now + delta
+    end
+    rem, held = fit - got, got
+  else
+    local used = num(redis.call('HGET', KEYS[1], 'u' .. k))
+    local ok = true
+    if is_budget(k) then
+      local w = num(redis.call('HGET', KEYS[1], 'w' .. k))
+      if x > w then
+        redis.call('HSET', KEYS[1], 'w' .. k, s(x), 'u' .. k, 0, 's' .. k, 0)
+        used = 0
+      elseif x < w then
+        ok = false -- the caller's window has ended here
+      end
+      if ok and num(l['w' .. k]) ~= x then
+        l['w' .. k], l['g' .. k], l['p' .. k] = x, 0, 0
+      end
+    end
+    local fit = math.max(lim - used, 0)
+    if ok then
+      got = math.min(amt, fit)
+      if got < mn or got <= 0 then got = 0 end
+      if got > 0 then
+        redis.call('HINCRBY', KEYS[1], 'u' .. k, s(got))
+        l['g' .. k] = num(l['g' .. k]) + got
+      end
+      l['p' .. k] = math.min(pin, num(l['g' .. k]))
+      held = num(l['g' .. k])
+    end
+    rem = fit - got
+  end
+  out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = got, rem, held, extra
+end
+l.e = exp
+redis.call('HSET', KEYS[2], inst, cmsgpack.pack(l))
+redis.call('ZADD', KEYS[3], s(exp), inst)
+local keep = ARGV[7]
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PEXPIRE', KEYS[2], keep)
+redis.call('PEXPIRE', KEYS[3], keep)
+redis.call('SET', KEYS[5], cmsgpack.pack(out), 'PX', ARGV[6])
+return out
