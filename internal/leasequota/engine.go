@@ -1,0 +1,1178 @@
+package leasequota
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/quota"
+)
+
+// Leases is what the engine needs of the shared lease store. *Store is the
+// Redis one; the simulation adapts a quota.SharedBackend to it.
+type Leases interface {
+	Grant(ctx context.Context, requestID, instance string, sc Scope, ttl time.Duration, wants []Want) (GrantResult, error)
+	Return(ctx context.Context, requestID, instance string, sc Scope, gives []Give) (ReturnResult, error)
+	Renew(ctx context.Context, instance, tenant string, ttl time.Duration, scopes []Renewal) (RenewResult, error)
+}
+
+var _ Leases = (*Store)(nil)
+
+// Defaults for EngineOptions.
+const (
+	DefaultLeaseTTL = 10 * time.Second
+	DefaultRefresh  = 100 * time.Millisecond
+	DefaultHorizon  = time.Second
+)
+
+// EngineOptions configure an Engine. Zero fields take the defaults.
+type EngineOptions struct {
+	// Instance names this engine in the lease records; random by default.
+	Instance string
+	// Now is the clock (tests); time.Now by default. Rate deadlines and
+	// ticket expiries are counted on it.
+	Now func() time.Time
+	// Tenant maps a scope key to the tenant whose hash tag holds it; nil
+	// puts every scope on the global tag.
+	Tenant func(scopeKey string) string
+	// Instances is how many engines share the store (it sizes the
+	// fraction of what remains one refill may take); default 1.
+	Instances func() int
+	// LeaseTTL is the life of a lease record without renewal (10 s).
+	LeaseTTL time.Duration
+	// Refresh is the period of the background refill, return and renewal
+	// (100 ms); it must be well under Validity, since rate units lapse.
+	Refresh time.Duration
+	// Horizon is how much demand a refill aims to hold (1 s).
+	Horizon time.Duration
+	// Validity is the store's Options.Validity: how long after a rate
+	// grant was sent its units may be spent (250 ms).
+	Validity time.Duration
+	// DefaultTTL and MaxTTL are the tickets' (quota.Options's defaults).
+	DefaultTTL, MaxTTL time.Duration
+	// SettledRetention is how long settled and expired tickets are
+	// remembered (1 h).
+	SettledRetention time.Duration
+}
+
+// Engine is the budget-lease quota engine of doc.go: it decides in process
+// against leases taken from the store, and goes to the store only to refill
+// them. It implements quota.Backend.
+type Engine struct {
+	st        Leases
+	inst      string
+	now       func() time.Time
+	tenant    func(string) string
+	instances func() int
+	o         EngineOptions
+	validity  time.Duration // spend margin included
+
+	mu        sync.Mutex
+	scopes    map[string]*lscope
+	tickets   map[string]*ticket
+	nextExp   time.Time // earliest expiry of a live ticket
+	rnd       *rand.ChaCha8
+	seq       uint64
+	closed    bool
+	lastSweep time.Time
+	done      []string // settled and expired tickets, oldest first
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+var _ quota.Backend = (*Engine)(nil)
+
+// unitLot is one rate grant's units and when they lapse.
+type unitLot struct {
+	n        int64
+	deadline time.Time
+}
+
+// lmeter is this instance's lease on one meter of one scope.
+type lmeter struct {
+	avail  int64     // budgets and slots: granted, not spent locally
+	g      int64     // the store's idea of the lease (Grant's Held)
+	window time.Time // budgets: the window avail belongs to
+	lots   []unitLot // rates, earliest deadline first
+	limit  int64     // budget or slot limit the lease was taken under
+	rate   quota.Rate
+	// remaining is what the store said was left after the last grant (−1
+	// unknown); spent counts local charges since the last refresh, and
+	// demand is their EWMA per refresh.
+	remaining int64
+	spent     int64
+	demand    float64
+	maxAsk    int64
+	idle      int
+	active    bool
+}
+
+// lscope is the local state of one scope.
+type lscope struct {
+	sc         Scope
+	loc        *time.Location
+	m          [NumMeters]lmeter
+	validUntil time.Time // the lease record's expiry, by this clock
+}
+
+// reservation is what a ticket holds on one meter of one scope.
+type reservation struct {
+	s      *lscope
+	m      Meter
+	amt    int64
+	window time.Time
+}
+
+type ticket struct {
+	id                string
+	meta              string
+	expires           time.Time
+	tokens, gpu, cost int64
+	res               []reservation
+	settled           *quota.Settlement
+	expired           bool
+	doneAt            time.Time
+}
+
+// NewEngine returns an engine on st and starts its background refill,
+// which Close stops.
+func NewEngine(st Leases, o EngineOptions) (*Engine, error) {
+	if st == nil {
+		return nil, fmt.Errorf("leasequota: nil store: %w", quota.ErrInvalid)
+	}
+	var seed [32]byte
+	crand.Read(seed[:])
+	if o.Instance == "" {
+		o.Instance = "i-" + hex.EncodeToString(seed[:6])
+		crand.Read(seed[:])
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Tenant == nil {
+		o.Tenant = func(string) string { return "" }
+	}
+	if o.Instances == nil {
+		o.Instances = func() int { return 1 }
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = DefaultLeaseTTL
+	}
+	if o.Refresh <= 0 {
+		o.Refresh = DefaultRefresh
+	}
+	if o.Horizon <= 0 {
+		o.Horizon = DefaultHorizon
+	}
+	if o.Validity <= 0 {
+		o.Validity = DefaultValidity
+	}
+	if o.DefaultTTL <= 0 {
+		o.DefaultTTL = quota.DefaultTTL
+	}
+	if o.MaxTTL <= 0 {
+		o.MaxTTL = quota.DefaultMaxTTL
+	}
+	o.DefaultTTL = min(o.DefaultTTL, o.MaxTTL)
+	if o.SettledRetention <= 0 {
+		o.SettledRetention = time.Hour
+	}
+	e := &Engine{
+		st: st, inst: o.Instance, now: o.Now, tenant: o.Tenant, instances: o.Instances, o: o,
+		validity: o.Validity - o.Validity/10,
+		scopes:   map[string]*lscope{},
+		tickets:  map[string]*ticket{},
+		rnd:      rand.NewChaCha8(seed),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel = cancel
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.loop(ctx)
+	}()
+	return e, nil
+}
+
+// Instance returns the engine's instance name.
+func (e *Engine) Instance() string { return e.inst }
+
+// windowStart returns the start of the budget window of meter m at now.
+func windowStart(now time.Time, loc *time.Location, m Meter) time.Time {
+	if loc == nil {
+		loc = time.UTC
+	}
+	t := now.In(loc)
+	if m == MeterTokensDay {
+		return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, loc)
+	}
+	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, loc)
+}
+
+func windowEnd(start time.Time, m Meter) time.Time {
+	if m == MeterTokensDay {
+		return start.AddDate(0, 0, 1)
+	}
+	return start.AddDate(0, 1, 0)
+}
+
+// limitOf returns meter m's limit in l: a bound for budgets and slots, a
+// rate for rates; ok is false when l does not limit m.
+func limitOf(l *quota.Limits, m Meter) (bound int64, rate quota.Rate, ok bool) {
+	if l == nil {
+		return 0, quota.Rate{}, false
+	}
+	var b quota.Bound
+	switch m {
+	case MeterRequests:
+		return 0, l.Requests, !l.Requests.IsZero()
+	case MeterTokensRate:
+		return 0, l.TokensRate, !l.TokensRate.IsZero()
+	case MeterTokensDay:
+		b = l.TokensDay
+	case MeterTokensMonth:
+		b = l.TokensMonth
+	case MeterGPU:
+		b = l.GPUMillisMonth
+	case MeterCost:
+		b = l.CostMicrosMonth
+	case MeterConcurrency:
+		b = l.Concurrency
+	}
+	n, set := b.Max()
+	return n, quota.Rate{}, set
+}
+
+// askOf returns what ask a needs of meter m, with tokens at tokens.
+func askOf(a *quota.Ask, m Meter, tokens int64) int64 {
+	switch m {
+	case MeterRequests:
+		return a.Requests
+	case MeterTokensRate, MeterTokensDay, MeterTokensMonth:
+		return tokens
+	case MeterGPU:
+		return a.GPUMillis
+	case MeterCost:
+		return a.CostMicros
+	case MeterConcurrency:
+		if a.Concurrency {
+			return 1
+		}
+	}
+	return 0
+}
+
+func isToken(m Meter) bool { return m >= MeterTokensRate && m <= MeterTokensMonth }
+
+// meterDim maps a meter to its dimension and window.
+func meterDim(m Meter) (quota.Dimension, quota.Window) {
+	switch m {
+	case MeterRequests:
+		return quota.DimRequests, quota.WindowNone
+	case MeterTokensRate:
+		return quota.DimTokensRate, quota.WindowNone
+	case MeterTokensDay:
+		return quota.DimTokens, quota.WindowDay
+	case MeterTokensMonth:
+		return quota.DimTokens, quota.WindowMonth
+	case MeterGPU:
+		return quota.DimGPUSeconds, quota.WindowMonth
+	case MeterCost:
+		return quota.DimCost, quota.WindowMonth
+	}
+	return quota.DimConcurrency, quota.WindowNone
+}
+
+// scope returns the local state of sc, creating it. Called with e.mu held.
+func (e *Engine) scope(sc *quota.Scope) *lscope {
+	s := e.scopes[sc.Key]
+	if s == nil {
+		s = &lscope{sc: Scope{Tenant: e.tenant(sc.Key), Key: sc.Key}, loc: sc.Loc}
+		for i := range s.m {
+			s.m[i].remaining = -1
+		}
+		e.scopes[sc.Key] = s
+	}
+	if sc.Loc != nil {
+		s.loc = sc.Loc
+	}
+	return s
+}
+
+// sync brings meter m of s to now and to the limits: a budget lease of an
+// ended window is void, rate units past their deadline lapse, and a lease
+// taken under another limit is given up (returned by the background loop).
+// Called with e.mu held.
+func (e *Engine) sync(s *lscope, m Meter, now time.Time, bound int64, rate quota.Rate) *lmeter {
+	lm := &s.m[m]
+	lm.active = true
+	if m.isRate() {
+		if lm.rate != rate {
+			lm.lots, lm.rate, lm.remaining = lm.lots[:0], rate, -1
+		}
+		i := 0
+		for i < len(lm.lots) && !now.Before(lm.lots[i].deadline) {
+			i++
+		}
+		if i > 0 {
+			lm.lots = append(lm.lots[:0], lm.lots[i:]...)
+		}
+		return lm
+	}
+	if m.isBudget() {
+		if w := windowStart(now, s.loc, m); !w.Equal(lm.window) {
+			lm.avail, lm.g, lm.window, lm.remaining = 0, 0, w, -1
+		}
+	}
+	if lm.limit != bound {
+		if bound < lm.limit {
+			lm.avail = 0 // the background loop returns the difference g − spent
+		}
+		lm.limit, lm.remaining = bound, -1
+	}
+	if !now.Before(s.validUntil) && !s.validUntil.IsZero() {
+		lm.avail = 0 // the record may be reclaimed: spend nothing more
+	}
+	return lm
+}
+
+func (lm *lmeter) units() int64 {
+	var n int64
+	for _, l := range lm.lots {
+		n += l.n
+	}
+	return n
+}
+
+func (lm *lmeter) have(m Meter) int64 {
+	if m.isRate() {
+		return lm.units()
+	}
+	return lm.avail
+}
+
+// take spends n from the lease, which holds it.
+func (lm *lmeter) take(m Meter, n int64) {
+	lm.spent += n
+	lm.maxAsk = max(lm.maxAsk, n)
+	if !m.isRate() {
+		lm.avail -= n
+		return
+	}
+	for i := 0; n > 0; i++ {
+		d := min(n, lm.lots[i].n)
+		lm.lots[i].n -= d
+		n -= d
+	}
+	for len(lm.lots) > 0 && lm.lots[0].n == 0 {
+		lm.lots = lm.lots[1:]
+	}
+}
+
+// short is a lease that did not cover a decision.
+type short struct {
+	i     int // index in the chain
+	s     *lscope
+	m     Meter
+	need  int64 // what the ask needs beyond what the lease has
+	least int64 // the least of it worth granting (MinTokens)
+	want  Want
+}
+
+// Acquire implements quota.Backend.
+func (e *Engine) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, error) {
+	if err := ctx.Err(); err != nil {
+		return quota.Ticket{}, err
+	}
+	a := &r.Ask
+	if a.Requests < 0 || a.Tokens < 0 || a.MinTokens < 0 || a.GPUMillis < 0 || a.CostMicros < 0 {
+		return quota.Ticket{}, fmt.Errorf("acquire: negative ask: %w", quota.ErrInvalid)
+	}
+	if len(r.Chain) == 0 {
+		return quota.Ticket{}, fmt.Errorf("acquire: empty chain: %w", quota.ErrInvalid)
+	}
+	if len(r.Meta) > quota.MaxMetaBytes {
+		return quota.Ticket{}, fmt.Errorf("acquire: meta of %d bytes above %d: %w", len(r.Meta), quota.MaxMetaBytes, quota.ErrInvalid)
+	}
+	if r.TTL < 0 {
+		return quota.Ticket{}, fmt.Errorf("acquire: negative ttl: %w", quota.ErrInvalid)
+	}
+	for i := range r.Chain {
+		sc := &r.Chain[i]
+		if sc.Key == "" {
+			return quota.Ticket{}, fmt.Errorf("acquire: empty scope key: %w", quota.ErrInvalid)
+		}
+		if l := sc.Limits; l != nil {
+			if err := l.Validate(); err != nil {
+				return quota.Ticket{}, fmt.Errorf("acquire: scope %s: %w", sc.Key, err)
+			}
+			if a.Model != "" && len(l.Models) > 0 && !slices.Contains(l.Models, a.Model) {
+				return quota.Ticket{}, &quota.Denial{Code: quota.CodeModelNotAllowed, Scope: sc.Key, Dimension: quota.DimModel, Model: a.Model}
+			}
+		}
+	}
+	clamp := a.MinTokens > 0 && a.MinTokens < a.Tokens
+	var shorts []short
+	for round := 0; ; round++ {
+		t, sh, err := e.decide(&r, clamp, round > 0, shorts[:0])
+		if err != nil || sh == nil {
+			return t, err
+		}
+		if round == 8 {
+			return quota.Ticket{}, fmt.Errorf("acquire: leases spent by concurrent decisions %d times: %w", round, ErrUnavailable)
+		}
+		shorts = sh
+		if d, err := e.refill(ctx, &r, shorts); err != nil || d != nil {
+			if d != nil {
+				return quota.Ticket{}, d
+			}
+			return quota.Ticket{}, err
+		}
+	}
+}
+
+// decide checks every lease of the chain and, if they all cover the ask,
+// charges them and issues the ticket. Otherwise it charges nothing and
+// returns what was short.
+func (e *Engine) decide(r *quota.Request, clamp, clampLocal bool, shorts []short) (quota.Ticket, []short, error) {
+	a := &r.Ask
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return quota.Ticket{}, nil, quota.ErrClosed
+	}
+	now := e.now()
+	e.expire(now)
+	tokens := a.Tokens
+	if clampLocal {
+		// After a refill, the most tokens every token lease covers, down to MinTokens.
+		for i := range r.Chain {
+			sc := &r.Chain[i]
+			for m := MeterTokensRate; m <= MeterTokensMonth; m++ {
+				bound, rate, ok := limitOf(sc.Limits, m)
+				if !ok {
+					continue
+				}
+				lm := e.sync(e.scope(sc), m, now, bound, rate)
+				tokens = min(tokens, max(lm.have(m), a.MinTokens))
+			}
+		}
+	}
+	var ls [8]*lscope
+	scs := ls[:0]
+	for i := range r.Chain {
+		sc := &r.Chain[i]
+		s := e.scope(sc)
+		scs = append(scs, s)
+		if sc.Limits == nil {
+			continue
+		}
+		for m := range Meter(NumMeters) {
+			need := askOf(a, m, tokens)
+			if need <= 0 {
+				continue
+			}
+			bound, rate, ok := limitOf(sc.Limits, m)
+			if !ok {
+				continue
+			}
+			lm := e.sync(s, m, now, bound, rate)
+			if h := lm.have(m); h < need {
+				least := need
+				if clamp && isToken(m) {
+					least = a.MinTokens
+				}
+				shorts = append(shorts, short{i: i, s: s, m: m, need: need - h, least: max(least-h, 1)})
+			}
+		}
+	}
+	if len(shorts) > 0 {
+		return quota.Ticket{}, shorts, nil
+	}
+	ttl := r.TTL
+	if ttl == 0 {
+		ttl = e.o.DefaultTTL
+	}
+	ttl = min(ttl, e.o.MaxTTL)
+	t := &ticket{id: e.newID(), meta: r.Meta, expires: now.Add(ttl), tokens: tokens, gpu: a.GPUMillis, cost: a.CostMicros}
+	out := quota.Ticket{ID: t.id, Tokens: tokens, Clamped: tokens < a.Tokens, ExpiresAt: t.expires}
+	for i := range r.Chain {
+		l := r.Chain[i].Limits
+		if l == nil {
+			continue
+		}
+		s := scs[i]
+		mergeCaps(&out.Caps, &l.Caps)
+		for m := range Meter(NumMeters) {
+			need := askOf(a, m, tokens)
+			bound, rate, ok := limitOf(l, m)
+			if !ok {
+				continue
+			}
+			lm := &s.m[m]
+			if need > 0 {
+				lm.take(m, need)
+				if !m.isRate() {
+					t.res = append(t.res, reservation{s: s, m: m, amt: need, window: lm.window})
+				}
+			}
+			e.remaining(&out.Remaining[m], s, m, lm, bound, rate, now)
+		}
+	}
+	for m := range out.Remaining {
+		if out.Remaining[m].Dimension == 0 {
+			out.Remaining[m].Dimension, out.Remaining[m].Window = meterDim(Meter(m))
+		}
+	}
+	e.tickets[t.id] = t
+	if e.nextExp.IsZero() || t.expires.Before(e.nextExp) {
+		e.nextExp = t.expires
+	}
+	return out, nil, nil
+}
+
+// remaining folds scope s's meter m into r if it is the tightest so far.
+// What remains for this instance is what its lease holds plus what the
+// store said was left at the last grant.
+func (e *Engine) remaining(r *quota.Remaining, s *lscope, m Meter, lm *lmeter, bound int64, rate quota.Rate, now time.Time) {
+	left := lm.have(m) + max(lm.remaining, 0)
+	if r.Scope != "" && r.Remaining <= left {
+		return
+	}
+	d, w := meterDim(m)
+	*r = quota.Remaining{Dimension: d, Window: w, Scope: s.sc.Key, Limit: bound, Remaining: left}
+	switch {
+	case m.isRate():
+		r.Limit, r.Period = rate.Limit, rate.Period
+	case m.isBudget():
+		r.ResetAt = windowEnd(lm.window, m).UTC()
+	}
+}
+
+func mergeCaps(c, l *quota.Caps) {
+	pick := func(a, b int64) int64 {
+		if a == 0 || (b != 0 && b < a) {
+			return b
+		}
+		return a
+	}
+	c.MemoryPerRun = pick(c.MemoryPerRun, l.MemoryPerRun)
+	c.MaxSteps = pick(c.MaxSteps, l.MaxSteps)
+	c.MaxTokensPerCall = pick(c.MaxTokensPerCall, l.MaxTokensPerCall)
+	c.RunTimeout = time.Duration(pick(int64(c.RunTimeout), int64(l.RunTimeout)))
+}
+
+// newID returns an unguessable ticket id. Called with e.mu held.
+func (e *Engine) newID() string {
+	var b [16]byte
+	e.rnd.Read(b[:])
+	return "lt_" + hex.EncodeToString(b[:])
+}
+
+// requestID returns a fresh request id. Called with e.mu held.
+func (e *Engine) requestID() string {
+	e.seq++
+	return e.inst + ":" + strconv.FormatUint(e.seq, 36)
+}
+
+// refill grants, synchronously, what the short leases need (one grant per
+// scope, each with Min = the least the ask needs). A grant refused at Min
+// is the store's denial, returned as such.
+func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short) (*quota.Denial, error) {
+	type call struct {
+		s     *lscope
+		id    string
+		wants []Want
+		sh    []short
+	}
+	var calls []call
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil, quota.ErrClosed
+	}
+	now := e.now()
+	n := max(e.instances(), 1)
+	for _, sh := range shorts {
+		lm := &sh.s.m[sh.m]
+		bound, rate, _ := limitOf(r.Chain[sh.i].Limits, sh.m)
+		// Beyond the ask, what the refill would take, unless the limit is
+		// near: then exactly the ask, so that the store decides.
+		extra := e.target(lm, sh.m)
+		if lm.remaining >= 0 {
+			extra = min(extra, lm.remaining/int64(2*n))
+		}
+		w := Want{Meter: sh.m, Amount: sh.need + max(extra, 0), Min: sh.least, Pin: 1 << 62, Limit: bound, Rate: rate}
+		if sh.m.isBudget() {
+			w.Window = lm.window
+		}
+		if len(calls) == 0 || calls[len(calls)-1].s != sh.s {
+			calls = append(calls, call{s: sh.s, id: e.requestID()})
+		}
+		c := &calls[len(calls)-1]
+		c.wants = append(c.wants, w)
+		c.sh = append(c.sh, sh)
+	}
+	e.mu.Unlock()
+	var denial *quota.Denial
+	for _, c := range calls {
+		sent := e.now()
+		res, err := e.st.Grant(ctx, c.id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants)
+		if err != nil {
+			return nil, fmt.Errorf("acquire: %w", err)
+		}
+		e.mu.Lock()
+		e.applyGrant(c.s, sent, c.wants, res)
+		for i, g := range res.Grants {
+			if g.Granted == 0 && denial == nil {
+				denial = e.denial(r, c.sh[i], g, now)
+			}
+		}
+		e.mu.Unlock()
+		if denial != nil {
+			return denial, nil
+		}
+	}
+	return nil, nil
+}
+
+// target is what a lease should hold: the recent demand over the horizon
+// (two refreshes for rates, whose units lapse) and at least the largest
+// single ask seen. Called with e.mu held.
+func (e *Engine) target(lm *lmeter, m Meter) int64 {
+	per := float64(e.o.Horizon) / float64(e.o.Refresh)
+	if m.isRate() {
+		per = 2
+	}
+	return max(int64(lm.demand*per), lm.maxAsk)
+}
+
+// applyGrant adds a grant's amounts to the local leases. Called with e.mu
+// held.
+func (e *Engine) applyGrant(s *lscope, sent time.Time, wants []Want, res GrantResult) {
+	s.validUntil = sent.Add(e.o.LeaseTTL - e.o.LeaseTTL/5)
+	for i, g := range res.Grants {
+		w := wants[i]
+		lm := &s.m[w.Meter]
+		lm.remaining = g.Remaining
+		if g.Granted <= 0 {
+			if !w.Meter.isRate() {
+				lm.g = g.Held
+			}
+			continue
+		}
+		switch {
+		case w.Meter.isRate():
+			if lm.rate == w.Rate {
+				lm.lots = append(lm.lots, unitLot{n: g.Granted, deadline: sent.Add(e.validity)})
+			}
+		case w.Meter.isBudget() && !w.Window.Equal(lm.window):
+			// The window ended while the grant was out: void.
+		default:
+			lm.avail += g.Granted
+			lm.g = g.Held
+		}
+	}
+}
+
+// denial is the store's refusal of short sh, as a quota.Denial. Called
+// with e.mu held.
+func (e *Engine) denial(r *quota.Request, sh short, g Grant, now time.Time) *quota.Denial {
+	bound, rate, _ := limitOf(r.Chain[sh.i].Limits, sh.m)
+	dim, win := meterDim(sh.m)
+	lm := &sh.s.m[sh.m]
+	requested := askOf(&r.Ask, sh.m, r.Ask.Tokens)
+	if isToken(sh.m) && r.Ask.MinTokens > 0 && r.Ask.MinTokens < r.Ask.Tokens {
+		requested = r.Ask.MinTokens
+	}
+	d := &quota.Denial{Code: quota.CodeQuotaExceeded, Scope: sh.s.sc.Key, Dimension: dim, Window: win, Limit: bound, Requested: requested}
+	switch {
+	case sh.m.isRate():
+		burst := rate.Burst
+		if burst == 0 {
+			burst = rate.Limit
+		}
+		d.Code, d.Limit, d.Period = quota.CodeRateLimited, rate.Limit, rate.Period
+		fit := g.Remaining + lm.units()
+		d.Used = max(burst-fit, 0)
+		if requested <= burst && rate.Limit > 0 {
+			wait := (requested - fit) * int64(rate.Period) / rate.Limit
+			d.RetryAfter = time.Duration(max(wait, 1))
+		}
+		d.ResetAt = now.Add(time.Duration(d.Used * int64(rate.Period) / max(rate.Limit, 1))).UTC()
+	case sh.m.isBudget():
+		d.Used = max(bound-g.Remaining-lm.avail, 0)
+		d.ResetAt = windowEnd(lm.window, sh.m).UTC()
+		if requested <= bound {
+			d.RetryAfter = d.ResetAt.Sub(now)
+		}
+	default:
+		d.Used = max(bound-g.Remaining-lm.avail, 0)
+		if requested <= bound {
+			d.RetryAfter = time.Second
+		}
+		d.ResetAt = now.Add(time.Second).UTC()
+	}
+	return d
+}
+
+// expire refunds the reservations of tickets past their expiry and forgets
+// old settled ones. Called with e.mu held.
+func (e *Engine) expire(now time.Time) {
+	if e.nextExp.IsZero() || now.Before(e.nextExp) {
+		if now.Sub(e.lastSweep) < time.Minute {
+			return
+		}
+	}
+	e.lastSweep = now
+	e.nextExp = time.Time{}
+	for id, t := range e.tickets {
+		switch {
+		case t.settled != nil || t.expired:
+			if now.Sub(t.doneAt) > e.o.SettledRetention {
+				delete(e.tickets, id)
+			}
+		case !now.Before(t.expires):
+			e.release(t, quota.Usage{}, now, nil)
+			t.expired, t.doneAt = true, t.expires
+			e.retire(id)
+		case e.nextExp.IsZero() || t.expires.Before(e.nextExp):
+			e.nextExp = t.expires
+		}
+	}
+}
+
+// maxDone bounds the settled and expired tickets remembered.
+const maxDone = 1 << 16
+
+// retire remembers a settled or expired ticket, forgetting the oldest
+// beyond maxDone. Called with e.mu held.
+func (e *Engine) retire(id string) {
+	e.done = append(e.done, id)
+	if len(e.done) > maxDone {
+		old := e.done[0]
+		if t := e.tickets[old]; t != nil && (t.settled != nil || t.expired) {
+			delete(e.tickets, old)
+		}
+		e.done = e.done[1:]
+	}
+}
+
+// usageOf is the part of u that meter m counts.
+func usageOf(u quota.Usage, m Meter) int64 {
+	switch m {
+	case MeterTokensDay, MeterTokensMonth:
+		return u.InputTokens + u.OutputTokens
+	case MeterGPU:
+		return u.GPUMillis
+	case MeterCost:
+		return u.CostMicros
+	}
+	return 0
+}
+
+// overrun is use the local leases could not cover, to be granted past the
+// limit.
+type overrun struct {
+	s      *lscope
+	m      Meter
+	amt    int64
+	window time.Time
+}
+
+// release ends t's reservations with actual use u: the difference goes
+// back to the lease; use beyond what the lease holds is appended to over.
+// Called with e.mu held.
+func (e *Engine) release(t *ticket, u quota.Usage, now time.Time, over []overrun) []overrun {
+	for _, r := range t.res {
+		lm := &r.s.m[r.m]
+		if r.m == MeterConcurrency {
+			lm.avail += r.amt
+			continue
+		}
+		use := usageOf(u, r.m)
+		cur := windowStart(now, r.s.loc, r.m)
+		if !lm.window.Equal(cur) {
+			lm.avail, lm.g, lm.window, lm.remaining = 0, 0, cur, -1
+		}
+		if r.window.Equal(cur) {
+			lm.avail += r.amt // the reservation was the lease's
+		}
+		take := min(use, lm.avail)
+		lm.avail -= take
+		if use > take {
+			over = append(over, overrun{s: r.s, m: r.m, amt: use - take, window: cur})
+		}
+	}
+	return over
+}
+
+// Settle implements quota.Backend. Only the issuing engine knows its
+// tickets (see doc.go, Status).
+func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Settlement, error) {
+	if u.InputTokens < 0 || u.OutputTokens < 0 || u.GPUMillis < 0 || u.CostMicros < 0 {
+		return quota.Settlement{}, fmt.Errorf("settle %s: negative usage: %w", id, quota.ErrInvalid)
+	}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return quota.Settlement{}, quota.ErrClosed
+	}
+	now := e.now()
+	e.expire(now)
+	t := e.tickets[id]
+	if t == nil {
+		e.mu.Unlock()
+		return quota.Settlement{}, fmt.Errorf("settle %s: %w", id, quota.ErrUnknownTicket)
+	}
+	if t.settled != nil {
+		st := *t.settled
+		st.Replay = true
+		e.mu.Unlock()
+		return st, nil
+	}
+	st := quota.Settlement{TicketID: id, Usage: u, ReservedTokens: t.tokens, ReservedGPUMillis: t.gpu, ReservedCostMicros: t.cost,
+		SettledAt: now.UTC(), Meta: t.meta, Late: t.expired}
+	st.Overrun = u.InputTokens+u.OutputTokens > t.tokens || u.GPUMillis > t.gpu || u.CostMicros > t.cost
+	var over []overrun
+	if t.expired {
+		// The reservations were refunded at expiry: charge the use alone.
+		late := &ticket{}
+		for _, r := range t.res {
+			if r.m != MeterConcurrency {
+				late.res = append(late.res, reservation{s: r.s, m: r.m})
+			}
+		}
+		over = e.release(late, u, now, nil)
+	} else {
+		over = e.release(t, u, now, nil)
+	}
+	t.settled, t.doneAt = &st, now
+	e.retire(id)
+	calls := e.overrunCalls(over)
+	e.mu.Unlock()
+	for _, c := range calls {
+		if _, err := e.st.Grant(ctx, c.id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants); err != nil {
+			// The settle stands; the overrun is lost to the shared
+			// counter (see doc.go, Status).
+			continue
+		}
+	}
+	return st, nil
+}
+
+type grantCall struct {
+	s     *lscope
+	id    string
+	wants []Want
+}
+
+// overrunCalls turns overruns into grants past the limit, spent at once.
+// Called with e.mu held.
+func (e *Engine) overrunCalls(over []overrun) []grantCall {
+	var calls []grantCall
+	for _, o := range over {
+		if len(calls) == 0 || calls[len(calls)-1].s != o.s {
+			calls = append(calls, grantCall{s: o.s, id: e.requestID()})
+		}
+		c := &calls[len(calls)-1]
+		c.wants = append(c.wants, Want{Meter: o.m, Amount: o.amt, Pin: 1 << 62, Limit: 1 << 62, Window: o.window})
+	}
+	return calls
+}
+
+// Heartbeat implements quota.Backend.
+func (e *Engine) Heartbeat(ctx context.Context, id string, ttl time.Duration) (time.Time, error) {
+	if ttl < 0 {
+		return time.Time{}, fmt.Errorf("heartbeat %s: negative ttl: %w", id, quota.ErrInvalid)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return time.Time{}, quota.ErrClosed
+	}
+	now := e.now()
+	e.expire(now)
+	t := e.tickets[id]
+	if t == nil || t.settled != nil || t.expired {
+		return time.Time{}, fmt.Errorf("heartbeat %s: %w", id, quota.ErrUnknownTicket)
+	}
+	if ttl == 0 {
+		ttl = e.o.DefaultTTL
+	}
+	t.expires = now.Add(min(ttl, e.o.MaxTTL))
+	e.nextExp = time.Time{} // recomputed at the next sweep
+	e.lastSweep = time.Time{}
+	return t.expires, nil
+}
+
+// Lookup implements quota.Backend.
+func (e *Engine) Lookup(ctx context.Context, id string) (quota.TicketInfo, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return quota.TicketInfo{}, quota.ErrClosed
+	}
+	e.expire(e.now())
+	t := e.tickets[id]
+	if t == nil {
+		return quota.TicketInfo{}, fmt.Errorf("lookup %s: %w", id, quota.ErrUnknownTicket)
+	}
+	info := quota.TicketInfo{ID: id, Meta: t.meta, Tokens: t.tokens, GPUMillis: t.gpu, CostMicros: t.cost,
+		Settled: t.settled != nil, Expired: t.expired}
+	if t.settled == nil {
+		info.ExpiresAt = t.expires
+	}
+	return info, nil
+}
+
+// Use implements quota.Backend: the store's counters less what this
+// engine's leases hold unspent. Another instance's unspent leases count as
+// used.
+func (e *Engine) Use(ctx context.Context, key string) (quota.ScopeUse, error) {
+	st, ok := e.st.(interface {
+		Read(ctx context.Context, sc Scope) (State, error)
+	})
+	u := quota.ScopeUse{Key: key}
+	if !ok {
+		return u, fmt.Errorf("use %s: the store cannot read: %w", key, quota.ErrInvalid)
+	}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return u, quota.ErrClosed
+	}
+	now := e.now()
+	e.expire(now)
+	sc := Scope{Tenant: e.tenant(key), Key: key}
+	var local [NumMeters]lmeter
+	var loc *time.Location
+	if s := e.scopes[key]; s != nil {
+		local, loc = s.m, s.loc
+	}
+	e.mu.Unlock()
+	state, err := st.Read(ctx, sc)
+	if err != nil {
+		return u, fmt.Errorf("use %s: %w", key, err)
+	}
+	budget := func(m Meter) quota.WindowUse {
+		ms := state.Meters[m]
+		w := windowStart(now, loc, m)
+		if !ms.Window.Equal(w) {
+			return quota.WindowUse{}
+		}
+		used := ms.Used
+		if local[m].window.Equal(w) {
+			used -= local[m].avail
+		}
+		return quota.WindowUse{Start: w.UTC(), End: windowEnd(w, m).UTC(), Used: max(used, 0)}
+	}
+	u.TokensDay, u.TokensMonth = budget(MeterTokensDay), budget(MeterTokensMonth)
+	u.GPUMillis, u.CostMicros = budget(MeterGPU), budget(MeterCost)
+	u.Concurrency = max(state.Meters[MeterConcurrency].Used-local[MeterConcurrency].avail, 0)
+	return u, nil
+}
+
+// Restore implements quota.Backend. The lease store has no restore yet.
+func (e *Engine) Restore(ctx context.Context, key string, d quota.Dimension, w quota.Window, start time.Time, used int64) error {
+	return fmt.Errorf("restore %s: not supported by the lease engine yet: %w", key, quota.ErrInvalid)
+}
+
+// Close stops the background loop, waits for it, and returns the unused
+// budget and slot leases.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	e.mu.Unlock()
+	e.cancel()
+	e.wg.Wait()
+	e.mu.Lock()
+	calls := e.returns(e.now(), true)
+	e.mu.Unlock()
+	ctx := context.Background()
+	var errs []error
+	for _, c := range calls {
+		if _, err := e.st.Return(ctx, c.id, e.inst, c.s.sc, c.gives); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+type returnCall struct {
+	s     *lscope
+	id    string
+	gives []Give
+}
+
+// returns takes out of the local leases what goes back to the store: all
+// of it on close; otherwise budgets and slots idle for a few refreshes
+// above their target, and leases taken under a higher limit. Called with
+// e.mu held.
+func (e *Engine) returns(now time.Time, all bool) []returnCall {
+	var calls []returnCall
+	for _, s := range e.scopes {
+		var gives []Give
+		for m := range Meter(NumMeters) {
+			lm := &s.m[m]
+			if m.isRate() {
+				continue
+			}
+			if m.isBudget() && !lm.window.Equal(windowStart(now, s.loc, m)) {
+				continue
+			}
+			n := int64(0)
+			switch {
+			case all:
+				n = lm.avail
+			case lm.idle >= 3:
+				n = lm.avail - e.target(lm, m)
+			}
+			if n <= 0 {
+				continue
+			}
+			lm.avail -= n
+			lm.g -= n
+			gives = append(gives, Give{Meter: m, Amount: n, Window: lm.window})
+		}
+		if len(gives) > 0 {
+			calls = append(calls, returnCall{s: s, id: e.requestID(), gives: gives})
+		}
+	}
+	return calls
+}
+
+// loop refills, returns and renews leases every Refresh until ctx ends.
+func (e *Engine) loop(ctx context.Context) {
+	tk := time.NewTicker(e.o.Refresh)
+	defer tk.Stop()
+	var lastRenew time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		}
+		e.refresh(ctx, &lastRenew)
+	}
+}
+
+// refresh is one background round.
+func (e *Engine) refresh(ctx context.Context, lastRenew *time.Time) {
+	e.mu.Lock()
+	now := e.now()
+	e.expire(now)
+	n := max(e.instances(), 1)
+	frac := max(1/float64(2*n), 1.0/8)
+	var grants []grantCall
+	for _, s := range e.scopes {
+		var wants []Want
+		for m := range Meter(NumMeters) {
+			lm := &s.m[m]
+			if !lm.active {
+				continue
+			}
+			lm.demand = 0.5*lm.demand + 0.5*float64(lm.spent)
+			if lm.spent == 0 {
+				lm.idle++
+			} else {
+				lm.idle = 0
+			}
+			lm.spent = 0
+			if m.isRate() {
+				e.sync(s, m, now, 0, lm.rate) // drop lapsed units
+			}
+			tgt := e.target(lm, m)
+			have := lm.have(m)
+			if lm.idle > 0 || lm.demand == 0 || have*2 > tgt {
+				continue
+			}
+			amt := tgt - have
+			if lm.remaining >= 0 {
+				amt = min(amt, int64(float64(lm.remaining)*frac))
+			}
+			if amt <= 0 {
+				continue
+			}
+			w := Want{Meter: m, Amount: amt, Pin: 1 << 62, Limit: lm.limit, Rate: lm.rate}
+			if m.isBudget() {
+				w.Window = windowStart(now, s.loc, m)
+				if !w.Window.Equal(lm.window) {
+					continue
+				}
+			}
+			wants = append(wants, w)
+		}
+		if len(wants) > 0 {
+			grants = append(grants, grantCall{s: s, id: e.requestID(), wants: wants})
+		}
+	}
+	rets := e.returns(now, false)
+	var renews map[string][]Renewal
+	if now.Sub(*lastRenew) >= e.o.LeaseTTL/4 {
+		*lastRenew = now
+		renews = map[string][]Renewal{}
+		for _, s := range e.scopes {
+			if s.validUntil.IsZero() {
+				continue
+			}
+			var pins []Pin
+			for m := range Meter(NumMeters) {
+				if !m.isRate() && s.m[m].g > 0 {
+					pins = append(pins, Pin{Meter: m, Amount: s.m[m].g})
+				}
+			}
+			renews[s.sc.Tenant] = append(renews[s.sc.Tenant], Renewal{Key: s.sc.Key, Pins: pins})
+		}
+	}
+	e.mu.Unlock()
+
+	for _, c := range rets {
+		e.st.Return(ctx, c.id, e.inst, c.s.sc, c.gives)
+	}
+	for _, c := range grants {
+		sent := e.now()
+		res, err := e.st.Grant(ctx, c.id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants)
+		if err != nil {
+			continue
+		}
+		e.mu.Lock()
+		e.applyGrant(c.s, sent, c.wants, res)
+		e.mu.Unlock()
+	}
+	for tenant, rs := range renews {
+		sent := e.now()
+		res, err := e.st.Renew(ctx, e.inst, tenant, e.o.LeaseTTL, rs)
+		if err != nil {
+			continue
+		}
+		e.mu.Lock()
+		for _, r := range rs {
+			s := e.scopes[r.Key]
+			if s == nil {
+				continue
+			}
+			if slices.Contains(res.Lost, r.Key) {
+				for m := range s.m {
+					s.m[m].avail, s.m[m].g = 0, 0
+				}
+				s.validUntil = time.Time{}
+				continue
+			}
+			s.validUntil = sent.Add(e.o.LeaseTTL - e.o.LeaseTTL/5)
+		}
+		e.mu.Unlock()
+	}
+}
