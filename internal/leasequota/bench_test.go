@@ -9,6 +9,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/leasequota"
 	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/quota/quotatest"
 )
 
 // BenchmarkGrantReturn measures a grant of three meters (requests,
@@ -40,4 +41,53 @@ func BenchmarkGrantReturn(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkEngineAcquireSettle measures decisions (an acquire and its
+// settle) of one Engine over the shared redis-server, on 6-scope chains
+// (quotatest.BenchChains, 64 users) whose limits are far away: the leases
+// serve the decisions and Redis sees only the refills. Report pairs/s as
+// 1e9 / ns/op; run with -cpu 1,2.
+func BenchmarkEngineAcquireSettle(b *testing.B) {
+	st := newStore(b, newClient(b), nil, leasequota.Options{})
+	e, err := leasequota.NewEngine(st, leasequota.EngineOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	// The store's rate arithmetic is exact below 2^53 (burst·limit), so
+	// the rates are cut to 1e6 requests/s and 9e7 tokens/s: still far.
+	chains := quotatest.BenchChains(64)
+	cut := map[*quota.Limits]*quota.Limits{}
+	for _, c := range chains {
+		for i := range c {
+			l := cut[c[i].Limits]
+			if l == nil {
+				cp := *c[i].Limits
+				cp.Requests = quota.Rate{Limit: 1_000_000, Period: time.Second}
+				cp.TokensRate = quota.Rate{Limit: 90_000_000, Period: time.Second}
+				l, cut[c[i].Limits] = &cp, &cp
+			}
+			c[i].Limits = l
+		}
+	}
+	ask := quota.Ask{Requests: 1, Tokens: 500, GPUMillis: 10, CostMicros: 20, Concurrency: true, Model: "llama3"}
+	use := quota.Usage{InputTokens: 200, OutputTokens: 100, GPUMillis: 5, CostMicros: 10}
+	ctx := context.Background()
+	var seq atomic.Int64
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(seq.Add(1))
+		for pb.Next() {
+			i++
+			tk, err := e.Acquire(ctx, quota.Request{Chain: chains[i%len(chains)], Ask: ask})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := e.Settle(ctx, tk.ID, use); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pairs/s")
 }

@@ -3,6 +3,7 @@ package leasequota
 import (
 	"context"
 	crand "crypto/rand"
+	"encoding/base32"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -228,7 +229,10 @@ func windowEnd(start time.Time, m Meter) time.Time {
 // rate for rates; ok is false when l does not limit m.
 func limitOf(l *quota.Limits, m Meter) (bound int64, rate quota.Rate, ok bool) {
 	if l == nil {
-		return 0, quota.Rate{}, false
+		if m.isRate() {
+			return 0, quota.Rate{}, false
+		}
+		return unbounded, quota.Rate{}, true
 	}
 	var b quota.Bound
 	switch m {
@@ -248,8 +252,16 @@ func limitOf(l *quota.Limits, m Meter) (bound int64, rate quota.Rate, ok bool) {
 		b = l.Concurrency
 	}
 	n, set := b.Max()
-	return n, quota.Rate{}, set
+	if !set {
+		return unbounded, quota.Rate{}, true // counted, not limited
+	}
+	return n, quota.Rate{}, true
 }
+
+// unbounded is the limit of a budget or slot meter that is counted but not
+// limited, and of overruns charged past a limit: below 2^53, so that the
+// scripts' doubles keep it exact.
+const unbounded = 1 << 50
 
 // askOf returns what ask a needs of meter m, with tokens at tokens.
 func askOf(a *quota.Ask, m Meter, tokens int64) int64 {
@@ -410,6 +422,11 @@ func (e *Engine) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, er
 		if sc.Key == "" {
 			return quota.Ticket{}, fmt.Errorf("acquire: empty scope key: %w", quota.ErrInvalid)
 		}
+		for j := range i {
+			if r.Chain[j].Key == sc.Key {
+				return quota.Ticket{}, fmt.Errorf("acquire: scope %s twice: %w", sc.Key, quota.ErrInvalid)
+			}
+		}
 		if l := sc.Limits; l != nil {
 			if err := l.Validate(); err != nil {
 				return quota.Ticket{}, fmt.Errorf("acquire: scope %s: %w", sc.Key, err)
@@ -472,9 +489,6 @@ func (e *Engine) decide(r *quota.Request, clamp, clampLocal bool, shorts []short
 		sc := &r.Chain[i]
 		s := e.scope(sc)
 		scs = append(scs, s)
-		if sc.Limits == nil {
-			continue
-		}
 		for m := range Meter(NumMeters) {
 			need := askOf(a, m, tokens)
 			if need <= 0 {
@@ -506,11 +520,10 @@ func (e *Engine) decide(r *quota.Request, clamp, clampLocal bool, shorts []short
 	out := quota.Ticket{ID: t.id, Tokens: tokens, Clamped: tokens < a.Tokens, ExpiresAt: t.expires}
 	for i := range r.Chain {
 		l := r.Chain[i].Limits
-		if l == nil {
-			continue
-		}
 		s := scs[i]
-		mergeCaps(&out.Caps, &l.Caps)
+		if l != nil {
+			mergeCaps(&out.Caps, &l.Caps)
+		}
 		for m := range Meter(NumMeters) {
 			need := askOf(a, m, tokens)
 			bound, rate, ok := limitOf(l, m)
@@ -543,6 +556,9 @@ func (e *Engine) decide(r *quota.Request, clamp, clampLocal bool, shorts []short
 // What remains for this instance is what its lease holds plus what the
 // store said was left at the last grant.
 func (e *Engine) remaining(r *quota.Remaining, s *lscope, m Meter, lm *lmeter, bound int64, rate quota.Rate, now time.Time) {
+	if bound == unbounded {
+		return
+	}
 	left := lm.have(m) + max(lm.remaining, 0)
 	if r.Scope != "" && r.Remaining <= left {
 		return
@@ -570,11 +586,13 @@ func mergeCaps(c, l *quota.Caps) {
 	c.RunTimeout = time.Duration(pick(int64(c.RunTimeout), int64(l.RunTimeout)))
 }
 
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
 // newID returns an unguessable ticket id. Called with e.mu held.
 func (e *Engine) newID() string {
 	var b [16]byte
 	e.rnd.Read(b[:])
-	return "lt_" + hex.EncodeToString(b[:])
+	return "tkt_" + idEncoding.EncodeToString(b[:])
 }
 
 // requestID returns a fresh request id. Called with e.mu held.
@@ -610,7 +628,7 @@ func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short) (
 		if lm.remaining >= 0 {
 			extra = min(extra, lm.remaining/int64(2*n))
 		}
-		w := Want{Meter: sh.m, Amount: sh.need + max(extra, 0), Min: sh.least, Pin: 1 << 62, Limit: bound, Rate: rate}
+		w := Want{Meter: sh.m, Amount: sh.need + max(extra, 0), Min: sh.least, Pin: unbounded, Limit: bound, Rate: rate}
 		if sh.m.isBudget() {
 			w.Window = lm.window
 		}
@@ -884,7 +902,7 @@ func (e *Engine) overrunCalls(over []overrun) []grantCall {
 			calls = append(calls, grantCall{s: o.s, id: e.requestID()})
 		}
 		c := &calls[len(calls)-1]
-		c.wants = append(c.wants, Want{Meter: o.m, Amount: o.amt, Pin: 1 << 62, Limit: 1 << 62, Window: o.window})
+		c.wants = append(c.wants, Want{Meter: o.m, Amount: o.amt, Pin: unbounded, Limit: unbounded, Window: o.window})
 	}
 	return calls
 }
@@ -1106,7 +1124,7 @@ func (e *Engine) refresh(ctx context.Context, lastRenew *time.Time) {
 			if amt <= 0 {
 				continue
 			}
-			w := Want{Meter: m, Amount: amt, Pin: 1 << 62, Limit: lm.limit, Rate: lm.rate}
+			w := Want{Meter: m, Amount: amt, Pin: unbounded, Limit: lm.limit, Rate: lm.rate}
 			if m.isBudget() {
 				w.Window = windowStart(now, s.loc, m)
 				if !w.Window.Equal(lm.window) {

@@ -27,7 +27,12 @@ local function ceildiv(a, b)
 end
 
 -- s formats an integer for redis.call: Lua's tostring keeps 14 digits.
-local function s(x) return string.format('%.0f', x) end
+-- s formats an integer-valued double for Redis; -0 (from -(g - p) with
+-- g == p) would print as "-0", which HINCRBY refuses.
+local function s(x)
+  if x == 0 then return '0' end
+  return string.format('%.0f', x)
+end
 
 local function num(v)
   if v == false or v == nil then return 0 end
