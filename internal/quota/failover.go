@@ -117,6 +117,13 @@ type Failover struct {
 
 	mu     sync.Mutex
 	chains map[string]*issued // live tickets this instance issued, by ticket id
+	// slots counts, by scope, the concurrency slots that live shared
+	// tickets of this instance hold: while degraded they still run, so
+	// the local concurrency share is what is left of it after them.
+	slots map[string]int64
+	// primed holds the scopes whose local rate buckets were filled in this
+	// degraded spell (cleared when it begins): see Memory.fillRates.
+	primed map[string]bool
 	spool  []*spooled
 	shares sync.Map // shareKey → *Limits scaled for the current instance count
 	count  atomic.Int64
@@ -148,6 +155,7 @@ type issued struct {
 	tokens  int64
 	gpu     int64
 	cost    int64
+	slot    bool // a shared ticket holding a concurrency slot
 }
 
 // knownUse is a scope's budget use as the shared backend last reported it,
@@ -204,7 +212,7 @@ func NewFailover(shared SharedBackend, o FailoverOptions) *Failover {
 		o.TripAfter = 3
 	}
 	return &Failover{shared: shared, local: NewMemory(o.Local), o: o, chains: map[string]*issued{}, stop: make(chan struct{}),
-		known: map[string]*knownUse{}}
+		known: map[string]*knownUse{}, slots: map[string]int64{}, primed: map[string]bool{}}
 }
 
 // Degraded reports whether the local fallback is in use.
@@ -317,6 +325,9 @@ func (f *Failover) trip(err error) {
 		return
 	}
 	f.shares.Clear()
+	f.mu.Lock()
+	clear(f.primed)
+	f.mu.Unlock()
 	f.o.Log.Error("quota backend unreachable: degraded mode, local counters with conservative limits",
 		slog.String("error", err.Error()), slog.Int("instances", f.instances()))
 	if f.o.OnMode != nil {
@@ -477,7 +488,14 @@ func (f *Failover) instances() int {
 // budgetMeters are the Ticket.Remaining meters that knownUse tracks.
 var budgetMeters = [4]int{meterTokensDay, meterTokensMonth, meterGPU, meterCost}
 
-// learn records the budget use a shared admission reported.
+// learn records the budget use a shared admission reported. A Ticket's
+// Remaining names only the tightest scope of each meter, so the other
+// scopes of the chain keep what was last seen of them (from an admission
+// where they were the tightest, or a denial), else nothing: their share
+// is then the whole limit ÷ instances, as before. Learning every scope
+// would need the shared backend to report each scope's remainder (for
+// redisquota, acquire.lua returning the per-scope budget counters it
+// already reads, and a field on Ticket to carry them).
 func (f *Failover) learn(t *Ticket) {
 	f.knownMu.Lock()
 	defer f.knownMu.Unlock()
@@ -498,6 +516,41 @@ func (f *Failover) learn(t *Ticket) {
 	}
 }
 
+// learnDenial records the budget use a shared denial reported: a denial
+// names the scope it stopped at, which need not be the tightest of any
+// admission, so it tells of a scope learn may never see.
+func (f *Failover) learnDenial(err error) {
+	var d *Denial
+	if !errors.As(err, &d) || d.Scope == "" || d.Code != CodeQuotaExceeded {
+		return
+	}
+	i := -1
+	switch {
+	case d.Dimension == DimTokens && d.Window == WindowDay:
+		i = 0
+	case d.Dimension == DimTokens && d.Window == WindowMonth:
+		i = 1
+	case d.Dimension == DimGPUSeconds:
+		i = 2
+	case d.Dimension == DimCost:
+		i = 3
+	}
+	if i < 0 || d.ResetAt.IsZero() {
+		return
+	}
+	f.knownMu.Lock()
+	defer f.knownMu.Unlock()
+	k := f.known[d.Scope]
+	if k == nil {
+		if len(f.known) > 100000 {
+			clear(f.known)
+		}
+		k = &knownUse{}
+		f.known[d.Scope] = k
+	}
+	k.used[i], k.until[i] = max(d.Used, 0), d.ResetAt
+}
+
 // share returns a scope's limits scaled down to this instance's share: a
 // rate or concurrency bound divided by the instance count, and a budget's
 // remainder (what the shared backend last reported left in the current
@@ -512,7 +565,7 @@ func (f *Failover) share(scope string, l *Limits) *Limits {
 	}
 	key := shareKey{scope, l}
 	if s, ok := f.shares.Load(key); ok {
-		return s.(*Limits)
+		return f.lessHeld(scope, s.(*Limits))
 	}
 	part := func(v int64) int64 {
 		if v <= 0 {
@@ -556,7 +609,55 @@ func (f *Failover) share(scope string, l *Limits) *Limits {
 		c.Concurrency = AtMost(part(v))
 	}
 	f.shares.Store(key, &c)
+	return f.lessHeld(scope, &c)
+}
+
+// lessHeld returns s with its concurrency share reduced by the slots this
+// instance's live shared tickets hold on scope: they were admitted by the
+// shared backend and still run, so without this an instance that held its
+// share when the outage began would admit its share again locally.
+func (f *Failover) lessHeld(scope string, s *Limits) *Limits {
+	v, ok := s.Concurrency.Max()
+	if !ok || v == 0 {
+		return s
+	}
+	f.mu.Lock()
+	held := f.slots[scope]
+	f.mu.Unlock()
+	if held == 0 {
+		return s
+	}
+	c := *s
+	c.Concurrency = AtMost(max(v-held, 0))
 	return &c
+}
+
+// prime fills the local rate buckets of the scopes of chain not yet filled
+// in this degraded spell, so that entering it grants no fresh burst: each
+// instance then admits at most its share of the rate from the first
+// moment, on top of what the shared buckets admitted before the outage.
+func (f *Failover) prime(chain []Scope) {
+	f.mu.Lock()
+	todo := false
+	for _, s := range chain {
+		if s.Limits != nil && !f.primed[s.Key] && (!s.Limits.Requests.IsZero() || !s.Limits.TokensRate.IsZero()) {
+			todo = true
+			break
+		}
+	}
+	if !todo {
+		f.mu.Unlock()
+		return
+	}
+	fill := make([]Scope, 0, len(chain))
+	for _, s := range chain {
+		if s.Limits != nil && !f.primed[s.Key] {
+			f.primed[s.Key] = true
+			fill = append(fill, s)
+		}
+	}
+	f.mu.Unlock()
+	f.local.fillRates(fill)
 }
 
 // Acquire implements Backend.
@@ -569,6 +670,8 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 			if err == nil {
 				f.remember(&t, &r)
 				f.learn(&t)
+			} else {
+				f.learnDenial(err)
 			}
 			return t, err
 		}
@@ -586,6 +689,7 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 	for i, s := range r.Chain {
 		local.Chain[i] = Scope{Key: s.Key, Limits: f.share(s.Key, s.Limits), Loc: s.Loc}
 	}
+	f.prime(local.Chain)
 	t, err := f.local.Acquire(ctx, local)
 	if err != nil {
 		return t, err
@@ -598,8 +702,18 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 func (f *Failover) remember(t *Ticket, r *Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.chains[t.ID] = &issued{chain: r.Chain, meta: r.Meta, expires: t.ExpiresAt,
-		tokens: t.Tokens, gpu: r.Ask.GPUMillis, cost: r.Ask.CostMicros}
+	is := &issued{chain: r.Chain, meta: r.Meta, expires: t.ExpiresAt,
+		tokens: t.Tokens, gpu: r.Ask.GPUMillis, cost: r.Ask.CostMicros,
+		slot: r.Ask.Concurrency && !strings.HasPrefix(t.ID, localPrefix)}
+	if old := f.chains[t.ID]; old != nil {
+		f.drop(old)
+	}
+	f.chains[t.ID] = is
+	if is.slot {
+		for _, s := range r.Chain {
+			f.slots[s.Key]++
+		}
+	}
 	if len(f.chains)%4096 == 0 {
 		// Tickets never settled: past the retention a late settle is
 		// refused anyway, so they need not be remembered.
@@ -611,6 +725,7 @@ func (f *Failover) remember(t *Ticket, r *Request) {
 		for id, is := range f.chains {
 			if is.expires.Before(cutoff) {
 				delete(f.chains, id)
+				f.drop(is)
 			}
 		}
 	}
@@ -626,7 +741,21 @@ func (f *Failover) forget(id string) []Scope {
 	if c == nil {
 		return nil
 	}
+	f.drop(c)
 	return c.chain
+}
+
+// drop releases the slots a forgotten ticket held. Called with f.mu held.
+func (f *Failover) drop(is *issued) {
+	if !is.slot {
+		return
+	}
+	is.slot = false
+	for _, s := range is.chain {
+		if f.slots[s.Key]--; f.slots[s.Key] <= 0 {
+			delete(f.slots, s.Key)
+		}
+	}
 }
 
 // Lookup implements Backend. While degraded it answers for the shared
@@ -711,6 +840,9 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 	f.mu.Lock()
 	is := f.chains[id]
 	delete(f.chains, id)
+	if is != nil {
+		f.drop(is)
+	}
 	f.mu.Unlock()
 	if is == nil {
 		// Issued elsewhere: only the shared store can settle it. An
@@ -782,8 +914,15 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 		}
 	}
 	// The lease lives in the unreachable store; it will expire there and
-	// free its slot, which is the safe side.
-	return time.Now().Add(ttl).UTC(), nil
+	// free its slot, which is the safe side. Here the ticket still runs,
+	// and keeps counting against the local concurrency share.
+	exp := time.Now().Add(ttl).UTC()
+	f.mu.Lock()
+	if is := f.chains[id]; is != nil && exp.After(is.expires) {
+		is.expires = exp
+	}
+	f.mu.Unlock()
+	return exp, nil
 }
 
 // Use implements Backend: the shared counters, or while degraded the local

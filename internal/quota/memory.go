@@ -1121,3 +1121,46 @@ func (l *settledLog) get(seq uint64, id string, now int64) (Settlement, bool) {
 	}
 	return r.s, true
 }
+
+// fillRates makes the requests and tokens_rate buckets of every limited
+// scope of chain at least full as of now, as if each had just admitted its
+// burst: the next unit is admitted only once the rate has freed it. A
+// Failover calls it when it starts deciding locally, so that entering
+// degraded mode grants no fresh burst on top of what the shared buckets
+// admitted just before. Buckets already fuller are left alone.
+func (e *Memory) fillRates(chain []Scope) {
+	wall := e.now().UnixNano()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now, err := e.begin(wall)
+	if err != nil {
+		return
+	}
+	for i := range chain {
+		l := chain[i].Limits
+		if l == nil || chain[i].Key == "" {
+			continue
+		}
+		st := e.scopes[chain[i].Key]
+		if st == nil {
+			st = &scopeState{key: chain[i].Key}
+			e.scopes[st.key] = st
+		}
+		fill(&st.requests, l.Requests, now)
+		fill(&st.tokens, l.TokensRate, now)
+	}
+}
+
+// fill sets g's level to its capacity unless it is already at least that.
+func fill(g *gcra, r Rate, now int64) {
+	rt, ok, deny := rateOf(r)
+	if !ok || deny {
+		return
+	}
+	g.use(rt, now)
+	lq, lr := g.level(now)
+	if lq > g.cq || lq == g.cq && lr >= g.cr {
+		return
+	}
+	g.set(now, g.cq, g.cr)
+}

@@ -70,25 +70,36 @@ func TestFailoverFaultFree(t *testing.T) {
 	quotasim.Check(t, failover, shorter(quotasim.FaultFree(*seed), 10*time.Minute)...)
 }
 
-// TestFailoverFaulty measures today's Failover through timeouts, outages
-// and an empty restart. It over-admits (see the package comment), so this
-// test logs by how much and asserts only what holds today: budgets are
-// kept. Issue 10's engine is asserted with quotasim.Check instead.
+// TestFailoverFaulty measures the Failover through timeouts, outages and
+// an empty restart (figures in the package comment) and asserts what
+// holds: budgets are kept everywhere; timeouts and outages (the store
+// refusing or hanging, counters kept) break no invariant at all, since a
+// degraded instance starts from full local rate buckets and holds its
+// shared tickets' slots against its concurrency share; after an empty
+// restart, which loses the store's live slots and rate buckets, the
+// excess stays within the bounds below (a user's requests by a few
+// units, a tenant's tokens_rate by well under one burst, concurrency by
+// the slots the restart dropped).
 func TestFailoverFaulty(t *testing.T) {
+	// Worst excess allowed per invariant after an empty restart.
+	restart := map[string]float64{quotasim.InvRequests: 5, quotasim.InvTokensRate: 1000, quotasim.InvConcurrency: 5}
 	for _, sc := range shorter(quotasim.Faulty(*seed), 10*time.Minute) {
 		r := quotasim.Run(t, failover, sc)
 		t.Logf("%s", r)
 		for _, inv := range invariants {
-			if n := r.Count(inv); n > 0 {
-				excess, v := r.Worst(inv)
-				t.Logf("  %s: %d violations, worst excess %.1f: %s", inv, n, excess, v)
+			n := r.Count(inv)
+			if n == 0 {
+				continue
 			}
-		}
-		for _, inv := range []string{quotasim.InvTokensDay, quotasim.InvTokensMonth, quotasim.InvGPU, quotasim.InvCost} {
-			if n := r.Count(inv); n > 0 {
-				excess, v := r.Worst(inv)
-				t.Errorf("%s: %s over-admitted %d times, worst %s (excess %.1f): got a budget breach, want none", sc.Name, inv, n, v, excess)
+			excess, v := r.Worst(inv)
+			t.Logf("  %s: %d violations, worst excess %.1f: %s", inv, n, excess, v)
+			if allowed, ok := restart[inv]; ok && sc.Name == "empty-restart" {
+				if excess > allowed {
+					t.Errorf("%s: %s worst excess %.1f (%s): got more than %.0f", sc.Name, inv, excess, v, allowed)
+				}
+				continue
 			}
+			t.Errorf("%s: %s over-admitted %d times, worst %s (excess %.1f): got a violation, want none", sc.Name, inv, n, v, excess)
 		}
 	}
 }
