@@ -227,11 +227,28 @@
 //     later), degraded modes, policy-change returns (a lowered limit drops
 //     the local lease; it stays counted until reclaim), Charge.
 //   - Throughput: BenchmarkEngineAcquireSettle, 64 users' 6-scope chains,
-//     limits far away, one redis-server on loopback, this 2-core machine:
-//     about 23,000 pairs/s sequential, 16,000 with 2 goroutines — below
-//     the 100,000 floor; not profiled yet (suspects: rate leases lapsing
-//     every 225 ms and refilled synchronously, the O(chain) lease sync per
-//     meter, one mutex).
+//     limits far away, one redis-server on loopback, this 2-core machine
+//     (shared, figures vary ±20% run to run): before profiling 7,000–
+//     23,000 pairs/s sequential and 8,000–22,000 with 2 goroutines, after
+//     it 59,000–68,000 sequential and 58,000–75,000 with 2 — still below
+//     the 100,000 floor. The profile before: 58% of Redis time was the
+//     synchronous refill on the decision path, about 10% of decisions,
+//     almost all rate leases: they were sized to 2 refreshes of demand and
+//     lapse 225 ms after the grant, so a refresh only slightly late left
+//     them dry. Done: rate leases are sized to a grant's whole life plus a
+//     refresh (3.25 refreshes of demand and the largest ask) and refilled
+//     when what outlives the next refresh covers less than 2 refreshes;
+//     a refresh sends its grants 8 at a time (277 scopes sequentially took
+//     tens of ms); the budget window is cached per meter (time.Date in a
+//     location was 7% of the profile); a settled ticket drops its
+//     reservations (65,536 retained tickets of 30 reservations kept GC
+//     busy). Left (about 1% of decisions still refill synchronously, and
+//     the profile is now decide's loops, GC and the mutex): a low-water
+//     wake-up of the refill from a decision was tried and dropped — with 2
+//     goroutines it sometimes collapsed to a few hundred pairs/s (refresh
+//     rounds back to back against Redis; not understood yet); the meter
+//     loop visits all 7 meters of 6 scopes twice with limitOf each time;
+//     per-decision allocations (ticket, id, reservations).
 //
 // Store fix found by the engine: prelude.lua's s() printed −0 as "-0",
 // which HINCRBY refuses, so reclaiming a fully pinned lease failed.

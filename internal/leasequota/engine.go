@@ -114,6 +114,9 @@ type lmeter struct {
 	maxAsk    int64
 	idle      int
 	active    bool
+	// wstart and wend cache the budget window containing the last time
+	// asked (time.Date in a location is the decision's dearest step).
+	wstart, wend time.Time
 }
 
 // lscope is the local state of one scope.
@@ -313,10 +316,25 @@ func (e *Engine) scope(sc *quota.Scope) *lscope {
 		}
 		e.scopes[sc.Key] = s
 	}
-	if sc.Loc != nil {
+	if sc.Loc != nil && sc.Loc != s.loc {
 		s.loc = sc.Loc
+		for i := range s.m {
+			s.m[i].wend = time.Time{}
+		}
 	}
 	return s
+}
+
+// window returns the start of budget meter m's window at now, in s's
+// location. Called with e.mu held.
+func (s *lscope) window(m Meter, now time.Time) time.Time {
+	lm := &s.m[m]
+	if !lm.wend.IsZero() && !now.Before(lm.wstart) && now.Before(lm.wend) {
+		return lm.wstart
+	}
+	w := windowStart(now, s.loc, m)
+	lm.wstart, lm.wend = w, windowEnd(w, m)
+	return w
 }
 
 // sync brings meter m of s to now and to the limits: a budget lease of an
@@ -340,7 +358,7 @@ func (e *Engine) sync(s *lscope, m Meter, now time.Time, bound int64, rate quota
 		return lm
 	}
 	if m.isBudget() {
-		if w := windowStart(now, s.loc, m); !w.Equal(lm.window) {
+		if w := s.window(m, now); !w.Equal(lm.window) {
 			lm.avail, lm.g, lm.window, lm.remaining = 0, 0, w, -1
 		}
 	}
@@ -516,7 +534,8 @@ func (e *Engine) decide(r *quota.Request, clamp, clampLocal bool, shorts []short
 		ttl = e.o.DefaultTTL
 	}
 	ttl = min(ttl, e.o.MaxTTL)
-	t := &ticket{id: e.newID(), meta: r.Meta, expires: now.Add(ttl), tokens: tokens, gpu: a.GPUMillis, cost: a.CostMicros}
+	t := &ticket{id: e.newID(), meta: r.Meta, expires: now.Add(ttl), tokens: tokens, gpu: a.GPUMillis, cost: a.CostMicros,
+		res: make([]reservation, 0, len(r.Chain)*(NumMeters-2))}
 	out := quota.Ticket{ID: t.id, Tokens: tokens, Clamped: tokens < a.Tokens, ExpiresAt: t.expires}
 	for i := range r.Chain {
 		l := r.Chain[i].Limits
@@ -662,15 +681,31 @@ func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short) (
 	return nil, nil
 }
 
-// target is what a lease should hold: the recent demand over the horizon
-// (two refreshes for rates, whose units lapse) and at least the largest
-// single ask seen. Called with e.mu held.
+// target is what a lease should hold: for budgets and slots the recent
+// demand over the horizon, at least the largest single ask seen; for
+// rates, whose units lapse a validity after the grant, the demand over a
+// grant's whole life and one refresh more, plus the largest ask, so that
+// a grant every other refresh keeps decisions off the synchronous path.
+// Far from a limit the units that lapse unspent cost nothing; near it the
+// callers cap the grant by what remains. Called with e.mu held.
 func (e *Engine) target(lm *lmeter, m Meter) int64 {
-	per := float64(e.o.Horizon) / float64(e.o.Refresh)
 	if m.isRate() {
-		per = 2
+		per := float64(e.validity)/float64(e.o.Refresh) + 1
+		return int64(lm.demand*per) + lm.maxAsk
 	}
+	per := float64(e.o.Horizon) / float64(e.o.Refresh)
 	return max(int64(lm.demand*per), lm.maxAsk)
+}
+
+// unitsAfter returns the rate units of lm that are still spendable at t.
+func (lm *lmeter) unitsAfter(t time.Time) int64 {
+	var n int64
+	for _, l := range lm.lots {
+		if l.deadline.After(t) {
+			n += l.n
+		}
+	}
+	return n
 }
 
 // applyGrant adds a grant's amounts to the local leases. Called with e.mu
@@ -817,7 +852,7 @@ func (e *Engine) release(t *ticket, u quota.Usage, now time.Time, over []overrun
 			continue
 		}
 		use := usageOf(u, r.m)
-		cur := windowStart(now, r.s.loc, r.m)
+		cur := r.s.window(r.m, now)
 		if !lm.window.Equal(cur) {
 			lm.avail, lm.g, lm.window, lm.remaining = 0, 0, cur, -1
 		}
@@ -873,7 +908,9 @@ func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Se
 	} else {
 		over = e.release(t, u, now, nil)
 	}
-	t.settled, t.doneAt = &st, now
+	// A settled ticket is kept only to answer replays: dropping its
+	// reservations keeps the retained tickets small for the collector.
+	t.settled, t.doneAt, t.res = &st, now, nil
 	e.retire(id)
 	calls := e.overrunCalls(over)
 	e.mu.Unlock()
@@ -1048,7 +1085,7 @@ func (e *Engine) returns(now time.Time, all bool) []returnCall {
 			if m.isRate() {
 				continue
 			}
-			if m.isBudget() && !lm.window.Equal(windowStart(now, s.loc, m)) {
+			if m.isBudget() && !lm.window.Equal(s.window(m, now)) {
 				continue
 			}
 			n := int64(0)
@@ -1070,6 +1107,28 @@ func (e *Engine) returns(now time.Time, all bool) []returnCall {
 		}
 	}
 	return calls
+}
+
+// refreshWorkers bounds the store calls one refresh has in flight.
+const refreshWorkers = 8
+
+// parallel calls f(0), …, f(n−1) on up to refreshWorkers goroutines and
+// returns when all have returned.
+func parallel(n int, f func(i int)) {
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range min(n, refreshWorkers) {
+		wg.Go(func() {
+			for i := range next {
+				f(i)
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
 }
 
 // loop refills, returns and renews leases every Refresh until ctx ends.
@@ -1114,7 +1173,18 @@ func (e *Engine) refresh(ctx context.Context, lastRenew *time.Time) {
 			}
 			tgt := e.target(lm, m)
 			have := lm.have(m)
-			if lm.idle > 0 || lm.demand == 0 || have*2 > tgt {
+			if lm.idle > 0 || lm.demand == 0 {
+				continue
+			}
+			if m.isRate() {
+				// Refill when what outlives the next refresh covers less
+				// than two refreshes of demand and the largest ask: the
+				// refresh after next may come late on a loaded machine.
+				have = lm.unitsAfter(now.Add(e.o.Refresh))
+				if float64(have) >= 2*lm.demand+float64(lm.maxAsk) {
+					continue
+				}
+			} else if have*2 > tgt {
 				continue
 			}
 			amt := tgt - have
@@ -1126,7 +1196,7 @@ func (e *Engine) refresh(ctx context.Context, lastRenew *time.Time) {
 			}
 			w := Want{Meter: m, Amount: amt, Pin: unbounded, Limit: lm.limit, Rate: lm.rate}
 			if m.isBudget() {
-				w.Window = windowStart(now, s.loc, m)
+				w.Window = s.window(m, now)
 				if !w.Window.Equal(lm.window) {
 					continue
 				}
@@ -1157,19 +1227,24 @@ func (e *Engine) refresh(ctx context.Context, lastRenew *time.Time) {
 	}
 	e.mu.Unlock()
 
-	for _, c := range rets {
-		e.st.Return(ctx, c.id, e.inst, c.s.sc, c.gives)
-	}
-	for _, c := range grants {
+	// Grants first, several at a time: a round that takes longer than a
+	// refresh lets rate units lapse and sends decisions to the synchronous
+	// path.
+	parallel(len(grants), func(i int) {
+		c := grants[i]
 		sent := e.now()
 		res, err := e.st.Grant(ctx, c.id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants)
 		if err != nil {
-			continue
+			return
 		}
 		e.mu.Lock()
 		e.applyGrant(c.s, sent, c.wants, res)
 		e.mu.Unlock()
-	}
+	})
+	parallel(len(rets), func(i int) {
+		c := rets[i]
+		e.st.Return(ctx, c.id, e.inst, c.s.sc, c.gives)
+	})
 	for tenant, rs := range renews {
 		sent := e.now()
 		res, err := e.st.Renew(ctx, e.inst, tenant, e.o.LeaseTTL, rs)
