@@ -357,7 +357,14 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	rec := &Record{ID: runID, FlowID: flowID, TenantID: who.TenantID, ProjectID: who.ProjectID, UserID: who.UserID,
 		SessionID: req.SessionID, Status: StatusRunning, StartedAt: time.Now().UTC().Truncate(time.Microsecond), Trace: []NodeTrace{}}
 	// Every exit path below releases the run's slot and records the run.
-	defer func() {
+	// The normal path releases it before the run shows as ended, so that
+	// whoever sees the run finished also finds its slot free.
+	released := false
+	releaseSlot := func() {
+		if released {
+			return
+		}
+		released = true
 		resources := func(ev *usage.Event) { ev.PeakMemory, ev.CPUMillis = rec.PeakMemory, rec.CPUMillis }
 		settle := func() error {
 			_, err := s.Exec.Meter.SettleWith(context.WithoutCancel(ctx), adm.ID, quota.Usage{}, "", resources)
@@ -366,7 +373,8 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 		if err := retrySettle(settle); err != nil {
 			s.Log.Error("releasing a run's slot failed", slog.String("run_id", runID), slog.String("error", err.Error()))
 		}
-	}()
+	}
+	defer releaseSlot()
 	execute := s.Exec.Execute
 	if caps.MemoryPerRun > 0 && s.Sandbox != nil {
 		if err := s.Sandbox.Check(caps); err != nil {
@@ -418,6 +426,7 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	} else if len(res.Outputs) > 0 {
 		rec.OutputPreview = preview(res.Outputs[0].Text)
 	}
+	releaseSlot()
 	if err := s.Store.FinishRun(context.WithoutCancel(ctx), rec); err != nil {
 		s.Log.Error("recording a run failed", slog.String("run_id", runID), slog.String("error", err.Error()))
 	}
