@@ -7,12 +7,8 @@
 -- where status is 0 fresh, 1 replay, -1 epoch lost, and x is the lease's
 -- spend deadline for rates, else 0.
 if epoch_lost() then return {-1} end
-local prev = redis.call('GET', KEYS[5])
-if prev then
-  local r = cmsgpack.unpack(prev)
-  r[1] = 1
-  return r
-end
+local prev = replayed(KEYS[5])
+if prev then return prev end
 local now = now_us()
 local inst = ARGV[3]
 local ttl, delta = tonumber(ARGV[4]), tonumber(ARGV[5])

@@ -12,6 +12,16 @@ local function epoch_lost()
   return ARGV[2] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 0
 end
 
+-- replayed returns the stored reply of a request that was already carried
+-- out, marked as a replay (status 1), or nil for a fresh request.
+local function replayed(key)
+  local prev = redis.call('GET', key)
+  if not prev then return nil end
+  local r = cmsgpack.unpack(prev)
+  r[1] = 1
+  return r
+end
+
 -- floor(a/b) for integers a >= 0, b > 0 with a < 2^53, corrected for the
 -- double division's rounding.
 local function idiv(a, b)

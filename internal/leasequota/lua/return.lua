@@ -7,12 +7,8 @@
 -- ended window returns 0; for a rate, only the latest grant's units while
 -- its slots are still the bucket's last ones.
 if epoch_lost() then return {-1} end
-local prev = redis.call('GET', KEYS[5])
-if prev then
-  local r = cmsgpack.unpack(prev)
-  r[1] = 1
-  return r
-end
+local prev = replayed(KEYS[5])
+if prev then return prev end
 local now = now_us()
 local inst = ARGV[3]
 reclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, tonumber(ARGV[5]))
