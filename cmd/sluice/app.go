@@ -244,7 +244,7 @@ func (a *App) Handler() http.Handler {
 
 // settleBounds resolves the configured settle bounds for the API.
 func settleBounds(c *config.Config) *httpapi.SettleBounds {
-	o, s := c.SettleOverrun.Units(config.DefaultSettleOverrun), c.SettleSanity.Units(config.DefaultSettleSanity)
+	o, s := c.SettleOverrun.Units(), c.SettleSanity.Units()
 	return &httpapi.SettleBounds{OverrunTokens: o.Tokens, OverrunGPUMillis: o.GPUMillis, OverrunCostMicros: o.CostMicros,
 		SanityTokens: s.Tokens, SanityGPUMillis: s.GPUMillis, SanityCostMicros: s.CostMicros}
 }

@@ -116,22 +116,22 @@ type Config struct {
 	// --- Settle bounds (POST /api/v1/quota/settle) ---
 
 	// SettleOverrun is how much more than its ticket reserved a member may
-	// settle, per dimension (unset: DefaultSettleOverrun). Tokens apply
+	// settle, per dimension (default 4096 tokens, 60 GPU seconds, 1 USD). Tokens apply
 	// only when the ticket's chain sets no max_tokens_per_call; with one,
 	// that cap is the allowed overrun.
 	SettleOverrun SettleAmounts `yaml:"settle_overrun"`
 	// SettleSanity is the most a tenant admin (a service account reporting
-	// for its users) or a platform admin may settle on one ticket (unset:
-	// DefaultSettleSanity).
+	// for its users) or a platform admin may settle on one ticket (default
+	// 1e9 tokens, 1e7 GPU seconds, 1e6 USD).
 	SettleSanity SettleAmounts `yaml:"settle_sanity"`
 }
 
-// SettleAmounts are per-dimension amounts of a settle; an unset (nil)
-// amount takes its default, so that 0 can mean none.
+// SettleAmounts are per-dimension amounts of a settle, in the units
+// clients use. Default sets them; a YAML file overrides each one it names.
 type SettleAmounts struct {
-	Tokens     *int64   `yaml:"tokens,omitempty"` // input + output
-	GPUSeconds *float64 `yaml:"gpu_seconds,omitempty"`
-	CostUSD    *float64 `yaml:"cost_usd,omitempty"`
+	Tokens     int64   `yaml:"tokens"` // input + output
+	GPUSeconds float64 `yaml:"gpu_seconds"`
+	CostUSD    float64 `yaml:"cost_usd"`
 }
 
 // Defaults of the settle bounds: a member may overrun a reservation by
@@ -139,8 +139,8 @@ type SettleAmounts struct {
 // and one dollar; an admin may settle up to 10^9 tokens, 10^7 GPU seconds
 // and 10^6 USD on one ticket.
 var (
-	DefaultSettleOverrun = SettleUnits{Tokens: 4096, GPUMillis: 60_000, CostMicros: 1_000_000}
-	DefaultSettleSanity  = SettleUnits{Tokens: 1e9, GPUMillis: 1e10, CostMicros: 1e12}
+	defaultSettleOverrun = SettleAmounts{Tokens: 4096, GPUSeconds: 60, CostUSD: 1}
+	defaultSettleSanity  = SettleAmounts{Tokens: 1e9, GPUSeconds: 1e7, CostUSD: 1e6}
 )
 
 // SettleUnits are settle amounts in the engine's units.
@@ -148,26 +148,10 @@ type SettleUnits struct {
 	Tokens, GPUMillis, CostMicros int64
 }
 
-// amounts returns u as config amounts, each its own pointer.
-func (u SettleUnits) amounts() SettleAmounts {
-	tokens, gpu, cost := u.Tokens, float64(u.GPUMillis)/1000, float64(u.CostMicros)/1e6
-	return SettleAmounts{Tokens: &tokens, GPUSeconds: &gpu, CostUSD: &cost}
-}
-
-// Units returns a in the engine's units, unset amounts taken from def.
-// Validate has checked that they convert exactly.
-func (a SettleAmounts) Units(def SettleUnits) SettleUnits {
-	u := def
-	if a.Tokens != nil {
-		u.Tokens = *a.Tokens
-	}
-	if a.GPUSeconds != nil {
-		u.GPUMillis = int64(math.Ceil(*a.GPUSeconds * 1000))
-	}
-	if a.CostUSD != nil {
-		u.CostMicros = int64(math.Ceil(*a.CostUSD * 1e6))
-	}
-	return u
+// Units returns a in the engine's units. Validate has checked that they
+// convert exactly.
+func (a SettleAmounts) Units() SettleUnits {
+	return SettleUnits{Tokens: a.Tokens, GPUMillis: int64(math.Ceil(a.GPUSeconds * 1000)), CostMicros: int64(math.Ceil(a.CostUSD * 1e6))}
 }
 
 // validateSettle checks the settle bounds: non-negative, the sanity bound
@@ -180,15 +164,15 @@ func (c *Config) validateSettle() error {
 		a     SettleAmounts
 	}{{"settle_overrun", c.SettleOverrun}, {"settle_sanity", c.SettleSanity}} {
 		switch a := v.a; {
-		case a.Tokens != nil && (*a.Tokens < 0 || *a.Tokens > exact):
+		case a.Tokens < 0 || a.Tokens > exact:
 			return errs.Field(errs.Invalid, v.field+".tokens", "%s.tokens must be between 0 and 2^52", v.field)
-		case a.GPUSeconds != nil && !(*a.GPUSeconds >= 0 && *a.GPUSeconds*1000 <= exact):
+		case !(a.GPUSeconds >= 0 && a.GPUSeconds*1000 <= exact):
 			return errs.Field(errs.Invalid, v.field+".gpu_seconds", "%s.gpu_seconds must be between 0 and 2^52/1000", v.field)
-		case a.CostUSD != nil && !(*a.CostUSD >= 0 && *a.CostUSD*1e6 <= exact):
+		case !(a.CostUSD >= 0 && a.CostUSD*1e6 <= exact):
 			return errs.Field(errs.Invalid, v.field+".cost_usd", "%s.cost_usd must be between 0 and 2^52/1e6", v.field)
 		}
 	}
-	o, s := c.SettleOverrun.Units(DefaultSettleOverrun), c.SettleSanity.Units(DefaultSettleSanity)
+	o, s := c.SettleOverrun.Units(), c.SettleSanity.Units()
 	if s.Tokens < o.Tokens || s.GPUMillis < o.GPUMillis || s.CostMicros < o.CostMicros {
 		return errs.Field(errs.Invalid, "settle_sanity", "settle_sanity must be at least settle_overrun in every dimension")
 	}
@@ -343,8 +327,8 @@ func Default() Config {
 		// for empty and 0 too, but --print-config should say what runs.
 		RedisPrefix:   "sluice",
 		UsageQueueMax: 100_000,
-		SettleOverrun: DefaultSettleOverrun.amounts(),
-		SettleSanity:  DefaultSettleSanity.amounts(),
+		SettleOverrun: defaultSettleOverrun,
+		SettleSanity:  defaultSettleSanity,
 
 		MaxToolResponseBytes: 10 << 20,
 		InProcessRunMemory:   512 << 20,
