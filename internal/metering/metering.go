@@ -44,6 +44,9 @@ type Meter struct {
 	OnDecision func(kind, result, dimension string)
 	// OnSettle, when set, is told every first settlement.
 	OnSettle func()
+	// CommitPatience bounds how long a settle waits for its usage event to
+	// be committed before answering 503 (0: 5 s).
+	CommitPatience time.Duration
 }
 
 // ticketMeta is what a settlement needs to know about its ticket, stored
@@ -247,29 +250,43 @@ func (m *Meter) SettleWith(ctx context.Context, ticketID string, u quota.Usage, 
 	return s, nil
 }
 
-// commit makes the event durable before the settle answers.
+// commit makes the event durable before the settle answers. It waits at
+// most CommitPatience (default 5 s), for room in a full queue and then
+// for the commit: a store that is behind or away slows settles down, then
+// refuses them with 503 and Retry-After, never holds them for the length
+// of an outage. The event stays queued either way, and a retried settle
+// (a replay) waits for it again.
 func (m *Meter) commit(ctx context.Context, ev usage.Event) error {
-	// A store that is behind slows the caller down before it is refused:
-	// the settle waits for room in the queue for up to commitPatience, then
-	// answers 503 with Retry-After (a retried settle commits its event).
+	patience := m.CommitPatience
+	if patience <= 0 {
+		patience = defaultCommitPatience
+	}
+	wctx, cancel := context.WithTimeout(ctx, patience)
+	defer cancel()
 	wait := 2 * time.Millisecond
-	deadline := time.Now().Add(commitPatience)
 	for {
-		err := m.rec.Commit(ctx, ev)
-		if !errors.Is(err, usage.ErrBehind) || time.Now().After(deadline) {
+		err := m.rec.Commit(wctx, ev)
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return err // the caller gave up
+		case wctx.Err() != nil:
+			return &errs.Error{Code: errs.Unavailable, RetryAfter: time.Second, Err: err,
+				Message: "usage store not answering: the settle is queued and will be written; retry it to learn when"}
+		case !errors.Is(err, usage.ErrBehind):
 			return err
 		}
 		select {
-		case <-ctx.Done():
-			return err
+		case <-wctx.Done():
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 100*time.Millisecond)
 	}
 }
 
-// commitPatience is how long a settle waits for room in a full usage queue.
-const commitPatience = 5 * time.Second
+// defaultCommitPatience is how long a settle waits for its event's commit.
+const defaultCommitPatience = 5 * time.Second
 
 // location returns the time zone named in a ticket's meta, nil when none.
 func (m *Meter) location(name string) *time.Location {

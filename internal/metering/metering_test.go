@@ -166,6 +166,14 @@ func TestSettleWaitsForDurability(t *testing.T) {
 	if _, ok := w.events(t)[adm.ID]; ok {
 		t.Fatal("event stored while the store was down")
 	}
+	// A caller that does not give up is refused after the meter's
+	// patience, with 503 and Retry-After, not held for the outage.
+	w.a.CommitPatience = 100 * time.Millisecond
+	_, err = w.a.Settle(ctx, adm.ID, quota.Usage{InputTokens: 5}, "")
+	var e *errs.Error
+	if !errors.As(err, &e) || e.Code != errs.Unavailable || e.RetryAfter <= 0 {
+		t.Fatalf("settle while the store is down: got %v, want unavailable with a Retry-After", err)
+	}
 	w.store.down.Store(false)
 	if _, err := w.b.Settle(ctx, adm.ID, quota.Usage{InputTokens: 5}, ""); err != nil {
 		t.Fatalf("replay after the store came back: %v", err)
