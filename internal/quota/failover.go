@@ -2,9 +2,12 @@ package quota
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,6 +64,27 @@ type FailoverOptions struct {
 	Local Options
 }
 
+// RateCharger is implemented by a shared backend that can take rate units
+// admitted elsewhere into its rate buckets. A Failover whose shared backend
+// implements it charges, when the backend returns, what it admitted
+// locally during the outage on each scope's requests and tokens_rate
+// limits, so that the shared buckets do not come back full (a second
+// burst). Without it only budgets are reconciled.
+type RateCharger interface {
+	// ChargeRates adds each charge's units to its scope's requests and
+	// tokens_rate buckets as of now, as an admission past the limit
+	// would (never refused), at the rates of the scope's Limits. It is
+	// idempotent by id, like Charger.Charge.
+	ChargeRates(ctx context.Context, id string, charges []RateCharge) error
+}
+
+// RateCharge is the rate units to add to one scope's buckets.
+type RateCharge struct {
+	Scope    Scope // the key, zone and limits (their Requests and TokensRate) of the scope
+	Requests int64
+	Tokens   int64
+}
+
 // ErrStateLost is wrapped by a shared backend's errors when it answers but
 // has lost its counters (a Redis restarted empty): an outage, since it
 // also wraps ErrUnavailable, that lasts until FailoverOptions.Rebuild has
@@ -79,6 +103,15 @@ const localPrefix = "~"
 // and charged to the shared backend when it returns, each exactly once
 // (charges and settles are idempotent by id). Nothing fails open: an error
 // that is not an outage is returned as is.
+//
+// Rates, too, are reconciled when the shared backend implements
+// RateCharger. Entering degraded mode fills the local requests and
+// tokens_rate buckets (no fresh burst on top of what the shared ones just
+// admitted); leaving it charges the shared buckets, as of then and never
+// refused, what each scope's local bucket admitted and still holds (see
+// chargeRates), so that they do not come back full for a second burst:
+// over any span across an outage the instances together admit at most
+// burst + limit·t/period.
 //
 // One slow call is not an outage. A call that fails returns its error
 // (wrapping ErrUnavailable) unless the Failover switches: after
@@ -131,6 +164,15 @@ type Failover struct {
 	knownMu sync.Mutex
 	known   map[string]*knownUse // last budget use seen from the shared backend, by scope
 
+	// debts holds, by scope, the rate units admitted locally and not yet
+	// charged to the shared backend (under mu); rateOut is a charge of
+	// them sent whose outcome is unknown, sent again with the same id
+	// until it is known (under mu). id names this instance's charges.
+	debts   map[string]*rateDebt
+	rateOut *rateBatch
+	rateSeq uint64
+	id      string
+
 	// fails counts consecutive failed calls; failSeq is bumped by every
 	// failure counted, so that a call knows whether one was counted while
 	// it was in flight.
@@ -156,6 +198,21 @@ type issued struct {
 	gpu     int64
 	cost    int64
 	slot    bool // a shared ticket holding a concurrency slot
+}
+
+// rateDebt is what this instance admitted locally on a scope's rate
+// limits and has not charged to the shared backend: requests, and tokens
+// (reservations, adjusted by the settlements to the use, as the local
+// bucket is).
+type rateDebt struct {
+	scope    Scope
+	req, tok int64
+}
+
+// rateBatch is one ChargeRates call.
+type rateBatch struct {
+	id      string
+	charges []RateCharge
 }
 
 // knownUse is a scope's budget use as the shared backend last reported it,
@@ -211,8 +268,20 @@ func NewFailover(shared SharedBackend, o FailoverOptions) *Failover {
 	if o.TripAfter <= 0 {
 		o.TripAfter = 3
 	}
+	var r [8]byte
+	rand.Read(r[:])
 	return &Failover{shared: shared, local: NewMemory(o.Local), o: o, chains: map[string]*issued{}, stop: make(chan struct{}),
-		known: map[string]*knownUse{}, slots: map[string]int64{}, primed: map[string]bool{}}
+		known: map[string]*knownUse{}, slots: map[string]int64{}, primed: map[string]bool{},
+		debts: map[string]*rateDebt{}, id: hex.EncodeToString(r[:])}
+}
+
+// now is the local engine's clock (FailoverOptions.Local.Now), time.Now
+// by default.
+func (f *Failover) now() time.Time {
+	if f.o.Local.Now != nil {
+		return f.o.Local.Now()
+	}
+	return time.Now()
 }
 
 // Degraded reports whether the local fallback is in use.
@@ -371,6 +440,9 @@ func (f *Failover) probe() {
 				}
 			}
 			if err == nil {
+				err = f.chargeRates(ctx)
+			}
+			if err == nil {
 				err = f.reconcile(ctx)
 			}
 			cancel()
@@ -387,8 +459,13 @@ func (f *Failover) probe() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := f.reconcile(ctx)
+		if err == nil {
+			// What was admitted locally since the charge above, by the
+			// calls still deciding locally when the mode switched.
+			err = f.chargeRates(ctx)
+		}
 		cancel()
-		if err == nil && !f.degraded.Load() {
+		if err == nil && !f.degraded.Load() && !f.owing() {
 			f.probing.Store(false)
 			// An outage that began as this loop ended found it still
 			// running and started none: take it on.
@@ -475,6 +552,145 @@ func (f *Failover) reconcile(ctx context.Context) error {
 		f.spool = f.spool[1:]
 		f.mu.Unlock()
 	}
+}
+
+// owe records rate units admitted locally on the scopes of chain (tokens
+// may be negative: a settlement below its reservation, which the local
+// bucket refunds), to be charged to the shared backend's buckets.
+func (f *Failover) owe(chain []Scope, req, tok int64) {
+	if req == 0 && tok == 0 {
+		return
+	}
+	if _, ok := f.shared.(RateCharger); !ok {
+		return
+	}
+	f.mu.Lock()
+	for _, s := range chain {
+		l := s.Limits
+		if l == nil {
+			continue
+		}
+		r, t := req, tok
+		if l.Requests.IsZero() {
+			r = 0
+		}
+		if l.TokensRate.IsZero() {
+			t = 0
+		}
+		if r == 0 && t == 0 {
+			continue
+		}
+		d := f.debts[s.Key]
+		if d == nil {
+			d = &rateDebt{}
+			f.debts[s.Key] = d
+		}
+		d.scope = s
+		d.req += r
+		d.tok += t
+	}
+	f.mu.Unlock()
+	if !f.degraded.Load() {
+		f.deliver() // admitted locally as the mode switched back
+	}
+}
+
+// owing reports whether rate units wait to be charged.
+func (f *Failover) owing() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.debts) > 0 || f.rateOut != nil
+}
+
+// chargeRates charges the shared backend's rate buckets with what this
+// instance admitted locally: first a charge whose outcome is unknown,
+// again, then what is owed now. It stops at the first outage.
+//
+// What a scope's local bucket admitted and has not yet drained at its
+// share of the rate is what the shared bucket must still hold of it: the
+// instances' local buckets, each with 1/N of the rate and burst and full
+// when the spell began, together never hold less than a bucket with the
+// whole rate fed by all of them would. So each scope is charged the least
+// of its local level (plus the unit its share's burst lost to rounding)
+// and what was admitted on it, and units that the share already drained
+// are not charged: an outage of an hour does not leave the shared bucket
+// an hour in debt. Charged as of now, never refused, the shared bucket
+// then admits over any span across the outage at most burst + limit·t
+// per period, its own bound (when every instance degraded together).
+func (f *Failover) chargeRates(ctx context.Context) error {
+	rc, ok := f.shared.(RateCharger)
+	if !ok {
+		return nil
+	}
+	took := false // one batch of fresh debts per call: under load they never end
+	for {
+		f.mu.Lock()
+		b := f.rateOut
+		if b == nil {
+			if took || len(f.debts) == 0 {
+				f.mu.Unlock()
+				return nil
+			}
+			took = true
+			owed := f.debts
+			f.debts = map[string]*rateDebt{}
+			f.rateSeq++
+			b = &rateBatch{id: "rate:" + f.id + ":" + strconv.FormatUint(f.rateSeq, 10)}
+			f.mu.Unlock()
+			// The levels are read after the debts were taken, so they
+			// hold every unit the debts count.
+			b.charges = f.rateCharges(ctx, owed)
+			if len(b.charges) == 0 {
+				continue
+			}
+			f.mu.Lock()
+			f.rateOut = b
+		}
+		f.mu.Unlock()
+		err := rc.ChargeRates(ctx, b.id, b.charges)
+		if err != nil && outage(err) {
+			return err
+		}
+		if err != nil {
+			f.o.Log.Error("charging locally admitted rate units failed; dropped", slog.String("error", err.Error()))
+		}
+		f.mu.Lock()
+		f.rateOut = nil
+		f.mu.Unlock()
+	}
+}
+
+// rateCharges returns what to charge of the units owed: per scope, the
+// least of what was admitted and what its local bucket still holds.
+func (f *Failover) rateCharges(ctx context.Context, owed map[string]*rateDebt) []RateCharge {
+	n := int64(f.instances())
+	// slack is the unit a share's burst lost to rounding down.
+	slack := func(r Rate) int64 {
+		b := r.Burst
+		if b == 0 {
+			b = r.Limit
+		}
+		if n > 1 && b%n != 0 {
+			return 1
+		}
+		return 0
+	}
+	out := make([]RateCharge, 0, len(owed))
+	for key, d := range owed {
+		u, err := f.local.Use(ctx, key)
+		if err != nil {
+			// Closed: charge everything admitted, the safe side.
+			u.Requests.Level, u.TokensRate.Level = d.req, d.tok
+		}
+		l := d.scope.Limits
+		c := RateCharge{Scope: d.scope,
+			Requests: max(min(d.req, u.Requests.Level+slack(l.Requests)), 0),
+			Tokens:   max(min(d.tok, u.TokensRate.Level+slack(l.TokensRate)), 0)}
+		if c.Requests > 0 || c.Tokens > 0 {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func (f *Failover) instances() int {
@@ -573,7 +789,7 @@ func (f *Failover) share(scope string, l *Limits) *Limits {
 		}
 		return max(v/n, f.o.Floor)
 	}
-	now := time.Now()
+	now := f.now()
 	f.knownMu.Lock()
 	k := f.known[scope]
 	f.knownMu.Unlock()
@@ -696,6 +912,7 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 	}
 	t.ID = localPrefix + t.ID
 	f.remember(&t, &r)
+	f.owe(r.Chain, r.Ask.Requests, t.Tokens)
 	return t, nil
 }
 
@@ -721,7 +938,7 @@ func (f *Failover) remember(t *Ticket, r *Request) {
 		if retention <= 0 {
 			retention = DefaultSettledRetention
 		}
-		cutoff := time.Now().Add(-retention)
+		cutoff := f.now().Add(-retention)
 		for id, is := range f.chains {
 			if is.expires.Before(cutoff) {
 				delete(f.chains, id)
@@ -802,6 +1019,11 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 		if chain == nil {
 			return s, nil // a replay: charged the first time
 		}
+		if s.ReservedTokens > 0 {
+			// The local tokens_rate bucket takes the difference: so
+			// does what the shared one is owed.
+			f.owe(chain, 0, sadd(u.InputTokens, u.OutputTokens)-s.ReservedTokens)
+		}
 		item := &spooled{charge: "local:" + id, chain: chain, usage: u, at: s.SettledAt, last: s.SettledAt, bucket: bucketOf(chain, s.SettledAt)}
 		if !f.degraded.Load() {
 			// The shared backend came back while this ticket ran: deliver
@@ -850,7 +1072,7 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 		// than lose the use.
 		return f.shared.Settle(ctx, id, u)
 	}
-	now := time.Now().UTC()
+	now := f.now().UTC()
 	f.mu.Lock()
 	f.spool = append(f.spool, &spooled{ticket: id, chain: is.chain, usage: u, at: now, last: now})
 	f.mu.Unlock()
@@ -916,7 +1138,7 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 	// The lease lives in the unreachable store; it will expire there and
 	// free its slot, which is the safe side. Here the ticket still runs,
 	// and keeps counting against the local concurrency share.
-	exp := time.Now().Add(ttl).UTC()
+	exp := f.now().Add(ttl).UTC()
 	f.mu.Lock()
 	if is := f.chains[id]; is != nil && exp.After(is.expires) {
 		is.expires = exp

@@ -282,3 +282,54 @@ func TestChargeMatchesMemory(t *testing.T) {
 		})
 	}
 }
+
+// TestChargeRates: rate units are added to each scope's buckets as of now,
+// past the limit if need be and never refused, once per id; a scope
+// without the rate is left alone.
+func TestChargeRates(t *testing.T) {
+	srv := sharedServer(t)
+	c := newClient(t, srv.addr)
+	clk := newClock()
+	b, _ := newBackend(t, c, redisquota.Options{Clock: clk.Now})
+	ctx := context.Background()
+	lim := &quota.Limits{Requests: quota.Rate{Limit: 600, Period: time.Minute, Burst: 50},
+		TokensRate: quota.Rate{Limit: 6000, Period: time.Minute}}
+	charges := []quota.RateCharge{
+		{Scope: quota.Scope{Key: "u", Limits: lim}, Requests: 30, Tokens: 7000},
+		{Scope: quota.Scope{Key: "plain"}, Requests: 5, Tokens: 5},
+	}
+	levels := func() (int64, int64) {
+		u := useOf(t, b, "u")
+		return u.Requests.Level, u.TokensRate.Level
+	}
+	if err := b.ChargeRates(ctx, "r1", charges); err != nil {
+		t.Fatal(err)
+	}
+	if r, k := levels(); r != 30 || k != 7000 {
+		t.Fatalf("after a charge: levels %d and %d, want 30 and 7000 (past the burst of 6000)", r, k)
+	}
+	if u := useOf(t, b, "plain"); u.Requests != (quota.RateUse{}) || u.TokensRate != (quota.RateUse{}) {
+		t.Errorf("a scope without rates got buckets: %+v %+v", u.Requests, u.TokensRate)
+	}
+	if err := b.ChargeRates(ctx, "r1", charges); err != nil {
+		t.Fatal(err)
+	}
+	if r, k := levels(); r != 30 || k != 7000 {
+		t.Fatalf("after the same id again: levels %d and %d, want 30 and 7000", r, k)
+	}
+	clk.advance(time.Second) // drains 10 requests and 100 tokens
+	if err := b.ChargeRates(ctx, "r2", charges[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if r, k := levels(); r != 50 || k != 13900 {
+		t.Fatalf("after a second charge a second later: levels %d and %d, want 50 and 13900", r, k)
+	}
+	_, err := b.Acquire(ctx, quota.Request{Chain: []quota.Scope{charges[0].Scope}, Ask: quota.Ask{Requests: 1}})
+	var d *quota.Denial
+	if !errors.As(err, &d) || d.Dimension != quota.DimRequests {
+		t.Fatalf("Acquire on the charged bucket: got %v, want a requests denial", err)
+	}
+	if err := b.ChargeRates(ctx, "r3", []quota.RateCharge{{Scope: quota.Scope{Key: "u", Limits: lim}, Requests: -1}}); !errors.Is(err, quota.ErrInvalid) {
+		t.Errorf("negative units: got %v, want ErrInvalid", err)
+	}
+}

@@ -1,7 +1,9 @@
 // Package redisquota is the shared quota.Backend: it keeps every counter,
 // bucket, lease and ticket in Redis, so that many Sluice instances enforce
-// one set of limits exactly. Each Acquire, Settle and Charge is one Lua
-// script, one round trip, atomic over the whole chain; the checks and their
+// one set of limits exactly. Each Acquire, Settle and Charge (and
+// ChargeRates, which quota.Failover uses to hand back the rate units it
+// admitted locally during an outage) is one Lua script, one round trip,
+// atomic over the whole chain; the checks and their
 // order, the denials, clamping, GCRA arithmetic, calendar windows, expiry
 // refunds and the idempotency of settlements and charges are
 // quota.Memory's, and the package passes quotatest.Run unchanged.

@@ -8,7 +8,12 @@
 -- it releases, all in one hash slot).
 -- ARGV: nowS nowN prefix base margin retention tokens gpu cost at (Unix
 -- seconds, floor) nScopes nZones, the zones (see readzones), then per
--- scope its key and zone index.
+-- scope its key and zone index, then optionally (ChargeRates) per scope
+-- six more: requests units, K, A, tokens_rate units, K, A. Rate units are
+-- added to the scope's bucket as of now, as an acquire past the limit
+-- would charge them, never refused: the bucket's level rises by them
+-- (from empty if it had drained) and takes its rate from K and A. Units
+-- of 0 or an empty K leave a bucket alone.
 -- Reply: {1, nowS, nowN} (charged), {2, nowS, nowN} (charged before:
 -- nothing was changed), {-1, nowS, nowN} (clock skew: nothing was changed).
 setnow(ARGV[1], ARGV[2])
@@ -42,6 +47,15 @@ end
 
 -- Window bounds are whole seconds, so at (floored to a second) is in
 -- [start, end) exactly when the instant is.
+local o1 = o0 + 2 * n
+local rated = #ARGV >= o1 + 6 * n
+local function rate(g, r)
+  local units = tonumber(ARGV[r])
+  if units > 0 and ARGV[r + 1] ~= '' then
+    guse(g, ARGV[r + 1], ARGV[r + 2])
+    gadjust(g, units)
+  end
+end
 for i = 1, n do
   local s = S[i]
   scope_roll(s, zones[tonumber(ARGV[o0 + 2 * i])])
@@ -50,6 +64,11 @@ for i = 1, n do
   end
   if s.mS <= at and at < s.mE then
     s.tm, s.g, s.c = sadd(s.tm, tok), sadd(s.g, gpu), sadd(s.c, cost)
+  end
+  if rated then
+    local r = o1 + 6 * (i - 1)
+    rate(s.req, r + 1)
+    rate(s.tok, r + 4)
   end
   scope_save(s, base, margin)
 end
