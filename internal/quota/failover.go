@@ -85,6 +85,37 @@ type RateCharge struct {
 	Tokens   int64
 }
 
+// BudgetReporter is implemented by a shared backend whose admissions can
+// report the budget counters of every scope of the chain, not only of the
+// tightest (Ticket.Remaining): a Failover learns from them what is left of
+// each scope's budgets, which is what it shares among the instances when
+// the backend becomes unreachable.
+type BudgetReporter interface {
+	// AcquireBudgets is Acquire, and on admission reports each scope's
+	// budget counters as the admission left them, in chain order.
+	AcquireBudgets(ctx context.Context, r Request) (Ticket, []ScopeBudgets, error)
+}
+
+// ScopeBudgets is a scope's budget counters in their current windows.
+type ScopeBudgets struct {
+	Key                                           string
+	TokensDay, TokensMonth, GPUMillis, CostMicros WindowUse
+}
+
+// Readmitter is implemented by a shared backend that can take back a live
+// ticket it lost with its state (a Redis restarted empty): the counters
+// rebuilt from the ledger of settlements hold no live ticket, so the slots
+// and reservations of the tickets still running would be free for others.
+// After a rebuild a Failover readmits every live shared ticket it issued.
+type Readmitter interface {
+	// Readmit charges a live ticket's concurrency slot (r.Ask.Concurrency)
+	// and its reservations (r.Ask.Tokens, GPUMillis, CostMicros) to the
+	// scopes of r.Chain, checking nothing, under its id, so that it can be
+	// settled and heartbeated as before; it expires at expires. A ticket
+	// the backend knows (readmitted already, settled) is left alone.
+	Readmit(ctx context.Context, id string, r Request, expires time.Time) error
+}
+
 // ErrStateLost is wrapped by a shared backend's errors when it answers but
 // has lost its counters (a Redis restarted empty): an outage, since it
 // also wraps ErrUnavailable, that lasts until FailoverOptions.Rebuild has
@@ -97,7 +128,10 @@ const localPrefix = "~"
 // Failover is a Backend that uses a shared backend (Redis) and, when it
 // cannot be reached, fails over to local counters with conservative limits:
 // every limit divided by the number of instances (at least Floor), so that
-// all instances together stay within it. Scopes whose limits say
+// all instances together stay within it. For a budget that is what the
+// shared backend last reported left of it, on each scope of the chain when
+// the backend is a BudgetReporter (else on the scope that was the
+// tightest), divided likewise. Scopes whose limits say
 // on_outage: deny refuse instead. Usage settled while degraded, and
 // settlements of shared tickets that could not be delivered, are spooled
 // and charged to the shared backend when it returns, each exactly once
@@ -140,7 +174,15 @@ const localPrefix = "~"
 // read can be counted twice, the safe side, and one whose event was still
 // uncommitted when the ledger was read but whose spooled time is earlier
 // is the only use that can go uncounted (bounded by the settlements in
-// flight at that instant).
+// flight at that instant). The ledger holds no live ticket, so after the
+// rebuild, when the backend is a Readmitter, each instance takes back the
+// live shared tickets it issued, with their slots and reservations (see
+// readmit), before it decides on the backend again: concurrency limits
+// hold across the loss, and those tickets settle as usual. A ticket it
+// issued that another instance settled before the loss is taken back too
+// and holds its slot until it expires (the safe side); one heartbeated
+// only through other instances is taken back with the expiry this
+// instance last saw.
 type Failover struct {
 	shared SharedBackend
 	local  *Memory
@@ -172,6 +214,9 @@ type Failover struct {
 	rateOut *rateBatch
 	rateSeq uint64
 	id      string
+	// readmit is set by a rebuild until the live shared tickets are
+	// readmitted (under mu).
+	readmitting bool
 
 	// fails counts consecutive failed calls; failSeq is bumped by every
 	// failure counted, so that a call knows whether one was counted while
@@ -440,6 +485,9 @@ func (f *Failover) probe() {
 				}
 			}
 			if err == nil {
+				err = f.readmit(ctx)
+			}
+			if err == nil {
 				err = f.chargeRates(ctx)
 			}
 			if err == nil {
@@ -511,12 +559,59 @@ func (f *Failover) rebuild() error {
 	}
 	dropped := len(f.spool) - len(kept)
 	f.spool = kept
+	if _, ok := f.shared.(Readmitter); ok {
+		f.readmitting = true
+	}
 	f.mu.Unlock()
 	f.knownMu.Lock()
 	clear(f.known)
 	f.knownMu.Unlock()
 	f.o.Log.Warn("shared quota state was lost and rebuilt from the ledger; dropped the spooled usage the ledger already held",
 		slog.Int("dropped", dropped), slog.Int("kept", len(kept)), slog.Time("ledger_read_at", readAt))
+	return nil
+}
+
+// readmit takes the live shared tickets this instance issued back into
+// the shared backend after a rebuild (see Readmitter): the rebuilt
+// counters hold what was settled, not the slots and reservations of the
+// tickets still running, which without it would be free for others until
+// those tickets settle (a concurrency limit exceeded across the restart).
+// It stops at the first outage; the next probe tries again, and tickets
+// readmitted already are left alone.
+func (f *Failover) readmit(ctx context.Context) error {
+	f.mu.Lock()
+	if !f.readmitting {
+		f.mu.Unlock()
+		return nil
+	}
+	type live struct {
+		id string
+		is issued
+	}
+	now := f.now()
+	var todo []live
+	for id, is := range f.chains {
+		if !strings.HasPrefix(id, localPrefix) && is.expires.After(now) {
+			todo = append(todo, live{id, *is})
+		}
+	}
+	f.mu.Unlock()
+	ra := f.shared.(Readmitter)
+	for _, l := range todo {
+		r := Request{Chain: l.is.chain, Meta: l.is.meta,
+			Ask: Ask{Tokens: l.is.tokens, GPUMillis: l.is.gpu, CostMicros: l.is.cost, Concurrency: l.is.slot}}
+		err := ra.Readmit(ctx, l.id, r, l.is.expires)
+		if err != nil && outage(err) {
+			return err
+		}
+		if err != nil {
+			f.o.Log.Error("readmitting a live ticket after the rebuild failed", slog.String("ticket", l.id), slog.String("error", err.Error()))
+		}
+	}
+	f.mu.Lock()
+	f.readmitting = false
+	f.mu.Unlock()
+	f.o.Log.Warn("live tickets readmitted to the rebuilt shared quota state", slog.Int("tickets", len(todo)))
 	return nil
 }
 
@@ -704,14 +799,36 @@ func (f *Failover) instances() int {
 // budgetMeters are the Ticket.Remaining meters that knownUse tracks.
 var budgetMeters = [4]int{meterTokensDay, meterTokensMonth, meterGPU, meterCost}
 
-// learn records the budget use a shared admission reported. A Ticket's
-// Remaining names only the tightest scope of each meter, so the other
-// scopes of the chain keep what was last seen of them (from an admission
-// where they were the tightest, or a denial), else nothing: their share
-// is then the whole limit ÷ instances, as before. Learning every scope
-// would need the shared backend to report each scope's remainder (for
-// redisquota, acquire.lua returning the per-scope budget counters it
-// already reads, and a field on Ticket to carry them).
+// learnAll records the budget use of every scope of a chain, as a shared
+// admission reported it (BudgetReporter).
+func (f *Failover) learnAll(chain []Scope, budgets []ScopeBudgets) {
+	f.knownMu.Lock()
+	defer f.knownMu.Unlock()
+	for i := range budgets {
+		b := &budgets[i]
+		if i >= len(chain) || chain[i].Limits == nil || b.Key == "" {
+			continue // no limits: nothing to share
+		}
+		k := f.known[b.Key]
+		if k == nil {
+			if len(f.known) > 100000 {
+				clear(f.known)
+			}
+			k = &knownUse{}
+			f.known[b.Key] = k
+		}
+		for j, w := range [4]WindowUse{b.TokensDay, b.TokensMonth, b.GPUMillis, b.CostMicros} {
+			k.used[j], k.until[j] = max(w.Used, 0), w.End
+		}
+	}
+}
+
+// learn records the budget use a shared admission reported, from a
+// backend that reports only the tightest scope of each meter (a Ticket's
+// Remaining): the other scopes of the chain keep what was last seen of
+// them (from an admission where they were the tightest, or a denial),
+// else nothing, and their share is then the whole limit ÷ instances. A
+// BudgetReporter (redisquota) reports every scope, and learnAll takes it.
 func (f *Failover) learn(t *Ticket) {
 	f.knownMu.Lock()
 	defer f.knownMu.Unlock()
@@ -880,12 +997,23 @@ func (f *Failover) prime(chain []Scope) {
 func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 	if !f.degraded.Load() {
 		seq := f.failSeq.Load()
-		t, err := f.shared.Acquire(ctx, r)
+		var t Ticket
+		var budgets []ScopeBudgets
+		var err error
+		if br, ok := f.shared.(BudgetReporter); ok {
+			t, budgets, err = br.AcquireBudgets(ctx, r)
+		} else {
+			t, err = f.shared.Acquire(ctx, r)
+		}
 		if !outage(err) {
 			f.ok()
 			if err == nil {
 				f.remember(&t, &r)
-				f.learn(&t)
+				if budgets != nil {
+					f.learnAll(r.Chain, budgets)
+				} else {
+					f.learn(&t)
+				}
 			} else {
 				f.learnDenial(err)
 			}

@@ -93,7 +93,16 @@
 // quota.Failover. Restore, Use and Lookup do not check it, so that the
 // counters can be rebuilt from the ledger before the epoch is set again;
 // the rebuild itself (lock, restore, SetEpoch) is the caller's, which
-// owns the ledger.
+// owns the ledger. The ledger holds no live ticket: after the rebuild each
+// instance's quota.Failover readmits the tickets it issued that still run
+// (Readmit: acquire.lua taking the ticket id, slot and reservations back,
+// checking nothing), so concurrency limits hold across the loss.
+//
+// Outages. AcquireBudgets, what quota.Failover calls, also returns every
+// scope's budget counters (the script reads them anyway), from which it
+// shares what is left of each scope's budgets among the instances during
+// an outage; ChargeRates hands the shared rate buckets, after it, what was
+// admitted locally meanwhile (see quota.Failover).
 //
 // Unknown outcomes. Every script call that changes Redis carries an id:
 // the ticket's for Acquire (a fresh random one), Settle and Heartbeat, the
@@ -482,38 +491,116 @@ const concurrencyHint = time.Second
 
 // Acquire implements quota.Backend.
 func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, error) {
+	t, _, err := b.acquire(ctx, r, nil)
+	return t, err
+}
+
+var _ quota.BudgetReporter = (*Backend)(nil)
+
+// AcquireBudgets implements quota.BudgetReporter: Acquire, and on admission
+// the budget counters of every scope of the chain as it left them (the
+// script reads them anyway), so that quota.Failover knows what is left of
+// each scope's budgets should Redis become unreachable.
+func (b *Backend) AcquireBudgets(ctx context.Context, r quota.Request) (quota.Ticket, []quota.ScopeBudgets, error) {
+	t, rep, err := b.acquire(ctx, r, nil)
+	if err != nil {
+		return t, nil, err
+	}
+	out := make([]quota.ScopeBudgets, len(r.Chain))
+	for i := range r.Chain {
+		o := 25 + 6*i
+		dE, mE := unixTime(rep.int(o+4)*int64(time.Second)), unixTime(rep.int(o+5)*int64(time.Second))
+		out[i] = quota.ScopeBudgets{Key: r.Chain[i].Key,
+			TokensDay:   quota.WindowUse{End: dE, Used: rep.int(o)},
+			TokensMonth: quota.WindowUse{End: mE, Used: rep.int(o + 1)},
+			GPUMillis:   quota.WindowUse{End: mE, Used: rep.int(o + 2)},
+			CostMicros:  quota.WindowUse{End: mE, Used: rep.int(o + 3)}}
+	}
+	return t, out, nil
+}
+
+var _ quota.Readmitter = (*Backend)(nil)
+
+// Readmit implements quota.Readmitter: it takes back a live ticket that
+// Redis lost (restarted empty, then rebuilt from the ledger, which holds no
+// live ticket), with its id: its concurrency slot and its reservations of
+// tokens, GPU time and cost are charged to the current windows of every
+// scope of r.Chain, checking nothing and charging no rate, and the ticket
+// expires at expires. Settle, Heartbeat and Lookup then find it as if
+// Redis had never lost it. A ticket key that exists (the ticket is
+// readmitted already, or was settled or voided since) makes it change
+// nothing, so it is idempotent; a lost reply is sent again.
+func (b *Backend) Readmit(ctx context.Context, id string, r quota.Request, expires time.Time) error {
+	if id == "" {
+		return fmt.Errorf("readmit: empty ticket id: %w", quota.ErrInvalid)
+	}
+	now := b.wall()
+	if b.clock != nil {
+		now = b.clock()
+	}
+	ttl := expires.Sub(now)
+	if ttl <= 0 {
+		return nil // expired: Redis would have released it by now
+	}
+	r.Ask.Requests, r.Ask.MinTokens, r.Ask.Model = 0, 0, ""
+	_, _, err := b.acquire(ctx, r, &readmission{id: id, ttl: min(int64(ttl), b.maxTTL)})
+	if errors.Is(err, errTicketExists) {
+		return nil
+	}
+	return err
+}
+
+// readmission is a live ticket taken back by Readmit: its id and life.
+type readmission struct {
+	id  string
+	ttl int64
+}
+
+// errTicketExists is a readmission's answer when the ticket key exists.
+var errTicketExists = errors.New("ticket exists")
+
+// readmitExistsReply is acquire.lua's reply to a readmission whose
+// ticket key exists.
+const readmitExistsReply = 3
+
+// acquire is Acquire, also returning the script's reply on admission; with
+// re, it is a readmission (see Readmit).
+func (b *Backend) acquire(ctx context.Context, r quota.Request, re *readmission) (quota.Ticket, reply, error) {
 	if err := ctx.Err(); err != nil {
-		return quota.Ticket{}, err
+		return quota.Ticket{}, nil, err
 	}
 	a := &r.Ask
 	if a.Requests < 0 || a.Tokens < 0 || a.MinTokens < 0 || a.GPUMillis < 0 || a.CostMicros < 0 {
-		return quota.Ticket{}, fmt.Errorf("acquire: negative ask: %w", quota.ErrInvalid)
+		return quota.Ticket{}, nil, fmt.Errorf("acquire: negative ask: %w", quota.ErrInvalid)
 	}
 	if a.Requests > maxExact || a.Tokens > maxExact || a.GPUMillis > maxExact || a.CostMicros > maxExact {
-		return quota.Ticket{}, fmt.Errorf("acquire: ask above 2^52: %w", quota.ErrInvalid)
+		return quota.Ticket{}, nil, fmt.Errorf("acquire: ask above 2^52: %w", quota.ErrInvalid)
 	}
 	if len(r.Chain) == 0 {
-		return quota.Ticket{}, fmt.Errorf("acquire: empty chain: %w", quota.ErrInvalid)
+		return quota.Ticket{}, nil, fmt.Errorf("acquire: empty chain: %w", quota.ErrInvalid)
 	}
 	if len(r.Meta) > quota.MaxMetaBytes {
-		return quota.Ticket{}, fmt.Errorf("acquire: meta of %d bytes above %d: %w", len(r.Meta), quota.MaxMetaBytes, quota.ErrInvalid)
+		return quota.Ticket{}, nil, fmt.Errorf("acquire: meta of %d bytes above %d: %w", len(r.Meta), quota.MaxMetaBytes, quota.ErrInvalid)
 	}
 	for i := range r.Chain {
 		k := r.Chain[i].Key
 		if k == "" {
-			return quota.Ticket{}, fmt.Errorf("acquire: empty scope key: %w", quota.ErrInvalid)
+			return quota.Ticket{}, nil, fmt.Errorf("acquire: empty scope key: %w", quota.ErrInvalid)
 		}
 		for j := range i {
 			if r.Chain[j].Key == k {
-				return quota.Ticket{}, fmt.Errorf("acquire: scope %s twice in chain: %w", k, quota.ErrInvalid)
+				return quota.Ticket{}, nil, fmt.Errorf("acquire: scope %s twice in chain: %w", k, quota.ErrInvalid)
 			}
 		}
 	}
 	if b.closed.Load() {
-		return quota.Ticket{}, quota.ErrClosed
+		return quota.Ticket{}, nil, quota.ErrClosed
 	}
 	ttl := b.ttl(r.TTL)
 	id := newID()
+	if re != nil {
+		ttl, id = re.ttl, re.id
+	}
 	minTokens := min(a.MinTokens, maxExact)
 
 	wall, nowS, nowN := b.now()
@@ -584,8 +671,18 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 			}
 		}
 		args = append(args, r.Meta, b.retArg)
+		if re != nil {
+			args = append(args, "1")
+		}
 		res, err := b.run(ctx, op{verb: "acquire"}, acquireScript, keys, args)
-		if lost(err) {
+		if lost(err) && re != nil {
+			// Idempotent by the ticket key: send it again.
+			if retries < b.retries && ctx.Err() == nil && !b.closed.Load() {
+				retries++
+				try--
+				continue
+			}
+		} else if lost(err) {
 			// Redis may have granted it: the voider releases the ticket,
 			// or bars it should it arrive late. Nobody else knows its id.
 			b.voidLater(id, ttl)
@@ -598,21 +695,23 @@ func (b *Backend) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, e
 			}
 		}
 		if err != nil {
-			return quota.Ticket{}, err
+			return quota.Ticket{}, nil, err
 		}
 		rep := reply(res)
 		switch rep.int(0) {
 		case 1:
-			return b.ticket(r, rep, id, ttl), nil
+			return b.ticket(r, rep, id, ttl), rep, nil
 		case 0:
-			return quota.Ticket{}, denial(r, rates, rep)
+			return quota.Ticket{}, nil, denial(r, rates, rep)
 		case idTakenReply:
-			return quota.Ticket{}, fmt.Errorf("acquire: %w: ticket id %s already used", ErrUnavailable, id)
+			return quota.Ticket{}, nil, fmt.Errorf("acquire: %w: ticket id %s already used", ErrUnavailable, id)
+		case readmitExistsReply:
+			return quota.Ticket{}, nil, errTicketExists
 		}
 		// The windows do not hold Redis's now: the clocks disagree by
 		// more than a day. Try once more around Redis's now.
 		if try == 1 {
-			return quota.Ticket{}, fmt.Errorf("acquire: %w: clock skew between Redis and this instance", ErrUnavailable)
+			return quota.Ticket{}, nil, fmt.Errorf("acquire: %w: clock skew between Redis and this instance", ErrUnavailable)
 		}
 		wall = rep.now()
 	}

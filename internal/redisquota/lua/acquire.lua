@@ -11,24 +11,35 @@
 --   requests rate: mode (0 none, 1 valid, 2 refuse all) K A
 --   tokens rate: the same
 --   limits (-1 none): tokens/day tokens/month gpu cost concurrency
--- and last the ticket's meta and the settled retention (ms).
+-- and last the ticket's meta, the settled retention (ms) and, optionally,
+-- '1' for a readmission: a live ticket that this Redis lost (restarted
+-- empty) taken back with its id, its slot and its reservations, checking
+-- nothing and charging no rate; a ticket key that exists (readmitted
+-- already, settled, voided) makes it change nothing and reply {3, nowS,
+-- nowN}.
 -- Reply: {1, nowS, nowN, grant, then per meter: scope index (0 none),
--- remaining, reset (ns after now)} or {0, nowS, nowN, scope index, check,
+-- remaining, reset (ns after now), then per scope its budget counters as
+-- this admission left them: tokens/day, tokens/month, gpu, cost, and the
+-- ends of its day and month windows (Unix seconds)} or {0, nowS, nowN, scope index, check,
 -- used, requested, reset, wait} or {-1, nowS, nowN} (clock skew) or {-8,
 -- nowS, nowN} (the ticket id is taken: this acquire reached Redis after
 -- it was voided, see void.lua; nothing was changed).
 setnow(ARGV[1], ARGV[2])
 local P, id = ARGV[3], ARGV[4]
 if epoch_lost(P) then return {-9, NOWS, NOWN} end
-if call('EXISTS', KEYS[1]) == 1 then return {-8, NOWS, NOWN} end
+local n, nz = tonumber(ARGV[14]), tonumber(ARGV[15])
+local o0 = 15 + 9 * nz
+local SA = 14
+local force = ARGV[o0 + n * SA + 3] == '1'
+if call('EXISTS', KEYS[1]) == 1 then
+  if force then return {3, NOWS, NOWN} end
+  return {-8, NOWS, NOWN}
+end
 local ttl, base, margin = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local areq, atok, amin = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local agpu, acost, aconc = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13] == '1'
-local n, nz = tonumber(ARGV[14]), tonumber(ARGV[15])
 local zones = readzones(nz, 15)
 if not zones then return {-1, NOWS, NOWN} end
-local o0 = 15 + 9 * nz
-local SA = 14
 
 -- Load every scope, releasing expired tickets first: every operation
 -- observes expiry as of its now. A release can touch any loaded scope, so
@@ -91,7 +102,7 @@ end
 local need, clamp = atok, amin > 0 and amin < atok
 if clamp then need = amin end
 local fit = atok
-for i = 1, n do
+for i = 1, force and 0 or n do
   local s, o = S[i], S[i].o
   local flags = ARGV[o + 3]
   if flags ~= '0' then
@@ -173,7 +184,7 @@ for i = 1, n do
   local s, o = S[i], S[i].o
   local limited = ARGV[o + 3] ~= '0'
   local rated = false
-  if limited then
+  if limited and not force then
     if areq > 0 and ARGV[o + 4] ~= '0' then gcharge(s.req, areq) end
     if grant > 0 and ARGV[o + 7] ~= '0' then
       gcharge(s.tok, grant)
@@ -222,5 +233,9 @@ for m = 1, 7 do
   else
     out[b + 1], out[b + 2], out[b + 3] = 0, 0, 0
   end
+end
+for i = 1, n do
+  local s, b = S[i], 25 + 6 * (i - 1)
+  out[b + 1], out[b + 2], out[b + 3], out[b + 4], out[b + 5], out[b + 6] = s.td, s.tm, s.g, s.c, s.dE, s.mE
 end
 return out
