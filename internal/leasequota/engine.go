@@ -109,11 +109,19 @@ type lmeter struct {
 	// unknown); spent counts local charges since the last refresh, and
 	// demand is their EWMA per refresh.
 	remaining int64
-	spent     int64
-	demand    float64
-	maxAsk    int64
-	idle      int
-	active    bool
+	// stale marks a budget or slot lease taken under another limit: it is
+	// returned before the next grant and spends nothing meanwhile.
+	stale  bool
+	spent  int64
+	demand float64
+	maxAsk int64
+	idle   int
+	active bool
+	// bucket is a rate's bucket as the store last showed it (known once
+	// it has): what remains of the rate, exactly while no other instance
+	// spends it.
+	bucket quota.Bucket
+	known  bool
 	// wstart and wend cache the budget window containing the last time
 	// asked (time.Date in a location is the decision's dearest step).
 	wstart, wend time.Time
@@ -125,7 +133,25 @@ type lscope struct {
 	loc        *time.Location
 	m          [NumMeters]lmeter
 	validUntil time.Time // the lease record's expiry, by this clock
+	// gen counts the leases this scope lost to a reclaim: a reservation of
+	// an older lease gives nothing back to the current one.
+	gen uint64
+	// io serialises this scope's grants and returns, so that a decision
+	// that found its lease short sees in the store what a return in flight
+	// was giving back.
+	io ioLock
 }
+
+// ioLock is a mutex held across store calls. It is a channel, not a
+// sync.Mutex: a goroutine waiting on a channel is durably blocked, so a
+// testing/synctest bubble (the simulation) can advance its clock while one
+// waits for another's store call.
+type ioLock struct{ c chan struct{} }
+
+func newIOLock() ioLock { return ioLock{c: make(chan struct{}, 1)} }
+
+func (l ioLock) Lock()   { l.c <- struct{}{} }
+func (l ioLock) Unlock() { <-l.c }
 
 // reservation is what a ticket holds on one meter of one scope.
 type reservation struct {
@@ -133,6 +159,11 @@ type reservation struct {
 	m      Meter
 	amt    int64
 	window time.Time
+	gen    uint64
+	// direct marks tokens_rate units decided in the store (refunds go back
+	// there), rather than spent from a lease's lots.
+	direct bool
+	rate   quota.Rate
 }
 
 type ticket struct {
@@ -310,7 +341,7 @@ func meterDim(m Meter) (quota.Dimension, quota.Window) {
 func (e *Engine) scope(sc *quota.Scope) *lscope {
 	s := e.scopes[sc.Key]
 	if s == nil {
-		s = &lscope{sc: Scope{Tenant: e.tenant(sc.Key), Key: sc.Key}, loc: sc.Loc}
+		s = &lscope{sc: Scope{Tenant: e.tenant(sc.Key), Key: sc.Key}, loc: sc.Loc, io: newIOLock()}
 		for i := range s.m {
 			s.m[i].remaining = -1
 		}
@@ -363,13 +394,8 @@ func (e *Engine) sync(s *lscope, m Meter, now time.Time, bound int64, rate quota
 		}
 	}
 	if lm.limit != bound {
-		if bound < lm.limit {
-			lm.avail = 0 // the background loop returns the difference g − spent
-		}
+		lm.stale = lm.avail > 0 // returned before the next grant
 		lm.limit, lm.remaining = bound, -1
-	}
-	if !now.Before(s.validUntil) && !s.validUntil.IsZero() {
-		lm.avail = 0 // the record may be reclaimed: spend nothing more
 	}
 	return lm
 }
@@ -385,6 +411,9 @@ func (lm *lmeter) units() int64 {
 func (lm *lmeter) have(m Meter) int64 {
 	if m.isRate() {
 		return lm.units()
+	}
+	if lm.stale {
+		return 0
 	}
 	return lm.avail
 }
@@ -412,10 +441,48 @@ type short struct {
 	i     int // index in the chain
 	s     *lscope
 	m     Meter
-	need  int64 // what the ask needs beyond what the lease has
-	least int64 // the least of it worth granting (MinTokens)
-	want  Want
+	need  int64 // what the ask needs beyond what the lease has (rates: all of it)
+	least int64 // the least of it worth granting (MinTokens); 0 with optional
+	full  int64 // what the ask needs of the meter in all
+	ask   int64 // what a denial reports as requested (MinTokens when clamped)
+	// optional marks a short that only asks for more than the ask needs,
+	// or only learns the meter's state: granting nothing is no denial.
+	optional bool
 }
+
+// paidRate is a rate's units decided in the store for one acquire (the
+// direct path): spent when the ticket is issued, put back if it is not.
+type paidRate struct {
+	i             int
+	s             *lscope
+	m             Meter
+	n             int64
+	rate          quota.Rate
+	before, after string
+	remaining     int64
+	emptyAt       time.Time
+}
+
+func findPaid(paid []paidRate, i int, m Meter) *paidRate {
+	for k := range paid {
+		if paid[k].i == i && paid[k].m == m {
+			return &paid[k]
+		}
+	}
+	return nil
+}
+
+// rateAdj is a change to a rate bucket in the store, made after the lock
+// is released: a refund or an overrun of tokens decided there.
+type rateAdj struct {
+	s     *lscope
+	m     Meter
+	rate  quota.Rate
+	delta int64
+}
+
+// maxRounds bounds how often one acquire refills and decides again.
+const maxRounds = 10
 
 // Acquire implements quota.Backend.
 func (e *Engine) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, error) {
@@ -449,85 +516,254 @@ func (e *Engine) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, er
 			if err := l.Validate(); err != nil {
 				return quota.Ticket{}, fmt.Errorf("acquire: scope %s: %w", sc.Key, err)
 			}
-			if a.Model != "" && len(l.Models) > 0 && !slices.Contains(l.Models, a.Model) {
-				return quota.Ticket{}, &quota.Denial{Code: quota.CodeModelNotAllowed, Scope: sc.Key, Dimension: quota.DimModel, Model: a.Model}
-			}
 		}
 	}
-	clamp := a.MinTokens > 0 && a.MinTokens < a.Tokens
-	var shorts []short
+	// quota.Memory checks each scope's model first, then its limits: a
+	// model refused at scope j is the denial unless a scope before j
+	// refuses the ask, which the scopes before j decide, charging nothing.
+	for j := range r.Chain {
+		sc := &r.Chain[j]
+		if l := sc.Limits; l != nil && a.Model != "" && len(l.Models) > 0 && !slices.Contains(l.Models, a.Model) {
+			if j > 0 {
+				sub := r
+				sub.Chain = r.Chain[:j]
+				if _, err := e.acquire(ctx, sub, true); err != nil {
+					return quota.Ticket{}, err
+				}
+			}
+			return quota.Ticket{}, &quota.Denial{Code: quota.CodeModelNotAllowed, Scope: sc.Key, Dimension: quota.DimModel, Model: a.Model}
+		}
+	}
+	return e.acquire(ctx, r, false)
+}
+
+// acquire decides a validated request: on leases, refilling them from the
+// store as needed. With checkOnly it charges nothing and issues no ticket:
+// it only finds the denial, if any.
+func (e *Engine) acquire(ctx context.Context, r quota.Request, checkOnly bool) (quota.Ticket, error) {
+	clamp := r.Ask.MinTokens > 0 && r.Ask.MinTokens < r.Ask.Tokens
+	var (
+		shorts   []short
+		paid     []paidRate
+		refilled bool
+	)
 	for round := 0; ; round++ {
-		t, sh, err := e.decide(&r, clamp, round > 0, shorts[:0])
-		if err != nil || sh == nil {
-			return t, err
-		}
-		if round == 8 {
-			return quota.Ticket{}, fmt.Errorf("acquire: leases spent by concurrent decisions %d times: %w", round, ErrUnavailable)
-		}
-		shorts = sh
-		if d, err := e.refill(ctx, &r, shorts); err != nil || d != nil {
-			if d != nil {
+		t, sh, renew, adj, err := e.decide(&r, clamp, refilled, checkOnly, paid, shorts[:0])
+		switch {
+		case err != nil:
+			e.giveBack(ctx, paid)
+			return quota.Ticket{}, err
+		case renew != nil:
+			err = e.renewNow(ctx, renew)
+		case sh == nil:
+			if checkOnly {
+				e.giveBack(ctx, paid)
+			}
+			e.adjustRates(ctx, adj)
+			return t, nil
+		case round >= maxRounds:
+
+			err = fmt.Errorf("acquire: leases spent by concurrent decisions %d times: %w", round, ErrUnavailable)
+		default:
+			shorts, refilled = sh, true
+			var d *quota.Denial
+			if d, err = e.refill(ctx, &r, shorts, &paid); d != nil {
+				e.giveBack(ctx, paid)
 				return quota.Ticket{}, d
 			}
+		}
+		if err != nil {
+			e.giveBack(ctx, paid)
 			return quota.Ticket{}, err
 		}
 	}
 }
 
+// giveBack puts the rate units an acquire decided in the store back, if no
+// decision has followed them there (else they stay spent: under-admission
+// of at most that ask).
+func (e *Engine) giveBack(ctx context.Context, paid []paidRate) {
+	for _, p := range paid {
+		e.mu.Lock()
+		id := e.requestID()
+		e.mu.Unlock()
+		p.s.io.Lock()
+		res, err := e.st.Return(ctx, id, e.inst, p.s.sc, []Give{{Meter: p.m, Amount: p.n, After: p.after, Before: p.before}})
+		p.s.io.Unlock()
+		if err != nil || res.Returned[0] == 0 {
+			continue
+		}
+		if b, err := quota.ParseBucket(p.before); err == nil {
+			e.mu.Lock()
+			p.s.m[p.m].bucket = b
+			e.mu.Unlock()
+		}
+	}
+}
+
+// adjustRates makes rate changes decided under the lock in the store.
+func (e *Engine) adjustRates(ctx context.Context, adj []rateAdj) {
+	st, ok := e.st.(interface {
+		AdjustRate(ctx context.Context, sc Scope, m Meter, r quota.Rate, delta int64) (string, error)
+	})
+	if !ok {
+		return
+	}
+	for _, a := range adj {
+		after, err := st.AdjustRate(ctx, a.s.sc, a.m, a.rate, a.delta)
+		if err != nil {
+			continue
+		}
+		if b, err := quota.ParseBucket(after); err == nil {
+			e.mu.Lock()
+			a.s.m[a.m].bucket, a.s.m[a.m].known = b, true
+			e.mu.Unlock()
+		}
+	}
+}
+
+// renewNow renews, before they are spent again, leases whose record may
+// have expired (the engine's clock passed their validity: a paused process,
+// a long store outage). A lease the store reclaimed meanwhile is dropped.
+func (e *Engine) renewNow(ctx context.Context, scopes []*lscope) error {
+	byTenant := map[string][]Renewal{}
+	e.mu.Lock()
+	for _, s := range scopes {
+		byTenant[s.sc.Tenant] = append(byTenant[s.sc.Tenant], Renewal{Key: s.sc.Key, Pins: s.pins()})
+	}
+	e.mu.Unlock()
+	for tenant, rs := range byTenant {
+		sent := e.now()
+		res, err := e.st.Renew(ctx, e.inst, tenant, e.o.LeaseTTL, rs)
+		if err != nil {
+			return fmt.Errorf("acquire: renew: %w", err)
+		}
+		e.mu.Lock()
+		e.applyRenew(rs, res, sent)
+		e.mu.Unlock()
+	}
+	return nil
+}
+
+// pins returns what a renewal pins of s: everything it holds. Called with
+// e.mu held.
+func (s *lscope) pins() []Pin {
+	var pins []Pin
+	for m := range Meter(NumMeters) {
+		if !m.isRate() && s.m[m].g > 0 {
+			pins = append(pins, Pin{Meter: m, Amount: s.m[m].g})
+		}
+	}
+	return pins
+}
+
+// applyRenew records a renewal's outcome. Called with e.mu held.
+func (e *Engine) applyRenew(rs []Renewal, res RenewResult, sent time.Time) {
+	for _, r := range rs {
+		s := e.scopes[r.Key]
+		if s == nil {
+			continue
+		}
+		if slices.Contains(res.Lost, r.Key) {
+			// Reclaimed: what it held stays counted in the store
+			// (stranded); reservations of it give nothing back here.
+			for m := range s.m {
+				s.m[m].avail, s.m[m].g, s.m[m].stale = 0, 0, false
+			}
+			s.gen++
+			s.validUntil = time.Time{}
+			continue
+		}
+		s.validUntil = sent.Add(e.o.LeaseTTL - e.o.LeaseTTL/5)
+	}
+}
+
 // decide checks every lease of the chain and, if they all cover the ask,
 // charges them and issues the ticket. Otherwise it charges nothing and
-// returns what was short.
-func (e *Engine) decide(r *quota.Request, clamp, clampLocal bool, shorts []short) (quota.Ticket, []short, error) {
+// returns what was short, or the scopes whose lease must be renewed first.
+func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid []paidRate, shorts []short) (quota.Ticket, []short, []*lscope, []rateAdj, error) {
 	a := &r.Ask
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return quota.Ticket{}, nil, quota.ErrClosed
+		return quota.Ticket{}, nil, nil, nil, quota.ErrClosed
 	}
 	now := e.now()
 	e.expire(now)
+	var ls [8]*lscope
+	scs := ls[:0]
+	var renew []*lscope
+	for i := range r.Chain {
+		s := e.scope(&r.Chain[i])
+		scs = append(scs, s)
+		if !s.validUntil.IsZero() && !now.Before(s.validUntil) {
+			renew = append(renew, s)
+		}
+	}
+	if renew != nil {
+		return quota.Ticket{}, nil, renew, nil, nil
+	}
 	tokens := a.Tokens
-	if clampLocal {
-		// After a refill, the most tokens every token lease covers, down to MinTokens.
+	if clamp && refilled {
+		// After a refill, the most tokens every token meter covers, down
+		// to MinTokens.
 		for i := range r.Chain {
 			sc := &r.Chain[i]
 			for m := MeterTokensRate; m <= MeterTokensMonth; m++ {
 				bound, rate, ok := limitOf(sc.Limits, m)
-				if !ok {
+				if !ok || bound == unbounded {
 					continue
 				}
-				lm := e.sync(e.scope(sc), m, now, bound, rate)
-				tokens = min(tokens, max(lm.have(m), a.MinTokens))
+				h := e.sync(scs[i], m, now, bound, rate).have(m)
+				if p := findPaid(paid, i, m); p != nil {
+					h = p.n
+				}
+				tokens = min(tokens, max(h, a.MinTokens))
 			}
 		}
 	}
-	var ls [8]*lscope
-	scs := ls[:0]
 	for i := range r.Chain {
 		sc := &r.Chain[i]
-		s := e.scope(sc)
-		scs = append(scs, s)
+		s := scs[i]
 		for m := range Meter(NumMeters) {
 			need := askOf(a, m, tokens)
-			if need <= 0 {
-				continue
-			}
 			bound, rate, ok := limitOf(sc.Limits, m)
-			if !ok {
+			if !ok || need <= 0 && bound == unbounded {
 				continue
 			}
 			lm := e.sync(s, m, now, bound, rate)
-			if h := lm.have(m); h < need {
-				least := need
-				if clamp && isToken(m) {
-					least = a.MinTokens
+			least := need
+			if clamp && isToken(m) && !refilled {
+				least = a.MinTokens
+			}
+			if m.isRate() {
+				switch p := findPaid(paid, i, m); {
+				case p != nil && p.n >= need:
+				case need > 0 && lm.units() < need:
+					shorts = append(shorts, short{i: i, s: s, m: m, need: need, least: least, full: need, ask: least})
+				case !lm.known && rate.Limit > 0:
+					// Learn the bucket, for the ticket's Remaining.
+					shorts = append(shorts, short{i: i, s: s, m: m, full: need, optional: true})
 				}
-				shorts = append(shorts, short{i: i, s: s, m: m, need: need - h, least: max(least-h, 1)})
+				continue
+			}
+			h := lm.have(m)
+			switch {
+			case need > 0 && (h < need || lm.stale):
+				sh := short{i: i, s: s, m: m, need: need - h, least: max(least-h, 0), full: need, ask: least}
+				sh.optional = sh.least == 0
+				shorts = append(shorts, sh)
+			case bound != unbounded && lm.remaining < 0:
+				// Learn what remains, for the ticket's Remaining.
+				shorts = append(shorts, short{i: i, s: s, m: m, full: need, optional: true})
 			}
 		}
 	}
 	if len(shorts) > 0 {
-		return quota.Ticket{}, shorts, nil
+		return quota.Ticket{}, shorts, nil, nil, nil
+	}
+	if checkOnly {
+		return quota.Ticket{}, nil, nil, nil, nil
 	}
 	ttl := r.TTL
 	if ttl == 0 {
@@ -537,6 +773,7 @@ func (e *Engine) decide(r *quota.Request, clamp, clampLocal bool, shorts []short
 	t := &ticket{id: e.newID(), meta: r.Meta, expires: now.Add(ttl), tokens: tokens, gpu: a.GPUMillis, cost: a.CostMicros,
 		res: make([]reservation, 0, len(r.Chain)*(NumMeters-2))}
 	out := quota.Ticket{ID: t.id, Tokens: tokens, Clamped: tokens < a.Tokens, ExpiresAt: t.expires}
+	var adj []rateAdj
 	for i := range r.Chain {
 		l := r.Chain[i].Limits
 		s := scs[i]
@@ -550,11 +787,29 @@ func (e *Engine) decide(r *quota.Request, clamp, clampLocal bool, shorts []short
 				continue
 			}
 			lm := &s.m[m]
+			p := findPaid(paid, i, m)
+			if m.isRate() && p != nil {
+				// Decided in the store: spent already. Units paid beyond
+				// a clamp go back.
+				if p.n > need {
+					adj = append(adj, rateAdj{s: s, m: m, rate: rate, delta: need - p.n})
+				}
+				if m == MeterTokensRate {
+					t.res = append(t.res, reservation{s: s, m: m, amt: need, direct: true, rate: rate})
+				}
+				e.remainingPaid(&out.Remaining[m], s, m, p, need, rate, now)
+				continue
+			}
 			if need > 0 {
 				lm.take(m, need)
-				if !m.isRate() {
-					t.res = append(t.res, reservation{s: s, m: m, amt: need, window: lm.window})
+				if m == MeterTokensRate {
+					t.res = append(t.res, reservation{s: s, m: m, amt: need, rate: rate})
 				}
+			}
+			if m.isBudget() || need > 0 && m == MeterConcurrency {
+				// Every counted budget, even unasked: use is charged on
+				// settle, as quota.Memory does.
+				t.res = append(t.res, reservation{s: s, m: m, amt: need, window: lm.window, gen: s.gen})
 			}
 			e.remaining(&out.Remaining[m], s, m, lm, bound, rate, now)
 		}
@@ -568,7 +823,7 @@ func (e *Engine) decide(r *quota.Request, clamp, clampLocal bool, shorts []short
 	if e.nextExp.IsZero() || t.expires.Before(e.nextExp) {
 		e.nextExp = t.expires
 	}
-	return out, nil, nil
+	return out, nil, nil, adj, nil
 }
 
 // remaining folds scope s's meter m into r if it is the tightest so far.
@@ -579,6 +834,17 @@ func (e *Engine) remaining(r *quota.Remaining, s *lscope, m Meter, lm *lmeter, b
 		return
 	}
 	left := lm.have(m) + max(lm.remaining, 0)
+	var reset time.Time
+	if m.isRate() {
+		switch {
+		case rate.Limit <= 0:
+			left, reset = 0, now.UTC()
+		case !lm.known:
+			return
+		default:
+			left, reset = lm.bucket.Avail(rate, now)+lm.units(), lm.bucket.EmptyAt(now)
+		}
+	}
 	if r.Scope != "" && r.Remaining <= left {
 		return
 	}
@@ -586,10 +852,25 @@ func (e *Engine) remaining(r *quota.Remaining, s *lscope, m Meter, lm *lmeter, b
 	*r = quota.Remaining{Dimension: d, Window: w, Scope: s.sc.Key, Limit: bound, Remaining: left}
 	switch {
 	case m.isRate():
-		r.Limit, r.Period = rate.Limit, rate.Period
+		r.Limit, r.Period, r.ResetAt = rate.Limit, rate.Period, reset
 	case m.isBudget():
 		r.ResetAt = windowEnd(lm.window, m).UTC()
 	}
+}
+
+// remainingPaid folds a rate decided in the store into r: exact, from the
+// bucket the decision left.
+func (e *Engine) remainingPaid(r *quota.Remaining, s *lscope, m Meter, p *paidRate, need int64, rate quota.Rate, now time.Time) {
+	b, err := quota.ParseBucket(p.after)
+	if err != nil {
+		return
+	}
+	left := b.Avail(rate, now) + p.n - need
+	if r.Scope != "" && r.Remaining <= left {
+		return
+	}
+	d, w := meterDim(m)
+	*r = quota.Remaining{Dimension: d, Window: w, Scope: s.sc.Key, Limit: rate.Limit, Period: rate.Period, Remaining: left, ResetAt: b.EmptyAt(now)}
 }
 
 func mergeCaps(c, l *quota.Caps) {
@@ -620,65 +901,140 @@ func (e *Engine) requestID() string {
 	return e.inst + ":" + strconv.FormatUint(e.seq, 36)
 }
 
-// refill grants, synchronously, what the short leases need (one grant per
-// scope, each with Min = the least the ask needs). A grant refused at Min
-// is the store's denial, returned as such.
-func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short) (*quota.Denial, error) {
-	type call struct {
-		s     *lscope
-		id    string
-		wants []Want
-		sh    []short
+// refill asks the store, scope by scope in chain order, for what the short
+// leases need: budgets and slots as leases (the shortfall, plus recent
+// demand while the limit is far), rates decided in the store exactly (the
+// direct path: slots from now, as quota.Memory). The first refusal, in
+// quota.Memory's check order, is returned as the denial.
+func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short, paid *[]paidRate) (*quota.Denial, error) {
+	for len(shorts) > 0 {
+		n := 1
+		for n < len(shorts) && shorts[n].s == shorts[0].s {
+			n++
+		}
+		d, err := e.refillScope(ctx, r, shorts[:n], paid)
+		if d != nil || err != nil {
+			return d, err
+		}
+		shorts = shorts[n:]
 	}
-	var calls []call
+	return nil, nil
+}
+
+// refillScope is refill for the shorts of one scope: one store call (two
+// when a stale lease goes back first).
+func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []short, paid *[]paidRate) (*quota.Denial, error) {
+	s := group[0].s
+	s.io.Lock()
+	defer s.io.Unlock()
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
 		return nil, quota.ErrClosed
 	}
-	now := e.now()
 	n := max(e.instances(), 1)
-	for _, sh := range shorts {
-		lm := &sh.s.m[sh.m]
+	var (
+		gives []Give
+		wants []Want
+		wsh   []short // the short of each want
+	)
+	for _, sh := range group {
+		lm := &s.m[sh.m]
 		bound, rate, _ := limitOf(r.Chain[sh.i].Limits, sh.m)
-		// Beyond the ask, what the refill would take, unless the limit is
-		// near: then exactly the ask, so that the store decides.
+		if sh.m.isRate() {
+			if rate.Limit <= 0 && sh.optional {
+				continue
+			}
+			if rate.Limit <= 0 {
+				// A rate that refuses everything: quota.Memory's denial.
+				e.mu.Unlock()
+				dim, _ := meterDim(sh.m)
+				return &quota.Denial{Code: quota.CodeRateLimited, Scope: s.sc.Key, Dimension: dim, Limit: max(rate.Limit, 0),
+					Period: rate.Period, Requested: sh.least}, nil
+			}
+			wants = append(wants, Want{Meter: sh.m, Amount: sh.need, Min: sh.least, Rate: rate, Direct: true})
+			wsh = append(wsh, sh)
+			continue
+		}
+		if sh.optional && sh.need == 0 {
+			wants = append(wants, Want{Meter: sh.m, Limit: bound, Window: lm.window, Pin: unbounded})
+			wsh = append(wsh, sh)
+			continue
+		}
+		if lm.stale {
+			if lm.avail > 0 {
+				gives = append(gives, Give{Meter: sh.m, Amount: lm.avail, Window: lm.window})
+				lm.g -= lm.avail
+				sh.need += lm.avail
+				sh.least += lm.avail
+				lm.avail = 0
+			}
+			lm.stale = false
+		}
+		// Beyond the ask, what the background refill would take, unless
+		// the limit is near: then exactly the ask, so that the store
+		// decides.
 		extra := e.target(lm, sh.m)
 		if lm.remaining >= 0 {
 			extra = min(extra, lm.remaining/int64(2*n))
 		}
-		w := Want{Meter: sh.m, Amount: sh.need + max(extra, 0), Min: sh.least, Pin: unbounded, Limit: bound, Rate: rate}
+		w := Want{Meter: sh.m, Amount: sh.need + max(extra, 0), Min: sh.least, Pin: unbounded, Limit: bound}
 		if sh.m.isBudget() {
 			w.Window = lm.window
 		}
-		if len(calls) == 0 || calls[len(calls)-1].s != sh.s {
-			calls = append(calls, call{s: sh.s, id: e.requestID()})
-		}
-		c := &calls[len(calls)-1]
-		c.wants = append(c.wants, w)
-		c.sh = append(c.sh, sh)
+		wants = append(wants, w)
+		wsh = append(wsh, sh)
+	}
+	if len(wants) == 0 {
+		e.mu.Unlock()
+		return nil, nil
+	}
+	gid, rid := e.requestID(), ""
+	if len(gives) > 0 {
+		rid = e.requestID()
 	}
 	e.mu.Unlock()
-	var denial *quota.Denial
-	for _, c := range calls {
-		sent := e.now()
-		res, err := e.st.Grant(ctx, c.id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants)
+	if len(gives) > 0 {
+		res, err := e.st.Return(ctx, rid, e.inst, s.sc, gives)
 		if err != nil {
 			return nil, fmt.Errorf("acquire: %w", err)
 		}
 		e.mu.Lock()
-		e.applyGrant(c.s, sent, c.wants, res)
-		for i, g := range res.Grants {
-			if g.Granted == 0 && denial == nil {
-				denial = e.denial(r, c.sh[i], g, now)
+		for i, g := range gives {
+			lm := &s.m[g.Meter]
+			lm.g = res.Held[i]
+			if lm.remaining >= 0 {
+				lm.remaining += res.Returned[i]
 			}
 		}
 		e.mu.Unlock()
-		if denial != nil {
-			return denial, nil
+	}
+	sent := e.now()
+	res, err := e.st.Grant(ctx, gid, e.inst, s.sc, e.o.LeaseTTL, wants)
+	if err != nil {
+		return nil, fmt.Errorf("acquire: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.applyGrant(s, sent, wants, res)
+	var denial *quota.Denial
+	for i, g := range res.Grants {
+		w, sh := wants[i], wsh[i]
+		if w.Direct && g.Granted > 0 {
+			p := paidRate{i: sh.i, s: s, m: w.Meter, n: g.Granted, rate: w.Rate, before: g.Before, after: g.After, remaining: g.Remaining}
+			if b, err := quota.ParseBucket(g.After); err == nil {
+				p.emptyAt = b.EmptyAt(res.Now)
+			}
+			*paid = append(*paid, p)
+		}
+		if g.Granted == 0 && denial == nil && !sh.optional {
+			if !w.Meter.isRate() && s.m[w.Meter].have(w.Meter) >= sh.full {
+				continue // a concurrent refill covered it: decide again
+			}
+			denial = e.denial(r, sh, w, g, res.Now)
 		}
 	}
-	return nil, nil
+	return denial, nil
 }
 
 // target is what a lease should hold: for budgets and slots the recent
@@ -716,8 +1072,16 @@ func (e *Engine) applyGrant(s *lscope, sent time.Time, wants []Want, res GrantRe
 		w := wants[i]
 		lm := &s.m[w.Meter]
 		lm.remaining = g.Remaining
+		if w.Meter.isRate() && !res.Replay {
+			if b, err := quota.ParseBucket(g.After); err == nil {
+				lm.bucket, lm.known = b, true
+			}
+		}
+		if w.Direct {
+			continue
+		}
 		if g.Granted <= 0 {
-			if !w.Meter.isRate() {
+			if !w.Meter.isRate() && (!w.Meter.isBudget() || w.Window.Equal(lm.window)) {
 				lm.g = g.Held
 			}
 			continue
@@ -736,43 +1100,35 @@ func (e *Engine) applyGrant(s *lscope, sent time.Time, wants []Want, res GrantRe
 	}
 }
 
-// denial is the store's refusal of short sh, as a quota.Denial. Called
-// with e.mu held.
-func (e *Engine) denial(r *quota.Request, sh short, g Grant, now time.Time) *quota.Denial {
+// denial is the store's refusal of short sh (want w, grant g) as the
+// quota.Denial quota.Memory would give. Called with e.mu held.
+func (e *Engine) denial(r *quota.Request, sh short, w Want, g Grant, now time.Time) *quota.Denial {
 	bound, rate, _ := limitOf(r.Chain[sh.i].Limits, sh.m)
 	dim, win := meterDim(sh.m)
 	lm := &sh.s.m[sh.m]
-	requested := askOf(&r.Ask, sh.m, r.Ask.Tokens)
-	if isToken(sh.m) && r.Ask.MinTokens > 0 && r.Ask.MinTokens < r.Ask.Tokens {
-		requested = r.Ask.MinTokens
+	requested := sh.ask
+	if sh.m.isRate() {
+		if b, err := quota.ParseBucket(g.Before); err == nil {
+			if d := b.Check(rate, now, requested, sh.s.sc.Key, dim); d != nil {
+				return d
+			}
+		}
+		return &quota.Denial{Code: quota.CodeRateLimited, Scope: sh.s.sc.Key, Dimension: dim, Limit: rate.Limit, Period: rate.Period,
+			Requested: requested, RetryAfter: time.Second, ResetAt: now.Add(time.Second).UTC()}
 	}
-	d := &quota.Denial{Code: quota.CodeQuotaExceeded, Scope: sh.s.sc.Key, Dimension: dim, Window: win, Limit: bound, Requested: requested}
-	switch {
-	case sh.m.isRate():
-		burst := rate.Burst
-		if burst == 0 {
-			burst = rate.Limit
-		}
-		d.Code, d.Limit, d.Period = quota.CodeRateLimited, rate.Limit, rate.Period
-		fit := g.Remaining + lm.units()
-		d.Used = max(burst-fit, 0)
-		if requested <= burst && rate.Limit > 0 {
-			wait := (requested - fit) * int64(rate.Period) / rate.Limit
-			d.RetryAfter = time.Duration(max(wait, 1))
-		}
-		d.ResetAt = now.Add(time.Duration(d.Used * int64(rate.Period) / max(rate.Limit, 1))).UTC()
-	case sh.m.isBudget():
-		d.Used = max(bound-g.Remaining-lm.avail, 0)
-		d.ResetAt = windowEnd(lm.window, sh.m).UTC()
-		if requested <= bound {
-			d.RetryAfter = d.ResetAt.Sub(now)
-		}
-	default:
-		d.Used = max(bound-g.Remaining-lm.avail, 0)
-		if requested <= bound {
+	used := max(g.Used-lm.avail, 0)
+	if sh.m == MeterConcurrency {
+		d := &quota.Denial{Code: quota.CodeRateLimited, Scope: sh.s.sc.Key, Dimension: dim, Limit: bound, Used: used, Requested: 1}
+		if bound > 0 {
 			d.RetryAfter = time.Second
+			d.ResetAt = now.Add(time.Second).UTC()
 		}
-		d.ResetAt = now.Add(time.Second).UTC()
+		return d
+	}
+	d := &quota.Denial{Code: quota.CodeQuotaExceeded, Scope: sh.s.sc.Key, Dimension: dim, Window: win, Limit: bound,
+		Used: used, Requested: requested, ResetAt: windowEnd(lm.window, sh.m).UTC()}
+	if requested <= bound {
+		d.RetryAfter = d.ResetAt.Sub(now)
 	}
 	return d
 }
@@ -794,7 +1150,7 @@ func (e *Engine) expire(now time.Time) {
 				delete(e.tickets, id)
 			}
 		case !now.Before(t.expires):
-			e.release(t, quota.Usage{}, now, nil)
+			e.release(t, quota.Usage{}, now, false, nil, nil)
 			t.expired, t.doneAt = true, t.expires
 			e.retire(id)
 		case e.nextExp.IsZero() || t.expires.Before(e.nextExp):
@@ -843,18 +1199,63 @@ type overrun struct {
 
 // release ends t's reservations with actual use u: the difference goes
 // back to the lease; use beyond what the lease holds is appended to over.
-// Called with e.mu held.
-func (e *Engine) release(t *ticket, u quota.Usage, now time.Time, over []overrun) []overrun {
+// On a settle (not an expiry) tokens_rate is refunded or charged the
+// difference too, as quota.Memory does: into the lease's lots, or as a
+// store adjustment appended to adj. Called with e.mu held.
+func (e *Engine) release(t *ticket, u quota.Usage, now time.Time, settle bool, over []overrun, adj []rateAdj) ([]overrun, []rateAdj) {
 	for _, r := range t.res {
 		lm := &r.s.m[r.m]
-		if r.m == MeterConcurrency {
-			lm.avail += r.amt
+		switch {
+		case r.m == MeterConcurrency:
+			if r.gen == r.s.gen {
+				lm.avail += r.amt
+			}
+			continue
+		case r.m == MeterTokensRate:
+			if !settle {
+				continue
+			}
+			delta := u.InputTokens + u.OutputTokens - r.amt
+			if r.direct || lm.rate != r.rate {
+				if delta != 0 && r.direct {
+					adj = append(adj, rateAdj{s: r.s, m: r.m, rate: r.rate, delta: delta})
+				}
+				continue
+			}
+			if delta < 0 {
+				// Back to the latest lot still spendable: its slots are
+				// still in the bucket.
+				if k := len(lm.lots) - 1; k >= 0 && lm.lots[k].deadline.After(now) {
+					lm.lots[k].n -= delta
+				}
+				continue
+			}
+			take := min(delta, lm.unitsAfter(now))
+			if take > 0 {
+				e.sync(r.s, r.m, now, 0, lm.rate)
+				lm.take(r.m, take)
+			}
+			if delta > take {
+				adj = append(adj, rateAdj{s: r.s, m: r.m, rate: r.rate, delta: delta - take})
+			}
+			continue
+		case r.m.isRate():
 			continue
 		}
 		use := usageOf(u, r.m)
 		cur := r.s.window(r.m, now)
 		if !lm.window.Equal(cur) {
-			lm.avail, lm.g, lm.window, lm.remaining = 0, 0, cur, -1
+			lm.avail, lm.g, lm.window, lm.remaining, lm.stale = 0, 0, cur, -1, false
+		}
+		if r.gen != r.s.gen {
+			// The lease was reclaimed: its reservation stays counted in
+			// the store; only use beyond it is charged.
+			if r.window.Equal(cur) && use > r.amt {
+				over = append(over, overrun{s: r.s, m: r.m, amt: use - r.amt, window: cur})
+			} else if !r.window.Equal(cur) && use > 0 {
+				over = append(over, overrun{s: r.s, m: r.m, amt: use, window: cur})
+			}
+			continue
 		}
 		if r.window.Equal(cur) {
 			lm.avail += r.amt // the reservation was the lease's
@@ -865,7 +1266,7 @@ func (e *Engine) release(t *ticket, u quota.Usage, now time.Time, over []overrun
 			over = append(over, overrun{s: r.s, m: r.m, amt: use - take, window: cur})
 		}
 	}
-	return over
+	return over, adj
 }
 
 // Settle implements quota.Backend. Only the issuing engine knows its
@@ -895,18 +1296,22 @@ func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Se
 	st := quota.Settlement{TicketID: id, Usage: u, ReservedTokens: t.tokens, ReservedGPUMillis: t.gpu, ReservedCostMicros: t.cost,
 		SettledAt: now.UTC(), Meta: t.meta, Late: t.expired}
 	st.Overrun = u.InputTokens+u.OutputTokens > t.tokens || u.GPUMillis > t.gpu || u.CostMicros > t.cost
-	var over []overrun
+	var (
+		over []overrun
+		adj  []rateAdj
+	)
 	if t.expired {
-		// The reservations were refunded at expiry: charge the use alone.
+		// The reservations were refunded at expiry: charge the use alone
+		// (tokens_rate neither: quota.Memory leaves a late settle's bucket).
 		late := &ticket{}
 		for _, r := range t.res {
-			if r.m != MeterConcurrency {
-				late.res = append(late.res, reservation{s: r.s, m: r.m})
+			if !r.m.isRate() && r.m != MeterConcurrency {
+				late.res = append(late.res, reservation{s: r.s, m: r.m, gen: r.s.gen})
 			}
 		}
-		over = e.release(late, u, now, nil)
+		over, _ = e.release(late, u, now, false, nil, nil)
 	} else {
-		over = e.release(t, u, now, nil)
+		over, adj = e.release(t, u, now, true, nil, nil)
 	}
 	// A settled ticket is kept only to answer replays: dropping its
 	// reservations keeps the retained tickets small for the collector.
@@ -915,12 +1320,27 @@ func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Se
 	calls := e.overrunCalls(over)
 	e.mu.Unlock()
 	for _, c := range calls {
-		if _, err := e.st.Grant(ctx, c.id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants); err != nil {
+		c.s.io.Lock()
+		sent := e.now()
+		res, err := e.st.Grant(ctx, c.id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants)
+		if err != nil {
 			// The settle stands; the overrun is lost to the shared
 			// counter (see doc.go, Status).
+			c.s.io.Unlock()
 			continue
 		}
+		e.mu.Lock()
+		c.s.validUntil = sent.Add(e.o.LeaseTTL - e.o.LeaseTTL/5)
+		for i, g := range res.Grants {
+			lm := &c.s.m[c.wants[i].Meter]
+			if c.wants[i].Window.Equal(lm.window) || !c.wants[i].Meter.isBudget() {
+				lm.g = g.Held // the overrun is held, and spent: pinned
+			}
+		}
+		e.mu.Unlock()
+		c.s.io.Unlock()
 	}
+	e.adjustRates(ctx, adj)
 	return st, nil
 }
 
@@ -1005,6 +1425,14 @@ func (e *Engine) Use(ctx context.Context, key string) (quota.ScopeUse, error) {
 		e.mu.Unlock()
 		return u, quota.ErrClosed
 	}
+	if s := e.scopes[key]; s != nil {
+		// No grant or return of the scope in flight: the store's counter
+		// and the local lease are read at one point.
+		e.mu.Unlock()
+		s.io.Lock()
+		defer s.io.Unlock()
+		e.mu.Lock()
+	}
 	now := e.now()
 	e.expire(now)
 	sc := Scope{Tenant: e.tenant(key), Key: key}
@@ -1028,17 +1456,66 @@ func (e *Engine) Use(ctx context.Context, key string) (quota.ScopeUse, error) {
 		if local[m].window.Equal(w) {
 			used -= local[m].avail
 		}
-		return quota.WindowUse{Start: w.UTC(), End: windowEnd(w, m).UTC(), Used: max(used, 0)}
+		if used <= 0 {
+			return quota.WindowUse{} // as quota.Memory: nothing used, no window
+		}
+		return quota.WindowUse{Start: w.UTC(), End: windowEnd(w, m).UTC(), Used: used}
 	}
 	u.TokensDay, u.TokensMonth = budget(MeterTokensDay), budget(MeterTokensMonth)
 	u.GPUMillis, u.CostMicros = budget(MeterGPU), budget(MeterCost)
 	u.Concurrency = max(state.Meters[MeterConcurrency].Used-local[MeterConcurrency].avail, 0)
+	u.Requests = state.Meters[MeterRequests].Bucket.Use(now)
+	u.TokensRate = state.Meters[MeterTokensRate].Bucket.Use(now)
 	return u, nil
 }
 
-// Restore implements quota.Backend. The lease store has no restore yet.
+// Restore implements quota.Backend: the store's counter becomes used plus
+// what live leases of the window hold.
 func (e *Engine) Restore(ctx context.Context, key string, d quota.Dimension, w quota.Window, start time.Time, used int64) error {
-	return fmt.Errorf("restore %s: not supported by the lease engine yet: %w", key, quota.ErrInvalid)
+	var m Meter
+	switch {
+	case d == quota.DimTokens && w == quota.WindowDay:
+		m = MeterTokensDay
+	case d == quota.DimTokens && w == quota.WindowMonth:
+		m = MeterTokensMonth
+	case d == quota.DimGPUSeconds && w == quota.WindowMonth:
+		m = MeterGPU
+	case d == quota.DimCost && w == quota.WindowMonth:
+		m = MeterCost
+	default:
+		return fmt.Errorf("restore %s: %s/%s is not a budget: %w", key, d, w, quota.ErrInvalid)
+	}
+	if used < 0 {
+		return fmt.Errorf("restore %s: negative use: %w", key, quota.ErrInvalid)
+	}
+	st, ok := e.st.(interface {
+		Restore(ctx context.Context, instance string, sc Scope, m Meter, window time.Time, used, mine int64) (int64, error)
+	})
+	if !ok {
+		return fmt.Errorf("restore %s: the store cannot restore: %w", key, quota.ErrInvalid)
+	}
+	var (
+		mine int64
+		s    *lscope
+	)
+	e.mu.Lock()
+	if s = e.scopes[key]; s != nil {
+		s.io.Lock() // no grant or return of the scope meanwhile
+		defer s.io.Unlock()
+		if lm := &s.m[m]; lm.window.Equal(start) {
+			mine = lm.avail
+		}
+	}
+	e.mu.Unlock()
+	if _, err := st.Restore(ctx, e.inst, Scope{Tenant: e.tenant(key), Key: key}, m, start, used, mine); err != nil {
+		return fmt.Errorf("restore %s: %w", key, err)
+	}
+	if s != nil {
+		e.mu.Lock()
+		s.m[m].remaining = -1
+		e.mu.Unlock()
+	}
+	return nil
 }
 
 // Close stops the background loop, waits for it, and returns the unused
@@ -1050,63 +1527,77 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	e.closed = true
+	scopes := make([]*lscope, 0, len(e.scopes))
+	for _, s := range e.scopes {
+		scopes = append(scopes, s)
+	}
 	e.mu.Unlock()
 	e.cancel()
 	e.wg.Wait()
-	e.mu.Lock()
-	calls := e.returns(e.now(), true)
-	e.mu.Unlock()
 	ctx := context.Background()
 	var errs []error
-	for _, c := range calls {
-		if _, err := e.st.Return(ctx, c.id, e.inst, c.s.sc, c.gives); err != nil {
+	for _, s := range scopes {
+		if err := e.giveUnused(ctx, s, true); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-type returnCall struct {
-	s     *lscope
-	id    string
-	gives []Give
-}
-
-// returns takes out of the local leases what goes back to the store: all
-// of it on close; otherwise budgets and slots idle for a few refreshes
-// above their target, and leases taken under a higher limit. Called with
-// e.mu held.
-func (e *Engine) returns(now time.Time, all bool) []returnCall {
-	var calls []returnCall
-	for _, s := range e.scopes {
-		var gives []Give
-		for m := range Meter(NumMeters) {
-			lm := &s.m[m]
-			if m.isRate() {
-				continue
-			}
-			if m.isBudget() && !lm.window.Equal(s.window(m, now)) {
-				continue
-			}
-			n := int64(0)
-			switch {
-			case all:
-				n = lm.avail
-			case lm.idle >= 3:
-				n = lm.avail - e.target(lm, m)
-			}
-			if n <= 0 {
-				continue
-			}
-			lm.avail -= n
-			lm.g -= n
-			gives = append(gives, Give{Meter: m, Amount: n, Window: lm.window})
+// giveUnused returns what scope s's budget and slot leases hold beyond
+// their target (all of it when all is set; stale leases entirely), under
+// s.io so that a decision refilling the scope sees it back in the store.
+func (e *Engine) giveUnused(ctx context.Context, s *lscope, all bool) error {
+	s.io.Lock()
+	defer s.io.Unlock()
+	e.mu.Lock()
+	now := e.now()
+	var gives []Give
+	for m := range Meter(NumMeters) {
+		lm := &s.m[m]
+		if m.isRate() {
+			continue
 		}
-		if len(gives) > 0 {
-			calls = append(calls, returnCall{s: s, id: e.requestID(), gives: gives})
+		if m.isBudget() && !lm.window.Equal(s.window(m, now)) {
+			continue
+		}
+		n := int64(0)
+		switch {
+		case all || lm.stale:
+			n = lm.avail
+		case lm.idle >= 3:
+			n = lm.avail - e.target(lm, m)
+		}
+		lm.stale = false
+		if n <= 0 {
+			continue
+		}
+		lm.avail -= n
+		lm.g -= n
+		gives = append(gives, Give{Meter: m, Amount: n, Window: lm.window})
+	}
+	if len(gives) == 0 {
+		e.mu.Unlock()
+		return nil
+	}
+	id := e.requestID()
+	e.mu.Unlock()
+	res, err := e.st.Return(ctx, id, e.inst, s.sc, gives)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	for i, g := range gives {
+		lm := &s.m[g.Meter]
+		if !g.Meter.isBudget() || g.Window.Equal(lm.window) {
+			lm.g = res.Held[i]
+			if lm.remaining >= 0 {
+				lm.remaining += res.Returned[i]
+			}
 		}
 	}
-	return calls
+	e.mu.Unlock()
+	return nil
 }
 
 // refreshWorkers bounds the store calls one refresh has in flight.
@@ -1135,45 +1626,76 @@ func parallel(n int, f func(i int)) {
 func (e *Engine) loop(ctx context.Context) {
 	tk := time.NewTicker(e.o.Refresh)
 	defer tk.Stop()
-	var lastRenew time.Time
+	var r refreshState
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tk.C:
 		}
-		e.refresh(ctx, &lastRenew)
+		e.refresh(ctx, &r)
 	}
 }
 
-// refresh is one background round.
-func (e *Engine) refresh(ctx context.Context, lastRenew *time.Time) {
+// refreshState is what the background loop carries from round to round.
+type refreshState struct {
+	last, lastRenew time.Time // engine clock
+}
+
+// rateLeaseMargin is how many times a rate lease's size must still fit in
+// the bucket for the loop to take it: rate leases are for limits far away
+// (their slots start a validity ahead, which near a limit would refuse
+// what quota.Memory admits); near a limit rates are decided in the store.
+const rateLeaseMargin = 4
+
+// refresh is one background round. Demand is measured in units per
+// refresh of the engine's clock: a round that saw no time pass (a stopped
+// test clock) or a jump of many refreshes measures nothing, and demand
+// decays.
+func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 	e.mu.Lock()
 	now := e.now()
 	e.expire(now)
+	elapsed := now.Sub(rs.last)
+	measured := !rs.last.IsZero() && elapsed > 0 && elapsed <= 10*e.o.Refresh
+	rs.last = now
 	n := max(e.instances(), 1)
 	frac := max(1/float64(2*n), 1.0/8)
-	var grants []grantCall
+	var (
+		grants []grantCall
+		idle   []*lscope
+	)
 	for _, s := range e.scopes {
 		var wants []Want
+		giveBack := false
 		for m := range Meter(NumMeters) {
 			lm := &s.m[m]
 			if !lm.active {
 				continue
 			}
-			lm.demand = 0.5*lm.demand + 0.5*float64(lm.spent)
+			rate := 0.0
+			if measured {
+				rate = float64(lm.spent) * float64(e.o.Refresh) / float64(elapsed)
+			}
+			lm.demand = 0.5*lm.demand + 0.5*rate
+			if lm.demand < 0.01 {
+				lm.demand = 0
+			}
 			if lm.spent == 0 {
 				lm.idle++
 			} else {
 				lm.idle = 0
 			}
 			lm.spent = 0
+			if !m.isRate() && (lm.stale || lm.idle >= 3 && lm.avail > e.target(lm, m)) {
+				giveBack = true
+			}
 			if m.isRate() {
 				e.sync(s, m, now, 0, lm.rate) // drop lapsed units
 			}
 			tgt := e.target(lm, m)
 			have := lm.have(m)
-			if lm.idle > 0 || lm.demand == 0 {
+			if lm.idle > 0 || lm.demand == 0 || lm.stale {
 				continue
 			}
 			if m.isRate() {
@@ -1191,6 +1713,9 @@ func (e *Engine) refresh(ctx context.Context, lastRenew *time.Time) {
 			if lm.remaining >= 0 {
 				amt = min(amt, int64(float64(lm.remaining)*frac))
 			}
+			if m.isRate() && (lm.remaining < 0 || amt*rateLeaseMargin > lm.remaining) {
+				continue
+			}
 			if amt <= 0 {
 				continue
 			}
@@ -1206,32 +1731,29 @@ func (e *Engine) refresh(ctx context.Context, lastRenew *time.Time) {
 		if len(wants) > 0 {
 			grants = append(grants, grantCall{s: s, id: e.requestID(), wants: wants})
 		}
+		if giveBack {
+			idle = append(idle, s)
+		}
 	}
-	rets := e.returns(now, false)
 	var renews map[string][]Renewal
-	if now.Sub(*lastRenew) >= e.o.LeaseTTL/4 {
-		*lastRenew = now
+	if now.Sub(rs.lastRenew) >= e.o.LeaseTTL/4 || now.Before(rs.lastRenew) {
+		rs.lastRenew = now
 		renews = map[string][]Renewal{}
 		for _, s := range e.scopes {
 			if s.validUntil.IsZero() {
 				continue
 			}
-			var pins []Pin
-			for m := range Meter(NumMeters) {
-				if !m.isRate() && s.m[m].g > 0 {
-					pins = append(pins, Pin{Meter: m, Amount: s.m[m].g})
-				}
-			}
-			renews[s.sc.Tenant] = append(renews[s.sc.Tenant], Renewal{Key: s.sc.Key, Pins: pins})
+			renews[s.sc.Tenant] = append(renews[s.sc.Tenant], Renewal{Key: s.sc.Key, Pins: s.pins()})
 		}
 	}
 	e.mu.Unlock()
 
 	// Grants first, several at a time: a round that takes longer than a
-	// refresh lets rate units lapse and sends decisions to the synchronous
-	// path.
+	// refresh lets rate units lapse and sends decisions to the store.
 	parallel(len(grants), func(i int) {
 		c := grants[i]
+		c.s.io.Lock()
+		defer c.s.io.Unlock()
 		sent := e.now()
 		res, err := e.st.Grant(ctx, c.id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants)
 		if err != nil {
@@ -1241,10 +1763,7 @@ func (e *Engine) refresh(ctx context.Context, lastRenew *time.Time) {
 		e.applyGrant(c.s, sent, c.wants, res)
 		e.mu.Unlock()
 	})
-	parallel(len(rets), func(i int) {
-		c := rets[i]
-		e.st.Return(ctx, c.id, e.inst, c.s.sc, c.gives)
-	})
+	parallel(len(idle), func(i int) { e.giveUnused(ctx, idle[i], false) })
 	for tenant, rs := range renews {
 		sent := e.now()
 		res, err := e.st.Renew(ctx, e.inst, tenant, e.o.LeaseTTL, rs)
@@ -1252,20 +1771,7 @@ func (e *Engine) refresh(ctx context.Context, lastRenew *time.Time) {
 			continue
 		}
 		e.mu.Lock()
-		for _, r := range rs {
-			s := e.scopes[r.Key]
-			if s == nil {
-				continue
-			}
-			if slices.Contains(res.Lost, r.Key) {
-				for m := range s.m {
-					s.m[m].avail, s.m[m].g = 0, 0
-				}
-				s.validUntil = time.Time{}
-				continue
-			}
-			s.validUntil = sent.Add(e.o.LeaseTTL - e.o.LeaseTTL/5)
-		}
+		e.applyRenew(rs, res, sent)
 		e.mu.Unlock()
 	}
 }

@@ -29,12 +29,21 @@ var (
 	reclaimBody string
 	//go:embed lua/read.lua
 	readBody string
+	//go:embed lua/rates.lua
+	ratesBody string
+	//go:embed lua/adjust.lua
+	adjustBody string
+	//go:embed lua/restore.lua
+	restoreBody string
 
 	grantScript   = redis.NewScript(prelude + grantBody)
 	returnScript  = redis.NewScript(prelude + returnBody)
 	renewScript   = redis.NewScript(prelude + renewBody)
 	reclaimScript = redis.NewScript(prelude + reclaimBody)
 	readScript    = redis.NewScript(prelude + readBody)
+	ratesScript   = redis.NewScript(prelude + ratesBody)
+	adjustScript  = redis.NewScript(prelude + adjustBody)
+	restoreScript = redis.NewScript(prelude + restoreBody)
 	epochScript   = redis.NewScript(`return redis.call('SET', KEYS[1], ARGV[1])`)
 )
 
@@ -213,9 +222,18 @@ type Want struct {
 	Limit int64
 	// Window is the start of a budget's current window.
 	Window time.Time
-	// Rate is a rate meter's limit. Its Period must be whole microseconds.
+	// Rate is a rate meter's limit.
 	Rate quota.Rate
+	// Direct asks a rate for units spent at once (a decision made in the
+	// store, as quota.Memory would make it: slots from now, Min ≤ units ≤
+	// Amount or none) rather than a lease (slots from now+Validity, units
+	// to spend before Grant.Deadline).
+	Direct bool
 }
+
+// maxConflicts bounds how often a call that decides rates reads the
+// buckets again because another instance changed one in between.
+const maxConflicts = 64
 
 // Grant is what one Want got.
 type Grant struct {
@@ -231,6 +249,14 @@ type Grant struct {
 	Held int64
 	// Deadline is when a rate lease's units lapse, in the store's time.
 	Deadline time.Time
+	// Used is a budget's or concurrency's counter after the grant (settled
+	// use, leases, reservations and stranded amounts; it may exceed the
+	// limit after a limit was lowered or an overrun).
+	Used int64
+	// Before and After are a rate's bucket as the grant read it and as it
+	// left it (quota.Bucket strings): Before gives a refused ask its exact
+	// denial, and Give.After/Before put a grant's units back.
+	Before, After string
 }
 
 // GrantResult is a Grant call's reply.
@@ -243,22 +269,30 @@ type GrantResult struct {
 	Replay bool
 }
 
-// rateArgs returns a rate's period in µs and its burst, or an error.
-func rateArgs(r quota.Rate) (per, burst int64, err error) {
-	if err := r.Validate(); err != nil || r.IsZero() || r.Limit == 0 {
-		return 0, 0, fmt.Errorf("rate %+v: %w", r, quota.ErrInvalid)
+// checkRate validates a rate want's limit.
+func checkRate(r quota.Rate) error {
+	if err := r.Validate(); err != nil || r.IsZero() {
+		return fmt.Errorf("rate %+v: %w", r, quota.ErrInvalid)
 	}
-	if r.Period%time.Microsecond != 0 {
-		return 0, 0, fmt.Errorf("rate period %s not whole microseconds: %w", r.Period, quota.ErrInvalid)
+	return nil
+}
+
+// readRates returns the store's time and the scope's two rate buckets.
+func (s *Store) readRates(ctx context.Context, sc Scope) (time.Time, [2]string, error) {
+	var b [2]string
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	raw, err := ratesScript.Run(cctx, s.c, s.keys(sc)[:1], s.now()).Slice()
+	if err != nil || len(raw) != 3 {
+		return time.Time{}, b, fmt.Errorf("read rates %s: %w: %v", sc.Key, ErrUnavailable, err)
 	}
-	per, burst = r.Period.Microseconds(), r.Burst
-	if burst == 0 {
-		burst = r.Limit
+	now := time.UnixMicro(raw[0].(int64))
+	if s.clock != nil {
+		now = s.clock() // exact to the nanosecond, as the engine's own clock
 	}
-	if hi := float64(burst) * float64(per); hi >= 1<<53 || float64(burst)*float64(r.Limit) >= 1<<53 {
-		return 0, 0, fmt.Errorf("rate %+v too large for exact arithmetic: %w", r, quota.ErrInvalid)
-	}
-	return per, burst, nil
+	b[0], _ = raw[1].(string)
+	b[1], _ = raw[2].(string)
+	return now, b, nil
 }
 
 // Grant takes leases on several meters of one scope atomically, under
@@ -269,47 +303,114 @@ func (s *Store) Grant(ctx context.Context, requestID, instance string, sc Scope,
 	if requestID == "" || instance == "" || len(wants) == 0 || ttl <= 0 {
 		return GrantResult{}, fmt.Errorf("%s: %w", op, quota.ErrInvalid)
 	}
-	args := make([]any, 0, 9+8*len(wants))
-	args = append(args, s.now(), s.requireEp, instance, ttl.Microseconds(), s.validity, s.replayMS, s.keyMS, s.maxTTL, len(wants))
+	rates := false
 	for _, w := range wants {
-		if w.Amount <= 0 || w.Min < 0 || int(w.Meter) >= NumMeters {
+		// An Amount of 0 only reads (Remaining, Used, Before); a lease
+		// (not Direct) of rate units must ask for some.
+		if w.Amount < 0 || w.Min < 0 || int(w.Meter) >= NumMeters || w.Amount == 0 && w.Meter.isRate() && !w.Direct {
 			return GrantResult{}, fmt.Errorf("%s: want %+v: %w", op, w, quota.ErrInvalid)
 		}
-		var lim, x, burst int64
 		if w.Meter.isRate() {
-			per, b, err := rateArgs(w.Rate)
+			if err := checkRate(w.Rate); err != nil {
+				return GrantResult{}, fmt.Errorf("%s: %w", op, err)
+			}
+			rates = true
+		}
+	}
+	keys := append(s.keys(sc), s.Tag(sc.Tenant)+":q:"+requestID, s.Tag(sc.Tenant)+":epoch")
+	validity := time.Duration(s.validity) * time.Microsecond
+	for attempt := 0; ; attempt++ {
+		var (
+			rnow    time.Time
+			buckets [2]string
+			after   [2]string
+			err     error
+		)
+		if rates {
+			if rnow, buckets, err = s.readRates(ctx, sc); err != nil {
+				return GrantResult{}, fmt.Errorf("%s: %w", op, err)
+			}
+			after = buckets
+		}
+		args := make([]any, 0, 9+8*len(wants))
+		args = append(args, s.now(), s.requireEp, instance, ttl.Microseconds(), s.validity, s.replayMS, s.keyMS, s.maxTTL, len(wants))
+		for _, w := range wants {
+			if !w.Meter.isRate() {
+				var x int64
+				if w.Meter.isBudget() {
+					x = w.Window.Unix()
+				}
+				args = append(args, int(w.Meter), w.Amount, w.Min, max(w.Pin, 0), max(w.Limit, 0), x, 0, 0)
+				continue
+			}
+			// Rates are decided here, with quota.Memory's arithmetic, on
+			// the bucket as read (successive wants of one meter see each
+			// other's units); the script writes the result only if no one
+			// changed the bucket meanwhile.
+			before := after[w.Meter]
+			b, err := quota.ParseBucket(before)
 			if err != nil {
 				return GrantResult{}, fmt.Errorf("%s: %w", op, err)
 			}
-			lim, x, burst = w.Rate.Limit, per, b
-		} else {
-			lim = max(w.Limit, 0)
-			if w.Meter.isBudget() {
-				x = w.Window.Unix()
+			var got, dl int64
+			switch {
+			case !w.Direct:
+				if got = b.Lease(w.Rate, rnow, rnow.Add(validity), w.Amount, w.Min); got > 0 {
+					dl = rnow.Add(validity).UnixMicro()
+				}
+			case w.Min > 0 && w.Min < w.Amount:
+				if k := min(w.Amount, b.Avail(w.Rate, rnow)); k >= w.Min {
+					b.Charge(rnow, k)
+					got = k
+				}
+			case w.Amount > 0 && b.Check(w.Rate, rnow, w.Amount, "", 0) == nil:
+				b.Charge(rnow, w.Amount)
+				got = w.Amount
 			}
+			if got > 0 {
+				after[w.Meter] = b.String()
+			}
+			args = append(args, int(w.Meter), got, b.Avail(w.Rate, rnow), dl, 0, 0, before, after[w.Meter])
 		}
-		args = append(args, int(w.Meter), w.Amount, w.Min, max(w.Pin, 0), lim, x, burst, 0)
-	}
-	keys := append(s.keys(sc), s.Tag(sc.Tenant)+":q:"+requestID, s.Tag(sc.Tenant)+":epoch")
-	v, err := s.run(ctx, op, grantScript, keys, args)
-	if err != nil {
-		return GrantResult{}, err
-	}
-	if len(v) == 1 {
-		return GrantResult{}, fmt.Errorf("%s: %w", op, ErrEpochLost)
-	}
-	if len(v) != 3+4*len(wants) {
-		return GrantResult{}, fmt.Errorf("%s: reply of %d values: %w", op, len(v), ErrUnavailable)
-	}
-	r := GrantResult{Replay: v[0] == 1, Now: time.UnixMicro(v[1]), ExpiresAt: time.UnixMicro(v[2]), Grants: make([]Grant, len(wants))}
-	for i, w := range wants {
-		g := Grant{Meter: w.Meter, Granted: v[3+4*i], Remaining: v[4+4*i], Held: v[5+4*i]}
-		if d := v[6+4*i]; d > 0 {
-			g.Deadline = time.UnixMicro(d)
+		v, err := s.run(ctx, op, grantScript, keys, args)
+		if err != nil {
+			return GrantResult{}, err
 		}
-		r.Grants[i] = g
+		if len(v) == 1 {
+			return GrantResult{}, fmt.Errorf("%s: %w", op, ErrEpochLost)
+		}
+		if len(v) == 2 && v[0] == -2 {
+			if attempt < maxConflicts {
+				continue
+			}
+			return GrantResult{}, fmt.Errorf("%s: buckets changed under %d reads: %w", op, attempt+1, ErrUnavailable)
+		}
+		if len(v) != 3+4*len(wants) {
+			return GrantResult{}, fmt.Errorf("%s: reply of %d values: %w", op, len(v), ErrUnavailable)
+		}
+		r := GrantResult{Replay: v[0] == 1, Now: time.UnixMicro(v[1]), ExpiresAt: time.UnixMicro(v[2]), Grants: make([]Grant, len(wants))}
+		if rates {
+			r.Now = rnow // the time the rates were decided at
+		}
+		for i, w := range wants {
+			g := Grant{Meter: w.Meter, Granted: v[3+4*i], Remaining: v[4+4*i], Held: v[5+4*i]}
+			if !w.Meter.isRate() {
+				g.Used = v[6+4*i]
+			} else if d := v[6+4*i]; d > 0 {
+				g.Deadline = time.UnixMicro(d)
+			}
+			if w.Meter.isRate() {
+				// A replayed reply's buckets are not known: only its
+				// figures are.
+				g.Before, g.After = args[9+8*i+6].(string), args[9+8*i+7].(string)
+				if r.Replay {
+					g.Before, g.After = "", ""
+				}
+			}
+			r.Grants[i] = g
+		}
+		return r, nil
 	}
-	return r, nil
 }
 
 // Give returns part of a lease.
@@ -319,8 +420,10 @@ type Give struct {
 	// Window is the budget's window the amount was granted in: amounts of
 	// an ended window are not returned (the counter restarted without them).
 	Window time.Time
-	// Rate is the rate meter's limit, as granted.
-	Rate quota.Rate
+	// After and Before are a rate grant's Grant.After and Grant.Before:
+	// the units go back (the bucket becomes Before) only while the bucket
+	// is still After.
+	After, Before string
 }
 
 // ReturnResult is a Return call's reply.
@@ -343,21 +446,14 @@ func (s *Store) Return(ctx context.Context, requestID, instance string, sc Scope
 	args := make([]any, 0, 6+5*len(gives))
 	args = append(args, s.now(), s.requireEp, instance, s.replayMS, s.maxTTL, len(gives))
 	for _, g := range gives {
-		if g.Amount <= 0 || int(g.Meter) >= NumMeters {
+		if g.Amount <= 0 || int(g.Meter) >= NumMeters || g.Meter.isRate() && g.After == "" {
 			return ReturnResult{}, fmt.Errorf("%s: give %+v: %w", op, g, quota.ErrInvalid)
 		}
-		var x, lim int64
-		switch {
-		case g.Meter.isRate():
-			per, _, err := rateArgs(g.Rate)
-			if err != nil {
-				return ReturnResult{}, fmt.Errorf("%s: %w", op, err)
-			}
-			x, lim = per, g.Rate.Limit
-		case g.Meter.isBudget():
+		var x int64
+		if g.Meter.isBudget() {
 			x = g.Window.Unix()
 		}
-		args = append(args, int(g.Meter), g.Amount, x, lim, 0)
+		args = append(args, int(g.Meter), g.Amount, x, g.After, g.Before)
 	}
 	keys := append(s.keys(sc), s.Tag(sc.Tenant)+":q:"+requestID, s.Tag(sc.Tenant)+":epoch")
 	v, err := s.run(ctx, op, returnScript, keys, args)
@@ -466,8 +562,8 @@ type MeterState struct {
 	// Stranded is the part of Used pinned by reclaimed leases of dead
 	// instances.
 	Stranded int64
-	Window   time.Time // budgets: the window Used counts
-	TAT      time.Time // rates: the bucket's theoretical arrival time
+	Window   time.Time    // budgets: the window Used counts
+	Bucket   quota.Bucket // rates
 }
 
 // LeaseMeter is what one lease holds on one meter.
@@ -505,7 +601,8 @@ func (s *Store) Read(ctx context.Context, sc Scope) (State, error) {
 	h, _ := raw[1].([]any)
 	for i := 0; i+1 < len(h); i += 2 {
 		f, _ := h[i].(string)
-		n, _ := strconv.ParseInt(fmt.Sprint(h[i+1]), 10, 64)
+		v := fmt.Sprint(h[i+1])
+		n, _ := strconv.ParseInt(v, 10, 64)
 		if len(f) < 2 {
 			continue
 		}
@@ -522,7 +619,11 @@ func (s *Store) Read(ctx context.Context, sc Scope) (State, error) {
 		case 'w':
 			m.Window = time.Unix(n, 0)
 		case 't':
-			m.TAT = time.UnixMicro(n)
+			b, err := quota.ParseBucket(v)
+			if err != nil {
+				return State{}, fmt.Errorf("%s: %w", op, err)
+			}
+			m.Bucket = b
 		}
 	}
 	for _, e := range raw[2:] {
@@ -546,6 +647,68 @@ func (s *Store) Read(ctx context.Context, sc Scope) (State, error) {
 		st.Leases = append(st.Leases, ls)
 	}
 	return st, nil
+}
+
+// AdjustRate changes a rate bucket of sc by delta units at the store's
+// time, without a check: positive charges use beyond what was admitted,
+// negative refunds (never below empty), as quota.Memory does when a ticket
+// settles. It is not idempotent: a caller that does not learn the outcome
+// (ErrUnavailable) does not know whether it happened.
+func (s *Store) AdjustRate(ctx context.Context, sc Scope, m Meter, r quota.Rate, delta int64) (string, error) {
+	op := "adjust " + sc.Key
+	if !m.isRate() {
+		return "", fmt.Errorf("%s: meter %d is not a rate: %w", op, m, quota.ErrInvalid)
+	}
+	if err := checkRate(r); err != nil {
+		return "", fmt.Errorf("%s: %w", op, err)
+	}
+	keys := []string{s.keys(sc)[0], s.Tag(sc.Tenant) + ":epoch"}
+	for attempt := 0; attempt < maxConflicts; attempt++ {
+		now, buckets, err := s.readRates(ctx, sc)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", op, err)
+		}
+		b, err := quota.ParseBucket(buckets[m])
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", op, err)
+		}
+		b.Adjust(r, now, delta)
+		after := b.String()
+		v, err := s.run(ctx, op, adjustScript, keys, []any{s.now(), s.requireEp, s.keyMS, int(m), buckets[m], after})
+		if err != nil {
+			return "", err
+		}
+		switch v[0] {
+		case 0:
+			return after, nil
+		case -1:
+			return "", fmt.Errorf("%s: %w", op, ErrEpochLost)
+		}
+	}
+	return "", fmt.Errorf("%s: bucket changed under %d reads: %w", op, maxConflicts, ErrUnavailable)
+}
+
+// Restore sets budget meter m of sc for the window starting at window to
+// used (the ledger's settled use) plus what other instances' live leases
+// and stranded amounts of that window hold, plus mine: what instance's own
+// lease holds unspent (its reservations of live tickets are not in the
+// ledger, and go as quota.Memory's do). A window older than the scope's
+// current one is ignored. It returns the counter after.
+func (s *Store) Restore(ctx context.Context, instance string, sc Scope, m Meter, window time.Time, used, mine int64) (int64, error) {
+	op := "restore " + sc.Key
+	if !m.isBudget() || used < 0 || instance == "" {
+		return 0, fmt.Errorf("%s: meter %d, use %d: %w", op, m, used, quota.ErrInvalid)
+	}
+	k := s.keys(sc)
+	v, err := s.run(ctx, op, restoreScript, []string{k[0], k[1], s.Tag(sc.Tenant) + ":epoch"},
+		[]any{s.now(), s.requireEp, s.keyMS, int(m), window.Unix(), used, instance, max(mine, 0)})
+	if err != nil {
+		return 0, err
+	}
+	if len(v) != 2 {
+		return 0, fmt.Errorf("%s: %w", op, ErrEpochLost)
+	}
+	return v[1], nil
 }
 
 // run runs a mutating script, sending it again with the same arguments

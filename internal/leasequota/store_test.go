@@ -246,17 +246,27 @@ func TestReturn(t *testing.T) {
 		t.Errorf("granted %d in an ended window", g.Grants[0].Granted)
 	}
 
-	// rates: the tail of the bucket goes back; a unit under another's
-	// later grant does not
+	// rates: a grant's units go back while the bucket is as it left it;
+	// not once another grant has followed
 	ra := mustGrant(t, s, reqID(), "a", time.Minute, leasequota.Want{Meter: leasequota.MeterRequests, Amount: 10, Rate: rpm})
-	before := mustRead(t, s, scope).Meters[leasequota.MeterRequests].TAT
-	r, _ = s.Return(ctx, reqID(), "a", scope, []leasequota.Give{{Meter: leasequota.MeterRequests, Amount: 4, Rate: rpm}})
-	after := mustRead(t, s, scope).Meters[leasequota.MeterRequests].TAT
-	if r.Returned[0] != 4 || before.Sub(after) != 4*100*time.Millisecond || ra.Grants[0].Granted != 10 {
-		t.Errorf("rate return %+v moved TAT by %s, want 4 units and 400ms", r, before.Sub(after))
+	ga := ra.Grants[0]
+	if ga.Granted != 10 || ga.After == ga.Before || ga.Deadline.IsZero() {
+		t.Fatalf("rate grant %+v, want 10 units with a deadline", ga)
 	}
-	mustGrant(t, s, reqID(), "b", time.Minute, leasequota.Want{Meter: leasequota.MeterRequests, Amount: 1, Rate: rpm})
-	r, _ = s.Return(ctx, reqID(), "a", scope, []leasequota.Give{{Meter: leasequota.MeterRequests, Amount: 6, Rate: rpm}})
+	level := func() int64 {
+		b := mustRead(t, s, scope).Meters[leasequota.MeterRequests].Bucket
+		return b.Use(clk.Now()).Level
+	}
+	if l := level(); l < 10 {
+		t.Errorf("bucket level %d after a lease of 10, want at least 10", l)
+	}
+	r, _ = s.Return(ctx, reqID(), "a", scope, []leasequota.Give{{Meter: leasequota.MeterRequests, Amount: 10, After: ga.After, Before: ga.Before}})
+	if r.Returned[0] != 10 || level() != 0 {
+		t.Errorf("rate return %+v left level %d, want 10 back and an empty bucket", r, level())
+	}
+	ra = mustGrant(t, s, reqID(), "a", time.Minute, leasequota.Want{Meter: leasequota.MeterRequests, Amount: 10, Rate: rpm})
+	mustGrant(t, s, reqID(), "b", time.Minute, leasequota.Want{Meter: leasequota.MeterRequests, Amount: 1, Rate: rpm, Direct: true})
+	r, _ = s.Return(ctx, reqID(), "a", scope, []leasequota.Give{{Meter: leasequota.MeterRequests, Amount: 10, After: ra.Grants[0].After, Before: ra.Grants[0].Before}})
 	if r.Returned[0] != 0 {
 		t.Errorf("returned %d rate units under a later grant, want 0", r.Returned[0])
 	}
@@ -379,10 +389,10 @@ func TestInvalid(t *testing.T) {
 	s := newStore(t, newClient(t), newClock(), leasequota.Options{})
 	ctx := context.Background()
 	for i, w := range []leasequota.Want{
-		{Meter: leasequota.MeterTokensDay, Amount: 0, Limit: 5},
+		{Meter: leasequota.MeterTokensDay, Amount: -1, Limit: 5},
 		{Meter: leasequota.MeterRequests, Amount: 1},
-		{Meter: leasequota.MeterRequests, Amount: 1, Rate: quota.Rate{Limit: 1, Period: time.Nanosecond}},
-		{Meter: leasequota.MeterRequests, Amount: 1, Rate: quota.Rate{Limit: 1 << 40, Period: 24 * time.Hour}},
+		{Meter: leasequota.MeterRequests, Amount: 0, Rate: quota.Rate{Limit: 1, Period: time.Second}},
+		{Meter: leasequota.MeterRequests, Amount: 1, Rate: quota.Rate{Limit: 1, Period: -time.Second}},
 		{Meter: 9, Amount: 1},
 	} {
 		if _, err := s.Grant(ctx, reqID(), "a", scope, time.Minute, []leasequota.Want{w}); !errors.Is(err, quota.ErrInvalid) {

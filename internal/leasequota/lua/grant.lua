@@ -1,45 +1,42 @@
 -- KEYS: 1 state, 2 leases, 3 expiries, 4 stranded, 5 request, 6 epoch.
 -- ARGV: 1 now, 2 require epoch, 3 instance, 4 ttl µs, 5 validity µs,
--- 6 replay ms, 7 key ms, 8 maxttl µs, 9 count, then per want 8 values:
--- meter, amount, min, pin, limit, window (budgets) or period µs (rates),
--- burst (rates), unused.
+-- 6 replay ms, 7 key ms, 8 maxttl µs, 9 count, then per want 8 values.
+-- Budgets and concurrency: meter, amount, min, pin, limit, window
+-- (budgets), 0, 0. Rates, decided by the caller with the exact GCRA
+-- arithmetic of quota.Bucket on the state it read: meter, granted,
+-- remaining, deadline µs, 0, 0, the bucket as read, the bucket after.
 -- Reply: {status, now, expiry, then per want granted, remaining, held, x}
--- where status is 0 fresh, 1 replay, -1 epoch lost, and x is the lease's
--- spend deadline for rates, else 0.
+-- where status is 0 fresh, 1 replay, -1 epoch lost, -2 conflict (a rate's
+-- bucket changed since it was read: nothing was done, read again), and x
+-- is the lease's spend deadline for rates, the counter after the grant
+-- for budgets and concurrency.
 if epoch_lost() then return {-1} end
 local prev = replayed(KEYS[5])
 if prev then return prev end
-local now = now_us()
-local inst = ARGV[3]
-local ttl, delta = tonumber(ARGV[4]), tonumber(ARGV[5])
-reclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, tonumber(ARGV[8]))
-local l = lease_load(KEYS[2], inst) or {}
-local exp = now + ttl
-local out = {0, now, exp}
 local cnt = tonumber(ARGV[9])
 for i = 0, cnt - 1 do
   local b = 10 + i * 8
+  local k = tonumber(ARGV[b])
+  if is_rate(k) and (redis.call('HGET', KEYS[1], 't' .. k) or '') ~= ARGV[b + 6] then
+    return {-2, 0}
+  end
+end
+local now = now_us()
+local inst = ARGV[3]
+local ttl = tonumber(ARGV[4])
+reclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, tonumber(ARGV[8]), inst)
+local l = lease_load(KEYS[2], inst) or {}
+local exp = now + ttl
+local out = {0, now, exp}
+for i = 0, cnt - 1 do
+  local b = 10 + i * 8
   local k, amt, mn, pin = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-  local lim, x, burst = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6])
+  local lim, x = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
   local got, rem, held, extra = 0, 0, 0, 0
   if is_rate(k) then
-    -- x is the period in µs, lim the units per period. Lease slots start
-    -- no earlier than now+validity: units spent up to validity late then
-    -- still sit in slots after their spending time (see doc.go).
-    local tat = num(redis.call('HGET', KEYS[1], 't' .. k))
-    local a = math.max(tat, now + delta)
-    local room = now + idiv(burst * x, lim) - a
-    local fit = 0
-    if room > 0 then fit = idiv(room * lim, x) end
-    got = math.min(amt, fit)
-    if got < mn or got <= 0 then got = 0 end
-    if got > 0 then
-      local te = a + ceildiv(got * x, lim)
-      redis.call('HSET', KEYS[1], 't' .. k, s(te))
-      l['a' .. k], l['n' .. k], l['te' .. k], l['dl' .. k] = a, got, te, now + delta
-      extra = now + delta
-    end
-    rem, held = fit - got, got
+    got, rem, extra = amt, mn, pin
+    if ARGV[b + 7] ~= ARGV[b + 6] then redis.call('HSET', KEYS[1], 't' .. k, ARGV[b + 7]) end
+    held = got
   else
     local used = num(redis.call('HGET', KEYS[1], 'u' .. k))
     local ok = true
@@ -67,6 +64,7 @@ for i = 0, cnt - 1 do
       held = num(l['g' .. k])
     end
     rem = fit - got
+    extra = used + got
   end
   out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = got, rem, held, extra
 end

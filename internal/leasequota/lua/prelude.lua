@@ -55,9 +55,10 @@ local function is_rate(k) return k <= 1 end
 local function is_budget(k) return k >= 2 and k <= 5 end
 
 -- A lease record, one per (scope, instance) in the leases hash: e expiry;
--- per meter k: g<k> held, p<k> pinned (what reclaim keeps), w<k> budget
--- window; for rates a<k> first slot, n<k> units, te<k> slots' end and
--- dl<k> spend deadline of the latest grant.
+-- per budget or concurrency meter k: g<k> held, p<k> pinned (what reclaim
+-- keeps), w<k> budget window. Rate units are not recorded: they are slots
+-- already in the bucket (t<k>, a quota.Bucket string), decided by the
+-- caller and written by compare-and-set.
 local function lease_load(lkey, inst)
   local v = redis.call('HGET', lkey, inst)
   if not v then return nil end
@@ -69,14 +70,18 @@ end
 -- returns at once; the pinned part of a budget stays counted for the rest
 -- of its window (it may have been spent), and that of concurrency until
 -- the lease's expiry plus maxttl (no ticket it admitted outlives that).
--- Rate units are time in the bucket and lapse by themselves. It returns
--- how many leases it reclaimed.
-local function reclaim(skey, lkey, xkey, zkey, now, maxttl)
+-- Rate units are time in the bucket and lapse by themselves. The lease of
+-- self, the live instance calling, is left alone: it is renewed or granted
+-- by the same call. It returns how many leases it reclaimed.
+local function reclaim(skey, lkey, xkey, zkey, now, maxttl, self)
   local n = 0
   local dead = redis.call('ZRANGEBYSCORE', xkey, '-inf', s(now), 'LIMIT', 0, 64)
   for _, inst in ipairs(dead) do
-    local l = lease_load(lkey, inst)
-    if l then
+    local l = nil
+    if inst ~= self then l = lease_load(lkey, inst) end
+    if inst == self then
+      -- kept
+    elseif l then
       for k = 2, 6 do
         local g = num(l['g' .. k])
         if g > 0 then
@@ -99,7 +104,7 @@ local function reclaim(skey, lkey, xkey, zkey, now, maxttl)
       redis.call('HDEL', lkey, inst)
       n = n + 1
     end
-    redis.call('ZREM', xkey, inst)
+    if inst ~= self then redis.call('ZREM', xkey, inst) end
   end
   -- stranded concurrency whose tickets can no longer be alive
   local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', s(now), 'LIMIT', 0, 64)

@@ -12,7 +12,7 @@ local out = {0, now, exp}
 local a = 6
 for j = 0, (#KEYS - 1) / 4 - 1 do
   local sk, lk, xk, zk = KEYS[j * 4 + 1], KEYS[j * 4 + 2], KEYS[j * 4 + 3], KEYS[j * 4 + 4]
-  reclaim(sk, lk, xk, zk, now, maxttl)
+  reclaim(sk, lk, xk, zk, now, maxttl, inst)
   local l = lease_load(lk, inst)
   local pins = tonumber(ARGV[a])
   if l then

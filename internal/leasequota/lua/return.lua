@@ -1,50 +1,45 @@
 -- KEYS: 1 state, 2 leases, 3 expiries, 4 stranded, 5 request, 6 epoch.
 -- ARGV: 1 now, 2 require epoch, 3 instance, 4 replay ms, 5 maxttl µs,
--- 6 count, then per item 5 values: meter, amount, window (budgets) or
--- period µs (rates), limit (rates), unused.
+-- 6 count, then per item 5 values: meter, amount, window (budgets), and
+-- for rates the bucket as the instance's grant left it and the bucket to
+-- put back.
 -- Reply: {status, now, then per item returned, held} with status as in
 -- grant.lua. A return for a lease that is gone (reclaimed) or from an
--- ended window returns 0; for a rate, only the latest grant's units while
--- its slots are still the bucket's last ones.
+-- ended window returns 0; a rate's units go back only while the bucket is
+-- still as the grant left them (no decision has followed it).
 if epoch_lost() then return {-1} end
 local prev = replayed(KEYS[5])
 if prev then return prev end
 local now = now_us()
 local inst = ARGV[3]
-reclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, tonumber(ARGV[5]))
+reclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, tonumber(ARGV[5]), inst)
 local l = lease_load(KEYS[2], inst)
 local out = {0, now}
 local cnt = tonumber(ARGV[6])
 for i = 0, cnt - 1 do
   local b = 7 + i * 5
-  local k, amt, x, lim = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local k, amt, x = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
   local back, held = 0, 0
-  if l then
-    if is_rate(k) then
-      local n, te = num(l['n' .. k]), num(l['te' .. k])
-      if te > 0 and num(redis.call('HGET', KEYS[1], 't' .. k)) == te then
-        back = math.min(amt, n)
-        local ne = l['a' .. k] + ceildiv((n - back) * x, lim)
-        redis.call('HSET', KEYS[1], 't' .. k, s(ne))
-        l['n' .. k], l['te' .. k] = n - back, ne
+  if is_rate(k) then
+    if (redis.call('HGET', KEYS[1], 't' .. k) or '') == ARGV[b + 3] then
+      redis.call('HSET', KEYS[1], 't' .. k, ARGV[b + 4])
+      back = amt
+    end
+  elseif l then
+    local g = num(l['g' .. k])
+    local cur = true
+    if is_budget(k) then
+      cur = num(l['w' .. k]) == x and num(redis.call('HGET', KEYS[1], 'w' .. k)) == x
+    end
+    if cur then
+      back = math.min(amt, g)
+      if back > 0 then
+        redis.call('HINCRBY', KEYS[1], 'u' .. k, s(-back))
+        g = g - back
+        l['g' .. k] = g
+        l['p' .. k] = math.min(num(l['p' .. k]), g)
       end
-      held = num(l['n' .. k])
-    else
-      local g = num(l['g' .. k])
-      local cur = true
-      if is_budget(k) then
-        cur = num(l['w' .. k]) == x and num(redis.call('HGET', KEYS[1], 'w' .. k)) == x
-      end
-      if cur then
-        back = math.min(amt, g)
-        if back > 0 then
-          redis.call('HINCRBY', KEYS[1], 'u' .. k, s(-back))
-          g = g - back
-          l['g' .. k] = g
-          l['p' .. k] = math.min(num(l['p' .. k]), g)
-        end
-        held = g
-      end
+      held = g
     end
   end
   out[#out + 1], out[#out + 2] = back, held
