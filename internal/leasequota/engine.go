@@ -790,7 +790,10 @@ func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid 
 			p := findPaid(paid, i, m)
 			if m.isRate() && p != nil {
 				// Decided in the store: spent already. Units paid beyond
-				// a clamp go back.
+				// a clamp go back. They count as demand, which the
+				// background loop may then lease ahead.
+				lm.spent += need
+				lm.maxAsk = max(lm.maxAsk, need)
 				if p.n > need {
 					adj = append(adj, rateAdj{s: s, m: m, rate: rate, delta: need - p.n})
 				}
@@ -805,6 +808,9 @@ func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid 
 				if m == MeterTokensRate {
 					t.res = append(t.res, reservation{s: s, m: m, amt: need, rate: rate})
 				}
+			}
+			if m.isBudget() && need == 0 && bound == unbounded {
+				e.sync(s, m, now, bound, rate) // counted: the reservation needs the current window
 			}
 			if m.isBudget() || need > 0 && m == MeterConcurrency {
 				// Every counted budget, even unasked: use is charged on
