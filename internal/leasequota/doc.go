@@ -1,9 +1,8 @@
 // Package leasequota owns the budget-lease engine of issue 10 — decide
-// locally, settle globally — and, so far, its lowest layer: Store, the
-// Redis lease store (grant, return, renew, reclaim, read). The engine
-// above it (a quota.Backend deciding in process against leases) is the
-// next session's; this comment is its contract. The app still uses
-// redisquota.
+// locally, settle globally: Store, the Redis lease store (grant, return,
+// renew, reclaim, read, restore, rate adjustments), and Engine, a
+// quota.Backend deciding in process against leases taken from it. The app
+// still uses redisquota; Engine is not wired yet (Status).
 //
 // # Leases, per kind of limit
 //
@@ -18,10 +17,13 @@
 //     lease is valid only in its window: at a window's start the first
 //     grant resets the counter, older leases are void (their returns
 //     return 0), and a grant for an ended window gets 0.
-//   - Rates (GCRA): units taken from the shared bucket by advancing its
-//     TAT. A grant at store time s places the lease's slots at
-//     A = max(TAT, s+δ), takes n = min(ask, ⌊(s+τ−A)·L/P⌋) units and sets
-//     TAT = A + ⌈n·P/L⌉ (τ = ⌊B·P/L⌋; µs, exact integers in Lua doubles);
+//   - Rates (GCRA): a scope's bucket is a quota.Bucket string (quota.Memory's
+//     exact arithmetic: TAT in ns and a fraction in 1/limit ns) that
+//     Store.Grant reads, decides on in Go, and writes back by compare-and-
+//     set in the grant script (a conflict re-reads; the script checks every
+//     bucket of the call before changing anything). A lease at store time s
+//     places its slots from A = max(TAT, s+δ) (quota.Bucket.Lease), taking
+//     what fits with the bucket's level measured from A;
 //     the units must be spent before s+δ (Grant.Deadline; the instance
 //     counts δ from when it sent the grant, on its monotonic clock), δ =
 //     Options.Validity (250 ms). Why δ: units admitted in [t1,t2] come from
@@ -188,67 +190,48 @@
 //
 // # Status
 //
-// Engine (engine.go) is the first version, unwired. It decides in process
-// on per-scope leases of every budget and slot meter (counted even where
-// unlimited) and of limited rates (units with a spend deadline of 0.9 ×
-// Validity from the grant's send time); a short lease gets a synchronous
-// grant per scope with Min = what the ask lacks and, once the last reply
-// showed little remaining, exactly that, so a denial is the store's; the
-// background loop (Refresh, owned by the engine, stopped and waited on by
-// Close, which returns unused budget and slot leases) refills at 2×Horizon
-// of demand capped by remaining/(2·instances), returns leases idle for 3
-// refreshes and renews. Settle refunds into the lease, takes overruns from
-// it and beyond it grants past the limit. Every grant pins its whole lease
-// (Pin = held): a crash strands what the lease held for the window (slots
-// until MaxTTL), never frees what was spent.
+// Engine decides in process on per-scope leases of every budget and slot
+// meter (counted even where unlimited) and on rate lots leased by the
+// background loop. A decision whose lease is short goes to the store,
+// scope by scope in chain order, in quota.Memory's check order: budgets
+// and slots as a lease of the shortfall (plus recent demand while the
+// limit is far), rates as a direct decision whose refusal carries the
+// bucket it was refused on, so the denial is quota.Memory's to the
+// nanosecond; a refusal gives back the rate units the same acquire took
+// at earlier scopes (while no decision has followed them). A model
+// refused at scope j is reported unless a scope before it refuses the ask
+// (checked, charging nothing). A scope's grants and returns are
+// serialised (a channel lock, so the synctest simulation can advance its
+// clock) and Use reads under it. A lease whose record may have expired by
+// the engine's clock is renewed before it is spent; the store's reclaim
+// leaves the calling instance's own lease alone. Settle refunds
+// tokens_rate as quota.Memory does (into the lots it came from, or by
+// AdjustRate for direct units); Restore sets a counter to the ledger's
+// use plus what other instances' leases hold plus this instance's unspent
+// lease.
 //
-// Proved: quotasim.Check strict on FaultFree seeds 1–3 (calm, latency),
-// 3 instances, through simleases_test.go (a test adapter of quotasim's
-// shared store to Leases; rate leases there get a burst cut by
-// Validity·limit/period, standing in for the store's slot placement).
+// Proved: quotasim.Check strict on FaultFree seeds 1–3, 3 instances
+// (sim_test.go). quotatest.Run (TestSuiteAll, SLUICE_LEASE_SUITE=1, about
+// 10–80 s): every case passes, except that Properties fails in about one
+// run of two on a budget's Ticket.Remaining figure (off by a few hundred
+// to a few thousand units against the model, both directions seen; the
+// admissions and Use agree). Not found yet; until it is, the suite stays
+// opt-in. TestCompareEngines (SLUICE_COMPARE=1) asserts no user is
+// admitted beyond its rate or budget, in both regimes.
+//
 // Not yet:
 //   - Tickets live only on the issuing engine: a settle, heartbeat or
 //     lookup elsewhere gets ErrUnknownTicket (the ticket expires and is
 //     refunded there). No ticket records in Redis yet.
-//   - quotatest.Run on Redis (TestSuiteAll, SLUICE_LEASE_SUITE=1): passes
-//     Models, Caps, CalendarWindows, SettleAcrossWindows,
-//     CountsWithoutLimits, Invalid, UniqueTicketIDs, UnguessableIDs,
-//     ConcurrentAcquire; fails the rest: a rate lease's first grant gets
-//     B − δ·L/P (the store has no direct, slots-from-now path yet), so
-//     asks near a burst are refused (Denials, CheckOrder, RetryAfter,
-//     RateBound, LimitChange, AllOrNothing); the suite's clock jumps past
-//     LeaseTTL and the engine then drops its unrenewed leases, stranding
-//     pinned slots and budgets (Settle, Expiry, Heartbeat, Meta; the fix:
-//     renew synchronously before spending past validUntil); tokens_rate is
-//     never refunded on settle or expiry (SettleTokensRate, Expiry); Use
-//     reports no rate levels; Restore is not supported; Denial and
-//     Remaining figures are approximate.
-//   - Outages, unknown outcomes (a failed grant is not retried by id
-//     later), degraded modes, policy-change returns (a lowered limit drops
-//     the local lease; it stays counted until reclaim), Charge.
-//   - Throughput: BenchmarkEngineAcquireSettle, 64 users' 6-scope chains,
-//     limits far away, one redis-server on loopback, this 2-core machine
-//     (shared, figures vary ±20% run to run): before profiling 7,000–
-//     23,000 pairs/s sequential and 8,000–22,000 with 2 goroutines, after
-//     it 59,000–68,000 sequential and 58,000–75,000 with 2 — still below
-//     the 100,000 floor. The profile before: 58% of Redis time was the
-//     synchronous refill on the decision path, about 10% of decisions,
-//     almost all rate leases: they were sized to 2 refreshes of demand and
-//     lapse 225 ms after the grant, so a refresh only slightly late left
-//     them dry. Done: rate leases are sized to a grant's whole life plus a
-//     refresh (3.25 refreshes of demand and the largest ask) and refilled
-//     when what outlives the next refresh covers less than 2 refreshes;
-//     a refresh sends its grants 8 at a time (277 scopes sequentially took
-//     tens of ms); the budget window is cached per meter (time.Date in a
-//     location was 7% of the profile); a settled ticket drops its
-//     reservations (65,536 retained tickets of 30 reservations kept GC
-//     busy). Left (about 1% of decisions still refill synchronously, and
-//     the profile is now decide's loops, GC and the mutex): a low-water
-//     wake-up of the refill from a decision was tried and dropped — with 2
-//     goroutines it sometimes collapsed to a few hundred pairs/s (refresh
-//     rounds back to back against Redis; not understood yet); the meter
-//     loop visits all 7 meters of 6 scopes twice with limitOf each time;
-//     per-decision allocations (ticket, id, reservations).
+//   - Outages and degraded modes (on_outage), Charge, epoch handling in
+//     the engine (the store refuses with ErrEpochLost), a lost grant
+//     reply retried by id later (Store retries in the call only).
+//   - Three instances sharing scopes are slow: 437–2,390 pairs/s in
+//     TestCompareEngines where one instance does 64,700–68,000; 7–22 store
+//     calls per pair say most decisions fall to the direct path (rate
+//     lots of the shared outer scopes run dry between refreshes, and the
+//     rate buckets' compare-and-set conflicts between instances re-read).
+//   - Wiring into cmd/sluice, the issue's end-to-end proofs.
 //
 // Store fix found by the engine: prelude.lua's s() printed −0 as "-0",
 // which HINCRBY refuses, so reclaiming a fully pinned lease failed.
