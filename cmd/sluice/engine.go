@@ -92,6 +92,17 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 		Instances: count,
 		Probe:     e.probe,
 		Rebuild:   e.rebuild,
+		// A ticket settled anywhere has its event in the ledger: after a
+		// rebuild it is not readmitted (this instance's queued events
+		// first, so its own settles count).
+		Settled: func(ctx context.Context, ids []string) (map[string]bool, error) {
+			if a.recorder != nil {
+				if err := a.recorder.Flush(ctx); err != nil {
+					return nil, err
+				}
+			}
+			return a.store.EventsExist(ctx, ids)
+		},
 		// The lock's life: a rebuild that takes longer lets another start.
 		RebuildTimeout: rebuildLock,
 		ProbeTimeout:   probeTimeout,

@@ -1341,6 +1341,13 @@ func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Se
 			lm := &c.s.m[c.wants[i].Meter]
 			if c.wants[i].Window.Equal(lm.window) || !c.wants[i].Meter.isBudget() {
 				lm.g = g.Held // the overrun is held, and spent: pinned
+				if lm.limit != unbounded {
+					// The grant was asked past the limit: what remains
+					// under it follows from the counter.
+					lm.remaining = max(lm.limit-g.Used, 0)
+				} else {
+					lm.remaining = -1
+				}
 			}
 		}
 		e.mu.Unlock()

@@ -48,6 +48,18 @@ type FailoverOptions struct {
 	RebuildTimeout time.Duration
 	// ProbeInterval is how often a degraded Failover probes (default 250 ms).
 	ProbeInterval time.Duration
+	// Settled, when set, reports which of the given ticket ids were
+	// settled (their use is in the ledger). A readmission after a rebuild
+	// skips them: a ticket settled on another instance before the loss is
+	// still in its issuer's list of live tickets, and readmitting it would
+	// hold its reservation and slot until it expired. An error readmits
+	// every ticket (the safe side).
+	Settled func(ctx context.Context, ids []string) (map[string]bool, error)
+	// ReadmitGrace is how long after a rebuild a settle or heartbeat of a
+	// shared ticket the backend does not know is answered ErrUnavailable
+	// (the caller retries) instead of ErrUnknownTicket: the instance that
+	// issued it may not have readmitted it yet (default 30 s).
+	ReadmitGrace time.Duration
 	// ProbeTimeout bounds each Probe (default 2 s). Make it more generous
 	// than the shared backend's call timeout: a probe that fails switches
 	// to degraded mode, and a loaded machine is not an outage.
@@ -189,6 +201,11 @@ type Failover struct {
 	o      FailoverOptions
 
 	degraded atomic.Bool
+	// rebuiltAt is when this instance last saw the shared state rebuilt
+	// after a loss (unix ns of its clock; 0 never): for ReadmitGrace after
+	// it, an unknown shared ticket may be one its issuer has not readmitted
+	// yet, and is answered ErrUnavailable (retry) rather than unknown.
+	rebuiltAt atomic.Int64
 
 	mu     sync.Mutex
 	chains map[string]*issued // live tickets this instance issued, by ticket id
@@ -303,6 +320,9 @@ func NewFailover(shared SharedBackend, o FailoverOptions) *Failover {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.ReadmitGrace <= 0 {
+		o.ReadmitGrace = 30 * time.Second
 	}
 	if o.RebuildTimeout <= 0 {
 		o.RebuildTimeout = time.Minute
@@ -559,6 +579,7 @@ func (f *Failover) rebuild() error {
 	}
 	dropped := len(f.spool) - len(kept)
 	f.spool = kept
+	f.rebuiltAt.Store(f.now().UnixNano())
 	if _, ok := f.shared.(Readmitter); ok {
 		f.readmitting = true
 	}
@@ -596,6 +617,25 @@ func (f *Failover) readmit(ctx context.Context) error {
 		}
 	}
 	f.mu.Unlock()
+	if f.o.Settled != nil && len(todo) > 0 {
+		ids := make([]string, len(todo))
+		for i, l := range todo {
+			ids[i] = l.id
+		}
+		done, err := f.o.Settled(ctx, ids)
+		if err != nil {
+			f.o.Log.Warn("cannot tell which live tickets were settled: readmitting them all", slog.String("error", err.Error()))
+		}
+		kept := todo[:0]
+		for _, l := range todo {
+			if done[l.id] {
+				f.forget(l.id) // settled elsewhere: not live
+				continue
+			}
+			kept = append(kept, l)
+		}
+		todo = kept
+	}
 	ra := f.shared.(Readmitter)
 	for _, l := range todo {
 		r := Request{Chain: l.is.chain, Meta: l.is.meta,
@@ -1118,7 +1158,7 @@ func (f *Failover) Lookup(ctx context.Context, id string) (TicketInfo, error) {
 		info, err := f.shared.Lookup(ctx, id)
 		if !outage(err) {
 			f.ok()
-			return info, err
+			return info, f.notReadmitted(ctx, err)
 		}
 		if down, err := f.failed(ctx, seq, err); !down {
 			return TicketInfo{}, err
@@ -1130,7 +1170,8 @@ func (f *Failover) Lookup(ctx context.Context, id string) (TicketInfo, error) {
 	if is == nil {
 		// Issued elsewhere: only the shared store knows it, and it may
 		// be back before the probe says so.
-		return f.shared.Lookup(ctx, id)
+		info, err := f.shared.Lookup(ctx, id)
+		return info, f.unknownWhileDegraded(err)
 	}
 	return TicketInfo{ID: id, Meta: is.meta, ExpiresAt: is.expires, Tokens: is.tokens, GPUMillis: is.gpu, CostMicros: is.cost}, nil
 }
@@ -1180,7 +1221,7 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 			if err == nil {
 				f.forget(id)
 			}
-			return s, err
+			return s, f.notReadmitted(ctx, err)
 		}
 		if down, err := f.failed(ctx, seq, err); !down {
 			// Not settled: the caller retries (settles are idempotent).
@@ -1197,8 +1238,11 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 	if is == nil {
 		// Issued elsewhere: only the shared store can settle it. An
 		// outage is ErrUnavailable, so that the caller retries rather
-		// than lose the use.
-		return f.shared.Settle(ctx, id, u)
+		// than lose the use; so is a ticket it does not know while this
+		// instance is degraded (the state may have been lost and rebuilt,
+		// and the issuer not have readmitted it yet).
+		s, err := f.shared.Settle(ctx, id, u)
+		return s, f.unknownWhileDegraded(err)
 	}
 	now := f.now().UTC()
 	f.mu.Lock()
@@ -1257,7 +1301,7 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 				}
 				f.mu.Unlock()
 			}
-			return exp, err
+			return exp, f.notReadmitted(ctx, err)
 		}
 		if down, err := f.failed(ctx, seq, err); !down {
 			return time.Time{}, err
@@ -1273,6 +1317,40 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 	}
 	f.mu.Unlock()
 	return exp, nil
+}
+
+// unknownWhileDegraded turns ErrUnknownTicket into ErrUnavailable: asked
+// while degraded, the shared backend may have lost the ticket with its
+// state, and its issuer readmit it once the state is rebuilt.
+func (f *Failover) unknownWhileDegraded(err error) error {
+	if !errors.Is(err, ErrUnknownTicket) {
+		return err
+	}
+	return fmt.Errorf("%v (this instance is degraded; the shared quota state may be rebuilding): %w", err, ErrUnavailable)
+}
+
+// notReadmitted turns the shared backend's ErrUnknownTicket into
+// ErrUnavailable within ReadmitGrace of a rebuild: the ticket may be live
+// on the instance that issued it, which readmits it at its next probe, and
+// a caller told "unknown" would give up on a settle that is still owed.
+//
+// An instance whose own calls never failed may not have seen the state
+// lost and rebuilt (the epoch is back before it looked): an unknown ticket
+// makes it probe, and a probe that finds the state changed takes it
+// through degraded mode (rebuild observed, its own live tickets
+// readmitted) and answers ErrUnavailable too.
+func (f *Failover) notReadmitted(ctx context.Context, err error) error {
+	if !errors.Is(err, ErrUnknownTicket) {
+		return err
+	}
+	if at := f.rebuiltAt.Load(); at != 0 && f.now().UnixNano()-at <= int64(f.o.ReadmitGrace) {
+		return fmt.Errorf("%v (the shared quota state was rebuilt; its issuer may not have readmitted it yet): %w", err, ErrUnavailable)
+	}
+	if perr := f.health(ctx); errors.Is(perr, ErrStateLost) {
+		f.trip(perr)
+		return fmt.Errorf("%v (the shared quota state was lost or rebuilt: %v): %w", err, perr, ErrUnavailable)
+	}
+	return err
 }
 
 // Use implements Backend: the shared counters, or while degraded the local

@@ -849,3 +849,37 @@ func (s *Store) UsageEvents(ctx context.Context, tenantID string, from, to time.
 	}
 	return out, rows.Err()
 }
+
+// EventsExist reports which of ids have a usage event: a ticket whose
+// settle was acknowledged has one under its id (the settle answers only
+// once its event is committed). At most 1,000 ids a query.
+func (s *Store) EventsExist(ctx context.Context, ids []string) (map[string]bool, error) {
+	out := make(map[string]bool)
+	for len(ids) > 0 {
+		n := min(len(ids), 1000)
+		q := `SELECT id FROM usage_events WHERE id IN (?` + strings.Repeat(",?", n-1) + `)`
+		args := make([]any, n)
+		for i, id := range ids[:n] {
+			args[i] = id
+		}
+		rows, err := s.r.QueryContext(ctx, s.d.rebind(q), args...)
+		if err != nil {
+			return nil, errs.Wrap(err, "read usage event ids")
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, errs.Wrap(err, "scan usage event id")
+			}
+			out[id] = true
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, errs.Wrap(err, "read usage event ids")
+		}
+		ids = ids[n:]
+	}
+	return out, nil
+}

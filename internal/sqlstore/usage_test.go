@@ -122,6 +122,7 @@ func TestUsageWrites(t *testing.T) {
 			t.Run("data errors", func(t *testing.T) { t.Parallel(); testUsageDataErrors(t, eng.name, eng.open(t)) })
 			t.Run("quarantine", func(t *testing.T) { t.Parallel(); testUsageQuarantine(t, eng.name, eng.open(t)) })
 			t.Run("64 committers", func(t *testing.T) { t.Parallel(); testUsageCommitters(t, eng.open(t)) })
+			t.Run("events exist", func(t *testing.T) { t.Parallel(); testEventsExist(t, eng.open(t)) })
 		})
 	}
 }
@@ -658,4 +659,38 @@ func TestUsageRollupsRefusedWrite(t *testing.T) {
 		t.Fatalf("RecordUsage(b) = %d, %v, want 1, nil", n, err)
 	}
 	checkStored(t, s, []usage.Event{a, b})
+}
+
+// testEventsExist: EventsExist names exactly the ids with an event, across
+// its 1,000-id batches.
+func testEventsExist(t *testing.T, s *Store) {
+	ctx := context.Background()
+	at := time.Date(2026, 3, 10, 20, 0, 0, 0, time.UTC)
+	var batch []usage.Event
+	var ids []string
+	for i := range 1500 {
+		id := fmt.Sprintf("tkt_ex%d", i)
+		ids = append(ids, id)
+		if i%3 == 0 {
+			batch = append(batch, realEvent(id, i, at))
+		}
+	}
+	if _, err := s.RecordUsage(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.EventsExist(ctx, append(ids, "tkt_none", "x' OR '1'='1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(batch) {
+		t.Errorf("EventsExist: got %d ids, want %d", len(got), len(batch))
+	}
+	for i, id := range ids {
+		if got[id] != (i%3 == 0) {
+			t.Fatalf("EventsExist[%s] = %v, want %v", id, got[id], i%3 == 0)
+		}
+	}
+	if got, err := s.EventsExist(ctx, nil); err != nil || len(got) != 0 {
+		t.Errorf("EventsExist(nil) = %v, %v", got, err)
+	}
 }
