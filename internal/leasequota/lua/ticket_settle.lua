@@ -1,0 +1,95 @@
+-- KEYS: 1 record, 2 expiry set, 3 epoch. ARGV: 1 now, 2 require epoch,
+-- 3 tag, 4 id, 5 key ms, 6 retention ms, 7 input, 8 output, 9 gpu, 10
+-- cost, 11 zone count, then per zone: name, day start, day end, month
+-- start, month end (Unix s, the windows holding now in that zone).
+-- Reply: tk_reply with status 1 settled now or 2 settled before (the first
+-- settlement, nothing changed); {0, now} unknown (never recorded, or its
+-- retention is over); {-1} epoch lost; {-3, now, zone...}: a reservation's
+-- window has ended by now and use must go to the current window of these
+-- zones, which the caller computes and sends (nothing was changed).
+--
+-- Per budget reservation, with use the meter's part of the usage: if the
+-- counter still counts the reservation's window, u += use - amount (a
+-- stranded reservation: only use beyond it; an expired ticket, refunded:
+-- use alone); otherwise use alone goes to the current window, restarting a
+-- counter of an ended window without the reservation. A live ticket's
+-- concurrency is freed. A ticket past its expiry is refunded first (as the
+-- sweep would) and settled late.
+if epoch_lost() then return {-1} end
+local now = now_us()
+local t = tk_load(KEYS[1])
+if not t then return {0, now} end
+if t.st == 's' then return tk_reply(2, now, t) end
+local tag, id, keyms, retms = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local tin, tout, gpu, cost = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local use = {[2] = tin + tout, [3] = tin + tout, [4] = gpu, [5] = cost}
+local zones = {}
+for i = 0, tonumber(ARGV[11]) - 1 do
+  local b = 12 + i * 5
+  zones[ARGV[b]] = {tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])}
+end
+-- The current window of each budget reservation whose window ended by now.
+local cur, need, nneed = {}, {}, 0
+for q, r in ipairs(t.r) do
+  if is_budget(r.m) and use[r.m] > 0 and now >= r.we * 1000000 then
+    local z = zones[r.z]
+    local lo, hi = 0, 0
+    if z then
+      if r.m == 2 then lo, hi = z[1], z[2] else lo, hi = z[3], z[4] end
+    end
+    if z and lo * 1000000 <= now and now < hi * 1000000 then
+      cur[q] = lo
+    elseif not need[r.z] then
+      need[r.z] = true
+      nneed = nneed + 1
+    end
+  end
+end
+if nneed > 0 then
+  local out = {-3, now}
+  for z in pairs(need) do out[#out + 1] = z end
+  return out
+end
+local late = t.st == 'x'
+if not late and t.e <= now then
+  tk_refund(tag, t, keyms)
+  late = true
+end
+for q, r in ipairs(t.r) do
+  local sk = tag .. ':s:' .. r.k
+  if r.m == 6 then
+    if not late and r.x ~= 1 and r.a > 0 and redis.call('HEXISTS', sk, 'u6') == 1 then
+      redis.call('HINCRBY', sk, 'u6', s(-r.a))
+      redis.call('PEXPIRE', sk, keyms)
+    end
+  elseif is_budget(r.m) then
+    local u = use[r.m]
+    local c = cur[q] or r.w
+    local sw = num(redis.call('HGET', sk, 'w' .. r.m))
+    local held = sw == r.w
+    if sw < c and u > 0 then
+      -- the counter's window has ended: it restarts without the reservation
+      redis.call('HSET', sk, 'w' .. r.m, s(c), 'u' .. r.m, 0, 's' .. r.m, 0)
+      sw, held = c, false
+    end
+    local delta = u
+    if held then
+      if r.x == 1 then
+        delta = math.max(u - r.a, 0)
+      elseif not late then
+        delta = u - r.a
+      end
+    end
+    if delta ~= 0 then
+      redis.call('HINCRBY', sk, 'u' .. r.m, s(delta))
+      redis.call('PEXPIRE', sk, keyms)
+    end
+  end
+end
+t.st = 's'
+t.ui, t.uo, t.ug, t.uc, t.sa = tin, tout, gpu, cost, now
+t.late = late and 1 or 0
+t.ov = (tin + tout > num(t.t) or gpu > num(t.g) or cost > num(t.c)) and 1 or 0
+redis.call('SET', KEYS[1], cmsgpack.pack(t), 'PX', retms)
+redis.call('ZREM', KEYS[2], id)
+return tk_reply(1, now, t)
