@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -111,7 +112,11 @@ type lmeter struct {
 	remaining int64
 	// stale marks a budget or slot lease taken under another limit: it is
 	// returned before the next grant and spends nothing meanwhile.
-	stale  bool
+	stale bool
+	// ret is the part of avail on its way back to the store: spendable no
+	// more, still counted here until the return lands, so that what
+	// remains (avail + remaining) stays right while the call is out.
+	ret    int64
 	spent  int64
 	demand float64
 	maxAsk int64
@@ -292,6 +297,9 @@ func limitOf(l *quota.Limits, m Meter) (bound int64, rate quota.Rate, ok bool) {
 	return n, quota.Rate{}, true
 }
 
+// unknownRem marks an lmeter's remaining as not known yet.
+const unknownRem = math.MinInt64
+
 // unbounded is the limit of a budget or slot meter that is counted but not
 // limited, and of overruns charged past a limit: below 2^53, so that the
 // scripts' doubles keep it exact.
@@ -343,7 +351,7 @@ func (e *Engine) scope(sc *quota.Scope) *lscope {
 	if s == nil {
 		s = &lscope{sc: Scope{Tenant: e.tenant(sc.Key), Key: sc.Key}, loc: sc.Loc, io: newIOLock()}
 		for i := range s.m {
-			s.m[i].remaining = -1
+			s.m[i].remaining = unknownRem
 		}
 		e.scopes[sc.Key] = s
 	}
@@ -377,7 +385,7 @@ func (e *Engine) sync(s *lscope, m Meter, now time.Time, bound int64, rate quota
 	lm.active = true
 	if m.isRate() {
 		if lm.rate != rate {
-			lm.lots, lm.rate, lm.remaining = lm.lots[:0], rate, -1
+			lm.lots, lm.rate, lm.remaining = lm.lots[:0], rate, unknownRem
 		}
 		i := 0
 		for i < len(lm.lots) && !now.Before(lm.lots[i].deadline) {
@@ -390,12 +398,12 @@ func (e *Engine) sync(s *lscope, m Meter, now time.Time, bound int64, rate quota
 	}
 	if m.isBudget() {
 		if w := s.window(m, now); !w.Equal(lm.window) {
-			lm.avail, lm.g, lm.window, lm.remaining = 0, 0, w, -1
+			lm.avail, lm.g, lm.window, lm.remaining, lm.ret = 0, 0, w, unknownRem, 0
 		}
 	}
 	if lm.limit != bound {
-		lm.stale = lm.avail > 0 // returned before the next grant
-		lm.limit, lm.remaining = bound, -1
+		lm.stale = lm.avail-lm.ret > 0 // returned before the next grant
+		lm.limit, lm.remaining = bound, unknownRem
 	}
 	return lm
 }
@@ -415,7 +423,30 @@ func (lm *lmeter) have(m Meter) int64 {
 	if lm.stale {
 		return 0
 	}
-	return lm.avail
+	return lm.avail - lm.ret
+}
+
+// gave records a return of n that was set aside in ret: done with the
+// store's figures when ok, else unknown (the store may or may not have
+// taken it: it leaves the lease, and what remains is learnt again). A
+// budget whose window ended meanwhile was reset already. Called with e.mu
+// held.
+func (lm *lmeter) gave(m Meter, window time.Time, n int64, ok bool, returned, held int64) {
+	if m.isBudget() && !window.Equal(lm.window) {
+		return
+	}
+	lm.ret = max(lm.ret-n, 0)
+	lm.avail = max(lm.avail-n, 0)
+	switch {
+	case !ok:
+		lm.g = max(lm.g-n, 0)
+		lm.remaining = unknownRem
+	default:
+		lm.g = held
+		if lm.remaining != unknownRem {
+			lm.remaining += returned
+		}
+	}
 }
 
 // take spends n from the lease, which holds it.
@@ -668,7 +699,7 @@ func (e *Engine) applyRenew(rs []Renewal, res RenewResult, sent time.Time) {
 			// Reclaimed: what it held stays counted in the store
 			// (stranded); reservations of it give nothing back here.
 			for m := range s.m {
-				s.m[m].avail, s.m[m].g, s.m[m].stale = 0, 0, false
+				s.m[m].avail, s.m[m].g, s.m[m].stale, s.m[m].ret = 0, 0, false, 0
 			}
 			s.gen++
 			s.validUntil = time.Time{}
@@ -753,7 +784,7 @@ func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid 
 				sh := short{i: i, s: s, m: m, need: need - h, least: max(least-h, 0), full: need, ask: least}
 				sh.optional = sh.least == 0
 				shorts = append(shorts, sh)
-			case bound != unbounded && lm.remaining < 0:
+			case bound != unbounded && lm.remaining == unknownRem:
 				// Learn what remains, for the ticket's Remaining.
 				shorts = append(shorts, short{i: i, s: s, m: m, full: need, optional: true})
 			}
@@ -839,7 +870,10 @@ func (e *Engine) remaining(r *quota.Remaining, s *lscope, m Meter, lm *lmeter, b
 	if bound == unbounded {
 		return
 	}
-	left := lm.have(m) + max(lm.remaining, 0)
+	left := lm.avail // a return in flight is counted on both sides
+	if lm.remaining != unknownRem {
+		left = max(left+lm.remaining, 0) // the counter may be past the limit
+	}
 	var reset time.Time
 	if m.isRate() {
 		switch {
@@ -968,12 +1002,9 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 			continue
 		}
 		if lm.stale {
-			if lm.avail > 0 {
-				gives = append(gives, Give{Meter: sh.m, Amount: lm.avail, Window: lm.window})
-				lm.g -= lm.avail
-				sh.need += lm.avail
-				sh.least += lm.avail
-				lm.avail = 0
+			if n := lm.avail - lm.ret; n > 0 {
+				gives = append(gives, Give{Meter: sh.m, Amount: n, Window: lm.window})
+				lm.ret += n
 			}
 			lm.stale = false
 		}
@@ -981,7 +1012,7 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 		// the limit is near: then exactly the ask, so that the store
 		// decides.
 		extra := e.target(lm, sh.m)
-		if lm.remaining >= 0 {
+		if lm.remaining != unknownRem {
 			extra = min(extra, lm.remaining/int64(2*n))
 		}
 		w := Want{Meter: sh.m, Amount: sh.need + max(extra, 0), Min: sh.least, Pin: unbounded, Limit: bound}
@@ -1002,18 +1033,18 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 	e.mu.Unlock()
 	if len(gives) > 0 {
 		res, err := e.st.Return(ctx, rid, e.inst, s.sc, gives)
-		if err != nil {
-			return nil, fmt.Errorf("acquire: %w", err)
-		}
 		e.mu.Lock()
 		for i, g := range gives {
-			lm := &s.m[g.Meter]
-			lm.g = res.Held[i]
-			if lm.remaining >= 0 {
-				lm.remaining += res.Returned[i]
+			if err != nil {
+				s.m[g.Meter].gave(g.Meter, g.Window, g.Amount, false, 0, 0)
+			} else {
+				s.m[g.Meter].gave(g.Meter, g.Window, g.Amount, true, res.Returned[i], res.Held[i])
 			}
 		}
 		e.mu.Unlock()
+		if err != nil {
+			return nil, fmt.Errorf("acquire: %w", err)
+		}
 	}
 	sent := e.now()
 	res, err := e.st.Grant(ctx, gid, e.inst, s.sc, e.o.LeaseTTL, wants)
@@ -1077,7 +1108,14 @@ func (e *Engine) applyGrant(s *lscope, sent time.Time, wants []Want, res GrantRe
 	for i, g := range res.Grants {
 		w := wants[i]
 		lm := &s.m[w.Meter]
-		lm.remaining = g.Remaining
+		switch {
+		case w.Meter.isRate():
+			lm.remaining = g.Remaining
+		case w.Limit < unbounded && (!w.Meter.isBudget() || w.Window.Equal(lm.window)):
+			// Signed: after an overrun or a lowered limit the counter may
+			// be past the limit, which a lease's avail does not undo.
+			lm.remaining = w.Limit - g.Used
+		}
 		if w.Meter.isRate() && !res.Replay {
 			if b, err := quota.ParseBucket(g.After); err == nil {
 				lm.bucket, lm.known = b, true
@@ -1251,7 +1289,7 @@ func (e *Engine) release(t *ticket, u quota.Usage, now time.Time, settle bool, o
 		use := usageOf(u, r.m)
 		cur := r.s.window(r.m, now)
 		if !lm.window.Equal(cur) {
-			lm.avail, lm.g, lm.window, lm.remaining, lm.stale = 0, 0, cur, -1, false
+			lm.avail, lm.g, lm.window, lm.remaining, lm.stale, lm.ret = 0, 0, cur, unknownRem, false, 0
 		}
 		if r.gen != r.s.gen {
 			// The lease was reclaimed: its reservation stays counted in
@@ -1266,7 +1304,7 @@ func (e *Engine) release(t *ticket, u quota.Usage, now time.Time, settle bool, o
 		if r.window.Equal(cur) {
 			lm.avail += r.amt // the reservation was the lease's
 		}
-		take := min(use, lm.avail)
+		take := min(use, lm.avail-lm.ret)
 		lm.avail -= take
 		if use > take {
 			over = append(over, overrun{s: r.s, m: r.m, amt: use - take, window: cur})
@@ -1344,9 +1382,9 @@ func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Se
 				if lm.limit != unbounded {
 					// The grant was asked past the limit: what remains
 					// under it follows from the counter.
-					lm.remaining = max(lm.limit-g.Used, 0)
+					lm.remaining = lm.limit - g.Used
 				} else {
-					lm.remaining = -1
+					lm.remaining = unknownRem
 				}
 			}
 		}
@@ -1525,7 +1563,7 @@ func (e *Engine) Restore(ctx context.Context, key string, d quota.Dimension, w q
 	}
 	if s != nil {
 		e.mu.Lock()
-		s.m[m].remaining = -1
+		s.m[m].remaining = unknownRem
 		e.mu.Unlock()
 	}
 	return nil
@@ -1577,16 +1615,15 @@ func (e *Engine) giveUnused(ctx context.Context, s *lscope, all bool) error {
 		n := int64(0)
 		switch {
 		case all || lm.stale:
-			n = lm.avail
+			n = lm.avail - lm.ret
 		case lm.idle >= 3:
-			n = lm.avail - e.target(lm, m)
+			n = lm.avail - lm.ret - e.target(lm, m)
 		}
 		lm.stale = false
 		if n <= 0 {
 			continue
 		}
-		lm.avail -= n
-		lm.g -= n
+		lm.ret += n
 		gives = append(gives, Give{Meter: m, Amount: n, Window: lm.window})
 	}
 	if len(gives) == 0 {
@@ -1596,21 +1633,16 @@ func (e *Engine) giveUnused(ctx context.Context, s *lscope, all bool) error {
 	id := e.requestID()
 	e.mu.Unlock()
 	res, err := e.st.Return(ctx, id, e.inst, s.sc, gives)
-	if err != nil {
-		return err
-	}
 	e.mu.Lock()
 	for i, g := range gives {
-		lm := &s.m[g.Meter]
-		if !g.Meter.isBudget() || g.Window.Equal(lm.window) {
-			lm.g = res.Held[i]
-			if lm.remaining >= 0 {
-				lm.remaining += res.Returned[i]
-			}
+		if err != nil {
+			s.m[g.Meter].gave(g.Meter, g.Window, g.Amount, false, 0, 0)
+		} else {
+			s.m[g.Meter].gave(g.Meter, g.Window, g.Amount, true, res.Returned[i], res.Held[i])
 		}
 	}
 	e.mu.Unlock()
-	return nil
+	return err
 }
 
 // refreshWorkers bounds the store calls one refresh has in flight.
@@ -1723,10 +1755,10 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 				continue
 			}
 			amt := tgt - have
-			if lm.remaining >= 0 {
+			if lm.remaining != unknownRem {
 				amt = min(amt, int64(float64(lm.remaining)*frac))
 			}
-			if m.isRate() && (lm.remaining < 0 || amt*rateLeaseMargin > lm.remaining) {
+			if m.isRate() && (lm.remaining == unknownRem || amt*rateLeaseMargin > lm.remaining) {
 				continue
 			}
 			if amt <= 0 {
