@@ -291,8 +291,10 @@ func limitOf(l *quota.Limits, m Meter) (bound int64, rate quota.Rate, ok bool) {
 		b = l.Concurrency
 	}
 	n, set := b.Max()
-	if !set {
-		return unbounded, quota.Rate{}, true // counted, not limited
+	if !set || n >= unbounded {
+		// Counted, not limited (a limit beyond 2^50 limits nothing the
+		// store's exact arithmetic could count).
+		return unbounded, quota.Rate{}, true
 	}
 	return n, quota.Rate{}, true
 }

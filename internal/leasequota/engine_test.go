@@ -31,3 +31,29 @@ func TestSuiteAll(t *testing.T) {
 		return newEngine(t, clk), clk
 	})
 }
+
+// TestHugeLimits: a budget or slot limit beyond what the store counts
+// exactly (2^50) limits nothing, as far as the store is concerned: the
+// engine must still admit, count and settle. (It looped on an unknown
+// Remaining once: every decision asked the store again and gave up after
+// ten rounds.)
+func TestHugeLimits(t *testing.T) {
+	clk := quotatest.NewClock(time.Date(2026, 1, 15, 10, 0, 0, 0, time.UTC))
+	e := newEngine(t, clk)
+	ctx := t.Context()
+	l := &quota.Limits{TokensDay: quota.AtMost(1 << 60), TokensMonth: quota.AtMost(1 << 55), Concurrency: quota.AtMost(1 << 52)}
+	chain := []quota.Scope{{Key: "global", Limits: l}, {Key: "t/a", Limits: l}}
+	for range 3 {
+		tk, err := e.Acquire(ctx, quota.Request{Chain: chain, Ask: quota.Ask{Tokens: 100, Concurrency: true}})
+		if err != nil {
+			t.Fatalf("Acquire under huge limits: %v", err)
+		}
+		if _, err := e.Settle(ctx, tk.ID, quota.Usage{InputTokens: 40}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := e.Use(ctx, "t/a")
+	if err != nil || u.TokensDay.Used != 120 || u.TokensMonth.Used != 120 || u.Concurrency != 0 {
+		t.Errorf("Use(t/a) = %+v, %v; want 120 tokens today and this month, no slot", u, err)
+	}
+}
