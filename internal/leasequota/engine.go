@@ -949,16 +949,49 @@ func (e *Engine) requestID() string {
 // direct path: slots from now, as quota.Memory). The first refusal, in
 // quota.Memory's check order, is returned as the denial.
 func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short, paid *[]paidRate) (*quota.Denial, error) {
+	var groups [][]short
 	for len(shorts) > 0 {
 		n := 1
 		for n < len(shorts) && shorts[n].s == shorts[0].s {
 			n++
 		}
-		d, err := e.refillScope(ctx, r, shorts[:n], paid)
-		if d != nil || err != nil {
-			return d, err
-		}
+		groups = append(groups, shorts[:n])
 		shorts = shorts[n:]
+	}
+	if len(groups) == 1 {
+		return e.refillScope(ctx, r, groups[0], paid)
+	}
+	// The scopes go to the store at once (a cold chain would otherwise wait
+	// for a round trip or two per scope, one after the other). The answer
+	// is the first refusal in chain order, as if they had gone in turn;
+	// rate units a later scope took meanwhile are in paid, given back by
+	// the caller with the rest.
+	type result struct {
+		i    int
+		d    *quota.Denial
+		err  error
+		paid []paidRate
+	}
+	done := make(chan result, len(groups)) // a channel: durably blocking in a synctest bubble
+	for i, g := range groups {
+		go func() {
+			var p []paidRate
+			d, err := e.refillScope(ctx, r, g, &p)
+			done <- result{i, d, err, p}
+		}()
+	}
+	res := make([]result, len(groups))
+	for range groups {
+		x := <-done
+		res[x.i] = x
+	}
+	for _, x := range res {
+		*paid = append(*paid, x.paid...)
+	}
+	for _, x := range res {
+		if x.d != nil || x.err != nil {
+			return x.d, x.err
+		}
 	}
 	return nil, nil
 }

@@ -194,7 +194,9 @@ func (n *node) do(ctx context.Context, fn func(m *quota.Memory)) error {
 		s.mu.Unlock()
 		return errDown
 	}
+	s.mu.Lock() // a client's calls may overlap (an engine refilling several scopes at once): its rnd is shared
 	rtt := c.quantize(s.drawRTT(c.rnd))
+	s.mu.Unlock()
 	half := c.quantize(rtt / 2)
 	timeout := c.quantize(s.f.Timeout)
 	if s.f.Timeout <= 0 || rtt <= timeout {
@@ -205,8 +207,8 @@ func (n *node) do(ctx context.Context, fn func(m *quota.Memory)) error {
 		}
 		return err
 	}
-	drop := c.rnd.Float64() < s.f.DropRate
 	s.mu.Lock()
+	drop := c.rnd.Float64() < s.f.DropRate
 	s.stats.Timeouts++
 	switch {
 	case half < timeout:
