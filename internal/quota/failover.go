@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"container/heap"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -213,6 +214,10 @@ type Failover struct {
 	// tickets of this instance hold: while degraded they still run, so
 	// the local concurrency share is what is left of it after them.
 	slots map[string]int64
+	// holders orders the slot-holding shared tickets by expiry, so that a
+	// ticket that expired unsettled stops counting in slots (a min-heap;
+	// under mu).
+	holders slotHeap
 	// primed holds the scopes whose local rate buckets were filled in this
 	// degraded spell (cleared when it begins): see Memory.fillRates.
 	primed map[string]bool
@@ -259,7 +264,8 @@ type issued struct {
 	tokens  int64
 	gpu     int64
 	cost    int64
-	slot    bool // a shared ticket holding a concurrency slot
+	slot    bool      // a shared ticket holding a concurrency slot
+	queued  time.Time // the expiry it has in holders
 }
 
 // rateDebt is what this instance admitted locally on a scope's rate
@@ -995,6 +1001,7 @@ func (f *Failover) lessHeld(scope string, s *Limits) *Limits {
 		return s
 	}
 	f.mu.Lock()
+	f.expireSlots(f.now())
 	held := f.slots[scope]
 	f.mu.Unlock()
 	if held == 0 {
@@ -1098,6 +1105,7 @@ func (f *Failover) remember(t *Ticket, r *Request) {
 		for _, s := range r.Chain {
 			f.slots[s.Key]++
 		}
+		heap.Push(&f.holders, is)
 	}
 	if len(f.chains)%4096 == 0 {
 		// Tickets never settled: past the retention a late settle is
@@ -1128,6 +1136,48 @@ func (f *Failover) forget(id string) []Scope {
 	}
 	f.drop(c)
 	return c.chain
+}
+
+// expireSlots stops counting the slots of shared tickets past their
+// expiry: the shared backend freed them (a heartbeat moved an expiry
+// later: the ticket goes back in its place). Called with f.mu held.
+func (f *Failover) expireSlots(now time.Time) {
+	for len(f.holders) > 0 {
+		is := f.holders[0]
+		switch {
+		case !is.slot:
+			heap.Pop(&f.holders) // settled or dropped already
+		case is.expires.After(now):
+			if is.expires.Equal(is.queued) {
+				return
+			}
+			heap.Pop(&f.holders) // heartbeated: requeue at its new expiry
+			heap.Push(&f.holders, is)
+		default:
+			heap.Pop(&f.holders)
+			f.drop(is)
+		}
+	}
+}
+
+// slotHeap is a min-heap of slot-holding tickets by the expiry they were
+// queued with.
+type slotHeap []*issued
+
+func (h slotHeap) Len() int           { return len(h) }
+func (h slotHeap) Less(i, j int) bool { return h[i].queued.Before(h[j].queued) }
+func (h slotHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *slotHeap) Push(x any) {
+	is := x.(*issued)
+	is.queued = is.expires
+	*h = append(*h, is)
+}
+func (h *slotHeap) Pop() any {
+	old := *h
+	is := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return is
 }
 
 // drop releases the slots a forgotten ticket held. Called with f.mu held.
@@ -1171,7 +1221,7 @@ func (f *Failover) Lookup(ctx context.Context, id string) (TicketInfo, error) {
 		// Issued elsewhere: only the shared store knows it, and it may
 		// be back before the probe says so.
 		info, err := f.shared.Lookup(ctx, id)
-		return info, f.unknownWhileDegraded(err)
+		return info, f.unknownWhileDegraded(ctx, err)
 	}
 	return TicketInfo{ID: id, Meta: is.meta, ExpiresAt: is.expires, Tokens: is.tokens, GPUMillis: is.gpu, CostMicros: is.cost}, nil
 }
@@ -1242,7 +1292,7 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 		// instance is degraded (the state may have been lost and rebuilt,
 		// and the issuer not have readmitted it yet).
 		s, err := f.shared.Settle(ctx, id, u)
-		return s, f.unknownWhileDegraded(err)
+		return s, f.unknownWhileDegraded(ctx, err)
 	}
 	now := f.now().UTC()
 	f.mu.Lock()
@@ -1319,14 +1369,22 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 	return exp, nil
 }
 
-// unknownWhileDegraded turns ErrUnknownTicket into ErrUnavailable: asked
-// while degraded, the shared backend may have lost the ticket with its
-// state, and its issuer readmit it once the state is rebuilt.
-func (f *Failover) unknownWhileDegraded(err error) error {
+// unknownWhileDegraded turns ErrUnknownTicket into ErrUnavailable when,
+// asked while degraded, the shared backend's state turns out lost or
+// rebuilt since this instance last saw it (the probe says so): its issuer
+// readmits the ticket once the state is rebuilt. A ticket that merely
+// expired stays unknown.
+func (f *Failover) unknownWhileDegraded(ctx context.Context, err error) error {
 	if !errors.Is(err, ErrUnknownTicket) {
 		return err
 	}
-	return fmt.Errorf("%v (this instance is degraded; the shared quota state may be rebuilding): %w", err, ErrUnavailable)
+	if at := f.rebuiltAt.Load(); at != 0 && f.now().UnixNano()-at <= int64(f.o.ReadmitGrace) {
+		return fmt.Errorf("%v (the shared quota state was rebuilt; its issuer may not have readmitted it yet): %w", err, ErrUnavailable)
+	}
+	if perr := f.health(ctx); errors.Is(perr, ErrStateLost) {
+		return fmt.Errorf("%v (the shared quota state was lost or rebuilt: %v): %w", err, perr, ErrUnavailable)
+	}
+	return err
 }
 
 // notReadmitted turns the shared backend's ErrUnknownTicket into
