@@ -1221,7 +1221,7 @@ func (f *Failover) Lookup(ctx context.Context, id string) (TicketInfo, error) {
 		// Issued elsewhere: only the shared store knows it, and it may
 		// be back before the probe says so.
 		info, err := f.shared.Lookup(ctx, id)
-		return info, f.unknownWhileDegraded(ctx, err)
+		return info, f.notReadmitted(ctx, err)
 	}
 	return TicketInfo{ID: id, Meta: is.meta, ExpiresAt: is.expires, Tokens: is.tokens, GPUMillis: is.gpu, CostMicros: is.cost}, nil
 }
@@ -1292,7 +1292,7 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 		// instance is degraded (the state may have been lost and rebuilt,
 		// and the issuer not have readmitted it yet).
 		s, err := f.shared.Settle(ctx, id, u)
-		return s, f.unknownWhileDegraded(ctx, err)
+		return s, f.notReadmitted(ctx, err)
 	}
 	now := f.now().UTC()
 	f.mu.Lock()
@@ -1369,25 +1369,8 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 	return exp, nil
 }
 
-// unknownWhileDegraded turns ErrUnknownTicket into ErrUnavailable when,
-// asked while degraded, the shared backend's state turns out lost or
-// rebuilt since this instance last saw it (the probe says so): its issuer
-// readmits the ticket once the state is rebuilt. A ticket that merely
-// expired stays unknown.
-func (f *Failover) unknownWhileDegraded(ctx context.Context, err error) error {
-	if !errors.Is(err, ErrUnknownTicket) {
-		return err
-	}
-	if at := f.rebuiltAt.Load(); at != 0 && f.now().UnixNano()-at <= int64(f.o.ReadmitGrace) {
-		return fmt.Errorf("%v (the shared quota state was rebuilt; its issuer may not have readmitted it yet): %w", err, ErrUnavailable)
-	}
-	if perr := f.health(ctx); errors.Is(perr, ErrStateLost) {
-		return fmt.Errorf("%v (the shared quota state was lost or rebuilt: %v): %w", err, perr, ErrUnavailable)
-	}
-	return err
-}
-
-// notReadmitted turns the shared backend's ErrUnknownTicket into
+// notReadmitted (asked in normal mode or, for a ticket issued elsewhere,
+// while degraded) turns the shared backend's ErrUnknownTicket into
 // ErrUnavailable within ReadmitGrace of a rebuild: the ticket may be live
 // on the instance that issued it, which readmits it at its next probe, and
 // a caller told "unknown" would give up on a settle that is still owed.
