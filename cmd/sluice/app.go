@@ -124,12 +124,17 @@ func (a *App) startQuota(ctx context.Context) error {
 		// empty, flushed): then one instance rebuilds them from the ledger
 		// before any is admitted against them.
 		backend = "redis"
+		restorer := a.meter
+		if a.engine.rebuildVia != nil {
+			backend = "redis lease"
+			restorer = metering.New(a.engine.rebuildVia, mgr, a.recorder, a.log)
+		}
 		a.engine.restore = func(ctx context.Context) (time.Time, int, error) {
 			if err := a.recorder.Flush(ctx); err != nil {
 				return time.Time{}, 0, fmt.Errorf("flush usage events: %w", err)
 			}
 			readAt := time.Now()
-			n, err := a.meter.Restore(ctx, a.store)
+			n, err := restorer.Restore(ctx, a.store)
 			return readAt, n, err
 		}
 		if _, err := a.engine.rebuild(ctx); err != nil {

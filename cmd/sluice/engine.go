@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/redisquota"
 )
@@ -28,15 +29,32 @@ type engine struct {
 	stop      context.CancelFunc
 	wg        sync.WaitGroup // the heartbeat loop
 
-	backend *redisquota.Backend
-	id      string                 // this instance, the rebuild lock's owner
-	epoch   atomic.Pointer[string] // the epoch this instance last saw
-	log     *slog.Logger
+	// epochs is the shared engine's epoch and rebuild lock, and lost the
+	// error it reports a missing epoch with.
+	epochs epochStore
+	lost   error
+	// rebuildVia, when set, is what the rebuild restores the counters
+	// through instead of the engine (the lease engine's own store refuses
+	// to write until the epoch is set).
+	rebuildVia quota.Backend
+	id         string                 // this instance, the rebuild lock's owner
+	epoch      atomic.Pointer[string] // the epoch this instance last saw
+	log        *slog.Logger
 	// restore flushes this instance's usage events and restores every
 	// budget counter of the current windows from the ledger, returning
 	// when it read the ledger. startQuota sets it, before the engine
 	// serves.
 	restore func(ctx context.Context) (readAt time.Time, n int, err error)
+}
+
+// epochStore is what the probe and the rebuild need of the shared engine:
+// its epoch (the value that vouches for its counters, "" when missing)
+// and the lock one rebuilder holds.
+type epochStore interface {
+	Epoch(ctx context.Context) (string, error)
+	SetEpoch(ctx context.Context, v string) error
+	LockRebuild(ctx context.Context, owner string, ttl time.Duration) (bool, error)
+	UnlockRebuild(ctx context.Context, owner string) error
 }
 
 // rebuildLock is how long the rebuild lock is held at most: a rebuilder
@@ -67,28 +85,37 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 	if prefix == "" {
 		prefix = redisquota.DefaultPrefix
 	}
-	observe := func(op, outcome string, d time.Duration) {
-		if a.metrics != nil {
-			a.metrics.ObserveRedisCall(op, outcome, d)
-		}
-	}
-	backend, err := redisquota.New(client, redisquota.Options{Prefix: prefix, Timeout: timeout, RequireEpoch: true, Observe: observe})
-	if err != nil {
-		client.Close()
-		return nil, fmt.Errorf("redis quota backend: %w", err)
-	}
 	host, _ := os.Hostname()
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	id := host + "-" + hex.EncodeToString(b[:])
-	e := &engine{shared: true, redis: client, backend: backend, id: id, log: a.log,
+	e := &engine{shared: true, redis: client, id: id, log: a.log,
 		instances: redisquota.NewInstances(client, prefix, id, redisquota.DefaultInstanceTTL)}
 	count := func() int {
 		// A configured count wins; the registry's count (kept while Redis is
 		// down) is the floor otherwise.
 		return max(a.cfg.Instances, e.instances.Last())
 	}
-	e.Backend = quota.NewFailover(backend, quota.FailoverOptions{
+	var shared quota.SharedBackend
+	if a.cfg.QuotaEngine == config.QuotaEngineLease {
+		if shared, err = e.newLease(client, prefix, timeout, count); err != nil {
+			client.Close()
+			return nil, fmt.Errorf("lease quota engine: %w", err)
+		}
+	} else {
+		observe := func(op, outcome string, d time.Duration) {
+			if a.metrics != nil {
+				a.metrics.ObserveRedisCall(op, outcome, d)
+			}
+		}
+		backend, err := redisquota.New(client, redisquota.Options{Prefix: prefix, Timeout: timeout, RequireEpoch: true, Observe: observe})
+		if err != nil {
+			client.Close()
+			return nil, fmt.Errorf("redis quota backend: %w", err)
+		}
+		shared, e.epochs, e.lost = backend, backend, redisquota.ErrEpochLost
+	}
+	e.Backend = quota.NewFailover(shared, quota.FailoverOptions{
 		Instances: count,
 		Probe:     e.probe,
 		Rebuild:   e.rebuild,
@@ -134,12 +161,12 @@ func (e *engine) probe(ctx context.Context) error {
 	if err := e.redis.Ping(ctx).Err(); err != nil {
 		return err
 	}
-	v, err := e.backend.Epoch(ctx)
+	v, err := e.epochs.Epoch(ctx)
 	if err != nil {
 		return err
 	}
 	if known := e.epoch.Load(); v == "" || known == nil || *known != v {
-		return fmt.Errorf("probe: %w", redisquota.ErrEpochLost)
+		return fmt.Errorf("probe: %w", e.lost)
 	}
 	return nil
 }
@@ -151,7 +178,7 @@ func (e *engine) probe(ctx context.Context) error {
 // ErrEpochLost until it has. It returns when the epoch's ledger was read.
 // A brand-new deployment starts the same way, from an empty ledger.
 func (e *engine) rebuild(ctx context.Context) (time.Time, error) {
-	v, err := e.backend.Epoch(ctx)
+	v, err := e.epochs.Epoch(ctx)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -173,20 +200,20 @@ func (e *engine) rebuild(ctx context.Context) (time.Time, error) {
 // rebuildLocked rebuilds the counters under the rebuild lock and returns
 // the new epoch.
 func (e *engine) rebuildLocked(ctx context.Context) (string, error) {
-	ok, err := e.backend.LockRebuild(ctx, e.id, rebuildLock)
+	ok, err := e.epochs.LockRebuild(ctx, e.id, rebuildLock)
 	if err != nil {
 		return "", err
 	}
 	if !ok {
-		return "", fmt.Errorf("another instance is rebuilding the counters: %w", redisquota.ErrEpochLost)
+		return "", fmt.Errorf("another instance is rebuilding the counters: %w", e.lost)
 	}
 	defer func() {
-		if err := e.backend.UnlockRebuild(context.WithoutCancel(ctx), e.id); err != nil {
+		if err := e.epochs.UnlockRebuild(context.WithoutCancel(ctx), e.id); err != nil {
 			e.log.Warn("releasing the rebuild lock failed; it expires by itself", slog.String("error", err.Error()))
 		}
 	}()
 	// Another instance may have finished between the two reads.
-	if v, err := e.backend.Epoch(ctx); err != nil || v != "" {
+	if v, err := e.epochs.Epoch(ctx); err != nil || v != "" {
 		return v, err
 	}
 	e.log.Warn("redis holds no quota epoch (new, restarted empty or flushed): rebuilding the counters from the ledger")
@@ -195,7 +222,7 @@ func (e *engine) rebuildLocked(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("rebuild counters: %w", err)
 	}
 	v := redisquota.NewEpoch(readAt)
-	if err := e.backend.SetEpoch(ctx, v); err != nil {
+	if err := e.epochs.SetEpoch(ctx, v); err != nil {
 		return "", err
 	}
 	e.log.Info("quota counters rebuilt from the ledger", slog.Int("restored_rollups", n), slog.Time("ledger_read_at", readAt))

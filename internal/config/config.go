@@ -85,6 +85,11 @@ type Config struct {
 	// degraded mode without waiting for the probe (default 3); calls that
 	// fail together in one stall count once, and any success starts over.
 	RedisTripAfter int `yaml:"redis_trip_after"`
+	// QuotaEngine picks the shared quota engine behind redis_url:
+	// QuotaEngineScript (redisquota, one script per decision; the default)
+	// or QuotaEngineLease (leasequota, decisions in process on budget
+	// leases). Without redis_url the engine is in process either way.
+	QuotaEngine string `yaml:"quota_engine"`
 	// Instances is how many instances share the limits while Redis is
 	// unreachable (each then admits limit ÷ Instances); 0 counts them from
 	// their heartbeats in Redis.
@@ -307,6 +312,12 @@ func (c *Config) validateInProcess() error {
 	return nil
 }
 
+// The values of quota_engine.
+const (
+	QuotaEngineScript = "script"
+	QuotaEngineLease  = "lease"
+)
+
 // Default returns the configuration used when nothing is set.
 func Default() Config {
 	return Config{
@@ -323,6 +334,7 @@ func Default() Config {
 		RedisTimeout:       Duration(100 * time.Millisecond),
 		RedisProbeTimeout:  Duration(2 * time.Second),
 		RedisTripAfter:     3,
+		QuotaEngine:        QuotaEngineScript,
 		// Printed as applied: the engine and the recorder would take these
 		// for empty and 0 too, but --print-config should say what runs.
 		RedisPrefix:   "sluice",
@@ -459,6 +471,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RedisTripAfter < 1 || c.RedisTripAfter > 1000 {
 		return errs.Field(errs.Invalid, "redis_trip_after", "redis_trip_after must be between 1 and 1000")
+	}
+	if c.QuotaEngine != QuotaEngineScript && c.QuotaEngine != QuotaEngineLease {
+		return errs.Field(errs.Invalid, "quota_engine", "quota_engine must be %q or %q, not %q", QuotaEngineScript, QuotaEngineLease, c.QuotaEngine)
 	}
 	if c.Instances < 0 || c.Instances > 10000 {
 		return errs.Field(errs.Invalid, "instances", "instances must be between 0 (count them) and 10000")

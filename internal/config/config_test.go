@@ -48,6 +48,7 @@ log_level: debug
 log_format: text
 max_body_bytes: 2048
 shutdown_timeout: 2m30s
+quota_engine: lease
 `
 	c := config.Default()
 	if err := c.Parse(strings.NewReader(valid)); err != nil {
@@ -69,6 +70,7 @@ shutdown_timeout: 2m30s
 		RedisTimeout:       config.Duration(100 * time.Millisecond),
 		RedisProbeTimeout:  config.Duration(2 * time.Second),
 		RedisTripAfter:     3,
+		QuotaEngine:        "lease",
 		Sandbox:            config.Sandbox{Unenforced: "refuse", Workers: 2},
 		RedisPrefix:        "sluice",
 		UsageQueueMax:      100_000,
@@ -173,7 +175,7 @@ admin_key: file-key
 					AdminKey: "k", MaxBodyBytes: 1024, ShutdownTimeout: config.Duration(250 * time.Millisecond),
 					DefaultGlobalRate: "100/min", UsageFlushInterval: config.Duration(100 * time.Millisecond),
 					PolicyPollInterval: config.Duration(500 * time.Millisecond), RedisTimeout: config.Duration(100 * time.Millisecond),
-					RedisProbeTimeout: config.Duration(2 * time.Second), RedisTripAfter: 3,
+					RedisProbeTimeout: config.Duration(2 * time.Second), RedisTripAfter: 3, QuotaEngine: "script",
 					Sandbox:     config.Sandbox{Unenforced: "refuse", Workers: 2},
 					RedisPrefix: "sluice", UsageQueueMax: 100_000,
 					SettleOverrun: config.Default().SettleOverrun, SettleSanity: config.Default().SettleSanity,
@@ -271,6 +273,10 @@ func TestValidate(t *testing.T) {
 		{"shutdown_timeout zero", func(c *config.Config) { c.ShutdownTimeout = 0 }, "shutdown_timeout"},
 		{"shutdown_timeout negative", func(c *config.Config) { c.ShutdownTimeout = config.Duration(-time.Second) }, "shutdown_timeout"},
 		{"shutdown_timeout 1ns", func(c *config.Config) { c.ShutdownTimeout = 1 }, ""},
+		{"quota_engine lease", func(c *config.Config) { c.QuotaEngine = "lease" }, ""},
+		{"quota_engine script", func(c *config.Config) { c.QuotaEngine = "script" }, ""},
+		{"quota_engine empty", func(c *config.Config) { c.QuotaEngine = "" }, "quota_engine"},
+		{"quota_engine unknown", func(c *config.Config) { c.QuotaEngine = "leases" }, "quota_engine"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
