@@ -75,18 +75,29 @@ type cluster struct {
 	user  string
 	key   string
 	redis *redisServer
+	dbURL string
 }
 
 func startCluster(t *testing.T, policy string, redisTimeout time.Duration) *cluster {
 	t.Helper()
+	return startClusterWith(t, policy, redisTimeout, nil)
+}
+
+// startClusterWith is startCluster with each instance's config changed by
+// modify (when not nil) before it starts.
+func startClusterWith(t *testing.T, policy string, redisTimeout time.Duration, modify func(*config.Config)) *cluster {
+	t.Helper()
 	dbURL := freshPostgres(t)
-	c := &cluster{admin: "operator-chosen-admin-key-0123456789abcdef", redis: startRedis(t)}
+	c := &cluster{admin: "operator-chosen-admin-key-0123456789abcdef", redis: startRedis(t), dbURL: dbURL}
 	for range 3 {
 		cfg := testConfig(t)
 		cfg.DatabaseURL, cfg.RedisURL, cfg.Instances = dbURL, c.redis.url(), 3
 		cfg.DefaultGlobalRate = "none"
 		cfg.RedisTimeout = config.Duration(redisTimeout)
 		cfg.AdminKey = "operator-chosen-admin-key-0123456789abcdef"
+		if modify != nil {
+			modify(&cfg)
+		}
 		c.apps = append(c.apps, start(t, cfg))
 	}
 	member := applyPolicy(t, c.apps[0].url, c.admin, policy)
