@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -107,10 +108,9 @@ tenants:
 				time.Sleep(100 * time.Millisecond) // the run: long enough for the slots to bind
 				inFlight.Add(-1)
 				ticket, _ := m["ticket"].(string)
-				// The engine settles only the tickets it issued for now:
-				// when it settles on any instance, send this to
-				// urls[rand.IntN(len(urls))] instead.
-				settleAt := urls[at]
+				// Any instance: the engine settles a ticket another one
+				// issued through its record in Redis.
+				settleAt := urls[rand.IntN(len(urls))]
 				body := fmt.Sprintf(`{"ticket":%q,"input_tokens":%d,"output_tokens":%d}`, ticket, ask/3, ask-ask/3)
 				lc.setSent = time.Now()
 				for try := 0; ; try++ {

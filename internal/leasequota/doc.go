@@ -2,7 +2,8 @@
 // locally, settle globally: Store, the Redis lease store (grant, return,
 // renew, reclaim, read, restore, rate adjustments), and Engine, a
 // quota.Backend deciding in process against leases taken from it. The app
-// still uses redisquota; Engine is not wired yet (Status).
+// runs it with quota_engine: lease (cmd/sluice/lease.go), behind
+// quota.Failover; redisquota stays the default (Status).
 //
 // # Leases, per kind of limit
 //
@@ -223,18 +224,35 @@
 // TestCompareEngines (SLUICE_COMPARE=1) asserts no user is admitted beyond
 // its rate or budget, in both regimes.
 //
-// Ticket records (tickets.go): the store can record a ticket per tag
-// (moving its reservation out of the owner's lease), settle, heartbeat,
-// look it up and sweep expired ones from any instance, one script per tag.
-// The engine does not use them yet.
+// Tickets are settleable anywhere (engine_tickets.go): a ticket still
+// live RecordAfter (50 ms, monotonic clock) after it was issued is
+// recorded by a background recorder, one RecordTickets script per tag for
+// up to 256 tickets, which moves its reservations out of the lease; a
+// ticket settled before then costs the store nothing. The id names the
+// ticket's tags (tkt_<random>.g.t<tenant>), so another instance settles,
+// heartbeats or looks it up with one script per tag (two for a tenant
+// chain), waiting up to three times RecordAfter + 2·RecordEvery for the
+// issuer's recorder when the record is not there yet. A recorded ticket
+// is settled through the store on its issuer too (one script per tag).
+// Expired records are refunded by every grant script on their tag (and
+// RecordTickets, and a periodic sweep): a decision short of budget finds
+// them back. Close records every live ticket before returning its
+// leases, so the tickets of a stopped instance still settle elsewhere.
+// Left: a settle elsewhere does not refund tokens_rate (the bucket keeps
+// the reservation: under-admission of at most the difference for one
+// period); a replayed settle of a ticket settled on its issuer before it
+// was recorded is unknown on other instances (the app's ledger has it).
+// Proved by quotatest.RunShared on two engines (TestSuiteShared),
+// TestTicketsOutliveTheirIssuer, TestRecordedTicketExpires, and
+// cmd/sluice's TestLeaseEngineLimitsHold, whose settles go to random
+// instances.
 //
 // Not yet:
-//   - Tickets live only on the issuing engine: a settle, heartbeat or
-//     lookup elsewhere gets ErrUnknownTicket (the ticket expires and is
-//     refunded there). The store's ticket records are ready; the engine
-//     must write them in the background and settle through them.
-//   - Outages and degraded modes (on_outage), Charge, epoch handling in
-//     the engine (the store refuses with ErrEpochLost), a lost grant
+//   - The engine's own outage mode (on_outage): the app wraps it in
+//     quota.Failover (Charge, ChargeRates: failover.go), which switches
+//     to local shares when calls fail; leases held keep deciding until a
+//     call fails. Epoch handling in the engine (the store refuses with
+//     ErrEpochLost; the engine keeps spending its leases), a lost grant
 //     reply retried by id later (Store retries in the call only).
 //   - Three instances sharing scopes: scopes an instance sees only a few
 //     times a second (pairs spread round-robin over instances and users)

@@ -62,6 +62,10 @@ type EngineOptions struct {
 	// SettledRetention is how long settled and expired tickets are
 	// remembered (1 h).
 	SettledRetention time.Duration
+	// RecordAfter is how old a live ticket gets before it is recorded in
+	// the store, settleable on any instance (50 ms); RecordEvery how often
+	// the recorder runs (20 ms). See engine_tickets.go.
+	RecordAfter, RecordEvery time.Duration
 }
 
 // Engine is the budget-lease quota engine of doc.go: it decides in process
@@ -85,6 +89,15 @@ type Engine struct {
 	closed    bool
 	lastSweep time.Time
 	done      []string // settled and expired tickets, oldest first
+
+	// Ticket records (engine_tickets.go); ts is nil when the store
+	// cannot keep them.
+	ts              ticketStore
+	recIO           ioLock          // held by record calls; a sweep waits for them
+	pending         []*ticket       // issued, not yet recorded, oldest first
+	recTags         map[string]bool // tags this engine recorded tickets on
+	sweepTags       map[string]bool // tags with a recorded ticket expired, to sweep
+	lastTicketSweep time.Time
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -180,6 +193,17 @@ type ticket struct {
 	settled           *quota.Settlement
 	expired           bool
 	doneAt            time.Time
+	// Recording (engine_tickets.go): when it was issued (on the monotonic
+	// clock: RecordAfter is a matter of latency, not of quota), the tenants of
+	// the hash tags its chain touches (nil: kept in process only), which
+	// tags a record call was sent to (tried) and which recorded it (recd),
+	// as bits by index in tags; busy is closed when a record call of it
+	// in flight ends.
+	issued      time.Time
+	released    bool // expired before it was recorded: its reservations went back to the leases
+	tags        []string
+	tried, recd uint8
+	busy        chan struct{}
 }
 
 // NewEngine returns an engine on st and starts its background refill,
@@ -225,13 +249,23 @@ func NewEngine(st Leases, o EngineOptions) (*Engine, error) {
 	if o.SettledRetention <= 0 {
 		o.SettledRetention = time.Hour
 	}
+	if o.RecordAfter <= 0 {
+		o.RecordAfter = DefaultRecordAfter
+	}
+	if o.RecordEvery <= 0 {
+		o.RecordEvery = DefaultRecordEvery
+	}
 	e := &Engine{
 		st: st, inst: o.Instance, now: o.Now, tenant: o.Tenant, instances: o.Instances, o: o,
-		validity: o.Validity - o.Validity/10,
-		scopes:   map[string]*lscope{},
-		tickets:  map[string]*ticket{},
-		rnd:      rand.NewChaCha8(seed),
+		validity:  o.Validity - o.Validity/10,
+		scopes:    map[string]*lscope{},
+		tickets:   map[string]*ticket{},
+		rnd:       rand.NewChaCha8(seed),
+		recTags:   map[string]bool{},
+		recIO:     newIOLock(),
+		sweepTags: map[string]bool{},
 	}
+	e.ts, _ = st.(ticketStore)
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
 	e.wg.Add(1)
@@ -239,6 +273,13 @@ func NewEngine(st Leases, o EngineOptions) (*Engine, error) {
 		defer e.wg.Done()
 		e.loop(ctx)
 	}()
+	if e.ts != nil {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.recordLoop(ctx)
+		}()
+	}
 	return e, nil
 }
 
@@ -804,7 +845,13 @@ func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid 
 	}
 	ttl = min(ttl, e.o.MaxTTL)
 	t := &ticket{id: e.newID(), meta: r.Meta, expires: now.Add(ttl), tokens: tokens, gpu: a.GPUMillis, cost: a.CostMicros,
-		res: make([]reservation, 0, len(r.Chain)*(NumMeters-2))}
+		res: make([]reservation, 0, len(r.Chain)*(NumMeters-2)), issued: time.Now()}
+	if e.ts != nil {
+		if tags := ticketTags(scs); len(tags) <= 8 {
+			t.tags = tags
+			t.id += idTags(tags)
+		}
+	}
 	out := quota.Ticket{ID: t.id, Tokens: tokens, Clamped: tokens < a.Tokens, ExpiresAt: t.expires}
 	var adj []rateAdj
 	for i := range r.Chain {
@@ -859,6 +906,9 @@ func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid 
 		}
 	}
 	e.tickets[t.id] = t
+	if t.tags != nil {
+		e.pending = append(e.pending, t)
+	}
 	if e.nextExp.IsZero() || t.expires.Before(e.nextExp) {
 		e.nextExp = t.expires
 	}
@@ -1000,6 +1050,7 @@ func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short, p
 // when a stale lease goes back first).
 func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []short, paid *[]paidRate) (*quota.Denial, error) {
 	s := group[0].s
+	e.sweepTag(ctx, s.sc.Tenant)
 	s.io.Lock()
 	defer s.io.Unlock()
 	e.mu.Lock()
@@ -1103,10 +1154,20 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 			if !w.Meter.isRate() && s.m[w.Meter].have(w.Meter) >= sh.full {
 				continue // a concurrent refill covered it: decide again
 			}
+			if w.Direct && rateFits(g.Before, w.Rate, res.Now, sh.ask) {
+				continue // not applied: another want of the call refused
+			}
 			denial = e.denial(r, sh, w, g, res.Now)
 		}
 	}
 	return denial, nil
+}
+
+// rateFits reports whether n units fit bucket before (a Grant.Before) at
+// now.
+func rateFits(before string, r quota.Rate, now time.Time, n int64) bool {
+	b, err := quota.ParseBucket(before)
+	return err == nil && b.Check(r, now, n, "", 0) == nil
 }
 
 // target is what a lease should hold: for budgets and slots the recent
@@ -1229,7 +1290,25 @@ func (e *Engine) expire(now time.Time) {
 				delete(e.tickets, id)
 			}
 		case !now.Before(t.expires):
-			e.release(t, quota.Usage{}, now, false, nil, nil)
+			if t.inStore() {
+				// The record's reservations: the store's sweep refunds
+				// them (before this engine's next grant or read there).
+				for i, tag := range t.tags {
+					if t.tried&(1<<i) != 0 {
+						e.sweepTags[tag] = true
+					}
+				}
+				for _, r := range t.res {
+					lm := &r.s.m[r.m]
+					if r.m.isRate() || r.gen != r.s.gen || lm.remaining == unknownRem || r.m.isBudget() && !r.window.Equal(lm.window) {
+						continue
+					}
+					lm.remaining += r.amt
+				}
+			} else {
+				e.release(t, quota.Usage{}, now, false, nil, nil)
+				t.released = true // recorded still, as expired, for late settles elsewhere
+			}
 			t.expired, t.doneAt = true, t.expires
 			e.retire(id)
 		case e.nextExp.IsZero() || t.expires.Before(e.nextExp):
@@ -1348,8 +1427,9 @@ func (e *Engine) release(t *ticket, u quota.Usage, now time.Time, settle bool, o
 	return over, adj
 }
 
-// Settle implements quota.Backend. Only the issuing engine knows its
-// tickets (see doc.go, Status).
+// Settle implements quota.Backend. A ticket issued here and not recorded
+// yet is settled on the local leases; any other goes through its records
+// in the store (engine_tickets.go).
 func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Settlement, error) {
 	if u.InputTokens < 0 || u.OutputTokens < 0 || u.GPUMillis < 0 || u.CostMicros < 0 {
 		return quota.Settlement{}, fmt.Errorf("settle %s: negative usage: %w", id, quota.ErrInvalid)
@@ -1364,7 +1444,36 @@ func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Se
 	t := e.tickets[id]
 	if t == nil {
 		e.mu.Unlock()
-		return quota.Settlement{}, fmt.Errorf("settle %s: %w", id, quota.ErrUnknownTicket)
+		tags, ok := parseTags(id)
+		if e.ts == nil || !ok {
+			return quota.Settlement{}, fmt.Errorf("settle %s: %w", id, quota.ErrUnknownTicket)
+		}
+		st, _, err := e.settleStored(ctx, id, tags, u, true)
+		if err != nil {
+			return quota.Settlement{}, err
+		}
+		if !st.Replay {
+			st.SettledAt = e.now().UTC() // the store keeps µs
+		}
+		// Remembered, so that a replay here answers the same to the ns.
+		first := st
+		first.Replay = false
+		e.mu.Lock()
+		if e.tickets[id] == nil {
+			e.tickets[id] = &ticket{id: id, settled: &first, doneAt: e.now()}
+			e.retire(id)
+		}
+		e.mu.Unlock()
+		return st, nil
+	}
+	if t.settled == nil && (t.busy != nil || t.inStore()) {
+		if err := e.ensureRecorded(ctx, t); err != nil {
+			e.mu.Unlock()
+			return quota.Settlement{}, fmt.Errorf("settle %s: %w", id, err)
+		}
+		if t.settled == nil {
+			return e.settleRecorded(ctx, t, u)
+		}
 	}
 	if t.settled != nil {
 		st := *t.settled
@@ -1430,6 +1539,43 @@ func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Se
 	return st, nil
 }
 
+// settleRecorded settles recorded ticket t through the store and
+// refunds its tokens_rate here. Called with e.mu held; it unlocks.
+func (e *Engine) settleRecorded(ctx context.Context, t *ticket, u quota.Usage) (quota.Settlement, error) {
+	e.mu.Unlock()
+	st, _, err := e.settleStored(ctx, t.id, t.tags, u, false)
+	if err != nil {
+		return quota.Settlement{}, err
+	}
+	late := st.Late
+	e.mu.Lock()
+	if !st.Replay {
+		// The store keeps µs; this engine's clock is the caller's.
+		st.SettledAt = e.now().UTC()
+	}
+	var adj []rateAdj
+	if t.settled == nil {
+		if !late {
+			rates := &ticket{}
+			for _, r := range t.res {
+				if r.m.isRate() {
+					rates.res = append(rates.res, r)
+				}
+			}
+			_, adj = e.release(rates, u, e.now(), true, nil, nil)
+		}
+		first := st
+		first.Replay = false
+		t.settled, t.doneAt, t.res = &first, e.now(), nil
+		if !t.expired {
+			e.retire(t.id)
+		}
+	}
+	e.mu.Unlock()
+	e.adjustRates(ctx, adj)
+	return st, nil
+}
+
 type grantCall struct {
 	s     *lscope
 	id    string
@@ -1462,14 +1608,44 @@ func (e *Engine) Heartbeat(ctx context.Context, id string, ttl time.Duration) (t
 	}
 	now := e.now()
 	e.expire(now)
-	t := e.tickets[id]
-	if t == nil || t.settled != nil || t.expired {
-		return time.Time{}, fmt.Errorf("heartbeat %s: %w", id, quota.ErrUnknownTicket)
-	}
 	if ttl == 0 {
 		ttl = e.o.DefaultTTL
 	}
-	t.expires = now.Add(min(ttl, e.o.MaxTTL))
+	expires := now.Add(min(ttl, e.o.MaxTTL))
+	t := e.tickets[id]
+	if t == nil {
+		tags, ok := parseTags(id)
+		if e.ts == nil || !ok {
+			return time.Time{}, fmt.Errorf("heartbeat %s: %w", id, quota.ErrUnknownTicket)
+		}
+		e.mu.Unlock()
+		at, err := e.heartbeatStored(ctx, id, tags, expires, true)
+		e.mu.Lock()
+		return at, err
+	}
+	if t.settled == nil && (t.busy != nil || t.inStore()) {
+		if err := e.ensureRecorded(ctx, t); err != nil {
+			return time.Time{}, fmt.Errorf("heartbeat %s: %w", id, err)
+		}
+		if t.settled == nil {
+			e.mu.Unlock()
+			_, err := e.heartbeatStored(ctx, id, t.tags, expires, false)
+			e.mu.Lock()
+			if err != nil {
+				return time.Time{}, err
+			}
+			if t.settled == nil {
+				t.expires, t.expired = expires, false
+				e.nextExp = time.Time{} // recomputed at the next sweep
+				e.lastSweep = time.Time{}
+			}
+			return expires, nil // the store keeps it to the µs
+		}
+	}
+	if t.settled != nil || t.expired {
+		return time.Time{}, fmt.Errorf("heartbeat %s: %w", id, quota.ErrUnknownTicket)
+	}
+	t.expires = expires
 	e.nextExp = time.Time{} // recomputed at the next sweep
 	e.lastSweep = time.Time{}
 	return t.expires, nil
@@ -1484,8 +1660,24 @@ func (e *Engine) Lookup(ctx context.Context, id string) (quota.TicketInfo, error
 	}
 	e.expire(e.now())
 	t := e.tickets[id]
-	if t == nil {
-		return quota.TicketInfo{}, fmt.Errorf("lookup %s: %w", id, quota.ErrUnknownTicket)
+	if t == nil || t.settled == nil && t.inStore() {
+		tags, ok := parseTags(id)
+		if t != nil {
+			tags, ok = t.tags, true
+		}
+		if e.ts == nil || !ok {
+			return quota.TicketInfo{}, fmt.Errorf("lookup %s: %w", id, quota.ErrUnknownTicket)
+		}
+		e.mu.Unlock()
+		info, err := e.lookupStored(ctx, id, tags, t == nil)
+		e.mu.Lock()
+		if t != nil && err == nil && info.ExpiresAt.Equal(t.expires.Truncate(time.Microsecond)) {
+			info.ExpiresAt = t.expires // the store keeps it to the µs
+		}
+		if t == nil || err == nil {
+			return info, err
+		}
+		// Recorded, perhaps: what this engine knows of it.
 	}
 	info := quota.TicketInfo{ID: id, Meta: t.meta, Tokens: t.tokens, GPUMillis: t.gpu, CostMicros: t.cost,
 		Settled: t.settled != nil, Expired: t.expired}
@@ -1511,6 +1703,10 @@ func (e *Engine) Use(ctx context.Context, key string) (quota.ScopeUse, error) {
 		e.mu.Unlock()
 		return u, quota.ErrClosed
 	}
+	e.expire(e.now())
+	e.mu.Unlock()
+	e.sweepTag(ctx, e.tenant(key))
+	e.mu.Lock()
 	if s := e.scopes[key]; s != nil {
 		// No grant or return of the scope in flight: the store's counter
 		// and the local lease are read at one point.
@@ -1524,8 +1720,13 @@ func (e *Engine) Use(ctx context.Context, key string) (quota.ScopeUse, error) {
 	sc := Scope{Tenant: e.tenant(key), Key: key}
 	var local [NumMeters]lmeter
 	var loc *time.Location
+	var lots [2]int64 // unspent rate units, by rate meter
 	if s := e.scopes[key]; s != nil {
 		local, loc = s.m, s.loc
+		for m := range lots {
+			local[m].lots = nil // read here only, under the lock
+			lots[m] = s.m[m].unitsAfter(now)
+		}
 	}
 	e.mu.Unlock()
 	state, err := st.Read(ctx, sc)
@@ -1550,8 +1751,16 @@ func (e *Engine) Use(ctx context.Context, key string) (quota.ScopeUse, error) {
 	u.TokensDay, u.TokensMonth = budget(MeterTokensDay), budget(MeterTokensMonth)
 	u.GPUMillis, u.CostMicros = budget(MeterGPU), budget(MeterCost)
 	u.Concurrency = max(state.Meters[MeterConcurrency].Used-local[MeterConcurrency].avail, 0)
-	u.Requests = state.Meters[MeterRequests].Bucket.Use(now)
-	u.TokensRate = state.Meters[MeterTokensRate].Bucket.Use(now)
+	rate := func(m Meter) quota.RateUse {
+		b := state.Meters[m].Bucket
+		// This instance's unspent lots are leased, not used: they go back
+		// (they are the bucket's last slots while it holds the latest grant).
+		if n := lots[m]; n > 0 && !local[m].rate.IsZero() {
+			b.Adjust(local[m].rate, now, -n)
+		}
+		return b.Use(now)
+	}
+	u.Requests, u.TokensRate = rate(MeterRequests), rate(MeterTokensRate)
 	return u, nil
 }
 
@@ -1622,6 +1831,21 @@ func (e *Engine) Close() error {
 	e.wg.Wait()
 	ctx := context.Background()
 	var errs []error
+	// Live tickets stay settleable on the other instances, and are
+	// refunded at their expiry if nobody settles them.
+	for range 1000 { // a settle recording a ticket keeps it pending a while
+		e.mu.Lock()
+		left := len(e.pending)
+		e.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		if !e.flushRecords(ctx, true) {
+			errs = append(errs, fmt.Errorf("close: recording %d live tickets: %w", left, ErrUnavailable))
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	for _, s := range scopes {
 		if err := e.giveUnused(ctx, s, true); err != nil {
 			errs = append(errs, err)

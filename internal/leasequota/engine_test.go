@@ -57,3 +57,24 @@ func TestHugeLimits(t *testing.T) {
 		t.Errorf("Use(t/a) = %+v, %v; want 120 tokens today and this month, no slot", u, err)
 	}
 }
+
+// TestSuiteShared runs quotatest.RunShared on two engines (two instances)
+// over one store: a ticket issued by one is looked up, heartbeated and
+// settled (in time and late) through the other, through the records the
+// issuer's recorder writes (engine_tickets.go).
+func TestSuiteShared(t *testing.T) {
+	quotatest.RunShared(t, func(t *testing.T) (quota.Backend, quota.Backend, *quotatest.Clock) {
+		clk := quotatest.NewClock(time.Time{})
+		st := newStore(t, newClient(t), nil, leasequota.Options{Clock: clk.Now})
+		var es [2]*leasequota.Engine
+		for i := range es {
+			e, err := leasequota.NewEngine(st, leasequota.EngineOptions{Now: clk.Now, Instance: "inst" + string(rune('a'+i))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { e.Close() })
+			es[i] = e
+		}
+		return es[0], es[1], clk
+	})
+}

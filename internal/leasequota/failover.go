@@ -166,7 +166,7 @@ func (s *Store) chargeRates(ctx context.Context, requestID, instance string, sc 
 	if requestID == "" || instance == "" || len(units) == 0 {
 		return fmt.Errorf("%s: %w", op, quota.ErrInvalid)
 	}
-	keys := append(s.keys(sc), s.Tag(sc.Tenant)+":q:"+requestID, s.Tag(sc.Tenant)+":epoch")
+	keys := s.grantKeys(sc, requestID)
 	for attempt := 0; attempt <= maxConflicts; attempt++ {
 		now, buckets, err := s.readRates(ctx, sc)
 		if err != nil {

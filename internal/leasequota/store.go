@@ -36,7 +36,7 @@ var (
 	//go:embed lua/restore.lua
 	restoreBody string
 
-	grantScript   = redis.NewScript(prelude + grantBody)
+	grantScript   = redis.NewScript(prelude + ticketPrelude + grantBody)
 	returnScript  = redis.NewScript(prelude + returnBody)
 	renewScript   = redis.NewScript(prelude + renewBody)
 	reclaimScript = redis.NewScript(prelude + reclaimBody)
@@ -195,6 +195,12 @@ func (s *Store) Tag(tenant string) string {
 	return "{" + s.prefix + ":t:" + tenant + "}"
 }
 
+// grantKeys returns the grant script's keys for scope sc and a request.
+func (s *Store) grantKeys(sc Scope, requestID string) []string {
+	t := s.Tag(sc.Tenant)
+	return append(s.keys(sc), t+":q:"+requestID, t+":kx", t+":epoch")
+}
+
 // keys returns the scope's state, leases, expiries and stranded keys.
 func (s *Store) keys(sc Scope) []string {
 	t := s.Tag(sc.Tenant)
@@ -317,7 +323,7 @@ func (s *Store) Grant(ctx context.Context, requestID, instance string, sc Scope,
 			rates = true
 		}
 	}
-	keys := append(s.keys(sc), s.Tag(sc.Tenant)+":q:"+requestID, s.Tag(sc.Tenant)+":epoch")
+	keys := s.grantKeys(sc, requestID)
 	validity := time.Duration(s.validity) * time.Microsecond
 	for attempt := 0; ; attempt++ {
 		var (
@@ -403,6 +409,9 @@ func (s *Store) Grant(ctx context.Context, requestID, instance string, sc Scope,
 				// A replayed reply's buckets are not known: only its
 				// figures are.
 				g.Before, g.After = args[9+8*i+6].(string), args[9+8*i+7].(string)
+				if g.Granted == 0 {
+					g.After = g.Before // not applied (decided, or refused by another want)
+				}
 				if r.Replay {
 					g.Before, g.After = "", ""
 				}

@@ -67,7 +67,10 @@ type TicketRes struct {
 	// Stranded is set on records read back (LookupTicket, SettleTicket,
 	// RecordResult): the owner's lease did not hold the amount when the
 	// ticket was recorded (it had been reclaimed, or had moved to a later
-	// window), so it was not moved to the ticket. A stranded reservation
+	// window), so it was not moved to the ticket. Set by the caller of
+	// RecordTickets, it says the owner knows its lease lost the amount (a
+	// reclaim it learnt of): nothing is moved, even if a newer lease holds
+	// as much. A stranded reservation
 	// is never refunded nor given back by the ticket; a settle charges
 	// only use beyond it.
 	Stranded bool
@@ -196,7 +199,7 @@ func (s *Store) RecordTickets(ctx context.Context, tenant string, recs []TicketR
 	for _, n := range names {
 		keys = append(keys, tag+":l:"+n)
 	}
-	args := make([]any, 0, 7+len(names)+8*len(recs)+6*nres)
+	args := make([]any, 0, 7+len(names)+8*len(recs)+7*nres)
 	args = append(args, s.now(), s.requireEp, tag, s.keyMS, s.replayMS, len(names), len(recs))
 	for _, n := range names {
 		args = append(args, n)
@@ -213,7 +216,11 @@ func (s *Store) RecordTickets(ctx context.Context, tenant string, recs []TicketR
 				zoneCache.LoadOrStore(zone, loc)
 				w, we = x.Window.Unix(), windowEnd(x.Window, x.Meter).Unix()
 			}
-			args = append(args, scopes[x.Key], int(x.Meter), x.Amount, w, we, zone)
+			lost := 0
+			if x.Stranded {
+				lost = 1
+			}
+			args = append(args, scopes[x.Key], int(x.Meter), x.Amount, w, we, zone, lost)
 		}
 	}
 	keys = append(keys, tag+":epoch")

@@ -1,4 +1,6 @@
--- KEYS: 1 state, 2 leases, 3 expiries, 4 stranded, 5 request, 6 epoch.
+-- KEYS: 1 state, 2 leases, 3 expiries, 4 stranded, 5 request, 6 the tag's
+-- ticket expiry set (its expired tickets are refunded first, as the ticket
+-- sweep does: what they held is back before the grant), 7 epoch.
 -- ARGV: 1 now, 2 require epoch, 3 instance, 4 ttl µs, 5 validity µs,
 -- 6 replay ms, 7 key ms, 8 maxttl µs, 9 count, then per want 8 values.
 -- Budgets and concurrency: meter, amount, min, pin, limit, window
@@ -25,6 +27,24 @@ local now = now_us()
 local inst = ARGV[3]
 local ttl = tonumber(ARGV[4])
 reclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now, tonumber(ARGV[8]), inst)
+tk_sweep(string.sub(KEYS[6], 1, -4), KEYS[6], now, ARGV[7], ARGV[6])
+-- One decision: when a budget or slot want cannot get its min, the
+-- direct rate decisions of the call (deadline 0) are not applied (got 0),
+-- as quota.Memory charges nothing on a denial.
+local short = false
+for i = 0, cnt - 1 do
+  local b = 10 + i * 8
+  local k, amt, mn = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  if not is_rate(k) and mn > 0 then
+    local used = num(redis.call('HGET', KEYS[1], 'u' .. k))
+    local x = tonumber(ARGV[b + 5])
+    if is_budget(k) then
+      local w = num(redis.call('HGET', KEYS[1], 'w' .. k))
+      if x > w then used = 0 elseif x < w then short = true end
+    end
+    if math.min(amt, math.max(tonumber(ARGV[b + 4]) - used, 0)) < mn then short = true end
+  end
+end
 local l = lease_load(KEYS[2], inst) or {}
 local exp = now + ttl
 local out = {0, now, exp}
@@ -35,7 +55,11 @@ for i = 0, cnt - 1 do
   local got, rem, held, extra = 0, 0, 0, 0
   if is_rate(k) then
     got, rem, extra = amt, mn, pin
-    if ARGV[b + 7] ~= ARGV[b + 6] then redis.call('HSET', KEYS[1], 't' .. k, ARGV[b + 7]) end
+    if short and pin == 0 then
+      got = 0
+    elseif ARGV[b + 7] ~= ARGV[b + 6] then
+      redis.call('HSET', KEYS[1], 't' .. k, ARGV[b + 7])
+    end
     held = got
   else
     local used = num(redis.call('HGET', KEYS[1], 'u' .. k))

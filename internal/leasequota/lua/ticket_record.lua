@@ -3,8 +3,9 @@
 -- ARGV: 1 now, 2 require epoch, 3 tag, 4 key ms, 5 retention ms, 6 n
 -- scopes, 7 records, then the n scope keys, then per record: id, owner,
 -- expiry µs, meta, tokens, gpu, cost, reservation count, and per
--- reservation 6 values: scope index (1-based), meter, amount, window start
--- s, window end s, zone (budgets; 0, 0, '' for concurrency).
+-- reservation 7 values: scope index (1-based), meter, amount, window start
+-- s, window end s, zone (budgets; 0, 0, '' for concurrency), 1 when the
+-- caller knows the reservation is not in its lease (stranded already).
 -- Reply: {status, now, swept, then per record: 0 recorded or 1 already
 -- present, count, the 0-based indices of its stranded reservations}, status
 -- 0, or {-1} epoch lost. A record already present changes nothing and
@@ -35,7 +36,7 @@ for i = 1, nrec do
     end
     out[#out + 1], out[#out + 2] = 1, #strand
     for _, q in ipairs(strand) do out[#out + 1] = q end
-    a = a + 8 + nres * 6
+    a = a + 8 + nres * 7
   else
     t = {o = owner, e = e, m = ARGV[a + 3], t = tonumber(ARGV[a + 4]), g = tonumber(ARGV[a + 5]),
       c = tonumber(ARGV[a + 6]), st = 'l', r = {}}
@@ -44,8 +45,12 @@ for i = 1, nrec do
     for q = 1, nres do
       local j, k, amt = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
       local r = {k = names[j], m = k, a = amt, w = tonumber(ARGV[a + 3]), we = tonumber(ARGV[a + 4]), z = ARGV[a + 5], x = 0}
-      a = a + 6
-      if amt > 0 then
+      local lost = ARGV[a + 6] == '1'
+      a = a + 7
+      if lost and amt > 0 then
+        r.x = 1
+        strand[#strand + 1] = q - 1
+      elseif amt > 0 then
         local lk = j .. '|' .. owner
         local c = leases[lk]
         if not c then
