@@ -187,3 +187,37 @@ func TestUnknownTicketElsewhere(t *testing.T) {
 		}
 	}
 }
+
+// TestAcquireBudgets: what the engine reports to quota.Failover for each
+// scope is the store's counter (every instance's leases counted as used),
+// so an outage shares only what nobody holds.
+func TestAcquireBudgets(t *testing.T) {
+	clk := quotatest.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
+	st, a, b := enginePair(t, clk)
+	ctx := t.Context()
+	chain := []quota.Scope{{Key: "global"}, {Key: "t/acme", Limits: &quota.Limits{TokensDay: quota.AtMost(10_000), GPUMillisMonth: quota.AtMost(50_000)}}}
+	r := quota.Request{Chain: chain, Ask: quota.Ask{Tokens: 1200, GPUMillis: 7000}}
+	if _, err := a.Acquire(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	_, budgets, err := b.AcquireBudgets(ctx, r)
+	if err != nil || len(budgets) != 2 {
+		t.Fatalf("AcquireBudgets: %v, %v", budgets, err)
+	}
+	s, err := st.Read(ctx, leasequota.Scope{Tenant: "acme", Key: "t/acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := budgets[1]
+	if got.Key != "t/acme" || got.TokensDay.Used != s.Meters[leasequota.MeterTokensDay].Used || got.TokensDay.Used < 2400 ||
+		got.GPUMillis.Used != s.Meters[leasequota.MeterGPU].Used || got.GPUMillis.Used < 14000 {
+		t.Errorf("budgets of t/acme: got %+v; want the store's counters (tokens %d, gpu %d), at least both asks",
+			got, s.Meters[leasequota.MeterTokensDay].Used, s.Meters[leasequota.MeterGPU].Used)
+	}
+	if !got.TokensDay.End.Equal(time.Date(2026, 3, 3, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("tokens/day window ends %v; want the day's end", got.TokensDay.End)
+	}
+	if budgets[0].TokensDay.Used != 0 {
+		t.Errorf("global, unlimited, reported %+v; want nothing", budgets[0])
+	}
+}
