@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -19,167 +20,236 @@ import (
 
 // leaseCall is one admitted ticket as its client saw it: when the acquire
 // was sent and answered 200, and when its settle was sent and answered 200.
+// An orphan's settle was never acknowledged: its issuer was killed before
+// the ticket was recorded, so it holds its slot and reservation.
 type leaseCall struct {
 	acqSent, acqDone, setSent, setDone time.Time
 	tokens                             int64
+	at                                 int // the instance that admitted it
+	orphan                             bool
 }
 
-// TestLeaseEngineLimitsHold: three instances with quota_engine: lease on
-// one Redis, 64 clients spread over them, one user limited to 600/min
-// (burst 50) requests, 5,000 tokens a day and 5 at once. Every bound holds
-// as the clients saw it, and once every ticket is settled and the
-// instances have stopped, Redis holds no slot and exactly the ledger's
-// tokens on every scope.
-func TestLeaseEngineLimitsHold(t *testing.T) {
-	const (
-		burst, perMin = 50, 600
-		budget        = 5000
-		slots         = 5
-		ask           = 70 // tokens per ticket: the rate binds first, then (on a fast machine) the budget
-		clients       = 64
-	)
-	c := startClusterWith(t, `
+// The limits of the lease engine's proofs: the rate binds first, then the
+// budget, and 100 ms runs make the 5 slots bind too.
+const (
+	leaseBurst, leasePerMin = 50, 600
+	leaseBudget             = 5000
+	leaseSlots              = 5
+	leasePolicy             = `
 tenants:
   - name: acme
     projects: [{name: web}]
     users:
       - {name: alice, projects: [web], limits: {requests: {rate: 600/min, burst: 50}, tokens: 5000/day, concurrency: 5}}
-`, time.Second, func(cfg *config.Config) { cfg.QuotaEngine = config.QuotaEngineLease })
-	urls := make([]string, len(c.apps))
-	for i, a := range c.apps {
-		urls[i] = a.url
-	}
+`
+)
 
-	var (
-		mu                    sync.Mutex
-		calls                 []leaseCall
-		denied, busy, failed  atomic.Int64
-		failures              []string
-		settledTokens         atomic.Int64
-		inFlight, maxInFlight atomic.Int64
-		deniedBy              = map[string]int{} // by dimension, for the log
-	)
-	fail := func(what string, code int, m map[string]any, err error) {
-		failed.Add(1)
-		mu.Lock()
-		defer mu.Unlock()
-		if len(failures) < 5 {
-			failures = append(failures, fmt.Sprintf("%s: %d %v %v", what, code, m, err))
-		}
-	}
-	// The load lasts a few seconds of this machine's clock; nothing is
-	// asserted on it.
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
-	defer cancel()
+// leaseEngine configures an instance for quota_engine: lease.
+func leaseEngine(cfg *config.Config) { cfg.QuotaEngine = config.QuotaEngineLease }
+
+// leaseLoad is clients acquiring ask tokens and a slot, running 100 ms and
+// settling on a random instance, until its context ends; what they saw.
+type leaseLoad struct {
+	urls []string
+	dead []atomic.Bool // instances the test killed: a transport error there is expected
+
+	mu                    sync.Mutex
+	calls                 []leaseCall
+	failures              []string
+	deniedBy              map[string]int // by dimension, for the log
+	denied, busy, failed  atomic.Int64
+	settledTokens         atomic.Int64
+	inFlight, maxInFlight atomic.Int64
+	admitted              atomic.Int64
+	done                  chan struct{}
+}
+
+// runLeaseLoad starts clients on urls (client i on urls[i%n], moving on
+// when its instance is dead) until ctx ends.
+func runLeaseLoad(ctx context.Context, urls []string, key string, clients int, ask int64) *leaseLoad {
+	l := &leaseLoad{urls: urls, dead: make([]atomic.Bool, len(urls)), deniedBy: map[string]int{}, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	for i := range clients {
-		wg.Go(func() {
-			at := i % len(urls)
-			for ctx.Err() == nil {
-				var lc leaseCall
-				lc.acqSent = time.Now()
-				code, m, err := post(context.Background(), urls[at]+"/api/v1/quota/acquire", c.key, fmt.Sprintf(`{"tokens":%d,"concurrency":true}`, ask))
-				lc.acqDone = time.Now()
-				switch {
-				case err != nil:
-					fail("acquire", code, m, err)
-					return
-				case code == 429:
-					denied.Add(1)
-					e, _ := m["error"].(map[string]any)
-					dim, _ := e["dimension"].(string)
-					mu.Lock()
-					deniedBy[dim]++
-					mu.Unlock()
-					time.Sleep(10 * time.Millisecond)
-					continue
-				case code == 503:
-					busy.Add(1) // retried, as Retry-After says
-					time.Sleep(20 * time.Millisecond)
-					continue
-				case code != 200:
-					fail("acquire", code, m, err)
-					time.Sleep(10 * time.Millisecond)
-					continue
-				}
-				n := inFlight.Add(1)
-				for old := maxInFlight.Load(); n > old && !maxInFlight.CompareAndSwap(old, n); old = maxInFlight.Load() {
-				}
-				time.Sleep(100 * time.Millisecond) // the run: long enough for the slots to bind
-				inFlight.Add(-1)
-				ticket, _ := m["ticket"].(string)
-				// Any instance: the engine settles a ticket another one
-				// issued through its record in Redis.
-				settleAt := urls[rand.IntN(len(urls))]
-				body := fmt.Sprintf(`{"ticket":%q,"input_tokens":%d,"output_tokens":%d}`, ticket, ask/3, ask-ask/3)
-				lc.setSent = time.Now()
-				for try := 0; ; try++ {
-					code, m, err = post(context.Background(), settleAt+"/api/v1/quota/settle", c.key, body)
-					if err == nil && code == 503 && try < 100 {
-						busy.Add(1)
-						time.Sleep(20 * time.Millisecond)
-						continue
-					}
-					break
-				}
-				lc.setDone = time.Now()
-				if err != nil || code != 200 {
-					fail("settle", code, m, err)
-					return
-				}
-				lc.tokens = ask
-				settledTokens.Add(ask)
-				mu.Lock()
-				calls = append(calls, lc)
-				mu.Unlock()
-			}
-		})
+		wg.Go(func() { l.client(ctx, i%len(urls), key, ask) })
 	}
-	wg.Wait()
-	t.Logf("%d admitted and settled (%d tokens), %d denied %v, %d answers 503 (retried), most in flight seen %d",
-		len(calls), settledTokens.Load(), denied.Load(), deniedBy, busy.Load(), maxInFlight.Load())
-	if failed.Load() > 0 {
-		t.Fatalf("%d calls failed: %v", failed.Load(), failures)
-	}
-	if len(calls) == 0 || denied.Load() == 0 {
-		t.Fatalf("%d admitted, %d denied: the limits were never reached", len(calls), denied.Load())
-	}
+	go func() { wg.Wait(); close(l.done) }()
+	return l
+}
 
+// wait blocks until every client has returned.
+func (l *leaseLoad) wait() { <-l.done }
+
+// kill marks instance i dead: from now on the clients avoid it.
+func (l *leaseLoad) kill(i int) { l.dead[i].Store(true) }
+
+func (l *leaseLoad) fail(what string, code int, m map[string]any, err error) {
+	l.failed.Add(1)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.failures) < 5 {
+		l.failures = append(l.failures, fmt.Sprintf("%s: %d %v %v", what, code, m, err))
+	}
+}
+
+func (l *leaseLoad) client(ctx context.Context, at int, key string, ask int64) {
+	for ctx.Err() == nil {
+		if l.dead[at].Load() {
+			at = (at + 1) % len(l.urls)
+			continue
+		}
+		lc := leaseCall{at: at}
+		lc.acqSent = time.Now()
+		code, m, err := post(context.Background(), l.urls[at]+"/api/v1/quota/acquire", key, fmt.Sprintf(`{"tokens":%d,"concurrency":true}`, ask))
+		lc.acqDone = time.Now()
+		switch {
+		case err != nil && l.dead[at].Load():
+			continue // killed while it answered: whether it admitted is unknown
+		case err != nil:
+			l.fail("acquire", code, m, err)
+			return
+		case code == 429:
+			l.denied.Add(1)
+			e, _ := m["error"].(map[string]any)
+			dim, _ := e["dimension"].(string)
+			l.mu.Lock()
+			l.deniedBy[dim]++
+			l.mu.Unlock()
+			time.Sleep(10 * time.Millisecond)
+			continue
+		case code == 503:
+			l.busy.Add(1) // retried, as Retry-After says
+			time.Sleep(20 * time.Millisecond)
+			continue
+		case code != 200:
+			l.fail("acquire", code, m, err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		l.admitted.Add(1)
+		n := l.inFlight.Add(1)
+		for old := l.maxInFlight.Load(); n > old && !l.maxInFlight.CompareAndSwap(old, n); old = l.maxInFlight.Load() {
+		}
+		time.Sleep(100 * time.Millisecond) // the run: long enough for the slots to bind
+		l.inFlight.Add(-1)
+		ticket, _ := m["ticket"].(string)
+		// Any live instance: the engine settles a ticket another one
+		// issued through its record in Redis. A 503 (Redis away, or a
+		// rebuilt Redis that does not know the ticket yet) is retried, on
+		// another instance, for as long as a client would.
+		body := fmt.Sprintf(`{"ticket":%q,"input_tokens":%d,"output_tokens":%d}`, ticket, ask/3, ask-ask/3)
+		lc.setSent = time.Now()
+		settleAt := rand.IntN(len(l.urls))
+		for deadline := time.Now().Add(20 * time.Second); ; settleAt = (settleAt + 1) % len(l.urls) {
+			if l.dead[settleAt].Load() {
+				continue
+			}
+			code, m, err = post(context.Background(), l.urls[settleAt]+"/api/v1/quota/settle", key, body)
+			if (err != nil && l.dead[settleAt].Load()) || (err == nil && code == 503 && time.Now().Before(deadline)) {
+				if code == 503 {
+					l.busy.Add(1)
+					time.Sleep(20 * time.Millisecond)
+				}
+				continue
+			}
+			break
+		}
+		lc.setDone = time.Now()
+		switch {
+		case err == nil && code == 200:
+			lc.tokens = ask
+			l.settledTokens.Add(ask)
+		case err == nil && code == 404 && l.dead[lc.at].Load():
+			// Issued by the killed instance and never recorded: nobody
+			// can settle it; it holds its slot until it expires.
+			lc.orphan = true
+		default:
+			l.fail("settle", code, m, err)
+			return
+		}
+		l.mu.Lock()
+		l.calls = append(l.calls, lc)
+		l.mu.Unlock()
+	}
+}
+
+// log reports what the clients saw.
+func (l *leaseLoad) log(t *testing.T) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	orphans := 0
+	for _, c := range l.calls {
+		if c.orphan {
+			orphans++
+		}
+	}
+	t.Logf("%d admitted (%d orphaned by a killed issuer), %d tokens settled, %d denied %v, %d answers 503 (retried), most in flight seen %d",
+		len(l.calls), orphans, l.settledTokens.Load(), l.denied.Load(), l.deniedBy, l.busy.Load(), l.maxInFlight.Load())
+}
+
+// checkBounds asserts the user's limits as the clients saw them: the rate
+// in every window bounded by the calls' own times, the slots, the budget.
+func (l *leaseLoad) checkBounds(t *testing.T) {
+	t.Helper()
+	l.mu.Lock()
+	calls := slices.Clone(l.calls)
+	l.mu.Unlock()
+	if l.failed.Load() > 0 {
+		t.Fatalf("%d calls failed: %v", l.failed.Load(), l.failures)
+	}
+	if len(calls) == 0 || l.denied.Load() == 0 {
+		t.Fatalf("%d admitted, %d denied: the limits were never reached", len(calls), l.denied.Load())
+	}
 	// Requests: an admission happened between its acquire's sending and
 	// its answer. The admissions whose calls lie wholly within [x, y] all
 	// happened within it, so they number at most burst + rate·(y−x), for
 	// every x an acquire's sending and y an acquire's answer. (One unit
 	// more for the clocks' rounding: Redis's µs, the engine's ns.)
-	per := time.Minute / perMin
-	for _, a := range calls {
+	per := time.Minute / leasePerMin
+	slices.SortFunc(calls, func(a, b leaseCall) int { return a.acqSent.Compare(b.acqSent) })
+	slack, closest, closestBound := math.MaxInt, 0, 0
+	for i, a := range calls {
+		x := a.acqSent
+		for i > 0 && !calls[i-1].acqSent.Before(x) {
+			i-- // calls sent at the same instant as a
+		}
 		for _, b := range calls {
-			x, y := a.acqSent, b.acqDone
+			y := b.acqDone
 			if y.Before(x) {
 				continue
 			}
 			n := 0
-			for _, k := range calls {
-				if !k.acqSent.Before(x) && !k.acqDone.After(y) {
+			for _, k := range calls[i:] { // sorted: the calls before i were sent before x
+				if !k.acqDone.After(y) {
 					n++
 				}
 			}
-			if bound := burst + int(y.Sub(x)/per) + 1; n > bound {
+			bound := leaseBurst + int(y.Sub(x)/per) + 1
+			if n > bound {
 				t.Fatalf("%d admissions within %s, more than burst + rate·t = %d", n, y.Sub(x), bound)
+			}
+			if bound-n < slack {
+				slack, closest, closestBound = bound-n, n, bound
 			}
 		}
 	}
+	t.Logf("rate: the closest window held %d admissions against a bound of %d", closest, closestBound)
 	// Concurrency: a ticket surely held its slot from its acquire's answer
 	// until its settle was sent (the server frees the slot before it
 	// answers the settle, so another client may be admitted before that
 	// answer arrives: counting to the settle's answer would see six where
-	// Redis never held them). At most 5 such spans overlap.
+	// Redis never held them); an orphan holds it to the end. At most 5
+	// such spans overlap.
 	type edge struct {
 		at    time.Time
 		delta int
 	}
 	var edges []edge
 	for _, k := range calls {
-		edges = append(edges, edge{k.acqDone, 1}, edge{k.setSent, -1})
+		edges = append(edges, edge{k.acqDone, 1})
+		if !k.orphan {
+			edges = append(edges, edge{k.setSent, -1})
+		}
 	}
 	slices.SortFunc(edges, func(a, b edge) int {
 		if c := a.at.Compare(b.at); c != 0 {
@@ -192,63 +262,121 @@ tenants:
 		held += e.delta
 		most = max(most, held)
 	}
-	if most > slots {
-		t.Errorf("%d tickets held at once, limit %d", most, slots)
+	if most > leaseSlots {
+		t.Errorf("%d tickets held at once, limit %d", most, leaseSlots)
 	}
-	if s := settledTokens.Load(); s > budget {
-		t.Errorf("settled %d tokens, budget %d", s, budget)
+	if s := l.settledTokens.Load(); s > leaseBudget {
+		t.Errorf("settled %d tokens, budget %d", s, leaseBudget)
 	}
+}
 
-	// Every ticket is settled: stop the instances (each engine returns
-	// its leases), then read what Redis holds.
-	for i, a := range c.apps {
-		if err := a.stop(); err != nil {
-			t.Errorf("stopping instance %d: %v", i, err)
-		}
-	}
-	var ledgerTokens int64
-	for _, e := range ledger(t, c.dbURL, "") {
-		if e.Kind == "metering" {
-			ledgerTokens += e.Tokens()
-		}
-	}
-	if ledgerTokens != settledTokens.Load() {
-		t.Errorf("ledger holds %d tokens, the clients settled %d", ledgerTokens, settledTokens.Load())
-	}
-	opts, err := redis.ParseURL(c.redis.url())
+// leaseStore is the lease store on the Redis at url, to read what it holds.
+func leaseStore(t *testing.T, url string) (*leasequota.Store, *redis.Client) {
+	t.Helper()
+	opts, err := redis.ParseURL(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts.ContextTimeoutEnabled = true
 	client := redis.NewClient(opts)
-	defer client.Close()
+	t.Cleanup(func() { client.Close() })
 	st, err := leasequota.NewStore(client, leasequota.Options{Prefix: config.Default().RedisPrefix, Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Every scope on the global tag (the app puts them all there).
+	return st, client
+}
+
+// leaseScopes reads every scope the app keeps on the store's global tag
+// (it puts them all there), and checks they are the 5 of user's chain.
+func leaseScopes(t *testing.T, st *leasequota.Store, client *redis.Client, user string) map[string]leasequota.State {
+	t.Helper()
+	ctx := context.Background()
 	pattern := st.Tag("") + ":s:*"
-	var scopes []string
-	for it := client.Scan(context.Background(), 0, pattern, 100).Iterator(); it.Next(context.Background()); {
-		scopes = append(scopes, strings.TrimPrefix(it.Val(), st.Tag("")+":s:"))
+	var keys []string
+	for it := client.Scan(ctx, 0, pattern, 100).Iterator(); it.Next(ctx); {
+		keys = append(keys, strings.TrimPrefix(it.Val(), st.Tag("")+":s:"))
 	}
-	slices.Sort(scopes)
-	if want := "user/" + c.user; !slices.Contains(scopes, want) {
-		t.Fatalf("scopes in Redis %v, want %s among them", scopes, want)
+	slices.Sort(keys)
+	if want := "user/" + user; !slices.Contains(keys, want) {
+		t.Fatalf("scopes in Redis %v, want %s among them", keys, want)
 	}
-	if len(scopes) != 5 {
-		t.Errorf("scopes in Redis %v, want the 5 of alice's chain", scopes)
+	if len(keys) != 5 {
+		t.Errorf("scopes in Redis %v, want the 5 of alice's chain", keys)
 	}
-	for _, k := range scopes {
-		s, err := st.Read(context.Background(), leasequota.Scope{Key: k})
+	out := map[string]leasequota.State{}
+	for _, k := range keys {
+		s, err := st.Read(ctx, leasequota.Scope{Key: k})
 		if err != nil {
 			t.Fatal(err)
 		}
+		out[k] = s
+	}
+	return out
+}
+
+// ledgerTokens is the metering tokens of the ledger at dbURL.
+func ledgerTokens(t *testing.T, dbURL string) int64 {
+	t.Helper()
+	var n int64
+	for _, e := range ledger(t, dbURL, "") {
+		if e.Kind == "metering" {
+			n += e.Tokens()
+		}
+	}
+	return n
+}
+
+// TestLeaseEngineLimitsHold: three instances with quota_engine: lease on
+// one Redis, 64 clients spread over them, one user limited to 600/min
+// (burst 50) requests, 5,000 tokens a day and 5 at once. Every bound holds
+// as the clients saw it, and once every ticket is settled and the
+// instances have stopped, Redis holds no slot and exactly the ledger's
+// tokens on every scope.
+func TestLeaseEngineLimitsHold(t *testing.T) {
+	c := startClusterWith(t, leasePolicy, time.Second, leaseEngine)
+	urls := make([]string, len(c.apps))
+	for i, a := range c.apps {
+		urls[i] = a.url
+	}
+	// The load lasts a few seconds of this machine's clock; nothing is
+	// asserted on it. 70 tokens a ticket: the rate binds first, then (on a
+	// fast machine) the budget.
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	l := runLeaseLoad(ctx, urls, c.key, 64, 70)
+	l.wait()
+	l.log(t)
+	l.checkBounds(t)
+	c.checkLeaseLedger(t, l, 0)
+}
+
+// checkLeaseLedger stops every instance (each engine returns its leases)
+// once every ticket is settled, then checks the ledger holds what the
+// clients settled and Redis holds no slot and the ledger's tokens on every
+// scope of the user's chain; up to under tokens fewer (a known gap, see
+// the caller), never more.
+func (c *cluster) checkLeaseLedger(t *testing.T, l *leaseLoad, under int64) {
+	t.Helper()
+	for i, a := range c.apps {
+		if err := a.stop(); err != nil {
+			t.Errorf("stopping instance %d: %v", i, err)
+		}
+	}
+	lt := ledgerTokens(t, c.dbURL)
+	if lt != l.settledTokens.Load() {
+		t.Errorf("ledger holds %d tokens, the clients settled %d", lt, l.settledTokens.Load())
+	}
+	st, client := leaseStore(t, c.redis.url())
+	for k, s := range leaseScopes(t, st, client, c.user) {
 		if n := s.Meters[leasequota.MeterConcurrency].Used; n != 0 {
 			t.Errorf("%s: %d slots held after every ticket settled and every instance stopped, want 0", k, n)
 		}
-		if n := s.Meters[leasequota.MeterTokensDay].Used; n != ledgerTokens {
-			t.Errorf("%s: token counter %d, want the ledger's %d (leases: %+v)", k, n, ledgerTokens, s.Leases)
+		switch n := s.Meters[leasequota.MeterTokensDay].Used; {
+		case n > lt, n < lt-under:
+			t.Errorf("%s: token counter %d, want the ledger's %d (leases: %+v)", k, n, lt, s.Leases)
+		case n < lt:
+			t.Logf("%s: token counter %d, the ledger %d: settles in flight at the rebuild's ledger read", k, n, lt)
 		}
 	}
 }
