@@ -100,20 +100,34 @@
 //
 // # Pins, crashes and what can be stranded
 //
-// The instance may spend from a lease only what it has pinned: its
-// unflushed commitments (reservations and settles Redis has not been
-// told of) never exceed the pin p its last acknowledged Grant or Renew
-// set; p ≈ 2 flush intervals of demand plus the largest single ask. When
-// a lease expires (not renewed for its TTL, 10 s, renewed every 2 s; the
-// instance stops spending at send time + TTL − margin of its last
-// acknowledged renew), reclaim frees g − p at once. Of p, a budget keeps
-// it counted (s<k>, stranded) for the rest of its window — it may have
-// been spent — and concurrency keeps it until e + MaxTTL (no ticket the
-// dead instance admitted can live longer). Rates lapse by themselves. So a
-// crash strands at most p per (scope, meter) — a couple of flush
-// intervals of that instance's demand — for the window (budgets) or
-// MaxTTL (slots), and g − p for one TTL. The ledger reconciliation may
-// release stranded budget the ledger shows unspent (later).
+// The instance may commit from a lease only what it has pinned. Its
+// committed amount is what it spent or reserved that the store cannot tell
+// apart from the unspent rest: reservations of tickets not yet recorded
+// and the use settled on them (a record moves a reservation out of the
+// lease; use stays counted in u either way). Every Grant and Renew carries
+// per (scope, meter) a pin p = committed + extra + margin, margin = a
+// quarter horizon of demand (at least 1), and a sequence number: the
+// store takes a pin only if its number is above the last it applied (so
+// a renewal overtaken by a later grant changes nothing), and the engine
+// lowers its own bound before sending a lower pin and raises it only when
+// its latest pin is acknowledged. A decision the pin stops while the lease
+// holds enough raises the pin with one grant of nothing; the background
+// loop renews when the room is under half the margin. When a lease
+// expires (not renewed for its TTL, 10 s; renewed every 2.5 s or sooner;
+// the instance stops spending at send time + TTL − a fifth of its last
+// acknowledged renew), reclaim frees g − min(p, g) at once. A budget
+// keeps min(p, g) counted (s<k>, stranded) for the rest of its window —
+// it may have been spent — and concurrency keeps it until e + MaxTTL (no
+// ticket the dead instance admitted can live longer). Rates lapse by themselves. So a
+// crash strands, per (scope, meter), what the instance had committed
+// (real use and the reservations of tickets younger than RecordAfter) and
+// a margin of a quarter second of its demand, for the window (budgets)
+// or MaxTTL (slots); the rest of its leases returns within one TTL
+// (TestCrashStrandsOnlyWhatWasPinned: a lease of 1,000 tokens with 100
+// settled strands 350 and returns 650). Recorded tickets of the dead
+// instance stay settleable elsewhere and are refunded at their expiry.
+// The ledger reconciliation may release stranded budget the ledger shows
+// unspent (later).
 //
 // # Outages and unknown outcomes
 //

@@ -129,12 +129,20 @@ type lmeter struct {
 	// ret is the part of avail on its way back to the store: spendable no
 	// more, still counted here until the return lands, so that what
 	// remains (avail + remaining) stays right while the call is out.
-	ret    int64
-	spent  int64
-	demand float64
-	maxAsk int64
-	idle   int
-	active bool
+	ret int64
+	// committed is what this instance spent or reserved of the lease that
+	// the store does not know as such (local reservations and settled use
+	// of tickets not recorded): a reclaim after a crash must keep it. pin
+	// bounds what decisions may commit (pinRoom): the pin the store
+	// acknowledged for the lease, lowered before a lower one is sent, with
+	// pinSeq the sequence number of the latest pin sent (type Pin).
+	committed, pin int64
+	pinSeq         uint64
+	spent          int64
+	demand         float64
+	maxAsk         int64
+	idle           int
+	active         bool
 	// bucket is a rate's bucket as the store last showed it (known once
 	// it has): what remains of the rate, exactly while no other instance
 	// spends it.
@@ -442,6 +450,7 @@ func (e *Engine) sync(s *lscope, m Meter, now time.Time, bound int64, rate quota
 	if m.isBudget() {
 		if w := s.window(m, now); !w.Equal(lm.window) {
 			lm.avail, lm.g, lm.window, lm.remaining, lm.ret = 0, 0, w, unknownRem, 0
+			lm.committed, lm.pin = 0, 0
 		}
 	}
 	if lm.limit != bound {
@@ -466,7 +475,40 @@ func (lm *lmeter) have(m Meter) int64 {
 	if lm.stale {
 		return 0
 	}
-	return lm.avail - lm.ret
+	return max(min(lm.avail-lm.ret, lm.pin-lm.committed), 0)
+}
+
+// pinRoom is how much more the lease's pin lets this instance commit.
+func (lm *lmeter) pinRoom() int64 { return lm.pin - lm.committed }
+
+// pinFor returns the pin to send with a call that lets this instance
+// commit extra more, with a margin for the decisions until the next
+// renewal, and its sequence number; the lease's bound is lowered to it
+// now if it is lower (type Pin). Called with e.mu held.
+func (e *Engine) pinFor(lm *lmeter, m Meter, extra int64) (int64, uint64) {
+	p := lm.committed + extra + e.pinMargin(lm, m)
+	lm.pinSeq++
+	lm.pin = min(lm.pin, p)
+	return p, lm.pinSeq
+}
+
+// pinMargin is the room a pin leaves beyond what is committed: a quarter
+// horizon of recent demand (a quarter of what a lease aims to hold); the
+// background loop renews when the room falls under half of it, every few
+// refreshes under steady demand, and a decision that finds the pin short
+// while the lease holds enough raises it with one store call (refillScope).
+// It is what a crash strands of a lease beyond what the instance had
+// committed; the rest of an unspent lease returns when the lease expires.
+func (e *Engine) pinMargin(lm *lmeter, m Meter) int64 {
+	return max(e.target(lm, m)/4, 1)
+}
+
+// pinned takes a pin the store acknowledged as the lease's bound, if it is
+// the latest sent. Called with e.mu held.
+func (lm *lmeter) pinned(m Meter, window time.Time, pin int64, seq uint64) {
+	if !m.isRate() && seq == lm.pinSeq && (!m.isBudget() || window.Equal(lm.window)) {
+		lm.pin = pin
+	}
 }
 
 // gave records a return of n that was set aside in ret: done with the
@@ -498,6 +540,7 @@ func (lm *lmeter) take(m Meter, n int64) {
 	lm.maxAsk = max(lm.maxAsk, n)
 	if !m.isRate() {
 		lm.avail -= n
+		lm.committed += n
 		return
 	}
 	for i := 0; n > 0; i++ {
@@ -703,7 +746,7 @@ func (e *Engine) renewNow(ctx context.Context, scopes []*lscope) error {
 	byTenant := map[string][]Renewal{}
 	e.mu.Lock()
 	for _, s := range scopes {
-		byTenant[s.sc.Tenant] = append(byTenant[s.sc.Tenant], Renewal{Key: s.sc.Key, Pins: s.pins()})
+		byTenant[s.sc.Tenant] = append(byTenant[s.sc.Tenant], Renewal{Key: s.sc.Key, Pins: e.pins(s)})
 	}
 	e.mu.Unlock()
 	for tenant, rs := range byTenant {
@@ -719,13 +762,14 @@ func (e *Engine) renewNow(ctx context.Context, scopes []*lscope) error {
 	return nil
 }
 
-// pins returns what a renewal pins of s: everything it holds. Called with
-// e.mu held.
-func (s *lscope) pins() []Pin {
+// pins returns what a renewal pins of s: what each lease has committed,
+// and a margin. Called with e.mu held.
+func (e *Engine) pins(s *lscope) []Pin {
 	var pins []Pin
 	for m := range Meter(NumMeters) {
-		if !m.isRate() && s.m[m].g > 0 {
-			pins = append(pins, Pin{Meter: m, Amount: s.m[m].g})
+		if lm := &s.m[m]; !m.isRate() && (lm.g > 0 || lm.committed > 0) {
+			p, seq := e.pinFor(lm, m, 0)
+			pins = append(pins, Pin{Meter: m, Amount: p, Seq: seq, Window: lm.window})
 		}
 	}
 	return pins
@@ -743,12 +787,16 @@ func (e *Engine) applyRenew(rs []Renewal, res RenewResult, sent time.Time) {
 			// (stranded); reservations of it give nothing back here.
 			for m := range s.m {
 				s.m[m].avail, s.m[m].g, s.m[m].stale, s.m[m].ret = 0, 0, false, 0
+				s.m[m].committed, s.m[m].pin = 0, 0
 			}
 			s.gen++
 			s.validUntil = time.Time{}
 			continue
 		}
 		s.validUntil = sent.Add(e.o.LeaseTTL - e.o.LeaseTTL/5)
+		for _, p := range r.Pins {
+			s.m[p.Meter].pinned(p.Meter, p.Window, p.Amount, p.Seq)
+		}
 	}
 }
 
@@ -1083,7 +1131,8 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 			continue
 		}
 		if sh.optional && sh.need == 0 {
-			wants = append(wants, Want{Meter: sh.m, Limit: bound, Window: lm.window, Pin: unbounded})
+			p, seq := e.pinFor(lm, sh.m, 0)
+			wants = append(wants, Want{Meter: sh.m, Limit: bound, Window: lm.window, Pin: p, PinSeq: seq})
 			wsh = append(wsh, sh)
 			continue
 		}
@@ -1094,6 +1143,17 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 			}
 			lm.stale = false
 		}
+		if !lm.stale && lm.avail-lm.ret >= sh.full {
+			// The lease holds enough; its pin does not: raise it only.
+			p, seq := e.pinFor(lm, sh.m, sh.full)
+			w := Want{Meter: sh.m, Pin: p, PinSeq: seq, Limit: bound}
+			if sh.m.isBudget() {
+				w.Window = lm.window
+			}
+			wants = append(wants, w)
+			wsh = append(wsh, sh)
+			continue
+		}
 		// Beyond the ask, what the background refill would take, unless
 		// the limit is near: then exactly the ask, so that the store
 		// decides.
@@ -1101,7 +1161,11 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 		if lm.remaining != unknownRem {
 			extra = min(extra, lm.remaining/int64(2*n))
 		}
-		w := Want{Meter: sh.m, Amount: sh.need + max(extra, 0), Min: sh.least, Pin: unbounded, Limit: bound}
+		// What the lease holds counts, pinned or not: the pin is raised
+		// by the same call.
+		held := max(lm.avail-lm.ret, 0)
+		p, seq := e.pinFor(lm, sh.m, sh.full)
+		w := Want{Meter: sh.m, Amount: sh.full - held + max(extra, 0), Min: max(sh.ask-held, 0), Pin: p, PinSeq: seq, Limit: bound}
 		if sh.m.isBudget() {
 			w.Window = lm.window
 		}
@@ -1151,8 +1215,8 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 			*paid = append(*paid, p)
 		}
 		if g.Granted == 0 && denial == nil && !sh.optional {
-			if !w.Meter.isRate() && s.m[w.Meter].have(w.Meter) >= sh.full {
-				continue // a concurrent refill covered it: decide again
+			if !w.Meter.isRate() && (s.m[w.Meter].have(w.Meter) >= sh.full || w.Amount == 0 && w.Limit != 0) {
+				continue // a concurrent refill covered it, or only the pin was short: decide again
 			}
 			if w.Direct && rateFits(g.Before, w.Rate, res.Now, sh.ask) {
 				continue // not applied: another want of the call refused
@@ -1220,6 +1284,7 @@ func (e *Engine) applyGrant(s *lscope, sent time.Time, wants []Want, res GrantRe
 		if w.Direct {
 			continue
 		}
+		lm.pinned(w.Meter, w.Window, w.Pin, w.PinSeq)
 		if g.Granted <= 0 {
 			if !w.Meter.isRate() && (!w.Meter.isBudget() || w.Window.Equal(lm.window)) {
 				lm.g = g.Held
@@ -1367,6 +1432,7 @@ func (e *Engine) release(t *ticket, u quota.Usage, now time.Time, settle bool, o
 		case r.m == MeterConcurrency:
 			if r.gen == r.s.gen {
 				lm.avail += r.amt
+				lm.committed -= r.amt
 			}
 			continue
 		case r.m == MeterTokensRate:
@@ -1404,6 +1470,7 @@ func (e *Engine) release(t *ticket, u quota.Usage, now time.Time, settle bool, o
 		cur := r.s.window(r.m, now)
 		if !lm.window.Equal(cur) {
 			lm.avail, lm.g, lm.window, lm.remaining, lm.stale, lm.ret = 0, 0, cur, unknownRem, false, 0
+			lm.committed, lm.pin = 0, 0
 		}
 		if r.gen != r.s.gen {
 			// The lease was reclaimed: its reservation stays counted in
@@ -1417,9 +1484,11 @@ func (e *Engine) release(t *ticket, u quota.Usage, now time.Time, settle bool, o
 		}
 		if r.window.Equal(cur) {
 			lm.avail += r.amt // the reservation was the lease's
+			lm.committed -= r.amt
 		}
 		take := min(use, lm.avail-lm.ret)
 		lm.avail -= take
+		lm.committed += take
 		if use > take {
 			over = append(over, overrun{s: r.s, m: r.m, amt: use - take, window: cur})
 		}
@@ -1522,7 +1591,9 @@ func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Se
 		for i, g := range res.Grants {
 			lm := &c.s.m[c.wants[i].Meter]
 			if c.wants[i].Window.Equal(lm.window) || !c.wants[i].Meter.isBudget() {
-				lm.g = g.Held // the overrun is held, and spent: pinned
+				lm.g = g.Held // the overrun is held, and spent: committed
+				lm.committed += g.Granted
+				lm.pinned(c.wants[i].Meter, c.wants[i].Window, c.wants[i].Pin, c.wants[i].PinSeq)
 				if lm.limit != unbounded {
 					// The grant was asked past the limit: what remains
 					// under it follows from the counter.
@@ -1591,7 +1662,8 @@ func (e *Engine) overrunCalls(over []overrun) []grantCall {
 			calls = append(calls, grantCall{s: o.s, id: e.requestID()})
 		}
 		c := &calls[len(calls)-1]
-		c.wants = append(c.wants, Want{Meter: o.m, Amount: o.amt, Pin: unbounded, Limit: unbounded, Window: o.window})
+		p, seq := e.pinFor(&o.s.m[o.m], o.m, o.amt)
+		c.wants = append(c.wants, Want{Meter: o.m, Amount: o.amt, Pin: p, PinSeq: seq, Limit: unbounded, Window: o.window})
 	}
 	return calls
 }
@@ -1968,6 +2040,7 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 	var (
 		grants []grantCall
 		idle   []*lscope
+		pinLow bool
 	)
 	for _, s := range e.scopes {
 		var wants []Want
@@ -1999,6 +2072,12 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 			}
 			tgt := e.target(lm, m)
 			have := lm.have(m)
+			if !m.isRate() {
+				have = lm.avail - lm.ret // what the lease holds, pinned or not
+				if lm.g > 0 && lm.pinRoom()*2 < e.pinMargin(lm, m) {
+					pinLow = true // renewed this round, with a fresh margin
+				}
+			}
 			if lm.idle > 0 || lm.demand == 0 || lm.stale {
 				continue
 			}
@@ -2023,12 +2102,15 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 			if amt <= 0 {
 				continue
 			}
-			w := Want{Meter: m, Amount: amt, Pin: unbounded, Limit: lm.limit, Rate: lm.rate}
+			w := Want{Meter: m, Amount: amt, Limit: lm.limit, Rate: lm.rate}
 			if m.isBudget() {
 				w.Window = s.window(m, now)
 				if !w.Window.Equal(lm.window) {
 					continue
 				}
+			}
+			if !m.isRate() {
+				w.Pin, w.PinSeq = e.pinFor(lm, m, 0)
 			}
 			wants = append(wants, w)
 		}
@@ -2040,14 +2122,14 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 		}
 	}
 	var renews map[string][]Renewal
-	if now.Sub(rs.lastRenew) >= e.o.LeaseTTL/4 || now.Before(rs.lastRenew) {
+	if pinLow || now.Sub(rs.lastRenew) >= e.o.LeaseTTL/4 || now.Before(rs.lastRenew) {
 		rs.lastRenew = now
 		renews = map[string][]Renewal{}
 		for _, s := range e.scopes {
 			if s.validUntil.IsZero() {
 				continue
 			}
-			renews[s.sc.Tenant] = append(renews[s.sc.Tenant], Renewal{Key: s.sc.Key, Pins: s.pins()})
+			renews[s.sc.Tenant] = append(renews[s.sc.Tenant], Renewal{Key: s.sc.Key, Pins: e.pins(s)})
 		}
 	}
 	e.mu.Unlock()

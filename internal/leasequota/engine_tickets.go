@@ -334,7 +334,9 @@ func (e *Engine) recordedOn(t *ticket, tag string, i int, o RecordOutcome) {
 		}
 		lm := &r.s.m[r.m]
 		if !r.m.isBudget() || lm.window.Equal(r.window) {
+			// The ticket's now: no longer this lease's to pin.
 			lm.g = max(lm.g-r.amt, 0)
+			lm.committed -= r.amt
 		}
 	}
 }

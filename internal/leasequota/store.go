@@ -221,9 +221,12 @@ type Want struct {
 	// amount that fits, down to 1). Less than Min grants nothing.
 	Amount, Min int64
 	// Pin is how much of the instance's lease on a budget or concurrency
-	// meter it may spend before Redis learns of it (see doc.go); it is
-	// clamped to what the lease holds.
-	Pin int64
+	// meter it may have spent before Redis learns of it (see doc.go and
+	// type Pin); a reclaim keeps the pin or what the lease holds,
+	// whichever is less. PinSeq orders the pins of one (scope, meter):
+	// see type Pin.
+	Pin    int64
+	PinSeq uint64
 	// Limit bounds a budget or concurrency meter.
 	Limit int64
 	// Window is the start of a budget's current window.
@@ -346,7 +349,7 @@ func (s *Store) Grant(ctx context.Context, requestID, instance string, sc Scope,
 				if w.Meter.isBudget() {
 					x = w.Window.Unix()
 				}
-				args = append(args, int(w.Meter), w.Amount, w.Min, max(w.Pin, 0), max(w.Limit, 0), x, 0, 0)
+				args = append(args, int(w.Meter), w.Amount, w.Min, max(w.Pin, 0), max(w.Limit, 0), x, w.PinSeq, 0)
 				continue
 			}
 			// Rates are decided here, with quota.Memory's arithmetic, on
@@ -482,11 +485,22 @@ func (s *Store) Return(ctx context.Context, requestID, instance string, sc Scope
 	return r, nil
 }
 
-// Pin sets how much of a budget or concurrency lease the instance may
-// spend before Redis learns of it.
+// Pin is how much of a budget or concurrency lease the instance may have
+// spent without Redis knowing which part: what a reclaim keeps counted
+// (min(pin, held)); returns and ticket records leave it. A pin with a
+// sequence number (Seq > 0, counted by the instance per scope and meter)
+// replaces the lease's only if its Seq is above the last applied, so that
+// a call overtaken by a later one never changes it: the instance lowers
+// its own bound before sending a lower pin and raises it only when the
+// latest pin it sent is acknowledged. A pin without one only raises the
+// lease's.
 type Pin struct {
 	Meter  Meter
 	Amount int64
+	Seq    uint64
+	// Window is a budget's window the pin is for: a lease record of
+	// another window keeps its pin.
+	Window time.Time
 }
 
 // Renewal names one scope whose lease a Renew extends, with new pins.
@@ -505,8 +519,9 @@ type RenewResult struct {
 }
 
 // Renew extends the instance's leases on scopes of one tenant's tag (""
-// for the global tag) to now+ttl and sets their pins: the heartbeat. It
-// is idempotent (it sets absolute values), so it carries no request id.
+// for the global tag) to now+ttl and sets their pins (type Pin): the
+// heartbeat. It is idempotent (an absolute expiry, pins ordered by their
+// sequence numbers), so it carries no request id.
 func (s *Store) Renew(ctx context.Context, instance, tenant string, ttl time.Duration, scopes []Renewal) (RenewResult, error) {
 	op := "renew " + instance
 	if instance == "" || len(scopes) == 0 || ttl <= 0 {
@@ -518,7 +533,11 @@ func (s *Store) Renew(ctx context.Context, instance, tenant string, ttl time.Dur
 		keys = append(keys, s.keys(Scope{Tenant: tenant, Key: r.Key})...)
 		args = append(args, len(r.Pins))
 		for _, p := range r.Pins {
-			args = append(args, int(p.Meter), max(p.Amount, 0))
+			var w int64
+			if p.Meter.isBudget() {
+				w = p.Window.Unix()
+			}
+			args = append(args, int(p.Meter), max(p.Amount, 0), w, p.Seq)
 		}
 	}
 	keys = append(keys, s.Tag(tenant)+":epoch")

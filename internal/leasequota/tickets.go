@@ -161,7 +161,7 @@ func zoneByName(name string) (*time.Location, error) {
 // RecordTickets writes recs on tenant's tag ("" for the global tag), in one
 // script. For each record not already present it stores the record, adds
 // it to the tag's expiry set, and moves each reservation out of the
-// owner's lease on its scope (held g −= amount, pin clamped to g) when the
+// owner's lease on its scope (held g −= amount; a reclaim keeps min(pin, g)) when the
 // lease holds it in the reservation's window; otherwise the reservation is
 // marked stranded and reported. Counters do not change: the amount moves
 // from the lease to the ticket. A record already present changes nothing

@@ -4,8 +4,9 @@
 -- ARGV: 1 now, 2 require epoch, 3 instance, 4 ttl µs, 5 validity µs,
 -- 6 replay ms, 7 key ms, 8 maxttl µs, 9 count, then per want 8 values.
 -- Budgets and concurrency: meter, amount, min, pin, limit, window
--- (budgets), 0, 0. Rates, decided by the caller with the exact GCRA
--- arithmetic of quota.Bucket on the state it read: meter, granted,
+-- (budgets), pin sequence (0: none; see set_pin), 0. Rates, decided by
+-- the caller with the exact GCRA arithmetic of quota.Bucket on the state
+-- it read: meter, granted,
 -- remaining, deadline µs, 0, 0, the bucket as read, the bucket after.
 -- Reply: {status, now, expiry, then per want granted, remaining, held, x}
 -- where status is 0 fresh, 1 replay, -1 epoch lost, -2 conflict (a rate's
@@ -84,7 +85,7 @@ for i = 0, cnt - 1 do
         redis.call('HINCRBY', KEYS[1], 'u' .. k, s(got))
         l['g' .. k] = num(l['g' .. k]) + got
       end
-      l['p' .. k] = math.min(pin, num(l['g' .. k]))
+      set_pin(l, k, pin, tonumber(ARGV[b + 6]))
       held = num(l['g' .. k])
     end
     rem = fit - got

@@ -59,6 +59,18 @@ local function is_budget(k) return k >= 2 and k <= 5 end
 -- keeps), w<k> budget window. Rate units are not recorded: they are slots
 -- already in the bucket (t<k>, a quota.Bucket string), decided by the
 -- caller and written by compare-and-set.
+-- set_pin applies pin p with sequence number q (0: none) to meter k of
+-- lease l: with one, it replaces the lease's pin if q is above the last
+-- applied (ps<k>); without, it only raises it. Pins are not clamped to g:
+-- a reclaim keeps min(p, g).
+local function set_pin(l, k, p, q)
+  if q == 0 then
+    l['p' .. k] = math.max(p, num(l['p' .. k]))
+  elseif q > num(l['ps' .. k]) then
+    l['p' .. k], l['ps' .. k] = p, q
+  end
+end
+
 local function lease_load(lkey, inst)
   local v = redis.call('HGET', lkey, inst)
   if not v then return nil end

@@ -11,10 +11,10 @@ for i = 1, #all, 2 do
   for k = 0, 6 do
     local held
     if is_rate(k) then held = num(l['n' .. k]) else held = num(l['g' .. k]) end
-    if held > 0 or num(l['p' .. k]) > 0 then
+    if held > 0 then
       m[#m + 1] = k
       m[#m + 1] = held
-      m[#m + 1] = num(l['p' .. k])
+      m[#m + 1] = math.min(num(l['p' .. k]), held) -- what a reclaim would keep
       m[#m + 1] = num(l['w' .. k])
       m[#m + 1] = num(l['dl' .. k])
     end

@@ -36,8 +36,7 @@ for i = 0, cnt - 1 do
       if back > 0 then
         redis.call('HINCRBY', KEYS[1], 'u' .. k, s(-back))
         g = g - back
-        l['g' .. k] = g
-        l['p' .. k] = math.min(num(l['p' .. k]), g)
+        l['g' .. k] = g -- the pin stays: reclaim keeps min(pin, held)
       end
       held = g
     end

@@ -11,7 +11,7 @@
 -- 0, or {-1} epoch lost. A record already present changes nothing and
 -- reports the stranded reservations it was recorded with.
 -- A fresh record moves each reservation out of the owner's lease on its
--- scope (g -= amount, p clamped to g) when the lease holds it in the same
+-- scope (g -= amount; the pin stays, reclaim keeps min(pin, g)) when the lease holds it in the same
 -- window; otherwise the lease was reclaimed (or moved to a later window)
 -- and the amount, counted as stranded or in an ended window, is not moved:
 -- the reservation is marked stranded. The counters do not change.
@@ -63,7 +63,6 @@ for i = 1, nrec do
         if l and g >= amt and (k == 6 or num(l['w' .. k]) == r.w) then
           g = g - amt
           l['g' .. k] = g
-          l['p' .. k] = math.min(num(l['p' .. k]), g)
           c.dirty = true
         else
           r.x = 1

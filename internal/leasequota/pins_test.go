@@ -1,0 +1,143 @@
+package leasequota_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/leasequota"
+	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/quota/quotatest"
+)
+
+// TestPinSequence: a pin with a sequence number replaces the lease's only
+// if it is the latest (a renewal overtaken by a later grant changes
+// nothing); returns and records leave it; a reclaim keeps min(pin, held).
+func TestPinSequence(t *testing.T) {
+	clk := newClock()
+	s := newStore(t, newClient(t), clk, leasequota.Options{})
+	ctx := context.Background()
+	mustGrant(t, s, reqID(), "a", time.Minute,
+		leasequota.Want{Meter: mDay, Amount: 1000, Pin: 300, PinSeq: 2, Limit: 10000, Window: day})
+	if m := lease(t, s, "a").Meters[mDay]; m.Held != 1000 || m.Pinned != 300 {
+		t.Fatalf("after the grant: %+v, want held 1000 pinned 300", m)
+	}
+	renew := func(pin int64, seq uint64) {
+		t.Helper()
+		if _, err := s.Renew(ctx, "a", scope.Tenant, time.Minute, []leasequota.Renewal{{Key: scope.Key,
+			Pins: []leasequota.Pin{{Meter: mDay, Amount: pin, Seq: seq, Window: day}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	renew(900, 1) // sent before the grant, arrived after it
+	if m := lease(t, s, "a").Meters[mDay]; m.Pinned != 300 {
+		t.Errorf("a stale renewal moved the pin: %+v, want 300", m)
+	}
+	renew(120, 3) // lower, and latest
+	if m := lease(t, s, "a").Meters[mDay]; m.Pinned != 120 {
+		t.Errorf("the latest renewal did not set the pin: %+v, want 120", m)
+	}
+	renew(500, 3) // a replay of seq 3 with another value: ignored
+	if _, err := s.Return(ctx, reqID(), "a", scope, []leasequota.Give{{Meter: mDay, Amount: 850, Window: day}}); err != nil {
+		t.Fatal(err)
+	}
+	if m := lease(t, s, "a").Meters[mDay]; m.Held != 150 || m.Pinned != 120 {
+		t.Errorf("after returning 850: %+v, want held 150 pinned 120", m)
+	}
+	// a dies; b's grant after a's expiry reclaims: 30 unpinned come back,
+	// 120 stay counted (stranded).
+	clk.Advance(2 * time.Minute)
+	mustGrant(t, s, reqID(), "b", time.Minute, leasequota.Want{Meter: mDay, Amount: 0, Limit: 10000, Window: day})
+	st := mustRead(t, s, scope)
+	if m := st.Meters[mDay]; m.Used != 120 || m.Stranded != 120 {
+		t.Errorf("after the reclaim: %+v, want 120 used, all of it stranded", m)
+	}
+}
+
+// TestCrashStrandsOnlyWhatWasPinned: an instance that dies holding a
+// lease strands its committed use and its pin's margin; the rest of what
+// the lease held unspent comes back once the lease expires, to the other
+// instances. Before pins tracked what was committed, a crash stranded the
+// whole lease for the rest of its window.
+func TestCrashStrandsOnlyWhatWasPinned(t *testing.T) {
+	clk := quotatest.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
+	o := leasequota.Options{Prefix: "crash" + strconv.FormatInt(prefixSeq.Add(1), 10), Clock: clk.Now, Timeout: 10 * time.Second}
+	ca := newClient(t)
+	sa, err := leasequota.NewStore(ca, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := leasequota.NewStore(newClient(t), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	a, err := leasequota.NewEngine(sa, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := leasequota.NewEngine(sb, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	chain := []quota.Scope{{Key: "t/acme", Limits: &quota.Limits{TokensDay: quota.AtMost(100_000)}}}
+	tk, err := a.Acquire(ctx, quota.Request{Chain: chain, Ask: quota.Ask{Tokens: 1000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Settle(ctx, tk.ID, quota.Usage{InputTokens: 100}); err != nil {
+		t.Fatal(err)
+	}
+	// A renewal (every LeaseTTL/4 of the engine's clock) sets the pin to
+	// what a has committed (the 100 settled) and its margin.
+	sc := leasequota.Scope{Tenant: "acme", Key: "t/acme"}
+	var held, pinned int64
+	clk.Advance(3 * time.Second)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, err := sa.Read(ctx, sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range st.Leases {
+			if l.Instance == "a" {
+				held, pinned = l.Meters[leasequota.MeterTokensDay].Held, l.Meters[leasequota.MeterTokensDay].Pinned
+			}
+		}
+		if pinned > 0 && pinned < held {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a's lease never pinned less than it holds: held %d pinned %d", held, pinned)
+		}
+	}
+	if pinned < 100 {
+		t.Fatalf("a's pin %d is below the 100 tokens it settled on its lease", pinned)
+	}
+	ca.Close() // a dies: no renewal, no return, nothing recorded
+	clk.Advance(leasequota.DefaultLeaseTTL + time.Second)
+	if _, err := b.Acquire(ctx, quota.Request{Chain: chain, Ask: quota.Ask{Tokens: 10}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := sb.Read(ctx, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bHeld int64
+	for _, l := range st.Leases {
+		if l.Instance == "b" {
+			bHeld = l.Meters[leasequota.MeterTokensDay].Held
+		}
+		if l.Instance == "a" {
+			t.Errorf("a's lease still in the store after its expiry: %+v", l)
+		}
+	}
+	m := st.Meters[leasequota.MeterTokensDay]
+	if m.Stranded != pinned || m.Used != bHeld+pinned {
+		t.Errorf("after a's lease expired: used %d stranded %d; want a's pin %d stranded and used = b's lease %d + it",
+			m.Used, m.Stranded, pinned, bHeld)
+	}
+	t.Logf("a held %d tokens (100 settled): %d stranded, %d back", held, pinned, held-pinned)
+	a.Close()
+}
