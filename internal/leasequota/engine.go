@@ -166,6 +166,22 @@ type lscope struct {
 	// that found its lease short sees in the store what a return in flight
 	// was giving back.
 	io ioLock
+	// unsent are grants and returns whose outcome is unknown (the call
+	// failed: Redis may have carried it out and lost the reply), sent
+	// again with the same request id until the store says what it did
+	// (it keeps each id's first reply for Options.ReplayTTL). A return's
+	// amounts stay set aside in ret meanwhile, neither spendable nor given
+	// up; a grant's are not counted until its reply comes.
+	unsent []unsentCall
+}
+
+// unsentCall is a Grant (wants; overrun: past the limit, spent at once) or
+// a Return (gives) to send again with its request id.
+type unsentCall struct {
+	id      string
+	gives   []Give
+	wants   []Want
+	overrun bool
 }
 
 // ioLock is a mutex held across store calls. It is a channel, not a
@@ -511,26 +527,18 @@ func (lm *lmeter) pinned(m Meter, window time.Time, pin int64, seq uint64) {
 	}
 }
 
-// gave records a return of n that was set aside in ret: done with the
-// store's figures when ok, else unknown (the store may or may not have
-// taken it: it leaves the lease, and what remains is learnt again). A
-// budget whose window ended meanwhile was reset already. Called with e.mu
-// held.
-func (lm *lmeter) gave(m Meter, window time.Time, n int64, ok bool, returned, held int64) {
+// gave records a return of n that was set aside in ret, with the store's
+// figures. A budget whose window ended meanwhile was reset already.
+// Called with e.mu held.
+func (lm *lmeter) gave(m Meter, window time.Time, n int64, returned, held int64) {
 	if m.isBudget() && !window.Equal(lm.window) {
 		return
 	}
 	lm.ret = max(lm.ret-n, 0)
 	lm.avail = max(lm.avail-n, 0)
-	switch {
-	case !ok:
-		lm.g = max(lm.g-n, 0)
-		lm.remaining = unknownRem
-	default:
-		lm.g = held
-		if lm.remaining != unknownRem {
-			lm.remaining += returned
-		}
+	lm.g = held
+	if lm.remaining != unknownRem {
+		lm.remaining += returned
 	}
 }
 
@@ -791,6 +799,7 @@ func (e *Engine) applyRenew(rs []Renewal, res RenewResult, sent time.Time) {
 			}
 			s.gen++
 			s.validUntil = time.Time{}
+			s.unsent = nil // of a lease that is gone
 			continue
 		}
 		s.validUntil = sent.Add(e.o.LeaseTTL - e.o.LeaseTTL/5)
@@ -1101,6 +1110,9 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 	e.sweepTag(ctx, s.sc.Tenant)
 	s.io.Lock()
 	defer s.io.Unlock()
+	if err := e.resendUnknown(ctx, s); err != nil {
+		return nil, fmt.Errorf("acquire: %w", err)
+	}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -1182,23 +1194,16 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 	}
 	e.mu.Unlock()
 	if len(gives) > 0 {
-		res, err := e.st.Return(ctx, rid, e.inst, s.sc, gives)
-		e.mu.Lock()
-		for i, g := range gives {
-			if err != nil {
-				s.m[g.Meter].gave(g.Meter, g.Window, g.Amount, false, 0, 0)
-			} else {
-				s.m[g.Meter].gave(g.Meter, g.Window, g.Amount, true, res.Returned[i], res.Held[i])
-			}
-		}
-		e.mu.Unlock()
-		if err != nil {
+		if err := e.giveBackLease(ctx, s, rid, gives); err != nil {
 			return nil, fmt.Errorf("acquire: %w", err)
 		}
 	}
 	sent := e.now()
 	res, err := e.st.Grant(ctx, gid, e.inst, s.sc, e.o.LeaseTTL, wants)
 	if err != nil {
+		e.mu.Lock()
+		s.unsent = append(s.unsent, unsentCall{id: gid, wants: wants})
+		e.mu.Unlock()
 		return nil, fmt.Errorf("acquire: %w", err)
 	}
 	e.mu.Lock()
@@ -1577,33 +1582,10 @@ func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Se
 	calls := e.overrunCalls(over)
 	e.mu.Unlock()
 	for _, c := range calls {
+		// The settle stands whatever happens; an overrun the store did
+		// not confirm is sent again with its id (resendUnknown).
 		c.s.io.Lock()
-		sent := e.now()
-		res, err := e.st.Grant(ctx, c.id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants)
-		if err != nil {
-			// The settle stands; the overrun is lost to the shared
-			// counter (see doc.go, Status).
-			c.s.io.Unlock()
-			continue
-		}
-		e.mu.Lock()
-		c.s.validUntil = sent.Add(e.o.LeaseTTL - e.o.LeaseTTL/5)
-		for i, g := range res.Grants {
-			lm := &c.s.m[c.wants[i].Meter]
-			if c.wants[i].Window.Equal(lm.window) || !c.wants[i].Meter.isBudget() {
-				lm.g = g.Held // the overrun is held, and spent: committed
-				lm.committed += g.Granted
-				lm.pinned(c.wants[i].Meter, c.wants[i].Window, c.wants[i].Pin, c.wants[i].PinSeq)
-				if lm.limit != unbounded {
-					// The grant was asked past the limit: what remains
-					// under it follows from the counter.
-					lm.remaining = lm.limit - g.Used
-				} else {
-					lm.remaining = unknownRem
-				}
-			}
-		}
-		e.mu.Unlock()
+		e.grantLease(ctx, c.s, c.id, c.wants, true, false)
 		c.s.io.Unlock()
 	}
 	e.adjustRates(ctx, adj)
@@ -1919,7 +1901,15 @@ func (e *Engine) Close() error {
 		time.Sleep(time.Millisecond)
 	}
 	for _, s := range scopes {
-		if err := e.giveUnused(ctx, s, true); err != nil {
+		// A return whose outcome is unknown is sent again (same id), a
+		// few times, before the lease is left to expire.
+		var err error
+		for try := 0; try < 3; try++ {
+			if err = e.giveUnused(ctx, s, true); err == nil {
+				break
+			}
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -1932,6 +1922,9 @@ func (e *Engine) Close() error {
 func (e *Engine) giveUnused(ctx context.Context, s *lscope, all bool) error {
 	s.io.Lock()
 	defer s.io.Unlock()
+	if err := e.resendUnknown(ctx, s); err != nil {
+		return err
+	}
 	e.mu.Lock()
 	now := e.now()
 	var gives []Give
@@ -1963,17 +1956,107 @@ func (e *Engine) giveUnused(ctx context.Context, s *lscope, all bool) error {
 	}
 	id := e.requestID()
 	e.mu.Unlock()
+	return e.giveBackLease(ctx, s, id, gives)
+}
+
+// giveBackLease sends a Return of gives (set aside in ret) under request
+// id and applies the store's answer. A failed call may or may not have
+// been carried out: the amounts stay set aside, and the call is kept to
+// be sent again with the same id (resendReturns), which the store answers
+// with what it did the first time. Called with s.io held.
+func (e *Engine) giveBackLease(ctx context.Context, s *lscope, id string, gives []Give) error {
 	res, err := e.st.Return(ctx, id, e.inst, s.sc, gives)
 	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err != nil {
+		s.unsent = append(s.unsent, unsentCall{id: id, gives: gives})
+		return err
+	}
 	for i, g := range gives {
-		if err != nil {
-			s.m[g.Meter].gave(g.Meter, g.Window, g.Amount, false, 0, 0)
+		s.m[g.Meter].gave(g.Meter, g.Window, g.Amount, res.Returned[i], res.Held[i])
+	}
+	return nil
+}
+
+// resendUnknown sends again the grants and returns of s whose outcome is
+// unknown, stopping at the first that fails again. A grant's reply is
+// applied without its rate units: they were due to be spent before a
+// deadline long past (they lapse in the bucket: under-admission of at
+// most those units). Called with s.io held.
+func (e *Engine) resendUnknown(ctx context.Context, s *lscope) error {
+	e.mu.Lock()
+	todo := s.unsent
+	s.unsent = nil
+	e.mu.Unlock()
+	for i, u := range todo {
+		var err error
+		if u.wants == nil {
+			err = e.giveBackLease(ctx, s, u.id, u.gives)
 		} else {
-			s.m[g.Meter].gave(g.Meter, g.Window, g.Amount, true, res.Returned[i], res.Held[i])
+			err = e.grantLease(ctx, s, u.id, u.wants, u.overrun, true)
+		}
+		if err != nil {
+			e.mu.Lock()
+			s.unsent = append(s.unsent, todo[i+1:]...)
+			e.mu.Unlock()
+			return err
 		}
 	}
-	e.mu.Unlock()
-	return err
+	return nil
+}
+
+// grantLease sends a Grant of wants under request id and applies its
+// reply: to the leases (overrun: spent at once, see applyOverrun), without
+// rate units when resent. A failed call is kept to be sent again with the
+// same id (resendUnknown). Called with s.io held.
+func (e *Engine) grantLease(ctx context.Context, s *lscope, id string, wants []Want, overrun, resent bool) error {
+	sent := e.now()
+	res, err := e.st.Grant(ctx, id, e.inst, s.sc, e.o.LeaseTTL, wants)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err != nil {
+		s.unsent = append(s.unsent, unsentCall{id: id, wants: wants, overrun: overrun})
+		return err
+	}
+	if resent {
+		var ws []Want
+		var gs []Grant
+		for i, w := range wants {
+			if !w.Meter.isRate() {
+				ws, gs = append(ws, w), append(gs, res.Grants[i])
+			}
+		}
+		wants, res.Grants = ws, gs
+	}
+	if overrun {
+		e.applyOverrun(s, sent, wants, res)
+	} else {
+		e.applyGrant(s, sent, wants, res)
+	}
+	return nil
+}
+
+// applyOverrun records a grant past the limit of use already spent: held
+// and committed. Called with e.mu held.
+func (e *Engine) applyOverrun(s *lscope, sent time.Time, wants []Want, res GrantResult) {
+	s.validUntil = sent.Add(e.o.LeaseTTL - e.o.LeaseTTL/5)
+	for i, g := range res.Grants {
+		w := wants[i]
+		lm := &s.m[w.Meter]
+		if !w.Window.Equal(lm.window) && w.Meter.isBudget() {
+			continue
+		}
+		lm.g = g.Held
+		lm.committed += g.Granted
+		lm.pinned(w.Meter, w.Window, w.Pin, w.PinSeq)
+		if lm.limit != unbounded {
+			// The grant was asked past the limit: what remains under it
+			// follows from the counter.
+			lm.remaining = lm.limit - g.Used
+		} else {
+			lm.remaining = unknownRem
+		}
+	}
 }
 
 // refreshWorkers bounds the store calls one refresh has in flight.
@@ -2067,6 +2150,9 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 			if !m.isRate() && (lm.stale || lm.idle >= 3 && lm.avail > e.target(lm, m)) {
 				giveBack = true
 			}
+			if len(s.unsent) > 0 {
+				giveBack = true // sent again
+			}
 			if m.isRate() {
 				e.sync(s, m, now, 0, lm.rate) // drop lapsed units
 			}
@@ -2140,14 +2226,7 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 		c := grants[i]
 		c.s.io.Lock()
 		defer c.s.io.Unlock()
-		sent := e.now()
-		res, err := e.st.Grant(ctx, c.id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants)
-		if err != nil {
-			return
-		}
-		e.mu.Lock()
-		e.applyGrant(c.s, sent, c.wants, res)
-		e.mu.Unlock()
+		e.grantLease(ctx, c.s, c.id, c.wants, false, false)
 	})
 	parallel(len(idle), func(i int) { e.giveUnused(ctx, idle[i], false) })
 	for tenant, rs := range renews {
