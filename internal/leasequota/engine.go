@@ -804,7 +804,7 @@ func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid 
 	}
 	ttl = min(ttl, e.o.MaxTTL)
 	t := &ticket{id: e.newID(), meta: r.Meta, expires: now.Add(ttl), tokens: tokens, gpu: a.GPUMillis, cost: a.CostMicros,
-		res: make([]reservation, 0, len(r.Chain)*(NumMeters-2))}
+		res: make([]reservation, 0, len(r.Chain)*(NumMeters-1))} // all but requests: one allocation
 	out := quota.Ticket{ID: t.id, Tokens: tokens, Clamped: tokens < a.Tokens, ExpiresAt: t.expires}
 	var adj []rateAdj
 	for i := range r.Chain {
@@ -934,7 +934,12 @@ var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadd
 func (e *Engine) newID() string {
 	var b [16]byte
 	e.rnd.Read(b[:])
-	return "tkt_" + idEncoding.EncodeToString(b[:])
+	// Encoded in place: one allocation, the string.
+	const prefix = "tkt_"
+	var out [len(prefix) + 26]byte // 26 = base32 of 16 bytes, unpadded
+	copy(out[:], prefix)
+	idEncoding.Encode(out[len(prefix):], b[:])
+	return string(out[:])
 }
 
 // requestID returns a fresh request id. Called with e.mu held.
