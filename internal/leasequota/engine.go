@@ -884,7 +884,7 @@ func (e *Engine) remaining(r *quota.Remaining, s *lscope, m Meter, lm *lmeter, b
 		case !lm.known:
 			return
 		default:
-			left, reset = lm.bucket.Avail(rate, now)+lm.units(), lm.bucket.EmptyAt(now)
+			left = lm.bucket.Avail(rate, now) + lm.units()
 		}
 	}
 	if r.Scope != "" && r.Remaining <= left {
@@ -894,6 +894,9 @@ func (e *Engine) remaining(r *quota.Remaining, s *lscope, m Meter, lm *lmeter, b
 	*r = quota.Remaining{Dimension: d, Window: w, Scope: s.sc.Key, Limit: bound, Remaining: left}
 	switch {
 	case m.isRate():
+		if rate.Limit > 0 {
+			reset = lm.bucket.EmptyAt(now) // only for the tightest scope
+		}
 		r.Limit, r.Period, r.ResetAt = rate.Limit, rate.Period, reset
 	case m.isBudget():
 		r.ResetAt = windowEnd(lm.window, m).UTC()
