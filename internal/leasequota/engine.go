@@ -902,7 +902,7 @@ func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid 
 	}
 	ttl = min(ttl, e.o.MaxTTL)
 	t := &ticket{id: e.newID(), meta: r.Meta, expires: now.Add(ttl), tokens: tokens, gpu: a.GPUMillis, cost: a.CostMicros,
-		res: make([]reservation, 0, len(r.Chain)*(NumMeters-2)), issued: time.Now()}
+		res: make([]reservation, 0, len(r.Chain)*(NumMeters-1)), issued: time.Now()} // all but requests: one allocation
 	if e.ts != nil {
 		if tags := ticketTags(scs); len(tags) <= 8 {
 			t.tags = tags
@@ -991,7 +991,7 @@ func (e *Engine) remaining(r *quota.Remaining, s *lscope, m Meter, lm *lmeter, b
 		case !lm.known:
 			return
 		default:
-			left, reset = lm.bucket.Avail(rate, now)+lm.units(), lm.bucket.EmptyAt(now)
+			left = lm.bucket.Avail(rate, now) + lm.units()
 		}
 	}
 	if r.Scope != "" && r.Remaining <= left {
@@ -1001,6 +1001,9 @@ func (e *Engine) remaining(r *quota.Remaining, s *lscope, m Meter, lm *lmeter, b
 	*r = quota.Remaining{Dimension: d, Window: w, Scope: s.sc.Key, Limit: bound, Remaining: left}
 	switch {
 	case m.isRate():
+		if rate.Limit > 0 {
+			reset = lm.bucket.EmptyAt(now) // only for the tightest scope
+		}
 		r.Limit, r.Period, r.ResetAt = rate.Limit, rate.Period, reset
 	case m.isBudget():
 		r.ResetAt = windowEnd(lm.window, m).UTC()
@@ -1041,7 +1044,12 @@ var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadd
 func (e *Engine) newID() string {
 	var b [16]byte
 	e.rnd.Read(b[:])
-	return "tkt_" + idEncoding.EncodeToString(b[:])
+	// Encoded in place: one allocation, the string.
+	const prefix = "tkt_"
+	var out [len(prefix) + 26]byte // 26 = base32 of 16 bytes, unpadded
+	copy(out[:], prefix)
+	idEncoding.Encode(out[len(prefix):], b[:])
+	return string(out[:])
 }
 
 // requestID returns a fresh request id. Called with e.mu held.
