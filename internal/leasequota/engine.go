@@ -761,6 +761,7 @@ func (e *Engine) renewNow(ctx context.Context, scopes []*lscope) error {
 		sent := e.now()
 		res, err := e.st.Renew(ctx, e.inst, tenant, e.o.LeaseTTL, rs)
 		if err != nil {
+			e.lost(err)
 			return fmt.Errorf("acquire: renew: %w", err)
 		}
 		e.mu.Lock()
@@ -1212,6 +1213,7 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 		e.mu.Lock()
 		s.unsent = append(s.unsent, unsentCall{id: gid, wants: wants})
 		e.mu.Unlock()
+		e.lost(err)
 		return nil, fmt.Errorf("acquire: %w", err)
 	}
 	e.mu.Lock()
@@ -2020,12 +2022,15 @@ func (e *Engine) resendUnknown(ctx context.Context, s *lscope) error {
 func (e *Engine) grantLease(ctx context.Context, s *lscope, id string, wants []Want, overrun, resent bool) error {
 	sent := e.now()
 	res, err := e.st.Grant(ctx, id, e.inst, s.sc, e.o.LeaseTTL, wants)
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	if err != nil {
+		e.mu.Lock()
 		s.unsent = append(s.unsent, unsentCall{id: id, wants: wants, overrun: overrun})
+		e.mu.Unlock()
+		e.lost(err)
 		return err
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	if resent {
 		var ws []Want
 		var gs []Grant
@@ -2241,6 +2246,7 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 		sent := e.now()
 		res, err := e.st.Renew(ctx, e.inst, tenant, e.o.LeaseTTL, rs)
 		if err != nil {
+			e.lost(err)
 			continue
 		}
 		e.mu.Lock()

@@ -295,11 +295,12 @@ func (e *Engine) recordOf(t *ticket, tag string) TicketRecord {
 // settled.
 func (e *Engine) record(ctx context.Context, c *recCall) bool {
 	res, err := e.ts.RecordTickets(ctx, c.tag, c.recs)
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	if err != nil {
+		e.lost(err)
 		return false
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
 
 	e.recTags[c.tag] = true
 	for k, t := range c.tickets {

@@ -221,8 +221,8 @@ func budgetMeter(d quota.Dimension, w quota.Window) (Meter, bool) {
 // Options.RequireEpoch: the rebuild after a state loss restores the
 // counters from the ledger before it sets the epoch, and the engine's own
 // store refuses every write until then. The counter becomes used plus
-// what other instances' live leases of the window hold plus what this
-// engine's lease holds unspent. It takes no scope's lock: while the tag
+// what live lease records of the window hold (none after a loss); this
+// engine's own leases are dropped, void with the lost state. It takes no scope's lock: while the tag
 // has no epoch the engine's own grants and returns are refused and change
 // nothing.
 func (e *Engine) RebuildRestore(ctx context.Context, st *Store, key string, d quota.Dimension, w quota.Window, start time.Time, used int64) error {
@@ -233,16 +233,13 @@ func (e *Engine) RebuildRestore(ctx context.Context, st *Store, key string, d qu
 	if used < 0 {
 		return fmt.Errorf("restore %s: negative use: %w", key, quota.ErrInvalid)
 	}
-	var mine int64
+	// A rebuild follows a state loss (or an empty store at the first
+	// start): this engine's leases were in the lost state, so it counts
+	// none of them (engine_loss.go drops them).
 	e.mu.Lock()
-	if s := e.scopes[key]; s != nil {
-		if lm := &s.m[m]; lm.window.Equal(start) {
-			mine = lm.avail
-		}
-		s.m[m].remaining = unknownRem
-	}
+	e.dropLeases()
 	e.mu.Unlock()
-	if _, err := st.Restore(ctx, e.inst, Scope{Tenant: e.tenant(key), Key: key}, m, start, used, mine); err != nil {
+	if _, err := st.Restore(ctx, e.inst, Scope{Tenant: e.tenant(key), Key: key}, m, start, used, 0); err != nil {
 		return fmt.Errorf("restore %s: %w", key, err)
 	}
 	return nil

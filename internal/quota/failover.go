@@ -129,6 +129,14 @@ type Readmitter interface {
 	Readmit(ctx context.Context, id string, r Request, expires time.Time) error
 }
 
+// Rebuilt is implemented by a shared backend that holds state of its own
+// derived from the shared counters (the lease engine's leases): a Failover
+// calls it after a rebuild, before it readmits its live tickets, so that
+// the backend drops what the lost state held.
+type Rebuilt interface {
+	Rebuilt()
+}
+
 // ErrStateLost is wrapped by a shared backend's errors when it answers but
 // has lost its counters (a Redis restarted empty): an outage, since it
 // also wraps ErrUnavailable, that lasts until FailoverOptions.Rebuild has
@@ -623,6 +631,9 @@ func (f *Failover) readmit(ctx context.Context) error {
 		}
 	}
 	f.mu.Unlock()
+	if rb, ok := f.shared.(Rebuilt); ok {
+		rb.Rebuilt()
+	}
 	if f.o.Settled != nil && len(todo) > 0 {
 		ids := make([]string, len(todo))
 		for i, l := range todo {

@@ -1,0 +1,163 @@
+package leasequota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/quota"
+)
+
+// When the store loses its state (a Redis restarted empty: no epoch on the
+// tag, ErrEpochLost), every lease this engine holds is void — the
+// counters the app rebuilds from the ledger hold no lease — and so are the
+// records of its tickets. The engine drops its leases the first time a
+// call says so (lost), so that every decision goes to the store, which
+// refuses until the rebuild (quota.Failover switches to local shares
+// meanwhile). Its live tickets keep their ids; their reservations, counted
+// nowhere now, become 0 (a settle charges the use alone) until the
+// failover readmits them after the rebuild (Readmit), charging them to the
+// rebuilt counters again. Until an instance makes its first call after the
+// loss it may spend what its leases held (at most its leases: demand of
+// about a second; a renewal comes every LeaseTTL/4).
+
+var _ quota.Readmitter = (*Engine)(nil)
+
+// lost drops every lease if err says the store lost its state.
+func (e *Engine) lost(err error) {
+	if err == nil || !errors.Is(err, ErrEpochLost) {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.dropLeases()
+}
+
+// dropLeases forgets every lease and what live tickets hold of them.
+// Called with e.mu held.
+func (e *Engine) dropLeases() {
+	for _, s := range e.scopes {
+		for m := range s.m {
+			lm := &s.m[m]
+			lm.avail, lm.g, lm.ret, lm.committed, lm.pin, lm.stale = 0, 0, 0, 0, 0, false
+			lm.lots, lm.remaining, lm.known = nil, unknownRem, false
+		}
+		s.gen++
+		s.validUntil = time.Time{}
+		s.unsent = nil
+	}
+	for _, t := range e.tickets {
+		if t.settled != nil || t.expired {
+			continue
+		}
+		for i := range t.res {
+			r := &t.res[i]
+			if !r.m.isRate() {
+				r.amt, r.gen = 0, r.s.gen // counted nowhere: a settle charges the use
+			}
+		}
+		if t.tried != 0 {
+			// Its records went with the state: recorded again (with the
+			// reservations Readmit gives back, or none).
+			t.tried, t.recd = 0, 0
+			e.pending = append(e.pending, t)
+		}
+	}
+}
+
+// Rebuilt implements quota.Rebuilt: the failover calls it after the
+// counters were rebuilt, before it readmits the live tickets, so that an
+// instance that made no call since the loss drops its void leases too.
+func (e *Engine) Rebuilt() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.dropLeases()
+}
+
+// Readmit implements quota.Readmitter: after a rebuild, a live ticket this
+// engine issued has its reservations (slot, tokens, GPU, cost) charged
+// again to the rebuilt counters of its scopes, past any limit (it was
+// admitted), held in this engine's leases until the recorder records it.
+// A ticket this engine does not know live is left alone.
+func (e *Engine) Readmit(ctx context.Context, id string, r quota.Request, expires time.Time) error {
+	e.mu.Lock()
+	t := e.tickets[id]
+	if t == nil || t.settled != nil || t.expired {
+		e.mu.Unlock()
+		return nil
+	}
+	now := e.now()
+	type charge struct {
+		s     *lscope
+		wants []Want
+		idx   []int
+	}
+	var calls []*charge
+	byScope := map[*lscope]*charge{}
+	for _, sc := range r.Chain {
+		s := e.scope(&sc)
+		for m := range Meter(NumMeters) {
+			var amt int64
+			switch {
+			case m == MeterConcurrency && r.Ask.Concurrency:
+				amt = 1
+			case m.isBudget():
+				amt = askOf(&r.Ask, m, r.Ask.Tokens)
+			}
+			if amt <= 0 {
+				continue
+			}
+			j := -1
+			for k := range t.res {
+				if t.res[k].s == s && t.res[k].m == m {
+					j = k
+				}
+			}
+			if j < 0 {
+				continue // not counted on this scope when admitted
+			}
+			c := byScope[s]
+			if c == nil {
+				c = &charge{s: s}
+				byScope[s] = c
+				calls = append(calls, c)
+			}
+			lm := &s.m[m]
+			w := Want{Meter: m, Amount: amt, Limit: unbounded}
+			if m.isBudget() {
+				w.Window = s.window(m, now)
+				lm = e.sync(s, m, now, lm.limit, lm.rate)
+			}
+			w.Pin, w.PinSeq = e.pinFor(lm, m, amt)
+			c.wants = append(c.wants, w)
+			c.idx = append(c.idx, j)
+		}
+	}
+	t.expires = expires
+	e.nextExp, e.lastSweep = time.Time{}, time.Time{}
+	e.mu.Unlock()
+	for _, c := range calls {
+		c.s.io.Lock()
+		id := e.requestID()
+		sent := e.now()
+		res, err := e.st.Grant(ctx, id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants)
+		if err != nil {
+			c.s.io.Unlock()
+			e.lost(err)
+			return fmt.Errorf("readmit %s: %w", t.id, err)
+		}
+		e.mu.Lock()
+		e.applyOverrun(c.s, sent, c.wants, res)
+		for k, j := range c.idx {
+			res := &t.res[j]
+			res.amt, res.gen = c.wants[k].Amount, c.s.gen
+			if c.wants[k].Meter.isBudget() {
+				res.window = c.wants[k].Window
+			}
+		}
+		e.mu.Unlock()
+		c.s.io.Unlock()
+	}
+	return nil
+}
