@@ -138,9 +138,18 @@ func (l *leaseLoad) client(ctx context.Context, at int, key string, ask int64) {
 		// another instance, for as long as a client would.
 		body := fmt.Sprintf(`{"ticket":%q,"input_tokens":%d,"output_tokens":%d}`, ticket, ask/3, ask-ask/3)
 		lc.setSent = time.Now()
-		settleAt := rand.IntN(len(l.urls))
-		for deadline := time.Now().Add(20 * time.Second); ; settleAt = (settleAt + 1) % len(l.urls) {
+		settleAt, stride := rand.IntN(len(l.urls)), 1
+		if strings.HasPrefix(ticket, "~") {
+			// Issued from a local share while Redis was away: only its
+			// issuer knows it (docs/quota.md, outages).
+			settleAt, stride = at, 0
+		}
+		for deadline := time.Now().Add(20 * time.Second); ; settleAt = (settleAt + stride) % len(l.urls) {
 			if l.dead[settleAt].Load() {
+				if stride == 0 {
+					code, err = 404, nil // its issuer is gone: as an unknown ticket
+					break
+				}
 				continue
 			}
 			code, m, err = post(context.Background(), l.urls[settleAt]+"/api/v1/quota/settle", key, body)

@@ -38,15 +38,26 @@ func (e *Engine) lost(err error) {
 // Called with e.mu held.
 func (e *Engine) dropLeases() {
 	for _, s := range e.scopes {
-		for m := range s.m {
-			lm := &s.m[m]
-			lm.avail, lm.g, lm.ret, lm.committed, lm.pin, lm.stale = 0, 0, 0, 0, 0, false
-			lm.lots, lm.remaining, lm.known = nil, unknownRem, false
-		}
-		s.gen++
-		s.validUntil = time.Time{}
-		s.unsent = nil
+		e.dropScope(s)
 	}
+	e.dropTickets()
+}
+
+// dropScope forgets scope s's leases. Called with e.mu held.
+func (e *Engine) dropScope(s *lscope) {
+	for m := range s.m {
+		lm := &s.m[m]
+		lm.avail, lm.g, lm.ret, lm.committed, lm.pin, lm.stale = 0, 0, 0, 0, 0, false
+		lm.lots, lm.remaining, lm.known = nil, unknownRem, false
+	}
+	s.gen++
+	s.validUntil = time.Time{}
+	s.unsent = nil
+}
+
+// dropTickets makes the live tickets' reservations count nowhere and
+// queues their records again. Called with e.mu held.
+func (e *Engine) dropTickets() {
 	for _, t := range e.tickets {
 		if t.settled != nil || t.expired {
 			continue
@@ -69,10 +80,44 @@ func (e *Engine) dropLeases() {
 // Rebuilt implements quota.Rebuilt: the failover calls it after the
 // counters were rebuilt, before it readmits the live tickets, so that an
 // instance that made no call since the loss drops its void leases too.
-func (e *Engine) Rebuilt() {
+// What the background loop was granted since the epoch came back is in
+// the rebuilt store: each scope returns everything it holds first (the
+// store gives back at most what the lease record holds, so the void part
+// returns nothing), then forgets it, under the scope's lock.
+func (e *Engine) Rebuilt(ctx context.Context) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.dropLeases()
+	scopes := make([]*lscope, 0, len(e.scopes))
+	for _, s := range e.scopes {
+		scopes = append(scopes, s)
+	}
+	e.mu.Unlock()
+	for _, s := range scopes {
+		s.io.Lock()
+		e.mu.Lock()
+		var gives []Give
+		now := e.now()
+		for m := range Meter(NumMeters) {
+			lm := &s.m[m]
+			if m.isRate() || m.isBudget() && !lm.window.Equal(s.window(m, now)) {
+				continue
+			}
+			if n := lm.avail - lm.ret; n > 0 {
+				gives = append(gives, Give{Meter: m, Amount: n, Window: lm.window})
+			}
+		}
+		id := e.requestID()
+		e.mu.Unlock()
+		if len(gives) > 0 {
+			e.st.Return(ctx, id, e.inst, s.sc, gives) // best effort: what fails stays stranded in the record
+		}
+		e.mu.Lock()
+		e.dropScope(s)
+		e.mu.Unlock()
+		s.io.Unlock()
+	}
+	e.mu.Lock()
+	e.dropTickets()
+	e.mu.Unlock()
 }
 
 // Readmit implements quota.Readmitter: after a rebuild, a live ticket this

@@ -83,7 +83,7 @@ func TestStateLoss(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e.Rebuilt()
+	e.Rebuilt(ctx)
 	if err := e.Readmit(ctx, live.ID, r, clk.Now().Add(time.Hour)); err != nil {
 		t.Fatalf("Readmit: %v", err)
 	}

@@ -134,7 +134,7 @@ type Readmitter interface {
 // calls it after a rebuild, before it readmits its live tickets, so that
 // the backend drops what the lost state held.
 type Rebuilt interface {
-	Rebuilt()
+	Rebuilt(ctx context.Context)
 }
 
 // ErrStateLost is wrapped by a shared backend's errors when it answers but
@@ -632,7 +632,7 @@ func (f *Failover) readmit(ctx context.Context) error {
 	}
 	f.mu.Unlock()
 	if rb, ok := f.shared.(Rebuilt); ok {
-		rb.Rebuilt()
+		rb.Rebuilt(ctx)
 	}
 	if f.o.Settled != nil && len(todo) > 0 {
 		ids := make([]string, len(todo))
