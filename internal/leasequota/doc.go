@@ -117,8 +117,9 @@
 // the instance stops spending at send time + TTL − a fifth of its last
 // acknowledged renew), reclaim frees g − min(p, g) at once. A budget
 // keeps min(p, g) counted (s<k>, stranded) for the rest of its window —
-// it may have been spent — and concurrency keeps it until e + MaxTTL (no
-// ticket the dead instance admitted can live longer). Rates lapse by themselves. So a
+// it may have been spent — and concurrency keeps it until the time the
+// last renewal gave (Pin.Until: its unrecorded tickets' expiry, the lease
+// TTL plus the longest TTL it issued on the scope), at most e + MaxTTL. Rates lapse by themselves. So a
 // crash strands, per (scope, meter), what the instance had committed
 // (real use and the reservations of tickets younger than RecordAfter) and
 // a margin of a quarter second of its demand, for the window (budgets)
@@ -261,13 +262,23 @@
 // cmd/sluice's TestLeaseEngineLimitsHold, whose settles go to random
 // instances.
 //
+// Outages and unknown outcomes, as built: the app wraps the engine in
+// quota.Failover (Charge, ChargeRates, AcquireBudgets: failover.go,
+// engine_budgets.go), which switches to local shares computed from what
+// remained on every scope when calls fail; leases held keep deciding
+// until a call fails. A grant or return whose call failed is kept and
+// sent again with its request id until the store answers (unsent,
+// resendUnknown). A state loss (ErrEpochLost) drops every lease at the
+// first call that sees it; after the rebuild the failover calls Rebuilt
+// (each scope returns what its new record holds, then forgets it) and
+// Readmit for each live ticket (engine_loss.go). Proved on real
+// processes by cmd/sluice's TestLeaseEngineRedisKilled (AOF),
+// TestLeaseEngineRedisComesBackEmpty and TestLeaseEngineInstanceKilled.
+//
 // Not yet:
-//   - The engine's own outage mode (on_outage): the app wraps it in
-//     quota.Failover (Charge, ChargeRates: failover.go), which switches
-//     to local shares when calls fail; leases held keep deciding until a
-//     call fails. Epoch handling in the engine (the store refuses with
-//     ErrEpochLost; the engine keeps spending its leases), a lost grant
-//     reply retried by id later (Store retries in the call only).
+//   - The engine's own on_outage mode (deciding on leases, then a share):
+//     the failover decides while degraded, and leases held then are
+//     stranded for the outage.
 //   - Three instances sharing scopes: scopes an instance sees only a few
 //     times a second (pairs spread round-robin over instances and users)
 //     get no use from rate lots, which are spendable for Validity (250
@@ -280,7 +291,8 @@
 //     decisions raise per-scope demand until lots pay. Left: one read and
 //     one compare-and-set script per tag instead of per scope, and lots
 //     that live longer where the bucket's burst window allows.
-//   - Wiring into cmd/sluice, the end-to-end proofs.
+//   - Tenant hash tags in the app (cmd/sluice puts every scope on the
+//     global tag: a scope key does not name its tenant).
 //
 // Store fix found by the engine: prelude.lua's s() printed −0 as "-0",
 // which HINCRBY refuses, so reclaiming a fully pinned lease failed.

@@ -138,6 +138,7 @@ type lmeter struct {
 	// pinSeq the sequence number of the latest pin sent (type Pin).
 	committed, pin int64
 	pinSeq         uint64
+	maxTTL         time.Duration // concurrency: the longest TTL of a ticket issued on it
 	spent          int64
 	demand         float64
 	maxAsk         int64
@@ -778,7 +779,16 @@ func (e *Engine) pins(s *lscope) []Pin {
 	for m := range Meter(NumMeters) {
 		if lm := &s.m[m]; !m.isRate() && (lm.g > 0 || lm.committed > 0) {
 			p, seq := e.pinFor(lm, m, 0)
-			pins = append(pins, Pin{Meter: m, Amount: p, Seq: seq, Window: lm.window})
+			pin := Pin{Meter: m, Amount: p, Seq: seq, Window: lm.window}
+			if m == MeterConcurrency {
+				// A slot still pinned belongs to a ticket not yet recorded:
+				// issued before the lease expires, with a TTL like those
+				// before it. (One with a longer TTL issued since is released
+				// sooner after a crash; nobody can settle it then anyway:
+				// it was never recorded.)
+				pin.Until = e.now().Add(e.o.LeaseTTL + lm.maxTTL)
+			}
+			pins = append(pins, pin)
 		}
 	}
 	return pins
@@ -943,6 +953,9 @@ func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid 
 			}
 			if need > 0 {
 				lm.take(m, need)
+				if m == MeterConcurrency {
+					lm.maxTTL = max(lm.maxTTL, ttl)
+				}
 				if m == MeterTokensRate {
 					t.res = append(t.res, reservation{s: s, m: m, amt: need, rate: rate})
 				}

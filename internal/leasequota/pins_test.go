@@ -141,3 +141,62 @@ func TestCrashStrandsOnlyWhatWasPinned(t *testing.T) {
 	t.Logf("a held %d tokens (100 settled): %d stranded, %d back", held, pinned, held-pinned)
 	a.Close()
 }
+
+// TestCrashReleasesSlotsWithTheirTickets: the slot of a ticket a crashed
+// instance issued and never recorded stays held while that ticket could
+// still be running, and is released once it has expired — not a day later
+// (the longest ticket TTL) as when the lease did not say.
+func TestCrashReleasesSlotsWithTheirTickets(t *testing.T) {
+	clk := quotatest.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
+	o := leasequota.Options{Prefix: "slots" + strconv.FormatInt(prefixSeq.Add(1), 10), Clock: clk.Now, Timeout: 10 * time.Second}
+	ca := newClient(t)
+	sa, err := leasequota.NewStore(ca, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := leasequota.NewStore(newClient(t), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	// a never records its tickets: its slot stays in its lease, pinned.
+	a, err := leasequota.NewEngine(sa, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "a", RecordAfter: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := leasequota.NewEngine(sb, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	chain := []quota.Scope{{Key: "t/acme", Limits: &quota.Limits{Concurrency: quota.AtMost(1)}}}
+	r := quota.Request{Chain: chain, Ask: quota.Ask{Concurrency: true}, TTL: 2 * time.Minute}
+	if _, err := a.Acquire(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	// A renewal tells the store until when a's pinned slot may be held.
+	clk.Advance(3 * time.Second)
+	sc := leasequota.Scope{Tenant: "acme", Key: "t/acme"}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, err := sa.Read(ctx, sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Leases) == 1 && st.Leases[0].ExpiresAt.After(clk.Now().Add(leasequota.DefaultLeaseTTL-time.Second)) {
+			break // renewed at the advanced clock
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a's lease was not renewed: %+v", st.Leases)
+		}
+	}
+	ca.Close() // a dies with its ticket running
+	clk.Advance(leasequota.DefaultLeaseTTL + time.Second)
+	if _, err := b.Acquire(ctx, r); err == nil {
+		t.Fatal("b took the only slot while a's ticket may still be running")
+	}
+	clk.Advance(3 * time.Minute) // past the ticket's expiry and the lease's
+	if _, err := b.Acquire(ctx, r); err != nil {
+		t.Fatalf("b after a's ticket expired: %v; want the slot back", err)
+	}
+	a.Close()
+}

@@ -498,6 +498,11 @@ type Pin struct {
 	Meter  Meter
 	Amount int64
 	Seq    uint64
+	// Until, for concurrency, is when every ticket holding a pinned slot
+	// will have expired: a reclaim releases the pinned slots then rather
+	// than at the lease's expiry plus the longest ticket TTL. Zero keeps
+	// the lease's.
+	Until time.Time
 	// Window is a budget's window the pin is for: a lease record of
 	// another window keeps its pin.
 	Window time.Time
@@ -537,7 +542,11 @@ func (s *Store) Renew(ctx context.Context, instance, tenant string, ttl time.Dur
 			if p.Meter.isBudget() {
 				w = p.Window.Unix()
 			}
-			args = append(args, int(p.Meter), max(p.Amount, 0), w, p.Seq)
+			var until int64
+			if !p.Until.IsZero() {
+				until = p.Until.UnixMicro()
+			}
+			args = append(args, int(p.Meter), max(p.Amount, 0), w, p.Seq, until)
 		}
 	}
 	keys = append(keys, s.Tag(tenant)+":epoch")

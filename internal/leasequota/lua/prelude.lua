@@ -59,15 +59,17 @@ local function is_budget(k) return k >= 2 and k <= 5 end
 -- keeps), w<k> budget window. Rate units are not recorded: they are slots
 -- already in the bucket (t<k>, a quota.Bucket string), decided by the
 -- caller and written by compare-and-set.
--- set_pin applies pin p with sequence number q (0: none) to meter k of
--- lease l: with one, it replaces the lease's pin if q is above the last
--- applied (ps<k>); without, it only raises it. Pins are not clamped to g:
--- a reclaim keeps min(p, g).
-local function set_pin(l, k, p, q)
+-- set_pin applies pin p with sequence number q (0: none) and release time
+-- pu (µs; concurrency, 0: none) to meter k of lease l: with a sequence
+-- number, it replaces the lease's pin (and pu<k>) if q is above the last
+-- applied (ps<k>); without, it only raises the pin. Pins are not clamped
+-- to g: a reclaim keeps min(p, g).
+local function set_pin(l, k, p, q, pu)
   if q == 0 then
     l['p' .. k] = math.max(p, num(l['p' .. k]))
   elseif q > num(l['ps' .. k]) then
     l['p' .. k], l['ps' .. k] = p, q
+    if pu and pu > 0 then l['pu' .. k] = pu end
   end
 end
 
@@ -107,7 +109,11 @@ local function reclaim(skey, lkey, xkey, zkey, now, maxttl, self)
             if p > 0 then
               redis.call('HINCRBY', skey, 's' .. k, s(p))
               if k == 6 then
-                redis.call('ZADD', zkey, s(l.e + maxttl), inst .. '|' .. s(l.e) .. '|' .. s(p))
+                -- released when the tickets that may hold them have
+                -- expired: the instance's word (pu6), else the longest TTL
+                local rel = l.e + maxttl
+                if num(l.pu6) > 0 then rel = math.min(rel, l.pu6) end
+                redis.call('ZADD', zkey, s(rel), inst .. '|' .. s(l.e) .. '|' .. s(p))
               end
             end
           end

@@ -1,7 +1,8 @@
 -- KEYS: per scope 4 keys (state, leases, expiries, stranded), then epoch.
 -- ARGV: 1 now, 2 require epoch, 3 instance, 4 ttl µs, 5 maxttl µs, then
--- per scope: pin count, then (meter, pin, window start s, pin sequence)
--- quads; a pin applies as set_pin says, to a budget only in its window.
+-- per scope: pin count, then (meter, pin, window start s, pin sequence,
+-- until µs) quints; a pin applies as set_pin says, to a budget only in its
+-- window.
 -- Reply: {status, now, expiry, then per scope 1 renewed or 0 lost}.
 -- Renewing is idempotent (an absolute expiry, pins ordered by sequence),
 -- so it needs no request id. A lease already reclaimed stays lost: the instance must drop it.
@@ -18,10 +19,10 @@ for j = 0, (#KEYS - 1) / 4 - 1 do
   local pins = tonumber(ARGV[a])
   if l then
     for q = 0, pins - 1 do
-      local b = a + 1 + q * 4
+      local b = a + 1 + q * 5
       local k, p, w = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
       if not is_budget(k) or num(l['w' .. k]) == w then
-        set_pin(l, k, p, tonumber(ARGV[b + 3]))
+        set_pin(l, k, p, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]))
       end
     end
     l.e = exp
@@ -31,6 +32,6 @@ for j = 0, (#KEYS - 1) / 4 - 1 do
   else
     out[#out + 1] = 0
   end
-  a = a + 1 + pins * 4
+  a = a + 1 + pins * 5
 end
 return out
