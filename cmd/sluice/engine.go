@@ -97,17 +97,17 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 		return max(a.cfg.Instances, e.instances.Last())
 	}
 	var shared quota.SharedBackend
+	observe := func(op, outcome string, d time.Duration) {
+		if a.metrics != nil {
+			a.metrics.ObserveRedisCall(op, outcome, d)
+		}
+	}
 	if a.cfg.QuotaEngine == config.QuotaEngineLease {
-		if shared, err = e.newLease(client, prefix, timeout, count); err != nil {
+		if shared, err = e.newLease(client, prefix, timeout, count, observe); err != nil {
 			client.Close()
 			return nil, fmt.Errorf("lease quota engine: %w", err)
 		}
 	} else {
-		observe := func(op, outcome string, d time.Duration) {
-			if a.metrics != nil {
-				a.metrics.ObserveRedisCall(op, outcome, d)
-			}
-		}
 		backend, err := redisquota.New(client, redisquota.Options{Prefix: prefix, Timeout: timeout, RequireEpoch: true, Observe: observe})
 		if err != nil {
 			client.Close()

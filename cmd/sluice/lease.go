@@ -23,10 +23,10 @@ import (
 // tenant buys nothing. So the epoch and the rebuild lock are the global
 // tag's too.
 //
-// The store has no hook for the redis call histogram
-// (sluice_redis_call_seconds): the lease engine's calls are not observed.
-func (e *engine) newLease(client *redis.Client, prefix string, timeout time.Duration, count func() int) (quota.SharedBackend, error) {
-	st, err := leasequota.NewStore(client, leasequota.Options{Prefix: prefix, Timeout: timeout, RequireEpoch: true})
+// observe feeds the store's calls to the Redis call histogram, as the
+// script engine's.
+func (e *engine) newLease(client *redis.Client, prefix string, timeout time.Duration, count func() int, observe func(op, outcome string, d time.Duration)) (quota.SharedBackend, error) {
+	st, err := leasequota.NewStore(client, leasequota.Options{Prefix: prefix, Timeout: timeout, RequireEpoch: true, Observe: observe})
 	if err != nil {
 		return nil, err
 	}

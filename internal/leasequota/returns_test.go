@@ -3,6 +3,7 @@ package leasequota_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -63,6 +64,38 @@ func TestReturnOutcomeUnknown(t *testing.T) {
 		}
 		if tok, slots := s.Meters[leasequota.MeterTokensDay].Used, s.Meters[leasequota.MeterConcurrency].Used; tok != 100 || slots != 0 {
 			t.Errorf("applied=%v: after Close the store counts %d tokens and %d slots; want 100 (the use) and 0", applied, tok, slots)
+		}
+	}
+}
+
+// TestObserve: every store call is reported to Options.Observe by its
+// operation's name (no ids: they would make unbounded metric labels).
+func TestObserve(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]int{}
+	st := newStore(t, newClient(t), nil, leasequota.Options{Observe: func(op, outcome string, d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[op+"/"+outcome]++
+	}})
+	ctx := t.Context()
+	sc := leasequota.Scope{Key: "global"}
+	if _, err := st.Grant(ctx, "g1", "i1", sc, time.Minute, []leasequota.Want{
+		{Meter: leasequota.MeterRequests, Amount: 1, Rate: quota.Rate{Limit: 10, Period: time.Second}, Direct: true},
+		{Meter: leasequota.MeterConcurrency, Amount: 1, Limit: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Return(ctx, "r1", "i1", sc, []leasequota.Give{{Meter: leasequota.MeterConcurrency, Amount: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.LookupTicket(ctx, "", "tkt_none"); !errors.Is(err, quota.ErrUnknownTicket) {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, want := range []string{"rates/ok", "grant/ok", "return/ok", "lookup/ok"} {
+		if seen[want] != 1 {
+			t.Errorf("%s observed %d times, want 1 (all: %v)", want, seen[want], seen)
 		}
 	}
 }

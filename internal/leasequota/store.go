@@ -110,6 +110,12 @@ type Options struct {
 	// RequireEpoch makes Grant, Return and Renew refuse with ErrEpochLost
 	// while the tag's epoch key is missing.
 	RequireEpoch bool
+	// Observe, when set, is told every script call's operation ("grant",
+	// "return", "renew", "rates", "record", "settle", …), its outcome
+	// ("ok", "timeout", "canceled", "error") and how long it took: the
+	// caller's latency histogram. It must be fast and safe for concurrent
+	// use.
+	Observe func(op, outcome string, d time.Duration)
 }
 
 // Store is the Redis lease store: the shared counters of every scope and
@@ -126,6 +132,7 @@ type Store struct {
 	maxTTL    int64 // µs
 	clock     func() time.Time
 	requireEp string
+	observe   func(op, outcome string, d time.Duration)
 }
 
 // NewStore returns a store on the Redis behind c (a *redis.Client, a
@@ -171,6 +178,7 @@ func NewStore(c redis.Scripter, o Options) (*Store, error) {
 		keyMS:    max(o.KeyTTL.Milliseconds(), 1),
 		maxTTL:   o.MaxTTL.Microseconds(),
 		clock:    o.Clock,
+		observe:  o.Observe,
 	}
 	if o.RequireEpoch {
 		s.requireEp = "1"
@@ -291,7 +299,9 @@ func (s *Store) readRates(ctx context.Context, sc Scope) (time.Time, [2]string, 
 	var b [2]string
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	start := time.Now()
 	raw, err := ratesScript.Run(cctx, s.c, s.keys(sc)[:1], s.now()).Slice()
+	s.observed("rates", ctx, cctx, err, start)
 	if err != nil || len(raw) != 3 {
 		return time.Time{}, b, fmt.Errorf("read rates %s: %w: %v", sc.Key, ErrUnavailable, err)
 	}
@@ -750,12 +760,33 @@ func (s *Store) Restore(ctx context.Context, instance string, sc Scope, m Meter,
 
 // run runs a mutating script, sending it again with the same arguments
 // (and so the same request id) when its reply was lost.
+// observed tells Options.Observe of a call: op's first word, its outcome
+// and its time since start.
+func (s *Store) observed(op string, ctx, cctx context.Context, err error, start time.Time) {
+	if s.observe == nil {
+		return
+	}
+	name, _, _ := strings.Cut(op, " ")
+	outcome := "error"
+	switch {
+	case err == nil:
+		outcome = "ok"
+	case ctx.Err() != nil:
+		outcome = "canceled"
+	case cctx.Err() != nil:
+		outcome = "timeout"
+	}
+	s.observe(name, outcome, time.Since(start))
+}
+
 func (s *Store) run(ctx context.Context, op string, sc *redis.Script, keys []string, args []any) ([]int64, error) {
 	var err error
 	for try := 0; try <= s.retries; try++ {
 		var v []int64
 		cctx, cancel := context.WithTimeout(ctx, s.timeout)
+		start := time.Now()
 		v, err = sc.Run(cctx, s.c, keys, args...).Int64Slice()
+		s.observed(op, ctx, cctx, err, start)
 		cancel()
 		if err == nil {
 			return v, nil

@@ -378,7 +378,9 @@ func (s *Store) LookupTicket(ctx context.Context, tenant, id string) (TicketView
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	start := time.Now()
 	v, err := ticketLookupScript.Run(cctx, s.c, []string{s.Tag(tenant) + ":k:" + id}, s.now()).Slice()
+	s.observed("lookup", ctx, cctx, err, start)
 	if err != nil || len(v) < 2 {
 		return TicketView{}, fmt.Errorf("%s: %w: %v", op, ErrUnavailable, err)
 	}
@@ -475,7 +477,9 @@ func (s *Store) runAny(ctx context.Context, op string, sc *redis.Script, keys []
 	for try := 0; try <= s.retries; try++ {
 		var v []any
 		cctx, cancel := context.WithTimeout(ctx, s.timeout)
+		start := time.Now()
 		v, err = sc.Run(cctx, s.c, keys, args...).Slice()
+		s.observed(op, ctx, cctx, err, start)
 		cancel()
 		if err == nil {
 			if len(v) == 0 {
