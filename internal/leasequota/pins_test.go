@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/sluicehq/sluice/internal/leasequota"
 	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/quota/quotatest"
@@ -55,6 +57,32 @@ func TestPinSequence(t *testing.T) {
 	}
 }
 
+// crashPair returns engines a (options oa) and b on one fresh prefix,
+// each on its own client, so that closing a's client (ca) kills a as far
+// as the store can tell: no renewal, no return, nothing recorded. b is
+// closed when the test ends; a is the test's to close.
+func crashPair(t *testing.T, clk *quotatest.Clock, oa leasequota.EngineOptions) (ca *redis.Client, sa, sb *leasequota.Store, a, b *leasequota.Engine) {
+	t.Helper()
+	o := leasequota.Options{Prefix: "crash" + strconv.FormatInt(prefixSeq.Add(1), 10), Clock: clk.Now, Timeout: 10 * time.Second}
+	ca = newClient(t)
+	var err error
+	if sa, err = leasequota.NewStore(ca, o); err != nil {
+		t.Fatal(err)
+	}
+	if sb, err = leasequota.NewStore(newClient(t), o); err != nil {
+		t.Fatal(err)
+	}
+	oa.Now, oa.Tenant, oa.Instance = clk.Now, tenantOf, "a"
+	if a, err = leasequota.NewEngine(sa, oa); err != nil {
+		t.Fatal(err)
+	}
+	if b, err = leasequota.NewEngine(sb, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return ca, sa, sb, a, b
+}
+
 // TestCrashStrandsOnlyWhatWasPinned: an instance that dies holding a
 // lease strands its committed use and its pin's margin; the rest of what
 // the lease held unspent comes back once the lease expires, to the other
@@ -62,26 +90,8 @@ func TestPinSequence(t *testing.T) {
 // whole lease for the rest of its window.
 func TestCrashStrandsOnlyWhatWasPinned(t *testing.T) {
 	clk := quotatest.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
-	o := leasequota.Options{Prefix: "crash" + strconv.FormatInt(prefixSeq.Add(1), 10), Clock: clk.Now, Timeout: 10 * time.Second}
-	ca := newClient(t)
-	sa, err := leasequota.NewStore(ca, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := leasequota.NewStore(newClient(t), o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, sa, sb, a, b := crashPair(t, clk, leasequota.EngineOptions{})
 	ctx := t.Context()
-	a, err := leasequota.NewEngine(sa, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := leasequota.NewEngine(sb, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
 	chain := []quota.Scope{{Key: "t/acme", Limits: &quota.Limits{TokensDay: quota.AtMost(100_000)}}}
 	tk, err := a.Acquire(ctx, quota.Request{Chain: chain, Ask: quota.Ask{Tokens: 1000}})
 	if err != nil {
@@ -148,27 +158,9 @@ func TestCrashStrandsOnlyWhatWasPinned(t *testing.T) {
 // (the longest ticket TTL) as when the lease did not say.
 func TestCrashReleasesSlotsWithTheirTickets(t *testing.T) {
 	clk := quotatest.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
-	o := leasequota.Options{Prefix: "slots" + strconv.FormatInt(prefixSeq.Add(1), 10), Clock: clk.Now, Timeout: 10 * time.Second}
-	ca := newClient(t)
-	sa, err := leasequota.NewStore(ca, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := leasequota.NewStore(newClient(t), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := t.Context()
 	// a never records its tickets: its slot stays in its lease, pinned.
-	a, err := leasequota.NewEngine(sa, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "a", RecordAfter: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := leasequota.NewEngine(sb, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	ca, sa, _, a, b := crashPair(t, clk, leasequota.EngineOptions{RecordAfter: time.Hour})
+	ctx := t.Context()
 	chain := []quota.Scope{{Key: "t/acme", Limits: &quota.Limits{Concurrency: quota.AtMost(1)}}}
 	r := quota.Request{Chain: chain, Ask: quota.Ask{Concurrency: true}, TTL: 2 * time.Minute}
 	if _, err := a.Acquire(ctx, r); err != nil {
