@@ -1881,14 +1881,19 @@ func (e *Engine) Restore(ctx context.Context, key string, d quota.Dimension, w q
 		s    *lscope
 	)
 	e.mu.Lock()
-	if s = e.scopes[key]; s != nil {
-		s.io.Lock() // no grant or return of the scope meanwhile
+	s = e.scopes[key]
+	e.mu.Unlock()
+	if s != nil {
+		// No grant or return of the scope meanwhile. Not taken under e.mu:
+		// a grant holding s.io waits for e.mu to apply its reply.
+		s.io.Lock()
 		defer s.io.Unlock()
+		e.mu.Lock()
 		if lm := &s.m[m]; lm.window.Equal(start) {
 			mine = lm.avail
 		}
+		e.mu.Unlock()
 	}
-	e.mu.Unlock()
 	if _, err := st.Restore(ctx, e.inst, Scope{Tenant: e.tenant(key), Key: key}, m, start, used, mine); err != nil {
 		return fmt.Errorf("restore %s: %w", key, err)
 	}
