@@ -107,8 +107,9 @@ func BenchmarkEngineAcquireSettle(b *testing.B) {
 }
 
 // countingLeases counts the store calls an Engine makes: its Leases
-// methods and the ones it finds by type assertion (AdjustRate, Read,
-// Restore, promoted from the embedded Store).
+// methods and the ones it finds by type assertion (GrantBatch, one call
+// however many scopes; AdjustRate, Read, Restore, promoted from the
+// embedded Store).
 type countingLeases struct {
 	*leasequota.Store
 	calls atomic.Int64
@@ -117,6 +118,11 @@ type countingLeases struct {
 func (c *countingLeases) Grant(ctx context.Context, requestID, instance string, sc leasequota.Scope, ttl time.Duration, wants []leasequota.Want) (leasequota.GrantResult, error) {
 	c.calls.Add(1)
 	return c.Store.Grant(ctx, requestID, instance, sc, ttl, wants)
+}
+
+func (c *countingLeases) GrantBatch(ctx context.Context, instance, tenant string, ttl time.Duration, calls []leasequota.BatchCall) ([]leasequota.GrantResult, error) {
+	c.calls.Add(1)
+	return c.Store.GrantBatch(ctx, instance, tenant, ttl, calls)
 }
 
 func (c *countingLeases) Return(ctx context.Context, requestID, instance string, sc leasequota.Scope, gives []leasequota.Give) (leasequota.ReturnResult, error) {

@@ -1,6 +1,7 @@
 package leasequota
 
 import (
+	"cmp"
 	"context"
 	crand "crypto/rand"
 	"encoding/base32"
@@ -11,6 +12,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +28,14 @@ type Leases interface {
 }
 
 var _ Leases = (*Store)(nil)
+
+// grantBatcher is a Leases that takes the grants of many scopes of one tag
+// in one call (*Store: two round trips a batch rather than two a scope).
+type grantBatcher interface {
+	GrantBatch(ctx context.Context, instance, tenant string, ttl time.Duration, calls []BatchCall) ([]GrantResult, error)
+}
+
+var _ grantBatcher = (*Store)(nil)
 
 // Defaults for EngineOptions.
 const (
@@ -1871,14 +1881,19 @@ func (e *Engine) Restore(ctx context.Context, key string, d quota.Dimension, w q
 		s    *lscope
 	)
 	e.mu.Lock()
-	if s = e.scopes[key]; s != nil {
-		s.io.Lock() // no grant or return of the scope meanwhile
+	s = e.scopes[key]
+	e.mu.Unlock()
+	if s != nil {
+		// No grant or return of the scope meanwhile. Not taken under e.mu:
+		// a grant holding s.io waits for e.mu to apply its reply.
+		s.io.Lock()
 		defer s.io.Unlock()
+		e.mu.Lock()
 		if lm := &s.m[m]; lm.window.Equal(start) {
 			mine = lm.avail
 		}
+		e.mu.Unlock()
 	}
-	e.mu.Unlock()
 	if _, err := st.Restore(ctx, e.inst, Scope{Tenant: e.tenant(key), Key: key}, m, start, used, mine); err != nil {
 		return fmt.Errorf("restore %s: %w", key, err)
 	}
@@ -2044,6 +2059,13 @@ func (e *Engine) grantLease(ctx context.Context, s *lscope, id string, wants []W
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.granted(s, sent, wants, res, overrun, resent)
+	return nil
+}
+
+// granted applies the reply of a grant of wants sent at sent: grantLease's
+// second half. Called with e.mu and s.io held.
+func (e *Engine) granted(s *lscope, sent time.Time, wants []Want, res GrantResult, overrun, resent bool) {
 	if resent {
 		var ws []Want
 		var gs []Grant
@@ -2059,7 +2081,6 @@ func (e *Engine) grantLease(ctx context.Context, s *lscope, id string, wants []W
 	} else {
 		e.applyGrant(s, sent, wants, res)
 	}
-	return nil
 }
 
 // applyOverrun records a grant past the limit of use already spent: held
@@ -2246,14 +2267,9 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 	}
 	e.mu.Unlock()
 
-	// Grants first, several at a time: a round that takes longer than a
-	// refresh lets rate units lapse and sends decisions to the store.
-	parallel(len(grants), func(i int) {
-		c := grants[i]
-		c.s.io.Lock()
-		defer c.s.io.Unlock()
-		e.grantLease(ctx, c.s, c.id, c.wants, false, false)
-	})
+	// Grants first: a round that takes longer than a refresh lets rate
+	// units lapse and sends decisions to the store.
+	e.grantRound(ctx, grants)
 	parallel(len(idle), func(i int) { e.giveUnused(ctx, idle[i], false) })
 	for tenant, rs := range renews {
 		sent := e.now()
@@ -2266,4 +2282,81 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 		e.applyRenew(rs, res, sent)
 		e.mu.Unlock()
 	}
+}
+
+// grantBatchMax bounds the calls of one GrantBatch: a script holds Redis
+// while it runs, and the app puts every scope on one tag.
+const grantBatchMax = 64
+
+// grantRound sends a refresh's grants. With a store that batches them
+// (grantBatcher), it sends one GrantBatch per tag and up to grantBatchMax
+// scopes, several batches at a time; otherwise one Grant per scope,
+// several at a time. Either way each reply is applied as grantLease
+// applies it, and a failed call leaves each of its grants in its scope's
+// unsent, with its id, to be sent again.
+//
+// A batch holds the io locks of all its scopes during the call, as a
+// Grant holds its scope's, so that a decision refilling one of them sees
+// the batch's grant in the store. It takes them in one order (by tag,
+// then key), and the batches of a round hold disjoint sets of scopes.
+// Every other holder of an io lock holds that one only, and waits with
+// it only for the store or e.mu, and no one waits for an io lock while
+// holding e.mu. So a batch waits only for calls that end, and nothing
+// waits for a batch that waits for it.
+func (e *Engine) grantRound(ctx context.Context, grants []grantCall) {
+	b, ok := e.st.(grantBatcher)
+	if !ok {
+		parallel(len(grants), func(i int) {
+			c := grants[i]
+			c.s.io.Lock()
+			defer c.s.io.Unlock()
+			e.grantLease(ctx, c.s, c.id, c.wants, false, false)
+		})
+		return
+	}
+	slices.SortFunc(grants, func(x, y grantCall) int {
+		return cmp.Or(strings.Compare(x.s.sc.Tenant, y.s.sc.Tenant), strings.Compare(x.s.sc.Key, y.s.sc.Key))
+	})
+	var batches [][]grantCall
+	for len(grants) > 0 {
+		n := 1
+		for n < len(grants) && n < grantBatchMax && grants[n].s.sc.Tenant == grants[0].s.sc.Tenant {
+			n++
+		}
+		batches = append(batches, grants[:n])
+		grants = grants[n:]
+	}
+	parallel(len(batches), func(i int) { e.grantBatch(ctx, b, batches[i]) })
+}
+
+// grantBatch sends cs, grants on scopes of one tag in key order, as one
+// GrantBatch under their io locks (see grantRound).
+func (e *Engine) grantBatch(ctx context.Context, b grantBatcher, cs []grantCall) {
+	for _, c := range cs {
+		c.s.io.Lock()
+	}
+	defer func() {
+		for _, c := range cs {
+			c.s.io.Unlock()
+		}
+	}()
+	calls := make([]BatchCall, len(cs))
+	for i, c := range cs {
+		calls[i] = BatchCall{RequestID: c.id, Key: c.s.sc.Key, Wants: c.wants}
+	}
+	sent := e.now()
+	res, err := b.GrantBatch(ctx, e.inst, cs[0].s.sc.Tenant, e.o.LeaseTTL, calls)
+	e.mu.Lock()
+	if err != nil {
+		for _, c := range cs {
+			c.s.unsent = append(c.s.unsent, unsentCall{id: c.id, wants: c.wants})
+		}
+		e.mu.Unlock()
+		e.lost(err)
+		return
+	}
+	for i, c := range cs {
+		e.granted(c.s, sent, c.wants, res[i], false, false)
+	}
+	e.mu.Unlock()
 }

@@ -19,6 +19,8 @@ import (
 var (
 	//go:embed lua/prelude.lua
 	prelude string
+	//go:embed lua/grant_call.lua
+	grantFunc string
 	//go:embed lua/grant.lua
 	grantBody string
 	//go:embed lua/return.lua
@@ -36,7 +38,7 @@ var (
 	//go:embed lua/restore.lua
 	restoreBody string
 
-	grantScript   = redis.NewScript(prelude + ticketPrelude + grantBody)
+	grantScript   = redis.NewScript(prelude + ticketPrelude + grantFunc + grantBody)
 	returnScript  = redis.NewScript(prelude + returnBody)
 	renewScript   = redis.NewScript(prelude + renewBody)
 	reclaimScript = redis.NewScript(prelude + reclaimBody)
@@ -296,21 +298,33 @@ func checkRate(r quota.Rate) error {
 
 // readRates returns the store's time and the scope's two rate buckets.
 func (s *Store) readRates(ctx context.Context, sc Scope) (time.Time, [2]string, error) {
-	var b [2]string
+	now, b, err := s.readRatesOf(ctx, s.keys(sc)[:1])
+	if err != nil {
+		return time.Time{}, [2]string{}, fmt.Errorf("read rates %s: %w", sc.Key, err)
+	}
+	return now, b[0], nil
+}
+
+// readRatesOf returns the store's time and the two rate buckets of each
+// scope state key of one tag, in one script.
+func (s *Store) readRatesOf(ctx context.Context, states []string) (time.Time, [][2]string, error) {
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	start := time.Now()
-	raw, err := ratesScript.Run(cctx, s.c, s.keys(sc)[:1], s.now()).Slice()
+	raw, err := ratesScript.Run(cctx, s.c, states, s.now()).Slice()
 	s.observed("rates", ctx, cctx, err, start)
-	if err != nil || len(raw) != 3 {
-		return time.Time{}, b, fmt.Errorf("read rates %s: %w: %v", sc.Key, ErrUnavailable, err)
+	if err != nil || len(raw) != 1+2*len(states) {
+		return time.Time{}, nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	now := time.UnixMicro(raw[0].(int64))
 	if s.clock != nil {
 		now = s.clock() // exact to the nanosecond, as the engine's own clock
 	}
-	b[0], _ = raw[1].(string)
-	b[1], _ = raw[2].(string)
+	b := make([][2]string, len(states))
+	for i := range b {
+		b[i][0], _ = raw[1+2*i].(string)
+		b[i][1], _ = raw[2+2*i].(string)
+	}
 	return now, b, nil
 }
 
@@ -322,117 +336,111 @@ func (s *Store) Grant(ctx context.Context, requestID, instance string, sc Scope,
 	if requestID == "" || instance == "" || len(wants) == 0 || ttl <= 0 {
 		return GrantResult{}, fmt.Errorf("%s: %w", op, quota.ErrInvalid)
 	}
-	rates := false
+	rates, err := checkWants(wants)
+	if err != nil {
+		return GrantResult{}, fmt.Errorf("%s: %w", op, err)
+	}
+	r, err := s.grant(ctx, op, instance, sc.Tenant, ttl, []grantReq{{op: op, id: requestID, key: sc.Key, wants: wants, rates: rates}})
+	if err != nil {
+		return GrantResult{}, err
+	}
+	return r[0], nil
+}
+
+// checkWants validates a grant's wants and reports whether it decides a
+// rate.
+func checkWants(wants []Want) (rates bool, err error) {
 	for _, w := range wants {
 		// An Amount of 0 only reads (Remaining, Used, Before); a lease
 		// (not Direct) of rate units must ask for some.
 		if w.Amount < 0 || w.Min < 0 || int(w.Meter) >= NumMeters || w.Amount == 0 && w.Meter.isRate() && !w.Direct {
-			return GrantResult{}, fmt.Errorf("%s: want %+v: %w", op, w, quota.ErrInvalid)
+			return false, fmt.Errorf("want %+v: %w", w, quota.ErrInvalid)
 		}
 		if w.Meter.isRate() {
 			if err := checkRate(w.Rate); err != nil {
-				return GrantResult{}, fmt.Errorf("%s: %w", op, err)
+				return false, err
 			}
 			rates = true
 		}
 	}
-	keys := s.grantKeys(sc, requestID)
+	return rates, nil
+}
+
+// grantArgs appends the grant script's 8 values per want to args. Rates
+// are decided here, with quota.Memory's arithmetic, on the buckets as read
+// at rnow (successive wants of one meter see each other's units); the
+// script writes the result only if no one changed the bucket meanwhile.
+func (s *Store) grantArgs(args []any, wants []Want, rnow time.Time, buckets [2]string) ([]any, error) {
 	validity := time.Duration(s.validity) * time.Microsecond
-	for attempt := 0; ; attempt++ {
-		var (
-			rnow    time.Time
-			buckets [2]string
-			after   [2]string
-			err     error
-		)
-		if rates {
-			if rnow, buckets, err = s.readRates(ctx, sc); err != nil {
-				return GrantResult{}, fmt.Errorf("%s: %w", op, err)
+	after := buckets
+	for _, w := range wants {
+		if !w.Meter.isRate() {
+			var x int64
+			if w.Meter.isBudget() {
+				x = w.Window.Unix()
 			}
-			after = buckets
+			args = append(args, int(w.Meter), w.Amount, w.Min, max(w.Pin, 0), max(w.Limit, 0), x, w.PinSeq, 0)
+			continue
 		}
-		args := make([]any, 0, 9+8*len(wants))
-		args = append(args, s.now(), s.requireEp, instance, ttl.Microseconds(), s.validity, s.replayMS, s.keyMS, s.maxTTL, len(wants))
-		for _, w := range wants {
-			if !w.Meter.isRate() {
-				var x int64
-				if w.Meter.isBudget() {
-					x = w.Window.Unix()
-				}
-				args = append(args, int(w.Meter), w.Amount, w.Min, max(w.Pin, 0), max(w.Limit, 0), x, w.PinSeq, 0)
-				continue
-			}
-			// Rates are decided here, with quota.Memory's arithmetic, on
-			// the bucket as read (successive wants of one meter see each
-			// other's units); the script writes the result only if no one
-			// changed the bucket meanwhile.
-			before := after[w.Meter]
-			b, err := quota.ParseBucket(before)
-			if err != nil {
-				return GrantResult{}, fmt.Errorf("%s: %w", op, err)
-			}
-			var got, dl int64
-			switch {
-			case !w.Direct:
-				if got = b.Lease(w.Rate, rnow, rnow.Add(validity), w.Amount, w.Min); got > 0 {
-					dl = rnow.Add(validity).UnixMicro()
-				}
-			case w.Min > 0 && w.Min < w.Amount:
-				if k := min(w.Amount, b.Avail(w.Rate, rnow)); k >= w.Min {
-					b.Charge(rnow, k)
-					got = k
-				}
-			case w.Amount > 0 && b.Check(w.Rate, rnow, w.Amount, "", 0) == nil:
-				b.Charge(rnow, w.Amount)
-				got = w.Amount
-			}
-			if got > 0 {
-				after[w.Meter] = b.String()
-			}
-			args = append(args, int(w.Meter), got, b.Avail(w.Rate, rnow), dl, 0, 0, before, after[w.Meter])
-		}
-		v, err := s.run(ctx, op, grantScript, keys, args)
+		before := after[w.Meter]
+		b, err := quota.ParseBucket(before)
 		if err != nil {
-			return GrantResult{}, err
+			return nil, err
 		}
-		if len(v) == 1 {
-			return GrantResult{}, fmt.Errorf("%s: %w", op, ErrEpochLost)
-		}
-		if len(v) == 2 && v[0] == -2 {
-			if attempt < maxConflicts {
-				continue
+		var got, dl int64
+		switch {
+		case !w.Direct:
+			if got = b.Lease(w.Rate, rnow, rnow.Add(validity), w.Amount, w.Min); got > 0 {
+				dl = rnow.Add(validity).UnixMicro()
 			}
-			return GrantResult{}, fmt.Errorf("%s: buckets changed under %d reads: %w", op, attempt+1, ErrUnavailable)
-		}
-		if len(v) != 3+4*len(wants) {
-			return GrantResult{}, fmt.Errorf("%s: reply of %d values: %w", op, len(v), ErrUnavailable)
-		}
-		r := GrantResult{Replay: v[0] == 1, Now: time.UnixMicro(v[1]), ExpiresAt: time.UnixMicro(v[2]), Grants: make([]Grant, len(wants))}
-		if rates {
-			r.Now = rnow // the time the rates were decided at
-		}
-		for i, w := range wants {
-			g := Grant{Meter: w.Meter, Granted: v[3+4*i], Remaining: v[4+4*i], Held: v[5+4*i]}
-			if !w.Meter.isRate() {
-				g.Used = v[6+4*i]
-			} else if d := v[6+4*i]; d > 0 {
-				g.Deadline = time.UnixMicro(d)
+		case w.Min > 0 && w.Min < w.Amount:
+			if k := min(w.Amount, b.Avail(w.Rate, rnow)); k >= w.Min {
+				b.Charge(rnow, k)
+				got = k
 			}
-			if w.Meter.isRate() {
-				// A replayed reply's buckets are not known: only its
-				// figures are.
-				g.Before, g.After = args[9+8*i+6].(string), args[9+8*i+7].(string)
-				if g.Granted == 0 {
-					g.After = g.Before // not applied (decided, or refused by another want)
-				}
-				if r.Replay {
-					g.Before, g.After = "", ""
-				}
-			}
-			r.Grants[i] = g
+		case w.Amount > 0 && b.Check(w.Rate, rnow, w.Amount, "", 0) == nil:
+			b.Charge(rnow, w.Amount)
+			got = w.Amount
 		}
-		return r, nil
+		if got > 0 {
+			after[w.Meter] = b.String()
+		}
+		args = append(args, int(w.Meter), got, b.Avail(w.Rate, rnow), dl, 0, 0, before, after[w.Meter])
 	}
+	return args, nil
+}
+
+// grantResult reads one call's reply v, whose wants were sent as wargs
+// (grantArgs's values) and, with rates, decided at rnow.
+func grantResult(v []int64, wants []Want, wargs []any, rates bool, rnow time.Time) (GrantResult, error) {
+	if len(v) != 3+4*len(wants) {
+		return GrantResult{}, fmt.Errorf("reply of %d values: %w", len(v), ErrUnavailable)
+	}
+	r := GrantResult{Replay: v[0] == 1, Now: time.UnixMicro(v[1]), ExpiresAt: time.UnixMicro(v[2]), Grants: make([]Grant, len(wants))}
+	if rates {
+		r.Now = rnow // the time the rates were decided at
+	}
+	for i, w := range wants {
+		g := Grant{Meter: w.Meter, Granted: v[3+4*i], Remaining: v[4+4*i], Held: v[5+4*i]}
+		if !w.Meter.isRate() {
+			g.Used = v[6+4*i]
+		} else if d := v[6+4*i]; d > 0 {
+			g.Deadline = time.UnixMicro(d)
+		}
+		if w.Meter.isRate() {
+			// A replayed reply's buckets are not known: only its
+			// figures are.
+			g.Before, g.After = wargs[8*i+6].(string), wargs[8*i+7].(string)
+			if g.Granted == 0 {
+				g.After = g.Before // not applied (decided, or refused by another want)
+			}
+			if r.Replay {
+				g.Before, g.After = "", ""
+			}
+		}
+		r.Grants[i] = g
+	}
+	return r, nil
 }
 
 // Give returns part of a lease.
