@@ -90,7 +90,9 @@ func crashPair(t *testing.T, clk *quotatest.Clock, oa leasequota.EngineOptions) 
 // whole lease for the rest of its window.
 func TestCrashStrandsOnlyWhatWasPinned(t *testing.T) {
 	clk := quotatest.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
-	ca, sa, sb, a, b := crashPair(t, clk, leasequota.EngineOptions{})
+	// The pin leaves room for a quarter horizon of demand alone (no asks),
+	// so that this lease, one ask large, has an unpinned part to return.
+	ca, sa, sb, a, b := crashPair(t, clk, leasequota.EngineOptions{PinAsks: -1})
 	ctx := t.Context()
 	chain := []quota.Scope{{Key: "t/acme", Limits: &quota.Limits{TokensDay: quota.AtMost(100_000)}}}
 	tk, err := a.Acquire(ctx, quota.Request{Chain: chain, Ask: quota.Ask{Tokens: 1000}})
