@@ -2190,7 +2190,7 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 	var (
 		grants []grantCall
 		idle   []*lscope
-		pinLow bool
+		pinLow map[*lscope]bool // scopes whose pin room is low: renewed now
 	)
 	for _, s := range e.scopes {
 		var wants []Want
@@ -2228,7 +2228,10 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 			if !m.isRate() {
 				have = lm.avail - lm.ret // what the lease holds, pinned or not
 				if lm.g > 0 && lm.pinRoom()*2 < e.pinMargin(lm, m) {
-					pinLow = true // renewed this round, with a fresh margin
+					if pinLow == nil {
+						pinLow = map[*lscope]bool{}
+					}
+					pinLow[s] = true // renewed this round, with a fresh margin
 				}
 			}
 			if lm.idle > 0 || lm.demand == 0 || lm.stale {
@@ -2274,12 +2277,19 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 			idle = append(idle, s)
 		}
 	}
+	// Every lease every LeaseTTL/4; between those, only the scopes whose
+	// pin room ran low (renewing them all each time one runs low cost a
+	// script over hundreds of scopes every refresh, and superseded the
+	// pins decisions had just raised).
 	var renews map[string][]Renewal
-	if pinLow || now.Sub(rs.lastRenew) >= e.o.LeaseTTL/4 || now.Before(rs.lastRenew) {
-		rs.lastRenew = now
+	all := now.Sub(rs.lastRenew) >= e.o.LeaseTTL/4 || now.Before(rs.lastRenew)
+	if all || pinLow != nil {
+		if all {
+			rs.lastRenew = now
+		}
 		renews = map[string][]Renewal{}
 		for _, s := range e.scopes {
-			if s.validUntil.IsZero() {
+			if s.validUntil.IsZero() || !all && !pinLow[s] {
 				continue
 			}
 			renews[s.sc.Tenant] = append(renews[s.sc.Tenant], Renewal{Key: s.sc.Key, Pins: e.pins(s)})
