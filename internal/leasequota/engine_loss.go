@@ -68,12 +68,10 @@ func (e *Engine) dropTickets() {
 				r.amt, r.gen = 0, r.s.gen // counted nowhere: a settle charges the use
 			}
 		}
-		if t.tried != 0 {
-			// Its records went with the state: recorded again (with the
-			// reservations Readmit gives back, or none).
-			t.tried, t.recd = 0, 0
-			e.pending = append(e.pending, t)
-		}
+		// Its records went with the state. It is recorded again once
+		// Readmit has charged its reservations back (not before: a record
+		// of nothing would then be what settles it).
+		t.tried, t.recd = 0, 0
 	}
 }
 
@@ -120,6 +118,26 @@ func (e *Engine) Rebuilt(ctx context.Context) {
 	e.mu.Unlock()
 }
 
+// Recovered implements quota.Recoverer: before the failover decides on the
+// engine again after an outage, every lease is renewed, so that one the
+// store no longer has (it restarted empty and another instance rebuilt
+// it, the epoch back before this engine made a call) is dropped rather
+// than spent; a store without the epoch drops them all (lost).
+func (e *Engine) Recovered(ctx context.Context) error {
+	e.mu.Lock()
+	var scopes []*lscope
+	for _, s := range e.scopes {
+		if !s.validUntil.IsZero() {
+			scopes = append(scopes, s)
+		}
+	}
+	e.mu.Unlock()
+	if len(scopes) == 0 {
+		return nil
+	}
+	return e.renewNow(ctx, scopes)
+}
+
 // Readmit implements quota.Readmitter: after a rebuild, a live ticket this
 // engine issued has its reservations (slot, tokens, GPU, cost) charged
 // again to the rebuilt counters of its scopes, past any limit (it was
@@ -135,6 +153,7 @@ func (e *Engine) Readmit(ctx context.Context, id string, r quota.Request, expire
 	now := e.now()
 	type charge struct {
 		s     *lscope
+		id    string
 		wants []Want
 		idx   []int
 	}
@@ -164,7 +183,7 @@ func (e *Engine) Readmit(ctx context.Context, id string, r quota.Request, expire
 			}
 			c := byScope[s]
 			if c == nil {
-				c = &charge{s: s}
+				c = &charge{s: s, id: e.requestID()}
 				byScope[s] = c
 				calls = append(calls, c)
 			}
@@ -184,9 +203,8 @@ func (e *Engine) Readmit(ctx context.Context, id string, r quota.Request, expire
 	e.mu.Unlock()
 	for _, c := range calls {
 		c.s.io.Lock()
-		id := e.requestID()
 		sent := e.now()
-		res, err := e.st.Grant(ctx, id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants)
+		res, err := e.st.Grant(ctx, c.id, e.inst, c.s.sc, e.o.LeaseTTL, c.wants)
 		if err != nil {
 			c.s.io.Unlock()
 			e.lost(err)
@@ -204,5 +222,10 @@ func (e *Engine) Readmit(ctx context.Context, id string, r quota.Request, expire
 		e.mu.Unlock()
 		c.s.io.Unlock()
 	}
+	e.mu.Lock()
+	if t.settled == nil && t.tried == 0 {
+		e.pending = append(e.pending, t) // recorded with what it holds again
+	}
+	e.mu.Unlock()
 	return nil
 }

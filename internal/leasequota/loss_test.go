@@ -121,3 +121,53 @@ func TestStateLoss(t *testing.T) {
 		t.Errorf("after every settle and Close: %d tokens and %d slots counted; want 810 (300 + 500 + 10) and 0", tok, slots)
 	}
 }
+
+// TestRecoveredDropsVoidLeases: an instance that made no call while
+// another rebuilt an empty store still holds leases the store has
+// forgotten; Recovered, which the failover calls before it leaves
+// degraded mode, renews them and so drops them, and the instance no longer
+// admits what the rebuilt counters gave to someone else.
+func TestRecoveredDropsVoidLeases(t *testing.T) {
+	clk := quotatest.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
+	c := newClient(t)
+	st := newStore(t, c, nil, leasequota.Options{Clock: clk.Now, RequireEpoch: true})
+	ctx := t.Context()
+	if err := st.SetEpoch(ctx, "acme", "e1"); err != nil {
+		t.Fatal(err)
+	}
+	var es [2]*leasequota.Engine
+	for i := range es {
+		e, err := leasequota.NewEngine(st, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "i" + string(rune('a'+i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.Close()
+		es[i] = e
+	}
+	a, b := es[0], es[1]
+	r := quota.Request{Chain: []quota.Scope{{Key: "t/acme", Limits: &quota.Limits{Concurrency: quota.AtMost(1)}}}, Ask: quota.Ask{Concurrency: true}}
+	tk, err := a.Acquire(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Settle(ctx, tk.ID, quota.Usage{}); err != nil {
+		t.Fatal(err) // a's lease keeps the slot, free
+	}
+	// The store restarts empty and another instance rebuilds it (nothing
+	// to restore: no use) before a makes a call.
+	if err := c.FlushDB(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetEpoch(ctx, "acme", "e2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Acquire(ctx, r); err != nil {
+		t.Fatalf("b on the rebuilt store: %v", err)
+	}
+	if err := a.Recovered(ctx); err != nil {
+		t.Fatalf("Recovered: %v", err)
+	}
+	if _, err := a.Acquire(ctx, r); err == nil {
+		t.Fatal("a admitted a second run on a lease the rebuilt store does not have (limit 1, b holds it)")
+	}
+}

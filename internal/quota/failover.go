@@ -137,6 +137,16 @@ type Rebuilt interface {
 	Rebuilt(ctx context.Context)
 }
 
+// Recoverer is implemented by a shared backend that holds state of its
+// own derived from the shared counters: a Failover calls Recovered before
+// it leaves degraded mode, so that the backend checks that state against
+// the store (a lease the store no longer has is dropped: it may have
+// restarted empty and been rebuilt by another instance without this one
+// noticing). An error keeps the Failover degraded, to try again.
+type Recoverer interface {
+	Recovered(ctx context.Context) error
+}
+
 // ErrStateLost is wrapped by a shared backend's errors when it answers but
 // has lost its counters (a Redis restarted empty): an outage, since it
 // also wraps ErrUnavailable, that lasts until FailoverOptions.Rebuild has
@@ -520,6 +530,9 @@ func (f *Failover) probe() {
 			}
 			if err == nil {
 				err = f.readmit(ctx)
+			}
+			if rc, ok := f.shared.(Recoverer); ok && err == nil {
+				err = rc.Recovered(ctx)
 			}
 			if err == nil {
 				err = f.chargeRates(ctx)
