@@ -241,7 +241,6 @@ type ticket struct {
 	// as bits by index in tags; busy is closed when a record call of it
 	// in flight ends.
 	issued      time.Time
-	released    bool // expired before it was recorded: its reservations went back to the leases
 	tags        []string
 	tried, recd uint8
 	busy        chan struct{}
@@ -1430,7 +1429,13 @@ func (e *Engine) expire(now time.Time) {
 				}
 			} else {
 				e.release(t, quota.Usage{}, now, false, nil, nil)
-				t.released = true // recorded still, as expired, for late settles elsewhere
+				// Recorded still, as expired, for late settles elsewhere:
+				// with nothing reserved (it went back to the leases).
+				for i := range t.res {
+					if !t.res[i].m.isRate() {
+						t.res[i].amt = 0
+					}
+				}
 			}
 			t.expired, t.doneAt = true, t.expires
 			e.retire(id)

@@ -274,12 +274,7 @@ func (e *Engine) recordOf(t *ticket, tag string) TicketRecord {
 		if r.s.sc.Tenant != tag || r.m.isRate() {
 			continue
 		}
-		x := TicketRes{Key: r.s.sc.Key, Meter: r.m, Amount: r.amt, Stranded: r.gen != r.s.gen}
-		if t.released {
-			// Back in the lease already: the record holds nothing, and a
-			// late settle charges the use alone.
-			x.Amount, x.Stranded = 0, false
-		}
+		x := TicketRes{Key: r.s.sc.Key, Meter: r.m, Amount: r.amt, Stranded: r.gen != r.s.gen && r.amt > 0}
 		if r.m.isBudget() {
 			x.Window = r.window
 		}
@@ -330,7 +325,7 @@ func (e *Engine) recordedOn(t *ticket, tag string, i int, o RecordOutcome) {
 			}
 		}
 		q++
-		if stranded || r.gen != r.s.gen || r.amt == 0 || t.released {
+		if stranded || r.gen != r.s.gen || r.amt == 0 {
 			continue
 		}
 		lm := &r.s.m[r.m]
