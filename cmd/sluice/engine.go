@@ -39,7 +39,11 @@ type engine struct {
 	rebuildVia quota.Backend
 	id         string                 // this instance, the rebuild lock's owner
 	epoch      atomic.Pointer[string] // the epoch this instance last saw
-	log        *slog.Logger
+	// expect, when set, is told every epoch this instance adopts: the
+	// lease store then refuses calls made under another one (see
+	// leasequota.Store.ExpectEpoch).
+	expect func(v string)
+	log    *slog.Logger
 	// restore flushes this instance's usage events and restores every
 	// budget counter of the current windows from the ledger, returning
 	// when it read the ledger. startQuota sets it, before the engine
@@ -149,6 +153,10 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 	}()
 	if err := client.Ping(ctx).Err(); err != nil {
 		a.log.Error("redis unreachable at start: deciding on local shares until it answers", slog.String("error", err.Error()))
+	} else if v, err := e.epochs.Epoch(ctx); err == nil && v != "" {
+		// The counters this instance starts on: a rebuild after a loss
+		// it did not see then makes its calls fail, and it readmits.
+		e.adopt(v)
 	}
 	return e, nil
 }
@@ -187,7 +195,7 @@ func (e *engine) rebuild(ctx context.Context) (time.Time, error) {
 			return time.Time{}, err
 		}
 	}
-	e.epoch.Store(&v)
+	e.adopt(v)
 	readAt, ok := redisquota.EpochReadAt(v)
 	if !ok {
 		// Set by hand: nothing to tell which spooled use it holds, so
@@ -195,6 +203,14 @@ func (e *engine) rebuild(ctx context.Context) (time.Time, error) {
 		readAt = time.Time{}
 	}
 	return readAt, nil
+}
+
+// adopt makes v the epoch this instance knows.
+func (e *engine) adopt(v string) {
+	e.epoch.Store(&v)
+	if e.expect != nil {
+		e.expect(v)
+	}
 }
 
 // rebuildLocked rebuilds the counters under the rebuild lock and returns

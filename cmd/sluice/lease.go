@@ -41,6 +41,7 @@ func (e *engine) newLease(client *redis.Client, prefix string, timeout time.Dura
 		return nil, err
 	}
 	e.epochs = leaseEpochs{c: client, st: st, timeout: timeout}
+	e.expect = st.ExpectEpoch
 	e.lost = leasequota.ErrEpochLost
 	e.rebuildVia = leaseRebuild{Engine: eng, raw: raw}
 	return eng, nil

@@ -25,6 +25,7 @@ import (
 type leaseCall struct {
 	acqSent, acqDone, setSent, setDone time.Time
 	tokens                             int64
+	ticket                             string
 	at                                 int // the instance that admitted it
 	orphan                             bool
 }
@@ -132,6 +133,7 @@ func (l *leaseLoad) client(ctx context.Context, at int, key string, ask int64) {
 		time.Sleep(100 * time.Millisecond) // the run: long enough for the slots to bind
 		l.inFlight.Add(-1)
 		ticket, _ := m["ticket"].(string)
+		lc.ticket = ticket
 		// Any live instance: the engine settles a ticket another one
 		// issued through its record in Redis. A 503 (Redis away, or a
 		// rebuilt Redis that does not know the ticket yet) is retried, on
@@ -269,6 +271,14 @@ func (l *leaseLoad) checkBounds(t *testing.T) {
 	held, most := 0, 0
 	for _, e := range edges {
 		held += e.delta
+		if held > leaseSlots && most <= leaseSlots {
+			// The first instant over: which tickets, from where, when.
+			for _, k := range calls {
+				if !k.acqDone.After(e.at) && (k.orphan || k.setSent.After(e.at)) {
+					t.Logf("held at %s: %s, admitted by instance %d at %s, settle sent at %s", e.at.Format("15:04:05.000"), k.ticket, k.at, k.acqDone.Format("15:04:05.000"), k.setSent.Format("15:04:05.000"))
+				}
+			}
+		}
 		most = max(most, held)
 	}
 	if most > leaseSlots {

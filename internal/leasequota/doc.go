@@ -179,15 +179,22 @@
 // their spending time. An instance crash leaves its leases charged until
 // reclaim, which frees only unpinned amounts; a Redis timeout is resolved
 // by request id; an outage spends only what was charged, then a share of
-// what remained; an empty Redis has no epoch on the tag (RequireEpoch):
-// the engine stops granting and spends its leases, which the rebuilt
-// counters (from the ledger) do not contain — so the rebuild adds the
-// live leases of reachable instances (they re-grant: each instance
-// reports its held amounts as a charge on the rebuilt tag before it
-// spends further); a policy change clamps new grants to the new limit,
-// while old leases (charged under the old one) are returned; a lowered
-// limit is thus exceeded by at most the leases outstanding at the change,
-// exactly as a ticket admitted before it.
+// what remained. An empty Redis has no epoch on the tag (RequireEpoch),
+// and once an instance has adopted an epoch its calls name it
+// (Store.ExpectEpoch), so a call made under an older one fails too: the
+// engine drops its leases at the first such call (they are not in the
+// rebuilt counters), and the failover rebuilds the counters from the
+// ledger, readmits the live tickets (Readmit: their slots and
+// reservations charged again, past the limit), has the store hold the
+// slots of the local tickets still running (HoldSlots), waits out the
+// resynchronisation hold (quota.FailoverOptions.ReadmitHold: no instance
+// decides on the rebuilt counters while another may still admit on its
+// local share or not have readmitted) and gives back every lease taken
+// meanwhile (Recovered) before it decides on the engine again. A policy
+// change clamps new grants to the new limit, while old leases (charged
+// under the old one) are returned; a lowered limit is thus exceeded by
+// at most the leases outstanding at the change, exactly as a ticket
+// admitted before it.
 //
 // # From Doorman
 //

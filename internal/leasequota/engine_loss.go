@@ -119,10 +119,17 @@ func (e *Engine) Rebuilt(ctx context.Context) {
 }
 
 // Recovered implements quota.Recoverer: before the failover decides on the
-// engine again after an outage, every lease is renewed, so that one the
-// store no longer has (it restarted empty and another instance rebuilt
-// it, the epoch back before this engine made a call) is dropped rather
-// than spent; a store without the epoch drops them all (lost).
+// engine again after an outage, every budget and slot lease gives back
+// what it holds unspent, and what is left (the reservations of live
+// tickets) is renewed. The return matters after a rebuild: the background
+// loop may have taken leases from the rebuilt counters before every
+// instance had readmitted its live tickets (the failover's ReadmitHold),
+// and a slot taken then would be handed out beside the one a readmitted
+// ticket holds past the limit; given back, the next grant sees the
+// readmissions. The renewal drops a lease the store no longer has (it
+// restarted empty and another instance rebuilt it, the epoch back before
+// this engine made a call) rather than spending it; a store without the
+// epoch drops them all (lost).
 func (e *Engine) Recovered(ctx context.Context) error {
 	e.mu.Lock()
 	var scopes []*lscope
@@ -134,6 +141,12 @@ func (e *Engine) Recovered(ctx context.Context) error {
 	e.mu.Unlock()
 	if len(scopes) == 0 {
 		return nil
+	}
+	for _, s := range scopes {
+		if err := e.giveUnused(ctx, s, true); err != nil {
+			e.lost(err)
+			return fmt.Errorf("recovered: %w", err)
+		}
 	}
 	return e.renewNow(ctx, scopes)
 }
@@ -213,6 +226,17 @@ func (e *Engine) Readmit(ctx context.Context, id string, r quota.Request, expire
 		e.mu.Lock()
 		e.applyOverrun(c.s, sent, c.wants, res)
 		for k, j := range c.idx {
+			w := &c.wants[k]
+			if t.settled != nil || t.expired {
+				// Released while the charge was out (with nothing): what
+				// it took is the lease's, free to spend or give back.
+				lm := &c.s.m[w.Meter]
+				if !w.Meter.isBudget() || w.Window.Equal(lm.window) {
+					lm.committed -= w.Amount
+					lm.avail += w.Amount
+				}
+				continue
+			}
 			res := &t.res[j]
 			res.amt, res.gen = c.wants[k].Amount, c.s.gen
 			if c.wants[k].Meter.isBudget() {
@@ -228,4 +252,41 @@ func (e *Engine) Readmit(ctx context.Context, id string, r quota.Request, expire
 	}
 	e.mu.Unlock()
 	return nil
+}
+
+var _ quota.SlotHolder = (*Engine)(nil)
+
+// HoldSlots implements quota.SlotHolder: a ticket of this engine that
+// holds a slot on every scope of chain with a concurrency limit, charged
+// past the limit as Readmit charges, and recorded, settled and expired
+// like any other. A call that fails leaves what it charged to the ticket,
+// which frees it at expires.
+func (e *Engine) HoldSlots(ctx context.Context, chain []quota.Scope, expires time.Time) (string, error) {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return "", quota.ErrClosed
+	}
+	t := &ticket{id: e.newID(), expires: expires, issued: time.Now()}
+	scs := make([]*lscope, len(chain))
+	for i := range chain {
+		s := e.scope(&chain[i])
+		scs[i] = s
+		if _, _, ok := limitOf(chain[i].Limits, MeterConcurrency); ok {
+			t.res = append(t.res, reservation{s: s, m: MeterConcurrency, gen: s.gen})
+		}
+	}
+	if e.ts != nil {
+		if tags := ticketTags(scs); len(tags) <= 8 {
+			t.tags = tags
+			t.id += idTags(tags)
+		}
+	}
+	e.tickets[t.id] = t
+	e.mu.Unlock()
+	r := quota.Request{Chain: chain, Ask: quota.Ask{Concurrency: true}}
+	if err := e.Readmit(ctx, t.id, r, expires); err != nil {
+		return "", err
+	}
+	return t.id, nil
 }

@@ -330,9 +330,12 @@ func (e *Engine) recordedOn(t *ticket, tag string, i int, o RecordOutcome) {
 		}
 		lm := &r.s.m[r.m]
 		if !r.m.isBudget() || lm.window.Equal(r.window) {
-			// The ticket's now: no longer this lease's to pin.
-			lm.g = max(lm.g-r.amt, 0)
+			// The ticket's now: no longer this lease's to pin. (A grant
+			// whose reply came first may have shown the lease without it
+			// already; the lease still holds what is spendable and
+			// committed here.)
 			lm.committed -= r.amt
+			lm.g = max(lm.g-r.amt, lm.avail+lm.committed, 0)
 		}
 	}
 }

@@ -174,7 +174,7 @@ func (s *Store) chargeRates(ctx context.Context, requestID, instance string, sc 
 		}
 		after := buckets
 		args := make([]any, 0, 9+8*len(units))
-		args = append(args, s.now(), s.requireEp, instance, chargeTTL.Microseconds(), s.validity, s.replayMS, s.keyMS, s.maxTTL, len(units))
+		args = append(args, s.now(), s.epochArg(), instance, chargeTTL.Microseconds(), s.validity, s.replayMS, s.keyMS, s.maxTTL, len(units))
 		for _, u := range units {
 			before := after[u.m]
 			b, err := quota.ParseBucket(before)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -110,7 +111,8 @@ type Options struct {
 	// (tests). Key expiry still runs on Redis's clock.
 	Clock func() time.Time
 	// RequireEpoch makes Grant, Return and Renew refuse with ErrEpochLost
-	// while the tag's epoch key is missing.
+	// while the tag's epoch key is missing, or once ExpectEpoch was told
+	// one, while it holds another value.
 	RequireEpoch bool
 	// Observe, when set, is told every script call's operation ("grant",
 	// "return", "renew", "rates", "record", "settle", …), its outcome
@@ -133,7 +135,8 @@ type Store struct {
 	keyMS     int64
 	maxTTL    int64 // µs
 	clock     func() time.Time
-	requireEp string
+	requireEp bool
+	expected  atomic.Pointer[string] // the epoch value the scripts insist on (ExpectEpoch)
 	observe   func(op, outcome string, d time.Duration)
 }
 
@@ -182,10 +185,35 @@ func NewStore(c redis.Scripter, o Options) (*Store, error) {
 		clock:    o.Clock,
 		observe:  o.Observe,
 	}
-	if o.RequireEpoch {
-		s.requireEp = "1"
-	}
+	s.requireEp = o.RequireEpoch
 	return s, nil
+}
+
+// ExpectEpoch makes a store with Options.RequireEpoch refuse with
+// ErrEpochLost, from now on, while the epoch key holds anything but v: an
+// instance that has not seen the state rebuilt since it took its leases
+// (Redis restarted empty and another instance rebuilt it while this one
+// made no call) finds out at its next call, instead of deciding on leases
+// and tickets the store no longer has. "" goes back to insisting only
+// that the key exists.
+func (s *Store) ExpectEpoch(v string) {
+	if v == "" {
+		s.expected.Store(nil)
+		return
+	}
+	s.expected.Store(&v)
+}
+
+// epochArg is the scripts' ARGV[2]: "" for no epoch check, "1" for the
+// key's existence, "=" and a value for that value.
+func (s *Store) epochArg() string {
+	if !s.requireEp {
+		return ""
+	}
+	if v := s.expected.Load(); v != nil {
+		return "=" + *v
+	}
+	return "1"
 }
 
 // Scope names a scope's counters: Key is the scope key ("tenant/ten_a",
@@ -474,7 +502,7 @@ func (s *Store) Return(ctx context.Context, requestID, instance string, sc Scope
 		return ReturnResult{}, fmt.Errorf("%s: %w", op, quota.ErrInvalid)
 	}
 	args := make([]any, 0, 6+5*len(gives))
-	args = append(args, s.now(), s.requireEp, instance, s.replayMS, s.maxTTL, len(gives))
+	args = append(args, s.now(), s.epochArg(), instance, s.replayMS, s.maxTTL, len(gives))
 	for _, g := range gives {
 		if g.Amount <= 0 || int(g.Meter) >= NumMeters || g.Meter.isRate() && g.After == "" {
 			return ReturnResult{}, fmt.Errorf("%s: give %+v: %w", op, g, quota.ErrInvalid)
@@ -551,7 +579,7 @@ func (s *Store) Renew(ctx context.Context, instance, tenant string, ttl time.Dur
 		return RenewResult{}, fmt.Errorf("%s: %w", op, quota.ErrInvalid)
 	}
 	keys := make([]string, 0, 4*len(scopes)+1)
-	args := []any{s.now(), s.requireEp, instance, ttl.Microseconds(), s.maxTTL}
+	args := []any{s.now(), s.epochArg(), instance, ttl.Microseconds(), s.maxTTL}
 	for _, r := range scopes {
 		keys = append(keys, s.keys(Scope{Tenant: tenant, Key: r.Key})...)
 		args = append(args, len(r.Pins))
@@ -729,7 +757,7 @@ func (s *Store) AdjustRate(ctx context.Context, sc Scope, m Meter, r quota.Rate,
 		}
 		b.Adjust(r, now, delta)
 		after := b.String()
-		v, err := s.run(ctx, op, adjustScript, keys, []any{s.now(), s.requireEp, s.keyMS, int(m), buckets[m], after})
+		v, err := s.run(ctx, op, adjustScript, keys, []any{s.now(), s.epochArg(), s.keyMS, int(m), buckets[m], after})
 		if err != nil {
 			return "", err
 		}
@@ -756,7 +784,7 @@ func (s *Store) Restore(ctx context.Context, instance string, sc Scope, m Meter,
 	}
 	k := s.keys(sc)
 	v, err := s.run(ctx, op, restoreScript, []string{k[0], k[1], s.Tag(sc.Tenant) + ":epoch"},
-		[]any{s.now(), s.requireEp, s.keyMS, int(m), window.Unix(), used, instance, max(mine, 0)})
+		[]any{s.now(), s.epochArg(), s.keyMS, int(m), window.Unix(), used, instance, max(mine, 0)})
 	if err != nil {
 		return 0, err
 	}

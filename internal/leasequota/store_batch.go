@@ -90,7 +90,7 @@ func (s *Store) grant(ctx context.Context, op, instance, tenant string, ttl time
 		}
 		keys := make([]string, 0, 5*len(todo)+2)
 		args := make([]any, 0, 9+len(todo)*(1+8*len(reqs[todo[0]].wants)))
-		args = append(args, s.now(), s.requireEp, instance, ttl.Microseconds(), s.validity, s.replayMS, s.keyMS, s.maxTTL, len(todo))
+		args = append(args, s.now(), s.epochArg(), instance, ttl.Microseconds(), s.validity, s.replayMS, s.keyMS, s.maxTTL, len(todo))
 		at := make([]int, len(todo)) // where each call's want values start in args
 		for n, i := range todo {
 			r := &reqs[i]

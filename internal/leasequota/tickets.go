@@ -200,7 +200,7 @@ func (s *Store) RecordTickets(ctx context.Context, tenant string, recs []TicketR
 		keys = append(keys, tag+":l:"+n)
 	}
 	args := make([]any, 0, 7+len(names)+8*len(recs)+7*nres)
-	args = append(args, s.now(), s.requireEp, tag, s.keyMS, s.replayMS, len(names), len(recs))
+	args = append(args, s.now(), s.epochArg(), tag, s.keyMS, s.replayMS, len(names), len(recs))
 	for _, n := range names {
 		args = append(args, n)
 	}
@@ -283,7 +283,7 @@ func (s *Store) SettleTicket(ctx context.Context, tenant, id string, u quota.Usa
 	var zones []any // name, day start, day end, month start, month end
 	for try := 0; ; try++ {
 		args := make([]any, 0, 11+len(zones))
-		args = append(args, s.now(), s.requireEp, tag, id, s.keyMS, s.replayMS,
+		args = append(args, s.now(), s.epochArg(), tag, id, s.keyMS, s.replayMS,
 			u.InputTokens, u.OutputTokens, u.GPUMillis, u.CostMicros, len(zones)/5)
 		args = append(args, zones...)
 		v, resent, err := s.runAny(ctx, op, ticketSettleScript, keys, args)
@@ -353,7 +353,7 @@ func (s *Store) HeartbeatTicket(ctx context.Context, tenant, id string, expires 
 	tag := s.Tag(tenant)
 	keys := []string{tag + ":k:" + id, tag + ":kx", tag + ":epoch"}
 	v, _, err := s.runAny(ctx, op, ticketHeartbeatScript, keys,
-		[]any{s.now(), s.requireEp, tag, id, s.keyMS, s.replayMS, expires.UnixMicro()})
+		[]any{s.now(), s.epochArg(), tag, id, s.keyMS, s.replayMS, expires.UnixMicro()})
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -404,7 +404,7 @@ func (s *Store) ReclaimTickets(ctx context.Context, tenant string) (int, error) 
 	op := "reclaim tickets"
 	tag := s.Tag(tenant)
 	v, _, err := s.runAny(ctx, op, ticketSweepScript, []string{tag + ":kx", tag + ":epoch"},
-		[]any{s.now(), s.requireEp, tag, s.keyMS, s.replayMS})
+		[]any{s.now(), s.epochArg(), tag, s.keyMS, s.replayMS})
 	if err != nil {
 		return 0, err
 	}

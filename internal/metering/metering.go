@@ -163,6 +163,9 @@ type TicketView struct {
 // Retry-After: the caller should retry, not give up on a settle); other
 // errors pass as they are.
 func engineError(err error) error {
+	if errors.Is(err, quota.ErrResyncing) {
+		return &errs.Error{Code: errs.Unavailable, Message: "the quota engine is resynchronising after an outage; retry", RetryAfter: time.Second, Err: err}
+	}
 	if errors.Is(err, quota.ErrUnavailable) {
 		return &errs.Error{Code: errs.Unavailable, Message: "the quota engine cannot be reached; retry", RetryAfter: time.Second, Err: err}
 	}

@@ -61,6 +61,23 @@ type FailoverOptions struct {
 	// (the caller retries) instead of ErrUnknownTicket: the instance that
 	// issued it may not have readmitted it yet (default 30 s).
 	ReadmitGrace time.Duration
+	// ReadmitHold is how long a degraded instance waits, once it sees the
+	// shared backend again, before it decides on it (default 2 s;
+	// negative for none). From that first successful probe on it admits
+	// nothing (ErrUnavailable: retry), readmits its live shared tickets
+	// after a rebuild (Readmitter) and has the shared backend hold the
+	// slots of its local tickets still running (SlotHolder); it switches
+	// back when the hold has passed. So every instance that saw the
+	// outage end within the hold of the first one is done with local
+	// shares, and has put what it holds into the shared counters, before
+	// any instance decides on them again: without it an instance back
+	// early could hand out slots that another's running tickets hold
+	// (past the limit) a moment later. Degraded instances probe every
+	// ProbeInterval and an instance that was not degraded finds out at its
+	// next call, so the hold needs to cover a few probes, not the outage.
+	// An instance that sees the backend again later than that can still
+	// over-admit, by at most its local tickets and readmitted ones.
+	ReadmitHold time.Duration
 	// ProbeTimeout bounds each Probe (default 2 s). Make it more generous
 	// than the shared backend's call timeout: a probe that fails switches
 	// to degraded mode, and a loaded machine is not an outage.
@@ -96,6 +113,19 @@ type RateCharge struct {
 	Scope    Scope // the key, zone and limits (their Requests and TokensRate) of the scope
 	Requests int64
 	Tokens   int64
+}
+
+// SlotHolder is implemented by a shared backend that can hold concurrency
+// slots for a ticket it did not admit: a Failover coming back from an
+// outage has the slots of its local tickets still running held there,
+// past any limit, so that the shared admissions count them; it settles
+// the holding ticket (with no use) when the local ticket settles.
+type SlotHolder interface {
+	// HoldSlots takes a concurrency slot on every scope of chain that
+	// has a concurrency limit, checking no limit, until expires or the
+	// returned ticket is settled. A call that fails may have taken them:
+	// they are then held until expires (the safe side).
+	HoldSlots(ctx context.Context, chain []Scope, expires time.Time) (id string, err error)
 }
 
 // BudgetReporter is implemented by a shared backend whose admissions can
@@ -152,6 +182,11 @@ type Recoverer interface {
 // also wraps ErrUnavailable, that lasts until FailoverOptions.Rebuild has
 // restored them.
 var ErrStateLost = fmt.Errorf("shared quota state lost: %w", ErrUnavailable)
+
+// ErrResyncing is what a Failover answers an admission with while it
+// resynchronises with the shared backend after an outage (see
+// FailoverOptions.ReadmitHold): retry shortly.
+var ErrResyncing = fmt.Errorf("quota store back after an outage, resynchronising: %w", ErrUnavailable)
 
 // localPrefix marks tickets of the local fallback engine.
 const localPrefix = "~"
@@ -225,6 +260,10 @@ type Failover struct {
 	// it, an unknown shared ticket may be one its issuer has not readmitted
 	// yet, and is answered ErrUnavailable (retry) rather than unknown.
 	rebuiltAt atomic.Int64
+	// back is when this degraded spell first saw the shared backend again
+	// (time.Now, monotonic: the hold is about other instances' probes, not
+	// quota time; nil while it has not). Under mu.
+	back *time.Time
 
 	mu     sync.Mutex
 	chains map[string]*issued // live tickets this instance issued, by ticket id
@@ -284,6 +323,11 @@ type issued struct {
 	cost    int64
 	slot    bool      // a shared ticket holding a concurrency slot
 	queued  time.Time // the expiry it has in holders
+	// A local ticket asking a concurrency slot (localSlot) has it held in
+	// the shared backend, by the ticket twin, once the backend is back
+	// (SlotHolder).
+	localSlot bool
+	twin      string
 }
 
 // rateDebt is what this instance admitted locally on a scope's rate
@@ -344,6 +388,9 @@ func NewFailover(shared SharedBackend, o FailoverOptions) *Failover {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.ReadmitHold == 0 {
+		o.ReadmitHold = 2 * time.Second
 	}
 	if o.ReadmitGrace <= 0 {
 		o.ReadmitGrace = 30 * time.Second
@@ -528,8 +575,16 @@ func (f *Failover) probe() {
 					continue // another instance is rebuilding, or Redis left again
 				}
 			}
+			f.seen(err == nil)
 			if err == nil {
 				err = f.readmit(ctx)
+			}
+			if err == nil {
+				err = f.holdLocal(ctx)
+			}
+			if _, passed := f.returning(); err == nil && !passed {
+				cancel()
+				continue // the other instances may not be done with local shares yet
 			}
 			if rc, ok := f.shared.(Recoverer); ok && err == nil {
 				err = rc.Recovered(ctx)
@@ -546,6 +601,7 @@ func (f *Failover) probe() {
 			}
 			f.fails.Store(0)
 			f.degraded.Store(false)
+			f.seen(false)
 			f.shares.Clear()
 			f.o.Log.Info("quota backend reachable again: normal mode", slog.Int("still_spooled", f.Spooled()))
 			if f.o.OnMode != nil {
@@ -610,6 +666,9 @@ func (f *Failover) rebuild() error {
 	if _, ok := f.shared.(Readmitter); ok {
 		f.readmitting = true
 	}
+	for _, is := range f.chains {
+		is.twin = "" // lost with the state: held again
+	}
 	f.mu.Unlock()
 	f.knownMu.Lock()
 	clear(f.known)
@@ -617,6 +676,93 @@ func (f *Failover) rebuild() error {
 	f.o.Log.Warn("shared quota state was lost and rebuilt from the ledger; dropped the spooled usage the ledger already held",
 		slog.Int("dropped", dropped), slog.Int("kept", len(kept)), slog.Time("ledger_read_at", readAt))
 	return nil
+}
+
+// returning reports whether this degraded spell has seen the shared
+// backend again (see ReadmitHold), and whether the hold has passed.
+func (f *Failover) returning() (back, passed bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.back == nil {
+		return false, false
+	}
+	return true, time.Since(*f.back) >= f.o.ReadmitHold
+}
+
+// seen records the outcome of a probe of a degraded spell: the first
+// success starts the hold, a failure ends it (local shares again).
+func (f *Failover) seen(ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case !ok:
+		f.back = nil
+	case f.back == nil:
+		now := time.Now()
+		f.back = &now
+	}
+}
+
+// holdLocal has the shared backend hold the slots of this instance's live
+// local tickets (see SlotHolder); it stops at the first failure.
+func (f *Failover) holdLocal(ctx context.Context) error {
+	sh, ok := f.shared.(SlotHolder)
+	if !ok {
+		return nil
+	}
+	type todo struct {
+		id      string
+		chain   []Scope
+		expires time.Time
+	}
+	now := f.now()
+	var list []todo
+	f.mu.Lock()
+	for id, is := range f.chains {
+		if is.localSlot && is.twin == "" && is.expires.After(now) {
+			list = append(list, todo{id, is.chain, is.expires})
+		}
+	}
+	f.mu.Unlock()
+	for _, l := range list {
+		twin, err := sh.HoldSlots(ctx, l.chain, l.expires)
+		if err != nil {
+			return err
+		}
+		f.mu.Lock()
+		if is := f.chains[l.id]; is != nil {
+			is.twin = twin
+			twin = ""
+		}
+		f.mu.Unlock()
+		if twin != "" {
+			// Settled meanwhile: let the twin go.
+			f.settleTwin(ctx, twin, l.chain)
+		}
+	}
+	if len(list) > 0 {
+		f.o.Log.Info("slots of local tickets still running held in the shared backend", slog.Int("tickets", len(list)))
+	}
+	return nil
+}
+
+// settleTwin settles the ticket that held a local ticket's slots in the
+// shared backend, or spools it.
+func (f *Failover) settleTwin(ctx context.Context, twin string, chain []Scope) {
+	if !f.degraded.Load() {
+		seq := f.failSeq.Load()
+		_, err := f.shared.Settle(ctx, twin, Usage{})
+		if !outage(err) {
+			f.ok()
+			return
+		}
+		f.failed(ctx, seq, err)
+	}
+	now := f.now().UTC()
+	f.mu.Lock()
+	f.spool = append(f.spool, &spooled{ticket: twin, chain: chain, at: now, last: now})
+	f.mu.Unlock()
+	f.deliver()
 }
 
 // readmit takes the live shared tickets this instance issued back into
@@ -1094,6 +1240,11 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 			return Ticket{}, err
 		}
 	}
+	if back, _ := f.returning(); back {
+		// Local shares now would overlap the shared admissions of the
+		// instances back already (see ReadmitHold).
+		return Ticket{}, ErrResyncing
+	}
 	for _, s := range r.Chain {
 		if s.Limits != nil && s.Limits.OnOutage == OutageDeny {
 			return Ticket{}, fmt.Errorf("quota store unreachable and scope %s denies on outage: %w", s.Key, ErrUnavailable)
@@ -1120,7 +1271,8 @@ func (f *Failover) remember(t *Ticket, r *Request) {
 	defer f.mu.Unlock()
 	is := &issued{chain: r.Chain, meta: r.Meta, expires: t.ExpiresAt,
 		tokens: t.Tokens, gpu: r.Ask.GPUMillis, cost: r.Ask.CostMicros,
-		slot: r.Ask.Concurrency && !strings.HasPrefix(t.ID, localPrefix)}
+		slot:      r.Ask.Concurrency && !strings.HasPrefix(t.ID, localPrefix),
+		localSlot: r.Ask.Concurrency && strings.HasPrefix(t.ID, localPrefix)}
 	if old := f.chains[t.ID]; old != nil {
 		f.drop(old)
 	}
@@ -1258,9 +1410,18 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 			return s, err
 		}
 		s.TicketID = id
+		f.mu.Lock()
+		twin := ""
+		if is := f.chains[id]; is != nil {
+			twin = is.twin
+		}
+		f.mu.Unlock()
 		chain := f.forget(id)
 		if chain == nil {
 			return s, nil // a replay: charged the first time
+		}
+		if twin != "" {
+			f.settleTwin(ctx, twin, chain)
 		}
 		if s.ReservedTokens > 0 {
 			// The local tokens_rate bucket takes the difference: so

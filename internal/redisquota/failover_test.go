@@ -133,6 +133,13 @@ func TestFailoverOverRedis(t *testing.T) {
 						time.Sleep(d.RetryAfter)
 						continue
 					}
+					if errors.Is(err, quota.ErrUnavailable) {
+						// Back from the outage, the instance resynchronises
+						// (quota.FailoverOptions.ReadmitHold): retry, as a
+						// client told 503 does.
+						time.Sleep(pace)
+						continue
+					}
 					if err != nil {
 						t.Errorf("instance %d: Acquire: %v", i, err)
 						return

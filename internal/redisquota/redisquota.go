@@ -550,6 +550,18 @@ func (b *Backend) Readmit(ctx context.Context, id string, r quota.Request, expir
 	return err
 }
 
+var _ quota.SlotHolder = (*Backend)(nil)
+
+// HoldSlots implements quota.SlotHolder: a fresh ticket readmitted (see
+// Readmit) with a concurrency slot and nothing else.
+func (b *Backend) HoldSlots(ctx context.Context, chain []quota.Scope, expires time.Time) (string, error) {
+	id := newID()
+	if err := b.Readmit(ctx, id, quota.Request{Chain: chain, Ask: quota.Ask{Concurrency: true}}, expires); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
 // readmission is a live ticket taken back by Readmit: its id and life.
 type readmission struct {
 	id  string

@@ -1,7 +1,8 @@
 -- Shared by every lease script. Times are integer microseconds since the
 -- Unix epoch (about 1.8e15, exact in a double); amounts are integers below
 -- 2^53. ARGV[1] is now in µs, or "" for Redis's TIME; ARGV[2] is "1" when
--- the tag's epoch key (the last KEY) must exist.
+-- the tag's epoch key (the last KEY) must exist, "=" and a value when it
+-- must hold that value, "" for no check.
 local function now_us()
   if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
   local t = redis.call('TIME')
@@ -9,7 +10,10 @@ local function now_us()
 end
 
 local function epoch_lost()
-  return ARGV[2] == '1' and redis.call('EXISTS', KEYS[#KEYS]) == 0
+  local want = ARGV[2]
+  if want == '' then return false end
+  if want == '1' then return redis.call('EXISTS', KEYS[#KEYS]) == 0 end
+  return redis.call('GET', KEYS[#KEYS]) ~= string.sub(want, 2)
 end
 
 -- replayed returns the stored reply of a request that was already carried
