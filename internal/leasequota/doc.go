@@ -273,8 +273,11 @@
 // Outages and unknown outcomes, as built: the app wraps the engine in
 // quota.Failover (Charge, ChargeRates, AcquireBudgets: failover.go,
 // engine_budgets.go), which switches to local shares computed from what
-// remained on every scope when calls fail; leases held keep deciding
-// until a call fails. A grant or return whose call failed is kept and
+// remained on every scope when calls fail. Degraded, it decides first
+// on what the leases hold (AcquireHeld, quota.HeldDecider: no store call;
+// up to each lease's pin, the part a crash of this instance could not
+// free twice, and within its validity), and only when they do not cover
+// an ask per on_outage. A grant or return whose call failed is kept and
 // sent again with its request id until the store answers (unsent,
 // resendUnknown). A state loss (ErrEpochLost) drops every lease at the
 // first call that sees it; after the rebuild the failover calls Rebuilt
@@ -284,9 +287,6 @@
 // TestLeaseEngineRedisComesBackEmpty and TestLeaseEngineInstanceKilled.
 //
 // Not yet:
-//   - The engine's own on_outage mode (deciding on leases, then a share):
-//     the failover decides while degraded, and leases held then are
-//     stranded for the outage.
 //   - Three instances sharing scopes: scopes an instance sees only a few
 //     times a second (pairs spread round-robin over instances and users)
 //     get no use from rate lots, which are spendable for Validity (250

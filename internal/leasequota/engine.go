@@ -639,40 +639,49 @@ type rateAdj struct {
 // decision in 30,000 (TestCompareEngines), which then answered 503.
 const maxRounds = 32
 
+// validRequest checks what Acquire and AcquireHeld take.
+func validRequest(r *quota.Request) error {
+	a := &r.Ask
+	if a.Requests < 0 || a.Tokens < 0 || a.MinTokens < 0 || a.GPUMillis < 0 || a.CostMicros < 0 {
+		return fmt.Errorf("acquire: negative ask: %w", quota.ErrInvalid)
+	}
+	if len(r.Chain) == 0 {
+		return fmt.Errorf("acquire: empty chain: %w", quota.ErrInvalid)
+	}
+	if len(r.Meta) > quota.MaxMetaBytes {
+		return fmt.Errorf("acquire: meta of %d bytes above %d: %w", len(r.Meta), quota.MaxMetaBytes, quota.ErrInvalid)
+	}
+	if r.TTL < 0 {
+		return fmt.Errorf("acquire: negative ttl: %w", quota.ErrInvalid)
+	}
+	for i := range r.Chain {
+		sc := &r.Chain[i]
+		if sc.Key == "" {
+			return fmt.Errorf("acquire: empty scope key: %w", quota.ErrInvalid)
+		}
+		for j := range i {
+			if r.Chain[j].Key == sc.Key {
+				return fmt.Errorf("acquire: scope %s twice: %w", sc.Key, quota.ErrInvalid)
+			}
+		}
+		if l := sc.Limits; l != nil {
+			if err := l.Validate(); err != nil {
+				return fmt.Errorf("acquire: scope %s: %w", sc.Key, err)
+			}
+		}
+	}
+	return nil
+}
+
 // Acquire implements quota.Backend.
 func (e *Engine) Acquire(ctx context.Context, r quota.Request) (quota.Ticket, error) {
 	if err := ctx.Err(); err != nil {
 		return quota.Ticket{}, err
 	}
+	if err := validRequest(&r); err != nil {
+		return quota.Ticket{}, err
+	}
 	a := &r.Ask
-	if a.Requests < 0 || a.Tokens < 0 || a.MinTokens < 0 || a.GPUMillis < 0 || a.CostMicros < 0 {
-		return quota.Ticket{}, fmt.Errorf("acquire: negative ask: %w", quota.ErrInvalid)
-	}
-	if len(r.Chain) == 0 {
-		return quota.Ticket{}, fmt.Errorf("acquire: empty chain: %w", quota.ErrInvalid)
-	}
-	if len(r.Meta) > quota.MaxMetaBytes {
-		return quota.Ticket{}, fmt.Errorf("acquire: meta of %d bytes above %d: %w", len(r.Meta), quota.MaxMetaBytes, quota.ErrInvalid)
-	}
-	if r.TTL < 0 {
-		return quota.Ticket{}, fmt.Errorf("acquire: negative ttl: %w", quota.ErrInvalid)
-	}
-	for i := range r.Chain {
-		sc := &r.Chain[i]
-		if sc.Key == "" {
-			return quota.Ticket{}, fmt.Errorf("acquire: empty scope key: %w", quota.ErrInvalid)
-		}
-		for j := range i {
-			if r.Chain[j].Key == sc.Key {
-				return quota.Ticket{}, fmt.Errorf("acquire: scope %s twice: %w", sc.Key, quota.ErrInvalid)
-			}
-		}
-		if l := sc.Limits; l != nil {
-			if err := l.Validate(); err != nil {
-				return quota.Ticket{}, fmt.Errorf("acquire: scope %s: %w", sc.Key, err)
-			}
-		}
-	}
 	// quota.Memory checks each scope's model first, then its limits: a
 	// model refused at scope j is the denial unless a scope before j
 	// refuses the ask, which the scopes before j decide, charging nothing.
@@ -703,7 +712,7 @@ func (e *Engine) acquire(ctx context.Context, r quota.Request, checkOnly bool) (
 		refilled bool
 	)
 	for round := 0; ; round++ {
-		t, sh, renew, adj, err := e.decide(&r, clamp, refilled, checkOnly, paid, shorts[:0])
+		t, sh, renew, adj, err := e.decide(&r, clamp, refilled, checkOnly, false, paid, shorts[:0])
 		switch {
 		case err != nil:
 			e.giveBack(ctx, paid)
@@ -732,6 +741,37 @@ func (e *Engine) acquire(ctx context.Context, r quota.Request, checkOnly bool) (
 			return quota.Ticket{}, err
 		}
 	}
+}
+
+var _ quota.HeldDecider = (*Engine)(nil)
+
+// AcquireHeld implements quota.HeldDecider: r decided on what the leases
+// hold, calling no store. ErrUnavailable when they do not cover it, or
+// are past their validity (the store may have reclaimed them by now), or
+// a scope's model list refuses r's model (the local engine then gives
+// the denial). A ticket it issues is like any other.
+func (e *Engine) AcquireHeld(ctx context.Context, r quota.Request) (quota.Ticket, error) {
+	if err := ctx.Err(); err != nil {
+		return quota.Ticket{}, err
+	}
+	if err := validRequest(&r); err != nil {
+		return quota.Ticket{}, err
+	}
+	for j := range r.Chain {
+		if l := r.Chain[j].Limits; l != nil && r.Ask.Model != "" && len(l.Models) > 0 && !slices.Contains(l.Models, r.Ask.Model) {
+			return quota.Ticket{}, fmt.Errorf("acquire held: model %s refused at %s: %w", r.Ask.Model, r.Chain[j].Key, ErrUnavailable)
+		}
+	}
+	clamp := r.Ask.MinTokens > 0 && r.Ask.MinTokens < r.Ask.Tokens
+	// refilled: a clamp takes what the leases hold, down to MinTokens.
+	t, sh, renew, _, err := e.decide(&r, clamp, true, false, true, nil, nil)
+	switch {
+	case err != nil:
+		return quota.Ticket{}, err
+	case renew != nil || sh != nil:
+		return quota.Ticket{}, fmt.Errorf("acquire held: the leases do not cover it: %w", ErrUnavailable)
+	}
+	return t, nil
 }
 
 // giveBack puts the rate units an acquire decided in the store back, if no
@@ -852,7 +892,11 @@ func (e *Engine) applyRenew(rs []Renewal, res RenewResult, sent time.Time) {
 // decide checks every lease of the chain and, if they all cover the ask,
 // charges them and issues the ticket. Otherwise it charges nothing and
 // returns what was short, or the scopes whose lease must be renewed first.
-func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid []paidRate, shorts []short) (quota.Ticket, []short, []*lscope, []rateAdj, error) {
+//
+// With held (AcquireHeld) it only spends what the leases hold: what it
+// would learn from the store is not asked, and a lease past its validity
+// is short.
+func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly, held bool, paid []paidRate, shorts []short) (quota.Ticket, []short, []*lscope, []rateAdj, error) {
 	a := &r.Ask
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -912,7 +956,7 @@ func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid 
 				case p != nil && p.n >= need:
 				case need > 0 && lm.units() < need:
 					shorts = append(shorts, short{i: i, s: s, m: m, need: need, least: least, full: need, ask: least})
-				case !lm.known && rate.Limit > 0:
+				case !lm.known && rate.Limit > 0 && !held:
 					// Learn the bucket, for the ticket's Remaining.
 					shorts = append(shorts, short{i: i, s: s, m: m, full: need, optional: true})
 				}
@@ -924,7 +968,7 @@ func (e *Engine) decide(r *quota.Request, clamp, refilled, checkOnly bool, paid 
 				sh := short{i: i, s: s, m: m, need: need - h, least: max(least-h, 0), full: need, ask: least}
 				sh.optional = sh.least == 0
 				shorts = append(shorts, sh)
-			case bound != unbounded && lm.remaining == unknownRem:
+			case bound != unbounded && lm.remaining == unknownRem && !held:
 				// Learn what remains, for the ticket's Remaining.
 				shorts = append(shorts, short{i: i, s: s, m: m, full: need, optional: true})
 			}

@@ -128,6 +128,17 @@ type SlotHolder interface {
 	HoldSlots(ctx context.Context, chain []Scope, expires time.Time) (id string, err error)
 }
 
+// HeldDecider is implemented by a shared backend that holds part of the
+// shared limits in process, already counted in the shared store (leases):
+// while degraded, a Failover decides on them first, and on its local
+// share only when they do not cover an ask, so an outage spends what the
+// instance holds before it falls back to on_outage.
+type HeldDecider interface {
+	// AcquireHeld is Acquire on what the backend holds, calling nothing
+	// remote: ErrUnavailable when that does not cover r.
+	AcquireHeld(ctx context.Context, r Request) (Ticket, error)
+}
+
 // BudgetReporter is implemented by a shared backend whose admissions can
 // report the budget counters of every scope of the chain, not only of the
 // tightest (Ticket.Remaining): a Failover learns from them what is left of
@@ -1244,6 +1255,18 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 		// Local shares now would overlap the shared admissions of the
 		// instances back already (see ReadmitHold).
 		return Ticket{}, ErrResyncing
+	}
+	if hd, ok := f.shared.(HeldDecider); ok {
+		// What this instance holds of the shared limits is counted there
+		// already: spent first, whatever on_outage says.
+		t, err := hd.AcquireHeld(ctx, r)
+		if err == nil {
+			f.remember(&t, &r)
+			return t, nil
+		}
+		if !errors.Is(err, ErrUnavailable) {
+			return t, err
+		}
 	}
 	for _, s := range r.Chain {
 		if s.Limits != nil && s.Limits.OnOutage == OutageDeny {
