@@ -22,9 +22,9 @@ import (
 // and stop it.
 type engine struct {
 	quota.Backend
-	shared    bool          // counters live in Redis (not rebuilt from the store)
-	degraded  atomic.Bool   // set while the shared backend is unreachable
-	redis     *redis.Client // nil in process
+	shared    bool                  // counters live in Redis (not rebuilt from the store)
+	degraded  atomic.Bool           // set while the shared backend is unreachable
+	redis     redis.UniversalClient // nil in process
 	instances *redisquota.Instances
 	stop      context.CancelFunc
 	wg        sync.WaitGroup // the heartbeat loop

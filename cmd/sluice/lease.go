@@ -25,7 +25,7 @@ import (
 //
 // observe feeds the store's calls to the Redis call histogram, as the
 // script engine's.
-func (e *engine) newLease(client *redis.Client, prefix string, timeout time.Duration, count func() int, observe func(op, outcome string, d time.Duration)) (quota.SharedBackend, error) {
+func (e *engine) newLease(client redis.UniversalClient, prefix string, timeout time.Duration, count func() int, observe func(op, outcome string, d time.Duration)) (quota.SharedBackend, error) {
 	st, err := leasequota.NewStore(client, leasequota.Options{Prefix: prefix, Timeout: timeout, RequireEpoch: true, Observe: observe})
 	if err != nil {
 		return nil, err
@@ -61,7 +61,7 @@ func (r leaseRebuild) Restore(ctx context.Context, key string, d quota.Dimension
 // leaseEpochs is the epoch and the rebuild lock of the lease store's
 // global tag: <tag>:epoch, which the store checks, and <tag>:rebuild.
 type leaseEpochs struct {
-	c       *redis.Client
+	c       redis.UniversalClient
 	st      *leasequota.Store
 	timeout time.Duration
 }
