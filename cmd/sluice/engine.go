@@ -71,20 +71,12 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 	if a.cfg.RedisURL == "" {
 		return &engine{Backend: quota.NewMemory(quota.Options{})}, nil
 	}
-	opts, err := redis.ParseURL(a.cfg.RedisURL)
-	if err != nil {
-		return nil, fmt.Errorf("redis_url: %w", err)
-	}
 	timeout := time.Duration(a.cfg.RedisTimeout)
 	probeTimeout := max(time.Duration(a.cfg.RedisProbeTimeout), timeout)
-	opts.ContextTimeoutEnabled = true
-	// Each call's context bounds it (redis_timeout for the scripts, the
-	// probe's own for PING): the client's own timeouts, which would cut
-	// the probe short, are only the outer bound.
-	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = probeTimeout, probeTimeout, probeTimeout
-	opts.MaxRetries = -1 // a decision is never retried blindly: redisquota resends only what is idempotent
-	opts.PoolSize = 64
-	client := redis.NewClient(opts)
+	client, err := newRedisClient(a.cfg, probeTimeout)
+	if err != nil {
+		return nil, err
+	}
 	prefix := a.cfg.RedisPrefix
 	if prefix == "" {
 		prefix = redisquota.DefaultPrefix

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -69,6 +70,10 @@ type Config struct {
 	// (several instances enforce one set of limits); empty keeps it in
 	// process. Secret: it may carry a password.
 	RedisURL string `yaml:"redis_url"`
+	// RedisCluster makes redis_url the seed URL of a Redis Cluster, in
+	// go-redis's ParseClusterURL form: redis://HOST:PORT?addr=HOST:PORT&….
+	// It needs quota_engine: lease.
+	RedisCluster bool `yaml:"redis_cluster"`
 	// RedisPrefix is the hash tag of every Redis key (one deployment).
 	RedisPrefix string `yaml:"redis_prefix"`
 	// RedisTimeout bounds every Redis call (default 100ms). A call past it
@@ -388,6 +393,13 @@ func (c *Config) Env(getenv func(string) string) error {
 	}
 	str("SLUICE_REDIS_URL", &c.RedisURL)
 	str("SLUICE_REDIS_PREFIX", &c.RedisPrefix)
+	if v := getenv("SLUICE_REDIS_CLUSTER"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errs.Field(errs.Invalid, "SLUICE_REDIS_CLUSTER", "SLUICE_REDIS_CLUSTER %q is not true or false", v)
+		}
+		c.RedisCluster = b
+	}
 	if v := getenv("SLUICE_INSTANCES"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
@@ -475,6 +487,9 @@ func (c *Config) Validate() error {
 	if c.QuotaEngine != QuotaEngineScript && c.QuotaEngine != QuotaEngineLease {
 		return errs.Field(errs.Invalid, "quota_engine", "quota_engine must be %q or %q, not %q", QuotaEngineScript, QuotaEngineLease, c.QuotaEngine)
 	}
+	if err := c.validateCluster(); err != nil {
+		return err
+	}
 	if c.Instances < 0 || c.Instances > 10000 {
 		return errs.Field(errs.Invalid, "instances", "instances must be between 0 (count them) and 10000")
 	}
@@ -519,6 +534,29 @@ func (s *Sandbox) validate() error {
 		if !ok || name == "" || strings.ContainsAny(name, " \t\n") {
 			return errs.Field(errs.Invalid, fmt.Sprintf("sandbox.worker_env[%d]", i), "sandbox.worker_env[%d] is not NAME=value", i)
 		}
+	}
+	return nil
+}
+
+// validateCluster checks redis_cluster: a seed URL that go-redis parses,
+// and the lease engine.
+func (c *Config) validateCluster() error {
+	if !c.RedisCluster {
+		return nil
+	}
+	if c.RedisURL == "" {
+		return errs.Field(errs.Invalid, "redis_cluster", "redis_cluster needs redis_url, the cluster's seed URL")
+	}
+	if c.QuotaEngine != QuotaEngineLease {
+		return errs.Field(errs.Invalid, "redis_cluster",
+			"redis_cluster needs quota_engine: lease: the script engine keeps every key on one hash tag, so a cluster would put all its load on one primary")
+	}
+	// url.Parse's error quotes the URL, password and all.
+	if _, err := url.Parse(c.RedisURL); err != nil {
+		return errs.Field(errs.Invalid, "redis_url", "redis_url %s is not a valid URL", RedactURL(c.RedisURL))
+	}
+	if _, err := redis.ParseClusterURL(c.RedisURL); err != nil {
+		return errs.Field(errs.Invalid, "redis_url", "redis_url is not a Redis Cluster seed URL (redis://HOST:PORT?addr=HOST:PORT&addr=…): %v", err)
 	}
 	return nil
 }

@@ -162,6 +162,7 @@ admin_key: file-key
 		{"admin key", map[string]string{"SLUICE_ADMIN_KEY": "env-key"}, func(c *config.Config) { c.AdminKey = "env-key" }},
 		{"max body", map[string]string{"SLUICE_MAX_BODY_BYTES": "65536"}, func(c *config.Config) { c.MaxBodyBytes = 65536 }},
 		{"shutdown", map[string]string{"SLUICE_SHUTDOWN_TIMEOUT": "1m"}, func(c *config.Config) { c.ShutdownTimeout = config.Duration(time.Minute) }},
+		{"redis cluster off", map[string]string{"SLUICE_REDIS_CLUSTER": "false"}, func(*config.Config) {}},
 		{
 			"all at once",
 			map[string]string{
@@ -214,6 +215,7 @@ func TestEnvErrors(t *testing.T) {
 		{"max body fraction", "SLUICE_MAX_BODY_BYTES", "1.5"},
 		{"shutdown not a duration", "SLUICE_SHUTDOWN_TIMEOUT", "soon"},
 		{"shutdown without unit", "SLUICE_SHUTDOWN_TIMEOUT", "15"},
+		{"redis cluster not a bool", "SLUICE_REDIS_CLUSTER", "yes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -277,6 +279,17 @@ func TestValidate(t *testing.T) {
 		{"quota_engine script", func(c *config.Config) { c.QuotaEngine = "script" }, ""},
 		{"quota_engine empty", func(c *config.Config) { c.QuotaEngine = "" }, "quota_engine"},
 		{"quota_engine unknown", func(c *config.Config) { c.QuotaEngine = "leases" }, "quota_engine"},
+		{"redis_cluster lease", cluster("redis://10.0.0.1:6379?addr=10.0.0.2:6379&addr=10.0.0.3:6379", "lease"), ""},
+		{"redis_cluster one seed", cluster("redis://:pw@10.0.0.1:6379", "lease"), ""},
+		{"redis_cluster rediss", cluster("rediss://10.0.0.1:6379?addr=10.0.0.2:6379", "lease"), ""},
+		{"redis_cluster script engine", cluster("redis://10.0.0.1:6379?addr=10.0.0.2:6379", "script"), "redis_cluster"},
+		{"redis_cluster without redis_url", cluster("", "lease"), "redis_cluster"},
+		{"redis_cluster unix socket", cluster("unix:///run/redis.sock", "lease"), "redis_url"},
+		{"redis_cluster bad addr", cluster("redis://10.0.0.1:6379?addr=10.0.0.2", "lease"), "redis_url"},
+		{"redis_cluster database number", cluster("redis://10.0.0.1:6379/0", "lease"), ""},
+		{"redis_cluster unknown option", cluster("redis://10.0.0.1:6379?adr=10.0.0.2:6379", "lease"), "redis_url"},
+		{"redis_cluster unparseable", cluster("redis://u:p%zz@10.0.0.1:6379", "lease"), "redis_url"},
+		{"redis_cluster off with a single url", func(c *config.Config) { c.RedisURL = "redis://10.0.0.1:6379/0" }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -296,6 +309,55 @@ func TestValidate(t *testing.T) {
 				t.Errorf("Validate() field = %q, want %q", got, tt.field)
 			}
 		})
+	}
+}
+
+// cluster sets redis_cluster with url and engine.
+func cluster(url, engine string) func(*config.Config) {
+	return func(c *config.Config) { c.RedisCluster, c.RedisURL, c.QuotaEngine = true, url, engine }
+}
+
+// TestRedisClusterFromEnv: SLUICE_REDIS_CLUSTER turns it on, the lease
+// engine is then required, and the printed config shows it.
+func TestRedisClusterFromEnv(t *testing.T) {
+	c := config.Default()
+	if err := c.Env(env(map[string]string{"SLUICE_REDIS_CLUSTER": "true", "SLUICE_REDIS_URL": "redis://:pw@10.0.0.1:7000?addr=10.0.0.2:7000"})); err != nil {
+		t.Fatalf("Env = %v, want nil", err)
+	}
+	if !c.RedisCluster {
+		t.Fatal("RedisCluster = false, want true")
+	}
+	if got := fieldOf(t, c.Validate()); got != "redis_cluster" {
+		t.Errorf("Validate() with the script engine: field %q, want redis_cluster", got)
+	}
+	c.QuotaEngine = config.QuotaEngineLease
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate() = %v, want nil", err)
+	}
+	s := c.String()
+	if !strings.Contains(s, "redis_cluster: true") || !strings.Contains(s, "redis_url: redis://:xxxxx@10.0.0.1:7000?addr=10.0.0.2:7000") {
+		t.Errorf("String() = %q, want redis_cluster: true and the seed URL without its password", s)
+	}
+}
+
+// TestValidateClusterKeepsPassword: a seed URL that does not parse is
+// refused without its password in the message.
+func TestValidateClusterKeepsPassword(t *testing.T) {
+	const password = "redis-TOP-SECRET-91c4"
+	for _, u := range []string{
+		"redis://u:" + password + "%zz@10.0.0.1:6379",
+		"redis://u:" + password + "@10.0.0.1:6379?addr=nope",
+		"redis://u:" + password + "@10.0.0.1:6379?password=" + password,
+	} {
+		c := config.Default()
+		cluster(u, "lease")(&c)
+		err := c.Validate()
+		if got := fieldOf(t, err); got != "redis_url" {
+			t.Errorf("Validate(%s) field = %q, want redis_url", u, got)
+		}
+		if strings.Contains(err.Error(), password) {
+			t.Errorf("Validate() = %q, want no %q in it", err, password)
+		}
 	}
 }
 

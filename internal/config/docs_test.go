@@ -193,6 +193,8 @@ func envSample(typ reflect.Type) string {
 	switch typ.Kind() {
 	case reflect.Int, reflect.Int64:
 		return "7"
+	case reflect.Bool:
+		return "true"
 	}
 	return "sample"
 }
