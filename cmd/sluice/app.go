@@ -114,6 +114,7 @@ func (a *App) startQuota(ctx context.Context) error {
 	a.meter.OnSettle = a.metrics.Settlements.Inc
 	mgr.OnReload = func(s *policy.Snapshot) {
 		a.tenancy.ForgetKeys() // a change made through another instance may have revoked a key
+		a.engine.tenantsChanged()
 		a.metrics.PolicyVersion.Set(float64(s.Version))
 		a.metrics.SetMode(a.mode())
 	}

@@ -99,7 +99,9 @@ func (a *App) newEngine(ctx context.Context, onMode func(string)) (*engine, erro
 		}
 	}
 	if a.cfg.QuotaEngine == config.QuotaEngineLease {
-		if shared, err = e.newLease(client, prefix, timeout, count, observe); err != nil {
+		if shared, err = e.newLease(client, prefix, timeout, count, observe, a.scopeTenant, func() []string {
+			return a.policy.Manager().Current().TenantIDs()
+		}); err != nil {
 			client.Close()
 			return nil, fmt.Errorf("lease quota engine: %w", err)
 		}
@@ -224,7 +226,12 @@ func (e *engine) rebuildLocked(ctx context.Context) (string, error) {
 	if v, err := e.epochs.Epoch(ctx); err != nil || v != "" {
 		return v, err
 	}
-	e.log.Warn("redis holds no quota epoch (new, restarted empty or flushed): rebuilding the counters from the ledger")
+	e.log.Warn("redis holds no quota epoch (new, restarted empty or flushed, or a tenant's tag lost it): rebuilding the counters from the ledger")
+	if w, ok := e.epochs.(interface{ Wipe(context.Context) error }); ok {
+		if err := w.Wipe(ctx); err != nil {
+			return "", err
+		}
+	}
 	readAt, n, err := e.restore(ctx)
 	if err != nil {
 		return "", fmt.Errorf("rebuild counters: %w", err)

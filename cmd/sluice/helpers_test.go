@@ -9,7 +9,7 @@ import (
 // alice is the member the tests' policies define: user alice, working in
 // project web, with a key.
 type alice struct {
-	userID, keyID, key string
+	userID, tenantID, keyID, key string
 }
 
 // applyPolicy applies policy through `sluice apply` against url and gives
@@ -28,6 +28,7 @@ func applyPolicy(t *testing.T, url, admin, policy string) alice {
 	for _, u := range users["items"].([]any) {
 		if m := u.(map[string]any); m["name"] == "alice" {
 			a.userID = m["id"].(string)
+			a.tenantID, _ = m["tenant_id"].(string)
 		}
 	}
 	web := ""

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -159,7 +160,7 @@ func TestLeaseEngineInstanceKilled(t *testing.T) {
 		live[a.app.engine.id] = true
 	}
 	member := applyPolicy(t, c.apps[0].url, faultAdmin, leasePolicy)
-	c.user, c.key = member.userID, member.key
+	c.user, c.tenant, c.key = member.userID, member.tenantID, member.key
 	urls := []string{p.url, c.apps[0].url, c.apps[1].url} // the child is instance 0
 	for _, u := range urls {
 		eventually(t, patience, "instance sees the policy", func() bool {
@@ -168,7 +169,7 @@ func TestLeaseEngineInstanceKilled(t *testing.T) {
 		})
 	}
 	st, client := leaseStore(t, c.redis.url())
-	userScope := leasequota.Scope{Key: "user/" + c.user}
+	userScope := leasequota.Scope{Tenant: c.tenant, Key: "user/" + c.user}
 	read := func() leasequota.State {
 		t.Helper()
 		s, err := st.Read(context.Background(), userScope)
@@ -205,7 +206,7 @@ func TestLeaseEngineInstanceKilled(t *testing.T) {
 	killedAt := time.Now()
 	s := read()
 	// The reclaim goes by the lease's expiry on the scope's sorted set.
-	score, err := client.ZScore(context.Background(), st.Tag("")+":x:"+userScope.Key, atKill.Instance).Result()
+	score, err := client.ZScore(context.Background(), st.Tag(userScope.Tenant)+":x:"+userScope.Key, atKill.Instance).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,11 +257,11 @@ func TestLeaseEngineInstanceKilled(t *testing.T) {
 	if lt != l.settledTokens.Load() {
 		t.Errorf("ledger holds %d tokens, the clients settled %d", lt, l.settledTokens.Load())
 	}
-	for k := range leaseScopes(t, st, client, c.user) {
-		if _, err := st.Reclaim(context.Background(), leasequota.Scope{Key: k}); err != nil {
+	for k, ls := range leaseScopes(t, st, client, c.user) {
+		if _, err := st.Reclaim(context.Background(), ls.Scope); err != nil {
 			t.Fatal(err)
 		}
-		s, err := st.Read(context.Background(), leasequota.Scope{Key: k})
+		s, err := st.Read(context.Background(), ls.Scope)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -278,6 +279,86 @@ func TestLeaseEngineInstanceKilled(t *testing.T) {
 		}
 		if stk.Used > lt+stk.Stranded {
 			t.Errorf("%s: token counter %d, over the ledger's %d by more than the %d stranded", k, stk.Used, lt, stk.Stranded)
+		}
+	}
+}
+
+// TestLeaseEngineTenantTagLost: under the load of the other fault proofs,
+// every key on alice's tenant's hash tag is deleted, the global tag's
+// left alone: what a Redis Cluster primary that restarts empty does to
+// the tags it serves. The tag's copy of the epoch goes with them, so the
+// instances' next calls there fail as after any loss; one instance wipes
+// every tag and rebuilds the counters from the ledger under a new epoch,
+// the others readmit their live tickets, and the bounds hold as through
+// an empty restart, the counters holding the ledger afterwards.
+func TestLeaseEngineTenantTagLost(t *testing.T) {
+	c := startClusterWith(t, leasePolicy, time.Second, leaseEngine)
+	urls := []string{c.apps[0].url, c.apps[1].url, c.apps[2].url}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := runLeaseLoad(ctx, urls, c.key, 64, leaseFaultAsk)
+	l.untilAdmitted(t, "30 admitted before the loss", 30)
+
+	st, client := leaseStore(t, c.redis.url())
+	epoch := func() string { return client.Get(context.Background(), st.Tag("")+":epoch").Val() }
+	before := epoch()
+	if before == "" || c.tenant == "" {
+		t.Fatalf("epoch %q, alice's tenant %q: want both", before, c.tenant)
+	}
+	tag := st.Tag(c.tenant)
+	var keys []string
+	for it := client.Scan(context.Background(), 0, tag+"*", 1000).Iterator(); it.Next(context.Background()); {
+		keys = append(keys, it.Val())
+	}
+	if !slices.Contains(keys, tag+":epoch") {
+		t.Fatalf("keys of %s: %v, want its copy of the epoch among them", tag, keys)
+	}
+	if err := client.Del(context.Background(), keys...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	lost := time.Now()
+	t.Logf("deleted the %d keys of %s", len(keys), tag)
+	eventually(t, patience, "the counters rebuilt under a new epoch", func() bool {
+		v := epoch()
+		return v != "" && v != before
+	})
+	t.Logf("rebuilt %s after the loss", time.Since(lost).Round(time.Millisecond))
+	for i := range c.apps {
+		c.mode(t, i, "normal")
+	}
+	l.untilBudgetGone(t)
+	cancel()
+	l.wait()
+	l.log(t)
+	l.checkBounds(t)
+	c.checkLeaseLedger(t, l, spoolRace)
+}
+
+// TestLeaseEngineNewTenantTag: a tenant created while the instances run
+// gets its tag's copy of the epoch from the policy reload, before any
+// decision of its members needs it.
+func TestLeaseEngineNewTenantTag(t *testing.T) {
+	c := startClusterWith(t, leasePolicy, time.Second, leaseEngine)
+	st, client := leaseStore(t, c.redis.url())
+	ctx := context.Background()
+	epoch := client.Get(ctx, st.Tag("")+":epoch").Val()
+	if got := client.Get(ctx, st.Tag(c.tenant)+":epoch").Val(); epoch == "" || got != epoch {
+		t.Fatalf("alice's tenant's tag holds epoch %q, the global tag %q: want the same", got, epoch)
+	}
+	code, m := call(t, "POST", c.apps[1].url+"/api/v1/admin/tenants", c.admin, `{"name":"newcomer"}`)
+	if code != 201 {
+		t.Fatalf("create tenant: %d %v", code, m)
+	}
+	id := m["id"].(string)
+	eventually(t, patience, "the new tenant's tag holds the epoch", func() bool {
+		return client.Get(ctx, st.Tag(id)+":epoch").Val() == epoch
+	})
+	if !client.SIsMember(ctx, st.Tag("")+":tags", id).Val() {
+		t.Fatalf("tenant %s not listed in %s:tags", id, st.Tag(""))
+	}
+	for i := range c.apps {
+		if _, r := call(t, "GET", c.apps[i].url+"/readyz", "", ""); r["mode"] != "normal" {
+			t.Errorf("instance %d in mode %v after a tenant was created, want normal", i, r["mode"])
 		}
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -306,30 +307,53 @@ func leaseStore(t *testing.T, url string) (*leasequota.Store, *redis.Client) {
 	return st, client
 }
 
-// leaseScopes reads every scope the app keeps on the store's global tag
-// (it puts them all there), and checks they are the 5 of user's chain.
-func leaseScopes(t *testing.T, st *leasequota.Store, client *redis.Client, user string) map[string]leasequota.State {
+// leasedScope is a scope the lease store holds and what it holds.
+type leasedScope struct {
+	leasequota.State
+	Scope leasequota.Scope
+}
+
+// leaseScopes reads every scope the lease store holds, on every tag, and
+// checks they are the 5 of user's chain, laid out as the app lays them:
+// the global scope on the global tag, the others on their tenant's.
+func leaseScopes(t *testing.T, st *leasequota.Store, client *redis.Client, user string) map[string]leasedScope {
 	t.Helper()
 	ctx := context.Background()
-	pattern := st.Tag("") + ":s:*"
-	var keys []string
-	for it := client.Scan(ctx, 0, pattern, 100).Iterator(); it.Next(ctx); {
-		keys = append(keys, strings.TrimPrefix(it.Val(), st.Tag("")+":s:"))
+	global := st.Tag("")
+	prefix := strings.TrimSuffix(global, ":g}") // "{<prefix>"
+	out := map[string]leasedScope{}
+	for it := client.Scan(ctx, 0, prefix+":*", 1000).Iterator(); it.Next(ctx); {
+		tag, key, ok := strings.Cut(it.Val(), "}:s:")
+		if !ok {
+			continue
+		}
+		sc := leasequota.Scope{Key: key}
+		if tenant, ok := strings.CutPrefix(tag+"}", prefix+":t:"); ok {
+			sc.Tenant = strings.TrimSuffix(tenant, "}")
+		} else if tag+"}" != global {
+			t.Fatalf("scope key %s on tag %s}: neither the global tag nor a tenant's", key, tag)
+		}
+		s, err := st.Read(ctx, sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[key] = leasedScope{State: s, Scope: sc}
 	}
-	slices.Sort(keys)
+	keys := slices.Sorted(maps.Keys(out))
 	if want := "user/" + user; !slices.Contains(keys, want) {
 		t.Fatalf("scopes in Redis %v, want %s among them", keys, want)
 	}
 	if len(keys) != 5 {
 		t.Errorf("scopes in Redis %v, want the 5 of alice's chain", keys)
 	}
-	out := map[string]leasequota.State{}
-	for _, k := range keys {
-		s, err := st.Read(ctx, leasequota.Scope{Key: k})
-		if err != nil {
-			t.Fatal(err)
+	tenant := out["user/"+user].Scope.Tenant
+	for k, ls := range out {
+		switch {
+		case k == "global" && ls.Scope.Tenant != "":
+			t.Errorf("the global scope is on tenant %s's tag, want the global tag", ls.Scope.Tenant)
+		case k != "global" && (ls.Scope.Tenant == "" || ls.Scope.Tenant != tenant):
+			t.Errorf("%s is on tag %q, want alice's tenant's (%q), like every scope of her chain but global", k, ls.Scope.Tenant, tenant)
 		}
-		out[k] = s
 	}
 	return out
 }

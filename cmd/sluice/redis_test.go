@@ -71,12 +71,13 @@ func (r *redisServer) kill() {
 // cluster is three instances sharing one PostgreSQL and one Redis, and a
 // member key for a user whose limits the test sets.
 type cluster struct {
-	apps  []*started
-	admin string
-	user  string
-	key   string
-	redis *redisServer
-	dbURL string
+	apps   []*started
+	admin  string
+	user   string
+	tenant string // the user's
+	key    string
+	redis  *redisServer
+	dbURL  string
 }
 
 func startCluster(t *testing.T, policy string, redisTimeout time.Duration) *cluster {
@@ -102,7 +103,7 @@ func startClusterWith(t *testing.T, policy string, redisTimeout time.Duration, m
 		c.apps = append(c.apps, start(t, cfg))
 	}
 	member := applyPolicy(t, c.apps[0].url, c.admin, policy)
-	c.user, c.key = member.userID, member.key
+	c.user, c.tenant, c.key = member.userID, member.tenantID, member.key
 	// Every instance must know the new project before the load starts.
 	for _, a := range c.apps {
 		eventually(t, patience, "instance sees the policy", func() bool {

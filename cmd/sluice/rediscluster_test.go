@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -315,15 +316,47 @@ tenants:
 		t.Errorf("/readyz after the load: mode %v, want normal", m["mode"])
 	}
 
-	// Logged only: how the keys spread depends on the engine's tags.
-	keys := rc.masterKeys(t, config.Default().RedisPrefix)
+	// The layout: the global tag and one tag per tenant, each wholly on the
+	// primary that owns its slot.
+	prefix := config.Default().RedisPrefix
+	keys := rc.masterKeys(t, prefix)
+	where := map[string][]string{} // tag → the masters holding its keys
 	for _, addr := range rc.addrs {
 		total := 0
-		for _, n := range keys[addr] {
+		for tag, n := range keys[addr] {
 			total += n
+			if tag != "{"+prefix+"}" { // the instances' heartbeats, not the engine's
+				where[tag] = append(where[tag], addr)
+			}
 		}
 		t.Logf("master %s holds %d keys: %v", addr, total, keys[addr])
 	}
+	for _, tenant := range []string{alice.tenantID, tenantOfUser(t, app.url, bobID)} {
+		tag := "{" + prefix + ":t:" + tenant + "}"
+		if len(where[tag]) != 1 {
+			t.Errorf("tenant %s's tag %s is on masters %v, want exactly one", tenant, tag, where[tag])
+		}
+	}
+	if g := "{" + prefix + ":g}"; len(where[g]) != 1 {
+		t.Errorf("the global tag is on masters %v, want exactly one", where[g])
+	}
+	if len(where) != 3 {
+		t.Errorf("tags %v, want the global tag and the two tenants'", slices.Sorted(maps.Keys(where)))
+	}
+}
+
+// tenantOfUser reads a user's tenant through the admin API.
+func tenantOfUser(t *testing.T, url, userID string) string {
+	t.Helper()
+	_, users := call(t, "GET", url+"/api/v1/admin/users", faultAdmin, "")
+	for _, u := range users["items"].([]any) {
+		if m := u.(map[string]any); m["id"] == userID {
+			id, _ := m["tenant_id"].(string)
+			return id
+		}
+	}
+	t.Fatalf("no user %s", userID)
+	return ""
 }
 
 // clusterUser is a member spending its budget, and what it saw.

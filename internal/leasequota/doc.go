@@ -167,6 +167,13 @@
 //	<tag>:q:<id>     string: a request id's first reply (msgpack)
 //	<tag>:epoch      string: set once the tag's counters hold the ledger
 //
+// The engine takes a chain scope's tag from quota.Scope.Tenant
+// (EngineOptions.ChainTenants) and asks EngineOptions.Tenant only for a
+// key met alone (Use, Restore). The app keeps the epoch of record on the
+// global tag and a copy on every tenant's tag, listed in <g>:tags
+// (cmd/sluice/lease.go): a tag whose copy is gone makes the whole state
+// be wiped and rebuilt.
+//
 // A script touches one tag. Global traffic is one small grant per
 // instance per refresh, not per decision. Rolling upgrade from
 // redisquota's {sluice} layout is not supported: switch with an empty
@@ -301,8 +308,6 @@
 //     (and 64 scopes) rather than per scope; a decision's direct path is
 //     still per scope. Left: lots that live longer where the bucket's
 //     burst window allows.
-//   - Tenant hash tags in the app (cmd/sluice puts every scope on the
-//     global tag: a scope key does not name its tenant).
 //
 // Store fix found by the engine: prelude.lua's s() printed −0 as "-0",
 // which HINCRBY refuses, so reclaiming a fully pinned lease failed.

@@ -53,8 +53,13 @@ type EngineOptions struct {
 	// ticket expiries are counted on it.
 	Now func() time.Time
 	// Tenant maps a scope key to the tenant whose hash tag holds it; nil
-	// puts every scope on the global tag.
-	Tenant func(scopeKey string) string
+	// puts every scope on the global tag. With ChainTenants it is asked
+	// only of keys met outside a chain (Use, Restore) and not held
+	// already, and its error fails the call: a key must never change tag
+	// (two tags would be two counters, each admitting up to the limit).
+	Tenant func(scopeKey string) (string, error)
+	// ChainTenants takes a chain scope's tag from its quota.Scope.Tenant.
+	ChainTenants bool
 	// Instances is how many engines share the store (it sizes the
 	// fraction of what remains one refill may take); default 1.
 	Instances func() int
@@ -91,7 +96,6 @@ type Engine struct {
 	st        Leases
 	inst      string
 	now       func() time.Time
-	tenant    func(string) string
 	instances func() int
 	o         EngineOptions
 	validity  time.Duration // spend margin included
@@ -262,7 +266,7 @@ func NewEngine(st Leases, o EngineOptions) (*Engine, error) {
 		o.Now = time.Now
 	}
 	if o.Tenant == nil {
-		o.Tenant = func(string) string { return "" }
+		o.Tenant = func(string) (string, error) { return "", nil }
 	}
 	if o.Instances == nil {
 		o.Instances = func() int { return 1 }
@@ -302,7 +306,7 @@ func NewEngine(st Leases, o EngineOptions) (*Engine, error) {
 		o.PinAsks = 0
 	}
 	e := &Engine{
-		st: st, inst: o.Instance, now: o.Now, tenant: o.Tenant, instances: o.Instances, o: o,
+		st: st, inst: o.Instance, now: o.Now, instances: o.Instances, o: o,
 		validity:  o.Validity - o.Validity/10,
 		scopes:    map[string]*lscope{},
 		tickets:   map[string]*ticket{},
@@ -434,11 +438,36 @@ func meterDim(m Meter) (quota.Dimension, quota.Window) {
 	return quota.DimConcurrency, quota.WindowNone
 }
 
+// chainTenant is the tag's tenant of chain scope sc.
+func (e *Engine) chainTenant(sc *quota.Scope) string {
+	if e.o.ChainTenants {
+		return sc.Tenant
+	}
+	t, _ := e.o.Tenant(sc.Key) // without ChainTenants, a resolver that cannot fail (tests)
+	return t
+}
+
+// tenant is the tag's tenant of a scope met by key alone: the tag of the
+// scope this engine holds, else Tenant's answer.
+func (e *Engine) tenant(key string) (string, error) {
+	e.mu.Lock()
+	s := e.scopes[key]
+	e.mu.Unlock()
+	if s != nil {
+		return s.sc.Tenant, nil
+	}
+	t, err := e.o.Tenant(key)
+	if err != nil {
+		return "", fmt.Errorf("the tenant of %s: %w", key, err)
+	}
+	return t, nil
+}
+
 // scope returns the local state of sc, creating it. Called with e.mu held.
 func (e *Engine) scope(sc *quota.Scope) *lscope {
 	s := e.scopes[sc.Key]
 	if s == nil {
-		s = &lscope{sc: Scope{Tenant: e.tenant(sc.Key), Key: sc.Key}, loc: sc.Loc, io: newIOLock()}
+		s = &lscope{sc: Scope{Tenant: e.chainTenant(sc), Key: sc.Key}, loc: sc.Loc, io: newIOLock()}
 		for i := range s.m {
 			s.m[i].remaining = unknownRem
 		}
@@ -1854,6 +1883,10 @@ func (e *Engine) Use(ctx context.Context, key string) (quota.ScopeUse, error) {
 	if !ok {
 		return u, fmt.Errorf("use %s: the store cannot read: %w", key, quota.ErrInvalid)
 	}
+	tenant, err := e.tenant(key)
+	if err != nil {
+		return u, fmt.Errorf("use %s: %w: %w", key, ErrUnavailable, err)
+	}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -1861,7 +1894,7 @@ func (e *Engine) Use(ctx context.Context, key string) (quota.ScopeUse, error) {
 	}
 	e.expire(e.now())
 	e.mu.Unlock()
-	e.sweepTag(ctx, e.tenant(key))
+	e.sweepTag(ctx, tenant)
 	e.mu.Lock()
 	if s := e.scopes[key]; s != nil {
 		// No grant or return of the scope in flight: the store's counter
@@ -1873,7 +1906,7 @@ func (e *Engine) Use(ctx context.Context, key string) (quota.ScopeUse, error) {
 	}
 	now := e.now()
 	e.expire(now)
-	sc := Scope{Tenant: e.tenant(key), Key: key}
+	sc := Scope{Tenant: tenant, Key: key}
 	var local [NumMeters]lmeter
 	var loc *time.Location
 	var lots [2]int64 // unspent rate units, by rate meter
@@ -1963,7 +1996,11 @@ func (e *Engine) Restore(ctx context.Context, key string, d quota.Dimension, w q
 		}
 		e.mu.Unlock()
 	}
-	if _, err := st.Restore(ctx, e.inst, Scope{Tenant: e.tenant(key), Key: key}, m, start, used, mine); err != nil {
+	tenant, err := e.tenant(key)
+	if err != nil {
+		return fmt.Errorf("restore %s: %w: %w", key, ErrUnavailable, err)
+	}
+	if _, err := st.Restore(ctx, e.inst, Scope{Tenant: tenant, Key: key}, m, start, used, mine); err != nil {
 		return fmt.Errorf("restore %s: %w", key, err)
 	}
 	if s != nil {

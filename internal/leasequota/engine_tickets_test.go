@@ -22,6 +22,9 @@ func tenantOf(key string) string {
 	return ""
 }
 
+// tenantResolver is tenantOf as EngineOptions.Tenant.
+func tenantResolver(key string) (string, error) { return tenantOf(key), nil }
+
 // enginePair returns two engines (two instances) on one store with
 // tenant tags, reading clk.
 func enginePair(t *testing.T, clk *quotatest.Clock) (*leasequota.Store, *leasequota.Engine, *leasequota.Engine) {
@@ -29,7 +32,7 @@ func enginePair(t *testing.T, clk *quotatest.Clock) (*leasequota.Store, *leasequ
 	st := newStore(t, newClient(t), nil, leasequota.Options{Clock: clk.Now})
 	var es [2]*leasequota.Engine
 	for i := range es {
-		e, err := leasequota.NewEngine(st, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "inst" + string(rune('a'+i))})
+		e, err := leasequota.NewEngine(st, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantResolver, Instance: "inst" + string(rune('a'+i))})
 		if err != nil {
 			t.Fatal(err)
 		}

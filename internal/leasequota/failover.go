@@ -70,7 +70,7 @@ func (e *Engine) Charge(ctx context.Context, id string, chain []quota.Scope, u q
 		if len(wants) == 0 {
 			continue
 		}
-		s := Scope{Tenant: e.tenant(sc.Key), Key: sc.Key}
+		s := Scope{Tenant: e.chainTenant(&sc), Key: sc.Key}
 		if _, err := e.st.Grant(ctx, "c:"+id+":"+sc.Key, e.chargeInstance(), s, chargeTTL, wants); err != nil {
 			return fmt.Errorf("charge %s: %w", id, err)
 		}
@@ -140,8 +140,12 @@ func (e *Engine) ChargeRates(ctx context.Context, id string, charges []quota.Rat
 	if e.isClosed() {
 		return quota.ErrClosed
 	}
+	tenants := map[string]string{}
+	for _, c := range charges {
+		tenants[c.Scope.Key] = e.chainTenant(&c.Scope)
+	}
 	for _, k := range keys {
-		s := Scope{Tenant: e.tenant(k), Key: k}
+		s := Scope{Tenant: tenants[k], Key: k}
 		if err := st.chargeRates(ctx, "r:"+id+":"+k, e.chargeInstance(), s, byKey[k]); err != nil {
 			return fmt.Errorf("charge rates %s: %w", id, err)
 		}
@@ -239,7 +243,11 @@ func (e *Engine) RebuildRestore(ctx context.Context, st *Store, key string, d qu
 	e.mu.Lock()
 	e.dropLeases()
 	e.mu.Unlock()
-	if _, err := st.Restore(ctx, e.inst, Scope{Tenant: e.tenant(key), Key: key}, m, start, used, 0); err != nil {
+	tenant, err := e.tenant(key)
+	if err != nil {
+		return fmt.Errorf("restore %s: %w: %w", key, ErrUnavailable, err)
+	}
+	if _, err := st.Restore(ctx, e.inst, Scope{Tenant: tenant, Key: key}, m, start, used, 0); err != nil {
 		return fmt.Errorf("restore %s: %w", key, err)
 	}
 	return nil

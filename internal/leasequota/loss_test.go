@@ -31,7 +31,7 @@ func TestStateLoss(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e, err := leasequota.NewEngine(st, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf})
+	e, err := leasequota.NewEngine(st, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantResolver})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func TestRecoveredDropsVoidLeases(t *testing.T) {
 	}
 	var es [2]*leasequota.Engine
 	for i := range es {
-		e, err := leasequota.NewEngine(st, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "i" + string(rune('a'+i))})
+		e, err := leasequota.NewEngine(st, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantResolver, Instance: "i" + string(rune('a'+i))})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -72,11 +72,11 @@ func crashPair(t *testing.T, clk *quotatest.Clock, oa leasequota.EngineOptions) 
 	if sb, err = leasequota.NewStore(newClient(t), o); err != nil {
 		t.Fatal(err)
 	}
-	oa.Now, oa.Tenant, oa.Instance = clk.Now, tenantOf, "a"
+	oa.Now, oa.Tenant, oa.Instance = clk.Now, tenantResolver, "a"
 	if a, err = leasequota.NewEngine(sa, oa); err != nil {
 		t.Fatal(err)
 	}
-	if b, err = leasequota.NewEngine(sb, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf, Instance: "b"}); err != nil {
+	if b, err = leasequota.NewEngine(sb, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantResolver, Instance: "b"}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })

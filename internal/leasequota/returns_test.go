@@ -41,7 +41,7 @@ func TestReturnOutcomeUnknown(t *testing.T) {
 	for _, applied := range []bool{false, true} {
 		clk := quotatest.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
 		st := &lostReturns{Store: newStore(t, newClient(t), nil, leasequota.Options{Clock: clk.Now}), applied: applied}
-		e, err := leasequota.NewEngine(st, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantOf})
+		e, err := leasequota.NewEngine(st, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantResolver})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -236,9 +236,9 @@ func (s *Snapshot) Chain(tenantID, userID, projectID string) (*Chain, error) {
 	c = &Chain{Scopes: make([]quota.Scope, len(names)), Keys: names, Priority: PriorityNormal}
 	for i, n := range names {
 		r := s.Effective(n)
-		c.Scopes[i] = quota.Scope{Key: n, Limits: r.Limits, Loc: loc}
+		c.Scopes[i] = quota.Scope{Key: n, Limits: r.Limits, Loc: loc, Tenant: tenantID}
 		if n == GlobalScope {
-			c.Scopes[i].Loc = time.UTC
+			c.Scopes[i].Loc, c.Scopes[i].Tenant = time.UTC, ""
 		}
 		if r.Priority != "" {
 			c.Priority = r.Priority // the innermost plan decides
@@ -300,6 +300,40 @@ func (s *Snapshot) Ancestors(kind, id, tenantID string) []string {
 		queue = append(queue, s.Parents(k, oid, s.tenantOf(k, oid, tenantID))...)
 	}
 	return out
+}
+
+// TenantIDs returns the id of every tenant.
+func (s *Snapshot) TenantIDs() []string {
+	out := make([]string, 0, len(s.tenants))
+	for id := range s.tenants {
+		out = append(out, id)
+	}
+	return out
+}
+
+// ScopeTenant returns the tenant of a tenant, department, project or
+// membership scope as far as the snapshot knows (a membership's is its
+// project's), and false for any other kind or an id it does not know.
+// A user's tenant is not in the snapshot.
+func (s *Snapshot) ScopeTenant(kind, id string) (string, bool) {
+	switch kind {
+	case KindTenant:
+		_, ok := s.tenants[id]
+		return id, ok
+	case KindDepartment:
+		d, ok := s.depts[id]
+		return d.TenantID, ok
+	case KindProject:
+		p, ok := s.projects[id]
+		if !ok {
+			return "", false
+		}
+		return p.TenantID, true
+	case KindMembership:
+		_, pid, _ := cutAt(id)
+		return s.ScopeTenant(KindProject, pid)
+	}
+	return "", false
 }
 
 // tenantOf returns the tenant of a scope as far as the snapshot knows.

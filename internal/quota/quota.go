@@ -283,6 +283,11 @@ type Scope struct {
 	Limits *Limits
 	// Loc is the time zone of the scope's day and month windows; nil is UTC.
 	Loc *time.Location
+	// Tenant is the tenant whose subtree holds the scope, "" for the
+	// global scope and scopes outside every tenant. A shared backend may
+	// place the scope's state by it (a Redis Cluster hash tag per tenant);
+	// it must be the same wherever the key appears.
+	Tenant string
 }
 
 // Ask is what a request wants to use. Only dimensions with a non-zero ask
