@@ -266,6 +266,14 @@ tenants:
 `, 300*time.Millisecond)
 	var settled, fivexx, resync, degradedAdmitted atomic.Int64
 	var settles [3]atomic.Int64 // per instance
+	var lastRefusal [3]atomic.Value
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i := range lastRefusal {
+				t.Logf("instance %d: %d settled, last refusal: %v", i, settles[i].Load(), lastRefusal[i].Load())
+			}
+		}
+	})
 	var outage atomic.Bool
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -281,6 +289,9 @@ tenants:
 				default:
 				}
 				code, m := call(t, "POST", app.url+"/api/v1/quota/acquire", c.key, `{"tokens":100,"requests":0,"ttl_seconds":2}`)
+				if code != 200 {
+					lastRefusal[i%3].Store(fmt.Sprintf("%d %v", code, m))
+				}
 				switch {
 				case code == 503 && strings.Contains(fmt.Sprint(m["error"]), "resynchronising"):
 					resync.Add(1) // back from the outage: the ReadmitHold
