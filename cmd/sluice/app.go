@@ -110,6 +110,7 @@ func (a *App) startQuota(ctx context.Context) error {
 	a.recorder = usage.NewRecorder(a.store, a.log, time.Duration(a.cfg.UsageFlushInterval),
 		usage.WithQueueMax(a.cfg.UsageQueueMax), usage.WithObserver(a.metrics))
 	a.meter = metering.New(a.engine, mgr, a.recorder, a.log)
+	a.meter.Ledger = a.store.UsageEvent
 	a.meter.OnDecision = func(kind, result, dim string) { a.metrics.Decisions.WithLabelValues(kind, result, dim).Inc() }
 	a.meter.OnSettle = a.metrics.Settlements.Inc
 	mgr.OnReload = func(s *policy.Snapshot) {

@@ -423,3 +423,36 @@ func (c *cluster) checkLeaseLedger(t *testing.T, l *leaseLoad, under int64) {
 		}
 	}
 }
+
+// TestSettleReplayedElsewhere: a ticket settled on its issuer before the
+// engine recorded it in Redis (a settle within 50 ms of the acquire) is
+// known to no other instance's engine. A retried settle (a lost reply) or
+// a lookup that lands on another instance is answered from the usage
+// ledger, where the acknowledged settle put its event: the first
+// settlement, not 404.
+func TestSettleReplayedElsewhere(t *testing.T) {
+	c := startClusterWith(t, leasePolicy, time.Second, leaseEngine)
+	code, m := call(t, "POST", c.apps[0].url+"/api/v1/quota/acquire", c.key, `{"tokens":40,"concurrency":true}`)
+	if code != 200 {
+		t.Fatalf("acquire: %d %v", code, m)
+	}
+	ticket := m["ticket"].(string)
+	body := `{"ticket":"` + ticket + `","input_tokens":12,"output_tokens":7}`
+	if code, m := call(t, "POST", c.apps[0].url+"/api/v1/quota/settle", c.key, body); code != 200 {
+		t.Fatalf("settle on the issuer: %d %v", code, m)
+	}
+	for i := 1; i < 3; i++ {
+		code, m := call(t, "POST", c.apps[i].url+"/api/v1/quota/settle", c.key, body)
+		if code != 200 || m["input_tokens"] != 12.0 || m["output_tokens"] != 7.0 {
+			t.Errorf("the settle replayed on instance %d: %d %v, want 200 with the first settlement", i, code, m)
+		}
+		code, m = call(t, "GET", c.apps[i].url+"/api/v1/quota/tickets/"+ticket, c.key, "")
+		if code != 200 || m["status"] != "settled" {
+			t.Errorf("the ticket looked up on instance %d: %d %v, want it settled", i, code, m)
+		}
+	}
+	// An id nobody issued is still unknown everywhere.
+	if code, m := call(t, "POST", c.apps[1].url+"/api/v1/quota/settle", c.key, `{"ticket":"tkt_nosuchticketatall0000000000.g","input_tokens":1}`); code != 404 {
+		t.Errorf("settle of an unknown ticket: %d %v, want 404", code, m)
+	}
+}

@@ -47,6 +47,12 @@ type Meter struct {
 	// CommitPatience bounds how long a settle waits for its usage event to
 	// be committed before answering 503 (0: 5 s).
 	CommitPatience time.Duration
+	// Ledger, when set, reads the usage event recorded under an id: a
+	// ticket the engine no longer knows (settled on another instance
+	// before it was recorded there, or past the engine's memory of
+	// settlements) whose settle was acknowledged has one, and a lookup or
+	// a replayed settle is answered from it instead of 404.
+	Ledger func(ctx context.Context, id string) (usage.Event, bool, error)
 }
 
 // ticketMeta is what a settlement needs to know about its ticket, stored
@@ -172,6 +178,18 @@ func engineError(err error) error {
 	return err
 }
 
+// settled reads the usage event of a ticket the engine does not know.
+func (m *Meter) settled(ctx context.Context, id string) (usage.Event, bool, error) {
+	if m.Ledger == nil {
+		return usage.Event{}, false, nil
+	}
+	ev, ok, err := m.Ledger(ctx, id)
+	if err != nil {
+		return ev, false, &errs.Error{Code: errs.Unavailable, Message: "the usage store cannot be read; retry", RetryAfter: time.Second, Err: err}
+	}
+	return ev, ok, nil
+}
+
 // unknownTicket is the one answer for a ticket that does not exist, has
 // been forgotten, or is not the caller's: they must look the same.
 func unknownTicket(id string) error {
@@ -183,7 +201,15 @@ func unknownTicket(id string) error {
 func (m *Meter) Ticket(ctx context.Context, ticketID string) (*TicketView, error) {
 	info, err := m.engine.Lookup(ctx, ticketID)
 	if errors.Is(err, quota.ErrUnknownTicket) {
-		return nil, unknownTicket(ticketID)
+		ev, ok, lerr := m.settled(ctx, ticketID)
+		switch {
+		case lerr != nil:
+			return nil, lerr
+		case !ok:
+			return nil, unknownTicket(ticketID)
+		}
+		return &TicketView{ID: ev.ID, Who: Who{TenantID: ev.TenantID, UserID: ev.UserID, ProjectID: ev.ProjectID},
+			Kind: ev.Kind, Model: ev.Model, Requests: ev.Requests, Scopes: ev.Scopes, Settled: true}, nil
 	}
 	if err != nil {
 		return nil, engineError(err)
@@ -214,7 +240,17 @@ func (m *Meter) SettleWith(ctx context.Context, ticketID string, u quota.Usage, 
 	s, err := m.engine.Settle(ctx, ticketID, u)
 	switch {
 	case errors.Is(err, quota.ErrUnknownTicket):
-		return s, unknownTicket(ticketID)
+		ev, ok, lerr := m.settled(ctx, ticketID)
+		switch {
+		case lerr != nil:
+			return s, lerr
+		case !ok:
+			return s, unknownTicket(ticketID)
+		}
+		// Settled already (its event is the proof): the first
+		// settlement, as any replay.
+		return quota.Settlement{TicketID: ticketID, Usage: quota.Usage{InputTokens: ev.InputTokens, OutputTokens: ev.OutputTokens,
+			GPUMillis: ev.GPUMillis, CostMicros: ev.CostMicros}, SettledAt: ev.At, Replay: true}, nil
 	case err != nil:
 		return s, engineError(err)
 	}

@@ -1407,7 +1407,7 @@ func (f *Failover) Lookup(ctx context.Context, id string) (TicketInfo, error) {
 		info, err := f.shared.Lookup(ctx, id)
 		if !outage(err) {
 			f.ok()
-			return info, f.notReadmitted(ctx, err)
+			return info, f.notReadmitted(ctx, id, err)
 		}
 		if down, err := f.failed(ctx, seq, err); !down {
 			return TicketInfo{}, err
@@ -1420,7 +1420,7 @@ func (f *Failover) Lookup(ctx context.Context, id string) (TicketInfo, error) {
 		// Issued elsewhere: only the shared store knows it, and it may
 		// be back before the probe says so.
 		info, err := f.shared.Lookup(ctx, id)
-		return info, f.notReadmitted(ctx, err)
+		return info, f.notReadmitted(ctx, id, err)
 	}
 	return TicketInfo{ID: id, Meta: is.meta, ExpiresAt: is.expires, Tokens: is.tokens, GPUMillis: is.gpu, CostMicros: is.cost}, nil
 }
@@ -1479,7 +1479,7 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 			if err == nil {
 				f.forget(id)
 			}
-			return s, f.notReadmitted(ctx, err)
+			return s, f.notReadmitted(ctx, id, err)
 		}
 		if down, err := f.failed(ctx, seq, err); !down {
 			// Not settled: the caller retries (settles are idempotent).
@@ -1500,7 +1500,7 @@ func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, 
 		// instance is degraded (the state may have been lost and rebuilt,
 		// and the issuer not have readmitted it yet).
 		s, err := f.shared.Settle(ctx, id, u)
-		return s, f.notReadmitted(ctx, err)
+		return s, f.notReadmitted(ctx, id, err)
 	}
 	now := f.now().UTC()
 	f.mu.Lock()
@@ -1559,7 +1559,7 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 				}
 				f.mu.Unlock()
 			}
-			return exp, f.notReadmitted(ctx, err)
+			return exp, f.notReadmitted(ctx, id, err)
 		}
 		if down, err := f.failed(ctx, seq, err); !down {
 			return time.Time{}, err
@@ -1588,9 +1588,16 @@ func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) 
 // makes it probe, and a probe that finds the state changed takes it
 // through degraded mode (rebuild observed, its own live tickets
 // readmitted) and answers ErrUnavailable too.
-func (f *Failover) notReadmitted(ctx context.Context, err error) error {
+func (f *Failover) notReadmitted(ctx context.Context, id string, err error) error {
 	if !errors.Is(err, ErrUnknownTicket) {
 		return err
+	}
+	if f.o.Settled != nil {
+		// Settled, its use in the ledger: unknown is the answer (the
+		// caller may find the settlement there), not a ticket to wait for.
+		if done, serr := f.o.Settled(ctx, []string{id}); serr == nil && done[id] {
+			return err
+		}
 	}
 	if at := f.rebuiltAt.Load(); at != 0 && f.now().UnixNano()-at <= int64(f.o.ReadmitGrace) {
 		return fmt.Errorf("%v (the shared quota state was rebuilt; its issuer may not have readmitted it yet): %w", err, ErrUnavailable)

@@ -825,8 +825,7 @@ func (s *Store) UsageEvents(ctx context.Context, tenantID string, from, to time.
 	w.eq("tenant_id", tenantID)
 	w.add("at >= ?", micros(from))
 	w.add("at < ?", micros(to))
-	q := `SELECT id, at, tenant_id, user_id, project_id, kind, model, requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes,
-		peak_memory, cpu_ms FROM usage_events WHERE ` + strings.Join(w.conds, " AND ") + ` ORDER BY at, id LIMIT ?`
+	q := `SELECT ` + readColumns + ` FROM usage_events WHERE ` + strings.Join(w.conds, " AND ") + ` ORDER BY at, id LIMIT ?`
 	rows, err := s.r.QueryContext(ctx, s.d.rebind(q), append(w.args, limit)...)
 	if err != nil {
 		return nil, errs.Wrap(err, "read usage events")
@@ -834,20 +833,47 @@ func (s *Store) UsageEvents(ctx context.Context, tenantID string, from, to time.
 	defer rows.Close()
 	var out []usage.Event
 	for rows.Next() {
-		var e usage.Event
-		var at int64
-		var scopes string
-		if err := rows.Scan(&e.ID, &at, &e.TenantID, &e.UserID, &e.ProjectID, &e.Kind, &e.Model, &e.Requests,
-			&e.InputTokens, &e.OutputTokens, &e.GPUMillis, &e.CostMicros, &scopes, &e.PeakMemory, &e.CPUMillis); err != nil {
-			return nil, errs.Wrap(err, "scan usage event")
-		}
-		e.At = fromMicros(at)
-		if scopes != "" {
-			e.Scopes = strings.Split(scopes, " ")
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+// readColumns are the columns scanEvent reads, in its order.
+const readColumns = `id, at, tenant_id, user_id, project_id, kind, model, requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes,
+		peak_memory, cpu_ms`
+
+// scanEvent reads one usage event of readColumns.
+func scanEvent(r interface{ Scan(...any) error }) (usage.Event, error) {
+	var e usage.Event
+	var at int64
+	var scopes string
+	if err := r.Scan(&e.ID, &at, &e.TenantID, &e.UserID, &e.ProjectID, &e.Kind, &e.Model, &e.Requests,
+		&e.InputTokens, &e.OutputTokens, &e.GPUMillis, &e.CostMicros, &scopes, &e.PeakMemory, &e.CPUMillis); err != nil {
+		return e, errs.Wrap(err, "scan usage event")
+	}
+	e.At = fromMicros(at)
+	if scopes != "" {
+		e.Scopes = strings.Split(scopes, " ")
+	}
+	return e, nil
+}
+
+// UsageEvent returns the usage event recorded under id (a settled
+// ticket's id), false when there is none.
+func (s *Store) UsageEvent(ctx context.Context, id string) (usage.Event, bool, error) {
+	row := s.r.QueryRowContext(ctx, s.d.rebind(`SELECT `+readColumns+` FROM usage_events WHERE id = ?`), id)
+	e, err := scanEvent(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return usage.Event{}, false, nil
+	}
+	if err != nil {
+		return usage.Event{}, false, err
+	}
+	return e, true, nil
 }
 
 // EventsExist reports which of ids have a usage event: a ticket whose
