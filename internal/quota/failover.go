@@ -199,7 +199,8 @@ var ErrStateLost = fmt.Errorf("shared quota state lost: %w", ErrUnavailable)
 // FailoverOptions.ReadmitHold): retry shortly.
 var ErrResyncing = fmt.Errorf("quota store back after an outage, resynchronising: %w", ErrUnavailable)
 
-// localPrefix marks tickets of the local fallback engine.
+// localPrefix marks tickets of the local fallback engine:
+// "~<instance>.<local id>".
 const localPrefix = "~"
 
 // Failover is a Backend that uses a shared backend (Redis) and, when it
@@ -382,6 +383,58 @@ type spooled struct {
 	usage   Usage
 	at      time.Time
 	last    time.Time // the latest settlement merged in
+	// parts are a local charge's settlements with their times, oldest
+	// first, so that a rebuild drops exactly those its ledger read holds
+	// (a charge can straddle the read: merged before and after it); past
+	// maxParts the oldest are folded into folded, as of foldedLast.
+	parts      []spoolPart
+	folded     Usage
+	foldedLast time.Time
+}
+
+// spoolPart is one settlement merged into a local charge.
+type spoolPart struct {
+	at time.Time
+	u  Usage
+}
+
+// maxParts bounds the settlements a spooled charge keeps apart.
+const maxParts = 4096
+
+func addUsage(a *Usage, b Usage) {
+	a.InputTokens += b.InputTokens
+	a.OutputTokens += b.OutputTokens
+	a.GPUMillis += b.GPUMillis
+	a.CostMicros += b.CostMicros
+}
+
+func subUsage(a *Usage, b Usage) {
+	a.InputTokens -= b.InputTokens
+	a.OutputTokens -= b.OutputTokens
+	a.GPUMillis -= b.GPUMillis
+	a.CostMicros -= b.CostMicros
+}
+
+// trim takes out of a local charge what was settled before readAt (the
+// rebuilt counters hold it), and reports whether anything is left.
+func (s *spooled) trim(readAt time.Time) bool {
+	if !s.foldedLast.IsZero() && s.foldedLast.Before(readAt) {
+		subUsage(&s.usage, s.folded)
+		s.folded, s.foldedLast = Usage{}, time.Time{}
+	}
+	kept := s.parts[:0]
+	for _, p := range s.parts {
+		if p.at.Before(readAt) {
+			subUsage(&s.usage, p.u)
+			continue
+		}
+		kept = append(kept, p)
+	}
+	s.parts = kept
+	if len(s.parts) > 0 && s.foldedLast.IsZero() {
+		s.at = s.parts[0].at
+	}
+	return s.usage != Usage{}
 }
 
 var _ Backend = (*Failover)(nil)
@@ -668,6 +721,9 @@ func (f *Failover) rebuild() error {
 	for _, s := range f.spool {
 		if s.last.Before(readAt) {
 			continue
+		}
+		if s.charge != "" && s.parts != nil && !s.trim(readAt) {
+			continue // merged settlements, all before the read
 		}
 		kept = append(kept, s)
 	}
@@ -1283,7 +1339,7 @@ func (f *Failover) Acquire(ctx context.Context, r Request) (Ticket, error) {
 	if err != nil {
 		return t, err
 	}
-	t.ID = localPrefix + t.ID
+	t.ID = localPrefix + f.id + "." + t.ID
 	f.remember(&t, &r)
 	f.owe(r.Chain, r.Ask.Requests, t.Tokens)
 	return t, nil
@@ -1392,10 +1448,29 @@ func (f *Failover) drop(is *issued) {
 	}
 }
 
+// localTicket splits a local ticket's id into the local engine's. A local
+// ticket another instance issued answers ErrUnavailable: only its issuer
+// knows it (it decided it alone, while the shared backend was away), so
+// the caller retries, and a load balancer sends the retry on.
+func (f *Failover) localTicket(id string) (lid string, local bool, err error) {
+	rest, ok := strings.CutPrefix(id, localPrefix)
+	if !ok {
+		return "", false, nil
+	}
+	owner, lid, _ := strings.Cut(rest, ".")
+	if owner != f.id {
+		return "", true, fmt.Errorf("ticket %s was admitted by another instance while the quota store was away; only that instance can settle it: %w", id, ErrUnavailable)
+	}
+	return lid, true, nil
+}
+
 // Lookup implements Backend. While degraded it answers for the shared
 // tickets this instance issued; for others it returns ErrUnavailable.
 func (f *Failover) Lookup(ctx context.Context, id string) (TicketInfo, error) {
-	if lid, ok := strings.CutPrefix(id, localPrefix); ok {
+	if lid, ok, err := f.localTicket(id); ok {
+		if err != nil {
+			return TicketInfo{}, err
+		}
 		info, err := f.local.Lookup(ctx, lid)
 		if err == nil {
 			info.ID = id
@@ -1427,7 +1502,10 @@ func (f *Failover) Lookup(ctx context.Context, id string) (TicketInfo, error) {
 
 // Settle implements Backend.
 func (f *Failover) Settle(ctx context.Context, id string, u Usage) (Settlement, error) {
-	if lid, ok := strings.CutPrefix(id, localPrefix); ok {
+	if lid, ok, err := f.localTicket(id); ok {
+		if err != nil {
+			return Settlement{}, err
+		}
 		s, err := f.local.Settle(ctx, lid, u)
 		if err != nil {
 			return s, err
@@ -1518,16 +1596,22 @@ func (f *Failover) spoolCharge(item *spooled) {
 	for i := len(f.spool) - 1; i >= 0 && i >= len(f.spool)-64; i-- {
 		s := f.spool[i]
 		if s.bucket == item.bucket && !s.sending && s.charge != "" {
-			s.usage.InputTokens += item.usage.InputTokens
-			s.usage.OutputTokens += item.usage.OutputTokens
-			s.usage.GPUMillis += item.usage.GPUMillis
-			s.usage.CostMicros += item.usage.CostMicros
+			addUsage(&s.usage, item.usage)
+			s.parts = append(s.parts, spoolPart{item.last, item.usage})
+			if len(s.parts) > maxParts {
+				addUsage(&s.folded, s.parts[0].u)
+				if s.parts[0].at.After(s.foldedLast) {
+					s.foldedLast = s.parts[0].at
+				}
+				s.parts = s.parts[1:]
+			}
 			if item.last.After(s.last) {
 				s.last = item.last
 			}
 			return
 		}
 	}
+	item.parts = []spoolPart{{item.last, item.usage}}
 	f.spool = append(f.spool, item)
 }
 
@@ -1544,7 +1628,10 @@ func bucketOf(chain []Scope, at time.Time) string {
 
 // Heartbeat implements Backend.
 func (f *Failover) Heartbeat(ctx context.Context, id string, ttl time.Duration) (time.Time, error) {
-	if lid, ok := strings.CutPrefix(id, localPrefix); ok {
+	if lid, ok, err := f.localTicket(id); ok {
+		if err != nil {
+			return time.Time{}, err
+		}
 		return f.local.Heartbeat(ctx, lid, ttl)
 	}
 	if !f.degraded.Load() {

@@ -3,6 +3,7 @@ package quota_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -110,5 +111,41 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within 30s", what)
 		}
+	}
+}
+
+// TestLocalTicketElsewhere: a ticket admitted on a local share is known
+// only to the instance that issued it. Another instance answers its
+// settle, heartbeat and lookup ErrUnavailable (retry: a load balancer
+// sends the retry on), not unknown; its issuer settles it.
+func TestLocalTicketElsewhere(t *testing.T) {
+	ctx := context.Background()
+	shared := &flaky{Memory: quota.NewMemory(quota.Options{})}
+	shared.down.Store(true)
+	var fos [2]*quota.Failover
+	for i := range fos {
+		fos[i] = quota.NewFailover(shared, quota.FailoverOptions{ProbeInterval: time.Hour, TripAfter: 1,
+			Probe: func(context.Context) error { return shared.err() }})
+		defer fos[i].Close()
+	}
+	chain := []quota.Scope{{Key: "u/a", Limits: &quota.Limits{TokensDay: quota.AtMost(100)}}}
+	tk, err := fos[0].Acquire(ctx, quota.Request{Chain: chain, Ask: quota.Ask{Tokens: 10}})
+	if err != nil || !strings.HasPrefix(tk.ID, "~") {
+		t.Fatalf("Acquire with the backend down: %q, %v; want a local ticket", tk.ID, err)
+	}
+	if _, err := fos[1].Settle(ctx, tk.ID, quota.Usage{InputTokens: 3}); !errors.Is(err, quota.ErrUnavailable) {
+		t.Errorf("settle on another instance: %v, want ErrUnavailable", err)
+	}
+	if _, err := fos[1].Heartbeat(ctx, tk.ID, time.Minute); !errors.Is(err, quota.ErrUnavailable) {
+		t.Errorf("heartbeat on another instance: %v, want ErrUnavailable", err)
+	}
+	if _, err := fos[1].Lookup(ctx, tk.ID); !errors.Is(err, quota.ErrUnavailable) {
+		t.Errorf("lookup on another instance: %v, want ErrUnavailable", err)
+	}
+	if s, err := fos[0].Settle(ctx, tk.ID, quota.Usage{InputTokens: 3}); err != nil || s.Usage.InputTokens != 3 {
+		t.Errorf("settle on its issuer: %+v, %v", s, err)
+	}
+	if _, err := fos[0].Settle(ctx, "~"+strings.Repeat("0", 16)+".tkt_nope", quota.Usage{}); !errors.Is(err, quota.ErrUnavailable) {
+		t.Errorf("a local ticket of an instance nobody knows: %v, want ErrUnavailable", err)
 	}
 }

@@ -93,3 +93,68 @@ func TestFailoverRebuild(t *testing.T) {
 		}
 	}
 }
+
+// TestFailoverRebuildSplitsMergedCharges: local settlements of one chain
+// merge into one spooled charge; when the rebuild's ledger read falls
+// between two of them, the rebuilt counters hold the first and the
+// delivered charge must hold only the second (it counted both, a double
+// count, before each settlement kept its time).
+func TestFailoverRebuildSplitsMergedCharges(t *testing.T) {
+	ctx := context.Background()
+	shared := &flaky{Memory: quota.NewMemory(quota.Options{})}
+	var lost atomic.Bool
+	var readAt atomic.Pointer[time.Time]
+	f := quota.NewFailover(shared, quota.FailoverOptions{
+		ProbeInterval: 5 * time.Millisecond,
+		ReadmitHold:   -1,
+		Probe: func(context.Context) error {
+			if err := shared.err(); err != nil {
+				return err
+			}
+			if lost.Load() {
+				return quota.ErrStateLost
+			}
+			return nil
+		},
+		Rebuild: func(context.Context) (time.Time, error) {
+			lost.Store(false)
+			return *readAt.Load(), nil
+		},
+	})
+	defer f.Close()
+	chain := []quota.Scope{{Key: "u/same", Limits: &quota.Limits{TokensDay: quota.AtMost(1000)}}}
+	spend := func(n int64) {
+		t.Helper()
+		tk, err := f.Acquire(ctx, quota.Request{Chain: chain, Ask: quota.Ask{Tokens: 10}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Settle(ctx, tk.ID, quota.Usage{InputTokens: n}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shared.down.Store(true)
+	spend(7) // before the ledger read: the rebuilt counters hold it
+	time.Sleep(2 * time.Millisecond)
+	now := time.Now()
+	readAt.Store(&now)
+	time.Sleep(2 * time.Millisecond)
+	spend(5) // after: the spool must deliver it
+	if f.Spooled() != 1 {
+		t.Fatalf("%d spooled, want the two settlements merged into one charge", f.Spooled())
+	}
+	lost.Store(true)
+	shared.down.Store(false)
+	for deadline := time.Now().Add(30 * time.Second); f.Degraded() || f.Spooled() > 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("not back to normal with an empty spool within 30s")
+		}
+	}
+	u, err := shared.Use(ctx, "u/same")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.TokensDay.Used != 5 {
+		t.Errorf("charged %d tokens to the rebuilt backend, want 5 (the 7 before the read are in the ledger)", u.TokensDay.Used)
+	}
+}
