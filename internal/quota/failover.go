@@ -276,6 +276,9 @@ type Failover struct {
 	// (time.Now, monotonic: the hold is about other instances' probes, not
 	// quota time; nil while it has not). Under mu.
 	back *time.Time
+	// lapses counts the failed probes in a row since back was set: a
+	// single one on a loaded machine does not start the hold over.
+	lapses int
 
 	mu     sync.Mutex
 	chains map[string]*issued // live tickets this instance issued, by ticket id
@@ -665,7 +668,7 @@ func (f *Failover) probe() {
 			}
 			f.fails.Store(0)
 			f.degraded.Store(false)
-			f.seen(false)
+			f.normal()
 			f.shares.Clear()
 			f.o.Log.Info("quota backend reachable again: normal mode", slog.Int("still_spooled", f.Spooled()))
 			if f.o.OnMode != nil {
@@ -757,17 +760,29 @@ func (f *Failover) returning() (back, passed bool) {
 }
 
 // seen records the outcome of a probe of a degraded spell: the first
-// success starts the hold, a failure ends it (local shares again).
+// success starts the hold; TripAfter failures in a row end it (local
+// shares again), a single one does not start it over.
 func (f *Failover) seen(ok bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	switch {
-	case !ok:
-		f.back = nil
-	case f.back == nil:
+	case !ok && f.back != nil:
+		if f.lapses++; f.lapses >= f.o.TripAfter {
+			f.back, f.lapses = nil, 0 // away again: local shares
+		}
+	case ok && f.back == nil:
 		now := time.Now()
 		f.back = &now
+	case ok:
+		f.lapses = 0
 	}
+}
+
+// normal ends the spell's hold (back to normal mode).
+func (f *Failover) normal() {
+	f.mu.Lock()
+	f.back, f.lapses = nil, 0
+	f.mu.Unlock()
 }
 
 // holdLocal has the shared backend hold the slots of this instance's live
