@@ -332,10 +332,13 @@ func (e *Engine) recordedOn(t *ticket, tag string, i int, o RecordOutcome) {
 		if !r.m.isBudget() || lm.window.Equal(r.window) {
 			// The ticket's now: no longer this lease's to pin. (A grant
 			// whose reply came first may have shown the lease without it
-			// already; the lease still holds what is spendable and
-			// committed here.)
+			// already, so g can run below what the lease holds until the
+			// next grant: it only gates the refresh's pin-low renewals,
+			// and keeping it exact (the larger of this and avail +
+			// committed) made those twice as many store calls for three
+			// instances, 45k → 29k pairs/s, for no decision.)
+			lm.g = max(lm.g-r.amt, 0)
 			lm.committed -= r.amt
-			lm.g = max(lm.g-r.amt, lm.avail+lm.committed, 0)
 		}
 	}
 }
