@@ -3,17 +3,17 @@ package run
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/flow"
+	"github.com/sluicehq/sluice/internal/gate"
 	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/quota"
 )
 
 // DefaultMaxTokens is a model call's output allowance when neither the node
 // nor the caps say.
-const DefaultMaxTokens = 1024
+const DefaultMaxTokens = gate.DefaultMaxTokens
 
 // Caller makes a run's governed model calls: it resolves the model, reserves
 // through the meter, calls the provider and settles on every exit path.
@@ -163,91 +163,30 @@ func (e *Executor) Call(ctx context.Context, job *Job, c ModelCall) (CallResult,
 	return out, err
 }
 
-// call is one reserve → call → settle round; it adds what it admitted and
+// call is one governed call (gate.Gate.Do); it adds what it admitted and
 // settled to out.
 func (e *Executor) call(ctx context.Context, job *Job, c ModelCall, m *llm.Model, req llm.Request, out *CallResult) (llm.Response, error) {
-	cfg := m.Config()
-	in := m.CountRequest(req)
-	maxOut := DefaultMaxTokens
-	if c.MaxTokens > 0 {
-		maxOut = c.MaxTokens
-	}
-	if cp := job.Caps.MaxTokensPerCall; cp > 0 && int64(maxOut) > cp {
-		maxOut = int(cp)
-	}
-	if cw := cfg.ContextWindow; cw > 0 && in+maxOut > cw {
-		maxOut = cw - in
-		if maxOut <= 0 {
-			return llm.Response{}, errs.Field(errs.Unprocessable, "nodes."+c.NodeID,
-				"node %s: the prompt (%d tokens) does not fit model %s's context window of %d", c.NodeID, in, m.Name(), cw)
-		}
-	}
-	ask := quota.Ask{
-		Tokens:     int64(in + maxOut),
-		MinTokens:  int64(in + min(maxOut, 16)),
-		CostMicros: m.Cost(llm.Usage{InputTokens: in, OutputTokens: maxOut}),
-		Model:      m.Name(),
-	}
-	if cfg.GPU {
-		ask.GPUMillis = 1 // checks that GPU time remains; the actual time is settled
-	}
-	ttl := time.Minute
-	if dl, ok := ctx.Deadline(); ok {
-		ttl = time.Until(dl) + time.Minute
-	}
-	adm, err := e.Meter.Acquire(ctx, job.Who, "model_call", ask, ttl)
-	if err != nil {
-		return llm.Response{}, err
-	}
-	if adm.Clamped {
-		maxOut = int(adm.Tokens) - in
-	}
-	req.MaxTokens = maxOut
-	out.Calls++
-	start := time.Now()
-	var resp llm.Response
+	req.MaxTokens = c.MaxTokens
+	gc := gate.Call{Who: job.Who, Kind: "model_call", Model: m, Request: req, MaxTokensPerCall: job.Caps.MaxTokensPerCall,
+		Field: "nodes." + c.NodeID, Subject: "node " + c.NodeID}
 	if c.Stream && job.OnEvent != nil && len(req.Tools) == 0 {
 		msgID := c.NodeID
-		resp, err = m.Stream(ctx, req, func(chunk string) {
+		gc.OnChunk = func(chunk string) {
 			job.OnEvent("token", map[string]any{"chunk": chunk, "id": msgID})
-		})
-	} else {
-		resp, err = m.Chat(ctx, req)
-	}
-	wall := time.Since(start)
-	u := resp.Usage
-	gpu := int64(0)
-	if cfg.GPU {
-		gpu = u.GPU.Milliseconds()
-		if u.GPU == 0 {
-			gpu = wall.Milliseconds() // no compute time reported: the call's wall time
 		}
-		gpu = max(gpu, 1)
 	}
-	cost := m.Cost(u)
-	// Settle whatever happened: success, provider error, timeout, cancel.
-	serr := retrySettle(func() error {
-		_, err := e.Meter.Settle(context.WithoutCancel(ctx), adm.ID, quota.Usage{
-			InputTokens: int64(u.InputTokens), OutputTokens: int64(u.OutputTokens), GPUMillis: gpu, CostMicros: cost,
-		}, m.Name())
-		return err
-	})
-	out.Usage.Add(Usage{InputTokens: int64(u.InputTokens), OutputTokens: int64(u.OutputTokens), GPUMillis: gpu, CostMicros: cost})
-	if serr != nil {
-		e.Log.Error("settling a model call failed", "run_id", job.RunID, "error", serr.Error())
+	g := gate.Gate{Meter: e.Meter, OnModelCall: e.OnModelCall}
+	res, err := g.Do(ctx, gc)
+	if res.Admitted {
+		out.Calls++
+		out.Usage.Add(Usage{InputTokens: res.Usage.InputTokens, OutputTokens: res.Usage.OutputTokens,
+			GPUMillis: res.Usage.GPUMillis, CostMicros: res.Usage.CostMicros})
 	}
-	if e.OnModelCall != nil {
-		outcome := "ok"
-		if err != nil {
-			outcome = "error"
-		}
-		e.OnModelCall(m.Name(), cfg.Provider, outcome, u.InputTokens, u.OutputTokens)
+	if res.SettleErr != nil {
+		e.Log.Error("settling a model call failed", "run_id", job.RunID, "error", res.SettleErr.Error())
 	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return resp, ctxError(ctx.Err())
-		}
-		return resp, err
+	if err != nil && res.Admitted && ctx.Err() != nil {
+		return res.Response, ctxError(ctx.Err())
 	}
-	return resp, nil
+	return res.Response, err
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/flow"
+	"github.com/sluicehq/sluice/internal/gate"
 	"github.com/sluicehq/sluice/internal/id"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/policy"
@@ -370,7 +371,7 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 			_, err := s.Exec.Meter.SettleWith(context.WithoutCancel(ctx), adm.ID, quota.Usage{}, "", resources)
 			return err
 		}
-		if err := retrySettle(settle); err != nil {
+		if err := gate.RetrySettle(settle); err != nil {
 			s.Log.Error("releasing a run's slot failed", slog.String("run_id", runID), slog.String("error", err.Error()))
 		}
 	}
@@ -606,22 +607,4 @@ func defaultModel(c *policy.Chain) string {
 		}
 	}
 	return ""
-}
-
-// retrySettle settles until the usage event is durable: a settle whose
-// event could not be written yet (the usage store is behind or away) is
-// replayed, which writes the event the first attempt did not, for up to a
-// minute. The run's caller waits meanwhile: a slow store slows runs down
-// rather than losing their usage.
-func retrySettle(settle func() error) error {
-	wait := 50 * time.Millisecond
-	deadline := time.Now().Add(time.Minute)
-	for {
-		err := settle()
-		if err == nil || !errs.Is(err, errs.Unavailable) || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(wait)
-		wait = min(2*wait, 2*time.Second)
-	}
 }
