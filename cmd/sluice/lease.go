@@ -176,10 +176,23 @@ func (l leaseEpochs) initTags(ctx context.Context, v string, listed []string) er
 	if err := l.c.SAdd(ctx, l.key("tags"), members...).Err(); err != nil {
 		return fmt.Errorf("list tenant tags: %w: %w", leasequota.ErrUnavailable, err)
 	}
-	for _, t := range todo {
-		if err := l.st.SetEpoch(ctx, t, v); err != nil {
-			return err
+	return l.setCopies(ctx, todo, v)
+}
+
+// setCopies sets epoch v on the tags of tenants, in one pipeline (a
+// round trip per primary, not per tenant).
+func (l leaseEpochs) setCopies(ctx context.Context, tenants []string, v string) error {
+	if len(tenants) == 0 {
+		return nil
+	}
+	_, err := l.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, t := range tenants {
+			p.Set(ctx, l.st.Tag(t)+":epoch", v, 0)
 		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("set epoch copies: %w: %w", leasequota.ErrUnavailable, err)
 	}
 	return nil
 }
@@ -210,10 +223,8 @@ func (l leaseEpochs) SetEpoch(ctx context.Context, v string) error {
 	if l.tenants != nil {
 		all = l.tenants()
 	}
-	for _, t := range all {
-		if err := l.st.SetEpoch(ctx, t, v); err != nil {
-			return err
-		}
+	if err := l.setCopies(ctx, all, v); err != nil {
+		return err
 	}
 	if err := l.c.Del(ctx, l.key("tags")).Err(); err != nil {
 		return fmt.Errorf("set epoch: %w: %w", leasequota.ErrUnavailable, err)

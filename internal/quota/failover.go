@@ -1694,21 +1694,25 @@ func (f *Failover) notReadmitted(ctx context.Context, id string, err error) erro
 	if !errors.Is(err, ErrUnknownTicket) {
 		return err
 	}
+	var why string
+	if at := f.rebuiltAt.Load(); at != 0 && f.now().UnixNano()-at <= int64(f.o.ReadmitGrace) {
+		why = "the shared quota state was rebuilt; its issuer may not have readmitted it yet"
+	} else if perr := f.health(ctx); errors.Is(perr, ErrStateLost) {
+		f.trip(perr)
+		why = "the shared quota state was lost or rebuilt: " + perr.Error()
+	} else {
+		return err
+	}
 	if f.o.Settled != nil {
 		// Settled, its use in the ledger: unknown is the answer (the
-		// caller may find the settlement there), not a ticket to wait for.
+		// caller may find the settlement there), not a ticket to wait
+		// for. Asked only here, where the answer would otherwise be
+		// "retry": it flushes the usage queue and reads the database.
 		if done, serr := f.o.Settled(ctx, []string{id}); serr == nil && done[id] {
 			return err
 		}
 	}
-	if at := f.rebuiltAt.Load(); at != 0 && f.now().UnixNano()-at <= int64(f.o.ReadmitGrace) {
-		return fmt.Errorf("%v (the shared quota state was rebuilt; its issuer may not have readmitted it yet): %w", err, ErrUnavailable)
-	}
-	if perr := f.health(ctx); errors.Is(perr, ErrStateLost) {
-		f.trip(perr)
-		return fmt.Errorf("%v (the shared quota state was lost or rebuilt: %v): %w", err, perr, ErrUnavailable)
-	}
-	return err
+	return fmt.Errorf("%v (%s): %w", err, why, ErrUnavailable)
 }
 
 // Use implements Backend: the shared counters, or while degraded the local

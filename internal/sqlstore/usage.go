@@ -388,8 +388,9 @@ func usageError(err error, what string) error {
 	return dbError(err, what)
 }
 
-const eventColumns = `id, at, tenant_id, user_id, project_id, kind, model,
-	requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes, peak_memory, cpu_ms, local_day`
+// eventColumns are the columns an insert writes: the read ones and the
+// event's local day.
+const eventColumns = readColumns + `, local_day`
 
 const (
 	insertEventsHead = `INSERT INTO usage_events (` + eventColumns + `) VALUES `
