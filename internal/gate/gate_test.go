@@ -15,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/usage"
 )
 
 // meter records what the gate asks of it. clampTo, when set, admits that
@@ -41,7 +42,7 @@ func (m *meter) Acquire(_ context.Context, _ metering.Who, _ string, ask quota.A
 	return &metering.Admission{Ticket: t}, nil
 }
 
-func (m *meter) Settle(_ context.Context, id string, u quota.Usage, _ string) (quota.Settlement, error) {
+func (m *meter) SettleWith(_ context.Context, id string, u quota.Usage, _ string, _ func(*usage.Event)) (quota.Settlement, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.settles = append(m.settles, u)

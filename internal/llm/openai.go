@@ -15,6 +15,7 @@ const DefaultOpenAIBaseURL = "https://api.openai.com/v1"
 // vLLM, llama.cpp, LiteLLM, Ollama's /v1, …): POST {base}/chat/completions
 // with a Bearer key, JSON or server-sent events.
 type OpenAI struct {
+	base   string // the API root, e.g. https://api.openai.com/v1
 	url    string
 	key    Secret
 	client *http.Client
@@ -26,8 +27,10 @@ var _ Provider = (*OpenAI)(nil)
 // if empty). An empty key sends no Authorization header, for local servers.
 // A nil client uses a shared one tuned for many concurrent calls.
 func NewOpenAI(baseURL string, key Secret, client *http.Client) *OpenAI {
+	base := trimBase(baseURL, DefaultOpenAIBaseURL)
 	return &OpenAI{
-		url:    trimBase(baseURL, DefaultOpenAIBaseURL) + "/chat/completions",
+		base:   base,
+		url:    base + "/chat/completions",
 		key:    key,
 		client: clientOr(client),
 	}

@@ -30,6 +30,11 @@ func postJSON(ctx context.Context, client *http.Client, provider, url string, ke
 	if err != nil {
 		return nil, fmt.Errorf("%s: encode request: %w", provider, err)
 	}
+	return postBody(ctx, client, provider, url, key, b, stream)
+}
+
+// postBody is postJSON with the body already encoded.
+func postBody(ctx context.Context, client *http.Client, provider, url string, key Secret, b []byte, stream bool) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
 	if err != nil {
 		return nil, &ProviderError{Provider: provider, Message: "bad base URL", Err: errors.New(redact(err.Error(), key))}

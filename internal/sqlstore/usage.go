@@ -251,7 +251,7 @@ func (s *Store) openRollups(ctx context.Context) error {
 	l := &rollupLog{every: foldEvery, maxKeys: foldMaxKeys, stmts: map[string]*sql.Stmt{}}
 	l.emptied()
 	for _, size := range valuesSizes {
-		for _, q := range [...]string{valuesSQL(insertEventsHead, 16, size, insertEventsTail), valuesSQL(upsertRollupHead, 7, size, rollupUpdate)} {
+		for _, q := range [...]string{valuesSQL(insertEventsHead, eventCols, size, insertEventsTail), valuesSQL(upsertRollupHead, 7, size, rollupUpdate)} {
 			st, err := s.w.PrepareContext(ctx, q)
 			if err != nil {
 				l.closeStmts()
@@ -392,6 +392,9 @@ func usageError(err error, what string) error {
 // event's local day.
 const eventColumns = readColumns + `, local_day`
 
+// eventCols counts eventColumns: the arguments of one event's row.
+const eventCols = 17
+
 const (
 	insertEventsHead = `INSERT INTO usage_events (` + eventColumns + `) VALUES `
 	insertEventsTail = ` ON CONFLICT (id) DO NOTHING RETURNING id, rowid`
@@ -404,14 +407,14 @@ func sqliteInsertEvents(ctx context.Context, tx *sql.Tx, prepared map[string]*sq
 	days []string) (map[string]bool, int64, error) {
 	fresh := make(map[string]bool, len(events))
 	var last int64
-	args := make([]any, 0, 16*len(events))
+	args := make([]any, 0, eventCols*len(events))
 	for i := range events {
 		e := &events[i]
 		args = append(args, e.ID, micros(e.At), e.TenantID, e.UserID, e.ProjectID, e.Kind, e.Model,
 			e.Requests, e.InputTokens, e.OutputTokens, e.GPUMillis, e.CostMicros, strings.Join(e.Scopes, " "), e.PeakMemory, e.CPUMillis,
-			days[i])
+			e.Deployment, days[i])
 	}
-	err := sqliteRows(ctx, tx, prepared, insertEventsHead, insertEventsTail, 16, args, func(rows *sql.Rows) error {
+	err := sqliteRows(ctx, tx, prepared, insertEventsHead, insertEventsTail, eventCols, args, func(rows *sql.Rows) error {
 		for rows.Next() {
 			var id string
 			var rowid int64
@@ -490,28 +493,28 @@ func sqliteRows(ctx context.Context, tx *sql.Tx, prepared map[string]*sql.Stmt, 
 
 const pgInsertEventsSQL = `INSERT INTO usage_events (` + eventColumns + `)
 	SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-		$8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::bigint[], $15::bigint[], $16::text[])
+		$8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::bigint[], $15::bigint[], $16::text[], $17::text[])
 	ON CONFLICT (id) DO NOTHING RETURNING id`
 
 // pgInsertEvents inserts events in one statement over arrays: one round
 // trip whatever their number.
 func pgInsertEvents(ctx context.Context, tx *sql.Tx, events []usage.Event) (map[string]bool, error) {
 	n := len(events)
-	ids, tenants, users, projects, kinds, models, scopes, days := make([]string, n), make([]string, n), make([]string, n),
-		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids, tenants, users, projects, kinds, models, scopes, deps, days := make([]string, n), make([]string, n), make([]string, n),
+		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	at, requests, in, out, gpu, cost, mem, cpu := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n),
 		make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 	for i := range events {
 		e := &events[i]
 		ids[i], tenants[i], users[i], projects[i], kinds[i], models[i], scopes[i] = e.ID, e.TenantID, e.UserID, e.ProjectID,
 			e.Kind, e.Model, strings.Join(e.Scopes, " ")
-		days[i] = localDay(e)
+		deps[i], days[i] = e.Deployment, localDay(e)
 		at[i], requests[i], in[i], out[i], gpu[i], cost[i], mem[i], cpu[i] = micros(e.At), e.Requests, e.InputTokens,
 			e.OutputTokens, e.GPUMillis, e.CostMicros, e.PeakMemory, e.CPUMillis
 	}
 	fresh := make(map[string]bool, n)
 	err := collectIDs(ctx, tx, fresh, pgInsertEventsSQL, ids, at, tenants, users, projects, kinds, models,
-		requests, in, out, gpu, cost, scopes, mem, cpu, days)
+		requests, in, out, gpu, cost, scopes, mem, cpu, deps, days)
 	return fresh, err
 }
 
@@ -845,7 +848,7 @@ func (s *Store) UsageEvents(ctx context.Context, tenantID string, from, to time.
 
 // readColumns are the columns scanEvent reads, in its order.
 const readColumns = `id, at, tenant_id, user_id, project_id, kind, model, requests, input_tokens, output_tokens, gpu_ms, cost_micros, scopes,
-		peak_memory, cpu_ms`
+		peak_memory, cpu_ms, deployment`
 
 // scanEvent reads one usage event of readColumns.
 func scanEvent(r interface{ Scan(...any) error }) (usage.Event, error) {
@@ -853,7 +856,7 @@ func scanEvent(r interface{ Scan(...any) error }) (usage.Event, error) {
 	var at int64
 	var scopes string
 	if err := r.Scan(&e.ID, &at, &e.TenantID, &e.UserID, &e.ProjectID, &e.Kind, &e.Model, &e.Requests,
-		&e.InputTokens, &e.OutputTokens, &e.GPUMillis, &e.CostMicros, &scopes, &e.PeakMemory, &e.CPUMillis); err != nil {
+		&e.InputTokens, &e.OutputTokens, &e.GPUMillis, &e.CostMicros, &scopes, &e.PeakMemory, &e.CPUMillis, &e.Deployment); err != nil {
 		return e, errs.Wrap(err, "scan usage event")
 	}
 	e.At = fromMicros(at)

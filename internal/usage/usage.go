@@ -19,6 +19,9 @@ type Event struct {
 	ProjectID string
 	Kind      string // "metering", "run", "model_call", …
 	Model     string
+	// Deployment names the deployment of Model that served the call
+	// (empty for events that are not model calls).
+	Deployment string
 
 	Requests     int64
 	InputTokens  int64
