@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/gate"
+	"github.com/sluicehq/sluice/internal/gateway"
 	"github.com/sluicehq/sluice/internal/httpapi"
 	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/metering"
@@ -42,6 +44,8 @@ type App struct {
 	meter    *metering.Meter
 	metrics  *metrics.Metrics
 	runs     *run.Service
+	gate     *gate.Gate
+	models   *llm.Registry
 	sandbox  *sandbox.Sandbox
 	ln       net.Listener
 	srv      *http.Server
@@ -167,13 +171,15 @@ func (a *App) startRuns() error {
 	if err := guard.Validate(); err != nil {
 		return fmt.Errorf("allow_hosts: %w", err)
 	}
-	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: guard,
-		Log: a.log, DemoModels: demo,
+	a.gate = &gate.Gate{Meter: a.meter, Log: a.log,
 		OnModelCall: func(model, provider, outcome string, in, out int) {
 			a.metrics.ModelCalls.WithLabelValues(model, provider, outcome).Inc()
 			a.metrics.Tokens.WithLabelValues(model, "input").Add(float64(in))
 			a.metrics.Tokens.WithLabelValues(model, "output").Add(float64(out))
 		}}
+	a.models = models
+	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: guard,
+		Log: a.log, DemoModels: demo, Gate: a.gate}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
 		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
 	// Runs without memory_per_run execute here, where no kernel limit holds
@@ -245,6 +251,8 @@ func (a *App) Handler() http.Handler {
 		},
 		Sandbox: func() string { return string(a.sandbox.Mode()) },
 		Mode:    a.mode,
+		Gateway: &gateway.Handler{Auth: a.tenancy, Gate: a.gate, Models: a.models, Policy: a.policy.Manager(), Log: a.log,
+			Demo: len(a.cfg.Models) == 0},
 	}
 	return api.Handler()
 }

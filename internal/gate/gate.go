@@ -90,6 +90,16 @@ type Call struct {
 	// MaxTokensDefault is the output allowance when the request asks none
 	// (0: DefaultMaxTokens).
 	MaxTokensDefault int
+	// Requests is what the call counts against request rates: 1 for a
+	// call that is a request of its own (the gateway's), 0 for one inside
+	// an admitted run.
+	Requests int64
+	// NoOutput marks a call that produces no tokens (embeddings): only the
+	// input is reserved.
+	NoOutput bool
+	// TTL is how long the reservation lives unsettled (0: the context's
+	// deadline plus a minute, or a minute).
+	TTL time.Duration
 	// Field and Subject name the caller's setting in an error about the
 	// call itself ("nodes.n1", "node n1").
 	Field, Subject string
@@ -137,6 +147,10 @@ type Result struct {
 	// counts the tries.
 	Model    *llm.Model
 	Attempts int
+	// Committed reports that the answer began to reach the caller (an
+	// Invoke said so): an error then is already the caller's to see, in
+	// the answer itself.
+	Committed bool
 	// FirstToken is the time from admission to the answer's start (0
 	// when it never started).
 	FirstToken time.Duration
@@ -178,6 +192,9 @@ func (g *Gate) Do(ctx context.Context, c Call) (Result, error) {
 	if cp := c.MaxTokensPerCall; cp > 0 && int64(maxOut) > cp {
 		maxOut = int(cp)
 	}
+	if c.NoOutput {
+		maxOut = 0
+	}
 	if cw := cfg.ContextWindow; cw > 0 && in+maxOut > cw {
 		maxOut = cw - in
 		if maxOut <= 0 {
@@ -191,15 +208,19 @@ func (g *Gate) Do(ctx context.Context, c Call) (Result, error) {
 	ask := quota.Ask{
 		Tokens:     int64(in + n*maxOut),
 		MinTokens:  int64(in + n*min(maxOut, 16)),
+		Requests:   c.Requests,
 		CostMicros: m.Cost(llm.Usage{InputTokens: in, OutputTokens: n * maxOut}),
 		Model:      m.Name(),
 	}
 	if cfg.GPU {
 		ask.GPUMillis = 1 // checks that GPU time remains; the actual time is settled
 	}
-	ttl := time.Minute
-	if dl, ok := ctx.Deadline(); ok {
+	ttl := c.TTL
+	if dl, ok := ctx.Deadline(); ok && ttl <= 0 {
 		ttl = time.Until(dl) + time.Minute
+	}
+	if ttl <= 0 {
+		ttl = time.Minute
 	}
 	adm, err := g.Meter.Acquire(ctx, c.Who, c.Kind, ask, ttl)
 	if err != nil {
@@ -275,6 +296,7 @@ func (g *Gate) tryDeployment(ctx context.Context, c Call, dep *llm.Model, in, ma
 		var o timedOutcome
 		o, err = g.attempt(ctx, c, dep, maxOut, out, admitted)
 		resp = o.Response
+		out.Committed = o.Committed
 		u := o.Response.Usage
 		total.InputTokens += int64(u.InputTokens)
 		total.OutputTokens += int64(u.OutputTokens)
@@ -410,6 +432,9 @@ func (g *Gate) logCall(ctx context.Context, c Call, out *Result, start time.Time
 	status := "ok"
 	if err != nil {
 		status = string(errs.CodeOf(err))
+		if errors.Is(err, context.Canceled) {
+			status = "cancelled"
+		}
 		var d *quota.Denial
 		if errors.As(err, &d) {
 			attrs = append(attrs, slog.String("dimension", d.Dimension.String()), slog.String("scope", d.Scope))

@@ -43,6 +43,9 @@ type Server struct {
 	Metrics *metrics.Metrics
 	// Quarantine, when set, lists refused usage events to platform admins.
 	Quarantine QuarantineLister
+	// Gateway, when set, serves the OpenAI-compatible API under /v1/
+	// (it authenticates its callers itself, with OpenAI's error shape).
+	Gateway http.Handler
 }
 
 // Handler returns the API's root handler.
@@ -66,6 +69,9 @@ func (s *Server) Handler() http.Handler {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	mux.Handle("/api/", s.authenticate(api))
+	if s.Gateway != nil {
+		mux.Handle("/v1/", s.Gateway)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -33,3 +33,14 @@ func (m *Model) Forwarder() Forwarder {
 	f, _ := m.provider.(Forwarder)
 	return f
 }
+
+// MaxTokensField is the request field that caps a model's output at an
+// OpenAI-compatible API: max_completion_tokens for OpenAI's reasoning
+// models, which reject max_tokens, else max_tokens (which every
+// compatible server knows).
+func MaxTokensField(model string) string {
+	if usesMaxCompletionTokens(model) {
+		return "max_completion_tokens"
+	}
+	return "max_tokens"
+}

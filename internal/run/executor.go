@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/flow"
+	"github.com/sluicehq/sluice/internal/gate"
 	"github.com/sluicehq/sluice/internal/id"
 	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/metering"
@@ -36,8 +37,13 @@ type Executor struct {
 	// sandbox worker's test components. Nil in the server.
 	Components map[string]NodeFunc
 	// OnModelCall, when set, is told each model call's model, provider,
-	// outcome ("ok" or "error") and tokens (metrics).
+	// outcome ("ok" or "error") and tokens (metrics). Unused when Gate is
+	// set (the gate's own hook is).
 	OnModelCall func(model, provider, outcome string, input, output int)
+	// Gate makes the governed calls (nil: one over Meter with
+	// OnModelCall): the server shares one with its OpenAI gateway, so
+	// routing health, retries and the call log are the same for both.
+	Gate *gate.Gate
 }
 
 // NodeFunc implements a node type: given the node, its parameters (tweaks

@@ -175,7 +175,11 @@ func (e *Executor) call(ctx context.Context, job *Job, c ModelCall, m *llm.Model
 			job.OnEvent("token", map[string]any{"chunk": chunk, "id": msgID})
 		}
 	}
-	g := gate.Gate{Meter: e.Meter, OnModelCall: e.OnModelCall}
+	g := e.Gate
+	if g == nil {
+		g = &gate.Gate{Meter: e.Meter, OnModelCall: e.OnModelCall}
+	}
+	gc.RequestID = job.RunID
 	res, err := g.Do(ctx, gc)
 	if res.Admitted {
 		out.Calls++
