@@ -371,11 +371,11 @@ func TestDenialIsOpenAIShaped(t *testing.T) {
 func TestBadRequestsNameTheParameter(t *testing.T) {
 	w := newWorld(t, nil)
 	for body, param := range map[string]string{
-		`{"messages":[{"role":"user","content":"hi"}]}`:                       "model",
-		`{"model":"simulated","messages":[]}`:                                 "messages",
+		`{"messages":[{"role":"user","content":"hi"}]}`:                          "model",
+		`{"model":"simulated","messages":[]}`:                                    "messages",
 		`{"model":"simulated","n":0,"messages":[{"role":"user","content":"x"}]}`: "n",
-		`{"model":"simulated","messages":[{"role":"robot","content":"x"}]}`:     "messages[0].role",
-		`{"model":"simulated","messages":"hi"}`:                               "messages",
+		`{"model":"simulated","messages":[{"role":"robot","content":"x"}]}`:      "messages[0].role",
+		`{"model":"simulated","messages":"hi"}`:                                  "messages",
 	} {
 		resp := post(t, w.url+"/v1/chat/completions", body)
 		var b struct {
