@@ -22,7 +22,15 @@ import (
 )
 
 // DefaultRunTimeout bounds a run whose scopes set no run_timeout.
-const DefaultRunTimeout = 10 * time.Minute
+const DefaultRunTimeout = gate.DefaultRunTimeout
+
+// gate admits runs: the executor's gate, or one over its meter.
+func (s *Service) gate() *gate.Gate {
+	if s.Exec.Gate != nil {
+		return s.Exec.Gate
+	}
+	return &gate.Gate{Meter: s.Exec.Meter}
+}
 
 // Service stores flows and runs them for callers.
 type Service struct {
@@ -335,23 +343,11 @@ func (s *Service) RunGraph(ctx context.Context, who metering.Who, g *flow.Flow, 
 
 func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, g *flow.Flow, req RunRequest, onEvent func(string, any)) (*Outcome, error) {
 	runID := id.New("run")
-	adm, err := s.Exec.Meter.Acquire(ctx, who, "run", quota.Ask{Requests: 1, Concurrency: true}, DefaultRunTimeout+time.Minute)
+	slot, err := s.gate().Admit(ctx, who, "run")
 	if err != nil {
 		return nil, err
 	}
-	caps := adm.Caps
-	timeout := DefaultRunTimeout
-	if caps.RunTimeout > 0 {
-		timeout = caps.RunTimeout
-	}
-	if timeout > DefaultRunTimeout {
-		// The slot was leased for the default; a longer allowed run keeps it
-		// for its whole life.
-		if _, err := s.Exec.Meter.Heartbeat(ctx, adm.ID, timeout+time.Minute); err != nil {
-			_, _ = s.Exec.Meter.Settle(context.WithoutCancel(ctx), adm.ID, quota.Usage{}, "")
-			return nil, err
-		}
-	}
+	adm, caps, timeout := slot.Admission, slot.Caps, slot.Timeout
 	if req.SessionID == "" {
 		req.SessionID = runID
 	}
@@ -360,18 +356,9 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	// Every exit path below releases the run's slot and records the run.
 	// The normal path releases it before the run shows as ended, so that
 	// whoever sees the run finished also finds its slot free.
-	released := false
 	releaseSlot := func() {
-		if released {
-			return
-		}
-		released = true
 		resources := func(ev *usage.Event) { ev.PeakMemory, ev.CPUMillis = rec.PeakMemory, rec.CPUMillis }
-		settle := func() error {
-			_, err := s.Exec.Meter.SettleWith(context.WithoutCancel(ctx), adm.ID, quota.Usage{}, "", resources)
-			return err
-		}
-		if err := gate.RetrySettle(settle); err != nil {
+		if err := slot.Release(ctx, resources); err != nil {
 			s.Log.Error("releasing a run's slot failed", slog.String("run_id", runID), slog.String("error", err.Error()))
 		}
 	}

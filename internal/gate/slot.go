@@ -1,0 +1,75 @@
+package gate
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/metering"
+	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/usage"
+)
+
+// DefaultRunTimeout bounds governed work whose scopes set no run_timeout.
+const DefaultRunTimeout = 10 * time.Minute
+
+// Heartbeater extends an admission's lease (*metering.Meter).
+type Heartbeater interface {
+	Heartbeat(ctx context.Context, ticketID string, ttl time.Duration) (time.Time, error)
+}
+
+// Slot is admitted work that holds a concurrency slot for its whole life:
+// a flow run, a run proxied to LangFlow. It counted as one request at
+// admission; its model calls are governed calls of their own (Do).
+type Slot struct {
+	*metering.Admission
+	// Timeout is how long the work may run: the chain's run_timeout, or
+	// DefaultRunTimeout.
+	Timeout time.Duration
+
+	g    *Gate
+	once sync.Once
+	err  error
+}
+
+// Admit admits one run for who: a request against the chain's rates and a
+// concurrency slot, held (its lease extended to the run's timeout) until
+// Release. The chain's caps (run timeout, memory per run, tokens per
+// call) come with it.
+func (g *Gate) Admit(ctx context.Context, who metering.Who, kind string) (*Slot, error) {
+	adm, err := g.Meter.Acquire(ctx, who, kind, quota.Ask{Requests: 1, Concurrency: true}, DefaultRunTimeout+time.Minute)
+	if err != nil {
+		g.logCall(ctx, Call{Who: who, Kind: kind}, &Result{}, time.Now(), "denied", err)
+		return nil, err
+	}
+	s := &Slot{Admission: adm, Timeout: DefaultRunTimeout, g: g}
+	if rt := adm.Caps.RunTimeout; rt > 0 {
+		s.Timeout = rt
+	}
+	if s.Timeout > DefaultRunTimeout {
+		// The slot was leased for the default; a longer allowed run keeps
+		// it for its whole life.
+		hb, ok := g.Meter.(Heartbeater)
+		if ok {
+			if _, err := hb.Heartbeat(ctx, adm.ID, s.Timeout+time.Minute); err != nil {
+				_ = s.Release(ctx, nil)
+				return nil, err
+			}
+		}
+	}
+	return s, nil
+}
+
+// Release gives the slot back and records the run's usage event (annotate
+// adds what the run measured). It is idempotent and survives the caller's
+// cancellation; an error is a settle that failed for a minute, for the
+// caller to log.
+func (s *Slot) Release(ctx context.Context, annotate func(*usage.Event)) error {
+	s.once.Do(func() {
+		s.err = RetrySettle(func() error {
+			_, err := s.g.Meter.SettleWith(context.WithoutCancel(ctx), s.ID, quota.Usage{}, "", annotate)
+			return err
+		})
+	})
+	return s.err
+}
