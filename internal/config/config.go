@@ -66,6 +66,9 @@ type Config struct {
 	// Models is the model table. Empty: one built-in simulated model, and
 	// flows naming any model run on it (demo mode).
 	Models []llm.ModelConfig `yaml:"models"`
+	// Routing is how calls to a model with several deployments, or with
+	// fallbacks, are retried and moved on when a deployment fails.
+	Routing Routing `yaml:"routing"`
 	// RedisURL, when set, makes the quota engine shared through Redis
 	// (several instances enforce one set of limits); empty keeps it in
 	// process. Secret: it may carry a password.
@@ -214,6 +217,54 @@ type Sandbox struct {
 	WorkerEnv []string `yaml:"worker_env"`
 }
 
+// Routing is the policy for models configured with several deployments or
+// with fallbacks (docs/models.md): when a failing deployment is cooled down,
+// and how the governed call retries before it moves to the next deployment
+// or fallback model. It becomes the registry's llm.RouterOptions.
+type Routing struct {
+	// CooldownAfter is how many consecutive retryable failures (429, 5xx,
+	// timeouts, broken connections) cool a deployment down (default 3);
+	// 0 never does. At most 1000.
+	CooldownAfter int `yaml:"cooldown_after"`
+	// CooldownFor is how long a cooled-down deployment is tried only after
+	// every healthy one and every fallback (default 30s, at most 1h).
+	CooldownFor Duration `yaml:"cooldown_for"`
+	// Retries is how many more times one deployment is tried after a
+	// retryable failure before the next is (default 1; 0 to 10).
+	Retries int `yaml:"retries"`
+	// Backoff is the wait before the first retry on a deployment, doubling
+	// for each further one (default 200ms, at most 1m); moving to another
+	// deployment does not wait.
+	Backoff Duration `yaml:"backoff"`
+	// AttemptTimeout bounds one attempt on one deployment, so a hung
+	// provider is left for the next; 0 (the default) leaves only the
+	// caller's own deadline. At most 1h.
+	AttemptTimeout Duration `yaml:"attempt_timeout"`
+}
+
+// defaultRouting is llm.DefaultRouterOptions in the config's units.
+func defaultRouting() Routing {
+	o := llm.DefaultRouterOptions()
+	return Routing{
+		CooldownAfter:  o.CooldownAfter,
+		CooldownFor:    Duration(o.CooldownFor),
+		Retries:        o.Retries,
+		Backoff:        Duration(o.Backoff),
+		AttemptTimeout: Duration(o.AttemptTimeout),
+	}
+}
+
+// RouterOptions returns r for llm.NewRegistryWith.
+func (r Routing) RouterOptions() llm.RouterOptions {
+	return llm.RouterOptions{
+		CooldownAfter:  r.CooldownAfter,
+		CooldownFor:    time.Duration(r.CooldownFor),
+		Retries:        r.Retries,
+		Backoff:        time.Duration(r.Backoff),
+		AttemptTimeout: time.Duration(r.AttemptTimeout),
+	}
+}
+
 // Values of Sandbox.Unenforced.
 const (
 	UnenforcedRefuse  = "refuse"
@@ -352,6 +403,7 @@ func Default() Config {
 		InProcessRunReserve:  4 << 20,
 
 		Sandbox: Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
+		Routing: defaultRouting(),
 	}
 }
 
@@ -497,6 +549,10 @@ func (c *Config) Validate() error {
 		return errs.Field(errs.Invalid, "redis_prefix", "redis_prefix must not contain braces (it becomes the hash tag)")
 	}
 	if err := llm.ValidateModels(c.Models); err != nil {
+		return err
+	}
+	// llm names the fields as this section does: routing.cooldown_for.
+	if err := c.Routing.RouterOptions().Validate(); err != nil {
 		return err
 	}
 	if c.UsageFlushInterval <= 0 || time.Duration(c.UsageFlushInterval) > 10*time.Second {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/llm"
 )
 
 // env is a getenv backed by a map.
@@ -76,6 +77,7 @@ quota_engine: lease
 		UsageQueueMax:      100_000,
 		SettleOverrun:      config.Default().SettleOverrun,
 		SettleSanity:       config.Default().SettleSanity,
+		Routing:            config.Default().Routing,
 
 		MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 	}
@@ -180,6 +182,7 @@ admin_key: file-key
 					Sandbox:     config.Sandbox{Unenforced: "refuse", Workers: 2},
 					RedisPrefix: "sluice", UsageQueueMax: 100_000,
 					SettleOverrun: config.Default().SettleOverrun, SettleSanity: config.Default().SettleSanity,
+					Routing: config.Default().Routing,
 
 					MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 				}
@@ -290,6 +293,23 @@ func TestValidate(t *testing.T) {
 		{"redis_cluster unknown option", cluster("redis://10.0.0.1:6379?adr=10.0.0.2:6379", "lease"), "redis_url"},
 		{"redis_cluster unparseable", cluster("redis://u:p%zz@10.0.0.1:6379", "lease"), "redis_url"},
 		{"redis_cluster off with a single url", func(c *config.Config) { c.RedisURL = "redis://10.0.0.1:6379/0" }, ""},
+		{"routing.cooldown_after negative", func(c *config.Config) { c.Routing.CooldownAfter = -1 }, "routing.cooldown_after"},
+		{"routing.cooldown_after 0 (never)", func(c *config.Config) { c.Routing.CooldownAfter = 0 }, ""},
+		{"routing.cooldown_for zero", func(c *config.Config) { c.Routing.CooldownFor = 0 }, "routing.cooldown_for"},
+		{"routing.cooldown_for a day", func(c *config.Config) { c.Routing.CooldownFor = config.Duration(24 * time.Hour) }, "routing.cooldown_for"},
+		{"routing.retries negative", func(c *config.Config) { c.Routing.Retries = -1 }, "routing.retries"},
+		{"routing.retries 0", func(c *config.Config) { c.Routing.Retries = 0 }, ""},
+		{"routing.retries 11", func(c *config.Config) { c.Routing.Retries = 11 }, "routing.retries"},
+		{"routing.backoff negative", func(c *config.Config) { c.Routing.Backoff = config.Duration(-time.Millisecond) }, "routing.backoff"},
+		{"routing.backoff 0", func(c *config.Config) { c.Routing.Backoff = 0 }, ""},
+		{"routing.attempt_timeout negative", func(c *config.Config) { c.Routing.AttemptTimeout = config.Duration(-time.Second) }, "routing.attempt_timeout"},
+		{"routing.attempt_timeout 20s", func(c *config.Config) { c.Routing.AttemptTimeout = config.Duration(20 * time.Second) }, ""},
+		{"models deployment base_url", func(c *config.Config) {
+			c.Models = []llm.ModelConfig{{Name: "m", Provider: "openai", Deployments: []llm.DeploymentConfig{{BaseURL: "east"}}}}
+		}, "models[0].deployments[0].base_url"},
+		{"models unknown fallback", func(c *config.Config) {
+			c.Models = []llm.ModelConfig{{Name: "m", Provider: "openai", Fallbacks: []string{"n"}}}
+		}, "models[0].fallbacks[0]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -586,5 +606,66 @@ func TestSandboxValidate(t *testing.T) {
 				t.Errorf("Validate() field = %q, want %q", got, tt.field)
 			}
 		})
+	}
+}
+
+// TestRouting: the routing section and a model table with deployments and
+// fallbacks parse from YAML, validate, and become the registry's options.
+func TestRouting(t *testing.T) {
+	const file = `
+models:
+  - name: gpt-4o
+    provider: openai
+    fallbacks: [gpt-4o-mini]
+    deployments:
+      - {name: east, base_url: "https://east.example/v1", api_key_env: EAST_KEY, weight: 3, rpm: 500, tpm: 30000}
+      - {name: acme, model: gpt-4o-2024-08-06, api_key_env: ACME_KEY, dedicated_to: ["tenant:acme", "plan:enterprise"]}
+  - {name: gpt-4o-mini, provider: openai, api_key_env: OPENAI_API_KEY}
+routing:
+  cooldown_after: 5
+  cooldown_for: 1m
+  retries: 2
+  backoff: 100ms
+  attempt_timeout: 20s
+`
+	c := config.Default()
+	if err := c.Parse(strings.NewReader(file)); err != nil {
+		t.Fatalf("Parse = %v, want nil", err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate = %v, want nil", err)
+	}
+	want := llm.RouterOptions{CooldownAfter: 5, CooldownFor: time.Minute, Retries: 2, Backoff: 100 * time.Millisecond, AttemptTimeout: 20 * time.Second}
+	if got := c.Routing.RouterOptions(); got != want {
+		t.Errorf("RouterOptions = %+v, want %+v", got, want)
+	}
+	d := c.Models[0].Deployments
+	if len(d) != 2 || d[0].Weight != 3 || d[0].RPM != 500 || d[0].TPM != 30000 || d[1].Model != "gpt-4o-2024-08-06" ||
+		strings.Join(d[1].DedicatedTo, ",") != "tenant:acme,plan:enterprise" || strings.Join(c.Models[0].Fallbacks, ",") != "gpt-4o-mini" {
+		t.Errorf("models[0] = %+v, want the deployments and fallbacks of the file", c.Models[0])
+	}
+	r, err := llm.NewRegistryWith(c.Models, env(map[string]string{"EAST_KEY": "k1", "ACME_KEY": "k2", "OPENAI_API_KEY": "k3"}),
+		llm.RegistryOptions{Router: new(c.Routing.RouterOptions())})
+	if err != nil {
+		t.Fatalf("NewRegistryWith = %v", err)
+	}
+	if r.RouterOptions() != want {
+		t.Errorf("registry options = %+v, want %+v", r.RouterOptions(), want)
+	}
+
+	// Unset, the section keeps llm's defaults, and prints them.
+	def := config.Default()
+	if got := def.Routing.RouterOptions(); got != llm.DefaultRouterOptions() {
+		t.Errorf("default RouterOptions = %+v, want llm.DefaultRouterOptions() %+v", got, llm.DefaultRouterOptions())
+	}
+	if s := def.String(); !strings.Contains(s, "routing:\n    cooldown_after: 3\n    cooldown_for: 30s\n    retries: 1\n    backoff: 200ms\n    attempt_timeout: 0s\n") {
+		t.Errorf("String() = %s, want the routing defaults", s)
+	}
+
+	for _, bad := range []string{"routing:\n  cooldown_for: soon\n", "routing:\n  cooldwn_after: 3\n", "routing:\n  retries: many\n"} {
+		c := config.Default()
+		if err := c.Parse(strings.NewReader(bad)); !errs.Is(err, errs.Invalid) {
+			t.Errorf("Parse(%q) = %v, want invalid", bad, err)
+		}
 	}
 }

@@ -228,3 +228,185 @@ func TestModelConfigJSON(t *testing.T) {
 		t.Error("latency \"soon\" parsed")
 	}
 }
+
+// routed is a table with deployments: gpt-4o spread over three, one of
+// them dedicated, and falling back to the one-deployment gpt-4o-mini.
+func routed() []llm.ModelConfig {
+	return []llm.ModelConfig{
+		{Name: "gpt-4o", Provider: "openai", InputPricePerMTok: 2.5, OutputPricePerMTok: 10, ContextWindow: 128000,
+			Fallbacks: []string{"gpt-4o-mini"},
+			Deployments: []llm.DeploymentConfig{
+				{Name: "east", BaseURL: "https://east.example/v1", APIKeyEnv: "EAST_KEY", Weight: 3, RPM: 500, TPM: 30000, Model: "gpt-4o-2024-08-06"},
+				{BaseURL: "https://west.example/v1", APIKeyEnv: "WEST_KEY"},
+				{Name: "acme", Provider: "ollama", BaseURL: "http://acme-gpu:11434", Model: "llama3.1:70b", DedicatedTo: []string{"tenant:acme", "plan:enterprise"}},
+			}},
+		{Name: "gpt-4o-mini", Provider: "openai", APIKeyEnv: "OPENAI_API_KEY", InputPricePerMTok: 0.15, OutputPricePerMTok: 0.60},
+	}
+}
+
+var routedEnv = env(map[string]string{"EAST_KEY": "sk-east", "WEST_KEY": "sk-west", "OPENAI_API_KEY": testKey})
+
+func TestDeployments(t *testing.T) {
+	r, err := llm.NewRegistry(routed(), routedEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(r.Names(), ","); got != "gpt-4o,gpt-4o-mini" {
+		t.Errorf("Names = %s, want one per model", got)
+	}
+	if got := len(r.Models()); got != 2 {
+		t.Errorf("len(Models) = %d, want 2 (one per model)", got)
+	}
+	deps, err := r.Deployments("gpt-4o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type view struct {
+		name, deployment, upstream, provider, baseURL, key string
+		rpm, tpm                                           int64
+		dedicated                                          string
+	}
+	want := []view{
+		{"gpt-4o", "east", "gpt-4o-2024-08-06", "openai", "https://east.example/v1", "sk-east", 500, 30000, ""},
+		{"gpt-4o", "gpt-4o#1", "gpt-4o", "openai", "https://west.example/v1", "sk-west", 0, 0, ""},
+		{"gpt-4o", "acme", "llama3.1:70b", "ollama", "http://acme-gpu:11434", "", 0, 0, "tenant:acme,plan:enterprise"},
+	}
+	if len(deps) != len(want) {
+		t.Fatalf("Deployments = %v, want %d", deps, len(want))
+	}
+	for i, m := range deps {
+		c := m.Config()
+		got := view{m.Name(), m.Deployment(), m.Upstream(), c.Provider, c.BaseURL, c.APIKey.Reveal(), m.RPM(), m.TPM(), strings.Join(m.DedicatedTo(), ",")}
+		if got != want[i] {
+			t.Errorf("deployment %d = %+v, want %+v", i, got, want[i])
+		}
+		// Prices, context window: the model's.
+		if m.Cost(llm.Usage{InputTokens: 1000, OutputTokens: 1000}) != 12500 || c.ContextWindow != 128000 {
+			t.Errorf("deployment %d: cost %d, context window %d; want the model's (12500 µUSD, 128000)", i, m.Cost(llm.Usage{InputTokens: 1000, OutputTokens: 1000}), c.ContextWindow)
+		}
+	}
+	if _, ok := deps[2].Provider().(*llm.Ollama); !ok {
+		t.Errorf("acme's provider is %T, want *llm.Ollama", deps[2].Provider())
+	}
+	if m, _ := r.Lookup("gpt-4o"); m != deps[0] {
+		t.Errorf("Lookup = %v, want the first deployment", m)
+	}
+	if got := fmt.Sprint(r); !strings.Contains(got, "gpt-4o(east openai, gpt-4o#1 openai, acme ollama)") || !strings.Contains(got, "gpt-4o-mini(openai)") {
+		t.Errorf("String = %q, want each deployment listed", got)
+	}
+	if got := fmt.Sprint(deps[1]); got != "model gpt-4o deployment gpt-4o#1 (openai)" {
+		t.Errorf("deployment prints %q", got)
+	}
+
+	// A model without deployments is its own single one, named after it.
+	mini, _ := r.Lookup("gpt-4o-mini")
+	if mini.Deployment() != "gpt-4o-mini" || mini.Upstream() != "gpt-4o-mini" || mini.RPM() != 0 || len(mini.DedicatedTo()) != 0 || mini.Config().APIKey.Reveal() != testKey {
+		t.Errorf("gpt-4o-mini: deployment %q, upstream %q; want both the model's name and its key", mini.Deployment(), mini.Upstream())
+	}
+	if got := fmt.Sprint(mini); got != "model gpt-4o-mini (openai)" {
+		t.Errorf("gpt-4o-mini prints %q, want as before deployments", got)
+	}
+	if _, err := r.Deployments("gpt-5"); !errs.Is(err, errs.Invalid) {
+		t.Errorf("Deployments(gpt-5) = %v, want invalid", err)
+	}
+}
+
+func TestDeploymentValidation(t *testing.T) {
+	edit := func(f func(m []llm.ModelConfig)) func() []llm.ModelConfig {
+		return func() []llm.ModelConfig { m := routed(); f(m); return m }
+	}
+	tests := []struct {
+		name   string
+		models func() []llm.ModelConfig
+		env    map[string]string
+		field  string
+	}{
+		{"bad base url", edit(func(m []llm.ModelConfig) { m[0].Deployments[1].BaseURL = "west.example" }), nil, "models[0].deployments[1].base_url"},
+		{"credentials in url", edit(func(m []llm.ModelConfig) { m[0].Deployments[0].BaseURL = "https://u:p@east.example" }), nil, "models[0].deployments[0].base_url"},
+		{"bad env name", edit(func(m []llm.ModelConfig) { m[0].Deployments[1].APIKeyEnv = "WEST-KEY" }), nil, "models[0].deployments[1].api_key_env"},
+		{"key variable unset", routed, map[string]string{"EAST_KEY": "sk-east", "OPENAI_API_KEY": testKey}, "models[0].deployments[1].api_key_env"},
+		{"unknown provider", edit(func(m []llm.ModelConfig) { m[0].Deployments[2].Provider = "bedrock" }), nil, "models[0].deployments[2].provider"},
+		{"no provider anywhere", edit(func(m []llm.ModelConfig) { m[0].Provider = "" }), nil, "models[0].deployments[0].provider"},
+		{"unknown provider on the row", edit(func(m []llm.ModelConfig) { m[0].Provider = "bedrock" }), nil, "models[0].provider"},
+		{"duplicate name", edit(func(m []llm.ModelConfig) { m[0].Deployments[2].Name = "east" }), nil, "models[0].deployments[2].name"},
+		{"explicit name taking a default", edit(func(m []llm.ModelConfig) { m[0].Deployments[2].Name = "gpt-4o#1" }), nil, "models[0].deployments[2].name"},
+		{"name with a space", edit(func(m []llm.ModelConfig) { m[0].Deployments[0].Name = "us east" }), nil, "models[0].deployments[0].name"},
+		{"upstream with a space", edit(func(m []llm.ModelConfig) { m[0].Deployments[0].Model = "gpt 4o" }), nil, "models[0].deployments[0].model"},
+		{"negative weight", edit(func(m []llm.ModelConfig) { m[0].Deployments[1].Weight = -1 }), nil, "models[0].deployments[1].weight"},
+		{"huge weight", edit(func(m []llm.ModelConfig) { m[0].Deployments[1].Weight = 1e7 }), nil, "models[0].deployments[1].weight"},
+		{"negative rpm", edit(func(m []llm.ModelConfig) { m[0].Deployments[0].RPM = -5 }), nil, "models[0].deployments[0].rpm"},
+		{"negative tpm", edit(func(m []llm.ModelConfig) { m[0].Deployments[0].TPM = -5 }), nil, "models[0].deployments[0].tpm"},
+		{"dedicated to a bare name", edit(func(m []llm.ModelConfig) { m[0].Deployments[2].DedicatedTo[1] = "enterprise" }), nil, "models[0].deployments[2].dedicated_to[1]"},
+		{"dedicated to an unknown kind", edit(func(m []llm.ModelConfig) { m[0].Deployments[2].DedicatedTo[0] = "org:acme" }), nil, "models[0].deployments[2].dedicated_to[0]"},
+		{"dedicated to nobody", edit(func(m []llm.ModelConfig) { m[0].Deployments[2].DedicatedTo[0] = "tenant:" }), nil, "models[0].deployments[2].dedicated_to[0]"},
+		{"dedicated twice", edit(func(m []llm.ModelConfig) { m[0].Deployments[2].DedicatedTo[1] = "tenant:acme" }), nil, "models[0].deployments[2].dedicated_to[1]"},
+		{"row base url beside deployments", edit(func(m []llm.ModelConfig) { m[0].BaseURL = "https://api.openai.com/v1" }), nil, "models[0].base_url"},
+		{"row key beside deployments", edit(func(m []llm.ModelConfig) { m[0].APIKeyEnv = "OPENAI_API_KEY" }), nil, "models[0].api_key_env"},
+		{"row key in the file beside deployments", edit(func(m []llm.ModelConfig) { m[0].APIKey = llm.NewSecret("sk-file") }), nil, "models[0].api_key"},
+		{"unknown fallback", edit(func(m []llm.ModelConfig) { m[0].Fallbacks = []string{"gpt-4o-mini", "claude"} }), nil, "models[0].fallbacks[1]"},
+		{"fallback to itself", edit(func(m []llm.ModelConfig) { m[1].Fallbacks = []string{"gpt-4o-mini"} }), nil, "models[1].fallbacks[0]"},
+		{"fallback twice", edit(func(m []llm.ModelConfig) { m[0].Fallbacks = []string{"gpt-4o-mini", "gpt-4o-mini"} }), nil, "models[0].fallbacks[1]"},
+		{"empty fallback", edit(func(m []llm.ModelConfig) { m[0].Fallbacks = []string{""} }), nil, "models[0].fallbacks[0]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			getenv := routedEnv
+			if tt.env != nil {
+				getenv = env(tt.env)
+			}
+			_, err := llm.NewRegistry(tt.models(), getenv)
+			var e *errs.Error
+			if !errors.As(err, &e) || e.Code != errs.Invalid || e.Field != tt.field {
+				t.Fatalf("err = %v, want invalid naming %s", err, tt.field)
+			}
+			if !strings.Contains(e.Message, tt.field) {
+				t.Errorf("message %q does not name %s", e.Message, tt.field)
+			}
+		})
+	}
+	if err := llm.ValidateModels(routed()); err != nil {
+		t.Errorf("ValidateModels(routed table) = %v", err)
+	}
+	// The row's provider may be left out when every deployment names one.
+	rows := routed()
+	rows[0].Provider = ""
+	for i := range rows[0].Deployments {
+		rows[0].Deployments[i].Provider = "openai"
+	}
+	if err := llm.ValidateModels(rows); err != nil {
+		t.Errorf("ValidateModels(providers on every deployment only) = %v", err)
+	}
+	// A row on its own names the bare field.
+	row := routed()[0]
+	row.Deployments[1].BaseURL = "ftp://west"
+	var e *errs.Error
+	if err := row.Validate(); !errors.As(err, &e) || e.Field != "deployments[1].base_url" {
+		t.Errorf("Validate = %v, want field deployments[1].base_url", err)
+	}
+}
+
+func TestDeploymentsJSON(t *testing.T) {
+	var cfgs []llm.ModelConfig
+	in := `[{"name":"gpt-4o","provider":"openai","fallbacks":["demo"],
+	         "deployments":[{"name":"east","api_key":"sk-in-file","model":"gpt-4o-2024-08-06","weight":2,"rpm":10,"tpm":1000,"dedicated_to":["plan:pro"]}]},
+	        {"name":"demo","provider":"simulated"}]`
+	if err := json.Unmarshal([]byte(in), &cfgs); err != nil {
+		t.Fatal(err)
+	}
+	d := cfgs[0].Deployments[0]
+	if d.Name != "east" || d.APIKey.Reveal() != "sk-in-file" || d.Model != "gpt-4o-2024-08-06" || d.Weight != 2 || d.RPM != 10 || d.TPM != 1000 ||
+		len(d.DedicatedTo) != 1 || cfgs[0].Fallbacks[0] != "demo" {
+		t.Errorf("parsed %+v, want every field", cfgs[0])
+	}
+	out, _ := json.Marshal(cfgs)
+	if strings.Contains(string(out), "sk-in-file") || !strings.Contains(string(out), `"dedicated_to":["plan:pro"]`) {
+		t.Errorf("marshalled %s, want the key redacted and the rest kept", out)
+	}
+	r, err := llm.NewRegistry(cfgs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := r.Lookup("gpt-4o"); fmt.Sprintf("%+v %#v", m, m.Config()) == "" || strings.Contains(fmt.Sprintf("%+v %#v %v", m, m.Config(), r), "sk-in-file") {
+		t.Error("a deployment's key printed")
+	}
+}
