@@ -63,6 +63,10 @@ type Gate struct {
 	Log *slog.Logger
 	// Sleep waits between attempts (nil: a timer that the context cuts).
 	Sleep func(ctx context.Context, d time.Duration) error
+	// Engine, when set, enforces each deployment's provider rpm and tpm.
+	Engine Engine
+
+	providers providerLimits
 }
 
 // Call is one governed model call.
@@ -246,6 +250,9 @@ func (g *Gate) Do(ctx context.Context, c Call) (Result, error) {
 	}
 	out.Usage = total
 	// Settle whatever happened: success, provider error, timeout, cancel.
+	if out.Model == nil {
+		out.Model = m // no deployment could be tried
+	}
 	served := out.Model
 	out.SettleErr = RetrySettle(func() error {
 		_, err := g.Meter.SettleWith(context.WithoutCancel(ctx), adm.ID, out.Usage, served.Name(), func(ev *usage.Event) {
@@ -291,10 +298,19 @@ func (g *Gate) tryDeployment(ctx context.Context, c Call, dep *llm.Model, in, ma
 			}
 			wait *= 2
 		}
+		var pid string
+		pid, err = g.takeProvider(ctx, dep, int64(in+max(c.Choices, 1)*maxOut))
+		if err != nil {
+			if retryable(err) {
+				return resp, err, false // at its provider's limit: the next deployment
+			}
+			return resp, err, true
+		}
 		out.Model = dep
 		out.Attempts++
 		var o timedOutcome
 		o, err = g.attempt(ctx, c, dep, maxOut, out, admitted)
+		g.settleProvider(ctx, pid, o.Response.Usage)
 		resp = o.Response
 		out.Committed = o.Committed
 		u := o.Response.Usage
@@ -476,9 +492,4 @@ func RetrySettle(settle func() error) error {
 }
 
 // deploymentOf names the deployment m is.
-func deploymentOf(m *llm.Model) string {
-	if d, ok := any(m).(interface{ Deployment() string }); ok {
-		return d.Deployment()
-	}
-	return m.Name()
-}
+func deploymentOf(m *llm.Model) string { return m.Deployment() }

@@ -54,12 +54,7 @@ func editBody(body []byte, m *llm.Model, maxTokens int, req chatRequest, stream 
 }
 
 // upstreamOf is the name the deployment's provider knows the model by.
-func upstreamOf(m *llm.Model) string {
-	if u, ok := any(m).(interface{ Upstream() string }); ok {
-		return u.Upstream()
-	}
-	return m.Name()
-}
+func upstreamOf(m *llm.Model) string { return m.Upstream() }
 
 // pass relays one attempt's answer from a provider that speaks the OpenAI
 // API to the caller, and measures what it used.
