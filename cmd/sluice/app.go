@@ -158,7 +158,7 @@ func (a *App) startQuota(ctx context.Context) error {
 
 // startRuns builds the model registry and the flow runtime.
 func (a *App) startRuns() error {
-	models, err := llm.NewRegistry(a.cfg.Models, os.Getenv)
+	models, err := llm.NewRegistryWith(a.cfg.Models, os.Getenv, llm.RegistryOptions{Router: new(a.cfg.Routing.RouterOptions())})
 	if err != nil {
 		return fmt.Errorf("models: %w", err)
 	}
@@ -171,7 +171,9 @@ func (a *App) startRuns() error {
 	if err := guard.Validate(); err != nil {
 		return fmt.Errorf("allow_hosts: %w", err)
 	}
-	a.gate = &gate.Gate{Meter: a.meter, Log: a.log,
+	ro := models.RouterOptions()
+	a.gate = &gate.Gate{Meter: a.meter, Log: a.log, Health: models, Engine: a.engine,
+		Retry: gate.Retry{Retries: ro.Retries, Backoff: ro.Backoff, AttemptTimeout: ro.AttemptTimeout},
 		OnModelCall: func(model, provider, outcome string, in, out int) {
 			a.metrics.ModelCalls.WithLabelValues(model, provider, outcome).Inc()
 			a.metrics.Tokens.WithLabelValues(model, "input").Add(float64(in))

@@ -103,7 +103,7 @@ func runLocal(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	defer engine.Close()
 	rec := usage.NewRecorder(store, log, 0)
 	defer rec.Close()
-	models, err := llm.NewRegistry(cfg.Models, os.Getenv)
+	models, err := llm.NewRegistryWith(cfg.Models, os.Getenv, llm.RegistryOptions{Router: new(cfg.Routing.RouterOptions())})
 	if err != nil {
 		return err
 	}

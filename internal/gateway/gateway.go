@@ -119,49 +119,47 @@ func bearer(r *http.Request) string {
 	return strings.TrimSpace(r.Header.Get("X-Api-Key"))
 }
 
-// allowed reports whether the chain lets its caller use model: every scope
-// with a model list must name it.
-func (c *caller) allowed(model string) bool {
-	if c.chain == nil {
-		return true
-	}
-	for _, sc := range c.chain.Scopes {
-		if sc.Limits == nil || len(sc.Limits.Models) == 0 {
-			continue
-		}
-		ok := false
-		for _, m := range sc.Limits.Models {
-			ok = ok || m == model
-		}
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
+// allowed reports whether the chain lets its caller use model.
+func (c *caller) allowed(model string) bool { return gate.Allows(c.chain, model) }
 
-// route returns the deployments to try for model, or answers the error:
-// 404 for a model Sluice does not serve, 403 for one the caller may not use.
+// route returns the deployments to try for model, in routing order
+// (dedicated to the caller's tenant or plan first, weighted, healthy
+// before cooling down, then fallback models), leaving out fallback models
+// the caller may not use; or it answers the error: 404 for a model Sluice
+// does not serve, 403 for one the caller may not use.
 func (h *Handler) route(w http.ResponseWriter, r *http.Request, c *caller, model string) ([]*llm.Model, bool) {
 	if model == "" {
 		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "model", "you must provide a model parameter")
 		return nil, false
 	}
-	m, err := h.Models.Lookup(model)
-	if err != nil && h.Demo {
-		m, err = h.Models.Default(), nil
+	var tags llm.RouteTags
+	tags.Tenant, tags.Plan = gate.Route(c.p.TenantID, c.chain)
+	cands, err := h.Models.Route(model, tags)
+	if err != nil && h.Demo && !errs.Is(err, errs.Forbidden) {
+		cands, err = h.Models.Route(h.Models.Default().Name(), tags)
 	}
-	if err != nil {
+	switch {
+	case errs.Is(err, errs.Forbidden):
+		writeError(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", "model",
+			"The model `"+model+"` runs on deployments dedicated to other customers.")
+		return nil, false
+	case err != nil:
 		writeError(w, http.StatusNotFound, "invalid_request_error", "model_not_found", "model",
 			"The model `"+model+"` does not exist or you do not have access to it.")
 		return nil, false
 	}
-	if !c.allowed(m.Name()) {
+	if !c.allowed(cands[0].Name()) {
 		writeError(w, http.StatusForbidden, "invalid_request_error", "model_not_allowed", "model",
 			"The model `"+model+"` is not allowed for your key, user or project by Sluice's policy.")
 		return nil, false
 	}
-	return []*llm.Model{m}, true
+	kept := cands[:0:0]
+	for _, m := range cands {
+		if c.allowed(m.Name()) {
+			kept = append(kept, m)
+		}
+	}
+	return kept, true
 }
 
 // ---- /v1/models ----

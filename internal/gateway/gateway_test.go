@@ -28,10 +28,13 @@ import (
 type auth struct{}
 
 func (auth) Authenticate(_ context.Context, secret string) (tenancy.Principal, error) {
-	if secret != "sk-sluice-alice" {
-		return tenancy.Principal{}, errs.E(errs.Unauthorized, "invalid API key")
+	switch secret {
+	case "sk-sluice-alice":
+		return tenancy.Principal{KeyID: "key_1", UserID: "usr_alice", TenantID: "ten_1", Role: tenancy.RoleMember}, nil
+	case "sk-sluice-bob":
+		return tenancy.Principal{KeyID: "key_2", UserID: "usr_bob", TenantID: "ten_2", Role: tenancy.RoleMember}, nil
 	}
-	return tenancy.Principal{KeyID: "key_1", UserID: "usr_alice", TenantID: "ten_1", Role: tenancy.RoleMember}, nil
+	return tenancy.Principal{}, errs.E(errs.Unauthorized, "invalid API key")
 }
 
 // meter records asks and settlements; deny refuses.
@@ -103,12 +106,19 @@ type world struct {
 
 func newWorld(t *testing.T, models []llm.ModelConfig) *world {
 	t.Helper()
-	reg, err := llm.NewRegistry(models, nil)
+	return newWorldWith(t, models, llm.RegistryOptions{}, gate.Retry{})
+}
+
+// newWorldWith builds the world with routing options and retries; waits
+// between retries take no time.
+func newWorldWith(t *testing.T, models []llm.ModelConfig, ro llm.RegistryOptions, retry gate.Retry) *world {
+	t.Helper()
+	reg, err := llm.NewRegistryWith(models, nil, ro)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mt := newMeter()
-	g := &gate.Gate{Meter: mt, Health: reg, Sleep: func(context.Context, time.Duration) error { return nil }}
+	g := &gate.Gate{Meter: mt, Health: reg, Retry: retry, Sleep: func(context.Context, time.Duration) error { return nil }}
 	h := &gateway.Handler{Auth: auth{}, Gate: g, Models: reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)

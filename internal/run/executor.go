@@ -78,6 +78,11 @@ type Job struct {
 	// the innermost scope with a model list allows (a tenant's own models),
 	// else the model table's default.
 	DefaultModel string
+	// Route is the run's routing (its tenant and plan, for deployments
+	// dedicated to them); Allowed, when set, says which models the run's
+	// chain may use, so that a call falls back only to those.
+	Route   llm.RouteTags
+	Allowed func(model string) bool
 	// OnEvent, when set, receives streaming events (add_message, token).
 	OnEvent func(event string, data any)
 	// Progress, when set, is told when a node starts and ends, so that a

@@ -167,7 +167,21 @@ func (e *Executor) Call(ctx context.Context, job *Job, c ModelCall) (CallResult,
 // settled to out.
 func (e *Executor) call(ctx context.Context, job *Job, c ModelCall, m *llm.Model, req llm.Request, out *CallResult) (llm.Response, error) {
 	req.MaxTokens = c.MaxTokens
-	gc := gate.Call{Who: job.Who, Kind: "model_call", Model: m, Request: req, MaxTokensPerCall: job.Caps.MaxTokensPerCall,
+	cands, err := e.Models.Route(m.Name(), job.Route)
+	if err != nil {
+		return llm.Response{}, errs.Field(errs.Forbidden, "nodes."+c.ModelNodeID+".model_name",
+			"node %s: model %s runs only on deployments dedicated to other customers", c.ModelNodeID, m.Name())
+	}
+	if job.Allowed != nil {
+		kept := cands[:0:0]
+		for _, d := range cands {
+			if d.Name() == m.Name() || job.Allowed(d.Name()) {
+				kept = append(kept, d)
+			}
+		}
+		cands = kept
+	}
+	gc := gate.Call{Who: job.Who, Kind: "model_call", Model: m, Candidates: cands, Request: req, MaxTokensPerCall: job.Caps.MaxTokensPerCall,
 		Field: "nodes." + c.NodeID, Subject: "node " + c.NodeID}
 	if c.Stream && job.OnEvent != nil && len(req.Tools) == 0 {
 		msgID := c.NodeID

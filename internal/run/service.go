@@ -383,7 +383,9 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	defer cancel()
 	job := &Job{RunID: runID, FlowID: flowID, Flow: g, Who: who, InputValue: req.InputValue, InputType: req.InputType,
 		OutputType: req.OutputType, OutputComponent: req.OutputComponent, Tweaks: req.Tweaks, SessionID: req.SessionID,
-		Caps: caps, OnEvent: onEvent, DefaultModel: defaultModel(adm.Chain)}
+		Caps: caps, OnEvent: onEvent, DefaultModel: defaultModel(adm.Chain),
+		Allowed: func(model string) bool { return gate.Allows(adm.Chain, model) }}
+	job.Route.Tenant, job.Route.Plan = gate.Route(who.TenantID, adm.Chain)
 	res, runErr := execute(rctx, job)
 	if runErr != nil && rctx.Err() != nil && ctx.Err() == nil {
 		runErr = ctxError(rctx.Err()) // the run's own deadline, not the caller's
