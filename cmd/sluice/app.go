@@ -254,7 +254,8 @@ func (a *App) Handler() http.Handler {
 		Sandbox: func() string { return string(a.sandbox.Mode()) },
 		Mode:    a.mode,
 		Gateway: &gateway.Handler{Auth: a.tenancy, Gate: a.gate, Models: a.models, Policy: a.policy.Manager(), Log: a.log,
-			Demo: len(a.cfg.Models) == 0},
+			Demo: len(a.cfg.Models) == 0, MaxBodyBytes: int64(a.cfg.Gateway.MaxBodyBytes),
+			MaxTokensDefault: a.cfg.Gateway.DefaultMaxTokens, LogPrompts: a.cfg.Gateway.LogPrompts},
 	}
 	return api.Handler()
 }

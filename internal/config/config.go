@@ -69,6 +69,8 @@ type Config struct {
 	// Routing is how calls to a model with several deployments, or with
 	// fallbacks, are retried and moved on when a deployment fails.
 	Routing Routing `yaml:"routing"`
+	// Gateway configures the OpenAI-compatible API under /v1/.
+	Gateway Gateway `yaml:"gateway"`
 	// RedisURL, when set, makes the quota engine shared through Redis
 	// (several instances enforce one set of limits); empty keeps it in
 	// process. Secret: it may carry a password.
@@ -242,6 +244,20 @@ type Routing struct {
 	AttemptTimeout Duration `yaml:"attempt_timeout"`
 }
 
+// Gateway configures the OpenAI-compatible API (docs/gateway.md).
+type Gateway struct {
+	// MaxBodyBytes bounds a /v1/ request body (default 8MiB: prompts with
+	// long context or images are larger than admin requests; at most 64MiB).
+	MaxBodyBytes Bytes `yaml:"max_body_bytes"`
+	// DefaultMaxTokens is the output reserved for a call that asks no
+	// max_tokens (default 4096), within the model's context window; the
+	// provider is asked for no more than that.
+	DefaultMaxTokens int `yaml:"default_max_tokens"`
+	// LogPrompts puts each call's last user message in its call log line.
+	// Off by default: prompts are the users' data.
+	LogPrompts bool `yaml:"log_prompts"`
+}
+
 // defaultRouting is llm.DefaultRouterOptions in the config's units.
 func defaultRouting() Routing {
 	o := llm.DefaultRouterOptions()
@@ -404,6 +420,7 @@ func Default() Config {
 
 		Sandbox: Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
 		Routing: defaultRouting(),
+		Gateway: Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096},
 	}
 }
 
@@ -552,6 +569,12 @@ func (c *Config) Validate() error {
 		return err
 	}
 	// llm names the fields as this section does: routing.cooldown_for.
+	if g := c.Gateway; g.MaxBodyBytes < 1024 || g.MaxBodyBytes > 64<<20 {
+		return errs.Field(errs.Invalid, "gateway.max_body_bytes", "gateway.max_body_bytes %s is outside 1KiB..64MiB", g.MaxBodyBytes)
+	}
+	if g := c.Gateway; g.DefaultMaxTokens < 1 || g.DefaultMaxTokens > 1_000_000 {
+		return errs.Field(errs.Invalid, "gateway.default_max_tokens", "gateway.default_max_tokens %d is outside 1..1000000", g.DefaultMaxTokens)
+	}
 	if err := c.Routing.RouterOptions().Validate(); err != nil {
 		return err
 	}

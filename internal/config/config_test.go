@@ -78,6 +78,7 @@ quota_engine: lease
 		SettleOverrun:      config.Default().SettleOverrun,
 		SettleSanity:       config.Default().SettleSanity,
 		Routing:            config.Default().Routing,
+		Gateway:            config.Default().Gateway,
 
 		MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 	}
@@ -182,7 +183,7 @@ admin_key: file-key
 					Sandbox:     config.Sandbox{Unenforced: "refuse", Workers: 2},
 					RedisPrefix: "sluice", UsageQueueMax: 100_000,
 					SettleOverrun: config.Default().SettleOverrun, SettleSanity: config.Default().SettleSanity,
-					Routing: config.Default().Routing,
+					Routing: config.Default().Routing, Gateway: config.Default().Gateway,
 
 					MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 				}
@@ -667,5 +668,28 @@ routing:
 		if err := c.Parse(strings.NewReader(bad)); !errs.Is(err, errs.Invalid) {
 			t.Errorf("Parse(%q) = %v, want invalid", bad, err)
 		}
+	}
+}
+
+// TestGatewayValidation: the gateway section's bounds name their field.
+func TestGatewayValidation(t *testing.T) {
+	for field, yaml := range map[string]string{
+		"gateway.max_body_bytes":     "gateway:\n  max_body_bytes: 100\n",
+		"gateway.default_max_tokens": "gateway:\n  default_max_tokens: 0\n",
+	} {
+		c := config.Default()
+		if err := c.Parse(strings.NewReader(yaml)); err != nil {
+			t.Fatalf("%s: parse: %v", field, err)
+		}
+		err := c.Validate()
+		var e *errs.Error
+		if !errors.As(err, &e) || e.Field != field {
+			t.Errorf("%s: Validate() = %v, want an error naming %s", field, err, field)
+		}
+	}
+	c := config.Default()
+	if err := c.Parse(strings.NewReader("gateway:\n  max_body_bytes: 16MiB\n  log_prompts: true\n")); err != nil || c.Validate() != nil ||
+		c.Gateway.MaxBodyBytes != 16<<20 || !c.Gateway.LogPrompts || c.Gateway.DefaultMaxTokens != 4096 {
+		t.Errorf("gateway section: %+v (%v), want 16MiB, prompts logged, default 4096 kept", c.Gateway, err)
 	}
 }
