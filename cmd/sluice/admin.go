@@ -15,18 +15,23 @@ import (
 )
 
 // resource describes one administrable collection for the CLI: its path and
-// the fields its create/update calls accept (all strings in the API).
+// the fields its create/update calls accept (strings in the API, but for
+// the JSON objects of jsonFields).
 type resource struct {
 	path   string
 	fields []string
 }
+
+// jsonFields are fields whose flag value is JSON, sent as is: a limits
+// object ({"requests":"10/min","models":["gpt-4o-mini"]}).
+var jsonFields = map[string]bool{"limits": true}
 
 var resources = map[string]resource{
 	"tenants":     {"/api/v1/admin/tenants", []string{"name", "display_name", "timezone"}},
 	"departments": {"/api/v1/admin/departments", []string{"tenant_id", "parent_id", "name", "display_name"}},
 	"projects":    {"/api/v1/admin/projects", []string{"tenant_id", "department_id", "name", "display_name"}},
 	"users":       {"/api/v1/admin/users", []string{"tenant_id", "name", "display_name", "email", "role"}},
-	"keys":        {"/api/v1/admin/keys", []string{"user_id", "project_id", "name", "expires_at"}},
+	"keys":        {"/api/v1/admin/keys", []string{"user_id", "project_id", "name", "expires_at", "expires_in", "plan", "limits"}},
 	"memberships": {"/api/v1/admin/memberships", []string{"user_id", "project_id"}},
 	"audit":       {"/api/v1/admin/audit", nil},
 	"plans":       {"/api/v1/admin/plans", nil},
@@ -86,6 +91,9 @@ func runClient(args []string, stdout, stderr io.Writer, getenv func(string) stri
 	case "whoami":
 		return show(ctx, c, stdout, http.MethodGet, "/api/v1/me", nil, nil)
 	case "usage":
+		if len(pos) > 1 && pos[1] == "keys" {
+			return keySpend(ctx, c, stdout, flags)
+		}
 		q := url.Values{}
 		for k, v := range flags {
 			if k != "scope" && k != "user_id" && k != "project_id" {
@@ -96,6 +104,8 @@ func runClient(args []string, stdout, stderr io.Writer, getenv func(string) stri
 		return show(ctx, c, stdout, http.MethodGet, "/api/v1/usage", q, nil)
 	case "apply":
 		return apply(ctx, c, flags, stdout, stderr)
+	case "limits":
+		return limits(ctx, c, stdout, stderr, pos[1:], flags)
 	case "export":
 		format := flags["format"]
 		if format == "" {
@@ -148,6 +158,9 @@ func runClient(args []string, stdout, stderr io.Writer, getenv func(string) stri
 		id, err := needID()
 		if err != nil {
 			return err
+		}
+		if pos[0] == "keys" && (flags["plan"] != "" || flags["limits"] != "") {
+			return usageError("a key's limits are its scope's: sluice limits set key/" + rest[0] + " --limits JSON")
 		}
 		body, err := bodyOf(pos[0], res, flags)
 		if err != nil {
@@ -232,15 +245,84 @@ func apply(ctx context.Context, c *client.Client, flags map[string]string, stdou
 	return nil
 }
 
-func bodyOf(name string, res resource, flags map[string]string) (map[string]string, error) {
-	body := map[string]string{}
+func bodyOf(name string, res resource, flags map[string]string) (map[string]any, error) {
+	body := map[string]any{}
 	for k, v := range flags {
 		if !contains(res.fields, k) {
 			return nil, usageError(fmt.Sprintf("%s: unknown flag --%s (fields: %s)", name, k, strings.Join(res.fields, ", ")))
 		}
+		if jsonFields[k] {
+			if !json.Valid([]byte(v)) {
+				return nil, usageError(fmt.Sprintf("%s: --%s must be a JSON object such as '{\"requests\":\"10/min\"}'", name, k))
+			}
+			body[k] = json.RawMessage(v)
+			continue
+		}
 		body[k] = v
 	}
 	return body, nil
+}
+
+// limits reads and sets a scope's limits: sluice limits list [--tenant-id T],
+// get SCOPE, set SCOPE [--plan P] [--limits JSON], clear SCOPE. A scope is
+// global, tenant/ID, department/ID, project/ID, user/ID,
+// membership/USER@PROJECT or key/ID.
+func limits(ctx context.Context, c *client.Client, stdout, stderr io.Writer, args []string, flags map[string]string) error {
+	const path = "/api/v1/admin/limits"
+	if len(args) == 0 {
+		return usageError("limits needs a verb (list, get SCOPE, set SCOPE, clear SCOPE)")
+	}
+	verb, rest := args[0], args[1:]
+	if verb == "list" {
+		q := url.Values{}
+		for k, v := range flags {
+			if k != "tenant_id" {
+				return usageError(fmt.Sprintf("limits list: unknown flag --%s (flags: --tenant-id)", k))
+			}
+			q.Set(k, v)
+		}
+		return show(ctx, c, stdout, http.MethodGet, path, q, nil)
+	}
+	if len(rest) != 1 {
+		return usageError(fmt.Sprintf("limits %s needs exactly one scope, such as key/key_… or user/usr_…", verb))
+	}
+	parts := strings.Split(rest[0], "/")
+	for i, p := range parts {
+		parts[i] = url.PathEscape(p)
+	}
+	scopePath := path + "/" + strings.Join(parts, "/")
+	switch verb {
+	case "get":
+		return show(ctx, c, stdout, http.MethodGet, scopePath, nil, nil)
+	case "set":
+		body, err := bodyOf("limits set", resource{fields: []string{"plan", "limits"}}, flags)
+		if err != nil {
+			return err
+		}
+		return show(ctx, c, stdout, http.MethodPut, scopePath, nil, body)
+	case "clear":
+		if err := show(ctx, c, stdout, http.MethodDelete, scopePath, nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "limits of %s cleared\n", rest[0])
+		return nil
+	}
+	return usageError(fmt.Sprintf("unknown verb %q for limits (list, get, set, clear)", verb))
+}
+
+// keySpend prints spend per API key from the usage ledger: sluice usage
+// keys [--tenant-id T] [--user-id U] [--period 2026-05] [--limit N] [--after ID].
+func keySpend(ctx context.Context, c *client.Client, stdout io.Writer, flags map[string]string) error {
+	q := url.Values{}
+	for k, v := range flags {
+		switch k {
+		case "tenant_id", "user_id", "period", "limit", "after":
+			q.Set(k, v)
+		default:
+			return usageError(fmt.Sprintf("usage keys: unknown flag --%s (flags: --tenant-id, --user-id, --period, --limit, --after)", k))
+		}
+	}
+	return show(ctx, c, stdout, http.MethodGet, "/api/v1/admin/usage/keys", q, nil)
 }
 
 func contains(list []string, s string) bool {

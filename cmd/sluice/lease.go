@@ -306,20 +306,32 @@ func (l leaseEpochs) UnlockRebuild(ctx context.Context, owner string) error {
 
 // scopeTenant is the tenant whose tag holds the scope key, for the keys
 // the lease engine meets outside a chain: the policy snapshot knows
-// tenants, departments, projects and memberships, the database users. A
-// key nobody knows (its owner deleted) is on the global tag: nothing
-// admits on it any more. A database error fails the call.
+// tenants, departments, projects, memberships and the API keys whose
+// scopes have settings, the database users and every other API key (its
+// user's tenant, as the chains of its requests say). A key nobody knows
+// (its owner deleted) is on the global tag: nothing admits on it any more.
+// A database error fails the call.
 func (a *App) scopeTenant(key string) (string, error) {
 	kind, id, err := policy.ParseScope("scope", key)
 	if err != nil || kind == policy.KindGlobal {
 		return "", err
 	}
 	if kind != policy.KindUser {
-		t, _ := a.policy.Manager().Current().ScopeTenant(kind, id)
-		return t, nil
+		t, ok := a.policy.Manager().Current().ScopeTenant(kind, id)
+		if ok || kind != policy.KindKey {
+			return t, nil
+		}
 	}
 	var tenant string
 	err = a.store.View(context.Background(), func(tx tenancy.Tx) error {
+		if kind == policy.KindKey {
+			k, err := tx.Key(id)
+			if err != nil {
+				return err
+			}
+			tenant = k.TenantID
+			return nil
+		}
 		u, err := tx.User(id)
 		if err != nil {
 			return err

@@ -114,7 +114,7 @@ func newEnv(t *testing.T, models ...llm.ModelConfig) *env {
 	}
 	exec := &run.Executor{Meter: meter, Models: registry, Messages: store, Guard: &run.Guard{}, Log: log, DemoModels: len(models) == 0}
 	runs := &run.Service{Store: store, Tenancy: svc, Exec: exec, Log: log}
-	srv := &httpapi.Server{Tenancy: svc, Policy: pol, Meter: meter, Runs: runs, Log: log, MaxBodyBytes: 1 << 20,
+	srv := &httpapi.Server{Tenancy: svc, Policy: pol, Meter: meter, Runs: runs, Log: log, MaxBodyBytes: 1 << 20, Quarantine: store,
 		Ready: func(ctx context.Context) map[string]error { return map[string]error{"store": store.Ping(ctx)} }}
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(ts.Close)

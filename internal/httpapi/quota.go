@@ -114,11 +114,12 @@ type acquireResponse struct {
 }
 
 // who resolves whom a metering call charges: the caller in its key's
-// project by default; another project the caller may work in; or, for an
-// admin of the tenant, another user.
+// project by default, with its key's own limits; another project the
+// caller may work in; or, for an admin of the tenant, another user (then
+// no key: the admin's key is not that user's).
 func (s *Server) who(ctx context.Context, userID, projectID string) (metering.Who, error) {
 	p, _ := tenancy.PrincipalFrom(ctx)
-	w := metering.Who{TenantID: p.TenantID, UserID: p.UserID, ProjectID: p.ProjectID}
+	w := metering.Who{TenantID: p.TenantID, UserID: p.UserID, ProjectID: p.ProjectID, KeyID: p.KeyID}
 	if userID != "" && userID != p.UserID {
 		u, err := s.Tenancy.User(ctx, userID)
 		if err != nil {
@@ -127,7 +128,7 @@ func (s *Server) who(ctx context.Context, userID, projectID string) (metering.Wh
 		if !p.AdminOf(u.TenantID) {
 			return w, errs.Field(errs.Forbidden, "user_id", "only an admin of the tenant may meter on behalf of another user")
 		}
-		w.TenantID, w.UserID, w.ProjectID = u.TenantID, u.ID, ""
+		w.TenantID, w.UserID, w.ProjectID, w.KeyID = u.TenantID, u.ID, "", ""
 	}
 	if projectID != "" {
 		w.ProjectID = projectID
@@ -198,9 +199,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		Caps: capsView{MemoryPerRun: adm.Caps.MemoryPerRun, RunTimeoutSecs: adm.Caps.RunTimeout.Seconds(),
 			MaxSteps: adm.Caps.MaxSteps, MaxTokensPerCall: adm.Caps.MaxTokensPerCall},
 		Remaining: []remainingView{}}
-	for _, sc := range adm.Chain.Scopes {
-		out.Scopes = append(out.Scopes, sc.Key)
-	}
+	out.Scopes = adm.Chain.Keys
 	for _, rem := range adm.Remaining {
 		if rem.Scope == "" {
 			continue
@@ -522,15 +521,16 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 }
 
 // mayReadScope lets a member read a scope of their own chain only: of
-// their key's project, or of a project they work in named by the scope.
-// Every other scope, global included, is answered as if it did not exist.
+// their key's project, or of a project they work in named by the scope,
+// or the scope of one of their keys. Every other scope, global included,
+// is answered as if it did not exist.
 func (s *Server) mayReadScope(ctx context.Context, p tenancy.Principal, scope string) error {
 	missing := errs.Field(errs.NotFound, "scope", "scope %s not found", scope)
 	if scope == policy.GlobalScope {
 		return missing
 	}
 	snap := s.Meter.Policy().Current()
-	if chain, err := snap.Chain(p.TenantID, p.UserID, p.ProjectID); err == nil && slices.Contains(chain.Keys, scope) {
+	if chain, err := snap.ChainFor(p.TenantID, p.UserID, p.ProjectID, p.KeyID); err == nil && slices.Contains(chain.Keys, scope) {
 		return nil
 	}
 	kind, id, err := policy.ParseScope("scope", scope)
@@ -539,6 +539,11 @@ func (s *Server) mayReadScope(ctx context.Context, p tenancy.Principal, scope st
 	}
 	project := ""
 	switch kind {
+	case policy.KindKey:
+		if k, err := s.Tenancy.Key(ctx, id); err == nil && k.UserID == p.UserID {
+			return nil
+		}
+		return missing
 	case policy.KindProject:
 		project = id
 	case policy.KindMembership:
@@ -586,16 +591,19 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
 			writeError(w, r, s.Log, err)
 			return
 		}
-		chain, err := s.Meter.Policy().Current().Chain(who.TenantID, who.UserID, who.ProjectID)
+		chain, err := s.Meter.Policy().Current().ChainFor(who.TenantID, who.UserID, who.ProjectID, who.KeyID)
 		if err != nil {
 			writeError(w, r, s.Log, err)
 			return
 		}
-		for _, sc := range chain.Scopes {
-			if sc.Key == policy.GlobalScope && !p.IsPlatformAdmin() {
+		// Every scope of the chain, the caller's key included even when it
+		// limits nothing (it then shows no meters: its spend is in the
+		// usage ledger, GET /api/v1/admin/usage/keys).
+		for _, sc := range chain.Keys {
+			if sc == policy.GlobalScope && !p.IsPlatformAdmin() {
 				continue // the platform-wide pool is the operator's business
 			}
-			scopes = append(scopes, sc.Key)
+			scopes = append(scopes, sc)
 		}
 	}
 	rep, err := s.Meter.Report(r.Context(), scopes)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -60,7 +62,7 @@ func TestAcquireSettleRoundTrip(t *testing.T) {
 		t.Fatalf("acquire: %s", a.raw)
 	}
 	wantScopes := []string{"global", "tenant/" + w.tenant, "department/" + w.dept, "department/" + w.subDept, "project/" + w.project,
-		"user/" + w.member, "membership/" + w.member + "@" + w.project}
+		"user/" + w.member, "membership/" + w.member + "@" + w.project, "key/" + w.memberKeyID}
 	if got := fmt.Sprint(a.body["scopes"]); got != fmt.Sprint(wantScopes) {
 		t.Fatalf("scopes: got %s, want %v", got, wantScopes)
 	}
@@ -87,8 +89,9 @@ func TestAcquireSettleRoundTrip(t *testing.T) {
 	if num(u, "used") != 1000 || num(u, "remaining") != 9000 || num(u, "percent") != 10 || num(u, "limit") != 10000 {
 		t.Fatalf("usage after settle: %v", u)
 	}
-	// Parents' use equals the sum of their children's: every scope saw 1000.
-	for _, sc := range wantScopes[1:] {
+	// Parents' use equals the sum of their children's: every scope saw 1000
+	// (but the key's, which limits nothing: the engine does not count it).
+	for _, sc := range wantScopes[1 : len(wantScopes)-1] {
 		if got := num(e.usageOf(e.admin, "?scope="+sc, sc, "tokens", "day"), "used"); got != 1000 {
 			t.Errorf("%s used %v tokens, want 1000", sc, got)
 		}
@@ -356,4 +359,209 @@ func TestDeletingAScopeDropsItsLimits(t *testing.T) {
 	if r := e.must(200, e.admin, "GET", "/api/v1/admin/limits", nil); !strings.Contains(r.raw, "membership/"+w.member+"@"+w.project) {
 		t.Fatalf("alice's membership limits went with bob: %s", r.raw)
 	}
+}
+
+// TestVirtualKeyInOneCall: a tenant admin creates a limited key in one
+// call; the key's scope is the innermost of its requests' chain, shown on
+// /api/v1/usage, denies the 11th request of 10 a minute and any model but
+// its own, while the same user's other key is not limited by it.
+func TestVirtualKeyInOneCall(t *testing.T) {
+	e := newEnv(t)
+	w := e.makeWorld("acme")
+	body := `{"name":"ci","expires_in":"720h","limits":{"requests":{"limit":10,"period":"1m"},"models":["gpt-4o-mini"]}}`
+	k := e.must(201, w.adminKey, "POST", "/api/v1/admin/keys", body)
+	id, secret := k.str("id"), k.str("secret")
+	lim, _ := k.body["limits"].(map[string]any)
+	eff, _ := lim["effective"].(map[string]any)
+	if lim["scope"] != "key/"+id || eff["requests"] != "10/min" || fmt.Sprint(eff["models"]) != "[gpt-4o-mini]" {
+		t.Fatalf("created key's limits: got %s, want key/%s at 10/min on gpt-4o-mini", k.raw, id)
+	}
+	if exp, err := time.Parse(time.RFC3339Nano, k.str("expires_at")); err != nil || exp.Sub(e.clock.Now()).Round(time.Hour) != 720*time.Hour {
+		t.Fatalf("expires_at: got %q, want 720h from now", k.str("expires_at"))
+	}
+	if u := e.usageOf(secret, "", "key/"+id, "requests", ""); num(u, "limit") != 10 {
+		t.Fatalf("usage of the key's scope: got %v, want a limit of 10", u)
+	}
+	for i := range 10 {
+		e.must(200, secret, "POST", "/api/v1/quota/acquire", map[string]any{"model": "gpt-4o-mini"})
+		_ = i
+	}
+	r := e.do(secret, "POST", "/api/v1/quota/acquire", map[string]any{"model": "gpt-4o-mini"})
+	if r.status != 429 || errBody(r)["scope"] != "key/"+id || errBody(r)["dimension"] != "requests" {
+		t.Fatalf("11th request: got %d %s, want 429 at key/%s", r.status, r.raw, id)
+	}
+	// The admin's own bootstrap key is untouched by ci's limits.
+	e.must(200, w.adminKey, "POST", "/api/v1/quota/acquire", map[string]any{"model": "gpt-4o-mini"})
+	e.clock.Advance(time.Minute)
+	if r := e.do(secret, "POST", "/api/v1/quota/acquire", map[string]any{"model": "gpt-4"}); r.status != 403 || r.errCode() != "model_not_allowed" {
+		t.Fatalf("another model: got %d %s, want 403 model_not_allowed", r.status, r.raw)
+	}
+	// A key with no limits of its own is still shown among its chain's
+	// scopes, without meters.
+	r = e.must(200, w.memberKey, "GET", "/api/v1/usage", nil)
+	if !strings.Contains(r.raw, `"scope":"key/`+w.memberKeyID+`"`) {
+		t.Fatalf("usage of a member's unlimited key: %s, want key/%s among the scopes", r.raw, w.memberKeyID)
+	}
+	// The limits are those of the scope, through the limits API.
+	e.must(200, w.adminKey, "PUT", "/api/v1/admin/limits/key/"+id, map[string]any{"limits": map[string]any{"requests": "1/min"}})
+	e.must(200, secret, "POST", "/api/v1/quota/acquire", map[string]any{})
+	if r := e.do(secret, "POST", "/api/v1/quota/acquire", map[string]any{}); r.status != 429 {
+		t.Fatalf("after lowering to 1/min: got %d %s, want 429", r.status, r.raw)
+	}
+}
+
+// TestVirtualKeyRights: a member may not create a limited key (nothing is
+// created), nor set a key's limits; another tenant's admin finds no such
+// scope; a member reads only their own keys' scopes.
+func TestVirtualKeyRights(t *testing.T) {
+	e := newEnv(t)
+	w := e.makeWorld("acme")
+	x := e.makeWorld("other")
+	count := func() int {
+		return len(e.must(200, e.admin, "GET", "/api/v1/admin/keys?user_id="+w.member, nil).items())
+	}
+	before := count()
+	r := e.do(w.memberKey, "POST", "/api/v1/admin/keys", `{"name":"ci","limits":{"requests":"10/min"}}`)
+	if r.status != 403 || r.errField() != "limits" {
+		t.Fatalf("member creating a limited key: got %d %s, want 403 field limits", r.status, r.raw)
+	}
+	if n := count(); n != before {
+		t.Fatalf("a refused create left %d keys, want %d", n, before)
+	}
+	mine := e.must(201, w.memberKey, "POST", "/api/v1/admin/keys", `{"name":"mine"}`).str("id")
+	limits := map[string]any{"limits": map[string]any{"requests": "5/min"}}
+	if r := e.setLimits(w.memberKey, "key/"+mine, limits); r.status != 403 {
+		t.Fatalf("member setting its key's limits: got %d %s, want 403", r.status, r.raw)
+	}
+	if r := e.setLimits(x.adminKey, "key/"+mine, limits); r.status != 404 {
+		t.Fatalf("another tenant's admin: got %d %s, want 404", r.status, r.raw)
+	}
+	e.must(200, w.adminKey, "PUT", "/api/v1/admin/limits/key/"+mine, limits)
+	// The member reads its own keys' scopes, not another user's.
+	if u := e.usageOf(w.memberKey, "?scope=key/"+mine, "key/"+mine, "requests", ""); num(u, "limit") != 5 {
+		t.Fatalf("member reading its other key: %v", u)
+	}
+	if r := e.do(w.memberKey, "GET", "/api/v1/usage?scope=key/"+w.adminKeyID, nil); r.status != 404 {
+		t.Fatalf("member reading another user's key: got %d %s, want 404", r.status, r.raw)
+	}
+	if r := e.do(x.adminKey, "GET", "/api/v1/admin/limits/key/"+mine, nil); r.status != 404 {
+		t.Fatalf("another tenant's admin reading the key's limits: got %d %s, want 404", r.status, r.raw)
+	}
+	// Malformed scopes and expiries name their field.
+	for _, c := range []struct{ method, path, body, field string }{
+		{"PUT", "/api/v1/admin/limits/key/", `{}`, "scope"},
+		{"PUT", "/api/v1/admin/limits/key/a/b", `{}`, "scope"},
+		{"PUT", "/api/v1/admin/limits/key/key_nope", `{}`, "scope"},
+		{"POST", "/api/v1/admin/keys", `{"expires_in":"soon"}`, "expires_in"},
+		{"POST", "/api/v1/admin/keys", `{"expires_in":"1h","expires_at":"2099-01-01T00:00:00Z"}`, "expires_in"},
+		{"POST", "/api/v1/admin/keys", `{"limits":{"requests":{"limit":10}}}`, "limits.requests"},
+		{"POST", "/api/v1/admin/keys", `{"limits":{"requestz":"1/s"}}`, "limits.requestz"},
+	} {
+		if r := e.do(e.admin, c.method, c.path, c.body); r.status/100 != 4 || r.errField() != c.field {
+			t.Errorf("%s %s %s: got %d %s, want 4xx field %s", c.method, c.path, c.body, r.status, r.raw, c.field)
+		}
+	}
+}
+
+// TestKeySpendReport: spend per key, from the usage ledger, equals the
+// sum of the events made with each key; admins see their tenant's keys,
+// members their own.
+func TestKeySpendReport(t *testing.T) {
+	e := newEnv(t)
+	w := e.makeWorld("acme")
+	x := e.makeWorld("other")
+	second := e.must(201, e.admin, "POST", "/api/v1/admin/keys", map[string]any{"user_id": w.member, "project_id": w.project, "name": "ci"})
+	spend := func(key string, in, out int, cost float64) {
+		t.Helper()
+		a := e.must(200, key, "POST", "/api/v1/quota/acquire", map[string]any{"tokens": in + out})
+		e.must(200, key, "POST", "/api/v1/quota/settle", map[string]any{"ticket": a.str("ticket"), "input_tokens": in, "output_tokens": out, "cost_usd": cost})
+	}
+	spend(w.memberKey, 100, 50, 0.25)
+	spend(w.memberKey, 10, 5, 0.5)
+	spend(second.str("secret"), 300, 0, 1)
+	spend(x.memberKey, 7, 0, 0)
+	if err := e.rec.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// What the ledger holds, summed by the key scope each event names.
+	evs, err := e.store.UsageEvents(context.Background(), "", time.Unix(0, 0), e.clock.Now().Add(time.Hour), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type sum struct{ requests, tokens, micros int64 }
+	want := map[string]sum{}
+	for _, ev := range evs {
+		for _, sc := range ev.Scopes {
+			if id, ok := strings.CutPrefix(sc, "key/"); ok {
+				s := want[id]
+				want[id] = sum{s.requests + ev.Requests, s.tokens + ev.Tokens(), s.micros + ev.CostMicros}
+			}
+		}
+	}
+	if len(want) != 3 {
+		t.Fatalf("events name %d keys, want 3: %+v", len(want), want)
+	}
+	period := e.clock.Now().In(mustZone(t, "Europe/Berlin")).Format("2006-01")
+	report := func(key, query string) map[string]sum {
+		t.Helper()
+		r := e.must(200, key, "GET", "/api/v1/admin/usage/keys"+query, nil)
+		if want := period; !strings.Contains(query, "period=") && r.str("period") != want {
+			t.Fatalf("default period: got %q, want the tenant's month %q", r.str("period"), want)
+		}
+		got := map[string]sum{}
+		for _, it := range r.items() {
+			got[it["key_id"].(string)] = sum{int64(num(it, "requests")), int64(num(it, "tokens")), int64(math.Round(num(it, "cost_usd") * 1e6))}
+			if it["key_id"] == second.str("id") && (it["name"] != "ci" || it["user_id"] != w.member || it["prefix"] != second.str("prefix")) {
+				t.Errorf("item of ci: got %v, want its name, user and prefix", it)
+			}
+		}
+		return got
+	}
+	only := func(ids ...string) map[string]sum {
+		out := map[string]sum{}
+		for _, id := range ids {
+			out[id] = want[id]
+		}
+		return out
+	}
+	for _, c := range []struct {
+		who, key, query string
+		want            map[string]sum
+	}{
+		{"platform admin, all", e.admin, "?period=" + period, want},
+		{"platform admin, one tenant", e.admin, "?tenant_id=" + x.tenant + "&period=" + period, only(x.memberKeyID)},
+		{"tenant admin", w.adminKey, "", only(w.memberKeyID, second.str("id"))},
+		{"tenant admin, one user", w.adminKey, "?user_id=" + w.member, only(w.memberKeyID, second.str("id"))},
+		{"member", w.memberKey, "", only(w.memberKeyID, second.str("id"))},
+		{"one page", w.adminKey, "?limit=1&after=" + min(w.memberKeyID, second.str("id")), only(max(w.memberKeyID, second.str("id")))},
+	} {
+		if got := report(c.key, c.query); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s: got %+v, want %+v", c.who, got, c.want)
+		}
+	}
+	if got := report(e.admin, "?period=2001-01"); len(got) != 0 {
+		t.Errorf("a period without use: got %+v, want nothing", got)
+	}
+	for _, c := range []struct{ key, query, code, field string }{
+		{w.adminKey, "?tenant_id=" + x.tenant, "not_found", "tenant_id"},
+		{w.memberKey, "?user_id=" + w.other, "not_found", "user_id"},
+		{w.adminKey, "?user_id=" + x.member, "not_found", "user_id"},
+		{e.admin, "?period=May", "invalid", "period"},
+		{e.admin, "?period=2026-13", "invalid", "period"},
+		{e.admin, "?limit=0", "invalid", "limit"},
+		{e.admin, "?scope=key/x", "invalid", "scope"},
+	} {
+		if r := e.do(c.key, "GET", "/api/v1/admin/usage/keys"+c.query, nil); r.errCode() != c.code || r.errField() != c.field {
+			t.Errorf("GET %s: got %d %s, want %s field %s", c.query, r.status, r.raw, c.code, c.field)
+		}
+	}
+}
+
+func mustZone(t *testing.T, name string) *time.Location {
+	t.Helper()
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loc
 }

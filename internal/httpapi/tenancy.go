@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/tenancy"
 )
 
@@ -49,25 +50,36 @@ func (s *Server) tenancyRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/admin/audit", list(s, t.Audit, func(v *tenancy.AuditEntry) string { return v.ID }))
 }
 
-// createKeyResponse is a new key with its secret, shown this once.
+// createKeyResponse is a new key with its secret, shown this once, and
+// the limits of its scope when it was created with some.
 type createKeyResponse struct {
 	*tenancy.Key
-	Secret string `json:"secret"`
+	Secret string            `json:"secret"`
+	Limits *policy.ScopeView `json:"limits,omitempty"`
 }
 
+// createKey creates a key; with "plan" or "limits" (a limits object, as
+// PUT /api/v1/admin/limits/key/ID takes) its scope gets them in the same
+// commit, so the key never works unlimited.
 func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
-	var in tenancy.KeyInput
+	var in policy.KeyInput
 	if err := decode(r, s.MaxBodyBytes, &in); err != nil {
 		writeError(w, r, s.Log, err)
 		return
 	}
-	k, secret, err := s.Tenancy.CreateKey(r.Context(), in)
+	var out createKeyResponse
+	var err error
+	if in.Plan == "" && in.Limits == nil {
+		out.Key, out.Secret, err = s.Tenancy.CreateKey(r.Context(), in.KeyInput)
+	} else {
+		out.Key, out.Secret, out.Limits, err = s.Policy.CreateKey(r.Context(), in)
+	}
 	if err != nil {
 		writeError(w, r, s.Log, err)
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusCreated, createKeyResponse{Key: k, Secret: secret})
+	writeJSON(w, http.StatusCreated, out)
 }
 
 // crud registers the five routes of a collection.

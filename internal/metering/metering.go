@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,11 +22,14 @@ import (
 	"github.com/sluicehq/sluice/internal/usage"
 )
 
-// Who is charged: a user, in a tenant, working in a project (optional).
+// Who is charged: a user, in a tenant, working in a project (optional),
+// with an API key of theirs (optional: the key the request authenticated
+// with, whose scope is then the innermost of the chain).
 type Who struct {
 	TenantID  string
 	UserID    string
 	ProjectID string
+	KeyID     string
 }
 
 // Meter admits and settles work. It keeps no ticket state of its own:
@@ -61,6 +65,7 @@ type ticketMeta struct {
 	TenantID  string   `json:"tenant"`
 	UserID    string   `json:"user"`
 	ProjectID string   `json:"project,omitempty"`
+	KeyID     string   `json:"key,omitempty"`
 	Kind      string   `json:"kind"`
 	Model     string   `json:"model,omitempty"`
 	Requests  int64    `json:"requests,omitempty"`
@@ -95,18 +100,18 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 		}
 		return nil, errs.E(errs.Unavailable, "%s", msg)
 	}
-	chain, err := snap.Chain(who.TenantID, who.UserID, who.ProjectID)
+	chain, err := snap.ChainFor(who.TenantID, who.UserID, who.ProjectID, who.KeyID)
 	if errs.Is(err, errs.NotFound) {
 		// The project may have been created on another instance since our
 		// last reload: callers have already checked it exists in the store.
 		if rerr := m.policy.ReloadIfOlder(ctx, snap); rerr == nil {
-			chain, err = m.policy.Current().Chain(who.TenantID, who.UserID, who.ProjectID)
+			chain, err = m.policy.Current().ChainFor(who.TenantID, who.UserID, who.ProjectID, who.KeyID)
 		}
 	}
 	if err != nil {
 		return nil, err
 	}
-	meta := ticketMeta{TenantID: who.TenantID, UserID: who.UserID, ProjectID: who.ProjectID, Kind: kind,
+	meta := ticketMeta{TenantID: who.TenantID, UserID: who.UserID, ProjectID: who.ProjectID, KeyID: who.KeyID, Kind: kind,
 		Model: ask.Model, Requests: ask.Requests, Scopes: chain.Keys}
 	if len(chain.Scopes) > 1 && chain.Scopes[1].Loc != nil {
 		meta.Zone = chain.Scopes[1].Loc.String()
@@ -208,7 +213,7 @@ func (m *Meter) Ticket(ctx context.Context, ticketID string) (*TicketView, error
 		case !ok:
 			return nil, unknownTicket(ticketID)
 		}
-		return &TicketView{ID: ev.ID, Who: Who{TenantID: ev.TenantID, UserID: ev.UserID, ProjectID: ev.ProjectID},
+		return &TicketView{ID: ev.ID, Who: Who{TenantID: ev.TenantID, UserID: ev.UserID, ProjectID: ev.ProjectID, KeyID: keyOf(ev.Scopes)},
 			Kind: ev.Kind, Model: ev.Model, Requests: ev.Requests, Scopes: ev.Scopes, Settled: true}, nil
 	}
 	if err != nil {
@@ -218,10 +223,21 @@ func (m *Meter) Ticket(ctx context.Context, ticketID string) (*TicketView, error
 	if err := json.Unmarshal([]byte(info.Meta), &meta); err != nil || meta.TenantID == "" {
 		return nil, unknownTicket(ticketID)
 	}
-	return &TicketView{ID: info.ID, Who: Who{TenantID: meta.TenantID, UserID: meta.UserID, ProjectID: meta.ProjectID},
+	return &TicketView{ID: info.ID, Who: Who{TenantID: meta.TenantID, UserID: meta.UserID, ProjectID: meta.ProjectID, KeyID: meta.KeyID},
 		Kind: meta.Kind, Model: meta.Model, Requests: meta.Requests, Scopes: meta.Scopes, Zone: meta.Zone,
 		Tokens: info.Tokens, GPUMillis: info.GPUMillis, CostMicros: info.CostMicros, MaxTokensPerCall: meta.MaxTokensPerCall,
 		ExpiresAt: info.ExpiresAt, Settled: info.Settled, Expired: info.Expired}, nil
+}
+
+// keyOf returns the key of a chain's scopes, "" when it has none: an
+// event records its key only as the scope key/ID.
+func keyOf(scopes []string) string {
+	if n := len(scopes); n > 0 {
+		if id, ok := strings.CutPrefix(scopes[n-1], policy.KindKey+"/"); ok {
+			return id
+		}
+	}
+	return ""
 }
 
 // Settle charges actual use, frees the ticket's slot and records the usage

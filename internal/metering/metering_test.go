@@ -2,10 +2,13 @@ package metering_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -42,6 +45,9 @@ type world struct {
 	clock  *quotatest.Clock
 	a, b   *metering.Meter
 	who    metering.Who
+	ten    *tenancy.Service
+	pol    *policy.Service
+	admin  context.Context // the platform admin
 }
 
 func newWorld(t *testing.T) *world {
@@ -82,8 +88,10 @@ func newWorld(t *testing.T) *world {
 	if err := mgr.Reload(ctx); err != nil {
 		t.Fatal(err)
 	}
+	ten.OnChange = func(ctx context.Context) { _ = mgr.Reload(ctx) }
 	w := &world{store: &flakyStore{Store: st}, clock: quotatest.NewClock(time.Now()),
-		who: metering.Who{TenantID: tn.ID, UserID: u.ID, ProjectID: prj.ID}}
+		who: metering.Who{TenantID: tn.ID, UserID: u.ID, ProjectID: prj.ID},
+		ten: ten, pol: policy.NewService(st, mgr, log), admin: admin}
 	w.engine = quota.NewMemory(quota.Options{Now: w.clock.Now})
 	t.Cleanup(func() { w.engine.Close() })
 	// Two meters, each with its own recorder, as two instances have: they
@@ -227,5 +235,153 @@ func TestUnknownTicket(t *testing.T) {
 	}
 	if _, err := w.a.Ticket(ctx, id); !errs.Is(err, errs.NotFound) && !errors.Is(err, quota.ErrUnknownTicket) {
 		t.Errorf("ticket: got %v, want not_found", err)
+	}
+}
+
+// BenchmarkKeyScope measures what a key's scope adds to the in-process
+// engine's decision: the 6-scope chains of quota's BenchmarkAcquireSettle
+// alone, with a seventh key scope that limits nothing, and with one that
+// limits requests. It is why a key scope without limits is left out of
+// Chain.Scopes (see policy.Snapshot.Chain).
+func BenchmarkKeyScope(b *testing.B) {
+	const users = 100_000
+	base := quotatest.BenchChains(users)
+	withKey := func(l *quota.Limits) [][]quota.Scope {
+		out := make([][]quota.Scope, users)
+		for u, c := range base {
+			k := c[len(c)-1]
+			k.Key, k.Limits = fmt.Sprintf("key/key_%d", u), l
+			out[u] = append(slices.Clip(c), k)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name   string
+		chains [][]quota.Scope
+	}{
+		{"none", base},
+		{"unlimited", withKey(nil)},
+		{"limited", withKey(&quota.Limits{Requests: quota.Rate{Limit: 1_000_000, Period: time.Second}})},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			e := quota.NewMemory(quota.Options{})
+			defer e.Close()
+			ctx := context.Background()
+			ask := quota.Ask{Requests: 1, Tokens: 1200, MinTokens: 100, GPUMillis: 250, CostMicros: 900, Concurrency: true, Model: "llama3"}
+			use := quota.Usage{InputTokens: 400, OutputTokens: 300, GPUMillis: 180, CostMicros: 610}
+			for _, ch := range c.chains {
+				tk, err := e.Acquire(ctx, quota.Request{Chain: ch, Ask: ask})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := e.Settle(ctx, tk.ID, use); err != nil {
+					b.Fatal(err)
+				}
+			}
+			x := uint64(88172645463325252)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				x ^= x << 13
+				x ^= x >> 7
+				x ^= x << 17
+				tk, err := e.Acquire(ctx, quota.Request{Chain: c.chains[x%users], Ask: ask})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := e.Settle(ctx, tk.ID, use); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// newKey makes a key of the world's member, limited when limits is not
+// "", and returns whom a request made with it charges.
+func (w *world) newKey(t *testing.T, name, limits string) metering.Who {
+	t.Helper()
+	in := policy.KeyInput{KeyInput: tenancy.KeyInput{UserID: w.who.UserID, Name: name}}
+	var k *tenancy.Key
+	var err error
+	if limits == "" {
+		k, _, err = w.ten.CreateKey(w.admin, in.KeyInput)
+	} else {
+		var s policy.Spec
+		if err := json.Unmarshal([]byte(limits), &s); err != nil {
+			t.Fatal(err)
+		}
+		in.Limits = &s
+		k, _, _, err = w.pol.CreateKey(w.admin, in)
+	}
+	if err != nil {
+		t.Fatalf("create key %s: %v", name, err)
+	}
+	who := w.who
+	who.KeyID = k.ID
+	return who
+}
+
+// denial returns err's quota denial, failing the test when it is not one.
+func denial(t *testing.T, err error) *quota.Denial {
+	t.Helper()
+	var d *quota.Denial
+	if !errors.As(err, &d) {
+		t.Fatalf("got %v, want a quota denial", err)
+	}
+	return d
+}
+
+// TestKeyScopeLimitsItsKeyOnly: a key limited to 2 requests a minute has
+// its third request denied at its own scope, while another key of the
+// same user is still admitted; a key limited to model a is refused b; a
+// minute later the first key is admitted again. Every event records the
+// key it was made with.
+func TestKeyScopeLimitsItsKeyOnly(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	ci := w.newKey(t, "ci", `{"requests":"2/min"}`)
+	laptop := w.newKey(t, "laptop", "")
+	small := w.newKey(t, "small", `{"models":["a"]}`)
+	for i := range 2 {
+		if _, err := w.a.Acquire(ctx, ci, "metering", quota.Ask{Requests: 1}, time.Minute); err != nil {
+			t.Fatalf("request %d with ci: %v", i+1, err)
+		}
+	}
+	_, err := w.a.Acquire(ctx, ci, "metering", quota.Ask{Requests: 1}, time.Minute)
+	if d := denial(t, err); d.Scope != "key/"+ci.KeyID || d.Dimension != quota.DimRequests || d.Code != quota.CodeRateLimited {
+		t.Fatalf("third request with ci: got %+v, want rate_limited on requests at key/%s", d, ci.KeyID)
+	}
+	adm, err := w.b.Acquire(ctx, laptop, "metering", quota.Ask{Requests: 1, Tokens: 10}, time.Minute)
+	if err != nil {
+		t.Fatalf("request with the user's other key: %v", err)
+	}
+	if _, err := w.a.Acquire(ctx, small, "metering", quota.Ask{Requests: 1, Model: "a"}, time.Minute); err != nil {
+		t.Fatalf("model a with small: %v", err)
+	}
+	_, err = w.a.Acquire(ctx, small, "metering", quota.Ask{Requests: 1, Model: "b"}, time.Minute)
+	if d := denial(t, err); d.Code != quota.CodeModelNotAllowed || d.Scope != "key/"+small.KeyID {
+		t.Fatalf("model b with small: got %+v, want model_not_allowed at key/%s", d, small.KeyID)
+	}
+	// Model b is fine with a key that does not restrict it.
+	if _, err := w.a.Acquire(ctx, laptop, "metering", quota.Ask{Requests: 1, Model: "b"}, time.Minute); err != nil {
+		t.Fatalf("model b with laptop: %v", err)
+	}
+	w.clock.Advance(time.Minute)
+	if _, err := w.a.Acquire(ctx, ci, "metering", quota.Ask{Requests: 1}, time.Minute); err != nil {
+		t.Fatalf("ci a minute later: %v", err)
+	}
+	// The unlimited key's ticket names it (settled on the other meter),
+	// and so does its event, as its chain's innermost scope.
+	view, err := w.a.Ticket(ctx, adm.ID)
+	if err != nil || view.Who != laptop {
+		t.Fatalf("ticket of laptop: got %+v, %v, want who %+v", view, err, laptop)
+	}
+	if _, err := w.a.Settle(ctx, adm.ID, quota.Usage{InputTokens: 7}, ""); err != nil {
+		t.Fatal(err)
+	}
+	ev := w.events(t)[adm.ID]
+	if n := len(ev.Scopes); n == 0 || ev.Scopes[n-1] != "key/"+laptop.KeyID {
+		t.Fatalf("event scopes: got %v, want key/%s last", ev.Scopes, laptop.KeyID)
 	}
 }

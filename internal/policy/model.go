@@ -88,6 +88,9 @@ const (
 	KindProject    = "project"
 	KindUser       = "user"
 	KindMembership = "membership"
+	// KindKey is an API key's own scope, the innermost of the chain of
+	// every request made with the key.
+	KindKey = "key"
 )
 
 // GlobalScope is the scope every request is charged to.
@@ -114,7 +117,7 @@ func ParseScope(field, s string) (kind, id string, err error) {
 	kind, id, ok := strings.Cut(s, "/")
 	bad := !ok || id == "" || strings.ContainsAny(id, "/ ")
 	switch kind {
-	case KindTenant, KindDepartment, KindProject, KindUser:
+	case KindTenant, KindDepartment, KindProject, KindUser, KindKey:
 	case KindMembership:
 		u, p, ok := strings.Cut(id, "@")
 		bad = bad || !ok || u == "" || p == ""
@@ -123,7 +126,7 @@ func ParseScope(field, s string) (kind, id string, err error) {
 	}
 	if bad {
 		return "", "", errs.Field(errs.Invalid, field,
-			"scope %q is not global, tenant/ID, department/ID, project/ID, user/ID or membership/USER_ID@PROJECT_ID", s)
+			"scope %q is not global, tenant/ID, department/ID, project/ID, user/ID, membership/USER_ID@PROJECT_ID or key/ID", s)
 	}
 	return kind, id, nil
 }

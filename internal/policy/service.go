@@ -202,6 +202,31 @@ type LimitsInput struct {
 	Limits Spec   `json:"limits"`
 }
 
+// scopeRef is what the rules need to know of a scope's object.
+type scopeRef struct {
+	tenant string
+	// keyUser and keyRevoked describe a key scope's key.
+	keyUser    string
+	keyRevoked bool
+}
+
+// resolveScope finds the tenant a scope belongs to (and a key scope's
+// owner), checking the scope's object exists.
+func resolveScope(tx Tx, kind, id string) (scopeRef, error) {
+	if kind != KindKey {
+		t, err := scopeTenant(tx, kind, id)
+		return scopeRef{tenant: t}, err
+	}
+	k, err := tx.Key(id)
+	if errs.Is(err, errs.NotFound) {
+		return scopeRef{}, errs.Field(errs.NotFound, "scope", "key %s not found", id)
+	}
+	if err != nil {
+		return scopeRef{}, err
+	}
+	return scopeRef{tenant: k.TenantID, keyUser: k.UserID, keyRevoked: k.RevokedAt != nil}, nil
+}
+
 // scopeTenant finds the tenant a scope belongs to, checking the scope's
 // object exists.
 func scopeTenant(tx Tx, kind, id string) (string, error) {
@@ -253,13 +278,19 @@ func scopeTenant(tx Tx, kind, id string) (string, error) {
 			return "", err
 		}
 		return m.TenantID, nil
+	case KindKey:
+		ref, err := resolveScope(tx, kind, id)
+		return ref.tenant, err
 	}
 	return "", errs.Field(errs.Invalid, "scope", "unknown scope kind %q", kind)
 }
 
 // mayChange decides whether p may change a scope's limits. Tenant admins
 // manage the scopes inside their tenant, but not the tenant's own limits
-// (that is what its plan sells) nor the global ones.
+// (that is what its plan sells) nor the global ones. A key's limits are
+// set by admins too, not by the key's owner: a member could not raise
+// anything with them (their user scope still applies), but a plan on the
+// key would lift their priority.
 func mayChange(p tenancy.Principal, kind, tenantID string) error {
 	if p.IsPlatformAdmin() {
 		return nil
@@ -271,6 +302,9 @@ func mayChange(p tenancy.Principal, kind, tenantID string) error {
 		return errs.E(errs.Forbidden, "only a platform admin may change global limits")
 	}
 	if p.Role != tenancy.RoleTenantAdmin {
+		if kind == KindKey {
+			return errs.E(errs.Forbidden, "only an admin of this tenant may set a key's limits")
+		}
 		return errs.E(errs.Forbidden, "only an admin of this tenant may change limits")
 	}
 	if kind == KindTenant {
@@ -280,9 +314,10 @@ func mayChange(p tenancy.Principal, kind, tenantID string) error {
 }
 
 // mayRead decides whether p may see a scope's limits: admins of its
-// tenant, and members for their own user and membership scopes and the
-// scopes above them (which their usage page shows).
-func mayRead(p tenancy.Principal, kind, id, tenantID string) error {
+// tenant, and members for their own user, membership and key scopes and
+// the scopes above them (which their usage page shows).
+func mayRead(p tenancy.Principal, kind, id string, ref scopeRef) error {
+	tenantID := ref.tenant
 	if p.AdminOf(tenantID) || kind == KindGlobal {
 		return nil
 	}
@@ -290,6 +325,12 @@ func mayRead(p tenancy.Principal, kind, id, tenantID string) error {
 		return errs.Field(errs.NotFound, "scope", "scope not found")
 	}
 	switch kind {
+	case KindKey:
+		if ref.keyUser == p.UserID {
+			return nil
+		}
+		// Another user's key is not even there, as another's ticket.
+		return errs.Field(errs.NotFound, "scope", "scope not found")
 	case KindUser:
 		if id == p.UserID {
 			return nil
@@ -307,14 +348,21 @@ func mayRead(p tenancy.Principal, kind, id, tenantID string) error {
 // checkWithinParents verifies that scope's effective limits, if sl were its
 // settings, stay within every ancestor's, and that no scope below it with
 // settings of its own would then exceed it.
-func (s *Service) checkWithinParents(snap *Snapshot, kind, id, tenantID, scope string, sl *ScopeLimits) error {
+func (s *Service) checkWithinParents(snap *Snapshot, kind, id string, ref scopeRef, scope string, sl *ScopeLimits) error {
+	tenantID := ref.tenant
 	if sl.Plan != "" {
 		if _, ok := snap.Plan(sl.Plan); !ok {
 			return errs.Field(errs.Invalid, "plan", "plan %q does not exist", sl.Plan)
 		}
 	}
 	child := snap.resolve(scope, sl)
-	for _, anc := range snap.Ancestors(kind, id, tenantID) {
+	ancestors := snap.Ancestors(kind, id, tenantID)
+	if kind == KindKey {
+		// The snapshot knows only keys that already have settings.
+		user := ScopeName(KindUser, ref.keyUser)
+		ancestors = append([]string{user}, snap.Ancestors(KindUser, ref.keyUser, tenantID)...)
+	}
+	for _, anc := range ancestors {
 		pr := snap.Effective(anc)
 		if f := exceeds(&child.Spec, &pr.Spec); f != "" {
 			return errs.Field(errs.Invalid, "limits."+f, "%s of %s would exceed that of %s (%s); a child's cap may not exceed its parent's",
@@ -361,10 +409,12 @@ func (s *Service) Limits(ctx context.Context, scope string) (*ScopeView, error) 
 	var sl *ScopeLimits
 	var tenantID string
 	err = s.store.ViewPolicy(ctx, func(tx Tx) error {
-		if tenantID, err = scopeTenant(tx, kind, oid); err != nil {
+		ref, err := resolveScope(tx, kind, oid)
+		if err != nil {
 			return err
 		}
-		if err := mayRead(p, kind, oid, tenantID); err != nil {
+		tenantID = ref.tenant
+		if err := mayRead(p, kind, oid, ref); err != nil {
 			return err
 		}
 		sl, err = tx.ScopeLimits(scope)
@@ -439,42 +489,51 @@ func (s *Service) SetLimits(ctx context.Context, scope string, in LimitsInput) (
 	if err := in.Limits.Validate("limits."); err != nil {
 		return nil, err
 	}
-	var tenantID string
 	var after *ScopeLimits
 	err = s.update(ctx, func(tx Tx) error {
-		if tenantID, err = scopeTenant(tx, kind, oid); err != nil {
-			return err
-		}
-		if err := mayChange(p, kind, tenantID); err != nil {
-			return err
-		}
-		before, err := tx.ScopeLimits(scope)
-		if err != nil && !errs.Is(err, errs.NotFound) {
-			return err
-		}
-		if in.Plan != "" {
-			if _, err := tx.Plan(in.Plan); errs.Is(err, errs.NotFound) {
-				return errs.Field(errs.Invalid, "plan", "plan %q does not exist", in.Plan)
-			} else if err != nil {
-				return err
-			}
-		}
-		after = &ScopeLimits{Scope: scope, TenantID: tenantID, Plan: in.Plan, Limits: in.Limits, UpdatedAt: s.now().UTC().Truncate(time.Microsecond)}
-		if err := s.checkWithinParents(s.mgr.Current(), kind, oid, tenantID, scope, after); err != nil {
-			return err
-		}
-		if err := tx.PutScopeLimits(after); err != nil {
-			return err
-		}
-		if before == nil {
-			return s.audit(tx, p, tenantID, "limits.set", "scope", scope, nil, after)
-		}
-		return s.audit(tx, p, tenantID, "limits.set", "scope", scope, before, after)
+		after, err = s.setLimits(tx, p, kind, oid, scope, in)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	return s.view(scope, tenantID, after), nil
+	return s.view(scope, after.TenantID, after), nil
+}
+
+// setLimits is SetLimits inside tx, for in already validated.
+func (s *Service) setLimits(tx Tx, p tenancy.Principal, kind, oid, scope string, in LimitsInput) (*ScopeLimits, error) {
+	ref, err := resolveScope(tx, kind, oid)
+	if err != nil {
+		return nil, err
+	}
+	if err := mayChange(p, kind, ref.tenant); err != nil {
+		return nil, err
+	}
+	if ref.keyRevoked {
+		return nil, errs.Field(errs.Conflict, "scope", "key %s is revoked", oid)
+	}
+	before, err := tx.ScopeLimits(scope)
+	if err != nil && !errs.Is(err, errs.NotFound) {
+		return nil, err
+	}
+	if in.Plan != "" {
+		if _, err := tx.Plan(in.Plan); errs.Is(err, errs.NotFound) {
+			return nil, errs.Field(errs.Invalid, "plan", "plan %q does not exist", in.Plan)
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	after := &ScopeLimits{Scope: scope, TenantID: ref.tenant, Plan: in.Plan, Limits: in.Limits, UpdatedAt: s.now().UTC().Truncate(time.Microsecond)}
+	if err := s.checkWithinParents(s.mgr.Current(), kind, oid, ref, scope, after); err != nil {
+		return nil, err
+	}
+	if err := tx.PutScopeLimits(after); err != nil {
+		return nil, err
+	}
+	if before == nil {
+		return after, s.audit(tx, p, ref.tenant, "limits.set", "scope", scope, nil, after)
+	}
+	return after, s.audit(tx, p, ref.tenant, "limits.set", "scope", scope, before, after)
 }
 
 // ClearLimits removes a scope's settings (it then limits nothing, or, for
@@ -505,6 +564,55 @@ func (s *Service) ClearLimits(ctx context.Context, scope string) error {
 		}
 		return s.audit(tx, p, tenantID, "limits.clear", "scope", scope, before, nil)
 	})
+}
+
+// ---- keys ----
+
+// KeyInput creates an API key with limits of its own: the scope key/ID
+// gets Plan and Limits in the same transaction as the key, so the key
+// never works without them.
+type KeyInput struct {
+	tenancy.KeyInput
+	Plan   string `json:"plan"`
+	Limits *Spec  `json:"limits"`
+}
+
+// CreateKey creates a key and sets its scope's limits in one commit, and
+// returns the key, its secret (shown this once) and its scope's view.
+// Setting a key's limits is an admin's (see mayChange): a member may
+// create keys for themselves, but not limited ones.
+func (s *Service) CreateKey(ctx context.Context, in KeyInput) (*tenancy.Key, string, *ScopeView, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	lim := LimitsInput{Plan: in.Plan}
+	if in.Limits != nil {
+		lim.Limits = *in.Limits
+		if err := lim.Limits.Validate("limits."); err != nil {
+			return nil, "", nil, err
+		}
+	}
+	var k *tenancy.Key
+	var secret string
+	var sl *ScopeLimits
+	err = s.update(ctx, func(tx Tx) error {
+		if k, secret, err = tenancy.InsertNewKey(tx, p, in.KeyInput, s.now().UTC().Truncate(time.Microsecond)); err != nil {
+			return err
+		}
+		if err := s.audit(tx, p, k.TenantID, "key.create", "key", k.ID, nil, k); err != nil {
+			return err
+		}
+		sl, err = s.setLimits(tx, p, KindKey, k.ID, ScopeName(KindKey, k.ID), lim)
+		if errs.Is(err, errs.Forbidden) {
+			return errs.Field(errs.Forbidden, "limits", "only an admin of this tenant may set a key's limits; create the key without them")
+		}
+		return err
+	})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	return k, secret, s.view(sl.Scope, sl.TenantID, sl), nil
 }
 
 // ---- grants ----

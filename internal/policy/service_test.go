@@ -918,3 +918,199 @@ func TestGrantEffect(t *testing.T) {
 		t.Fatalf("Grants(other tenant) as tenant admin: got %v, want not_found", err)
 	}
 }
+
+// ---- keys ----
+
+// keyOf makes a key for user as the platform admin and returns it.
+func (e *env) keyOf(t *testing.T, userID, name string) *tenancy.Key {
+	t.Helper()
+	k, _, err := e.ten.CreateKey(e.admin, tenancy.KeyInput{UserID: userID, Name: name})
+	if err != nil {
+		t.Fatalf("CreateKey(%s) = %v, want nil", userID, err)
+	}
+	return k
+}
+
+// TestKeyLimitsRoles: a key's limits are set by admins of the key's
+// tenant only; its owner may read them, nobody else in the tenant, and
+// another tenant's admin finds no such scope.
+func TestKeyLimitsRoles(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	w := e.world(t)
+	aliceKey := scope(policy.KindKey, e.keyOf(t, w.alice.ID, "ci").ID)
+	carolKey := scope(policy.KindKey, e.keyOf(t, w.carol.ID, "ci").ID)
+	small := `{"limits":{"requests":"2/min","models":["small"]}}`
+	for _, c := range []struct {
+		who   string
+		ctx   context.Context
+		scope string
+		code  errs.Code
+	}{
+		{"tenant admin", w.bobCtx, aliceKey, ""},
+		{"platform admin", e.admin, carolKey, ""},
+		{"owner, a member", w.aliceCtx, aliceKey, errs.Forbidden},
+		{"admin of another tenant", w.bobCtx, carolKey, errs.NotFound},
+		{"member of another tenant", w.aliceCtx, carolKey, errs.NotFound},
+		{"missing key", e.admin, scope(policy.KindKey, "key_missing"), errs.NotFound},
+	} {
+		t.Run(c.who, func(t *testing.T) {
+			_ = e.pol.ClearLimits(e.admin, c.scope)
+			_, err := e.pol.SetLimits(c.ctx, c.scope, limitsIn(t, small))
+			wantErr(t, err, c.code, "-")
+			if c.code == "" {
+				if got := e.settings(t, c.scope); got != ` {"requests":"2/min","models":["small"]}` {
+					t.Fatalf("settings of %s: got %s", c.scope, got)
+				}
+			}
+		})
+	}
+	// Reading: the owner and admins; another member of the tenant, or of
+	// another tenant, finds nothing.
+	if _, err := e.pol.Limits(w.aliceCtx, aliceKey); err != nil {
+		t.Fatalf("owner reading its key's limits: %v", err)
+	}
+	carlCtx := e.login(t, w.carl.ID)
+	_, err := e.pol.Limits(carlCtx, aliceKey)
+	wantErr(t, err, errs.NotFound, "scope")
+	_, err = e.pol.Limits(w.carolCtx, aliceKey)
+	wantErr(t, err, errs.NotFound, "scope")
+	// A revoked key's limits cannot be set.
+	k := e.keyOf(t, w.alice.ID, "old")
+	if _, err := e.ten.RevokeKey(e.admin, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.pol.SetLimits(e.admin, scope(policy.KindKey, k.ID), limitsIn(t, small))
+	wantErr(t, err, errs.Conflict, "scope")
+}
+
+// TestKeyLimitsWithinUser: a key's caps stay within its user's (its one
+// parent), and a user's may not fall below a key's that has its own.
+func TestKeyLimitsWithinUser(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	w := e.world(t)
+	key := scope(policy.KindKey, e.keyOf(t, w.alice.ID, "ci").ID)
+	user := scope(policy.KindUser, w.alice.ID)
+	if _, err := e.pol.SetLimits(w.bobCtx, user, limitsIn(t, `{"limits":{"requests":"10/min"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.pol.SetLimits(w.bobCtx, key, limitsIn(t, `{"limits":{"requests":"20/min"}}`))
+	wantErr(t, err, errs.Invalid, "limits.requests")
+	if _, err := e.pol.SetLimits(w.bobCtx, key, limitsIn(t, `{"limits":{"requests":"5/min"}}`)); err != nil {
+		t.Fatalf("key within its user: %v", err)
+	}
+	_, err = e.pol.SetLimits(w.bobCtx, user, limitsIn(t, `{"limits":{"requests":"4/min"}}`))
+	wantErr(t, err, errs.Invalid, "limits.requests")
+}
+
+// TestCreateKeyWithLimits: a key and its limits are made in one commit;
+// when the limits are refused, no key is left behind.
+func TestCreateKeyWithLimits(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	w := e.world(t)
+	in := policy.KeyInput{KeyInput: tenancy.KeyInput{UserID: w.alice.ID, Name: "ci", ExpiresIn: "720h"}}
+	spec := specOf(t, `{"requests":{"limit":10,"period":"1m"},"models":["gpt-4o-mini"]}`)
+	in.Limits = &spec
+	k, secret, view, err := e.pol.CreateKey(w.bobCtx, in)
+	if err != nil {
+		t.Fatalf("CreateKey = %v, want nil", err)
+	}
+	if secret == "" || k.ExpiresAt == nil || !k.ExpiresAt.Equal(t0.Add(720*time.Hour)) {
+		t.Fatalf("key: got %+v (secret %q), want a secret and expiry at t0+720h", k, secret)
+	}
+	if view.Scope != "key/"+k.ID || jsonOf(t, view.Effective) != `{"requests":"10/min","models":["gpt-4o-mini"]}` {
+		t.Fatalf("view: got %s, want key/%s limited to 10/min and gpt-4o-mini", jsonOf(t, view), k.ID)
+	}
+	ch, err := e.mgr.Current().ChainFor(w.uni.ID, w.alice.ID, w.p.ID, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := ch.Scopes[len(ch.Scopes)-1]; last.Key != "key/"+k.ID || last.Limits == nil {
+		t.Fatalf("chain after create: innermost %s (limits %v), want key/%s with limits", last.Key, last.Limits, k.ID)
+	}
+	if len(e.audit(t, w.uni.ID, "key.create", k.ID)) != 1 || len(e.audit(t, w.uni.ID, "limits.set", "key/"+k.ID)) != 1 {
+		t.Fatal("want one key.create and one limits.set audit entry")
+	}
+	keysOf := func() int {
+		ks, err := e.ten.Keys(e.admin, tenancy.Filter{UserID: w.alice.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ks)
+	}
+	before := keysOf()
+	for _, c := range []struct {
+		name  string
+		ctx   context.Context
+		in    policy.KeyInput
+		code  errs.Code
+		field string
+	}{
+		{"member limiting their own key", w.aliceCtx, policy.KeyInput{Limits: &spec}, errs.Forbidden, "limits"},
+		{"unknown plan", w.bobCtx, policy.KeyInput{KeyInput: tenancy.KeyInput{UserID: w.alice.ID}, Plan: "gold"}, errs.Invalid, "plan"},
+		{"above the tenant's limits", e.admin, policy.KeyInput{KeyInput: tenancy.KeyInput{UserID: w.alice.ID}, Limits: ptrSpec(specOf(t, `{"concurrency":99}`))}, errs.Invalid, "limits.concurrency"},
+		{"bad limits", w.bobCtx, policy.KeyInput{KeyInput: tenancy.KeyInput{UserID: w.alice.ID}, Limits: ptrSpec(specOf(t, `{"concurrency":-1}`))}, errs.Invalid, "limits.concurrency"},
+		{"bad expiry", w.bobCtx, policy.KeyInput{KeyInput: tenancy.KeyInput{UserID: w.alice.ID, ExpiresIn: "soon"}, Limits: &spec}, errs.Invalid, "expires_in"},
+		{"user of another tenant", w.bobCtx, policy.KeyInput{KeyInput: tenancy.KeyInput{UserID: w.carol.ID}, Limits: &spec}, errs.NotFound, "user_id"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.name == "above the tenant's limits" {
+				if _, err := e.pol.SetLimits(e.admin, scope(policy.KindTenant, w.uni.ID), limitsIn(t, `{"limits":{"concurrency":5}}`)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, _, _, err := e.pol.CreateKey(c.ctx, c.in)
+			wantErr(t, err, c.code, c.field)
+			if n := keysOf(); n != before {
+				t.Fatalf("a refused create left %d keys, want %d", n, before)
+			}
+		})
+	}
+}
+
+func ptrSpec(s policy.Spec) *policy.Spec { return &s }
+
+// TestKeyExpiry: expires_in is a duration or whole days, exclusive of
+// expires_at, and applies to updates too.
+func TestKeyExpiry(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	w := e.world(t)
+	for _, c := range []struct {
+		in    tenancy.KeyInput
+		want  time.Time
+		field string
+	}{
+		{tenancy.KeyInput{ExpiresIn: "720h"}, t0.Add(720 * time.Hour), ""},
+		{tenancy.KeyInput{ExpiresIn: "30d"}, t0.Add(30 * 24 * time.Hour), ""},
+		{tenancy.KeyInput{ExpiresIn: "0s"}, time.Time{}, "expires_in"},
+		{tenancy.KeyInput{ExpiresIn: "-1h"}, time.Time{}, "expires_in"},
+		{tenancy.KeyInput{ExpiresIn: "0d"}, time.Time{}, "expires_in"},
+		{tenancy.KeyInput{ExpiresIn: "forever"}, time.Time{}, "expires_in"},
+		{tenancy.KeyInput{ExpiresIn: "99999999d"}, time.Time{}, "expires_in"},
+		{tenancy.KeyInput{ExpiresIn: "1h", ExpiresAt: ptrTime(t0.Add(time.Hour))}, time.Time{}, "expires_in"},
+		{tenancy.KeyInput{ExpiresAt: ptrTime(t0.Add(-time.Hour))}, time.Time{}, "expires_at"},
+	} {
+		t.Run(c.in.ExpiresIn, func(t *testing.T) {
+			c.in.UserID = w.alice.ID
+			k, _, err := e.ten.CreateKey(e.admin, c.in)
+			if c.field != "" {
+				wantErr(t, err, errs.Invalid, c.field)
+				return
+			}
+			if err != nil || k.ExpiresAt == nil || !k.ExpiresAt.Equal(c.want) {
+				t.Fatalf("CreateKey = %+v, %v, want expiry %v", k, err, c.want)
+			}
+		})
+	}
+	k := e.keyOf(t, w.alice.ID, "later")
+	in := "2h"
+	k, err := e.ten.UpdateKey(e.admin, k.ID, tenancy.KeyPatch{ExpiresIn: &in})
+	if err != nil || k.ExpiresAt == nil || !k.ExpiresAt.Equal(t0.Add(2*time.Hour)) {
+		t.Fatalf("UpdateKey(expires_in 2h) = %+v, %v, want expiry at t0+2h", k, err)
+	}
+}
+
+func ptrTime(t time.Time) *time.Time { return &t }

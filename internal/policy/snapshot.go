@@ -13,6 +13,10 @@ type Tree struct {
 	Tenants     []TreeTenant
 	Departments []TreeDepartment
 	Projects    []TreeProject
+	// Keys are the API keys whose scopes have settings: the rule that a
+	// child's cap stays within its parent's needs their owners. A chain
+	// needs no key here: its caller names the key it authenticated with.
+	Keys []TreeKey
 }
 
 // TreeTenant is a tenant as chains see it.
@@ -23,6 +27,10 @@ type TreeDepartment struct{ ID, TenantID, ParentID, Name string }
 
 // TreeProject is a project as chains see it.
 type TreeProject struct{ ID, TenantID, DepartmentID, Name string }
+
+// TreeKey is an API key as the policy sees it: whose it is. TenantID is
+// empty for a platform admin's key.
+type TreeKey struct{ ID, UserID, TenantID string }
 
 // Data is everything a snapshot is built from.
 type Data struct {
@@ -66,6 +74,7 @@ type Snapshot struct {
 	tenants       map[string]*tenantNode
 	depts         map[string]TreeDepartment
 	projects      map[string]*projectNode
+	keys          map[string]TreeKey
 
 	mu        sync.RWMutex
 	effective map[string]*Resolved
@@ -82,13 +91,20 @@ type projectNode struct {
 	path []string // scope names from global down to the project
 }
 
-type chainKey struct{ tenant, user, project string }
+type chainKey struct{ tenant, user, project, key string }
 
 // Chain is a request's scopes, outermost first, with their limits.
 type Chain struct {
-	Scopes   []quota.Scope
-	Keys     []string // the scopes' keys, for usage events
+	// Scopes are what the engine checks and charges. An API key's scope
+	// is here only when it limits something: a scope costs the engine
+	// about a third of a decision whether it limits anything or not.
+	Scopes []quota.Scope
+	// Keys name every scope of the chain, the key's included, for usage
+	// events: spend per key is summed from them.
+	Keys []string
+	// Priority and Plan are those of the innermost scope with a plan.
 	Priority Priority
+	Plan     string
 }
 
 // NewSnapshot builds a snapshot of d at now. defaultGlobal applies to the
@@ -98,6 +114,7 @@ func NewSnapshot(d *Data, defaultGlobal Spec, version int64, now time.Time) *Sna
 		Version: version, BuiltAt: now, data: d, defaultGlobal: defaultGlobal,
 		plans: map[string]*Plan{}, scopes: map[string]*ScopeLimits{}, grants: map[string][]*Grant{},
 		tenants: map[string]*tenantNode{}, depts: map[string]TreeDepartment{}, projects: map[string]*projectNode{},
+		keys:      map[string]TreeKey{},
 		effective: map[string]*Resolved{}, chains: map[chainKey]*Chain{},
 	}
 	for _, p := range d.Plans {
@@ -127,6 +144,9 @@ func NewSnapshot(d *Data, defaultGlobal Spec, version int64, now time.Time) *Sna
 	}
 	for _, p := range d.Projects {
 		s.projects[p.ID] = &projectNode{TreeProject: p, path: s.pathOf(p)}
+	}
+	for _, k := range d.Keys {
+		s.keys[k.ID] = k
 	}
 	return s
 }
@@ -207,9 +227,16 @@ func (s *Snapshot) Location(tenantID string) *time.Location {
 // Chain returns the scopes a request by user in project (both of tenant)
 // is charged to: global, tenant, departments, project, user, user@project.
 // projectID may be empty (no project: global, tenant, user); tenantID is
-// empty for platform admins (global, user).
+// empty for platform admins (global, user). It is ChainFor without a key.
 func (s *Snapshot) Chain(tenantID, userID, projectID string) (*Chain, error) {
-	k := chainKey{tenantID, userID, projectID}
+	return s.ChainFor(tenantID, userID, projectID, "")
+}
+
+// ChainFor is Chain for a request made with API key keyID (of userID; ""
+// for none), whose scope key/keyID comes last, innermost: global, tenant,
+// departments, project, user, user@project, key.
+func (s *Snapshot) ChainFor(tenantID, userID, projectID, keyID string) (*Chain, error) {
+	k := chainKey{tenantID, userID, projectID, keyID}
 	s.mu.RLock()
 	c, ok := s.chains[k]
 	s.mu.RUnlock()
@@ -232,17 +259,24 @@ func (s *Snapshot) Chain(tenantID, userID, projectID string) (*Chain, error) {
 	default:
 		names = []string{GlobalScope, ScopeName(KindUser, userID)}
 	}
+	if keyID != "" {
+		names = append(names, ScopeName(KindKey, keyID))
+	}
 	loc := s.Location(tenantID)
-	c = &Chain{Scopes: make([]quota.Scope, len(names)), Keys: names, Priority: PriorityNormal}
+	c = &Chain{Scopes: make([]quota.Scope, 0, len(names)), Keys: names, Priority: PriorityNormal}
 	for i, n := range names {
 		r := s.Effective(n)
-		c.Scopes[i] = quota.Scope{Key: n, Limits: r.Limits, Loc: loc, Tenant: tenantID}
-		if n == GlobalScope {
-			c.Scopes[i].Loc, c.Scopes[i].Tenant = time.UTC, ""
-		}
 		if r.Priority != "" {
-			c.Priority = r.Priority // the innermost plan decides
+			c.Priority, c.Plan = r.Priority, r.Plan // the innermost plan decides
 		}
+		if keyID != "" && i == len(names)-1 && r.Limits == nil {
+			break // the key limits nothing: the engine need not count it
+		}
+		sc := quota.Scope{Key: n, Limits: r.Limits, Loc: loc, Tenant: tenantID}
+		if n == GlobalScope {
+			sc.Loc, sc.Tenant = time.UTC, ""
+		}
+		c.Scopes = append(c.Scopes, sc)
 	}
 	s.mu.Lock()
 	s.chains[k] = c
@@ -275,6 +309,12 @@ func (s *Snapshot) Parents(kind, id, tenantID string) []string {
 	case KindMembership:
 		u, p, _ := cutAt(id)
 		return []string{ScopeName(KindUser, u), ScopeName(KindProject, p)}
+	case KindKey:
+		// A key may work in any of its user's projects: its user is its
+		// one parent in every chain.
+		if k, ok := s.keys[id]; ok {
+			return []string{ScopeName(KindUser, k.UserID)}
+		}
 	}
 	return nil
 }
@@ -311,10 +351,11 @@ func (s *Snapshot) TenantIDs() []string {
 	return out
 }
 
-// ScopeTenant returns the tenant of a tenant, department, project or
-// membership scope as far as the snapshot knows (a membership's is its
-// project's), and false for any other kind or an id it does not know.
-// A user's tenant is not in the snapshot.
+// ScopeTenant returns the tenant of a tenant, department, project,
+// membership or key scope as far as the snapshot knows (a membership's is
+// its project's, a key's its user's), and false for any other kind or an
+// id it does not know. A user's tenant is not in the snapshot, nor a key's
+// whose scope has no settings.
 func (s *Snapshot) ScopeTenant(kind, id string) (string, bool) {
 	switch kind {
 	case KindTenant:
@@ -332,6 +373,9 @@ func (s *Snapshot) ScopeTenant(kind, id string) (string, bool) {
 	case KindMembership:
 		_, pid, _ := cutAt(id)
 		return s.ScopeTenant(KindProject, pid)
+	case KindKey:
+		k, ok := s.keys[id]
+		return k.TenantID, ok
 	}
 	return "", false
 }
@@ -348,6 +392,10 @@ func (s *Snapshot) tenantOf(kind, id, fallback string) string {
 	case KindProject:
 		if p, ok := s.projects[id]; ok {
 			return p.TenantID
+		}
+	case KindKey:
+		if k, ok := s.keys[id]; ok {
+			return k.TenantID
 		}
 	}
 	return fallback

@@ -170,6 +170,80 @@ func TestChainPriorityAndLimits(t *testing.T) {
 	bound(t, "user concurrency", ch.Scopes[5].Limits.Concurrency, 1)
 }
 
+// TestChainWithKey: a request made with a key has the key's scope last,
+// innermost, with its limits, and a plan on the key decides the chain's
+// priority and plan. A key that limits nothing is named in Keys (usage
+// events record it) but not given to the engine.
+func TestChainWithKey(t *testing.T) {
+	t.Parallel()
+	tr := tree()
+	tr.Keys = []policy.TreeKey{{ID: "key_ci", UserID: "usr_u", TenantID: "ten_a"}, {ID: "key_plan", UserID: "usr_u", TenantID: "ten_a"}}
+	d := &policy.Data{Tree: tr, Plans: plans(t), Scopes: []*policy.ScopeLimits{
+		settings(t, "tenant/ten_a", "ent", `{}`),
+		settings(t, "key/key_ci", "", `{"requests":"2/min","models":["small"]}`),
+		settings(t, "key/key_plan", "free", `{}`),
+	}}
+	snap := policy.NewSnapshot(d, policy.Spec{}, 1, t0)
+	base := []string{"global", "tenant/ten_a", "department/dep_1", "department/dep_2", "project/prj_p", "user/usr_u", "membership/usr_u@prj_p"}
+	for _, c := range []struct {
+		name       string
+		key        string
+		wantKeys   []string
+		wantScopes []string
+		priority   policy.Priority
+		plan       string
+	}{
+		{"limited key", "key_ci", append(base[:7:7], "key/key_ci"), append(base[:7:7], "key/key_ci"), policy.PriorityHigh, "ent"},
+		{"key on a plan", "key_plan", append(base[:7:7], "key/key_plan"), append(base[:7:7], "key/key_plan"), policy.PriorityLow, "free"},
+		{"key without settings", "key_bare", append(base[:7:7], "key/key_bare"), base, policy.PriorityHigh, "ent"},
+		{"no key", "", base, base, policy.PriorityHigh, "ent"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ch, err := snap.ChainFor("ten_a", "usr_u", "prj_p", c.key)
+			if err != nil {
+				t.Fatalf("ChainFor = %v, want nil", err)
+			}
+			var scopes []string
+			for _, s := range ch.Scopes {
+				scopes = append(scopes, s.Key)
+				if s.Key != policy.GlobalScope && (s.Tenant != "ten_a" || s.Loc.String() != "Asia/Shanghai") {
+					t.Errorf("%s: got tenant %q zone %v, want ten_a in Asia/Shanghai", s.Key, s.Tenant, s.Loc)
+				}
+			}
+			if !reflect.DeepEqual(ch.Keys, c.wantKeys) || !reflect.DeepEqual(scopes, c.wantScopes) {
+				t.Fatalf("got keys %v scopes %v, want keys %v scopes %v", ch.Keys, scopes, c.wantKeys, c.wantScopes)
+			}
+			if ch.Priority != c.priority || ch.Plan != c.plan {
+				t.Fatalf("got priority %q plan %q, want %q %q", ch.Priority, ch.Plan, c.priority, c.plan)
+			}
+		})
+	}
+	ch, err := snap.ChainFor("ten_a", "usr_u", "prj_p", "key_ci")
+	if err != nil {
+		t.Fatalf("ChainFor = %v, want nil", err)
+	}
+	last := ch.Scopes[len(ch.Scopes)-1]
+	if l := last.Limits; l == nil || l.Requests != (quota.Rate{Limit: 2, Period: time.Minute}) || !reflect.DeepEqual(l.Models, []string{"small"}) {
+		t.Fatalf("key scope limits: got %+v, want 2/min and models [small]", last.Limits)
+	}
+	// The cache tells keys apart: the same user without the key has no
+	// key scope.
+	if again, _ := snap.Chain("ten_a", "usr_u", "prj_p"); len(again.Keys) != len(base) {
+		t.Fatalf("chain without key after one with: got %v, want %v", again.Keys, base)
+	}
+	// A key's tenant is known for keys with settings.
+	if tn, ok := snap.ScopeTenant(policy.KindKey, "key_ci"); !ok || tn != "ten_a" {
+		t.Fatalf("ScopeTenant(key_ci) = %q, %v, want ten_a, true", tn, ok)
+	}
+	if _, ok := snap.ScopeTenant(policy.KindKey, "key_bare"); ok {
+		t.Fatal("ScopeTenant(key_bare) is known, want unknown (no settings: the caller asks the store)")
+	}
+	// A platform admin's key: global, user, key.
+	if ch, _ := snap.ChainFor("", "usr_root", "", "key_root"); !reflect.DeepEqual(ch.Keys, []string{"global", "user/usr_root", "key/key_root"}) {
+		t.Fatalf("platform admin's chain: got %v", ch.Keys)
+	}
+}
+
 func TestEffective(t *testing.T) {
 	t.Parallel()
 	revokedAt := t0.Add(-time.Minute)
@@ -290,7 +364,9 @@ func TestEffectiveDefaultGlobal(t *testing.T) {
 
 func TestParents(t *testing.T) {
 	t.Parallel()
-	snap := policy.NewSnapshot(&policy.Data{Tree: tree()}, policy.Spec{}, 1, t0)
+	tr := tree()
+	tr.Keys = []policy.TreeKey{{ID: "key_k", UserID: "usr_u", TenantID: "ten_a"}}
+	snap := policy.NewSnapshot(&policy.Data{Tree: tr}, policy.Spec{}, 1, t0)
 	for _, c := range []struct {
 		kind, id, tenant string
 		want             []string
@@ -304,6 +380,8 @@ func TestParents(t *testing.T) {
 		{policy.KindUser, "usr_u", "ten_a", []string{"tenant/ten_a"}},
 		{policy.KindUser, "usr_admin", "", []string{"global"}},
 		{policy.KindMembership, "usr_u@prj_p", "ten_a", []string{"user/usr_u", "project/prj_p"}},
+		{policy.KindKey, "key_k", "ten_a", []string{"user/usr_u"}},
+		{policy.KindKey, "key_unknown", "ten_a", nil},
 	} {
 		t.Run(c.kind+"/"+c.id, func(t *testing.T) {
 			if got := snap.Parents(c.kind, c.id, c.tenant); !reflect.DeepEqual(got, c.want) {

@@ -195,7 +195,8 @@ func (r RateSpec) MarshalJSON() ([]byte, error) {
 	}{r.String(), r.Burst})
 }
 
-// UnmarshalJSON reads "60/min" or {"rate":"60/min","burst":10}.
+// UnmarshalJSON reads "60/min", {"rate":"60/min","burst":10} or
+// {"limit":60,"period":"1m","burst":10} (the burst optional in both).
 func (r *RateSpec) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err == nil {
@@ -207,17 +208,32 @@ func (r *RateSpec) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	var o struct {
-		Rate  string `json:"rate"`
-		Burst int64  `json:"burst"`
+		Rate   string `json:"rate"`
+		Limit  *int64 `json:"limit"`
+		Period string `json:"period"`
+		Burst  int64  `json:"burst"`
 	}
+	const forms = "a rate is \"60/min\", {\"rate\":\"60/min\",\"burst\":10} or {\"limit\":60,\"period\":\"1m\"}"
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&o); err != nil {
-		return fmt.Errorf("a rate is \"60/min\" or {\"rate\":\"60/min\",\"burst\":10}")
+		return errors.New(forms)
 	}
-	v, err := parseRate(o.Rate)
-	if err != nil {
-		return err
+	var v RateSpec
+	switch {
+	case o.Rate != "" && (o.Limit != nil || o.Period != ""):
+		return fmt.Errorf("give rate, or limit and period, not both: %s", forms)
+	case o.Limit != nil || o.Period != "":
+		d, ok := parsePeriod(o.Period)
+		if o.Limit == nil || *o.Limit < 0 || !ok {
+			return fmt.Errorf("limit must be a whole number and period one of s, min, hour, day or a duration such as 30s: %s", forms)
+		}
+		v = RateSpec{Limit: *o.Limit, Period: d}
+	default:
+		var err error
+		if v, err = parseRate(o.Rate); err != nil {
+			return err
+		}
 	}
 	if o.Burst < 0 {
 		return fmt.Errorf("burst %d must not be negative", o.Burst)

@@ -93,6 +93,9 @@ func TestRateSpecJSON(t *testing.T) {
 		{`{"rate":"60/min","burst":10}`, RateSpec{Limit: 60, Period: time.Minute, Burst: 10}, `{"rate":"60/min","burst":10}`},
 		{`{"rate":"60/min"}`, RateSpec{Limit: 60, Period: time.Minute}, `"60/min"`},
 		{`{"rate":"60/min","burst":0}`, RateSpec{Limit: 60, Period: time.Minute}, `"60/min"`},
+		{`{"limit":10,"period":"1m"}`, RateSpec{Limit: 10, Period: time.Minute}, `"10/min"`},
+		{`{"limit":10,"period":"min","burst":3}`, RateSpec{Limit: 10, Period: time.Minute, Burst: 3}, `{"rate":"10/min","burst":3}`},
+		{`{"limit":0,"period":"30s"}`, RateSpec{Period: 30 * time.Second}, `"0/30s"`},
 	} {
 		t.Run(c.in, func(t *testing.T) { roundTrip(t, c.in, c.want, c.out) })
 	}
@@ -108,6 +111,13 @@ func TestRateSpecJSONRejects(t *testing.T) {
 		`{"rate":"60/fortnight","burst":1}`,
 		`{"burst":10}`,
 		`{"rate":60,"burst":10}`,
+		`{"limit":10}`,
+		`{"period":"1m"}`,
+		`{"limit":-1,"period":"1m"}`,
+		`{"limit":10,"period":"fortnight"}`,
+		`{"limit":10,"period":"0s"}`,
+		`{"limit":"10","period":"1m"}`,
+		`{"rate":"10/min","limit":10,"period":"1m"}`,
 	} {
 		t.Run(in, func(t *testing.T) {
 			var r RateSpec
@@ -553,6 +563,10 @@ func TestParseScope(t *testing.T) {
 		{"project/prj_1", KindProject, "prj_1", true},
 		{"user/usr_1", KindUser, "usr_1", true},
 		{"membership/usr_1@prj_1", KindMembership, "usr_1@prj_1", true},
+		{"key/key_1", KindKey, "key_1", true},
+		{"key/", "", "", false},
+		{"key", "", "", false},
+		{"key/a/b", "", "", false},
 		{"membership/usr_1", "", "", false},
 		{"membership/@prj_1", "", "", false},
 		{"tenant/", "", "", false},

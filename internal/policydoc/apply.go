@@ -384,8 +384,59 @@ func (r *applyRun) users(tenantID, path string, want []User, projectIDs map[stri
 				}
 			}
 		}
+		if err := r.keys(tenantID, id, upath, u.Keys); err != nil {
+			return fmt.Errorf("user %s: %w", u.Name, err)
+		}
 	}
 	return nil
+}
+
+// keys sets the limits of a user's existing keys.
+func (r *applyRun) keys(tenantID, userID, path string, want []Key) error {
+	if len(want) == 0 {
+		return nil
+	}
+	var have []*tenancy.Key
+	if userID != "" {
+		var err error
+		if have, err = all(func(f tenancy.Filter) ([]*tenancy.Key, error) {
+			f.TenantID, f.UserID = tenantID, userID
+			return r.a.Tenancy.Keys(r.ctx, f)
+		}, func(k *tenancy.Key) string { return k.ID }); err != nil {
+			return err
+		}
+	}
+	for i, k := range want {
+		key, err := findKey(have, k)
+		if err != nil {
+			return fmt.Errorf("keys[%d]: %w", i, err)
+		}
+		if err := r.limits(policy.ScopeName(policy.KindKey, key.ID), path+"/keys/"+k.label(), k.Plan, k.Limits); err != nil {
+			return fmt.Errorf("key %s: %w", k.label(), err)
+		}
+	}
+	return nil
+}
+
+// findKey finds the key k names among a user's keys: by id, or by name or
+// prefix among the unrevoked ones, where exactly one matches.
+func findKey(have []*tenancy.Key, k Key) (*tenancy.Key, error) {
+	var found []*tenancy.Key
+	for _, h := range have {
+		switch {
+		case k.ID != "" && h.ID == k.ID,
+			k.Name != "" && h.RevokedAt == nil && h.Name == k.Name,
+			k.Prefix != "" && h.RevokedAt == nil && h.Prefix == k.Prefix:
+			found = append(found, h)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return nil, errs.Field(errs.NotFound, "keys", "the user has no key %q (a policy file sets keys' limits; create keys with the API or sluice keys create)", k.label())
+	case 1:
+		return found[0], nil
+	}
+	return nil, errs.Field(errs.Invalid, "keys", "%d keys of the user match %q: name the key by id", len(found), k.label())
 }
 
 // all pages through a list.

@@ -362,3 +362,71 @@ func TestApplyAsTenantAdmin(t *testing.T) {
 		t.Fatalf("Export without a principal: got %v, want unauthorized", err)
 	}
 }
+
+// TestApplyKeys: a document sets the limits of existing API keys, named
+// by name, prefix or id; it never creates one; a name two keys share is
+// refused; the export names each limited key and applies back unchanged.
+func TestApplyKeys(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	s.apply(t, s.admin, parse(t, []byte(`tenants: [{name: uni, projects: [{name: p}], users: [{name: alice, projects: [p]}]}]`)), false)
+	uni := s.tenant(t, "uni")
+	users, err := s.ten.Users(s.admin, tenancy.Filter{TenantID: uni.ID})
+	if err != nil || len(users) != 1 {
+		t.Fatalf("users = %v, %v", users, err)
+	}
+	alice := users[0].ID
+	mk := func(name string) *tenancy.Key {
+		k, _, err := s.ten.CreateKey(s.admin, tenancy.KeyInput{UserID: alice, Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	ci, nb, bare := mk("ci"), mk("notebook"), mk("")
+	doc := `tenants: [{name: uni, users: [{name: alice, keys: [
+  {name: ci, limits: {requests: 2/min, models: [small]}},
+  {prefix: ` + nb.Prefix + `, plan: free},
+  {id: ` + bare.ID + `, limits: {tokens: 1000/day}}]}]}]`
+	got := s.apply(t, s.admin, parse(t, []byte(doc)), false)
+	sameChanges(t, "first apply", got, []string{
+		`~ limits uni/users/alice/keys/ci: {"requests":"2/min","models":["small"]}`,
+		`~ limits uni/users/alice/keys/` + nb.Prefix + `: plan free, limits {}`,
+		`~ limits uni/users/alice/keys/` + bare.ID + `: {"tokens":"1000/day"}`,
+	})
+	sameChanges(t, "apply again", s.apply(t, s.admin, parse(t, []byte(doc)), false), []string{})
+	ch, err := s.mgr.Current().ChainFor(uni.ID, alice, "", ci.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := ch.Scopes[len(ch.Scopes)-1]; last.Key != "key/"+ci.ID || last.Limits == nil || len(last.Limits.Models) != 1 {
+		t.Fatalf("ci's chain: innermost %s %+v, want key/%s with its models", last.Key, last.Limits, ci.ID)
+	}
+	// The export names ci and notebook by name, the nameless key by id.
+	exported := parse(t, s.export(t))
+	keys := exported.Tenants[0].Users[0].Keys
+	if len(keys) != 3 || keys[0].Name != "ci" || keys[1].Name != "notebook" || keys[2].ID != bare.ID {
+		t.Fatalf("exported keys: got %+v", keys)
+	}
+	sameChanges(t, "apply the export", s.apply(t, s.admin, exported, false), []string{})
+	// Errors: no such key; a name two keys share.
+	mk("ci")
+	for _, c := range []struct {
+		doc  string
+		code errs.Code
+	}{
+		{`tenants: [{name: uni, users: [{name: alice, keys: [{name: gone, limits: {requests: 1/s}}]}]}]`, errs.NotFound},
+		{`tenants: [{name: uni, users: [{name: alice, keys: [{name: ci, limits: {requests: 1/s}}]}]}]`, errs.Invalid},
+		{`tenants: [{name: uni, users: [{name: zed, keys: [{name: ci, limits: {requests: 1/s}}]}]}]`, errs.NotFound},
+	} {
+		_, err := s.ap.Apply(s.admin, parse(t, []byte(c.doc)), true)
+		var e *errs.Error
+		if !errs.Is(err, c.code) || !errors.As(err, &e) || e.Field != "keys" {
+			t.Errorf("Apply(%s) = %v, want %s on field keys", c.doc, err, c.code)
+		}
+	}
+	// With two keys named ci, the export names the first by id.
+	if keys := parse(t, s.export(t)).Tenants[0].Users[0].Keys; keys[0].ID != ci.ID {
+		t.Fatalf("export with a shared name: got %+v, want ci by id", keys[0])
+	}
+}

@@ -1,6 +1,6 @@
 // Package policydoc is the declarative policy file of `sluice apply` and
-// `sluice export`: plans, the tenancy tree, memberships and limits in one
-// YAML (or JSON) document. Apply brings the server to the document through
+// `sluice export`: plans, the tenancy tree, memberships and limits (API
+// keys' included) in one YAML (or JSON) document. Apply brings the server to the document through
 // the same services as the API (so the same rules, roles and audit apply)
 // and only ever creates or updates: nothing absent from the document is
 // deleted. Export writes the current state in the same shape, so exporting
@@ -83,6 +83,30 @@ type User struct {
 	Plan        string       `json:"plan,omitempty"`
 	Limits      *policy.Spec `json:"limits,omitempty"`
 	Projects    []string     `json:"projects,omitempty"`
+	Keys        []Key        `json:"keys,omitempty"`
+}
+
+// Key sets the limits of one of its user's API keys, named by exactly one
+// of its id, its name (when no other unrevoked key of the user bears it)
+// or its visible prefix ("slk_AbCdEfGh"). A document never creates keys:
+// a key's secret is shown once, to whoever creates it.
+type Key struct {
+	ID     string       `json:"id,omitempty"`
+	Name   string       `json:"name,omitempty"`
+	Prefix string       `json:"prefix,omitempty"`
+	Plan   string       `json:"plan,omitempty"`
+	Limits *policy.Spec `json:"limits,omitempty"`
+}
+
+// label is how the key is named in the document.
+func (k Key) label() string {
+	switch {
+	case k.ID != "":
+		return k.ID
+	case k.Name != "":
+		return k.Name
+	}
+	return k.Prefix
 }
 
 // MaxSize bounds a policy document.
@@ -332,6 +356,42 @@ func (d *Document) Validate() error {
 					return errs.Field(errs.Invalid, fmt.Sprintf("%s.projects[%d]", uat, k), "user %s is listed in project %q, which tenant %s does not define", u.Name, p, t.Name)
 				}
 			}
+			if err := checkKeys(uat, u.Keys); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkKeys validates a user's keys: each named one way, once.
+func checkKeys(at string, keys []Key) error {
+	seen := map[string]bool{}
+	for i, k := range keys {
+		kat := fmt.Sprintf("%s.keys[%d]", at, i)
+		n := 0
+		for _, v := range []string{k.ID, k.Name, k.Prefix} {
+			if v != "" {
+				n++
+			}
+		}
+		if n != 1 {
+			return errs.Field(errs.Invalid, kat, "%s must name its key by exactly one of id, name and prefix", kat)
+		}
+		if k.Name != "" {
+			if err := tenancy.ValidName(kat+".name", k.Name); err != nil {
+				return err
+			}
+		}
+		if k.Prefix != "" && !strings.HasPrefix(k.Prefix, tenancy.KeyPrefix) {
+			return errs.Field(errs.Invalid, kat+".prefix", "%s.prefix %q is not a key prefix such as %sAbCdEfGh", kat, k.Prefix, tenancy.KeyPrefix)
+		}
+		if seen[k.label()] {
+			return errs.Field(errs.Invalid, kat, "%s names key %q a second time", kat, k.label())
+		}
+		seen[k.label()] = true
+		if err := checkLimited(kat, k.Plan, k.Limits); err != nil {
+			return err
 		}
 	}
 	return nil

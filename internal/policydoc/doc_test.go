@@ -216,6 +216,12 @@ func TestParseInvalid(t *testing.T) {
 		{"not YAML", `tenants: [`, "-"},
 		{"duplicate key", "tenants: []\ntenants: []", "-"},
 		{"key that is not text", `tenants: [{name: a, 1: b}]`, "tenants[0]"},
+		{"API key named two ways", `tenants: [{name: a, users: [{name: u, keys: [{id: key_1, name: ci}]}]}]`, "tenants[0].users[0].keys[0]"},
+		{"API key not named", `tenants: [{name: a, users: [{name: u, keys: [{limits: {requests: 1/s}}]}]}]`, "tenants[0].users[0].keys[0]"},
+		{"API key twice", `tenants: [{name: a, users: [{name: u, keys: [{name: ci}, {name: ci}]}]}]`, "tenants[0].users[0].keys[1]"},
+		{"API key prefix", `tenants: [{name: a, users: [{name: u, keys: [{prefix: sk-123}]}]}]`, "tenants[0].users[0].keys[0].prefix"},
+		{"API key limits", `tenants: [{name: a, users: [{name: u, keys: [{name: ci, limits: {concurrency: -1}}]}]}]`, "tenants[0].users[0].keys[0].limits.concurrency"},
+		{"API key field", `tenants: [{name: a, users: [{name: u, keys: [{name: ci, secret: x}]}]}]`, "tenants[0].users[0].keys[0].secret"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d, err := policydoc.Parse([]byte(c.doc))
@@ -353,6 +359,7 @@ func FuzzParse(f *testing.F) {
 		"global: {plan: free, limits: {memory_per_run: 512MB, run_timeout: 90, cost: $0.5/month}}",
 		"tenants: [{name: a, departments: [{name: d, departments: [{name: e, projects: [{name: p, limits: {max_steps: 3}}]}]}]}]",
 		`{"tenants":[{"name":"a","limits":{"tokens_rate":"10/30s","models":["m"]}}]}`,
+		"tenants: [{name: a, users: [{name: u, keys: [{name: ci, limits: {requests: {limit: 10, period: 1m}}}, {prefix: slk_x, plan: free}, {id: key_1}]}]}]",
 		"a: &x [1, 2]\nb: *x",
 		// Known bugs: NaN and overflowing sizes and durations (skipped below).
 		"global: {limits: {memory_per_run: NaN}}",

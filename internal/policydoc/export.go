@@ -113,13 +113,48 @@ func (a *Applier) Export(ctx context.Context) (*Document, error) {
 		for _, m := range members {
 			memberOf[m.UserID] = append(memberOf[m.UserID], projectName[m.ProjectID])
 		}
+		keys, err := all(func(f tenancy.Filter) ([]*tenancy.Key, error) {
+			f.TenantID = t.ID
+			return a.Tenancy.Keys(ctx, f)
+		}, func(x *tenancy.Key) string { return x.ID })
+		if err != nil {
+			return nil, err
+		}
+		keysOf := map[string][]*tenancy.Key{}
+		for _, k := range keys {
+			keysOf[k.UserID] = append(keysOf[k.UserID], k)
+		}
 		for _, u := range users {
 			du := User{Name: u.Name, DisplayName: u.DisplayName, Email: u.Email, Role: string(u.Role), Projects: memberOf[u.ID]}
 			sort.Strings(du.Projects)
 			du.Plan, du.Limits = limited(policy.ScopeName(policy.KindUser, u.ID))
+			for _, k := range keysOf[u.ID] {
+				if k.RevokedAt != nil {
+					continue // its limits no longer matter
+				}
+				dk := docKey(keysOf[u.ID], k)
+				dk.Plan, dk.Limits = limited(policy.ScopeName(policy.KindKey, k.ID))
+				if dk.Plan != "" || dk.Limits != nil {
+					du.Keys = append(du.Keys, dk)
+				}
+			}
 			dt.Users = append(dt.Users, du)
 		}
 		d.Tenants = append(d.Tenants, dt)
 	}
 	return d, nil
+}
+
+// docKey names k as a document does: by its name when that is its own
+// among the user's unrevoked keys, else by id.
+func docKey(userKeys []*tenancy.Key, k *tenancy.Key) Key {
+	if k.Name == "" {
+		return Key{ID: k.ID}
+	}
+	for _, o := range userKeys {
+		if o != k && o.RevokedAt == nil && o.Name == k.Name {
+			return Key{ID: k.ID}
+		}
+	}
+	return Key{Name: k.Name}
 }

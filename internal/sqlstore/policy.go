@@ -267,6 +267,23 @@ func (c *conn) Tree() (*policy.Tree, error) {
 	for _, v := range projects {
 		t.Projects = append(t.Projects, *v)
 	}
+	// Only keys whose scopes have settings: driven by scope_limits, which
+	// holds a few of the keys at most.
+	rows, err = c.query(`SELECT k.id, k.user_id, COALESCE(k.tenant_id, '') FROM scope_limits s
+		JOIN api_keys k ON k.id = substr(s.scope, 5) WHERE s.scope LIKE 'key/%'`)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := collect(rows, func(r *sql.Rows) (*policy.TreeKey, error) {
+		var v policy.TreeKey
+		return &v, r.Scan(&v.ID, &v.UserID, &v.TenantID)
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range keys {
+		t.Keys = append(t.Keys, *v)
+	}
 	return t, nil
 }
 

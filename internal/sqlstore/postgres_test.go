@@ -104,6 +104,7 @@ func TestPolicyAndUsage(t *testing.T) {
 			t.Parallel()
 			t.Run("Policy", func(t *testing.T) { t.Parallel(); testPolicy(t, e.open(t)) })
 			t.Run("Usage", func(t *testing.T) { t.Parallel(); testUsage(t, e.open(t)) })
+			t.Run("KeyScopes", func(t *testing.T) { t.Parallel(); testKeyScopes(t, e.open(t)) })
 		})
 	}
 }
@@ -555,4 +556,98 @@ func TestRedact(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testKeyScopes: the tree names the keys whose scopes have settings, with
+// their owners; the roll-ups of key scopes are read by tenant; deleting a
+// user's revoked keys drops their scopes' settings and grants.
+func testKeyScopes(t *testing.T, s *Store) {
+	ctx := context.Background()
+	w := newWorld(t, s)
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	keyScope := func(k *tenancy.Key) string { return "key/" + k.ID }
+	updatePolicy(t, s, func(tx policy.Tx) error {
+		for _, k := range []*tenancy.Key{w.kUA2, w.kUB1, w.kAdmin} {
+			if err := tx.PutScopeLimits(&policy.ScopeLimits{Scope: keyScope(k), TenantID: k.TenantID,
+				Limits: policy.Spec{Concurrency: ptr(int64(1))}, UpdatedAt: now}); err != nil {
+				return err
+			}
+		}
+		return tx.InsertGrant(&policy.Grant{ID: "gra_k", Scope: keyScope(w.kUA2), TenantID: w.A.ID, CreatedAt: now, ExpiresAt: now.Add(time.Hour)})
+	})
+	viewPolicy(t, s, func(tx policy.Tx) error {
+		tree, err := tx.Tree()
+		if err != nil {
+			return err
+		}
+		got := map[string]policy.TreeKey{}
+		for _, k := range tree.Keys {
+			got[k.ID] = k
+		}
+		want := map[string]policy.TreeKey{
+			w.kUA2.ID:   {ID: w.kUA2.ID, UserID: w.ua2.ID, TenantID: w.A.ID},
+			w.kUB1.ID:   {ID: w.kUB1.ID, UserID: w.ub1.ID, TenantID: w.B.ID},
+			w.kAdmin.ID: {ID: w.kAdmin.ID, UserID: w.admin.ID},
+		}
+		same(t, got, want)
+		return nil
+	})
+
+	ev := func(id, tenant string, scopes ...string) usage.Event {
+		return usage.Event{ID: id, At: now, TenantID: tenant, Kind: "metering", Requests: 1, InputTokens: 10, CostMicros: 5,
+			Scopes: append([]string{"global"}, scopes...), Loc: time.UTC}
+	}
+	if _, err := s.RecordUsage(ctx, []usage.Event{
+		ev("evt_1", w.A.ID, "user/"+w.ua2.ID, keyScope(w.kUA2)),
+		ev("evt_2", w.A.ID, "user/"+w.ua2.ID, keyScope(w.kUA2)),
+		ev("evt_3", w.B.ID, "user/"+w.ub1.ID, keyScope(w.kUB1)),
+		ev("evt_4", w.A.ID, "user/"+w.ua1.ID),
+	}); err != nil {
+		t.Fatalf("RecordUsage = %v, want nil", err)
+	}
+	month := usage.MonthPeriod(now, time.UTC)
+	roll := func(k *tenancy.Key, n int64) usage.Rollup {
+		return usage.Rollup{Scope: keyScope(k), Period: month, TenantID: k.TenantID, Requests: n, Tokens: 10 * n, CostMicros: 5 * n}
+	}
+	for _, c := range []struct {
+		tenant string
+		want   []usage.Rollup
+	}{
+		{w.A.ID, []usage.Rollup{roll(w.kUA2, 2)}},
+		{"", sortedRollups(roll(w.kUA2, 2), roll(w.kUB1, 1))},
+	} {
+		got, err := s.KindRollups(ctx, policy.KindKey, c.tenant, []string{month})
+		if err != nil {
+			t.Fatalf("KindRollups(%q) = %v, want nil", c.tenant, err)
+		}
+		same(t, got, c.want)
+	}
+
+	// Revoke ua2's key, then delete the user's revoked keys: its scope's
+	// settings and grant go with it; others stay.
+	update(t, s, func(tx tenancy.Tx) error {
+		k := *w.kUA2
+		k.RevokedAt = ptr(now)
+		if err := tx.UpdateKey(&k); err != nil {
+			return err
+		}
+		return tx.DeleteRevokedKeys(w.ua2.ID)
+	})
+	viewPolicy(t, s, func(tx policy.Tx) error {
+		if _, err := tx.ScopeLimits(keyScope(w.kUA2)); !errs.Is(err, errs.NotFound) {
+			t.Errorf("settings of a deleted key: got %v, want not found", err)
+		}
+		if g, err := tx.Grants("", keyScope(w.kUA2), time.Time{}); err != nil || len(g) != 0 {
+			t.Errorf("grants of a deleted key: got %v, %v, want none", g, err)
+		}
+		if _, err := tx.ScopeLimits(keyScope(w.kUB1)); err != nil {
+			t.Errorf("settings of another key: got %v, want them kept", err)
+		}
+		return nil
+	})
+}
+
+func sortedRollups(rs ...usage.Rollup) []usage.Rollup {
+	slices.SortFunc(rs, func(a, b usage.Rollup) int { return strings.Compare(a.Scope, b.Scope) })
+	return rs
 }

@@ -554,8 +554,15 @@ func (c *conn) UpdateKey(k *tenancy.Key) error {
 }
 
 func (c *conn) DeleteRevokedKeys(userID string) error {
-	_, err := c.exec(`DELETE FROM api_keys WHERE user_id = ? AND (revoked_at IS NOT NULL OR expires_at <= ?)`,
-		userID, time.Now().UnixMicro())
+	now := time.Now().UnixMicro()
+	// The keys' limits and grants go with them (see dropScope).
+	const gone = `SELECT 'key/' || id FROM api_keys WHERE user_id = ? AND (revoked_at IS NOT NULL OR expires_at <= ?)`
+	for _, table := range []string{"scope_limits", "grants"} {
+		if _, err := c.exec(`DELETE FROM `+table+` WHERE scope IN (`+gone+`)`, userID, now); err != nil {
+			return err
+		}
+	}
+	_, err := c.exec(`DELETE FROM api_keys WHERE user_id = ? AND (revoked_at IS NOT NULL OR expires_at <= ?)`, userID, now)
 	return err
 }
 

@@ -789,6 +789,22 @@ func (s *Store) UsageQuarantine(ctx context.Context, after string, limit int) ([
 // Rollups returns the roll-ups of the given periods, with the use of every
 // event committed before the call.
 func (s *Store) Rollups(ctx context.Context, periods []string) ([]usage.Rollup, error) {
+	return s.rollups(ctx, periods, nil)
+}
+
+// KindRollups returns the roll-ups of the scopes of one kind (policy.KindKey:
+// the spend of every API key) in the given periods, of one tenant when
+// tenantID is set, by scope, with the use of every event committed before
+// the call. The scope range is read through the primary key.
+func (s *Store) KindRollups(ctx context.Context, kind, tenantID string, periods []string) ([]usage.Rollup, error) {
+	var w where
+	w.add("scope >= ?", kind+"/")
+	w.add("scope < ?", kind+"0") // '0' follows '/'
+	w.eq("tenant_id", tenantID)
+	return s.rollups(ctx, periods, &w)
+}
+
+func (s *Store) rollups(ctx context.Context, periods []string, also *where) ([]usage.Rollup, error) {
 	if len(periods) == 0 {
 		return nil, nil
 	}
@@ -805,6 +821,10 @@ func (s *Store) Rollups(ctx context.Context, periods []string) ([]usage.Rollup, 
 	args := make([]any, len(periods))
 	for i, p := range periods {
 		args[i] = p
+	}
+	if also != nil {
+		q += " AND " + strings.Join(also.conds, " AND ") + " ORDER BY scope, period"
+		args = append(args, also.args...)
 	}
 	rows, err := s.r.QueryContext(ctx, s.d.rebind(q), args...)
 	if err != nil {

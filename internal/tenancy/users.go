@@ -2,6 +2,8 @@ package tenancy
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -387,19 +389,56 @@ func (s *Service) RemoveMember(ctx context.Context, userID, projectID string) er
 // ---- keys ----
 
 // KeyInput creates an API key. UserID empty means the caller. ProjectID is
-// the project the key works in unless a request names another.
+// the project the key works in unless a request names another. The key
+// expires at ExpiresAt, or ExpiresIn ("720h", "30d") from its creation;
+// without either it lasts until revoked.
 type KeyInput struct {
 	UserID    string     `json:"user_id"`
 	ProjectID string     `json:"project_id"`
 	Name      string     `json:"name"`
 	ExpiresAt *time.Time `json:"expires_at"`
+	ExpiresIn string     `json:"expires_in"`
 }
 
-// KeyPatch changes a key's name, default project or expiry.
+// KeyPatch changes a key's name, default project or expiry (ExpiresAt, or
+// ExpiresIn from now).
 type KeyPatch struct {
 	Name      *string    `json:"name"`
 	ProjectID *string    `json:"project_id"`
 	ExpiresAt *time.Time `json:"expires_at"`
+	ExpiresIn *string    `json:"expires_in"`
+}
+
+// maxKeyLife bounds expires_in, so that a typo does not overflow a time.
+const maxKeyLife = 100 * 365 * 24 * time.Hour
+
+// keyExpiry resolves expires_at or expires_in (a duration such as "720h",
+// or whole days such as "30d") at now; nil when neither is set.
+func keyExpiry(now time.Time, at *time.Time, in string) (*time.Time, error) {
+	switch {
+	case at != nil && in != "":
+		return nil, errs.Field(errs.Invalid, "expires_in", "give expires_at or expires_in, not both")
+	case in != "":
+		d, err := time.ParseDuration(in)
+		if days, ok := strings.CutSuffix(in, "d"); ok && err != nil {
+			n, perr := strconv.ParseInt(days, 10, 64)
+			if perr == nil && n > 0 && n <= int64(maxKeyLife/(24*time.Hour)) {
+				d, err = time.Duration(n)*24*time.Hour, nil
+			}
+		}
+		if err != nil || d <= 0 || d > maxKeyLife {
+			return nil, errs.Field(errs.Invalid, "expires_in", "expires_in %q is not a positive duration such as 720h or 30d", in)
+		}
+		e := now.Add(d).UTC().Truncate(time.Microsecond)
+		return &e, nil
+	case at != nil:
+		if !at.After(now) {
+			return nil, errs.Field(errs.Invalid, "expires_at", "expires_at must be in the future")
+		}
+		e := at.UTC()
+		return &e, nil
+	}
+	return nil, nil
 }
 
 // keyOwner loads the key's user and checks p may manage their keys.
@@ -462,33 +501,46 @@ func (s *Service) CreateKey(ctx context.Context, in KeyInput) (*Key, string, err
 	if err != nil {
 		return nil, "", err
 	}
+	var k *Key
+	var secret string
+	err = s.update(ctx, func(tx Tx) error {
+		if k, secret, err = InsertNewKey(tx, p, in, s.now()); err != nil {
+			return err
+		}
+		return s.audit(tx, p, k.TenantID, "key.create", "key", k.ID, nil, k)
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return k, secret, nil
+}
+
+// InsertNewKey creates a key for p as CreateKey does, inside tx, and
+// returns it with its secret; the caller writes the audit entry. It lets
+// a caller whose transaction also sees the tree (the policy service)
+// create a key and set its limits in one commit.
+func InsertNewKey(tx Tx, p Principal, in KeyInput, now time.Time) (*Key, string, error) {
 	if in.UserID == "" {
 		in.UserID = p.UserID
 	}
 	if err := checkKeyName(in.Name); err != nil {
 		return nil, "", err
 	}
-	now := s.now().UTC()
-	if in.ExpiresAt != nil && !in.ExpiresAt.After(now) {
-		return nil, "", errs.Field(errs.Invalid, "expires_at", "expires_at must be in the future")
+	now = now.UTC()
+	expires, err := keyExpiry(now, in.ExpiresAt, in.ExpiresIn)
+	if err != nil {
+		return nil, "", err
+	}
+	u, err := keyOwner(tx, p, in.UserID)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := checkKeyProject(tx, u, in.ProjectID); err != nil {
+		return nil, "", err
 	}
 	secret := NewSecret()
-	var k *Key
-	err = s.update(ctx, func(tx Tx) error {
-		u, err := keyOwner(tx, p, in.UserID)
-		if err != nil {
-			return err
-		}
-		if err := checkKeyProject(tx, u, in.ProjectID); err != nil {
-			return err
-		}
-		k = newKey(now, u, in.ProjectID, in.Name, in.ExpiresAt, secret)
-		if err := tx.InsertKey(k); err != nil {
-			return err
-		}
-		return s.audit(tx, p, k.TenantID, "key.create", "key", k.ID, nil, k)
-	})
-	if err != nil {
+	k := newKey(now, u, in.ProjectID, in.Name, expires, secret)
+	if err := tx.InsertKey(k); err != nil {
 		return nil, "", err
 	}
 	return k, secret, nil
@@ -573,12 +625,19 @@ func (s *Service) UpdateKey(ctx context.Context, keyID string, in KeyPatch) (*Ke
 		after := *before
 		setIf(&after.Name, in.Name)
 		setIf(&after.ProjectID, in.ProjectID)
-		if in.ExpiresAt != nil {
-			if !in.ExpiresAt.After(s.now()) {
-				return errs.Field(errs.Invalid, "expires_at", "expires_at must be in the future")
+		if in.ExpiresAt != nil || in.ExpiresIn != nil {
+			var within string
+			if in.ExpiresIn != nil {
+				within = *in.ExpiresIn
+				if within == "" {
+					return errs.Field(errs.Invalid, "expires_in", "expires_in must be a duration such as 720h or 30d")
+				}
 			}
-			e := in.ExpiresAt.UTC()
-			after.ExpiresAt = &e
+			e, err := keyExpiry(s.now(), in.ExpiresAt, within)
+			if err != nil {
+				return err
+			}
+			after.ExpiresAt = e
 		}
 		if err := checkKeyName(after.Name); err != nil {
 			return err
