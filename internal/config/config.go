@@ -568,13 +568,13 @@ func (c *Config) Validate() error {
 	if err := llm.ValidateModels(c.Models); err != nil {
 		return err
 	}
-	// llm names the fields as this section does: routing.cooldown_for.
 	if g := c.Gateway; g.MaxBodyBytes < 1024 || g.MaxBodyBytes > 64<<20 {
-		return errs.Field(errs.Invalid, "gateway.max_body_bytes", "gateway.max_body_bytes %s is outside 1KiB..64MiB", g.MaxBodyBytes)
+		return errs.Field(errs.Invalid, "gateway.max_body_bytes", "gateway.max_body_bytes %d is outside 1KiB..64MiB", int64(g.MaxBodyBytes))
 	}
 	if g := c.Gateway; g.DefaultMaxTokens < 1 || g.DefaultMaxTokens > 1_000_000 {
 		return errs.Field(errs.Invalid, "gateway.default_max_tokens", "gateway.default_max_tokens %d is outside 1..1000000", g.DefaultMaxTokens)
 	}
+	// llm names the fields as this section does: routing.cooldown_for.
 	if err := c.Routing.RouterOptions().Validate(); err != nil {
 		return err
 	}

@@ -27,5 +27,8 @@ func Allows(chain *policy.Chain, model string) bool {
 // Route is the routing a chain's calls get: its tenant and plan, for
 // deployments dedicated to them.
 func Route(tenantID string, chain *policy.Chain) (tenant, plan string) {
-	return tenantID, "" // the chain's plan: with the key scopes change
+	if chain != nil {
+		plan = chain.Plan
+	}
+	return tenantID, plan
 }

@@ -98,9 +98,9 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (*caller,
 		h.fail(w, r, err)
 		return nil, false
 	}
-	c := &caller{p: p, who: metering.Who{TenantID: p.TenantID, UserID: p.UserID, ProjectID: p.ProjectID}}
+	c := &caller{p: p, who: metering.Who{TenantID: p.TenantID, UserID: p.UserID, ProjectID: p.ProjectID, KeyID: p.KeyID}}
 	if h.Policy != nil {
-		chain, err := h.Policy.Current().Chain(p.TenantID, p.UserID, p.ProjectID)
+		chain, err := h.Policy.Current().ChainFor(p.TenantID, p.UserID, p.ProjectID, p.KeyID)
 		if err != nil {
 			h.fail(w, r, err)
 			return nil, false

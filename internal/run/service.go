@@ -329,7 +329,7 @@ func (s *Service) Run(ctx context.Context, idOrName string, req RunRequest, onEv
 	if err != nil {
 		return nil, err
 	}
-	who := metering.Who{TenantID: fl.TenantID, UserID: p.UserID, ProjectID: fl.ProjectID}
+	who := metering.Who{TenantID: fl.TenantID, UserID: p.UserID, ProjectID: fl.ProjectID, KeyID: p.KeyID}
 	return s.execute(ctx, who, fl.ID, g, req, onEvent)
 }
 
