@@ -29,6 +29,8 @@ Usage:
   sluice version                  print the version
   sluice whoami                   show who the API key belongs to
   sluice usage [--scope S]        limits, use and what remains, per scope
+  sluice usage keys [--tenant-id T] [--user-id U]  spend per API key (tokens, requests, cost)
+  sluice limits list|get|set|clear SCOPE  a scope's limits (user/ID, key/ID, project/ID, …)
   sluice apply -f FILE [--dry-run]  create/update plans, tree and limits from a policy file
   sluice export [--format yaml|json] print the current policy in the same format
   sluice RESOURCE VERB [flags]    administer a running server
@@ -36,6 +38,7 @@ Usage:
 Resources and verbs:
   tenants | departments | projects | users   list, get ID, create, update ID, delete ID
   keys                                       list, get ID, create, update ID, revoke ID
+                                             (create --expires-in 720h --plan P --limits '{…}')
   memberships                                list, add, remove
   audit                                      list
   plans                                      list, get NAME
