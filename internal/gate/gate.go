@@ -96,8 +96,10 @@ type Call struct {
 	MaxTokensDefault int
 	// Requests is what the call counts against request rates: 1 for a
 	// call that is a request of its own (the gateway's), 0 for one inside
-	// an admitted run.
-	Requests int64
+	// an admitted run. Concurrency has such a call hold a concurrency slot
+	// until it is settled (a run's calls are inside the run's slot).
+	Requests    int64
+	Concurrency bool
 	// NoOutput marks a call that produces no tokens (embeddings): only the
 	// input is reserved.
 	NoOutput bool
@@ -212,7 +214,8 @@ func (g *Gate) Do(ctx context.Context, c Call) (Result, error) {
 	ask := quota.Ask{
 		Tokens:     int64(in + n*maxOut),
 		MinTokens:  int64(in + n*min(maxOut, 16)),
-		Requests:   c.Requests,
+		Requests:    c.Requests,
+		Concurrency: c.Concurrency,
 		CostMicros: m.Cost(llm.Usage{InputTokens: in, OutputTokens: n * maxOut}),
 		Model:      m.Name(),
 	}
