@@ -120,9 +120,10 @@ type Call struct {
 	// OnAdmit, when set, hears the admission before the first attempt
 	// (the caller's response headers).
 	OnAdmit func(*metering.Admission)
-	// For the call log: the request id, the caller's key and (only when
-	// the operator enabled it) the prompt.
-	RequestID, KeyID, Prompt string
+	// For the call log: the request id, the caller's key (its id and
+	// visible prefix, never the secret) and (only when the operator
+	// enabled it) the prompt.
+	RequestID, KeyID, KeyPrefix, Prompt string
 }
 
 // Attempt is one try on one deployment.
@@ -439,6 +440,9 @@ func (g *Gate) logCall(ctx context.Context, c Call, out *Result, start time.Time
 	}
 	if c.KeyID != "" {
 		attrs = append(attrs, slog.String("key", c.KeyID))
+	}
+	if c.KeyPrefix != "" {
+		attrs = append(attrs, slog.String("key_prefix", c.KeyPrefix))
 	}
 	model := c.Model
 	if len(c.Candidates) > 0 {

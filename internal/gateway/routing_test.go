@@ -1,9 +1,11 @@
 package gateway_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,7 +15,9 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/gate"
+	"github.com/sluicehq/sluice/internal/gateway"
 	"github.com/sluicehq/sluice/internal/llm"
+	"github.com/sluicehq/sluice/internal/quota"
 )
 
 // upstream is an OpenAI-compatible provider whose behaviour a test sets:
@@ -243,3 +247,81 @@ func TestDedicatedDeployment(t *testing.T) {
 		t.Errorf("dedicated deployment got %d calls, want exactly ten_1's 10", dedicated.calls.Load())
 	}
 }
+
+// TestDeploymentRPM: a deployment's provider rpm is counted on the quota
+// engine; once it is spent, calls go to the next deployment without
+// calling it, and when every deployment is at its limit the caller gets
+// 429 without any provider being called.
+func TestDeploymentRPM(t *testing.T) {
+	first := newUpstream(t, "ok", 1, 1)
+	second := newUpstream(t, "ok", 1, 1)
+	d1, d2 := deployment("first", first.URL, "a"), deployment("second", second.URL, "b")
+	d1.RPM, d1.Weight = 2, 1000
+	d2.RPM = 3
+	w := newWorldWith(t, []llm.ModelConfig{{Name: "m", Deployments: []llm.DeploymentConfig{d1, d2}}}, llm.RegistryOptions{}, gate.Retry{})
+	eng := quota.NewMemory(quota.Options{})
+	t.Cleanup(func() { eng.Close() })
+	w.gate.Engine = eng
+	for i := 0; i < 5; i++ {
+		if status, body := chat(t, w.url, "sk-sluice-alice", "m"); status != 200 {
+			t.Fatalf("call %d: %d %s", i, status, body)
+		}
+	}
+	if first.calls.Load() != 2 || second.calls.Load() != 3 {
+		t.Errorf("calls: first %d, second %d; want each at its rpm (2 and 3)", first.calls.Load(), second.calls.Load())
+	}
+	status, body := chat(t, w.url, "sk-sluice-alice", "m")
+	if status != 429 || !strings.Contains(body, "rate_limit_exceeded") {
+		t.Errorf("every deployment at its rpm: %d %s, want 429", status, body)
+	}
+	if first.calls.Load()+second.calls.Load() != 5 {
+		t.Errorf("a provider was called past its rpm: %d calls", first.calls.Load()+second.calls.Load())
+	}
+}
+
+// TestCallLog: one JSON line per governed call, with who, what, the
+// deployment and the tokens, and no prompt text.
+func TestCallLog(t *testing.T) {
+	up := newUpstream(t, "ok", 21, 8)
+	reg, err := llm.NewRegistry([]llm.ModelConfig{openaiModel("m", up.URL)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	logw := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return buf.Write(p) })
+	g := &gate.Gate{Meter: newMeter(), Health: reg, Log: slog.New(slog.NewJSONHandler(logw, nil))}
+	srv := httptest.NewServer(&gateway.Handler{Auth: auth{}, Gate: g, Models: reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer srv.Close()
+	req, _ := http.NewRequest("POST", srv.URL+"/v1/chat/completions",
+		strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"my secret plans"}]}`))
+	req.Header.Set("Authorization", "Bearer sk-sluice-alice")
+	req.Header.Set("X-Request-Id", "req_test1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	var line map[string]any
+	if err := json.Unmarshal(bytes.TrimSpace(buf.Bytes()), &line); err != nil {
+		t.Fatalf("log %q is not one JSON line: %v", buf.String(), err)
+	}
+	for k, v := range map[string]any{"msg": "governed call", "tenant": "ten_1", "user": "usr_alice", "key": "key_1", "model": "m",
+		"deployment": "m", "decision": "admitted", "status": "ok", "input_tokens": 21.0, "output_tokens": 8.0, "kind": "chat_completion"} {
+		if line[k] != v {
+			t.Errorf("log %s = %v, want %v", k, line[k], v)
+		}
+	}
+	if _, ok := line["duration_ms"]; !ok {
+		t.Error("no duration_ms")
+	}
+	if strings.Contains(buf.String(), "secret plans") {
+		t.Error("the prompt was logged although log_prompts is off")
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

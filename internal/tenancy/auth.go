@@ -84,7 +84,7 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, e
 			return err
 		}
 		key = k
-		p = Principal{KeyID: k.ID, UserID: u.ID, UserName: u.Name, TenantID: u.TenantID, ProjectID: k.ProjectID, Role: u.Role}
+		p = Principal{KeyID: k.ID, KeyPrefix: k.Prefix, UserID: u.ID, UserName: u.Name, TenantID: u.TenantID, ProjectID: k.ProjectID, Role: u.Role}
 		if p.ProjectID != "" && u.Role == RoleMember {
 			if _, err := tx.Membership(u.ID, p.ProjectID); errs.Is(err, errs.NotFound) {
 				p.ProjectID = "" // membership ended since the key was made

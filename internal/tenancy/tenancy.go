@@ -121,7 +121,9 @@ type AuditEntry struct {
 
 // Principal is who is calling: resolved from an API key.
 type Principal struct {
-	KeyID     string `json:"key_id"`
+	KeyID string `json:"key_id"`
+	// KeyPrefix is the key's visible prefix (never the secret), for logs.
+	KeyPrefix string `json:"key_prefix,omitempty"`
 	UserID    string `json:"user_id"`
 	UserName  string `json:"user_name"`
 	TenantID  string `json:"tenant_id,omitempty"`
