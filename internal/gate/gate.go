@@ -213,12 +213,12 @@ func (g *Gate) Do(ctx context.Context, c Call) (Result, error) {
 	}
 	n := max(c.Choices, 1)
 	ask := quota.Ask{
-		Tokens:     int64(in + n*maxOut),
-		MinTokens:  int64(in + n*min(maxOut, 16)),
+		Tokens:      int64(in + n*maxOut),
+		MinTokens:   int64(in + n*min(maxOut, 16)),
 		Requests:    c.Requests,
 		Concurrency: c.Concurrency,
-		CostMicros: m.Cost(llm.Usage{InputTokens: in, OutputTokens: n * maxOut}),
-		Model:      m.Name(),
+		CostMicros:  m.Cost(llm.Usage{InputTokens: in, OutputTokens: n * maxOut}),
+		Model:       m.Name(),
 	}
 	if cfg.GPU {
 		ask.GPUMillis = 1 // checks that GPU time remains; the actual time is settled
