@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -106,12 +107,16 @@ func TestFallbackAndCooldown(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	var clock atomic.Int64
 	clock.Store(now.UnixNano())
+	// The bad deployment weighs 1000 to 1, so it is first while healthy
+	// (the seeded order is the same every run).
+	dBad := deployment("bad", bad.URL, "m-bad")
+	dBad.Weight = 1000
 	models := []llm.ModelConfig{{Name: "m", InputPricePerMTok: 1, OutputPricePerMTok: 2,
-		Deployments: []llm.DeploymentConfig{deployment("bad", bad.URL, "m-bad"), deployment("good", good.URL, "m-good")}}}
+		Deployments: []llm.DeploymentConfig{dBad, deployment("good", good.URL, "m-good")}}}
 	ro := llm.DefaultRouterOptions()
 	ro.Retries = 1
-	w := newWorldWith(t, models, llm.RegistryOptions{Router: &ro, Now: func() time.Time { return time.Unix(0, clock.Load()) }},
-		gate.Retry{Retries: 1})
+	w := newWorldWith(t, models, llm.RegistryOptions{Router: &ro, Now: func() time.Time { return time.Unix(0, clock.Load()) },
+		Rand: rand.New(rand.NewPCG(1, 2))}, gate.Retry{Retries: 1})
 	for i := 1; i <= 6; i++ {
 		status, body := chat(t, w.url, "sk-sluice-alice", "m")
 		if status != 200 || !strings.Contains(body, "from m-good") {
