@@ -906,6 +906,9 @@ func TestGatewayLedgerEqualsUsage(t *testing.T) {
 		if e.Requests != 1 {
 			t.Errorf("event %s (%s): got %d requests, want 1", e.ID, e.Kind, e.Requests)
 		}
+		if e.Deployment == "" || e.Deployment != e.Model {
+			t.Errorf("event %s (%s): deployment %q, want the serving deployment (%q: a model without deployments is its own)", e.ID, e.Kind, e.Deployment, e.Model)
+		}
 	}
 	want := int64(upPromptTokens + upCompletionTokens + upPromptTokens + 3*upCompletionTokens + upPromptTokens + upStreamTokens + upEmbeddingTokens)
 	if rep := up.reportedTokens(); rep != want {
