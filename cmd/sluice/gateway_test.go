@@ -1147,3 +1147,65 @@ func TestGatewayUpstreamFailures(t *testing.T) {
 		})
 	}
 }
+
+// TestGatewayVirtualKeyLimits: a key made with its own limits (one call to
+// the keys API) is a scope of its own: its third call of the minute is
+// refused at key/ID while the same user's other key is admitted, its model
+// allow-list narrows /v1/models, and the spend per key report shows what
+// each key used.
+func TestGatewayVirtualKeyLimits(t *testing.T) {
+	up := newUpstream(t)
+	g := startGateway(t, up, `
+tenants:
+  - name: acme
+    projects: [{name: web}]
+    users:
+      - {name: alice, projects: [web]}
+`, "gpt-4o-mini", "gpt-4o")
+	code, key := call(t, "POST", g.s.url+"/api/v1/admin/keys", gwAdmin, `{"user_id":"`+g.alice.userID+`","name":"ci",
+		"limits":{"requests":"2/min","models":["gpt-4o-mini"]}}`)
+	if code != 201 {
+		t.Fatalf("limited key: %d %v", code, key)
+	}
+	limited := openai.NewClient(option.WithBaseURL(g.s.url+"/v1/"), option.WithAPIKey(key["secret"].(string)), option.WithMaxRetries(0))
+	ctx := context.Background()
+	for i := range 2 {
+		if _, err := limited.Chat.Completions.New(ctx, chatParams("gpt-4o-mini")); err != nil {
+			t.Fatalf("limited key, call %d: %v", i+1, err)
+		}
+	}
+	_, err := limited.Chat.Completions.New(ctx, chatParams("gpt-4o-mini"))
+	if ae := apiError(t, err); ae.StatusCode != http.StatusTooManyRequests || !strings.Contains(ae.Message, "key/"+key["id"].(string)) {
+		t.Fatalf("limited key, third call: %d %q, want 429 at key/%s", ae.StatusCode, ae.Message, key["id"])
+	}
+	if _, err := g.client.Chat.Completions.New(ctx, chatParams("gpt-4o-mini")); err != nil {
+		t.Fatalf("the same user's other key was refused: %v", err)
+	}
+	page, err := limited.Models.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Data) != 1 || page.Data[0].ID != "gpt-4o-mini" {
+		t.Errorf("models of the limited key: %+v, want only gpt-4o-mini", page.Data)
+	}
+	if _, err := g.client.Chat.Completions.New(ctx, chatParams("gpt-4o")); err != nil {
+		t.Errorf("the unrestricted key was refused gpt-4o: %v", err)
+	}
+	// Spend per key: the limited key's two calls, the other key's two.
+	waitFor(t, "spend per key", func() (bool, string) {
+		_, rep := call(t, "GET", g.s.url+"/api/v1/admin/usage/keys?tenant_id="+g.alice.tenantID, gwAdmin, "")
+		b, _ := json.Marshal(rep)
+		items, _ := rep["items"].([]any)
+		requests := map[string]float64{}
+		for _, it := range items {
+			m := it.(map[string]any)
+			id, _ := m["key_id"].(string)
+			if id == "" {
+				id, _ = m["id"].(string)
+			}
+			r, _ := m["requests"].(float64)
+			requests[id] += r
+		}
+		return requests[key["id"].(string)] == 2 && requests[g.alice.keyID] == 2, string(b)
+	})
+}
