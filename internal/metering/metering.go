@@ -386,6 +386,11 @@ func (m *Meter) Restore(ctx context.Context, store usage.Store) (int, error) {
 	snap := m.policy.Current()
 	n := 0
 	for _, r := range rollups {
+		if strings.HasPrefix(r.Scope, policy.KindKey+"/") && snap.Effective(r.Scope).Limits == nil {
+			// A key that limits nothing is not in the engine's chains (only
+			// in the ledger): a counter restored for it would never move.
+			continue
+		}
 		loc := time.UTC
 		if r.Scope != policy.GlobalScope {
 			loc = snap.Location(r.TenantID)

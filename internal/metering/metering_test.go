@@ -385,3 +385,40 @@ func TestKeyScopeLimitsItsKeyOnly(t *testing.T) {
 		t.Fatalf("event scopes: got %v, want key/%s last", ev.Scopes, laptop.KeyID)
 	}
 }
+
+// TestRestoreSkipsKeysThatLimitNothing: counters rebuilt from the ledger
+// (a restart, Redis back empty) restore a key's scope only when the key is
+// in the engine's chains (it has limits): a counter restored for a key
+// that limits nothing would never move again and disagree with the ledger.
+func TestRestoreSkipsKeysThatLimitNothing(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	free := w.newKey(t, "free", "")
+	capped := w.newKey(t, "capped", `{"tokens":"100000/day"}`)
+	for _, who := range []metering.Who{free, capped} {
+		adm, err := w.a.Acquire(ctx, who, "metering", quota.Ask{Tokens: 100}, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.a.Settle(ctx, adm.ID, quota.Usage{InputTokens: 40, OutputTokens: 20}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fresh := quota.NewMemory(quota.Options{Now: w.clock.Now})
+	t.Cleanup(func() { fresh.Close() })
+	rec := usage.NewRecorder(w.store, slog.New(slog.NewTextHandler(io.Discard, nil)), 5*time.Millisecond)
+	t.Cleanup(func() { rec.Close() })
+	m := metering.New(fresh, w.a.Policy(), rec, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if _, err := m.Restore(ctx, w.store); err != nil {
+		t.Fatal(err)
+	}
+	for who, want := range map[metering.Who]int64{free: 0, capped: 60} {
+		u, err := fresh.Use(ctx, "key/"+who.KeyID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.TokensDay.Used != want {
+			t.Errorf("key/%s restored %d tokens today, want %d", who.KeyID, u.TokensDay.Used, want)
+		}
+	}
+}
