@@ -177,7 +177,12 @@ func (h *Handler) models(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data := []modelObject{}
+	var tags llm.RouteTags
+	tags.Tenant, tags.Plan = gate.Route(c.p.TenantID, c.chain)
 	for _, m := range h.Models.Models() {
+		if _, err := h.Models.Route(m.Name(), tags); err != nil {
+			continue // on deployments dedicated to others
+		}
 		if c.allowed(m.Name()) {
 			data = append(data, modelObject{ID: m.Name(), Object: "model", OwnedBy: ownedBy(m)})
 		}

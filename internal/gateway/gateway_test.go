@@ -413,3 +413,65 @@ func TestBadRequestsNameTheParameter(t *testing.T) {
 		t.Errorf("wrong key: %d, want 401", resp.StatusCode)
 	}
 }
+
+// TestCompletionsPassThrough: the legacy completions API is passed
+// through with its prompt counted, max_tokens clamped to the admission and
+// the usage the provider reported settled; a streamed one relays "text"
+// chunks and settles from them when the provider reports no usage.
+func TestCompletionsPassThrough(t *testing.T) {
+	var asked []map[string]any
+	var mu sync.Mutex
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		mu.Lock()
+		asked = append(asked, body)
+		mu.Unlock()
+		if r.URL.Path != "/completions" {
+			t.Errorf("path %s, want /completions", r.URL.Path)
+		}
+		if body["stream"] == true {
+			w.Header().Set("Content-Type", "text/event-stream")
+			for _, s := range []string{"once upon", " a time"} {
+				fmt.Fprintf(w, "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"index\":0,\"text\":%q,\"finish_reason\":null}]}\n\n", s)
+			}
+			fmt.Fprint(w, "data: [DONE]\n\n")
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[{"index":0,"text":" world","finish_reason":"length","logprobs":null}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`)
+	}))
+	defer up.Close()
+	w := newWorld(t, []llm.ModelConfig{openaiModel("m", up.URL)})
+	resp := post(t, w.url+"/v1/completions", `{"model":"m","prompt":"hello","max_tokens":7,"echo":true,"logprobs":2}`)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"text":" world"`) {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	if a := asked[0]; a["max_tokens"] != 7.0 || a["echo"] != true || a["logprobs"] != 2.0 || a["prompt"] != "hello" {
+		t.Errorf("upstream asked %v, want prompt, max_tokens 7, echo and logprobs passed through", a)
+	}
+	if s := w.meter.waitSettle(t, 1); s.usage.InputTokens != 3 || s.usage.OutputTokens != 1 {
+		t.Errorf("settled %+v, want the reported 3+1", s.usage)
+	}
+	reg, _ := llm.NewRegistry([]llm.ModelConfig{openaiModel("m", up.URL)}, nil)
+	m, _ := reg.Lookup("m")
+	hello, a, b2 := int64(m.CountText("hello")), int64(m.CountText("a")), int64(m.CountText("b"))
+	if ask := w.meter.asks[0]; ask.Tokens != hello+7 || ask.Requests != 1 || !ask.Concurrency {
+		t.Errorf("asked %+v, want the prompt (%d tokens) + 7, one request, a slot", ask, hello)
+	}
+	resp = post(t, w.url+"/v1/completions", `{"model":"m","prompt":["a","b"],"stream":true}`)
+	events := readEvents(t, resp.Body)
+	resp.Body.Close()
+	if len(events) != 3 || !strings.Contains(events[1], `" a time"`) || events[2] != "[DONE]" {
+		t.Fatalf("events %q", events)
+	}
+	if s := w.meter.waitSettle(t, 2); s.usage.OutputTokens != int64(m.CountText("once upon a time")) || s.usage.InputTokens != a+b2 {
+		t.Errorf("settled %+v, want the %d prompt tokens and the answer counted", s.usage, a+b2)
+	}
+	// Two prompts: two answers reserved, each at the API's default of 16.
+	if ask := w.meter.asks[1]; ask.Tokens != a+b2+2*16 {
+		t.Errorf("asked %d tokens, want %d + 2×16", ask.Tokens, a+b2)
+	}
+}
