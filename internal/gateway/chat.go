@@ -169,17 +169,9 @@ func (c *chatRequest) maxTokens() int {
 }
 
 func (h *Handler) chat(w http.ResponseWriter, r *http.Request) {
-	cl, ok := h.authenticate(w, r)
-	if !ok {
-		return
-	}
-	body, ok := h.readBody(w, r)
-	if !ok {
-		return
-	}
 	var req chatRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		badJSON(w, err)
+	cl, body, ok := h.begin(w, r, &req)
+	if !ok {
 		return
 	}
 	if err := req.validate(); err != nil {

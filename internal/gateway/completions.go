@@ -61,17 +61,9 @@ func texts(param string, raw json.RawMessage) (out []string, tokens int, err err
 }
 
 func (h *Handler) completions(w http.ResponseWriter, r *http.Request) {
-	cl, ok := h.authenticate(w, r)
-	if !ok {
-		return
-	}
-	body, ok := h.readBody(w, r)
-	if !ok {
-		return
-	}
 	var req completionRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		badJSON(w, err)
+	cl, body, ok := h.begin(w, r, &req)
+	if !ok {
 		return
 	}
 	prompts, tokenIDs, err := texts("prompt", req.Prompt)
@@ -158,17 +150,9 @@ type embeddingRequest struct {
 }
 
 func (h *Handler) embeddings(w http.ResponseWriter, r *http.Request) {
-	cl, ok := h.authenticate(w, r)
-	if !ok {
-		return
-	}
-	body, ok := h.readBody(w, r)
-	if !ok {
-		return
-	}
 	var req embeddingRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		badJSON(w, err)
+	cl, body, ok := h.begin(w, r, &req)
+	if !ok {
 		return
 	}
 	inputs, tokenIDs, err := texts("input", req.Input)

@@ -399,6 +399,24 @@ func resetString(d time.Duration) string {
 	return d.Round(time.Second).String()
 }
 
+// begin authenticates the caller and reads the request body into req, or
+// answers the error (401, 413, 400) and returns false.
+func (h *Handler) begin(w http.ResponseWriter, r *http.Request, req any) (*caller, []byte, bool) {
+	cl, ok := h.authenticate(w, r)
+	if !ok {
+		return nil, nil, false
+	}
+	body, ok := h.readBody(w, r)
+	if !ok {
+		return nil, nil, false
+	}
+	if err := json.Unmarshal(body, req); err != nil {
+		badJSON(w, err)
+		return nil, nil, false
+	}
+	return cl, body, true
+}
+
 // readBody reads a bounded JSON body, or answers 413/400.
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	limit := h.MaxBodyBytes

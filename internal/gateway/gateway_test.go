@@ -475,3 +475,21 @@ func TestCompletionsPassThrough(t *testing.T) {
 		t.Errorf("asked %d tokens, want %d + 2×16", ask.Tokens, a+b2)
 	}
 }
+
+// TestStreamWithoutDone: a compatible server that ends a complete stream
+// without [DONE] is not reported as broken off.
+func TestStreamWithoutDone(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprintf(w, "data: %s\n\n", chunkJSON("all of it"))
+		fmt.Fprint(w, `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`+"\n\n")
+	}))
+	defer up.Close()
+	w := newWorld(t, []llm.ModelConfig{openaiModel("m", up.URL)})
+	resp := post(t, w.url+"/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+	defer resp.Body.Close()
+	events := readEvents(t, resp.Body)
+	if len(events) != 3 || events[2] != "[DONE]" {
+		t.Fatalf("events %q, want the two chunks and [DONE], no error", events)
+	}
+}

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -14,11 +13,9 @@ import (
 	"github.com/sluicehq/sluice/internal/llm"
 )
 
-// maxAnswer bounds a non-streamed answer read from a provider, and
-// maxEvent one event of a stream.
+// maxAnswer bounds a non-streamed answer read from a provider.
 const (
 	maxAnswer = 32 << 20
-	maxEvent  = 8 << 20
 )
 
 // editBody returns the caller's request as the deployment must see it:
@@ -159,8 +156,9 @@ func (p *pass) usageOf(au *answerUsage) llm.Usage {
 // chunk is what Sluice reads of a streamed chunk.
 type chunk struct {
 	Choices []struct {
-		Text  string `json:"text"`
-		Delta struct {
+		Text         string  `json:"text"`
+		FinishReason *string `json:"finish_reason"`
+		Delta        struct {
 			Content   string `json:"content"`
 			Refusal   string `json:"refusal"`
 			ToolCalls []struct {
@@ -192,18 +190,24 @@ func (p *pass) stream(ctx context.Context, f llm.Forwarder, path string, body []
 		return p.whole(ctx, staticForwarder{resp}, path, body)
 	}
 	rc := http.NewResponseController(p.w)
-	br := bufio.NewReaderSize(resp.Body, 16<<10)
+	events := llm.NewSSEReader(resp.Body)
 	var o gate.Outcome
 	var text strings.Builder
 	var usage *llm.Usage
-	var ev []byte
+	finished := false
 	for {
-		data, err := nextEvent(br, &ev)
+		data, err := events.Next()
 		if err != nil {
 			u := p.produced(usage, &text)
 			o.Response.Usage = u
 			if ctx.Err() != nil {
 				return o, ctx.Err()
+			}
+			if finished && errors.Is(err, io.EOF) && o.Committed {
+				// The answer was complete; only [DONE] was left out, as some
+				// compatible servers do.
+				p.writeEvent(rc, []byte("[DONE]"))
+				return o, nil
 			}
 			cut := &llm.ProviderError{Provider: llm.ProviderOpenAI, Status: http.StatusOK, Message: "stream ended before completion", Retryable: true, Err: err}
 			if o.Committed {
@@ -228,6 +232,7 @@ func (p *pass) stream(ctx context.Context, f llm.Forwarder, path string, body []
 				return o, pe
 			}
 			for _, c := range ch.Choices {
+				finished = finished || (c.FinishReason != nil && *c.FinishReason != "")
 				text.WriteString(c.Text)
 				text.WriteString(c.Delta.Content)
 				text.WriteString(c.Delta.Refusal)
@@ -287,58 +292,6 @@ func streamError(msg string) []byte {
 	b.Error.Message, b.Error.Type = msg, "server_error"
 	out, _ := json.Marshal(b)
 	return out
-}
-
-// nextEvent reads the data of the next server-sent event (its data lines
-// joined by newlines), skipping comments and other fields. buf is reused.
-func nextEvent(br *bufio.Reader, buf *[]byte) ([]byte, error) {
-	data := (*buf)[:0]
-	have := false
-	for {
-		line, err := br.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			// A long line: gather it whole, bounded.
-			long := append([]byte(nil), line...)
-			for errors.Is(err, bufio.ErrBufferFull) && len(long) <= maxEvent {
-				line, err = br.ReadSlice('\n')
-				long = append(long, line...)
-			}
-			if len(long) > maxEvent {
-				return nil, errors.New("stream event too long")
-			}
-			line = long
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return nil, err
-		}
-		line = bytes.TrimRight(line, "\r\n")
-		if len(line) == 0 {
-			if have {
-				*buf = data
-				return data, nil
-			}
-			continue
-		}
-		if line[0] == ':' {
-			continue
-		}
-		field, value, _ := bytes.Cut(line, []byte(":"))
-		if string(field) != "data" {
-			continue
-		}
-		value = bytes.TrimPrefix(value, []byte(" "))
-		if have {
-			data = append(data, '\n')
-		}
-		data = append(data, value...)
-		have = true
-		if len(data) > maxEvent {
-			return nil, errors.New("stream event too long")
-		}
-	}
 }
 
 // staticForwarder hands back an answer already received.

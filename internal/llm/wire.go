@@ -152,6 +152,19 @@ func (l *lineReader) nextSSEData() ([]byte, error) {
 	}
 }
 
+// SSEReader reads the data of server-sent events, one event at a time:
+// what the gateway relays from an OpenAI-compatible provider.
+type SSEReader struct{ lr *lineReader }
+
+// NewSSEReader reads events from r; an event's data may be up to 8 MiB.
+func NewSSEReader(r io.Reader) *SSEReader { return &SSEReader{lr: newLineReader(r)} }
+
+// Next returns the data of the next event (several data lines joined with
+// newlines), skipping comments and other fields. The slice is valid until
+// the next call. A stream that ends, cleanly or not, is an error
+// (io.EOF, io.ErrUnexpectedEOF): a complete stream says [DONE] first.
+func (s *SSEReader) Next() ([]byte, error) { return s.lr.nextSSEData() }
+
 // streamState collects a streamed answer so that whatever arrived can be
 // returned if the stream breaks.
 type streamState struct {
