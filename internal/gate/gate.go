@@ -256,6 +256,9 @@ func (g *Gate) Do(ctx context.Context, c Call) (Result, error) {
 	// Settle whatever happened: success, provider error, timeout, cancel.
 	if out.Model == nil {
 		out.Model = m // no deployment could be tried
+		if err == nil {
+			err = errs.Field(errs.Unprocessable, c.Field, "%s: no deployment of model %s can take a prompt of %d tokens", c.Subject, m.Name(), in)
+		}
 	}
 	served := out.Model
 	out.SettleErr = RetrySettle(func() error {
