@@ -415,6 +415,20 @@ var Components = map[string]*Component{
 			{Name: "path", Type: typeMessage},
 		},
 	},
+	"ParserComponent": {
+		// LangFlow's Parser. The oldest exports call the template "format".
+		Type:    "ParserComponent",
+		Aliases: []string{"parser"},
+		Inputs: []Input{
+			req(Input{Name: "input_data", Edge: true, Types: []string{typeDataFrame, typeData}}),
+			lit("mode"),
+			msg("pattern"),
+			lit("format"),
+			msg("sep"),
+			lit("clean_data"),
+		},
+		Outputs: []Output{{Name: "parsed_text", Type: typeMessage}},
+	},
 	TypeCustomComponent: {
 		Type:     TypeCustomComponent,
 		IsCustom: true,

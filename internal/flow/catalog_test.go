@@ -37,6 +37,8 @@ func TestCatalogLookup(t *testing.T) {
 		"APIRequest":               "APIRequest",
 		"APIRequestComponent":      "APIRequest",
 		"File":                     "File",
+		"ParserComponent":          "ParserComponent",
+		"parser":                   "ParserComponent",
 		"CustomComponent":          "CustomComponent",
 	}
 	for name, want := range names {

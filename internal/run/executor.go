@@ -161,6 +161,7 @@ type value struct {
 	model    *modelRef  // LanguageModel handles
 	template *templated // PromptTemplate handles
 	tool     *tool      // tools for agents
+	data     *table     // Data, a list of Data, a DataFrame (see data.go)
 }
 
 // modelRef is a model chosen by a node, not yet called.
@@ -382,7 +383,8 @@ func (s *state) param(n *flow.Node, name string) flow.Param {
 // textOf is a node's main text: its first non-empty output, in a fixed
 // order of the output names components use.
 func (s *state) textOf(nodeID string) string {
-	for _, name := range []string{"message", "text", "text_output", "prompt", "response", "messages_text", "result", "raw_results"} {
+	for _, name := range []string{"message", "text", "text_output", "prompt", "response", "messages_text", "result", "raw_results",
+		"parsed_text", "current_date", "dataframe", "chunks"} {
 		if v, ok := s.outputs[nodeID][name]; ok && v.text != "" {
 			return v.text
 		}

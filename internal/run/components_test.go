@@ -1,0 +1,81 @@
+package run_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/run"
+)
+
+// runFlow runs a flow's JSON for the harness's member and returns the text
+// of its first output.
+func runFlow(t *testing.T, h *harness, data string, input string, tweaks map[string]map[string]any) (string, error) {
+	t.Helper()
+	job := h.job(parseFlow(t, []byte(data)), input)
+	job.Tweaks = tweaks
+	res, err := h.exec.Execute(context.Background(), job)
+	if err != nil {
+		return "", err
+	}
+	if len(res.Outputs) == 0 {
+		t.Fatalf("run: no outputs")
+	}
+	return res.Outputs[0].Text, nil
+}
+
+func TestParserInAFlow(t *testing.T) {
+	const parserFlow = `{"nodes":[
+		{"id":"p","type":"%s","data":%s},
+		{"id":"out","type":"ChatOutput","data":{"should_store_message":false}}
+	],"edges":[{"source":"p","sourceHandle":"parsed_text","target":"out","targetHandle":"input_value"}]}`
+	// input_data as LangFlow's API takes a Data; a tweak may replace it.
+	const doc = `"input_data":{"data":{"text":"Sluice governs flows","source":"readme.md","page":2}}`
+	tests := []struct {
+		name   string
+		typ    string
+		params string
+		want   string
+	}{
+		{"template", "ParserComponent", `{"pattern":"{source} p.{page}: {text}",` + doc + `}`, "readme.md p.2: Sluice governs flows"},
+		{"older exports' type name and default template", "parser", `{` + doc + `}`, "Text: Sluice governs flows"},
+		{"oldest exports' format field", "parser", `{"format":"[{source}]",` + doc + `}`, "[readme.md]"},
+		{"stringify", "ParserComponent", `{"mode":"Stringify","pattern":"ignored {text}",` + doc + `}`,
+			// A JSON object in a flow file loses its order in Go: its fields come sorted.
+			"```json\n{\n  \"page\": 2,\n  \"source\": \"readme.md\",\n  \"text\": \"Sluice governs flows\"\n}\n```"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			got, err := runFlow(t, h, fmt.Sprintf(parserFlow, tt.typ, tt.params), "", nil)
+			if err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			if got != tt.want {
+				t.Errorf("output: got %q, want %q", got, tt.want)
+			}
+		})
+	}
+	t.Run("a tweak replaces the data", func(t *testing.T) {
+		h := newHarness(t)
+		tweak := map[string]any{"input_data": map[string]any{"text": "from the tweak", "data": map[string]any{"source": "api"}}}
+		got, err := runFlow(t, h, fmt.Sprintf(parserFlow, "ParserComponent", `{"pattern":"{source}: {text}",`+doc+`}`), "", map[string]map[string]any{"p": tweak})
+		if err != nil || got != "api: from the tweak" {
+			t.Fatalf("run: got %q, %v; want %q", got, err, "api: from the tweak")
+		}
+	})
+	t.Run("no input data", func(t *testing.T) {
+		h := newHarness(t)
+		_, err := runFlow(t, h, fmt.Sprintf(parserFlow, "ParserComponent", `{"input_data":"not data"}`), "", nil)
+		var e *errs.Error
+		if !errors.As(err, &e) || e.Code != errs.Unprocessable || e.Field != "nodes.p.input_data" {
+			t.Fatalf("run: got %v, want unprocessable at nodes.p.input_data", err)
+		}
+		var re *run.RunError
+		if !errors.As(err, &re) || re.NodeID != "p" {
+			t.Errorf("run error: got %v, want one naming node p", err)
+		}
+	})
+}
