@@ -429,6 +429,12 @@ var Components = map[string]*Component{
 		},
 		Outputs: []Output{{Name: "parsed_text", Type: typeMessage}},
 	},
+	"CurrentDate": {
+		Type:    "CurrentDate",
+		Aliases: []string{"CurrentDateComponent"},
+		Inputs:  []Input{msg("timezone"), lit("tools_metadata")},
+		Outputs: []Output{{Name: "current_date", Type: typeMessage}},
+	},
 	TypeCustomComponent: {
 		Type:     TypeCustomComponent,
 		IsCustom: true,

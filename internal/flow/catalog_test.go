@@ -39,6 +39,8 @@ func TestCatalogLookup(t *testing.T) {
 		"File":                     "File",
 		"ParserComponent":          "ParserComponent",
 		"parser":                   "ParserComponent",
+		"CurrentDate":              "CurrentDate",
+		"CurrentDateComponent":     "CurrentDate",
 		"CustomComponent":          "CustomComponent",
 	}
 	for name, want := range names {

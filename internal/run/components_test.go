@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/run"
@@ -78,4 +79,32 @@ func TestParserInAFlow(t *testing.T) {
 			t.Errorf("run error: got %v, want one naming node p", err)
 		}
 	})
+}
+
+func TestCurrentDateInAFlow(t *testing.T) {
+	// The date feeds a prompt, as in LangFlow's agent starter flows.
+	const dateFlow = `{"nodes":[
+		{"id":"date","type":"CurrentDateComponent","data":{"timezone":"Asia/Tokyo"}},
+		{"id":"p","type":"Prompt","data":{"template":"Today: {today}"}},
+		{"id":"out","type":"TextOutput"}
+	],"edges":[{"source":"date","target":"p","targetHandle":"today"},{"source":"p","target":"out"}]}`
+	h := newHarness(t)
+	exec := *h.exec
+	exec.Now = func() time.Time { return time.Date(2025, 12, 31, 20, 0, 0, 0, time.UTC) }
+	job := h.job(parseFlow(t, []byte(dateFlow)), "")
+	res, err := exec.Execute(context.Background(), job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "Today: Current date and time in Asia/Tokyo: 2026-01-01 05:00:00 JST"; res.Outputs[0].Text != want {
+		t.Errorf("output: got %q, want %q", res.Outputs[0].Text, want)
+	}
+	// A tweak picks the zone per run.
+	job.Tweaks = map[string]map[string]any{"date": {"timezone": "America/Sao_Paulo"}}
+	if res, err = exec.Execute(context.Background(), job); err != nil {
+		t.Fatal(err)
+	}
+	if want := "Today: Current date and time in America/Sao_Paulo: 2025-12-31 17:00:00 -03"; res.Outputs[0].Text != want {
+		t.Errorf("output with the tweak: got %q, want %q", res.Outputs[0].Text, want)
+	}
 }

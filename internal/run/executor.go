@@ -44,6 +44,17 @@ type Executor struct {
 	// OnModelCall): the server shares one with its OpenAI gateway, so
 	// routing health, retries and the call log are the same for both.
 	Gate *gate.Gate
+	// Now, when set, is the clock of components that read the time
+	// (CurrentDate); nil is time.Now.
+	Now func() time.Time
+}
+
+// now is the executor's clock.
+func (e *Executor) now() time.Time {
+	if e.Now != nil {
+		return e.Now()
+	}
+	return time.Now()
 }
 
 // NodeFunc implements a node type: given the node, its parameters (tweaks
