@@ -435,6 +435,27 @@ var Components = map[string]*Component{
 		Inputs:  []Input{msg("timezone"), lit("tools_metadata")},
 		Outputs: []Output{{Name: "current_date", Type: typeMessage}},
 	},
+	"SplitText": {
+		Type:    "SplitText",
+		Aliases: []string{"SplitTextComponent"},
+		Inputs: []Input{
+			req(Input{Name: "data_inputs", Edge: true, List: true, Types: []string{typeData, typeDataFrame, typeMessage}}),
+			lit("mode"),
+			lit("chunk_size"),
+			lit("chunk_overlap"),
+			msg("separator"),
+			msg("custom_separator"),
+			lit("recursive_separators"),
+			lit("recursive_separators_bool"),
+			msg("text_key"),
+			lit("keep_separator"),
+			lit("clean_output"),
+		},
+		Outputs: []Output{
+			{Name: "chunks", Type: typeData},
+			{Name: "dataframe", Type: typeDataFrame},
+		},
+	},
 	TypeCustomComponent: {
 		Type:     TypeCustomComponent,
 		IsCustom: true,

@@ -41,6 +41,8 @@ func TestCatalogLookup(t *testing.T) {
 		"parser":                   "ParserComponent",
 		"CurrentDate":              "CurrentDate",
 		"CurrentDateComponent":     "CurrentDate",
+		"SplitText":                "SplitText",
+		"SplitTextComponent":       "SplitText",
 		"CustomComponent":          "CustomComponent",
 	}
 	for name, want := range names {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,4 +108,72 @@ func TestCurrentDateInAFlow(t *testing.T) {
 	if want := "Today: Current date and time in America/Sao_Paulo: 2025-12-31 17:00:00 -03"; res.Outputs[0].Text != want {
 		t.Errorf("output with the tweak: got %q, want %q", res.Outputs[0].Text, want)
 	}
+}
+
+func TestSplitTextInAFlow(t *testing.T) {
+	// The run's text is split, and a Parser numbers the chunks, as the
+	// ingestion half of LangFlow's RAG starter flows does before a store.
+	const splitFlow = `{"nodes":[
+		{"id":"in","type":"TextInput"},
+		{"id":"split","type":"SplitTextComponent","data":%s},
+		{"id":"p","type":"parser","data":{"pattern":"[{text}]","sep":" | "}},
+		{"id":"out","type":"TextOutput"}
+	],"edges":[{"source":"in","target":"split"},{"source":"split","sourceHandle":"%s","target":"p"},{"source":"p","target":"out"}]}`
+	const text = "Quotas are per scope.\nEvery call is metered.\nUsage is billed daily."
+	tests := []struct {
+		name   string
+		params string
+		output string
+		want   string
+	}{
+		{"lines merged into chunks with overlap", `{"chunk_size":45,"chunk_overlap":25,"separator":"\\n"}`, "dataframe",
+			"[Quotas are per scope.\nEvery call is metered.] | [Every call is metered.\nUsage is billed daily.]"},
+		{"LangFlow's /n spelling, no overlap, as a list of Data", `{"chunk_size":30,"chunk_overlap":0,"separator":"/n"}`, "chunks",
+			"[Quotas are per scope.] | [Every call is metered.] | [Usage is billed daily.]"},
+		{"separator kept", `{"chunk_size":30,"chunk_overlap":0,"separator":".","keep_separator":"Start"}`, "dataframe",
+			"[Quotas are per scope] | [.\nEvery call is metered] | [.\nUsage is billed daily.]"},
+		{"recursive mode", `{"mode":"Recursive","chunk_size":25,"chunk_overlap":0}`, "dataframe",
+			"[Quotas are per scope.] | [Every call is metered.] | [Usage is billed daily.]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			job := h.job(parseFlow(t, []byte(fmt.Sprintf(splitFlow, tt.params, tt.output))), text)
+			job.InputType = "text"
+			res, err := h.exec.Execute(context.Background(), job)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := res.Outputs[0].Text; got != tt.want {
+				t.Errorf("output: got %q, want %q", got, tt.want)
+			}
+		})
+	}
+	t.Run("chunks carry the message's fields unless clean_output", func(t *testing.T) {
+		const metaFlow = `{"nodes":[
+			{"id":"in","type":"ChatInput","data":{"should_store_message":false}},
+			{"id":"split","type":"SplitText","data":{"chunk_size":100,"chunk_overlap":0,"clean_output":%t}},
+			{"id":"p","type":"ParserComponent","data":{"mode":"Stringify"}},
+			{"id":"out","type":"ChatOutput","data":{"should_store_message":false}}
+		],"edges":[{"source":"in","target":"split"},{"source":"split","sourceHandle":"dataframe","target":"p"},{"source":"p","target":"out"}]}`
+		h := newHarness(t)
+		for _, clean := range []bool{false, true} {
+			got, err := runFlow(t, h, fmt.Sprintf(metaFlow, clean), "hello", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			header := strings.SplitN(got, "\n", 2)[0]
+			if hasSender := strings.Contains(header, "sender_name"); hasSender == clean || !strings.HasPrefix(header, "| text ") {
+				t.Errorf("clean_output %t: got table header %q", clean, header)
+			}
+		}
+	})
+	t.Run("overlap larger than the chunk", func(t *testing.T) {
+		h := newHarness(t)
+		_, err := runFlow(t, h, fmt.Sprintf(splitFlow, `{"chunk_size":10,"chunk_overlap":20}`, "dataframe"), "x", nil)
+		var e *errs.Error
+		if !errors.As(err, &e) || e.Code != errs.Unprocessable || e.Field != "nodes.split.chunk_overlap" {
+			t.Fatalf("run: got %v, want unprocessable at nodes.split.chunk_overlap", err)
+		}
+	})
 }
