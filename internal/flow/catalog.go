@@ -188,8 +188,10 @@ var Components = map[string]*Component{
 		IsOutput: true,
 	},
 	"TextOutput": {
+		// As in LangFlow, the text may be the node's own value instead of
+		// an edge's (a fixed answer, or one set by a tweak).
 		Type:     "TextOutput",
-		Inputs:   []Input{req(msg("input_value"))},
+		Inputs:   []Input{msg("input_value")},
 		Outputs:  []Output{{Name: "text", Type: typeMessage}},
 		IsOutput: true,
 	},

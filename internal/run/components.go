@@ -105,10 +105,14 @@ func (s *state) input(ctx context.Context, n *flow.Node) error {
 	return nil
 }
 
-// output is ChatOutput and TextOutput.
+// output is ChatOutput and TextOutput. TextOutput, like LangFlow's, says
+// its own input_value when no edge brings one.
 func (s *state) output(ctx context.Context, n *flow.Node) error {
 	text := joinTexts(s.inputs[n.ID]["input_value"])
 	if n.Type == "TextOutput" {
+		if len(s.inputs[n.ID]["input_value"]) == 0 {
+			text = s.param(n, "input_value").String()
+		}
 		s.setOut(n.ID, "text", value{text: text})
 		return nil
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,4 +177,46 @@ func TestSplitTextInAFlow(t *testing.T) {
 			t.Fatalf("run: got %v, want unprocessable at nodes.split.chunk_overlap", err)
 		}
 	})
+}
+
+// TestTextInputAndOutput: LangFlow gives the run's input_value to the
+// input components its input_type names ("chat" by default, so a TextInput
+// then keeps its own text), and TextOutput says its own text when nothing
+// is connected to it.
+func TestTextInputAndOutput(t *testing.T) {
+	const textFlow = `{"nodes":[
+		{"id":"ti","type":"TextInput","data":{"input_value":"stored"}},
+		{"id":"to","type":"TextOutput"},
+		{"id":"fixed","type":"TextOutput","data":{"input_value":"always this"}}
+	],"edges":[{"source":"ti","target":"to"}]}`
+	tests := []struct {
+		name      string
+		inputType string
+		tweaks    map[string]map[string]any
+		want      []string // to, fixed
+	}{
+		{"chat input type: the TextInput keeps its text", "", nil, []string{"stored", "always this"}},
+		{"text input type", "text", nil, []string{"from the run", "always this"}},
+		{"any input type", "any", nil, []string{"from the run", "always this"}},
+		{"tweaks", "chat", map[string]map[string]any{"ti": {"input_value": "tweaked"}, "fixed": {"input_value": "tweaked too"}},
+			[]string{"tweaked", "tweaked too"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			job := h.job(parseFlow(t, []byte(textFlow)), "from the run")
+			job.InputType, job.Tweaks = tt.inputType, tt.tweaks
+			res, err := h.exec.Execute(context.Background(), job)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, o := range res.Outputs {
+				got = append(got, o.Text)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("outputs: got %q, want %q", got, tt.want)
+			}
+		})
+	}
 }
