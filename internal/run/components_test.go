@@ -220,3 +220,43 @@ func TestTextInputAndOutput(t *testing.T) {
 		})
 	}
 }
+
+func TestTweaksNamingNoNode(t *testing.T) {
+	data := readFile(t, sharedFlowDir+"/basic-prompting.json")
+	f := parseFlow(t, data)
+	prompt := f.NodesOfType("Prompt")[0]
+	tests := []struct {
+		name      string
+		tweaks    map[string]map[string]any
+		wantField string // "" when the run succeeds
+	}{
+		{"by id", map[string]map[string]any{prompt.ID: {"template": "Say hi"}}, ""},
+		{"by display name", map[string]map[string]any{prompt.DisplayName: {"template": "Say hi"}}, ""},
+		{"unknown id", map[string]map[string]any{"Prompt-nope": {"template": "x"}}, "tweaks.Prompt-nope"},
+		{"one known, two unknown", map[string]map[string]any{prompt.ID: {}, "zz": {}, "aa": {}}, "tweaks.aa"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			job := h.job(f, "hello")
+			job.Tweaks = tt.tweaks
+			res, err := h.exec.Execute(context.Background(), job)
+			if tt.wantField == "" {
+				if err != nil {
+					t.Fatalf("run: %v", err)
+				}
+				return
+			}
+			var e *errs.Error
+			if !errors.As(err, &e) || e.Code != errs.Unprocessable || e.Field != tt.wantField {
+				t.Fatalf("run: got %v, want unprocessable at %s", err, tt.wantField)
+			}
+			if len(res.Trace) != 0 || res.Usage != (run.Usage{}) {
+				t.Errorf("refused run: got trace %v and usage %+v, want nothing run", res.Trace, res.Usage)
+			}
+			if err := run.CheckTweaks(f, tt.tweaks); err == nil || !strings.Contains(err.Error(), `"`+strings.TrimPrefix(tt.wantField, "tweaks.")+`"`) {
+				t.Errorf("CheckTweaks: got %v, want an error naming the node", err)
+			}
+		})
+	}
+}

@@ -240,6 +240,9 @@ func (s *state) run(ctx context.Context) error {
 				"node %s is custom code; custom components are never run in the server, and Sluice's sandbox workers do not run Python either", n.ID)}
 		}
 	}
+	if err := CheckTweaks(s.f, s.job.Tweaks); err != nil {
+		return &RunError{Status: StatusFailed, Err: err}
+	}
 	order, err := flow.Order(s.f)
 	if err != nil {
 		return &RunError{Status: StatusFailed, Err: err}
