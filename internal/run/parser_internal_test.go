@@ -36,6 +36,8 @@ func TestParseRows(t *testing.T) {
 		{"lone closing brace", data(hello), "a } b", "\n", "", true},
 		{"attribute access", data(hello), "{meta.k}", "\n", "", true},
 		{"spec on a list", data(hello), "{tags:>5}", "\n", "", true},
+		{"width beyond the limit", data(hello), "{text:>100000000}", "\n", "", true},
+		{"precision beyond the limit", data(row{{"x", 1.5}}), "{x:.99999999999999999999f}", "\n", "", true},
 		{"whole numbers print as ints", data(row{{"n", 2.0}, {"f", 0.1}, {"b", true}, {"z", nil}}), "{n} {f} {b} {z}", "\n", "2 0.1 True None", false},
 	}
 	for _, tt := range tests {

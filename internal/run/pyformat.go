@@ -214,6 +214,9 @@ type spec struct {
 	typ       byte
 }
 
+// maxSpecWidth bounds a format spec's width and precision.
+const maxSpecWidth = 1000
+
 func parseSpec(s string) (spec, error) {
 	sp := spec{fill: ' ', precision: -1}
 	orig := s
@@ -236,7 +239,10 @@ func parseSpec(s string) (spec, error) {
 		i++
 	}
 	if i > 0 {
-		sp.width, _ = strconv.Atoi(s[:i])
+		var err error
+		if sp.width, err = strconv.Atoi(s[:i]); err != nil {
+			sp.width = maxSpecWidth + 1
+		}
 		s = s[i:]
 	}
 	if s != "" && (s[0] == ',' || s[0] == '_') {
@@ -250,11 +256,19 @@ func parseSpec(s string) (spec, error) {
 		if i == 1 {
 			return sp, formatErrorf("format specifier %q is missing its precision", orig)
 		}
-		sp.precision, _ = strconv.Atoi(s[1:i])
+		var err error
+		if sp.precision, err = strconv.Atoi(s[1:i]); err != nil {
+			sp.precision = maxSpecWidth + 1
+		}
 		s = s[i:]
 	}
 	if len(s) > 1 {
 		return sp, formatErrorf("invalid format specifier %q", orig)
+	}
+	// Python would pad to any width; a template must not make the server
+	// build gigabytes of padding.
+	if sp.width > maxSpecWidth || sp.precision > maxSpecWidth {
+		return sp, formatErrorf("format specifier %q: width and precision are limited to %d", orig, maxSpecWidth)
 	}
 	if s != "" {
 		sp.typ = s[0]
