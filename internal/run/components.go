@@ -296,8 +296,15 @@ func (s *state) memory(ctx context.Context, n *flow.Node) error {
 		lines = append(lines, line)
 	}
 	text := strings.Join(lines, "\n")
-	for _, o := range []string{"messages_text", "messages", "dataframe", "memory"} {
-		s.setOut(n.ID, o, value{text: text})
+	s.setOut(n.ID, "messages_text", value{text: text})
+	s.setOut(n.ID, "memory", value{text: text})
+	// As Data and a DataFrame, the history is one row per message, for a
+	// Parser or SplitText to read field by field.
+	rows := make([]row, len(kept))
+	for i, m := range kept {
+		rows[i] = messageRow(m)
 	}
+	s.setOut(n.ID, "messages", dataValue(&table{kind: dataList, rows: rows}))
+	s.setOut(n.ID, "dataframe", dataValue(&table{kind: dataFrame, rows: rows}))
 	return nil
 }

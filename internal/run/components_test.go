@@ -260,3 +260,33 @@ func TestTweaksNamingNoNode(t *testing.T) {
 		})
 	}
 }
+
+// TestMemoryRowsThroughParser: Memory's DataFrame is the history one row
+// per message, which a Parser writes field by field.
+func TestMemoryRowsThroughParser(t *testing.T) {
+	const memFlow = `{"nodes":[
+		{"id":"mem","type":"Memory","data":{"n_messages":3}},
+		{"id":"p","type":"ParserComponent","data":{"pattern":"{sender_name} said {text!r}","sep":"; "}},
+		{"id":"out","type":"ChatOutput","data":{"should_store_message":false}}
+	],"edges":[{"source":"mem","sourceHandle":"dataframe","target":"p"},{"source":"p","target":"out"}]}`
+	h := newHarness(t)
+	store := &memoryStore{}
+	for i, text := range []string{"q1", "a1", "it's q2"} {
+		sender, name := "User", "Ann"
+		if i%2 == 1 {
+			sender, name = "Machine", "AI"
+		}
+		store.msgs = append(store.msgs, &run.Message{TenantID: h.who.TenantID, UserID: h.who.UserID, SessionID: "s1", Sender: sender, SenderName: name, Text: text, RunID: "run_old"})
+	}
+	exec := *h.exec
+	exec.Messages = store
+	job := h.job(parseFlow(t, []byte(memFlow)), "")
+	job.SessionID = "s1"
+	res, err := exec.Execute(context.Background(), job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `Ann said 'q1'; AI said 'a1'; Ann said "it's q2"`; res.Outputs[0].Text != want {
+		t.Errorf("output: got %q, want %q", res.Outputs[0].Text, want)
+	}
+}

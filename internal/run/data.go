@@ -117,10 +117,16 @@ func asTable(v value) *table {
 	}
 	r := row{{"text", v.text}}
 	if m := v.message; m != nil {
-		r = append(r, field{"sender", m.Sender}, field{"sender_name", m.SenderName}, field{"session_id", m.SessionID},
-			field{"timestamp", m.CreatedAt.Format("2006-01-02 15:04:05 MST")}, field{"flow_id", m.FlowID})
+		r = messageRow(m)
 	}
 	return &table{kind: oneData, rows: []row{r}}
+}
+
+// messageRow is a chat message as a Data: its text and the fields of it
+// that Sluice keeps.
+func messageRow(m *Message) row {
+	return row{{"text", m.Text}, {"sender", m.Sender}, {"sender_name", m.SenderName}, {"session_id", m.SessionID},
+		{"timestamp", m.CreatedAt.Format("2006-01-02 15:04:05 MST")}, {"flow_id", m.FlowID}}
 }
 
 // String renders the table as LangFlow's safe_convert does: each Data as a
