@@ -458,6 +458,21 @@ var Components = map[string]*Component{
 			{Name: "dataframe", Type: typeDataFrame},
 		},
 	},
+	"BatchRunComponent": {
+		// The model is a LanguageModel edge (LangFlow 1.1–1.6) or the
+		// node's own model list (later exports).
+		Type: "BatchRunComponent",
+		Inputs: []Input{
+			{Name: "model", Edge: true, Types: []string{typeModel}},
+			lit("api_key"),
+			msg("system_message"),
+			req(Input{Name: "df", Edge: true, Types: []string{typeDataFrame}}),
+			msg("column_name"),
+			msg("output_column_name"),
+			lit("enable_metadata"),
+		},
+		Outputs: []Output{{Name: "batch_results", Type: typeDataFrame}},
+	},
 	TypeCustomComponent: {
 		Type:     TypeCustomComponent,
 		IsCustom: true,

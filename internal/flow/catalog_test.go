@@ -43,6 +43,7 @@ func TestCatalogLookup(t *testing.T) {
 		"CurrentDateComponent":     "CurrentDate",
 		"SplitText":                "SplitText",
 		"SplitTextComponent":       "SplitText",
+		"BatchRunComponent":        "BatchRunComponent",
 		"CustomComponent":          "CustomComponent",
 	}
 	for name, want := range names {

@@ -39,6 +39,8 @@ func (s *state) exec(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 		return nil
 	case "ParserComponent":
 		return s.parser(n)
+	case "BatchRunComponent":
+		return s.batchRun(ctx, n, t)
 	case "SplitText":
 		return s.splitText(n)
 	case "CurrentDate":

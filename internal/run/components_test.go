@@ -290,3 +290,73 @@ func TestMemoryRowsThroughParser(t *testing.T) {
 		t.Errorf("output: got %q, want %q", res.Outputs[0].Text, want)
 	}
 }
+
+func TestBatchRunInAFlow(t *testing.T) {
+	// Chunks of the run's text, one model call each, then a Parser lists
+	// the answers: LangFlow's batch pattern on the simulated model.
+	const batchFlow = `{"nodes":[
+		{"id":"in","type":"ChatInput","data":{"should_store_message":false}},
+		{"id":"split","type":"SplitText","data":{"chunk_size":10,"chunk_overlap":0,"separator":" "}},
+		{"id":"lm","type":"LanguageModelComponent","data":{"model_name":"gpt-4o-mini"}},
+		{"id":"batch","type":"BatchRunComponent","data":%s},
+		{"id":"p","type":"ParserComponent","data":{"pattern":"{batch_index}|{text}|{model_response}"}},
+		{"id":"out","type":"ChatOutput","data":{"should_store_message":false}}
+	],"edges":[{"source":"in","target":"split"},{"source":"split","sourceHandle":"dataframe","target":"batch","targetHandle":"df"},
+		{"source":"lm","sourceHandle":"model_output","target":"batch","targetHandle":"model"},
+		{"source":"batch","target":"p"},{"source":"p","target":"out"}]}`
+	const input = "alpha beta gamma delta"
+	tests := []struct {
+		name   string
+		params string
+		prompt func(chunk string) string // what the answer should quote
+	}{
+		{"a column", `{"column_name":"text","system_message":"Translate."}`, func(c string) string { return c }},
+		{"whole rows as TOML", `{}`, func(c string) string { return `[text] value = "` + c }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			res, err := h.exec.Execute(context.Background(), h.job(parseFlow(t, []byte(fmt.Sprintf(batchFlow, tt.params))), input))
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(res.Outputs[0].Text, "\n")
+			chunks := []string{"alpha beta", "gamma", "delta"}
+			if len(lines) != len(chunks) {
+				t.Fatalf("answers: got %q, want one line per chunk %q", lines, chunks)
+			}
+			for i, c := range chunks {
+				want := fmt.Sprintf("%d|%s|", i, c)
+				if !strings.HasPrefix(lines[i], want) || !strings.Contains(strings.Join(strings.Fields(lines[i]), " "), tt.prompt(c)) {
+					t.Errorf("row %d: got %q, want %q and an answer about %q", i, lines[i], want, tt.prompt(c))
+				}
+			}
+			for _, tr := range res.Trace {
+				if tr.NodeID == "batch" && (tr.Calls != len(chunks) || tr.Usage.InputTokens == 0) {
+					t.Errorf("batch trace: got %d calls, usage %+v; want %d governed calls", tr.Calls, tr.Usage, len(chunks))
+				}
+			}
+			if res.Steps != 6+int64(len(chunks)-1) {
+				t.Errorf("steps: got %d, want a step per node and per extra row", res.Steps)
+			}
+		})
+	}
+	t.Run("max_steps stops a large batch", func(t *testing.T) {
+		h := newHarness(t)
+		job := h.job(parseFlow(t, []byte(fmt.Sprintf(batchFlow, `{"column_name":"text"}`))), input)
+		job.Caps.MaxSteps = 5 // in, split, lm, batch's first row, its second
+		_, err := h.exec.Execute(context.Background(), job)
+		var re *run.RunError
+		if !errors.As(err, &re) || re.Status != run.StatusStepLimitExceeded || re.NodeID != "batch" {
+			t.Fatalf("run: got %v, want step_limit_exceeded at batch", err)
+		}
+	})
+	t.Run("unknown column", func(t *testing.T) {
+		h := newHarness(t)
+		_, err := runFlow(t, h, fmt.Sprintf(batchFlow, `{"column_name":"body"}`), input, nil)
+		var e *errs.Error
+		if !errors.As(err, &e) || e.Code != errs.Unprocessable || e.Field != "nodes.batch.column_name" || !strings.Contains(e.Message, "Available columns: text") {
+			t.Fatalf("run: got %v, want unprocessable at nodes.batch.column_name listing the columns", err)
+		}
+	})
+}
