@@ -8,12 +8,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/front"
 	"github.com/sluicehq/sluice/internal/gate"
 	"github.com/sluicehq/sluice/internal/gateway"
 	"github.com/sluicehq/sluice/internal/httpapi"
@@ -46,6 +49,7 @@ type App struct {
 	runs     *run.Service
 	gate     *gate.Gate
 	models   *llm.Registry
+	front    *front.Handler // nil unless langflow.upstream is set
 	sandbox  *sandbox.Sandbox
 	ln       net.Listener
 	srv      *http.Server
@@ -180,6 +184,9 @@ func (a *App) startRuns() error {
 			a.metrics.Tokens.WithLabelValues(model, "output").Add(float64(out))
 		}}
 	a.models = models
+	if err := a.startFront(); err != nil {
+		return err
+	}
 	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: guard,
 		Log: a.log, DemoModels: demo, Gate: a.gate}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
@@ -256,6 +263,9 @@ func (a *App) Handler() http.Handler {
 		Gateway: &gateway.Handler{Auth: a.tenancy, Gate: a.gate, Models: a.models, Policy: a.policy.Manager(), Log: a.log,
 			Demo: len(a.cfg.Models) == 0, MaxBodyBytes: int64(a.cfg.Gateway.MaxBodyBytes),
 			MaxTokensDefault: a.cfg.Gateway.DefaultMaxTokens, LogPrompts: a.cfg.Gateway.LogPrompts},
+	}
+	if a.front != nil {
+		api.Front, api.FrontPaths = a.front, front.Paths
 	}
 	return api.Handler()
 }
@@ -355,4 +365,29 @@ func (a *App) closeQuota() {
 	}
 	a.recorder.Close()
 	a.engine.Close()
+}
+
+// startFront builds the front for an existing LangFlow, when configured.
+func (a *App) startFront() error {
+	lf := a.cfg.Langflow
+	if lf.Upstream == "" {
+		return nil
+	}
+	u, err := url.Parse(lf.Upstream)
+	if err != nil {
+		return fmt.Errorf("langflow.upstream: %w", err)
+	}
+	var key llm.Secret
+	if lf.APIKeyEnv != "" {
+		v := strings.TrimSpace(os.Getenv(lf.APIKeyEnv))
+		if v == "" {
+			return fmt.Errorf("langflow.api_key_env: environment variable %s is not set", lf.APIKeyEnv)
+		}
+		key = llm.NewSecret(v)
+	}
+	a.front = &front.Handler{Upstream: u, Key: key, Auth: a.tenancy, Gate: a.gate, Log: a.log,
+		CodeTenants: lf.CodeTenants, ChargeReportedUsage: lf.ChargeReportedUsage}
+	a.log.Info("governing an existing LangFlow: its run, webhook, build, flow and file routes are proxied; Sluice's own flow runtime is off for them",
+		slog.String("upstream", u.Redacted()), slog.Bool("charge_reported_usage", lf.ChargeReportedUsage))
+	return nil
 }

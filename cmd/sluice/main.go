@@ -113,6 +113,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	dbURL := fs.String("database-url", "", "database: sqlite:PATH or postgres://USER@HOST/DB (env SLUICE_DATABASE_URL, default SQLite in the data directory)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (env SLUICE_LOG_LEVEL)")
 	logFormat := fs.String("log-format", "", "json or text (env SLUICE_LOG_FORMAT)")
+	langflow := fs.String("langflow-upstream", "", "govern an existing LangFlow at this URL (env SLUICE_LANGFLOW_UPSTREAM)")
 	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets redacted) and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -129,7 +130,8 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	if err := cfg.Env(getenv); err != nil {
 		return err
 	}
-	for dst, v := range map[*string]string{&cfg.Addr: *addr, &cfg.DataDir: *data, &cfg.DatabaseURL: *dbURL, &cfg.LogLevel: *logLevel, &cfg.LogFormat: *logFormat} {
+	for dst, v := range map[*string]string{&cfg.Addr: *addr, &cfg.DataDir: *data, &cfg.DatabaseURL: *dbURL, &cfg.LogLevel: *logLevel, &cfg.LogFormat: *logFormat,
+		&cfg.Langflow.Upstream: *langflow} {
 		if v != "" {
 			*dst = v
 		}

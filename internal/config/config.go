@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -71,6 +72,9 @@ type Config struct {
 	Routing Routing `yaml:"routing"`
 	// Gateway configures the OpenAI-compatible API under /v1/.
 	Gateway Gateway `yaml:"gateway"`
+	// Langflow, when its upstream is set, makes Sluice a governing front
+	// for an existing LangFlow server (docs/langflow-front.md).
+	Langflow Langflow `yaml:"langflow"`
 	// RedisURL, when set, makes the quota engine shared through Redis
 	// (several instances enforce one set of limits); empty keeps it in
 	// process. Secret: it may carry a password.
@@ -258,6 +262,29 @@ type Gateway struct {
 	LogPrompts bool `yaml:"log_prompts"`
 }
 
+// envVarName matches an environment variable's name.
+var envVarName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Langflow configures the front for an existing LangFlow server.
+type Langflow struct {
+	// Upstream is the LangFlow server's base URL (http://langflow:7860).
+	// Set, Sluice serves LangFlow's run, webhook, build, flow-reading and
+	// file routes by proxying them, governed, instead of running flows
+	// itself.
+	Upstream string `yaml:"upstream"`
+	// APIKeyEnv names the environment variable holding the LangFlow API
+	// key Sluice forwards with (callers never see it).
+	APIKeyEnv string `yaml:"api_key_env"`
+	// CodeTenants lists the tenant ids whose callers may use the
+	// endpoints that run code on the LangFlow server (validate, custom
+	// components, flow create and update); everyone else is refused.
+	CodeTenants []string `yaml:"code_tenants"`
+	// ChargeReportedUsage charges the tokens LangFlow reports for a run
+	// (default true). Turn it off when LangFlow's model components call
+	// Sluice's /v1, which meters their tokens exactly: else they count twice.
+	ChargeReportedUsage bool `yaml:"charge_reported_usage"`
+}
+
 // defaultRouting is llm.DefaultRouterOptions in the config's units.
 func defaultRouting() Routing {
 	o := llm.DefaultRouterOptions()
@@ -418,9 +445,10 @@ func Default() Config {
 		InProcessRunMemory:   512 << 20,
 		InProcessRunReserve:  4 << 20,
 
-		Sandbox: Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
-		Routing: defaultRouting(),
-		Gateway: Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096},
+		Sandbox:  Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
+		Routing:  defaultRouting(),
+		Gateway:  Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096},
+		Langflow: Langflow{ChargeReportedUsage: true},
 	}
 }
 
@@ -460,6 +488,7 @@ func (c *Config) Env(getenv func(string) string) error {
 	if err := c.envInProcess(getenv); err != nil {
 		return err
 	}
+	str("SLUICE_LANGFLOW_UPSTREAM", &c.Langflow.Upstream)
 	str("SLUICE_REDIS_URL", &c.RedisURL)
 	str("SLUICE_REDIS_PREFIX", &c.RedisPrefix)
 	if v := getenv("SLUICE_REDIS_CLUSTER"); v != "" {
@@ -573,6 +602,15 @@ func (c *Config) Validate() error {
 	}
 	if g := c.Gateway; g.DefaultMaxTokens < 1 || g.DefaultMaxTokens > 1_000_000 {
 		return errs.Field(errs.Invalid, "gateway.default_max_tokens", "gateway.default_max_tokens %d is outside 1..1000000", g.DefaultMaxTokens)
+	}
+	if u := c.Langflow.Upstream; u != "" {
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" || pu.User != nil {
+			return errs.Field(errs.Invalid, "langflow.upstream", "langflow.upstream %q is not an http(s) URL without credentials", u)
+		}
+	}
+	if v := c.Langflow.APIKeyEnv; v != "" && !envVarName.MatchString(v) {
+		return errs.Field(errs.Invalid, "langflow.api_key_env", "langflow.api_key_env %q is not an environment variable name", v)
 	}
 	// llm names the fields as this section does: routing.cooldown_for.
 	if err := c.Routing.RouterOptions().Validate(); err != nil {

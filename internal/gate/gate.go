@@ -451,7 +451,11 @@ func (g *Gate) logCall(ctx context.Context, c Call, out *Result, start time.Time
 	if len(c.Candidates) > 0 {
 		model = c.Candidates[0]
 	}
-	attrs = append(attrs, slog.String("kind", c.Kind), slog.String("model", model.Name()), slog.String("decision", decision))
+	attrs = append(attrs, slog.String("kind", c.Kind))
+	if model != nil {
+		attrs = append(attrs, slog.String("model", model.Name()))
+	}
+	attrs = append(attrs, slog.String("decision", decision))
 	if out.Model != nil {
 		attrs = append(attrs, slog.String("deployment", deploymentOf(out.Model)), slog.Int("attempts", out.Attempts))
 	}

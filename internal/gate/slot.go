@@ -65,9 +65,15 @@ func (g *Gate) Admit(ctx context.Context, who metering.Who, kind string) (*Slot,
 // cancellation; an error is a settle that failed for a minute, for the
 // caller to log.
 func (s *Slot) Release(ctx context.Context, annotate func(*usage.Event)) error {
+	return s.ReleaseUsed(ctx, quota.Usage{}, annotate)
+}
+
+// ReleaseUsed is Release charging u, what the run used that no governed
+// call of its own settled (tokens a proxied LangFlow run reports).
+func (s *Slot) ReleaseUsed(ctx context.Context, u quota.Usage, annotate func(*usage.Event)) error {
 	s.once.Do(func() {
 		s.err = RetrySettle(func() error {
-			_, err := s.g.Meter.SettleWith(context.WithoutCancel(ctx), s.ID, quota.Usage{}, "", annotate)
+			_, err := s.g.Meter.SettleWith(context.WithoutCancel(ctx), s.ID, u, "", annotate)
 			return err
 		})
 	})

@@ -46,6 +46,11 @@ type Server struct {
 	// Gateway, when set, serves the OpenAI-compatible API under /v1/
 	// (it authenticates its callers itself, with OpenAI's error shape).
 	Gateway http.Handler
+	// Front, when set, serves LangFlow's run, webhook, build, flow and file
+	// routes (FrontPaths) by governing an upstream LangFlow, instead of
+	// Sluice's own flow runtime. It authenticates its callers itself.
+	Front      http.Handler
+	FrontPaths []string
 }
 
 // Handler returns the API's root handler.
@@ -71,6 +76,11 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("/api/", s.authenticate(api))
 	if s.Gateway != nil {
 		mux.Handle("/v1/", s.Gateway)
+	}
+	if s.Front != nil {
+		for _, p := range s.FrontPaths {
+			mux.Handle(p, s.Front)
+		}
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
