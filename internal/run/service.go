@@ -342,6 +342,11 @@ func (s *Service) RunGraph(ctx context.Context, who metering.Who, g *flow.Flow, 
 }
 
 func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, g *flow.Flow, req RunRequest, onEvent func(string, any)) (*Outcome, error) {
+	// A tweak naming no node is the caller's mistake: refused before it
+	// costs a request or a slot.
+	if err := CheckTweaks(g, req.Tweaks); err != nil {
+		return nil, err
+	}
 	runID := id.New("run")
 	slot, err := s.gate().Admit(ctx, who, "run")
 	if err != nil {
@@ -349,7 +354,13 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	}
 	adm, caps, timeout := slot.Admission, slot.Caps, slot.Timeout
 	if req.SessionID == "" {
-		req.SessionID = runID
+		// As LangFlow: the flow's id, so a chat flow remembers across
+		// calls (history is kept per user, so it stays private); a flow
+		// that is not stored gets the run's.
+		req.SessionID = flowID
+		if flowID == "" {
+			req.SessionID = runID
+		}
 	}
 	rec := &Record{ID: runID, FlowID: flowID, TenantID: who.TenantID, ProjectID: who.ProjectID, UserID: who.UserID,
 		SessionID: req.SessionID, Status: StatusRunning, StartedAt: time.Now().UTC().Truncate(time.Microsecond), Trace: []NodeTrace{}}
