@@ -126,7 +126,20 @@ func TestDocsShowOnlyRealFlags(t *testing.T) {
 // flagSamples are valid values of serve's flags, by the field they set.
 var flagSamples = map[string]string{
 	"addr": "0.0.0.0:9999", "data_dir": "/srv/sluice-docs-test", "database_url": "sqlite:/srv/docs-test.db",
-	"log_level": "debug", "log_format": "text",
+	"log_level": "debug", "log_format": "text", "langflow.upstream": "http://langflow.internal:7860",
+}
+
+// configField reads a dotted field (langflow.upstream) of a printed config.
+func configField(m map[string]any, field string) any {
+	var v any = m
+	for part := range strings.SplitSeq(field, ".") {
+		mm, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = mm[part]
+	}
+	return v
 }
 
 // printConfig runs `sluice serve ARGS --print-config` and returns what it
@@ -171,7 +184,7 @@ func TestDocsFlagColumn(t *testing.T) {
 			t.Errorf("no sample value for %s's flag --%s: add one to flagSamples", field, flag)
 			continue
 		}
-		if got := printConfig(t, []string{"--" + flag, sample}, nil)[field]; got != sample {
+		if got := configField(printConfig(t, []string{"--" + flag, sample}, nil), field); got != sample {
 			t.Errorf("sluice serve --%s %s printed %s: %v, want %s", flag, sample, field, got, sample)
 		}
 	}
