@@ -22,6 +22,7 @@ import (
 	"github.com/sluicehq/sluice/internal/httpapi"
 	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/metering"
+	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/sqlstore"
@@ -85,15 +86,14 @@ func benchUpstream(b *testing.B) *httptest.Server {
 	return up
 }
 
-// sluiceWorld is the gateway wired as cmd/sluice wires it, over a real
-// SQLite store, the in-process quota engine and the usage recorder: a
-// tenant with a project, a member with a key, and limits on the key, the
-// member and the global scope.
+// sluiceWorld is the gateway wired as cmd/sluice wires it (metrics
+// included), over a real SQLite store, the in-process quota engine and the
+// usage recorder: a tenant with a project, a member with a key, and limits
+// on the key, the member and the global scope.
 type sluiceWorld struct {
 	handler *gateway.Handler
 	api     *httpapi.Server
 	key     string
-	meter   *metering.Meter
 }
 
 func newSluiceWorld(b *testing.B, upstreamURL string) *sluiceWorld {
@@ -169,19 +169,33 @@ func buildSluice(b *testing.B, upstreamURL string) *sluiceWorld {
 
 	engine := quota.NewMemory(quota.Options{})
 	b.Cleanup(func() { engine.Close() })
-	rec := usage.NewRecorder(st, log, 100*time.Millisecond)
+	var rec *usage.Recorder
+	mt := metrics.New(func() float64 { return float64(rec.Pending()) })
+	rec = usage.NewRecorder(st, log, 100*time.Millisecond, usage.WithObserver(mt))
 	b.Cleanup(func() { rec.Close() })
 	meter := metering.New(engine, mgr, rec, log)
 	meter.Ledger = st.UsageEvent
-	reg, err := llm.NewRegistry([]llm.ModelConfig{{Name: "gpt-4o-mini", Provider: llm.ProviderOpenAI,
+	meter.OnDecision = func(kind, result, dim string) { mt.Decisions.WithLabelValues(kind, result, dim).Inc() }
+	meter.OnSettle = mt.Settlements.Inc
+	// The model table, the routing policy and the gate as `sluice serve`
+	// builds them from a config with one openai model and no routing section.
+	reg, err := llm.NewRegistryWith([]llm.ModelConfig{{Name: "gpt-4o-mini", Provider: llm.ProviderOpenAI,
 		BaseURL: upstreamURL + "/v1", APIKey: llm.NewSecret("sk-bench-upstream"),
-		InputPricePerMTok: 0.15, OutputPricePerMTok: 0.60, ContextWindow: 128_000}}, nil)
+		InputPricePerMTok: 0.15, OutputPricePerMTok: 0.60, ContextWindow: 128_000}}, nil, llm.RegistryOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := &gateway.Handler{Auth: ten, Gate: &gate.Gate{Meter: meter, Health: reg, Log: log}, Models: reg, Policy: mgr, Log: log}
-	api := &httpapi.Server{Tenancy: ten, Policy: pol, Meter: meter, Log: log, Gateway: h}
-	return &sluiceWorld{handler: h, api: api, key: secret, meter: meter}
+	ro := reg.RouterOptions()
+	g := &gate.Gate{Meter: meter, Log: log, Health: reg, Engine: engine,
+		Retry: gate.Retry{Retries: ro.Retries, Backoff: ro.Backoff, AttemptTimeout: ro.AttemptTimeout},
+		OnModelCall: func(model, provider, outcome string, in, out int) {
+			mt.ModelCalls.WithLabelValues(model, provider, outcome).Inc()
+			mt.Tokens.WithLabelValues(model, "input").Add(float64(in))
+			mt.Tokens.WithLabelValues(model, "output").Add(float64(out))
+		}}
+	h := &gateway.Handler{Auth: ten, Gate: g, Models: reg, Policy: mgr, Log: log}
+	api := &httpapi.Server{Tenancy: ten, Policy: pol, Meter: meter, Metrics: mt, Log: log, Gateway: h}
+	return &sluiceWorld{handler: h, api: api, key: secret}
 }
 
 // benchCalls sends benchRequest to url, checking each answer: one after
