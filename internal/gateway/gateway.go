@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -62,6 +63,9 @@ type Handler struct {
 	// table configured, clients written for gpt-4o run on the built-in
 	// simulated model (its answers say so).
 	Demo bool
+
+	muxOnce sync.Once
+	mux     *http.ServeMux
 }
 
 // Routes registers the API on mux.
@@ -77,11 +81,13 @@ func (h *Handler) Routes(mux *http.ServeMux) {
 	})
 }
 
-// ServeHTTP serves the API on its own.
+// ServeHTTP serves the API on its own (its routes built once).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	mux := http.NewServeMux()
-	h.Routes(mux)
-	mux.ServeHTTP(w, r)
+	h.muxOnce.Do(func() {
+		h.mux = http.NewServeMux()
+		h.Routes(h.mux)
+	})
+	h.mux.ServeHTTP(w, r)
 }
 
 // caller is an authenticated request's principal and chain.
