@@ -262,7 +262,8 @@ func (a *App) Handler() http.Handler {
 		Mode:    a.mode,
 		Gateway: &gateway.Handler{Auth: a.tenancy, Gate: a.gate, Models: a.models, Policy: a.policy.Manager(), Log: a.log,
 			Demo: len(a.cfg.Models) == 0, MaxBodyBytes: int64(a.cfg.Gateway.MaxBodyBytes),
-			MaxTokensDefault: a.cfg.Gateway.DefaultMaxTokens, LogPrompts: a.cfg.Gateway.LogPrompts},
+			MaxTokensDefault: a.cfg.Gateway.DefaultMaxTokens, LogPrompts: a.cfg.Gateway.LogPrompts,
+			QueueUsage: a.cfg.Gateway.UsageCommit == "queued"},
 	}
 	if a.front != nil {
 		api.Front, api.FrontPaths = a.front, front.Paths

@@ -260,6 +260,11 @@ type Gateway struct {
 	// LogPrompts puts each call's last user message in its call log line.
 	// Off by default: prompts are the users' data.
 	LogPrompts bool `yaml:"log_prompts"`
+	// UsageCommit is "durable" (the default: a call answers once its usage
+	// event is committed) or "queued" (it answers at once and the event is
+	// written within usage_flush_interval; a process killed meanwhile
+	// loses those events).
+	UsageCommit string `yaml:"usage_commit"`
 }
 
 // envVarName matches an environment variable's name.
@@ -447,7 +452,7 @@ func Default() Config {
 
 		Sandbox:  Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
 		Routing:  defaultRouting(),
-		Gateway:  Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096},
+		Gateway:  Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096, UsageCommit: "durable"},
 		Langflow: Langflow{ChargeReportedUsage: true},
 	}
 }
@@ -599,6 +604,9 @@ func (c *Config) Validate() error {
 	}
 	if g := c.Gateway; g.MaxBodyBytes < 1024 || g.MaxBodyBytes > 64<<20 {
 		return errs.Field(errs.Invalid, "gateway.max_body_bytes", "gateway.max_body_bytes %d is outside 1KiB..64MiB", int64(g.MaxBodyBytes))
+	}
+	if u := c.Gateway.UsageCommit; u != "durable" && u != "queued" {
+		return errs.Field(errs.Invalid, "gateway.usage_commit", "gateway.usage_commit %q is not durable or queued", u)
 	}
 	if g := c.Gateway; g.DefaultMaxTokens < 1 || g.DefaultMaxTokens > 1_000_000 {
 		return errs.Field(errs.Invalid, "gateway.default_max_tokens", "gateway.default_max_tokens %d is outside 1..1000000", g.DefaultMaxTokens)

@@ -677,6 +677,7 @@ func TestGatewayValidation(t *testing.T) {
 	for field, yaml := range map[string]string{
 		"gateway.max_body_bytes":     "gateway:\n  max_body_bytes: 100\n",
 		"gateway.default_max_tokens": "gateway:\n  default_max_tokens: 0\n",
+		"gateway.usage_commit":       "gateway:\n  usage_commit: later\n",
 	} {
 		c := config.Default()
 		if err := c.Parse(strings.NewReader(yaml)); err != nil {

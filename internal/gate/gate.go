@@ -31,6 +31,12 @@ type Meter interface {
 	SettleWith(ctx context.Context, ticketID string, u quota.Usage, model string, annotate func(*usage.Event)) (quota.Settlement, error)
 }
 
+// queuedSettler settles without waiting for the usage event's commit
+// (*metering.Meter).
+type queuedSettler interface {
+	SettleQueued(ctx context.Context, ticketID string, u quota.Usage, model string, annotate func(*usage.Event)) (quota.Settlement, error)
+}
+
 // Health is told how each attempt on a deployment went, so that a
 // deployment failing again and again is cooled down (*llm.Registry).
 type Health interface {
@@ -106,6 +112,9 @@ type Call struct {
 	// TTL is how long the reservation lives unsettled (0: the context's
 	// deadline plus a minute, or a minute).
 	TTL time.Duration
+	// QueueUsage settles without waiting for the usage event's commit
+	// (metering.Meter.SettleQueued), when the operator chose it.
+	QueueUsage bool
 	// Field and Subject name the caller's setting in an error about the
 	// call itself ("nodes.n1", "node n1").
 	Field, Subject string
@@ -262,9 +271,12 @@ func (g *Gate) Do(ctx context.Context, c Call) (Result, error) {
 	}
 	served := out.Model
 	out.SettleErr = RetrySettle(func() error {
-		_, err := g.Meter.SettleWith(context.WithoutCancel(ctx), adm.ID, out.Usage, served.Name(), func(ev *usage.Event) {
-			ev.Deployment = deploymentOf(served)
-		})
+		annotate := func(ev *usage.Event) { ev.Deployment = deploymentOf(served) }
+		if q, ok := g.Meter.(queuedSettler); ok && c.QueueUsage {
+			_, err := q.SettleQueued(context.WithoutCancel(ctx), adm.ID, out.Usage, served.Name(), annotate)
+			return err
+		}
+		_, err := g.Meter.SettleWith(context.WithoutCancel(ctx), adm.ID, out.Usage, served.Name(), annotate)
 		return err
 	})
 	if g.OnModelCall != nil {

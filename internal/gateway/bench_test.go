@@ -287,6 +287,18 @@ func BenchmarkChatPassthrough(b *testing.B) {
 	benchCalls(b, srv.URL+"/v1/chat/completions", w.key)
 }
 
+// BenchmarkChatPassthroughQueued is BenchmarkChatPassthrough with
+// gateway.usage_commit: queued (the answer does not wait for the usage
+// event's commit).
+func BenchmarkChatPassthroughQueued(b *testing.B) {
+	w := newSluiceWorld(b, benchUpstream(b).URL)
+	w.handler.QueueUsage = true
+	var srv *httptest.Server
+	as("sluice", func() { srv = httptest.NewServer(w.handler) })
+	b.Cleanup(srv.Close)
+	benchCalls(b, srv.URL+"/v1/chat/completions", w.key)
+}
+
 func BenchmarkChatPassthroughAPI(b *testing.B) {
 	w := newSluiceWorld(b, benchUpstream(b).URL)
 	var srv *httptest.Server

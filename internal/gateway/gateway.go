@@ -59,6 +59,10 @@ type Handler struct {
 	LogPrompts bool
 	// TTL is how long a call's reservation lives unsettled (0: 15 min).
 	TTL time.Duration
+	// QueueUsage answers without waiting for each call's usage event to
+	// be committed (gateway.usage_commit: queued); see
+	// metering.Meter.SettleQueued for what that trades.
+	QueueUsage bool
 	// Demo serves every model name on the default model: with no model
 	// table configured, clients written for gpt-4o run on the built-in
 	// simulated model (its answers say so).

@@ -253,6 +253,22 @@ func (m *Meter) Settle(ctx context.Context, ticketID string, u quota.Usage, mode
 // engine settled (the usage store is behind) leaves the settlement in
 // place: the caller retries, and the replay records the event.
 func (m *Meter) SettleWith(ctx context.Context, ticketID string, u quota.Usage, model string, annotate func(*usage.Event)) (quota.Settlement, error) {
+	return m.settle(ctx, ticketID, u, model, annotate, false)
+}
+
+// SettleQueued is SettleWith for work whose caller is not waiting on the
+// usage event's durability (a gateway call configured with
+// gateway.usage_commit: queued): the counters are settled at once and the
+// event is queued to be written within the recorder's flush interval,
+// without waiting for its commit. While the queue is half full or more it
+// waits as SettleWith does, so a store that falls behind slows callers
+// down rather than losing events. A process killed before the flush loses
+// the queued events: the price of not waiting.
+func (m *Meter) SettleQueued(ctx context.Context, ticketID string, u quota.Usage, model string, annotate func(*usage.Event)) (quota.Settlement, error) {
+	return m.settle(ctx, ticketID, u, model, annotate, true)
+}
+
+func (m *Meter) settle(ctx context.Context, ticketID string, u quota.Usage, model string, annotate func(*usage.Event), queued bool) (quota.Settlement, error) {
 	s, err := m.engine.Settle(ctx, ticketID, u)
 	switch {
 	case errors.Is(err, quota.ErrUnknownTicket):
@@ -298,6 +314,9 @@ func (m *Meter) SettleWith(ctx context.Context, ticketID string, u quota.Usage, 
 	}
 	if annotate != nil {
 		annotate(&ev)
+	}
+	if queued && !s.Replay && m.rec.TryRecord(ev) {
+		return s, nil
 	}
 	if err := m.commit(ctx, ev); err != nil {
 		return s, err

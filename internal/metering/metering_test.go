@@ -422,3 +422,44 @@ func TestRestoreSkipsKeysThatLimitNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestSettleQueued: a queued settle answers while the usage store is down
+// (the counters settled, the event queued), and the event is written once
+// the store is back; a plain settle in the same outage waits and answers
+// 503.
+func TestSettleQueued(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	w.store.down.Store(true)
+	adm, err := w.a.Acquire(ctx, w.who, "metering", quota.Ask{Tokens: 100}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.a.SettleQueued(ctx, adm.ID, quota.Usage{InputTokens: 30, OutputTokens: 20}, "", nil); err != nil {
+		t.Fatalf("queued settle while the store is down: %v, want an answer at once", err)
+	}
+	u, err := w.engine.Use(ctx, "user/"+w.who.UserID)
+	if err != nil || u.TokensDay.Used != 50 {
+		t.Fatalf("counters after a queued settle: %+v, %v, want 50 tokens settled", u.TokensDay, err)
+	}
+	adm2, err := w.a.Acquire(ctx, w.who, "metering", quota.Ask{Tokens: 100}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := w.a.SettleWith(pctx, adm2.ID, quota.Usage{InputTokens: 1}, "", nil); err == nil {
+		t.Fatal("a durable settle answered while the store was down")
+	}
+	w.store.down.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, ok := w.events(t)[adm.ID]; ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the queued event was not written after the store came back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

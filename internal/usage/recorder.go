@@ -187,6 +187,26 @@ func (r *Recorder) Record(e Event) {
 	}
 }
 
+// TryRecord queues e without waiting for it to be written, as Record
+// does, but only while the queue is less than half full; it returns false
+// (queuing nothing) otherwise, and the caller then waits with Commit, so
+// that a store falling behind slows callers down instead of dropping
+// events.
+func (r *Recorder) TryRecord(e Event) bool {
+	r.mu.Lock()
+	if r.closed || len(r.queue)+r.inflight >= r.max/2 {
+		r.mu.Unlock()
+		return false
+	}
+	r.queue = append(r.queue, &pending{ev: e})
+	n := len(r.queue)
+	r.mu.Unlock()
+	if n >= batchSize {
+		r.wake()
+	}
+	return true
+}
+
 func (r *Recorder) wake() {
 	select {
 	case r.kick <- struct{}{}:

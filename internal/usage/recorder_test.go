@@ -806,3 +806,22 @@ func TestStorable(t *testing.T) {
 		t.Errorf("EventJSON = %s, want NUL and invalid bytes escaped", e)
 	}
 }
+
+// TestTryRecordHalfBound: TryRecord queues only while the queue is less
+// than half full, so a caller that does not wait still slows down (falls
+// back to Commit) before anything would be dropped.
+func TestTryRecordHalfBound(t *testing.T) {
+	// An hour's flush interval and fewer events than a batch: nothing is
+	// written while the test queues, so the queue only grows.
+	r := usage.NewRecorder(&fakeStore{}, slog.New(slog.DiscardHandler), time.Hour, usage.WithQueueMax(8))
+	defer r.Close()
+	queued := 0
+	for i := 0; i < 8; i++ {
+		if r.TryRecord(usage.Event{ID: fmt.Sprintf("e%d", i), TenantID: "t", Kind: "x", At: time.Now()}) {
+			queued++
+		}
+	}
+	if queued != 4 {
+		t.Errorf("TryRecord queued %d of 8 with a bound of 8, want 4 (half)", queued)
+	}
+}
