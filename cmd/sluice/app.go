@@ -27,6 +27,7 @@ import (
 	"github.com/sluicehq/sluice/internal/policydoc"
 	"github.com/sluicehq/sluice/internal/run"
 	"github.com/sluicehq/sluice/internal/sandbox"
+	"github.com/sluicehq/sluice/internal/sealed"
 	"github.com/sluicehq/sluice/internal/sqlstore"
 	"github.com/sluicehq/sluice/internal/tenancy"
 	"github.com/sluicehq/sluice/internal/usage"
@@ -73,6 +74,10 @@ func NewApp(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 	}
 	log.Info("store open", slog.String("store", store.Dialect()), slog.String("database", sqlstore.Redact(cfg.DatabaseURL)))
 	a := &App{cfg: cfg, log: log, stdout: stdout, store: store, tenancy: tenancy.NewService(store, log)}
+	if err := a.openSealer(); err != nil {
+		store.Close()
+		return nil, err
+	}
 	if err := a.bootstrap(ctx); err != nil {
 		store.Close()
 		return nil, err
@@ -82,6 +87,31 @@ func NewApp(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 		return nil, err
 	}
 	return a, nil
+}
+
+// openSealer derives the box upstream keys are sealed with from the
+// server secret in secret_key_env's variable. Unset, nothing can be
+// stored (and the operator is told when someone tries); too short, the
+// server does not start.
+func (a *App) openSealer() error {
+	env := a.cfg.SecretKeyEnv
+	if env == "" {
+		return nil
+	}
+	v := os.Getenv(env)
+	if v == "" {
+		if a.cfg.Langflow.Upstream != "" {
+			a.log.Info("no server secret: per-user and per-project LangFlow keys cannot be stored; every call forwards with langflow.api_key_env's key",
+				slog.String("secret_key_env", env))
+		}
+		return nil
+	}
+	box, err := sealed.New([]byte(v))
+	if err != nil {
+		return fmt.Errorf("secret_key_env: %s: %w", env, err)
+	}
+	a.tenancy.SetSealer(box)
+	return nil
 }
 
 // startQuota loads the policy, starts the engine and the usage recorder,
@@ -386,7 +416,7 @@ func (a *App) startFront() error {
 		}
 		key = llm.NewSecret(v)
 	}
-	a.front = &front.Handler{Upstream: u, Key: key, Auth: a.tenancy, Gate: a.gate, Log: a.log,
+	a.front = &front.Handler{Upstream: u, Key: key, Keys: a.tenancy, Auth: a.tenancy, Gate: a.gate, Log: a.log,
 		CodeTenants: lf.CodeTenants, ChargeReportedUsage: lf.ChargeReportedUsage}
 	a.log.Info("governing an existing LangFlow: its run, webhook, build, flow and file routes are proxied; Sluice's own flow runtime is off for them",
 		slog.String("upstream", u.Redacted()), slog.Bool("charge_reported_usage", lf.ChargeReportedUsage))

@@ -3,11 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -46,7 +48,7 @@ func (lf *langflow) serve(w http.ResponseWriter, r *http.Request) {
 	lf.paths = append(lf.paths, r.Method+" "+r.URL.Path)
 	hold := lf.hold
 	lf.mu.Unlock()
-	if r.Header.Get("X-Api-Key") != "lf-upstream-key" {
+	if !strings.HasPrefix(r.Header.Get("X-Api-Key"), "lf-") {
 		w.WriteHeader(403)
 		io.WriteString(w, `{"detail":"An API key must be passed as query or header"}`)
 		return
@@ -343,4 +345,155 @@ func TestFrontBuildJobHoldsItsSlot(t *testing.T) {
 		}
 		return false, "no build event"
 	})
+}
+
+const frontKeysPolicy = `
+tenants:
+  - name: acme
+    projects: [{name: web}, {name: ops}]
+    users:
+      - {name: alice, projects: [web]}
+      - {name: bob, projects: [web]}
+      - {name: carol, projects: [ops]}
+`
+
+// TestFrontForwardsEachCallersOwnKey: with a server secret, a user's own
+// LangFlow key (set by the user), else their project's (set by an admin),
+// else the server's key goes upstream; the stored keys are sealed (the
+// database holds no key in the clear), answers and the audit log show
+// hints only, a member cannot set a project's key or another user's, and
+// a key sealed under another secret fails the call (503) instead of
+// forwarding under the server's identity.
+func TestFrontForwardsEachCallersOwnKey(t *testing.T) {
+	lf := newLangflow(t)
+	cfg := testConfig(t)
+	cfg.AdminKey = gwAdmin
+	cfg.Langflow.Upstream = lf.URL
+	cfg.Langflow.APIKeyEnv = "SLUICE_TEST_LANGFLOW_KEY"
+	cfg.SecretKeyEnv = "SLUICE_TEST_SECRET"
+	t.Setenv("SLUICE_TEST_LANGFLOW_KEY", "lf-upstream-key")
+	t.Setenv("SLUICE_TEST_SECRET", "test secret: thirty-two bytes or more of it")
+	s := start(t, cfg)
+	a := applyPolicy(t, s.url, gwAdmin, frontKeysPolicy)
+	ids := map[string]string{}
+	_, users := call(t, "GET", s.url+"/api/v1/admin/users", gwAdmin, "")
+	for _, u := range users["items"].([]any) {
+		m := u.(map[string]any)
+		ids[m["name"].(string)] = m["id"].(string)
+	}
+	_, projects := call(t, "GET", s.url+"/api/v1/admin/projects", gwAdmin, "")
+	for _, p := range projects["items"].([]any) {
+		m := p.(map[string]any)
+		ids[m["name"].(string)] = m["id"].(string)
+	}
+	keyOf := func(user, project string) string {
+		code, k := call(t, "POST", s.url+"/api/v1/admin/keys", gwAdmin, `{"user_id":"`+ids[user]+`","project_id":"`+ids[project]+`"}`)
+		if code != 201 {
+			t.Fatalf("key for %s: %d %v", user, code, k)
+		}
+		return k["secret"].(string)
+	}
+	bob, carol := keyOf("bob", "web"), keyOf("carol", "ops")
+
+	// Alice sets her own; a member may not set the project's or bob's.
+	code, m := call(t, "PUT", s.url+"/api/v1/admin/upstream-keys/langflow/user/"+a.userID, a.key, `{"api_key":"lf-alice-0001"}`)
+	if code != 200 || m["hint"] != "…0001" || strings.Contains(fmt.Sprint(m), "lf-alice") {
+		t.Fatalf("alice sets her key: %d %v, want 200 with the hint only", code, m)
+	}
+	if code, m := call(t, "PUT", s.url+"/api/v1/admin/upstream-keys/langflow/project/"+ids["web"], a.key, `{"api_key":"lf-web-0002"}`); code != 403 {
+		t.Errorf("a member sets the project's key: %d %v, want 403", code, m)
+	}
+	if code, m := call(t, "PUT", s.url+"/api/v1/admin/upstream-keys/langflow/user/"+ids["bob"], a.key, `{"api_key":"lf-bob-0003"}`); code != 403 {
+		t.Errorf("alice sets bob's key: %d %v, want 403", code, m)
+	}
+	if code, m := call(t, "PUT", s.url+"/api/v1/admin/upstream-keys/langflow/user/"+a.userID, a.key, `{"api_key":"has space"}`); code != 400 || !strings.Contains(fmt.Sprint(m), "api_key") {
+		t.Errorf("a key with a space: %d %v, want 400 naming api_key", code, m)
+	}
+	if code, m := call(t, "PUT", s.url+"/api/v1/admin/upstream-keys/langflow/project/"+ids["web"], gwAdmin, `{"api_key":"lf-web-0002"}`); code != 200 {
+		t.Fatalf("the admin sets web's key: %d %v", code, m)
+	}
+
+	runAs := func(key string) string {
+		t.Helper()
+		lf.mu.Lock()
+		n := len(lf.keys)
+		lf.mu.Unlock()
+		resp := lfPost(t, context.Background(), s.url+"/api/v1/run/f1", key, `{"input_value":"hi"}`)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("run: %d", resp.StatusCode)
+		}
+		lf.mu.Lock()
+		defer lf.mu.Unlock()
+		return lf.keys[n]
+	}
+	for _, c := range []struct{ who, key, want string }{
+		{"alice (her own key)", a.key, "lf-alice-0001"},
+		{"bob (web's key)", bob, "lf-web-0002"},
+		{"carol (the server's key)", carol, "lf-upstream-key"},
+	} {
+		if got := runAs(c.key); got != c.want {
+			t.Errorf("%s: LangFlow received %q, want %q", c.who, got, c.want)
+		}
+	}
+
+	// Members see their own key's hint; the admin sees both.
+	_, mine := call(t, "GET", s.url+"/api/v1/admin/upstream-keys/langflow", a.key, "")
+	if d := mine["data"].([]any); len(d) != 1 || d[0].(map[string]any)["scope"] != "user/"+a.userID {
+		t.Errorf("alice's list: %v, want her key only", mine)
+	}
+	_, all := call(t, "GET", s.url+"/api/v1/admin/upstream-keys/langflow", gwAdmin, "")
+	if d := all["data"].([]any); len(d) != 2 {
+		t.Errorf("the admin's list: %v, want 2", all)
+	}
+
+	// Nothing in the database or the audit log holds a key in the clear.
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(cfg.DataDir, "sluice.db")+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var sealedVals []string
+	rows, err := db.Query(`SELECT sealed FROM upstream_keys`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var v string
+		rows.Scan(&v)
+		sealedVals = append(sealedVals, v)
+	}
+	rows.Close()
+	if len(sealedVals) != 2 {
+		t.Fatalf("%d sealed rows, want 2", len(sealedVals))
+	}
+	_, audit := call(t, "GET", s.url+"/api/v1/admin/audit", gwAdmin, "")
+	for _, v := range append(sealedVals, fmt.Sprint(audit)) {
+		if strings.Contains(v, "lf-alice") || strings.Contains(v, "lf-web") {
+			t.Errorf("a key in the clear: %s", v)
+		}
+	}
+	if !strings.Contains(fmt.Sprint(audit), "upstream_key.set") {
+		t.Error("no upstream_key.set in the audit log")
+	}
+
+	// Deleted, alice falls back to the project's key.
+	if code, m := call(t, "DELETE", s.url+"/api/v1/admin/upstream-keys/langflow/user/"+a.userID, a.key, ""); code != 204 {
+		t.Fatalf("delete: %d %v", code, m)
+	}
+	if got := runAs(a.key); got != "lf-web-0002" {
+		t.Errorf("alice after deleting hers: %q, want web's", got)
+	}
+
+	// A row sealed under another secret (a rotated secret) fails the call.
+	if _, err := db.Exec(`UPDATE upstream_keys SET sealed = 'v1.AAAAAAAA.AAAA'`); err != nil {
+		t.Fatal(err)
+	}
+	resp := lfPost(t, context.Background(), s.url+"/api/v1/run/f1", bob, `{"input_value":"hi"}`)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !strings.Contains(string(b), "different server secret") || !strings.Contains(string(b), "detail") {
+		t.Errorf("bob with an unreadable key: %d %s, want 503 saying why", resp.StatusCode, b)
+	}
 }

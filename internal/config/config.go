@@ -40,6 +40,12 @@ type Config struct {
 	// AdminKey, when set at first start, becomes the first admin's key.
 	// Secret: never printed.
 	AdminKey Secret `yaml:"admin_key"`
+	// SecretKeyEnv names the environment variable holding the server's
+	// secret (at least 32 bytes), which seals the upstream keys Sluice
+	// forwards with per user and project. Unset or empty: no upstream key
+	// can be stored. Rotating it makes the stored keys unreadable (they
+	// are set again).
+	SecretKeyEnv string `yaml:"secret_key_env"`
 	// Log settings.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
@@ -450,10 +456,11 @@ func Default() Config {
 		InProcessRunMemory:   512 << 20,
 		InProcessRunReserve:  4 << 20,
 
-		Sandbox:  Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
-		Routing:  defaultRouting(),
-		Gateway:  Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096, UsageCommit: "durable"},
-		Langflow: Langflow{ChargeReportedUsage: true},
+		Sandbox:      Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
+		Routing:      defaultRouting(),
+		Gateway:      Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096, UsageCommit: "durable"},
+		Langflow:     Langflow{ChargeReportedUsage: true},
+		SecretKeyEnv: "SLUICE_SECRET_KEY",
 	}
 }
 
@@ -616,6 +623,9 @@ func (c *Config) Validate() error {
 		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" || pu.User != nil {
 			return errs.Field(errs.Invalid, "langflow.upstream", "langflow.upstream %q is not an http(s) URL without credentials", u)
 		}
+	}
+	if v := c.SecretKeyEnv; v != "" && !envVarName.MatchString(v) {
+		return errs.Field(errs.Invalid, "secret_key_env", "secret_key_env %q is not an environment variable name", v)
 	}
 	if v := c.Langflow.APIKeyEnv; v != "" && !envVarName.MatchString(v) {
 		return errs.Field(errs.Invalid, "langflow.api_key_env", "langflow.api_key_env %q is not an environment variable name", v)

@@ -80,6 +80,7 @@ quota_engine: lease
 		Routing:            config.Default().Routing,
 		Gateway:            config.Default().Gateway,
 		Langflow:           config.Default().Langflow,
+		SecretKeyEnv:       config.Default().SecretKeyEnv,
 
 		MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 	}
@@ -184,7 +185,7 @@ admin_key: file-key
 					Sandbox:     config.Sandbox{Unenforced: "refuse", Workers: 2},
 					RedisPrefix: "sluice", UsageQueueMax: 100_000,
 					SettleOverrun: config.Default().SettleOverrun, SettleSanity: config.Default().SettleSanity,
-					Routing: config.Default().Routing, Gateway: config.Default().Gateway, Langflow: config.Default().Langflow,
+					Routing: config.Default().Routing, Gateway: config.Default().Gateway, Langflow: config.Default().Langflow, SecretKeyEnv: config.Default().SecretKeyEnv,
 
 					MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 				}

@@ -34,13 +34,26 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, secret string) (tenancy.Principal, error)
 }
 
+// KeyResolver returns the upstream key held for a user or their project
+// ("" when none is): *tenancy.Service.
+type KeyResolver interface {
+	ForwardKey(ctx context.Context, service, tenantID, userID, projectID string) (string, error)
+}
+
+// fwdKey carries the LangFlow key a request forwards with.
+type fwdKey struct{}
+
 // Handler is the front.
 type Handler struct {
 	// Upstream is the LangFlow server's base URL (http://langflow:7860).
 	Upstream *url.URL
 	// Key is the LangFlow API key Sluice forwards with; callers never see
 	// it nor send their own.
-	Key  llm.Secret
+	Key llm.Secret
+	// Keys, when set, holds the LangFlow keys of users and projects: a
+	// caller's call forwards with their own key, else their project's,
+	// else Key, so LangFlow attributes each run to a person.
+	Keys KeyResolver
 	Auth Authenticator
 	Gate *gate.Gate
 	Log  *slog.Logger
@@ -98,7 +111,7 @@ func (h *Handler) init() {
 					q.Del("x-api-key")
 					pr.Out.URL.RawQuery = q.Encode()
 				}
-				if k := h.Key.Reveal(); k != "" {
+				if k := h.keyFor(pr.In.Context()); k != "" {
 					pr.Out.Header.Set("X-Api-Key", k)
 				}
 				pr.SetXForwarded()
@@ -138,6 +151,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeDetail(w, errs.E(errs.Forbidden, "%s is refused through Sluice: %s. An admin can allow it for a tenant (langflow_code_tenants)", r.URL.Path, why))
 		return
 	}
+	if h.Keys != nil {
+		k, err := h.Keys.ForwardKey(r.Context(), tenancy.ServiceLangflow, p.TenantID, p.UserID, p.ProjectID)
+		if err != nil {
+			// Never forward under another identity than the one held for
+			// the caller: the call fails until the key is set again.
+			h.Log.LogAttrs(r.Context(), slog.LevelError, "langflow front: the caller's LangFlow key cannot be used",
+				slog.String("tenant", p.TenantID), slog.String("user", p.UserID), slog.String("error", err.Error()))
+			writeDetail(w, err)
+			return
+		}
+		if k != "" {
+			r = r.WithContext(context.WithValue(r.Context(), fwdKey{}, k))
+		}
+	}
 	who := metering.Who{TenantID: p.TenantID, UserID: p.UserID, ProjectID: p.ProjectID, KeyID: p.KeyID}
 	switch kind := governed(r); kind {
 	case "":
@@ -176,7 +203,9 @@ func (h *Handler) serveRun(w http.ResponseWriter, r *http.Request, who metering.
 	// leaves mid-answer, and the slot must be given back all the same.
 	defer func() {
 		if px.job && px.track.jobID != "" {
-			h.jobs.hold(px.track.jobID, slot, func(u quota.Usage) { h.release(r.Context(), slot, u) }, h.cancelJob)
+			key := h.keyFor(r.Context())
+			h.jobs.hold(px.track.jobID, slot, func(u quota.Usage) { h.release(r.Context(), slot, u) },
+				func(job string) { h.cancelJob(job, key) })
 			return
 		}
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) && r.Context().Err() == nil {
@@ -188,8 +217,18 @@ func (h *Handler) serveRun(w http.ResponseWriter, r *http.Request, who metering.
 	h.proxy.ServeHTTP(w, r.WithContext(ctx))
 }
 
-// cancelJob asks LangFlow to stop a build job whose run timeout passed.
-func (h *Handler) cancelJob(job string) {
+// keyFor is the LangFlow key a request forwards with: the one held for
+// its caller, else the server's.
+func (h *Handler) keyFor(ctx context.Context) string {
+	if k, _ := ctx.Value(fwdKey{}).(string); k != "" {
+		return k
+	}
+	return h.Key.Reveal()
+}
+
+// cancelJob asks LangFlow to stop a build job whose run timeout passed,
+// with the key the build was started with.
+func (h *Handler) cancelJob(job, key string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	u := h.Upstream.JoinPath("/api/v1/build", job, "cancel")
@@ -197,8 +236,8 @@ func (h *Handler) cancelJob(job string) {
 	if err != nil {
 		return
 	}
-	if k := h.Key.Reveal(); k != "" {
-		req.Header.Set("X-Api-Key", k)
+	if key != "" {
+		req.Header.Set("X-Api-Key", key)
 	}
 	tr := h.Transport
 	if tr == nil {

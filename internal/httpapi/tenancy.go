@@ -48,6 +48,40 @@ func (s *Server) tenancyRoutes(mux *http.ServeMux) {
 	})
 
 	mux.HandleFunc("GET /api/v1/admin/audit", list(s, t.Audit, func(v *tenancy.AuditEntry) string { return v.ID }))
+
+	// The keys Sluice forwards with to an upstream service (the LangFlow it
+	// fronts) per user or project, sealed at rest; answers show hints only.
+	mux.HandleFunc("GET /api/v1/admin/upstream-keys/{service}", func(w http.ResponseWriter, r *http.Request) {
+		ks, err := t.UpstreamKeys(r.Context(), r.PathValue("service"), r.URL.Query().Get("tenant_id"))
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"data": ks})
+	})
+	mux.HandleFunc("PUT /api/v1/admin/upstream-keys/{service}/{kind}/{id}", func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			APIKey string `json:"api_key"`
+		}
+		if err := decode(r, s.MaxBodyBytes, &in); err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		k, err := t.SetUpstreamKey(r.Context(), r.PathValue("service"), r.PathValue("kind")+"/"+r.PathValue("id"), in.APIKey)
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		w.Header().Set("Cache-Control", "no-store")
+		writeJSON(w, http.StatusOK, k)
+	})
+	mux.HandleFunc("DELETE /api/v1/admin/upstream-keys/{service}/{kind}/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if err := t.DeleteUpstreamKey(r.Context(), r.PathValue("service"), r.PathValue("kind")+"/"+r.PathValue("id")); err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
 }
 
 // createKeyResponse is a new key with its secret, shown this once, and

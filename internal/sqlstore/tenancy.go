@@ -485,7 +485,15 @@ func (c *conn) dropScope(scope string) error {
 	if _, err := c.exec(`DELETE FROM scope_limits WHERE scope = ?`, scope); err != nil {
 		return err
 	}
-	_, err := c.exec(`DELETE FROM grants WHERE scope = ?`, scope)
+	if _, err := c.exec(`DELETE FROM grants WHERE scope = ?`, scope); err != nil {
+		return err
+	}
+	// The upstream keys held for it: a tenant's all, else the scope's own.
+	if tenant, ok := strings.CutPrefix(scope, "tenant/"); ok {
+		_, err := c.exec(`DELETE FROM upstream_keys WHERE tenant_id = ?`, tenant)
+		return err
+	}
+	_, err := c.exec(`DELETE FROM upstream_keys WHERE scope = ?`, scope)
 	return err
 }
 
@@ -624,4 +632,50 @@ func (c *conn) Audit(f tenancy.Filter) ([]*tenancy.AuditEntry, error) {
 		}
 		return &e, nil
 	})
+}
+
+// ---- upstream keys ----
+
+const upstreamKeyCols = "tenant_id, service, scope, sealed, hint, updated_by, updated_at"
+
+func scanUpstreamKey(r scanner) (*tenancy.UpstreamKey, error) {
+	var k tenancy.UpstreamKey
+	var at int64
+	if err := r.Scan(&k.TenantID, &k.Service, &k.Scope, &k.Sealed, &k.Hint, &k.UpdatedBy, &at); err != nil {
+		return nil, err
+	}
+	k.UpdatedAt = fromMicros(at)
+	return &k, nil
+}
+
+func (c *conn) PutUpstreamKey(k *tenancy.UpstreamKey) error {
+	_, err := c.exec(`INSERT INTO upstream_keys (`+upstreamKeyCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (tenant_id, service, scope) DO UPDATE SET sealed = excluded.sealed, hint = excluded.hint,
+		updated_by = excluded.updated_by, updated_at = excluded.updated_at`,
+		k.TenantID, k.Service, k.Scope, k.Sealed, k.Hint, k.UpdatedBy, micros(k.UpdatedAt))
+	return err
+}
+
+func (c *conn) UpstreamKey(tenantID, service, scope string) (*tenancy.UpstreamKey, error) {
+	return one(c.queryRow(`SELECT `+upstreamKeyCols+` FROM upstream_keys WHERE tenant_id = ? AND service = ? AND scope = ?`,
+		tenantID, service, scope), scanUpstreamKey, "upstream key")
+}
+
+func (c *conn) UpstreamKeys(tenantID, service string) ([]*tenancy.UpstreamKey, error) {
+	var w where
+	w.eq("tenant_id", tenantID) // "" lists every tenant's
+	w.eq("service", service)
+	rows, err := c.query(`SELECT `+upstreamKeyCols+` FROM upstream_keys WHERE `+strings.Join(w.conds, " AND ")+` ORDER BY tenant_id, scope`, w.args...)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, func(r *sql.Rows) (*tenancy.UpstreamKey, error) { return scanUpstreamKey(r) })
+}
+
+func (c *conn) DeleteUpstreamKey(tenantID, service, scope string) error {
+	res, err := c.exec(`DELETE FROM upstream_keys WHERE tenant_id = ? AND service = ? AND scope = ?`, tenantID, service, scope)
+	if err != nil {
+		return err
+	}
+	return affected(res, "upstream key")
 }

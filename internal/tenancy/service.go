@@ -8,6 +8,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/id"
+	"github.com/sluicehq/sluice/internal/sealed"
 )
 
 // Page sizes for lists.
@@ -26,7 +27,8 @@ type Service struct {
 	// manager rebuilds its view of the tree).
 	OnChange func(ctx context.Context)
 
-	auth authCache
+	auth   authCache
+	sealer *sealed.Box // seals upstream keys (nil: none may be stored)
 }
 
 // update runs fn in a write transaction and, once it commits, tells

@@ -55,4 +55,11 @@ type Tx interface {
 
 	InsertAudit(e *AuditEntry) error
 	Audit(f Filter) ([]*AuditEntry, error)
+
+	// PutUpstreamKey inserts or replaces the key of its (tenant, service,
+	// scope).
+	PutUpstreamKey(k *UpstreamKey) error
+	UpstreamKey(tenantID, service, scope string) (*UpstreamKey, error)
+	UpstreamKeys(tenantID, service string) ([]*UpstreamKey, error) // tenantID "": every tenant's
+	DeleteUpstreamKey(tenantID, service, scope string) error
 }
