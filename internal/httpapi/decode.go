@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/sluicehq/sluice/internal/errs"
 )
@@ -51,7 +52,16 @@ func decodeError(err error, maxBytes int64) error {
 	case errors.As(err, &syntax):
 		return errs.E(errs.Invalid, "malformed JSON at byte %d: %v", syntax.Offset, syntax)
 	case errors.As(err, &typ):
-		field := typ.Field
+		// encoding/json names an embedded struct's fields through the
+		// struct's Go name (RunRequest.input_value): callers know JSON
+		// names only.
+		var parts []string
+		for _, p := range strings.Split(typ.Field, ".") {
+			if p != "" && !unicode.IsUpper(rune(p[0])) {
+				parts = append(parts, p)
+			}
+		}
+		field := strings.Join(parts, ".")
 		if field == "" {
 			return errs.E(errs.Invalid, "request body must be a JSON object, not %s", typ.Value)
 		}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/sluicehq/sluice/internal/errs"
 )
@@ -31,6 +32,22 @@ var statusOf = map[errs.Code]int{
 // errorBody is the one error shape of the API.
 type errorBody struct {
 	Error errorDetail `json:"error"`
+	// Detail repeats the message on LangFlow's routes, where LangFlow's
+	// clients read {"detail": …}.
+	Detail string `json:"detail,omitempty"`
+}
+
+// langflowRoutes are the path prefixes of LangFlow's API that Sluice
+// serves: their errors carry LangFlow's detail beside Sluice's error.
+var langflowRoutes = []string{"/api/v1/run/", "/api/v1/webhook/", "/api/v1/flows", "/api/v1/build/", "/api/v1/files/", "/api/v2/files"}
+
+func langflowRoute(path string) bool {
+	for _, p := range langflowRoutes {
+		if strings.HasPrefix(path, p) {
+			return true
+		}
+	}
+	return false
 }
 
 type errorDetail struct {
@@ -91,7 +108,11 @@ func writeErrorExtra(w http.ResponseWriter, r *http.Request, log *slog.Logger, e
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="sluice"`)
 	}
-	writeJSON(w, status, errorBody{Error: detail})
+	body := errorBody{Error: detail}
+	if langflowRoute(r.URL.Path) {
+		body.Detail = detail.Message
+	}
+	writeJSON(w, status, body)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

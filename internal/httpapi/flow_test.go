@@ -613,6 +613,16 @@ func TestOpenAIWireFormatThroughFlow(t *testing.T) {
 		if text, _ := answerText(t, r.body); text != answer {
 			t.Errorf("answer: got %q, want %q", text, answer)
 		}
+		// LangFlow's shape: the output's timedelta and duration; the
+		// message's source names the model node and its model.
+		o := r.body["outputs"].([]any)[0].(map[string]any)["outputs"].([]any)[0].(map[string]any)
+		if _, ok := o["timedelta"].(float64); !ok || !strings.HasSuffix(fmt.Sprint(o["duration"]), "ms") && !strings.Contains(fmt.Sprint(o["duration"]), "second") {
+			t.Errorf("output timedelta %v duration %v, want LangFlow's", o["timedelta"], o["duration"])
+		}
+		src := o["results"].(map[string]any)["message"].(map[string]any)["properties"].(map[string]any)["source"].(map[string]any)
+		if src["id"] != lm || src["source"] != "gpt-4o-mini" || src["display_name"] == "" {
+			t.Errorf("properties.source %v, want the model node %s and gpt-4o-mini", src, lm)
+		}
 		rec := e.runRecord(w.memberKey, r.str("run_id"))
 		if in, o := usageNum(rec.body, "input_tokens"), usageNum(rec.body, "output_tokens"); in != 57 || o != 11 {
 			t.Errorf("run usage: got %v in %v out, want the provider's 57 and 11", in, o)
@@ -638,11 +648,47 @@ func TestOpenAIWireFormatThroughFlow(t *testing.T) {
 		}
 	})
 
-	t.Run("stream", func(t *testing.T) {
+	t.Run("stream, the model node not streaming", func(t *testing.T) {
 		defer e.use(t)()
+		// As LangFlow: a model node whose stream field is off (the export's
+		// default) sends no tokens; the messages and the end still stream.
 		status, events := e.streamRun(w.memberKey, "basic", map[string]any{"input_value": "Stream it"})
 		if status != 200 {
 			t.Fatalf("stream: got %d, want 200", status)
+		}
+		var kinds []string
+		for _, ev := range events {
+			kinds = append(kinds, ev.Event)
+		}
+		if want := []string{"add_message", "add_message", "end"}; !slices.Equal(kinds, want) {
+			t.Errorf("events: got %v, want %v", kinds, want)
+		}
+		if last := oa.bodies()[len(oa.bodies())-1]; last["stream"] == true {
+			t.Errorf("the provider was asked to stream for a node that does not")
+		}
+	})
+
+	t.Run("stream", func(t *testing.T) {
+		defer e.use(t)()
+		status, events := e.streamRun(w.memberKey, "basic", map[string]any{"input_value": "Stream it",
+			"tweaks": map[string]any{lm: map[string]any{"stream": true}}})
+		if status != 200 {
+			t.Fatalf("stream: got %d, want 200", status)
+		}
+		// LangFlow's order: the user's message, an empty AI message, the
+		// tokens under its id (each with a timestamp), the AI message
+		// complete under the same id, the end.
+		if len(events) < 5 || events[1].Event != "add_message" || events[1].Data["text"] != "" || events[1].Data["sender"] != "Machine" {
+			t.Fatalf("events: want an empty AI add_message second, got %v", events)
+		}
+		streamID := events[1].Data["id"]
+		for _, ev := range events[2 : len(events)-2] {
+			if ev.Event != "token" || ev.Data["id"] != streamID || ev.Data["timestamp"] == nil {
+				t.Errorf("token event %v: want id %v and a timestamp", ev.Data, streamID)
+			}
+		}
+		if got := events[len(events)-2].Data["id"]; got != streamID {
+			t.Errorf("the complete AI message has id %v, want the streamed %v", got, streamID)
 		}
 		last := oa.bodies()[len(oa.bodies())-1]
 		if so, _ := last["stream_options"].(map[string]any); last["stream"] != true || so["include_usage"] != true {
@@ -1069,8 +1115,7 @@ func TestRunAndUploadRefusals(t *testing.T) {
 		{"unknown flow", a.memberKey, "POST", "/api/v1/run/nope", map[string]any{}, 404, "not_found", ""},
 		{"input_type video", a.memberKey, "POST", "/api/v1/run/basic", map[string]any{"input_value": "hi", "input_type": "video"}, 400, "invalid", "input_type"},
 		{"output_type bad", a.memberKey, "POST", "/api/v1/run/basic", map[string]any{"output_type": "pdf"}, 400, "invalid", "output_type"},
-		{"unknown run field", a.memberKey, "POST", "/api/v1/run/basic", `{"input_value":"hi","colour":"red"}`, 400, "invalid", "colour"},
-		{"unknown query parameter", a.memberKey, "POST", "/api/v1/run/basic?fast=1", map[string]any{}, 400, "invalid", "fast"},
+		{"known run field of the wrong type", a.memberKey, "POST", "/api/v1/run/basic", `{"input_value":5}`, 400, "invalid", "input_value"},
 		{"record of another tenant's run", b.memberKey, "GET", "/api/v1/runs/run_nope", nil, 404, "not_found", ""},
 	}
 	for _, tt := range tests {
@@ -1081,6 +1126,15 @@ func TestRunAndUploadRefusals(t *testing.T) {
 				t.Fatalf("got %d %s field %q, want %d %s field %q: %.300s", r.status, r.errCode(), r.errField(), tt.status, tt.code, tt.field, r.raw)
 			}
 		})
+	}
+	// As LangFlow: fields and query parameters it does not know are
+	// ignored; errors on its routes carry {"detail"} beside Sluice's error.
+	e.must(200, a.memberKey, "POST", "/api/v1/run/basic?fast=1", `{"input_value":"hi","colour":"red"}`)
+	if r := e.do(a.memberKey, "POST", "/api/v1/run/nope", map[string]any{}); r.status != 404 || !strings.Contains(r.raw, `"detail":"`) {
+		t.Errorf("an error on a LangFlow route: %d %s, want 404 with detail", r.status, r.raw)
+	}
+	if r := e.do(a.memberKey, "GET", "/api/v1/admin/users/nope", nil); strings.Contains(r.raw, `"detail"`) {
+		t.Errorf("an error on Sluice's own route carries LangFlow's detail: %s", r.raw)
 	}
 	// B cannot read A's run record either.
 	run := e.must(200, a.memberKey, "POST", "/api/v1/run/basic", map[string]any{"input_value": "hi"}).str("run_id")

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"math"
 	"net/http"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -171,6 +174,30 @@ func writeFlowError(w http.ResponseWriter, r *http.Request, s *Server, err error
 	writeError(w, r, s.Log, err)
 }
 
+// unknownRunFields lists the top-level fields of a run body that runBody
+// does not read.
+func unknownRunFields(raw []byte) []string {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return nil
+	}
+	known := map[string]bool{}
+	for _, t := range []reflect.Type{reflect.TypeFor[run.RunRequest](), reflect.TypeFor[runBody]()} {
+		for i := range t.NumField() {
+			name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+			known[name] = true
+		}
+	}
+	var out []string
+	for k := range m {
+		if !known[k] {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // runBody is LangFlow's run request, plus its body-level stream flag.
 type runBody struct {
 	run.RunRequest
@@ -185,11 +212,16 @@ func (s *Server) runFlow(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(bytes.TrimSpace(raw)) > 0 {
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&body); err != nil {
+		// As LangFlow, fields it does not know are ignored (and logged, so
+		// a misspelt one can be found); a known field of the wrong type is
+		// still refused, naming it.
+		if err := json.Unmarshal(raw, &body); err != nil {
 			writeError(w, r, s.Log, decodeError(err, s.MaxBodyBytes))
 			return
+		}
+		if unknown := unknownRunFields(raw); len(unknown) > 0 {
+			s.Log.LogAttrs(r.Context(), slog.LevelInfo, "run request: fields ignored", slog.String("request_id", requestID(r.Context())),
+				slog.Any("fields", unknown))
 		}
 	}
 	stream := false
@@ -203,8 +235,8 @@ func (s *Server) runFlow(w http.ResponseWriter, r *http.Request) {
 			}
 			stream = b
 		default:
-			writeError(w, r, s.Log, errs.Field(errs.Invalid, k, "unknown query parameter %q", k))
-			return
+			// LangFlow ignores query parameters it does not know (a
+			// caller's ?x-api-key= among them).
 		}
 	}
 	if body.Stream != nil {

@@ -126,6 +126,11 @@ func (s *state) output(ctx context.Context, n *flow.Node) error {
 		name = "AI"
 	}
 	m := s.newMessage(n, sender, name, text)
+	for _, e := range s.f.Incoming(n.ID) {
+		if id := s.streamIDs[e.Source]; id != "" && e.TargetInput == "input_value" {
+			m.ID = id // the message the tokens streamed under, now complete
+		}
+	}
 	if err := s.store(ctx, n, m); err != nil {
 		return err
 	}

@@ -147,6 +147,20 @@ type ComponentOutput struct {
 	Text        string
 	Message     *Message
 	Usage       Usage
+	// Source is the component whose value the output shows (LangFlow's
+	// message properties.source): the node on its input_value edge, and
+	// the model it called, if any.
+	Source Source
+	// Duration is how long the output's node took.
+	Duration time.Duration
+}
+
+// Source names the component a message came from, as LangFlow's message
+// properties.source does.
+type Source struct {
+	ID          string `json:"id,omitempty"`
+	DisplayName string `json:"display_name,omitempty"`
+	Model       string `json:"source,omitempty"`
 }
 
 // RunError is a run that ended early, with the status to record.
@@ -188,16 +202,19 @@ type templated struct {
 
 // state is one run in progress.
 type state struct {
-	e       *Executor
-	job     *Job
-	f       *flow.Flow
-	outputs map[string]map[string]value
-	inputs  map[string]map[string][]value
-	trace   []NodeTrace
-	usage   Usage
-	steps   int64
-	msgs    []*Message
-	start   time.Time
+	// streamIDs holds, per node, the id of the message its model call
+	// streamed tokens under.
+	streamIDs map[string]string
+	e         *Executor
+	job       *Job
+	f         *flow.Flow
+	outputs   map[string]map[string]value
+	inputs    map[string]map[string][]value
+	trace     []NodeTrace
+	usage     Usage
+	steps     int64
+	msgs      []*Message
+	start     time.Time
 	// callCount counts model calls, for the trace.
 	callCount int
 	// simulated is set once a simulated model answered.
@@ -422,6 +439,46 @@ func preview(s string) string {
 // collect gathers the run's result: its output components (filtered by
 // output_type / output_component), or, in flows without any (compact and
 // legacy chains), the values of the nodes nothing consumes.
+// sourceOf is the component on an output node's input_value edge, with
+// the model it called (LangFlow's properties.source).
+func (s *state) sourceOf(n *flow.Node) Source {
+	for _, e := range s.f.Incoming(n.ID) {
+		if e.TargetInput != "input_value" {
+			continue
+		}
+		src := s.f.Node(e.Source)
+		if src == nil {
+			break
+		}
+		name := src.DisplayName
+		if name == "" {
+			name = src.Type
+		}
+		return Source{ID: src.ID, DisplayName: name, Model: s.modelOf(src.ID)}
+	}
+	return Source{}
+}
+
+// modelOf is the model node id called, from its trace ("" for none).
+func (s *state) modelOf(id string) string {
+	for i := len(s.trace) - 1; i >= 0; i-- {
+		if s.trace[i].NodeID == id {
+			return s.trace[i].Model
+		}
+	}
+	return ""
+}
+
+// took is how long node id ran, from its trace.
+func (s *state) took(id string) time.Duration {
+	for i := len(s.trace) - 1; i >= 0; i-- {
+		if s.trace[i].NodeID == id {
+			return time.Duration(s.trace[i].DurationMS * float64(time.Millisecond))
+		}
+	}
+	return 0
+}
+
 func (s *state) collect() []ComponentOutput {
 	var out []ComponentOutput
 	for _, n := range s.f.Nodes {
@@ -444,7 +501,8 @@ func (s *state) collect() []ComponentOutput {
 		}
 		// An output component has one output: "message" or "text".
 		if v, ok := s.outputs[n.ID][c.Outputs[0].Name]; ok {
-			out = append(out, ComponentOutput{NodeID: n.ID, DisplayName: n.DisplayName, Type: n.Type, Text: v.text, Message: v.message})
+			out = append(out, ComponentOutput{NodeID: n.ID, DisplayName: n.DisplayName, Type: n.Type, Text: v.text, Message: v.message,
+				Source: s.sourceOf(n), Duration: s.took(n.ID)})
 		}
 	}
 	if len(out) > 0 || s.hasOutputComponents() {
@@ -455,7 +513,8 @@ func (s *state) collect() []ComponentOutput {
 			continue
 		}
 		if s.outputs[n.ID] != nil {
-			out = append(out, ComponentOutput{NodeID: n.ID, DisplayName: n.DisplayName, Type: n.Type, Text: s.textOf(n.ID)})
+			out = append(out, ComponentOutput{NodeID: n.ID, DisplayName: n.DisplayName, Type: n.Type, Text: s.textOf(n.ID),
+				Source: Source{ID: n.ID, DisplayName: n.DisplayName, Model: s.modelOf(n.ID)}, Duration: s.took(n.ID)})
 		}
 	}
 	return out

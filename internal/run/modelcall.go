@@ -3,10 +3,12 @@ package run
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/flow"
 	"github.com/sluicehq/sluice/internal/gate"
+	"github.com/sluicehq/sluice/internal/id"
 	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/quota"
 )
@@ -53,6 +55,10 @@ type CallResult struct {
 	// Model names the model that answered, for the trace, with a note when
 	// it stood in for another ("" when no model was resolved).
 	Model string `json:"model,omitempty"`
+	// StreamID is the id of the message the call's tokens were streamed
+	// under ("" when it did not stream): the chat output that shows the
+	// answer keeps it, as LangFlow's does.
+	StreamID string `json:"stream_id,omitempty"`
 }
 
 // modelName reads the model a node selected, in any of the shapes LangFlow
@@ -110,7 +116,7 @@ func (e *Executor) resolveModel(job *Job, c ModelCall) (*llm.Model, string, erro
 // run and the node's trace.
 func (s *state) complete(ctx context.Context, caller, modelNode *flow.Node, msgs []llm.Message, tools []llm.Tool, t *NodeTrace) (llm.Response, error) {
 	c := ModelCall{NodeID: caller.ID, ModelNodeID: modelNode.ID, Model: s.modelName(modelNode), Messages: msgs, Tools: tools,
-		Stream: s.job.OnEvent != nil && len(tools) == 0}
+		Stream: s.job.OnEvent != nil && len(tools) == 0 && s.streams(modelNode)}
 	if v, ok := s.param(modelNode, "temperature").Float(); ok {
 		c.Temperature = &v
 	}
@@ -130,7 +136,20 @@ func (s *state) complete(ctx context.Context, caller, modelNode *flow.Node, msgs
 	if r.Model != "" {
 		t.Model = r.Model
 	}
+	if r.StreamID != "" {
+		if s.streamIDs == nil {
+			s.streamIDs = map[string]string{}
+		}
+		s.streamIDs[caller.ID] = r.StreamID
+	}
 	return r.Response, err
+}
+
+// streams reports whether a model node streams its answer (its stream
+// field): only then does a streamed run carry its tokens, as in LangFlow.
+func (s *state) streams(n *flow.Node) bool {
+	b, ok := s.param(n, "stream").Bool()
+	return ok && b
 }
 
 // Call makes one governed model call in this process: reserve tokens (and
@@ -184,9 +203,20 @@ func (e *Executor) call(ctx context.Context, job *Job, c ModelCall, m *llm.Model
 	gc := gate.Call{Who: job.Who, Kind: "model_call", Model: m, Candidates: cands, Request: req, MaxTokensPerCall: job.Caps.MaxTokensPerCall,
 		Field: "nodes." + c.NodeID, Subject: "node " + c.NodeID}
 	if c.Stream && job.OnEvent != nil && len(req.Tools) == 0 {
-		msgID := c.NodeID
+		// As LangFlow: an empty AI message first, then the tokens under
+		// its id; the chat output's message keeps the id.
+		msgID := id.New("msg")
 		gc.OnChunk = func(chunk string) {
-			job.OnEvent("token", map[string]any{"chunk": chunk, "id": msgID})
+			now := time.Now().UTC()
+			if out.StreamID == "" {
+				out.StreamID = msgID
+				msg := messageJSON(&Message{ID: msgID, FlowID: job.FlowID, SessionID: job.SessionID, Sender: "Machine", SenderName: "AI", CreatedAt: now})
+				props := msg["properties"].(map[string]any)
+				props["state"] = "partial"
+				props["source"] = Source{ID: c.ModelNodeID, DisplayName: c.ModelNodeID, Model: m.Name()}
+				job.OnEvent("add_message", msg)
+			}
+			job.OnEvent("token", map[string]any{"chunk": chunk, "id": msgID, "timestamp": now.Format("2006-01-02 15:04:05 MST")})
 		}
 	}
 	g := e.Gate

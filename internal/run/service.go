@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -505,6 +508,27 @@ func messageJSON(m *Message) map[string]any {
 	}
 }
 
+// elapsed formats a duration as LangFlow's format_elapsed_time does:
+// "12 ms", "1.5 seconds", "2 minutes, 3.1 seconds".
+func elapsed(d time.Duration) string {
+	unit := func(v float64, one, many string) string {
+		if v == 1 {
+			return one
+		}
+		return many
+	}
+	switch {
+	case d < time.Second:
+		return fmt.Sprintf("%d ms", d.Round(time.Millisecond).Milliseconds())
+	case d < time.Minute:
+		v := math.Round(d.Seconds()*10) / 10
+		return strconv.FormatFloat(v, 'f', -1, 64) + " " + unit(v, "second", "seconds")
+	}
+	m := math.Floor(d.Minutes())
+	sec := math.Round((d.Seconds()-m*60)*10) / 10
+	return fmt.Sprintf("%d %s, %s %s", int64(m), unit(m, "minute", "minutes"), strconv.FormatFloat(sec, 'f', -1, 64), unit(sec, "second", "seconds"))
+}
+
 // Response renders an outcome as LangFlow's run response.
 func (o *Outcome) Response(req RunRequest) map[string]any {
 	var outs []any
@@ -515,6 +539,9 @@ func (o *Outcome) Response(req RunRequest) map[string]any {
 		}
 		mj := messageJSON(m)
 		props := mj["properties"].(map[string]any)
+		if c.Source.ID != "" {
+			props["source"] = c.Source
+		}
 		props["usage"] = map[string]any{"input_tokens": o.Record.Usage.InputTokens, "output_tokens": o.Record.Usage.OutputTokens,
 			"total_tokens": o.Record.Usage.InputTokens + o.Record.Usage.OutputTokens}
 		if o.Result.Simulated {
@@ -528,6 +555,7 @@ func (o *Outcome) Response(req RunRequest) map[string]any {
 			"messages": []any{map[string]any{"message": c.Text, "sender": m.Sender, "sender_name": m.SenderName,
 				"session_id": m.SessionID, "component_id": c.NodeID, "type": "message"}},
 			"component_display_name": c.DisplayName, "component_id": c.NodeID, "used_frozen_result": false,
+			"timedelta": c.Duration.Seconds(), "duration": elapsed(c.Duration),
 		})
 	}
 	if outs == nil {

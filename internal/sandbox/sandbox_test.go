@@ -261,7 +261,7 @@ func TestSandboxedRunMatchesInProcess(t *testing.T) {
 	ctx := context.Background()
 	const memoryFlow = `{"nodes":[{"id":"in","type":"ChatInput"},{"id":"mem","type":"Memory"},
 	{"id":"p","type":"Prompt","data":{"template":"History:\n{history}\nNow: {q}"}},
-	{"id":"llm","type":"LanguageModelComponent"},{"id":"out","type":"ChatOutput"}],
+	{"id":"llm","type":"LanguageModelComponent","data":{"stream":true}},{"id":"out","type":"ChatOutput"}],
 	"edges":[{"source":"in","target":"p","targetHandle":"q"},{"source":"mem","target":"p","targetHandle":"history"},{"source":"p","target":"llm"},{"source":"llm","target":"out"}]}`
 	inProcess := &run.Service{Store: st.store, Exec: st.exec, Log: st.exec.Log}
 	type events struct {
