@@ -497,3 +497,116 @@ func TestFrontForwardsEachCallersOwnKey(t *testing.T) {
 		t.Errorf("bob with an unreadable key: %d %s, want 503 saying why", resp.StatusCode, b)
 	}
 }
+
+// TestFrontModelsMeteredThroughV1 is docs/langflow-front.md's "Metering
+// every token" end to end: LangFlow's model component calls Sluice's /v1
+// with the calling user's Sluice key (a LangFlow variable of that user,
+// found here by the user's own LangFlow key, which the front forwarded),
+// and with charge_reported_usage off every token is in the ledger once,
+// exactly as the provider reported it, on the user: the model call as a
+// gateway call, the run as a langflow_run with no tokens.
+func TestFrontModelsMeteredThroughV1(t *testing.T) {
+	up := newUpstream(t)
+	var sluiceURL string
+	var mu sync.Mutex
+	sluiceKeyOf := map[string]string{} // LangFlow key → the user's Sluice key (a LangFlow variable)
+	lf := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		mu.Lock()
+		key := sluiceKeyOf[r.Header.Get("X-Api-Key")]
+		mu.Unlock()
+		if key == "" {
+			w.WriteHeader(403)
+			io.WriteString(w, `{"detail":"Invalid API key"}`)
+			return
+		}
+		// The flow's OpenAI component, base URL Sluice's /v1.
+		req, _ := http.NewRequestWithContext(r.Context(), "POST", sluiceURL+"/v1/chat/completions",
+			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			w.WriteHeader(500)
+			return
+		}
+		var cc struct {
+			Choices []struct {
+				Message struct{ Content string } `json:"message"`
+			} `json:"choices"`
+			Usage struct {
+				Prompt     int `json:"prompt_tokens"`
+				Completion int `json:"completion_tokens"`
+			} `json:"usage"`
+		}
+		json.NewDecoder(resp.Body).Decode(&cc)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || len(cc.Choices) == 0 {
+			w.WriteHeader(500)
+			fmt.Fprintf(w, `{"detail":"model call answered %d"}`, resp.StatusCode)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"session_id":"f1","outputs":[{"inputs":{"input_value":"hi"},"outputs":[{"results":{"message":{"text":%q,"properties":{"usage":{"input_tokens":%d,"output_tokens":%d}}}}}]}]}`,
+			cc.Choices[0].Message.Content, cc.Usage.Prompt, cc.Usage.Completion)
+	}))
+	t.Cleanup(lf.Close)
+
+	cfg := testConfig(t)
+	cfg.AdminKey = gwAdmin
+	cfg.Models = append(cfg.Models, up.model("gpt-4o-mini"))
+	cfg.Langflow.Upstream = lf.URL
+	cfg.Langflow.ChargeReportedUsage = false
+	cfg.SecretKeyEnv = "SLUICE_TEST_SECRET"
+	t.Setenv("SLUICE_TEST_SECRET", "test secret: thirty-two bytes or more of it")
+	s := start(t, cfg)
+	sluiceURL = s.url
+	// Concurrency 2: the run holds one slot through the front, its model
+	// call through /v1 another (docs/langflow-front.md).
+	a := applyPolicy(t, s.url, gwAdmin, strings.Replace(frontPolicy, "concurrency: 1", "concurrency: 2", 1))
+	mu.Lock()
+	sluiceKeyOf["lf-alice"] = a.key
+	mu.Unlock()
+	if code, m := call(t, "PUT", s.url+"/api/v1/admin/upstream-keys/langflow/user/"+a.userID, a.key, `{"api_key":"lf-alice"}`); code != 200 {
+		t.Fatalf("alice's LangFlow key: %d %v", code, m)
+	}
+	for range 3 {
+		resp := lfPost(t, context.Background(), s.url+"/api/v1/run/f1", a.key, `{"input_value":"hi"}`)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("run: %d %s", resp.StatusCode, b)
+		}
+	}
+	var ledger, gateway, runs int64
+	waitFor(t, "3 runs and 3 model calls in the ledger", func() (bool, string) {
+		evs, err := s.app.store.UsageEvents(context.Background(), a.tenantID, time.Unix(0, 0), time.Now().Add(time.Hour), 100)
+		if err != nil {
+			return false, err.Error()
+		}
+		ledger, gateway, runs = 0, 0, 0
+		var kinds []string
+		for _, e := range evs {
+			if e.UserID != a.userID {
+				continue
+			}
+			kinds = append(kinds, e.Kind+"/"+e.Model)
+			ledger += e.InputTokens + e.OutputTokens
+			switch e.Kind {
+			case "langflow_run":
+				runs++
+				if e.InputTokens+e.OutputTokens != 0 {
+					return false, fmt.Sprintf("a langflow_run charged %d tokens: counted twice", e.InputTokens+e.OutputTokens)
+				}
+			default:
+				if e.Model == "gpt-4o-mini" {
+					gateway++
+				}
+			}
+		}
+		return runs == 3 && gateway == 3, fmt.Sprint(kinds)
+	})
+	if want := up.reportedTokens(); ledger != want || want != 3*(upPromptTokens+upCompletionTokens) {
+		t.Errorf("alice's ledger holds %d tokens, the provider reported %d (want 3×%d)", ledger, want, upPromptTokens+upCompletionTokens)
+	}
+}
