@@ -38,7 +38,7 @@ func newLangflow(t *testing.T) *langflow {
 	return lf
 }
 
-const lfRunAnswer = `{"session_id":"s1","outputs":[{"inputs":{"input_value":"hi"},"outputs":[{"results":{"message":{"id":"m1","text":"Hello!","sender":"Machine","sender_name":"AI","properties":{"source":{"id":"OpenAIModel-x","display_name":"OpenAI","source":"gpt-4o-mini"},"usage":{"input_tokens":30,"output_tokens":12,"total_tokens":42}}}},"messages":[{"id":"m1","message":"Hello!","properties":{"usage":{"input_tokens":30,"output_tokens":12,"total_tokens":42}}}],"timedelta":0.5,"duration":"0.5 seconds","component_display_name":"Chat Output","component_id":"ChatOutput-1"}]}]}`
+const lfRunAnswer = `{"session_id":"s1","outputs":[{"inputs":{"input_value":"hi"},"outputs":[{"results":{"message":{"id":"m1","text":"Hello!","sender":"Machine","sender_name":"AI","properties":{"source":{"id":"OpenAIModel-x","display_name":"OpenAI","source":"gpt-4o-mini"},"usage":{"input_tokens":30,"output_tokens":12,"total_tokens":42}}}},"outputs":{"message":{"message":"Hello!","type":"text"}},"messages":[{"id":"m1","message":"Hello!","properties":{"usage":{"input_tokens":30,"output_tokens":12,"total_tokens":42}}}],"timedelta":0.5,"duration":"0.5 seconds","component_display_name":"Chat Output","component_id":"ChatOutput-1"}]}]}`
 
 func (lf *langflow) serve(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.ReadAll(r.Body) // as LangFlow reads its JSON body (and then notices a caller gone)
@@ -54,6 +54,14 @@ func (lf *langflow) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch {
+	case r.URL.Path == "/api/v1/run/missing":
+		w.WriteHeader(404)
+		io.WriteString(w, `{"detail":"Flow identifier missing not found"}`)
+	case r.Method == "POST" && strings.HasPrefix(r.URL.Path, "/api/v1/files/upload/"):
+		flow := strings.TrimPrefix(r.URL.Path, "/api/v1/files/upload/")
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(201)
+		fmt.Fprintf(w, `{"flowId":%q,"file_path":%q}`, flow, flow+"/2026-12-03_10-00-00_notes.txt")
 	case strings.HasPrefix(r.URL.Path, "/api/v1/run/") && r.URL.Query().Get("stream") == "true":
 		w.Header().Set("Content-Type", "text/event-stream")
 		fl := w.(http.Flusher)
