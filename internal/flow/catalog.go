@@ -436,6 +436,7 @@ var Components = map[string]*Component{
 		Aliases: []string{"CurrentDateComponent"},
 		Inputs:  []Input{msg("timezone"), lit("tools_metadata")},
 		Outputs: []Output{{Name: "current_date", Type: typeMessage}},
+		IsTool:  true,
 	},
 	"SplitText": {
 		Type:    "SplitText",

@@ -70,6 +70,18 @@ func (s *state) toolFor(n *flow.Node) *tool {
 			}
 			return strings.Join(out, "\n\n"), nil
 		}
+	case "CurrentDate":
+		// LangFlow's tool of the component's get_current_date output.
+		t.def = llm.Tool{Name: "get_current_date", Description: "Returns the current date and time in the selected timezone."}
+		schema = objectSchema(map[string]any{"timezone": map[string]any{"type": "string",
+			"description": "The IANA time zone to give the date and time in (for example Europe/Paris); UTC when empty."}}, "")
+		t.run = func(_ context.Context, args map[string]any) (string, error) {
+			zone, _ := args["timezone"].(string)
+			if zone == "" {
+				zone = s.text(n, "timezone")
+			}
+			return currentDateText(s.e.now(), zone), nil
+		}
 	case "APIRequest":
 		t.def = llm.Tool{Name: "make_request", Description: "Make an HTTP request to a URL."}
 		schema = objectSchema(map[string]any{"url": map[string]any{"type": "string"}, "method": map[string]any{"type": "string"}}, "url")
