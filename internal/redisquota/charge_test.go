@@ -47,7 +47,7 @@ func TestCharge(t *testing.T) {
 	srv := sharedServer(t)
 	c := newClient(t, srv.addr)
 	clk := newClock() // 2026-03-31 15:00 UTC: 23:00 in Shanghai, 11:00 in New York
-	b, prefix := newBackend(t, c, redisquota.Options{Clock: clk.Now})
+	b, prefix := newBackend(t, c, redisquota.Options{Clock: clk.Now, Timeout: loadedTimeout})
 	ctx := context.Background()
 	load := func(name string) *time.Location {
 		loc, err := time.LoadLocation(name)
@@ -144,7 +144,7 @@ func TestCharge(t *testing.T) {
 func TestChargeInvalid(t *testing.T) {
 	srv := sharedServer(t)
 	c := newClient(t, srv.addr)
-	b, _ := newBackend(t, c, redisquota.Options{})
+	b, _ := newBackend(t, c, redisquota.Options{Timeout: loadedTimeout})
 	ctx := context.Background()
 	chain := []quota.Scope{{Key: "a"}}
 	now := time.Now()
@@ -188,7 +188,7 @@ func TestChargeNoScript(t *testing.T) {
 	c := newClient(t, srv.addr)
 	h := &cmdNames{}
 	c.AddHook(h)
-	b, _ := newBackend(t, c, redisquota.Options{})
+	b, _ := newBackend(t, c, redisquota.Options{Timeout: loadedTimeout})
 	ctx := context.Background()
 	chain := []quota.Scope{{Key: "global"}, {Key: "t/a"}}
 	for i := range 2 {
@@ -236,7 +236,7 @@ func TestChargeMatchesMemory(t *testing.T) {
 			clk := &fakeClock{now: time.Date(2026, 1, 30, 20, 0, 0, 0, time.UTC)}
 			mem := quota.NewMemory(quota.Options{Now: clk.Now})
 			t.Cleanup(func() { mem.Close() })
-			rb, _ := newBackend(t, c, redisquota.Options{Clock: clk.Now})
+			rb, _ := newBackend(t, c, redisquota.Options{Clock: clk.Now, Timeout: loadedTimeout})
 			keys := []string{"global", "t/a", "t/b", "u/x", "u/y"}
 			zoneOf := map[string]*time.Location{}
 			for _, k := range keys {
@@ -290,7 +290,7 @@ func TestChargeRates(t *testing.T) {
 	srv := sharedServer(t)
 	c := newClient(t, srv.addr)
 	clk := newClock()
-	b, _ := newBackend(t, c, redisquota.Options{Clock: clk.Now})
+	b, _ := newBackend(t, c, redisquota.Options{Clock: clk.Now, Timeout: loadedTimeout})
 	ctx := context.Background()
 	lim := &quota.Limits{Requests: quota.Rate{Limit: 600, Period: time.Minute, Burst: 50},
 		TokensRate: quota.Rate{Limit: 6000, Period: time.Minute}}
