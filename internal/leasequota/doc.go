@@ -281,7 +281,14 @@
 // reservations out of the lease and settles them at once (freed, use
 // charged; TestSettleElsewhereBeforeEveryTagIsRecorded). A record that
 // never lands (the issuer died in between) leaves them in its lease
-// record, reclaimed as for any unrecorded ticket.
+// record, reclaimed as for any unrecorded ticket. The same test's 6 to 10
+// runs held at once under load were not the engine's: an instance decided
+// acquires on a policy snapshot that did not have the user's limits yet
+// (the key is authenticated from the store, the snapshot trails it by up
+// to the watch interval), so its user lease was granted as unlimited;
+// the cluster now waits for every instance to hold the user's limits.
+// An acquire keeps the chain it started with for as long as it waits on
+// the store (seconds under load).
 // Left: a settle elsewhere does not refund tokens_rate (the bucket keeps
 // the reservation: under-admission of at most the difference for one
 // period); a replayed settle of a ticket settled on its issuer before it
