@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os/exec"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -104,11 +106,21 @@ func startClusterWith(t *testing.T, policy string, redisTimeout time.Duration, m
 	}
 	member := applyPolicy(t, c.apps[0].url, c.admin, policy)
 	c.user, c.tenant, c.key = member.userID, member.tenantID, member.key
-	// Every instance must know the new project before the load starts.
+	// Every instance must know the new project before the load starts,
+	// and the user's limits: an instance authenticates the key from the
+	// store but decides on its policy snapshot, which trails the store
+	// by up to the watch interval, so an acquire there in between is
+	// decided without them (TestLeaseEngineLimitsHold held 6 to 10 runs
+	// at once under load: acquires that began on such a snapshot leased
+	// the user's slots as unlimited).
+	if err := c.apps[0].app.policy.Manager().Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := c.apps[0].app.policy.Manager().Current().Effective("user/" + c.user).Spec
 	for _, a := range c.apps {
 		eventually(t, patience, "instance sees the policy", func() bool {
 			code, _ := call(t, "GET", a.url+"/api/v1/usage", c.key, "")
-			return code == 200
+			return code == 200 && reflect.DeepEqual(a.app.policy.Manager().Current().Effective("user/"+c.user).Spec, want)
 		})
 	}
 	return c

@@ -268,6 +268,27 @@
 // RecordTickets, and a periodic sweep): a decision short of budget finds
 // them back. Close records every live ticket before returning its
 // leases, so the tickets of a stopped instance still settle elsewhere.
+// The issuer records a ticket on each of its tags in a separate call, so
+// a settle elsewhere can find the record on one tag and not yet on the
+// other: it used to settle the tags that knew the ticket and answer, and
+// the late record then kept its reservations (a slot, and the ask's
+// tokens, use uncharged) counted on a live record until its expiry —
+// under load, cmd/sluice's TestLeaseEngineLimitsHold ended with a slot
+// still counted on the global or the tenant's scopes about one run in
+// six. Now the settle leaves a settled record with no reservation on each
+// tag that does not know the ticket (Store.SettleTicketAhead, for
+// ReplayTTL), and the issuer's record, when it lands on it, moves the
+// reservations out of the lease and settles them at once (freed, use
+// charged; TestSettleElsewhereBeforeEveryTagIsRecorded). A record that
+// never lands (the issuer died in between) leaves them in its lease
+// record, reclaimed as for any unrecorded ticket. The same test's 6 to 10
+// runs held at once under load were not the engine's: an instance decided
+// acquires on a policy snapshot that did not have the user's limits yet
+// (the key is authenticated from the store, the snapshot trails it by up
+// to the watch interval), so its user lease was granted as unlimited;
+// the cluster now waits for every instance to hold the user's limits.
+// An acquire keeps the chain it started with for as long as it waits on
+// the store (seconds under load).
 // Left: a settle elsewhere does not refund tokens_rate (the bucket keeps
 // the reservation: under-admission of at most the difference for one
 // period); a replayed settle of a ticket settled on its issuer before it

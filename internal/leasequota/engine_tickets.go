@@ -48,6 +48,7 @@ import (
 type ticketStore interface {
 	RecordTickets(ctx context.Context, tenant string, recs []TicketRecord) (RecordResult, error)
 	SettleTicket(ctx context.Context, tenant, id string, u quota.Usage) (TicketSettle, error)
+	SettleTicketAhead(ctx context.Context, tenant, id string, u quota.Usage, known TicketView) (TicketSettle, error)
 	HeartbeatTicket(ctx context.Context, tenant, id string, expires time.Time) (time.Time, error)
 	LookupTicket(ctx context.Context, tenant, id string) (TicketView, error)
 	ReclaimTickets(ctx context.Context, tenant string) (int, error)
@@ -400,14 +401,17 @@ func (e *Engine) ensureRecorded(ctx context.Context, t *ticket) error {
 func (e *Engine) settleStored(ctx context.Context, id string, tags []string, u quota.Usage, wait bool) (quota.Settlement, []TicketView, error) {
 	for try := 0; ; try++ {
 		var (
-			st    quota.Settlement
-			found bool
-			views []TicketView
-			errs  []error
+			st      quota.Settlement
+			found   bool
+			first   TicketView
+			views   []TicketView
+			errs    []error
+			missing []string
 		)
 		for _, tag := range tags {
 			res, err := e.ts.SettleTicket(ctx, tag, id, u)
 			if errors.Is(err, quota.ErrUnknownTicket) {
+				missing = append(missing, tag)
 				continue
 			}
 			if err != nil {
@@ -419,10 +423,29 @@ func (e *Engine) settleStored(ctx context.Context, id string, tags []string, u q
 				st = quota.Settlement{TicketID: id, Usage: v.Usage, ReservedTokens: v.Tokens, ReservedGPUMillis: v.GPUMillis,
 					ReservedCostMicros: v.CostMicros, Overrun: v.Overrun, SettledAt: v.SettledAt.UTC(), Late: v.Late,
 					Replay: res.Replay, Meta: v.Meta}
+				first = v
 			}
 			found = true
 			if !res.Replay {
 				views = append(views, res.Ticket)
+			}
+		}
+		if found && len(errs) == 0 {
+			// The issuer records a ticket on each tag in its own call:
+			// a tag that does not know it yet may be about to. The
+			// settlement waits there for the record, which settles its
+			// reservations as it lands; without it they stayed counted
+			// on a live record until its expiry (a slot and a
+			// reservation per ticket settled in that gap).
+			for _, tag := range missing {
+				res, err := e.ts.SettleTicketAhead(ctx, tag, id, first.Usage, first)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				if !res.Replay && !res.Ahead {
+					views = append(views, res.Ticket) // recorded meanwhile, and settled now
+				}
 			}
 		}
 		if len(errs) > 0 {

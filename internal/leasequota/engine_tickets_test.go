@@ -3,6 +3,7 @@ package leasequota_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -222,5 +223,100 @@ func TestAcquireBudgets(t *testing.T) {
 	}
 	if budgets[0].TokensDay.Used != 0 {
 		t.Errorf("global, unlimited, reported %+v; want nothing", budgets[0])
+	}
+}
+
+// gatedRecords is a store whose RecordTickets calls on one tag wait for
+// gate: the issuer's record on that tag is still in flight while its
+// record on the other tag is in.
+type gatedRecords struct {
+	*leasequota.Store
+	tag  string
+	gate chan struct{}
+}
+
+func (g *gatedRecords) RecordTickets(ctx context.Context, tenant string, recs []leasequota.TicketRecord) (leasequota.RecordResult, error) {
+	if tenant == g.tag {
+		select {
+		case <-g.gate:
+		case <-ctx.Done():
+			return leasequota.RecordResult{}, ctx.Err()
+		}
+	}
+	return g.Store.RecordTickets(ctx, tenant, recs)
+}
+
+// TestSettleElsewhereBeforeEveryTagIsRecorded: the issuer records a ticket
+// on each of its tags in separate calls, so another instance may settle it
+// while one tag has its record and the other not yet (a loaded machine:
+// cmd/sluice's TestLeaseEngineLimitsHold left 1 slot and a reservation
+// counted on the scopes of the late tag after every ticket was settled).
+// The settle must reach the late tag too: its reservations are freed and
+// its use charged when the record lands, and nothing stays counted once
+// the issuer has stopped.
+func TestSettleElsewhereBeforeEveryTagIsRecorded(t *testing.T) {
+	for _, late := range []string{"acme", ""} {
+		t.Run("late tag "+strconv.Quote(late), func(t *testing.T) {
+			clk := quotatest.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
+			st := newStore(t, newClient(t), nil, leasequota.Options{Clock: clk.Now})
+			g := &gatedRecords{Store: st, tag: late, gate: make(chan struct{})}
+			opened := false
+			open := func() {
+				if !opened {
+					opened = true
+					close(g.gate)
+				}
+			}
+			defer open()
+			a, err := leasequota.NewEngine(g, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantResolver, Instance: "insta"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := leasequota.NewEngine(st, leasequota.EngineOptions{Now: clk.Now, Tenant: tenantResolver, Instance: "instb"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { b.Close() })
+			ctx := t.Context()
+			lim := &quota.Limits{TokensDay: quota.AtMost(10_000), Concurrency: quota.AtMost(2)}
+			chain := []quota.Scope{{Key: "global", Limits: &quota.Limits{TokensDay: quota.AtMost(1_000_000), Concurrency: quota.AtMost(100)}},
+				{Key: "t/acme", Limits: lim}, {Key: "t/acme/u1", Limits: lim}}
+			tk, err := a.Acquire(ctx, quota.Request{Chain: chain, Ask: quota.Ask{Tokens: 1000, Concurrency: true}, TTL: time.Hour, Meta: "m1"})
+			if err != nil {
+				t.Fatalf("Acquire on a: %v", err)
+			}
+			early := "acme"
+			if late == "acme" {
+				early = ""
+			}
+			// a's recorder has the record in on the early tag; the late one waits.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				if _, err := st.LookupTicket(ctx, early, tk.ID); err == nil {
+					break
+				} else if !errors.Is(err, quota.ErrUnknownTicket) || time.Now().After(deadline) {
+					t.Fatalf("the record on tag %q: %v", early, err)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			use := quota.Usage{InputTokens: 200, OutputTokens: 100}
+			s1, err := b.Settle(ctx, tk.ID, use)
+			if err != nil || s1.ReservedTokens != 1000 || s1.Meta != "m1" || s1.Replay {
+				t.Fatalf("Settle on b: got %+v, %v; want reserved 1000, meta m1", s1, err)
+			}
+			open() // the late record lands
+			if err := a.Close(); err != nil {
+				t.Fatalf("Close a: %v", err)
+			}
+			for _, key := range []string{"global", "t/acme", "t/acme/u1"} {
+				if tokens, slots := readUse(t, st, key); tokens != 300 || slots != 0 {
+					t.Errorf("%s after the settle and a's stop: %d tokens and %d slots counted, want the 300 used and none", key, tokens, slots)
+				}
+			}
+			again, err := b.Settle(ctx, tk.ID, quota.Usage{InputTokens: 1})
+			if err != nil || !again.Replay || again.Usage != use || again.ReservedTokens != 1000 || again.Meta != "m1" {
+				t.Fatalf("replay on b: got %+v, %v; want the first settlement, replayed", again, err)
+			}
+		})
 	}
 }

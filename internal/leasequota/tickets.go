@@ -137,6 +137,9 @@ type TicketSettle struct {
 	// Replay is true when the ticket had been settled before this call:
 	// Ticket holds the first settlement and nothing changed.
 	Replay bool
+	// Ahead is true when SettleTicketAhead found no record and left a
+	// settled one in its place, which the issuer's record will settle.
+	Ahead  bool
 	Ticket TicketView
 }
 
@@ -274,9 +277,31 @@ func (s *Store) RecordTickets(ctx context.Context, tenant string, recs []TicketR
 // input plus output tokens, GPU the GPU ms, cost the cost µ$. Rates are
 // not touched (the engine adjusts tokens_rate).
 func (s *Store) SettleTicket(ctx context.Context, tenant, id string, u quota.Usage) (TicketSettle, error) {
+	return s.settleTicket(ctx, tenant, id, u, nil)
+}
+
+// SettleTicketAhead is SettleTicket for a ticket that known, as another of
+// its tags holds it (known: its view there, settled by the same usage), may
+// not be recorded on tenant's tag yet: its issuer records a ticket on each
+// tag in a separate call, so a settle elsewhere can come between them.
+// When the record is there it is settled as SettleTicket does. When it is
+// not, the settlement is kept in its place (Ahead, for Options.ReplayTTL),
+// with known's figures, so that the issuer's RecordTickets settles the
+// reservations as it records them (freed at once, use charged) rather than
+// leave them counted on a live record until its expiry. A record that
+// never comes (the issuer died first) leaves the reservations in its lease
+// record, which a reclaim frees as for any unrecorded ticket.
+func (s *Store) SettleTicketAhead(ctx context.Context, tenant, id string, u quota.Usage, known TicketView) (TicketSettle, error) {
+	return s.settleTicket(ctx, tenant, id, u, &known)
+}
+
+func (s *Store) settleTicket(ctx context.Context, tenant, id string, u quota.Usage, known *TicketView) (TicketSettle, error) {
 	op := "settle ticket " + id
 	if id == "" || u.InputTokens < 0 || u.OutputTokens < 0 || u.GPUMillis < 0 || u.CostMicros < 0 {
 		return TicketSettle{}, fmt.Errorf("%s: usage %+v: %w", op, u, quota.ErrInvalid)
+	}
+	if known != nil && (known.Owner == "" || known.Expires.IsZero()) {
+		return TicketSettle{}, fmt.Errorf("%s: known ticket %+v: %w", op, known.TicketRecord, quota.ErrInvalid)
 	}
 	tag := s.Tag(tenant)
 	keys := []string{tag + ":k:" + id, tag + ":kx", tag + ":epoch"}
@@ -286,6 +311,14 @@ func (s *Store) SettleTicket(ctx context.Context, tenant, id string, u quota.Usa
 		args = append(args, s.now(), s.epochArg(), tag, id, s.keyMS, s.replayMS,
 			u.InputTokens, u.OutputTokens, u.GPUMillis, u.CostMicros, len(zones)/5)
 		args = append(args, zones...)
+		if k := known; k != nil {
+			at := k.SettledAt
+			if !k.Settled || at.IsZero() {
+				at = time.Now()
+			}
+			args = append(args, "1", k.Owner, k.Expires.UnixMicro(), k.Meta, k.Tokens, k.GPUMillis, k.CostMicros,
+				at.UnixMicro(), boolInt(k.Late), boolInt(k.Overrun))
+		}
 		v, resent, err := s.runAny(ctx, op, ticketSettleScript, keys, args)
 		if err != nil {
 			return TicketSettle{}, err
@@ -295,14 +328,14 @@ func (s *Store) SettleTicket(ctx context.Context, tenant, id string, u quota.Usa
 			return TicketSettle{}, fmt.Errorf("%s: %w", op, ErrEpochLost)
 		case 0:
 			return TicketSettle{}, fmt.Errorf("%s: %w", op, quota.ErrUnknownTicket)
-		case 1, 2:
+		case 1, 2, 3:
 			tv, err := parseTicket(id, v)
 			if err != nil {
 				return TicketSettle{}, fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
 			}
 			// Settled before and found by a resend: most likely by the
 			// attempt whose reply was lost, so this call's own settle.
-			return TicketSettle{Now: s.replyNow(v[1]), Replay: st == 2 && !resent, Ticket: tv}, nil
+			return TicketSettle{Now: s.replyNow(v[1]), Replay: st == 2 && !resent, Ahead: st == 3, Ticket: tv}, nil
 		case -3:
 			if try == 3 {
 				return TicketSettle{}, fmt.Errorf("%s: %w: current windows not found", op, ErrUnavailable)
@@ -458,6 +491,13 @@ func parseTicket(id string, v []any) (TicketView, error) {
 }
 
 func asInt(x any) int64 { n, _ := x.(int64); return n }
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
 
 // replyNow is the store's time of a reply: the script's now, or the
 // store's clock exactly when it has one.
