@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/files"
 	"github.com/sluicehq/sluice/internal/front"
 	"github.com/sluicehq/sluice/internal/gate"
 	"github.com/sluicehq/sluice/internal/gateway"
@@ -48,6 +49,7 @@ type App struct {
 	meter    *metering.Meter
 	metrics  *metrics.Metrics
 	runs     *run.Service
+	files    *files.Service
 	gate     *gate.Gate
 	models   *llm.Registry
 	front    *front.Handler // nil unless langflow.upstream is set
@@ -217,8 +219,10 @@ func (a *App) startRuns() error {
 	if err := a.startFront(); err != nil {
 		return err
 	}
+	a.files = &files.Service{Store: a.store, Dir: a.cfg.FilesDir(), MaxFileBytes: int64(a.cfg.Files.MaxFileBytes),
+		ProjectQuota: int64(a.cfg.Files.ProjectQuota), Log: a.log}
 	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: guard,
-		Log: a.log, DemoModels: demo, Gate: a.gate}
+		Log: a.log, DemoModels: demo, Gate: a.gate, Files: a.files}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
 		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
 	// Runs without memory_per_run execute here, where no kernel limit holds
@@ -282,6 +286,7 @@ func (a *App) Handler() http.Handler {
 		Metrics:      a.metrics,
 		Quarantine:   a.store,
 		Runs:         a.runs,
+		Files:        a.files,
 		Log:          a.log,
 		MaxBodyBytes: a.cfg.MaxBodyBytes,
 		Settle:       settleBounds(&a.cfg),
