@@ -67,8 +67,10 @@ type Scope struct {
 type Store interface {
 	// InsertFile records f unless the project's files would then exceed
 	// quota bytes (errs.QuotaExceeded) or its folder has a file of that
-	// name (errs.Conflict). The check and the insert are one transaction.
-	InsertFile(ctx context.Context, f *File, quota int64) error
+	// name (errs.Conflict). replaces, when not "", is the id of a file of
+	// the project that f replaces: its record goes in the same
+	// transaction, so a refused replacement keeps it.
+	InsertFile(ctx context.Context, f *File, quota int64, replaces string) error
 	// FileByID, FileByName and Files find files of one tenant and project.
 	FileByID(ctx context.Context, tenantID, projectID, id string) (*File, error)
 	FileByName(ctx context.Context, tenantID, projectID, folder, name string) (*File, error)
@@ -176,6 +178,7 @@ func (s *Service) Put(ctx context.Context, sc Scope, folder, name string, naming
 	// From here the bytes are on disk under the file's id: every failure
 	// below removes them, so only recorded files stay.
 	var old *File
+	replaces := ""
 	if naming == Replace {
 		old, err = s.Store.FileByName(ctx, sc.TenantID, sc.ProjectID, folder, name)
 		if err != nil && !errs.Is(err, errs.NotFound) {
@@ -183,27 +186,18 @@ func (s *Service) Put(ctx context.Context, sc Scope, folder, name string, naming
 			return nil, err
 		}
 		if old != nil {
-			// Replacing frees the old file's bytes first, so that a
-			// file rewritten at the size of the quota still fits.
-			if err := s.Store.DeleteFile(ctx, sc.TenantID, sc.ProjectID, old.ID); err != nil {
-				_ = os.Remove(final)
-				return nil, err
-			}
+			replaces = old.ID
 		}
 	}
 	for i := 0; ; i++ {
 		f.Name = candidate(name, naming, now, i)
-		err = s.Store.InsertFile(ctx, f, s.quota())
-		if !errs.Is(err, errs.Conflict) || i >= 99 {
+		err = s.Store.InsertFile(ctx, f, s.quota(), replaces)
+		if !errs.Is(err, errs.Conflict) || naming == Replace || i >= 99 {
 			break
 		}
 	}
 	if err != nil {
 		_ = os.Remove(final)
-		if old != nil {
-			s.logWarn("a replaced file's record is gone and its successor was refused; its bytes are removed", old, err)
-			_ = os.Remove(filepath.Join(dir, old.ID))
-		}
 		if errs.Is(err, errs.QuotaExceeded) {
 			used, _ := s.Store.FilesUsed(ctx, sc.TenantID, sc.ProjectID)
 			return nil, &errs.Error{Code: errs.QuotaExceeded, Field: "file",

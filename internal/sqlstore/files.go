@@ -24,11 +24,11 @@ func scanFile(r scanner) (*files.File, error) {
 	return &f, nil
 }
 
-// InsertFile records a file unless its project's files would pass quota
+// InsertFile records a file (in place of replaces, unless "") unless its project's files would pass quota
 // bytes. The sum and the insert are one transaction, serialised per project
 // (SQLite has one writer; PostgreSQL locks the project's row), so that two
 // uploads at once cannot both fit in the last free bytes.
-func (s *Store) InsertFile(ctx context.Context, f *files.File, quota int64) error {
+func (s *Store) InsertFile(ctx context.Context, f *files.File, quota int64, replaces string) error {
 	return s.tx(ctx, s.w, func(tx *sql.Tx) error {
 		c := &conn{ctx: ctx, tx: tx, d: s.d}
 		if s.d.name == postgres.name {
@@ -36,6 +36,15 @@ func (s *Store) InsertFile(ctx context.Context, f *files.File, quota int64) erro
 			err := c.queryRow(`SELECT id FROM projects WHERE id = ? FOR UPDATE`, f.ProjectID).Scan(&one)
 			if err != nil && err != sql.ErrNoRows {
 				return c.wrap(err)
+			}
+		}
+		if replaces != "" {
+			res, err := c.exec(`DELETE FROM files WHERE id = ? AND tenant_id = ? AND project_id = ?`, replaces, f.TenantID, f.ProjectID)
+			if err != nil {
+				return err
+			}
+			if err := affected(res, "file"); err != nil {
+				return err
 			}
 		}
 		var used int64
