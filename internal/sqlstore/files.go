@@ -26,16 +26,16 @@ func scanFile(r scanner) (*files.File, error) {
 
 // InsertFile records a file (in place of replaces, unless "") unless its project's files would pass quota
 // bytes. The sum and the insert are one transaction, serialised per project
-// (SQLite has one writer; PostgreSQL locks the project's row), so that two
+// (SQLite has one writer; on PostgreSQL an advisory lock per project), so that two
 // uploads at once cannot both fit in the last free bytes.
 func (s *Store) InsertFile(ctx context.Context, f *files.File, quota int64, replaces string) error {
 	return s.tx(ctx, s.w, func(tx *sql.Tx) error {
 		c := &conn{ctx: ctx, tx: tx, d: s.d}
 		if s.d.name == postgres.name {
-			var one string
-			err := c.queryRow(`SELECT id FROM projects WHERE id = ? FOR UPDATE`, f.ProjectID).Scan(&one)
-			if err != nil && err != sql.ErrNoRows {
-				return c.wrap(err)
+			// A transaction-scoped advisory lock per project: it holds
+			// whether or not the project has a row here.
+			if _, err := c.exec(`SELECT pg_advisory_xact_lock(hashtext('sluice.files:' || ?))`, f.ProjectID); err != nil {
+				return err
 			}
 		}
 		if replaces != "" {
