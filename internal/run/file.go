@@ -15,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/files"
 	"github.com/sluicehq/sluice/internal/flow"
+	"github.com/sluicehq/sluice/internal/policy"
 )
 
 // FileStore is the project file storage the File and SaveToFile components
@@ -23,6 +24,9 @@ type FileStore interface {
 	Find(ctx context.Context, sc files.Scope, folder, name string) (*files.File, error)
 	Get(ctx context.Context, sc files.Scope, id string) (*files.File, error)
 	Read(f *files.File) ([]byte, error)
+	// MaxFile is files.max_file_bytes: also what one File node may read
+	// in all, so that a node naming many files holds no more than one.
+	MaxFile() int64
 	Put(ctx context.Context, sc files.Scope, folder, name string, naming files.Naming, createdBy string, r io.Reader) (*files.File, error)
 }
 
@@ -128,6 +132,7 @@ func (s *state) readFile(ctx context.Context, n *flow.Node) error {
 	skipUnsupported := boolParam(s.param(n, "ignore_unsupported_extensions"))
 	var rows []row
 	var names []string
+	var total int64
 	for _, p := range paths {
 		f, err := s.lookupFile(ctx, n, sc, p)
 		if err != nil {
@@ -145,6 +150,10 @@ func (s *state) readFile(ctx context.Context, n *flow.Node) error {
 			}
 			return errs.Field(errs.Unprocessable, "nodes."+n.ID+".path", "node %s (File): %s has an unsupported file type %q (text formats: %s)",
 				n.ID, f.Name, ext, strings.Join(textFileTypes, ", "))
+		}
+		if total += f.Size; total > s.e.Files.MaxFile() {
+			return errs.Field(errs.TooLarge, "nodes."+n.ID+".path", "node %s (File): the files it names are together larger than %s (files.max_file_bytes)",
+				n.ID, policy.Bytes(s.e.Files.MaxFile()))
 		}
 		b, err := s.e.Files.Read(f)
 		if err != nil {

@@ -53,6 +53,12 @@ func TestFileNodeReadsProjectFiles(t *testing.T) {
 			t.Errorf("path %q: got %v, want unprocessable at nodes.file.path", p, err)
 		}
 	}
+	// Together the files may hold no more than one file's limit.
+	fs.MaxFileBytes = 12
+	_, err = runFlow(t, h, strings.Replace(fileFlow, "%s", "message", 1), "", both)
+	if e := (*errs.Error)(nil); !errors.As(err, &e) || e.Code != errs.TooLarge || e.Field != "nodes.file.path" {
+		t.Errorf("files past max_file_bytes together: got %v, want too_large at nodes.file.path", err)
+	}
 	h.exec.Files = nil
 	_, err = runFlow(t, h, strings.Replace(fileFlow, "%s", "message", 1), "", both)
 	var e *errs.Error
