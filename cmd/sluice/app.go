@@ -88,6 +88,14 @@ func NewApp(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 		store.Close()
 		return nil, err
 	}
+	// What an upload cut short by a crash left on disk (no record names
+	// it) goes; an hour's grace spares uploads under way on other
+	// instances sharing the directory.
+	if n, err := a.files.Sweep(ctx, time.Hour); err != nil {
+		a.log.Warn("sweeping the file directory failed", slog.String("error", err.Error()))
+	} else if n > 0 {
+		a.log.Info("removed files that uploads cut short left behind", slog.Int("files", n))
+	}
 	return a, nil
 }
 

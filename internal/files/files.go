@@ -370,3 +370,54 @@ func (s *Service) Delete(ctx context.Context, sc Scope, fileID string) (*File, e
 	}
 	return f, nil
 }
+
+// Sweep removes what writes cut short left under Dir: temporary files, and
+// files whose record was never written (a process killed between the
+// rename and the insert), when older than grace, so that an upload under
+// way on another instance sharing Dir is left alone. It returns how many
+// it removed.
+func (s *Service) Sweep(ctx context.Context, grace time.Duration) (int, error) {
+	if s.Dir == "" {
+		return 0, nil
+	}
+	cutoff := s.now().Add(-grace)
+	removed := 0
+	tenants, err := os.ReadDir(s.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, errs.Wrap(err, "sweep files")
+	}
+	for _, t := range tenants {
+		projects, err := os.ReadDir(filepath.Join(s.Dir, t.Name()))
+		if err != nil || !t.IsDir() {
+			continue
+		}
+		for _, p := range projects {
+			dir := filepath.Join(s.Dir, t.Name(), p.Name())
+			ents, err := os.ReadDir(dir)
+			if err != nil || !p.IsDir() {
+				continue
+			}
+			for _, e := range ents {
+				info, err := e.Info()
+				if err != nil || info.IsDir() || info.ModTime().After(cutoff) {
+					continue
+				}
+				stray := strings.HasPrefix(e.Name(), ".upload-")
+				if !stray {
+					_, err := s.Store.FileByID(ctx, t.Name(), p.Name(), e.Name())
+					if err != nil && !errs.Is(err, errs.NotFound) {
+						return removed, err
+					}
+					stray = err != nil
+				}
+				if stray && os.Remove(filepath.Join(dir, e.Name())) == nil {
+					removed++
+				}
+			}
+		}
+	}
+	return removed, nil
+}

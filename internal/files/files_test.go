@@ -259,3 +259,38 @@ func TestRefusedReplacementKeepsTheOldFile(t *testing.T) {
 		t.Errorf("the replaced file's bytes: stat %v, want gone", err)
 	}
 }
+
+// TestSweepRemovesWhatACrashLeft: a temporary file and bytes without a
+// record (a process killed mid-upload, or between rename and insert) are
+// removed once older than the grace period; recorded files stay.
+func TestSweepRemovesWhatACrashLeft(t *testing.T) {
+	s, dir := newService(t, 1024, 4096)
+	ctx := context.Background()
+	kept, err := s.Put(ctx, scA, "prj_a", "kept.txt", files.Numbered, "usr_1", strings.NewReader("kept"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pdir := filepath.Join(dir, scA.TenantID, scA.ProjectID)
+	for _, n := range []string{".upload-123", "fil_unrecorded"} {
+		if err := os.WriteFile(filepath.Join(pdir, n), []byte("half"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Now = time.Now
+	// Within the grace period nothing goes: it may be an upload under way.
+	if n, err := s.Sweep(ctx, time.Hour); err != nil || n != 0 {
+		t.Fatalf("Sweep within the grace period = %d, %v, want 0", n, err)
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	for _, n := range []string{".upload-123", "fil_unrecorded", kept.ID} {
+		if err := os.Chtimes(filepath.Join(pdir, n), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.Sweep(ctx, time.Hour); err != nil || n != 2 {
+		t.Fatalf("Sweep = %d, %v, want 2 removed", n, err)
+	}
+	if got := onDisk(t, dir, scA); len(got) != 1 || got[0] != kept.ID {
+		t.Errorf("after the sweep on disk: %v, want only %s", got, kept.ID)
+	}
+}
