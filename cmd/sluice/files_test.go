@@ -265,6 +265,19 @@ func TestFileAPIv2AndSaveToFile(t *testing.T) {
 	if code, m := upload(t, s.url+"/api/v2/files", a.key, "big.bin", bytes.Repeat([]byte("x"), 64<<10+1)); code != 413 {
 		t.Errorf("v2 oversize upload: %d %v, want 413", code, m)
 	}
+	// Not a form with a file: 400 naming the field.
+	if code, m := call(t, "POST", s.url+"/api/v2/files", a.key, `{"file":"x"}`); code != 400 || m["error"].(map[string]any)["field"] != "file" {
+		t.Errorf("v2 upload without a form: %d %v, want 400 on field file", code, m)
+	}
+	// A body announced larger than the limit is refused before it is read.
+	req, _ := http.NewRequest("POST", s.url+"/api/v2/files", bytes.NewReader(make([]byte, 200<<10)))
+	req.Header.Set("x-api-key", a.key)
+	req.Header.Set("Content-Type", "multipart/form-data; boundary=x")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 413 {
+		t.Errorf("v2 upload announced at 200KiB: %v %v, want 413", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 
 	flow := `{"nodes":[{"id":"in","type":"ChatInput","data":{}},
 		{"id":"save","type":"SaveToFile","data":{"file_name":"answer","local_format":"markdown","storage_location":[{"name":"Local"}]}},
