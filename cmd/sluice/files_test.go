@@ -342,3 +342,48 @@ func TestSaveToFileCountsAgainstQuota(t *testing.T) {
 		t.Errorf("run past the file quota: %d %v, want 429 quota_exceeded on nodes.save.input", code, res)
 	}
 }
+
+// TestFilesInSandboxedRuns: a run held to memory_per_run executes in a
+// worker process, which reads and writes the project's files through the
+// server: File reads an upload, SaveToFile's output is then the project's
+// file, and the run record says it ran in the worker.
+func TestFilesInSandboxedRuns(t *testing.T) {
+	s, key := sandboxApp(t, func(c *config.Config) {
+		c.Sandbox.CgroupRoot = "/nonexistent/sluice"
+		c.Sandbox.Unenforced = config.UnenforcedRun
+	})
+	code, up := upload(t, s.url+"/api/v2/files", key, "facts.md", []byte("Sandboxed facts."))
+	if code != 201 {
+		t.Fatalf("upload: %d %v", code, up)
+	}
+	flow := `{"nodes":[{"id":"in","type":"ChatInput","data":{}},
+		{"id":"file","type":"File","data":{}},
+		{"id":"save","type":"SaveToFile","data":{"file_name":"copy","local_format":"txt"}},
+		{"id":"out","type":"ChatOutput","data":{}}],
+		"edges":[{"source":"file","sourceHandle":"message","target":"save","targetHandle":"input"},{"source":"save","target":"out"}]}`
+	createFlow(t, s.url, key, "boxed-files", []byte(flow))
+	body, _ := json.Marshal(map[string]any{"input_value": "go", "tweaks": map[string]any{"file": map[string]any{"path": up["path"]}}})
+	code, res := call(t, "POST", s.url+"/api/v1/run/boxed-files", key, string(body))
+	if code != 200 {
+		t.Fatalf("run: %d %v", code, res)
+	}
+	_, rec := call(t, "GET", s.url+"/api/v1/runs/"+res["run_id"].(string), key, "")
+	if peak, _ := rec["peak_memory_bytes"].(float64); peak <= 0 {
+		t.Errorf("run record %v: no worker's peak memory, so it did not run in the sandbox", rec)
+	}
+	var listed []map[string]any
+	_, raw, _ := fetch(t, s.url+"/api/v2/files", key)
+	json.Unmarshal(raw, &listed)
+	var copyID string
+	for _, f := range listed {
+		if p, _ := f["path"].(string); strings.HasSuffix(p, "/copy.txt") {
+			copyID = f["id"].(string)
+		}
+	}
+	if copyID == "" {
+		t.Fatalf("the sandboxed SaveToFile wrote no copy.txt: %s", raw)
+	}
+	if code, got, _ := fetch(t, s.url+"/api/v2/files/"+copyID, key); code != 200 || string(got) != "Sandboxed facts." {
+		t.Errorf("copy.txt: %d %q, want the uploaded file's text", code, got)
+	}
+}

@@ -46,10 +46,12 @@ var parsedFileTypes = []string{"pdf", "docx", "adoc", "asciidoc", "asc", "bmp", 
 
 // fileScope is the run's project storage, or why a node cannot use it.
 func (s *state) fileScope(n *flow.Node, field string) (files.Scope, error) {
+	// A sandbox worker's job carries no identity: its file store is the
+	// server, which scopes every request to the run's project itself.
 	sc := files.Scope{TenantID: s.job.Who.TenantID, ProjectID: s.job.Who.ProjectID}
-	if s.e.Files == nil || sc.TenantID == "" || sc.ProjectID == "" {
+	if s.e.Files == nil {
 		return sc, errs.Field(errs.Unprocessable, "nodes."+n.ID+"."+field,
-			"node %s (%s): this run has no project file storage (runs in the sandbox, with memory_per_run, and local runs have none)", n.ID, n.Type)
+			"node %s (%s): this run has no project file storage (local runs have none)", n.ID, n.Type)
 	}
 	return sc, nil
 }
