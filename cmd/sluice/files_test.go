@@ -156,8 +156,8 @@ func TestFileAPIAndDocumentQA(t *testing.T) {
 
 	// Too large: 413, nothing stored.
 	code, m := upload(t, s.url+"/api/v1/files/upload/"+flowID, a.key, "big.txt", bytes.Repeat([]byte("x"), 64<<10+1))
-	if code != 413 || errorCode(m) != "too_large" {
-		t.Errorf("oversize upload: %d %v, want 413 too_large", code, m)
+	if code != 413 || errorCode(m) != "too_large" || m["detail"] == nil {
+		t.Errorf("oversize upload: %d %v, want 413 too_large with LangFlow's detail", code, m)
 	}
 
 	// The run: the File node reads the upload; the prompt it fills is
