@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/files"
 	"github.com/sluicehq/sluice/internal/front"
 	"github.com/sluicehq/sluice/internal/gate"
 	"github.com/sluicehq/sluice/internal/gateway"
@@ -48,6 +49,7 @@ type App struct {
 	meter    *metering.Meter
 	metrics  *metrics.Metrics
 	runs     *run.Service
+	files    *files.Service
 	gate     *gate.Gate
 	models   *llm.Registry
 	front    *front.Handler // nil unless langflow.upstream is set
@@ -85,6 +87,14 @@ func NewApp(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 	if err := a.startQuota(ctx); err != nil {
 		store.Close()
 		return nil, err
+	}
+	// What an upload cut short by a crash left on disk (no record names
+	// it) goes; an hour's grace spares uploads under way on other
+	// instances sharing the directory.
+	if n, err := a.files.Sweep(ctx, time.Hour); err != nil {
+		a.log.Warn("sweeping the file directory failed", slog.String("error", err.Error()))
+	} else if n > 0 {
+		a.log.Info("removed files that uploads cut short left behind", slog.Int("files", n))
 	}
 	return a, nil
 }
@@ -217,8 +227,10 @@ func (a *App) startRuns() error {
 	if err := a.startFront(); err != nil {
 		return err
 	}
+	a.files = &files.Service{Store: a.store, Dir: a.cfg.FilesDir(), MaxFileBytes: int64(a.cfg.Files.MaxFileBytes),
+		ProjectQuota: int64(a.cfg.Files.ProjectQuota), Log: a.log}
 	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: guard,
-		Log: a.log, DemoModels: demo, Gate: a.gate}
+		Log: a.log, DemoModels: demo, Gate: a.gate, Files: a.files}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
 		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
 	// Runs without memory_per_run execute here, where no kernel limit holds
@@ -282,6 +294,7 @@ func (a *App) Handler() http.Handler {
 		Metrics:      a.metrics,
 		Quarantine:   a.store,
 		Runs:         a.runs,
+		Files:        a.files,
 		Log:          a.log,
 		MaxBodyBytes: a.cfg.MaxBodyBytes,
 		Settle:       settleBounds(&a.cfg),

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,6 +96,11 @@ func TestLangflowJSClientNative(t *testing.T) {
 	}
 	if ev := strList(st["events"]); len(ev) < 3 || ev[0] != "add_message" || ev[len(ev)-1] != "end" || st["endText"] == "" {
 		t.Errorf("stream: %v, want add_message … end with the answer", st)
+	}
+	// The upload lands in the project's file storage, answered as LangFlow
+	// answers, so the client reads it.
+	if u := got["upload"]; u["flowId"] != id || !strings.HasPrefix(fmt.Sprint(u["filePath"]), id+"/") || !strings.HasSuffix(fmt.Sprint(u["filePath"]), "_notes.txt") {
+		t.Errorf("upload: %v, want flowId %s and a filePath %s/<time>_notes.txt", u, id, id)
 	}
 	checkJSErrors(t, got)
 }

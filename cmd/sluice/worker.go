@@ -50,7 +50,7 @@ func (a *App) startSandbox(exec *run.Executor) error {
 	env := append([]string{"PATH=" + os.Getenv("PATH")}, testWorkerEnv...)
 	env = append(env, sc.WorkerEnv...)
 	sb, err := sandbox.New(sandbox.Options{Command: command, Env: env, Workers: sc.Workers, CgroupRoot: sc.CgroupRoot,
-		RunUnenforced: sc.Unenforced == config.UnenforcedRun, Calls: exec, Messages: exec.Messages, AllowHosts: a.cfg.AllowHosts, Log: a.log})
+		RunUnenforced: sc.Unenforced == config.UnenforcedRun, Calls: exec, Messages: exec.Messages, Files: exec.Files, AllowHosts: a.cfg.AllowHosts, Log: a.log})
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -81,6 +82,8 @@ type Config struct {
 	// Langflow, when its upstream is set, makes Sluice a governing front
 	// for an existing LangFlow server (docs/langflow-front.md).
 	Langflow Langflow `yaml:"langflow"`
+	// Files bounds the files projects keep (uploads, SaveToFile).
+	Files Files `yaml:"files"`
 	// RedisURL, when set, makes the quota engine shared through Redis
 	// (several instances enforce one set of limits); empty keeps it in
 	// process. Secret: it may carry a password.
@@ -276,6 +279,37 @@ type Gateway struct {
 // envVarName matches an environment variable's name.
 var envVarName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
+// Files bounds the files projects keep.
+type Files struct {
+	// Dir holds the files' bytes; empty is data_dir/files. Instances that
+	// share a PostgreSQL database must share this directory too.
+	Dir string `yaml:"dir"`
+	// MaxFileBytes bounds one file (an upload, a SaveToFile output).
+	MaxFileBytes Bytes `yaml:"max_file_bytes"`
+	// ProjectQuota bounds all of one project's files together.
+	ProjectQuota Bytes `yaml:"project_quota"`
+}
+
+// FilesDir is where file bytes are kept.
+func (c *Config) FilesDir() string {
+	if c.Files.Dir != "" {
+		return c.Files.Dir
+	}
+	return filepath.Join(c.DataDir, "files")
+}
+
+// validateFiles checks the file limits.
+func (c *Config) validateFiles() error {
+	if c.Files.MaxFileBytes < 1<<10 || c.Files.MaxFileBytes > 1<<30 {
+		return errs.Field(errs.Invalid, "files.max_file_bytes", "files.max_file_bytes %d is outside 1KiB..1GiB", c.Files.MaxFileBytes)
+	}
+	if c.Files.ProjectQuota < c.Files.MaxFileBytes || c.Files.ProjectQuota > 1<<40 {
+		return errs.Field(errs.Invalid, "files.project_quota", "files.project_quota %s is less than files.max_file_bytes %s or more than 1TiB",
+			policy.Bytes(c.Files.ProjectQuota), policy.Bytes(c.Files.MaxFileBytes))
+	}
+	return nil
+}
+
 // Langflow configures the front for an existing LangFlow server.
 type Langflow struct {
 	// Upstream is the LangFlow server's base URL (http://langflow:7860).
@@ -461,6 +495,7 @@ func Default() Config {
 		Gateway:      Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096, UsageCommit: "durable"},
 		Langflow:     Langflow{ChargeReportedUsage: true},
 		SecretKeyEnv: "SLUICE_SECRET_KEY",
+		Files:        Files{MaxFileBytes: 32 << 20, ProjectQuota: 512 << 20},
 	}
 }
 
@@ -639,6 +674,9 @@ func (c *Config) Validate() error {
 	}
 	if c.UsageQueueMax < 0 || c.UsageQueueMax > 10_000_000 {
 		return errs.Field(errs.Invalid, "usage_queue_max", "usage_queue_max must be between 0 (the default, 100000) and 10000000")
+	}
+	if err := c.validateFiles(); err != nil {
+		return err
 	}
 	if err := c.validateInProcess(); err != nil {
 		return err

@@ -81,6 +81,7 @@ quota_engine: lease
 		Gateway:            config.Default().Gateway,
 		Langflow:           config.Default().Langflow,
 		SecretKeyEnv:       config.Default().SecretKeyEnv,
+		Files:              config.Default().Files,
 
 		MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 	}
@@ -185,7 +186,7 @@ admin_key: file-key
 					Sandbox:     config.Sandbox{Unenforced: "refuse", Workers: 2},
 					RedisPrefix: "sluice", UsageQueueMax: 100_000,
 					SettleOverrun: config.Default().SettleOverrun, SettleSanity: config.Default().SettleSanity,
-					Routing: config.Default().Routing, Gateway: config.Default().Gateway, Langflow: config.Default().Langflow, SecretKeyEnv: config.Default().SecretKeyEnv,
+					Routing: config.Default().Routing, Gateway: config.Default().Gateway, Langflow: config.Default().Langflow, SecretKeyEnv: config.Default().SecretKeyEnv, Files: config.Default().Files,
 
 					MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 				}
@@ -253,6 +254,11 @@ func TestValidate(t *testing.T) {
 		{"addr port only", func(c *config.Config) { c.Addr = ":8080" }, ""},
 		{"addr ipv6", func(c *config.Config) { c.Addr = "[::1]:8080" }, ""},
 		{"data_dir empty", func(c *config.Config) { c.DataDir = "" }, "data_dir"},
+		{"files.max_file_bytes under 1KiB", func(c *config.Config) { c.Files.MaxFileBytes = 1023 }, "files.max_file_bytes"},
+		{"files.max_file_bytes over 1GiB", func(c *config.Config) { c.Files.MaxFileBytes = 1<<30 + 1 }, "files.max_file_bytes"},
+		{"files.project_quota under max_file_bytes", func(c *config.Config) { c.Files.ProjectQuota = c.Files.MaxFileBytes - 1 }, "files.project_quota"},
+		{"files.project_quota equal to max_file_bytes", func(c *config.Config) { c.Files.ProjectQuota = c.Files.MaxFileBytes }, ""},
+		{"files.project_quota over 1TiB", func(c *config.Config) { c.Files.ProjectQuota = 1<<40 + 1 }, "files.project_quota"},
 		{"database_url postgres", func(c *config.Config) { c.DatabaseURL = "postgres://localhost/sluice" }, ""},
 		{"database_url postgres with password", func(c *config.Config) {
 			c.DatabaseURL = "postgres://sluice:pw@db.internal:5432/sluice?sslmode=verify-full"

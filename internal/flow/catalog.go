@@ -417,6 +417,23 @@ var Components = map[string]*Component{
 			{Name: "path", Type: typeMessage},
 		},
 	},
+	"SaveToFile": {
+		// LangFlow's Write File: saves its input in the project's file
+		// storage ("Local"); older exports name the file file_path and
+		// the format file_format.
+		Type:    "SaveToFile",
+		Aliases: []string{"SaveToFileComponent"},
+		Inputs: []Input{
+			req(Input{Name: "input", Edge: true, Types: []string{typeData, typeDataFrame, typeMessage}}),
+			msg("file_name"),
+			lit("file_path"),
+			lit("local_format"),
+			lit("file_format"),
+			lit("storage_location"),
+			lit("append_mode"),
+		},
+		Outputs: []Output{{Name: "message", Type: typeMessage}},
+	},
 	"ParserComponent": {
 		// LangFlow's Parser. The oldest exports call the template "format".
 		Type:    "ParserComponent",

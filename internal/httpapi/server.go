@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/files"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/policy"
@@ -22,11 +23,14 @@ import (
 // Server serves the API.
 type Server struct {
 	// Version is reported by /healthz.
-	Version      string
-	Tenancy      *tenancy.Service
-	Policy       *policy.Service
-	Meter        *metering.Meter
-	Runs         *run.Service
+	Version string
+	Tenancy *tenancy.Service
+	Policy  *policy.Service
+	Meter   *metering.Meter
+	Runs    *run.Service
+	// Files, when set with Runs, serves LangFlow's file routes on the
+	// projects' file storage.
+	Files        *files.Service
 	Log          *slog.Logger
 	MaxBodyBytes int64
 	// Settle bounds what a settle may report; nil is DefaultSettleBounds.
@@ -69,6 +73,7 @@ func (s *Server) Handler() http.Handler {
 	s.policyRoutes(api)
 	s.policyDocRoutes(api)
 	s.runRoutes(api)
+	s.fileRoutes(api)
 	s.usageAdminRoutes(api)
 	api.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))

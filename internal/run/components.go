@@ -46,12 +46,9 @@ func (s *state) exec(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 	case "CurrentDate":
 		return s.currentDate(n)
 	case "File":
-		path := s.param(n, "path").String()
-		if path == "" {
-			return errs.Field(errs.Unprocessable, "nodes."+n.ID+".path",
-				"node %s (File) needs a file; upload one and pass it as the tweak %s.path — file uploads are not supported by this build", n.ID, n.ID)
-		}
-		return errs.Field(errs.Unprocessable, "nodes."+n.ID+".path", "node %s (File): reading files from the server's disk is not allowed", n.ID)
+		return s.readFile(ctx, n)
+	case "SaveToFile":
+		return s.saveToFile(ctx, n)
 	}
 	if f, ok := s.e.Components[n.Type]; ok {
 		text, err := f(ctx, n, func(name string) flow.Param { return s.param(n, name) }, s.text(n, "input_value"))

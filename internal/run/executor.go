@@ -24,7 +24,10 @@ type Executor struct {
 	Models   *llm.Registry
 	Messages MessageStore
 	Guard    *Guard
-	Log      *slog.Logger
+	// Files, when set, is the project file storage File and SaveToFile
+	// nodes read and write (nil: they fail, naming the node).
+	Files FileStore
+	Log   *slog.Logger
 	// DemoModels maps every model name to the default model when no model
 	// table is configured, so exported flows naming gpt-4o run on the
 	// simulated model out of the box (the trace says so).

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/files"
 	"github.com/sluicehq/sluice/internal/flow"
 	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/run"
@@ -38,6 +39,8 @@ const (
 	frameAppendResult   = "append_result"
 	frameMessages       = "messages"
 	frameMessagesResult = "messages_result"
+	frameFile           = "file"
+	frameFileResult     = "file_result"
 	frameEvent          = "event"
 	frameProgress       = "progress"
 	frameResult         = "result"
@@ -74,6 +77,9 @@ type jobBody struct {
 	Events bool `json:"events,omitempty"`
 	// Messages is set when the server stores chat messages (Memory).
 	Messages bool `json:"messages,omitempty"`
+	// MaxFileBytes, when set, gives the run the project's files (File,
+	// SaveToFile), through the server: the most one node reads or writes.
+	MaxFileBytes int64 `json:"max_file_bytes,omitempty"`
 	// AllowHosts configures the worker's SSRF guard.
 	AllowHosts []string `json:"allow_hosts,omitempty"`
 	// MemoryLimit, when set, is the cgroup's limit: the worker's Go runtime
@@ -104,6 +110,29 @@ type messagesResultBody struct {
 	Messages []*run.Message `json:"messages,omitempty"`
 	Error    *wireError     `json:"error,omitempty"`
 }
+
+// fileBody is a worker's request on its run's project files. The server
+// answers in the project of its own copy of the job, whatever the worker
+// names.
+type fileBody struct {
+	Op     string       `json:"op"` // find, get, read, put
+	Folder string       `json:"folder,omitempty"`
+	Name   string       `json:"name,omitempty"`
+	ID     string       `json:"id,omitempty"`
+	Naming files.Naming `json:"naming,omitempty"`
+	Data   []byte       `json:"data,omitempty"`
+}
+
+// fileResultBody answers file.
+type fileResultBody struct {
+	File  *files.File `json:"file,omitempty"`
+	Data  []byte      `json:"data,omitempty"`
+	Error *wireError  `json:"error,omitempty"`
+}
+
+// maxSandboxFile bounds a file a worker reads or writes: its bytes travel
+// in one frame, base64-encoded.
+const maxSandboxFile = 8 << 20
 
 // eventBody is a streaming event the worker's run emitted.
 type eventBody struct {

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/files"
 	"github.com/sluicehq/sluice/internal/flow"
 	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/run"
@@ -54,6 +55,9 @@ type Options struct {
 	// Messages stores their chat messages (nil: none are stored).
 	Calls    run.Caller
 	Messages run.MessageStore
+	// Files, when set, gives runs the project's files (File, SaveToFile):
+	// the workers ask, the server reads and writes in the run's project.
+	Files run.FileStore
 	// AllowHosts configures the workers' SSRF guard.
 	AllowHosts []string
 	// OnRun, when set, is told which worker process, in which cgroup ("" in
@@ -229,6 +233,9 @@ func (se *session) run(ctx context.Context) (*run.Result, error) {
 		InputType: se.job.InputType, OutputType: se.job.OutputType, OutputComponent: se.job.OutputComponent, Tweaks: se.job.Tweaks,
 		SessionID: se.job.SessionID, Caps: se.job.Caps, Events: se.job.OnEvent != nil, AllowHosts: se.s.opts.AllowHosts,
 		Messages: se.s.opts.Messages != nil, MemoryLimit: se.limit}
+	if se.s.opts.Files != nil {
+		jb.MaxFileBytes = min(se.s.opts.Files.MaxFile(), maxSandboxFile)
+	}
 	callCtx, cancelCalls := context.WithCancel(ctx)
 	defer cancelCalls()
 	// At the deadline the worker dies, whatever the server is doing with
@@ -254,6 +261,8 @@ loop:
 				se.handle(func() { se.appendMessage(callCtx, f) })
 			case frameMessages:
 				se.handle(func() { se.messages(callCtx, f) })
+			case frameFile:
+				se.handle(func() { se.file(callCtx, f) })
 			case frameEvent:
 				se.event(f)
 			case frameProgress:
@@ -418,6 +427,50 @@ func (se *session) messages(ctx context.Context, f frame) {
 		out, err = se.s.opts.Messages.Messages(ctx, se.job.Who.TenantID, se.job.Who.UserID, se.job.SessionID, min(max(q.N, 0), maxHistory))
 	}
 	_ = se.w.c.send(frameMessagesResult, f.ID, messagesResultBody{Messages: out, Error: encodeError(err)})
+}
+
+// file reads or writes the run's project's files for the worker: always
+// in the project of the server's copy of the job, writing only into the
+// project's own folder, as SaveToFile does.
+func (se *session) file(ctx context.Context, f frame) {
+	var q fileBody
+	var ans fileResultBody
+	err := json.Unmarshal(f.Body, &q)
+	fs := se.s.opts.Files
+	sc := files.Scope{TenantID: se.job.Who.TenantID, ProjectID: se.job.Who.ProjectID}
+	if err == nil && fs == nil {
+		err = errs.E(errs.Unprocessable, "this server keeps no project files")
+	}
+	if q.Folder == "" {
+		q.Folder = sc.ProjectID // the worker does not know its project: "" is the project's own folder
+	}
+	if err == nil {
+		switch q.Op {
+		case "find":
+			ans.File, err = fs.Find(ctx, sc, q.Folder, q.Name)
+		case "get":
+			ans.File, err = fs.Get(ctx, sc, q.ID)
+		case "read":
+			var fl *files.File
+			if fl, err = fs.Get(ctx, sc, q.ID); err == nil {
+				if fl.Size > maxSandboxFile {
+					err = errs.E(errs.TooLarge, "file %s is larger than %s, the most a sandboxed run reads", fl.Name, formatBytes(maxSandboxFile))
+				} else {
+					ans.Data, err = fs.Read(fl)
+				}
+			}
+		case "put":
+			if q.Folder != sc.ProjectID {
+				err = errs.E(errs.Forbidden, "a run writes its project's own files only")
+			} else {
+				ans.File, err = fs.Put(context.WithoutCancel(ctx), sc, q.Folder, q.Name, q.Naming, se.job.Who.UserID, bytes.NewReader(q.Data))
+			}
+		default:
+			err = errs.E(errs.Invalid, "unknown file operation %q", q.Op)
+		}
+	}
+	ans.Error = encodeError(err)
+	_ = se.w.c.send(frameFileResult, f.ID, ans)
 }
 
 // event forwards the worker's add_message events to the caller's stream.

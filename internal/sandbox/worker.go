@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/files"
 	"github.com/sluicehq/sluice/internal/flow"
 	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/run"
@@ -75,6 +76,10 @@ func Work(ctx context.Context, in io.Reader, out io.Writer, log *slog.Logger, ge
 	if jb.Messages {
 		exec.Messages = r
 	}
+	if jb.MaxFileBytes > 0 {
+		r.maxFile = jb.MaxFileBytes
+		exec.Files = r
+	}
 	if getenv(TestComponentsEnv) == "1" {
 		exec.Components = TestComponents()
 	}
@@ -110,8 +115,9 @@ func refuseJob(c *conn, err error) error {
 // remote is the worker's Caller and MessageStore: each method is a request
 // to the server, answered on the same channel.
 type remote struct {
-	c     *conn
-	steps atomic.Int64
+	c       *conn
+	steps   atomic.Int64
+	maxFile int64 // the job's max_file_bytes: what a file frame carries at most
 
 	mu      sync.Mutex
 	next    uint64
@@ -197,6 +203,7 @@ func (r *remote) takeProgress() []byte {
 
 var (
 	_ run.Caller       = (*remote)(nil)
+	_ run.FileStore    = (*remote)(nil)
 	_ run.MessageStore = (*remote)(nil)
 )
 
@@ -278,6 +285,50 @@ func (r *remote) Messages(ctx context.Context, _, _, sessionID string, n int) ([
 	}
 	return ans.Messages, ans.Error.decode()
 }
+
+// file asks the server for a file operation in the run's project.
+func (r *remote) file(ctx context.Context, q fileBody) (fileResultBody, error) {
+	var ans fileResultBody
+	if err := r.ask(ctx, frameFile, q, &ans); err != nil {
+		return ans, err
+	}
+	return ans, ans.Error.decode()
+}
+
+// Find asks the server for a file of the run's project by folder and name.
+func (r *remote) Find(ctx context.Context, _ files.Scope, folder, name string) (*files.File, error) {
+	ans, err := r.file(ctx, fileBody{Op: "find", Folder: folder, Name: name})
+	return ans.File, err
+}
+
+// Get asks the server for a file of the run's project by id.
+func (r *remote) Get(ctx context.Context, _ files.Scope, id string) (*files.File, error) {
+	ans, err := r.file(ctx, fileBody{Op: "get", ID: id})
+	return ans.File, err
+}
+
+// Read asks the server for a file's bytes. The run's deadline kills the
+// worker, so the request needs no context of its own.
+func (r *remote) Read(f *files.File) ([]byte, error) {
+	ans, err := r.file(context.Background(), fileBody{Op: "read", ID: f.ID})
+	return ans.Data, err
+}
+
+// Put sends a file for the server to store in the run's project.
+func (r *remote) Put(ctx context.Context, _ files.Scope, folder, name string, naming files.Naming, _ string, rd io.Reader) (*files.File, error) {
+	data, err := io.ReadAll(io.LimitReader(rd, r.maxFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > r.maxFile {
+		return nil, errs.E(errs.TooLarge, "the file is larger than %d bytes, the most a sandboxed run writes", r.maxFile)
+	}
+	ans, err := r.file(ctx, fileBody{Op: "put", Folder: folder, Name: name, Naming: naming, Data: data})
+	return ans.File, err
+}
+
+// MaxFile is the most a file frame carries.
+func (r *remote) MaxFile() int64 { return r.maxFile }
 
 // warmFlow is what warm runs: the common components, one model call.
 const warmFlow = `{"nodes":[{"id":"in","type":"ChatInput"},{"id":"p","type":"Prompt","data":{"template":"Warm up: {q}"}},

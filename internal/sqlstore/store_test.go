@@ -289,6 +289,7 @@ func runStoreSuite(t *testing.T, open func(t *testing.T) *Store) {
 		{"ReadersDoNotWaitForWriter", testReadersDoNotWaitForWriter},
 		{"CancelledContext", testCancelledContext},
 		{"CancelledIsUnavailable", testCancelledIsUnavailable},
+		{"Files", testFiles},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
