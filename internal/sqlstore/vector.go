@@ -209,6 +209,9 @@ func (v *Vectors) Search(ctx context.Context, k vector.Key, q []float32, n int) 
 	return vector.Rank(all, q, n), nil
 }
 
+// Limits implements vector.Store.
+func (v *Vectors) Limits() vector.Limits { return v.limits }
+
 // Info implements vector.Store.
 func (v *Vectors) Info(ctx context.Context, k vector.Key) (vector.Info, error) {
 	var info vector.Info

@@ -110,6 +110,9 @@ func (m *Memory) Search(ctx context.Context, k Key, q []float32, n int) ([]Hit, 
 	return Rank(c.docs, q, n), nil
 }
 
+// Limits implements Store.
+func (m *Memory) Limits() Limits { return m.limits }
+
 // Info implements Store.
 func (m *Memory) Info(ctx context.Context, k Key) (Info, error) {
 	m.mu.RLock()

@@ -116,6 +116,9 @@ type Store interface {
 	Search(ctx context.Context, k Key, q []float32, n int) ([]Hit, error)
 	// Info describes the collection.
 	Info(ctx context.Context, k Key) (Info, error)
+	// Limits are the bounds the store enforces, so that a caller can
+	// refuse work (embeddings, which cost tokens) that Add would refuse.
+	Limits() Limits
 }
 
 // ErrFull is the cause of a refusal for a collection or project at its
