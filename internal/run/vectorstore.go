@@ -49,6 +49,20 @@ func (s *state) vectorKey(namespace, name string) vector.Key {
 	return vector.Key{TenantID: s.job.Who.TenantID, ProjectID: s.job.Who.ProjectID, Collection: namespace + "/" + name}
 }
 
+// vectorsAvailable fails a node that needs the vector store when there is
+// none: in a sandbox worker (whose executor has no store: vectors stay in
+// the server), or on an executor built without one.
+func (s *state) vectorsAvailable(n *flow.Node, field string) error {
+	if s.e.Vectors != nil {
+		return nil
+	}
+	if s.e.Calls != nil {
+		return errs.Field(errs.Unprocessable, "nodes."+n.ID+"."+field,
+			"node %s (%s) needs the vector store, which runs that execute in a sandbox worker (runs with memory_per_run) cannot use yet", n.ID, n.Type)
+	}
+	return errs.Field(errs.Unprocessable, "nodes."+n.ID+"."+field, "node %s (%s): no vector store is configured on this server", n.ID, n.Type)
+}
+
 // vectorStore is LangFlow's FAISS and Chroma components (an
 // LCVectorStoreComponent): the Data and DataFrames on ingest_data are
 // embedded with the Embeddings on embedding and stored, then search_query,
@@ -62,8 +76,8 @@ func (s *state) vectorStore(ctx context.Context, n *flow.Node, t *NodeTrace) err
 	fail := func(field, format string, args ...any) error {
 		return errs.Field(errs.Unprocessable, "nodes."+n.ID+"."+field, "node %s (%s): "+format, append([]any{n.ID, n.Type}, args...)...)
 	}
-	if s.e.Vectors == nil {
-		return fail("ingest_data", "no vector store is configured on this server")
+	if err := s.vectorsAvailable(n, kind.nameField); err != nil {
+		return err
 	}
 	name := strings.TrimSpace(s.param(n, kind.nameField).String())
 	if name == "" {
@@ -263,8 +277,8 @@ func (s *state) knowledgeName(n *flow.Node) (string, error) {
 		return "", errs.Field(errs.Unprocessable, "nodes."+n.ID+".knowledge_base",
 			"node %s (%s): knowledge base name %q must be 3 to 63 letters, digits, '_' or '-', starting and ending with a letter or digit", n.ID, n.Type, name)
 	}
-	if s.e.Vectors == nil {
-		return "", errs.Field(errs.Unprocessable, "nodes."+n.ID+".knowledge_base", "node %s (%s): no vector store is configured on this server", n.ID, n.Type)
+	if err := s.vectorsAvailable(n, "knowledge_base"); err != nil {
+		return "", err
 	}
 	return name, nil
 }

@@ -453,3 +453,22 @@ func (st *stack) requireNoLeases(ctx context.Context) {
 		}
 	}
 }
+
+// TestVectorStoreInTheWorker: a sandboxed run reaching a vector store fails
+// at that node with a 422 that says why (vectors stay in the server; the
+// worker has no store yet), and nothing is embedded.
+func TestVectorStoreInTheWorker(t *testing.T) {
+	st := newStack(t, `{"memory_per_run":"64MiB"}`, sandbox.Options{Workers: 1, CgroupRoot: "/nonexistent/sluice", RunUnenforced: true})
+	const rag = `{"nodes":[{"id":"in","type":"ChatInput"},{"id":"emb","type":"OpenAIEmbeddings"},{"id":"store","type":"FAISS"},{"id":"out","type":"ChatOutput"}],
+	"edges":[{"source":"in","target":"store","targetHandle":"search_query"},{"source":"emb","target":"store","targetHandle":"embedding"},
+	{"source":"store","sourceHandle":"dataframe","target":"out"}]}`
+	out := st.run(context.Background(), rag, run.RunRequest{InputValue: "what is sluice?"}, nil)
+	var re *run.RunError
+	if out.Record.Status != run.StatusFailed || !errors.As(out.Err, &re) || re.NodeID != "store" || errs.CodeOf(out.Err) != errs.Unprocessable ||
+		!strings.Contains(out.Err.Error(), "sandbox worker") {
+		t.Errorf("vector store in a worker: status %s, error %v; want failed, unprocessable, at store, saying why", out.Record.Status, out.Err)
+	}
+	if out.Record.Usage.InputTokens != 0 {
+		t.Errorf("usage %+v, want nothing embedded", out.Record.Usage)
+	}
+}
