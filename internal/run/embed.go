@@ -36,15 +36,6 @@ type EmbedResult struct {
 	Simulated bool   `json:"simulated,omitempty"`
 }
 
-// EmbedCaller makes a run's governed embeddings calls. *Executor is one; a
-// Caller that is not (a sandbox worker's) makes runs that embed fail with
-// a clear error.
-type EmbedCaller interface {
-	Embed(ctx context.Context, job *Job, c EmbedCall) (EmbedResult, error)
-}
-
-var _ EmbedCaller = (*Executor)(nil)
-
 // embedRef is an Embeddings handle: the node that configured the model,
 // not yet called (LangFlow's Embeddings object).
 type embedRef struct {
@@ -67,57 +58,20 @@ func (s *state) embeddings(n *flow.Node) error {
 	return nil
 }
 
-// embedModel is the model name and dimensions an Embeddings handle asks for.
-func (s *state) embedModel(ref *embedRef) (string, int, string) {
+// embedSpec is the embeddings model an Embeddings handle asks for, and the
+// texts per call (its chunk_size).
+func (s *state) embedSpec(ref *embedRef) EmbedSpec {
 	if ref.node == nil {
-		return ref.model, 0, ""
+		return EmbedSpec{Model: ref.model}
 	}
-	dims, _ := s.param(ref.node, "dimensions").Int()
-	return s.modelName(ref.node), max(dims, 0), ref.node.ID
-}
-
-// embed embeds texts for node n with the Embeddings handle ref, in
-// batches of the handle's chunk_size (at most maxEmbedBatch), each one a
-// governed call, and accounts for them in the run and the node's trace.
-func (s *state) embed(ctx context.Context, n *flow.Node, ref *embedRef, texts []string, t *NodeTrace) ([][]float32, string, error) {
-	model, dims, modelNode := s.embedModel(ref)
-	batch := maxEmbedBatch
-	if ref.node != nil {
-		if v, ok := s.param(ref.node, "chunk_size").Int(); ok && v > 0 && v < batch {
-			batch = v
-		}
+	spec := EmbedSpec{ModelNodeID: ref.node.ID, Model: s.modelName(ref.node)}
+	if v, ok := s.param(ref.node, "dimensions").Int(); ok && v > 0 {
+		spec.Dimensions = v
 	}
-	var calls EmbedCaller = s.e
-	if s.e.Calls != nil {
-		c, ok := s.e.Calls.(EmbedCaller)
-		if !ok {
-			return nil, "", errs.Field(errs.Unprocessable, "nodes."+n.ID,
-				"node %s (%s) embeds text, which runs that execute in a sandbox worker cannot do yet; run the flow without a memory cap", n.ID, n.Type)
-		}
-		calls = c
+	if v, ok := s.param(ref.node, "chunk_size").Int(); ok && v > 0 {
+		spec.Batch = v
 	}
-	out := make([][]float32, 0, len(texts))
-	var served string
-	for start := 0; start < len(texts); start += batch {
-		if err := ctx.Err(); err != nil {
-			return nil, "", ctxError(err)
-		}
-		c := EmbedCall{NodeID: n.ID, ModelNodeID: modelNode, Model: model, Dimensions: dims, Input: texts[start:min(start+batch, len(texts))]}
-		r, err := calls.Embed(ctx, s.job, c)
-		s.callCount += r.Calls
-		s.usage.Add(r.Usage)
-		if r.Simulated {
-			s.simulated = true
-		}
-		if r.Model != "" {
-			t.Model, served = r.Model, r.Model
-		}
-		if err != nil {
-			return nil, "", err
-		}
-		out = append(out, r.Vectors...)
-	}
-	return out, served, nil
+	return spec
 }
 
 // Embed makes one governed embeddings call in this process: the input

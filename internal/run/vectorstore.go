@@ -12,7 +12,6 @@ import (
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/flow"
-	"github.com/sluicehq/sluice/internal/vector"
 )
 
 // The vector-store components (FAISS, Chroma) and the Knowledge components
@@ -44,25 +43,6 @@ var vectorKinds = map[string]vectorKind{
 // maxCollectionName bounds a collection's name.
 const maxCollectionName = 200
 
-// vectorKey is the run's collection of a namespace.
-func (s *state) vectorKey(namespace, name string) vector.Key {
-	return vector.Key{TenantID: s.job.Who.TenantID, ProjectID: s.job.Who.ProjectID, Collection: namespace + "/" + name}
-}
-
-// vectorsAvailable fails a node that needs the vector store when there is
-// none: in a sandbox worker (whose executor has no store: vectors stay in
-// the server), or on an executor built without one.
-func (s *state) vectorsAvailable(n *flow.Node, field string) error {
-	if s.e.Vectors != nil {
-		return nil
-	}
-	if s.e.Calls != nil {
-		return errs.Field(errs.Unprocessable, "nodes."+n.ID+"."+field,
-			"node %s (%s) needs the vector store, which runs that execute in a sandbox worker (runs with memory_per_run) cannot use yet", n.ID, n.Type)
-	}
-	return errs.Field(errs.Unprocessable, "nodes."+n.ID+"."+field, "node %s (%s): no vector store is configured on this server", n.ID, n.Type)
-}
-
 // vectorStore is LangFlow's FAISS and Chroma components (an
 // LCVectorStoreComponent): the Data and DataFrames on ingest_data are
 // embedded with the Embeddings on embedding and stored, then search_query,
@@ -72,11 +52,11 @@ func (s *state) vectorsAvailable(n *flow.Node, field string) error {
 // same as a DataFrame). Rows with no text are not stored. persist_directory
 // and the Chroma server settings are ignored: the store is Sluice's.
 func (s *state) vectorStore(ctx context.Context, n *flow.Node, t *NodeTrace) error {
-	kind := vectorKinds[n.Component().Type]
+	kind := vectorKinds[n.Type]
 	fail := func(field, format string, args ...any) error {
 		return errs.Field(errs.Unprocessable, "nodes."+n.ID+"."+field, "node %s (%s): "+format, append([]any{n.ID, n.Type}, args...)...)
 	}
-	if err := s.vectorsAvailable(n, kind.nameField); err != nil {
+	if _, err := s.vectorCaller(n, kind.nameField); err != nil {
 		return err
 	}
 	name := strings.TrimSpace(s.param(n, kind.nameField).String())
@@ -96,21 +76,18 @@ func (s *state) vectorStore(ctx context.Context, n *flow.Node, t *NodeTrace) err
 	if ref == nil {
 		return fail("embedding", "connect an Embeddings component (OpenAI Embeddings or Embedding Model) to embedding")
 	}
-	key := s.vectorKey(kind.namespace, name)
+	collection := kind.namespace + "/" + name
 	docs, err := s.ingestDocs(n, "ingest_data", "text")
 	if err != nil {
 		return err
 	}
 	if len(docs) > 0 || (kind.replace && len(s.inputs[n.ID]["ingest_data"]) > 0) {
-		if max := s.e.Vectors.Limits().MaxPerCollection; len(docs) > max {
-			return errs.Field(errs.Unprocessable, "nodes."+n.ID+".ingest_data",
-				"node %s (%s): %d documents to ingest; a collection holds at most %d (vectors.max_per_collection)", n.ID, n.Type, len(docs), max)
-		}
-		opt := vector.AddOptions{Replace: kind.replace, SkipDuplicates: !kind.replace}
+		c := VectorCall{Op: VectorIngest, Collection: collection, Embed: s.embedSpec(ref), Docs: docs,
+			Replace: kind.replace, SkipDuplicates: !kind.replace}
 		if v, ok := s.param(n, "allow_duplicates").Bool(); ok && v {
-			opt.SkipDuplicates = false
+			c.SkipDuplicates = false
 		}
-		if err := s.storeDocs(ctx, n, ref, key, docs, opt, t); err != nil {
+		if _, err := s.vectors(ctx, n, "ingest_data", c, t); err != nil {
 			return err
 		}
 	}
@@ -123,12 +100,12 @@ func (s *state) vectorStore(ctx context.Context, n *flow.Node, t *NodeTrace) err
 		if k < 1 {
 			return fail("number_of_results", "number_of_results must be at least 1, not %d", k)
 		}
-		hits, err := s.searchDocs(ctx, n, ref, key, query, k, t)
+		r, err := s.vectors(ctx, n, "search_query", VectorCall{Op: VectorSearch, Collection: collection, Embed: s.embedSpec(ref), Query: query, K: k}, t)
 		if err != nil {
 			return err
 		}
-		for _, h := range hits {
-			r, err := docRow(h.Doc)
+		for _, h := range r.Hits {
+			r, err := docRow(h.Meta)
 			if err != nil {
 				return err
 			}
@@ -143,8 +120,8 @@ func (s *state) vectorStore(ctx context.Context, n *flow.Node, t *NodeTrace) err
 // ingestDocs reads the rows on an input (Data, lists of Data, DataFrames,
 // Messages) as documents: the text under textKey, the other fields as
 // metadata. Rows without text are left out.
-func (s *state) ingestDocs(n *flow.Node, input, textKey string) ([]vector.Doc, error) {
-	var docs []vector.Doc
+func (s *state) ingestDocs(n *flow.Node, input, textKey string) ([]VectorDoc, error) {
+	var docs []VectorDoc
 	for _, v := range s.inputs[n.ID][input] {
 		for _, r := range asTable(v).rows {
 			tv, ok := r.get(textKey)
@@ -159,48 +136,10 @@ func (s *state) ingestDocs(n *flow.Node, input, textKey string) ([]vector.Doc, e
 			if err != nil {
 				return nil, errs.Field(errs.Unprocessable, "nodes."+n.ID+"."+input, "node %s: %v", n.ID, err)
 			}
-			docs = append(docs, vector.Doc{Text: text, Meta: meta})
+			docs = append(docs, VectorDoc{Text: text, Meta: meta})
 		}
 	}
 	return docs, nil
-}
-
-// storeDocs embeds docs and adds them to the collection. The store
-// refuses the add (all of it) when the collection would pass its bound or
-// the vectors are unlike the collection's.
-func (s *state) storeDocs(ctx context.Context, n *flow.Node, ref *embedRef, key vector.Key, docs []vector.Doc, opt vector.AddOptions, t *NodeTrace) error {
-	texts := make([]string, len(docs))
-	for i, d := range docs {
-		texts[i] = d.Text
-	}
-	var model string
-	if len(texts) > 0 {
-		vecs, served, err := s.embed(ctx, n, ref, texts, t)
-		if err != nil {
-			return err
-		}
-		for i := range docs {
-			docs[i].Vector = vecs[i]
-		}
-		model = baseModel(served)
-	}
-	if _, err := s.e.Vectors.Add(ctx, key, model, docs, opt); err != nil {
-		return vectorError(n, "ingest_data", err)
-	}
-	return nil
-}
-
-// searchDocs embeds query with ref and returns the k nearest documents.
-func (s *state) searchDocs(ctx context.Context, n *flow.Node, ref *embedRef, key vector.Key, query string, k int, t *NodeTrace) ([]vector.Hit, error) {
-	vecs, _, err := s.embed(ctx, n, ref, []string{query}, t)
-	if err != nil {
-		return nil, err
-	}
-	hits, err := s.e.Vectors.Search(ctx, key, vecs[0], k)
-	if err != nil {
-		return nil, vectorError(n, "search_query", err)
-	}
-	return hits, nil
 }
 
 // baseModel is a served model's name without the trace's note.
@@ -209,10 +148,16 @@ func baseModel(served string) string {
 	return name
 }
 
-// vectorError names the node and field in a store's refusal.
+// vectorError names the node and field in a store's refusal. Errors that
+// name their own field (a model an Embeddings node chose), a run's end
+// (timeout, cancel) and internal errors pass as they are.
 func vectorError(n *flow.Node, field string, err error) error {
 	var e *errs.Error
-	if errors.As(err, &e) && e.Code != errs.Internal {
+	var re *RunError
+	if errors.As(err, &re) {
+		return err
+	}
+	if errors.As(err, &e) && e.Code != errs.Internal && e.Field == "" {
 		return &errs.Error{Code: e.Code, Field: "nodes." + n.ID + "." + field, Message: fmt.Sprintf("node %s (%s): %s", n.ID, n.Type, e.Message), Err: e.Err}
 	}
 	return err
@@ -233,12 +178,12 @@ func rowMeta(r row) (json.RawMessage, error) {
 }
 
 // docRow decodes a document's metadata (rowMeta) into a row.
-func docRow(d vector.Doc) (row, error) {
+func docRow(meta json.RawMessage) (row, error) {
 	var pairs [][2]json.RawMessage
-	if len(d.Meta) == 0 || string(d.Meta) == "null" {
+	if len(meta) == 0 || string(meta) == "null" {
 		return row{}, nil
 	}
-	if err := json.Unmarshal(d.Meta, &pairs); err != nil {
+	if err := json.Unmarshal(meta, &pairs); err != nil {
 		return nil, errs.Wrap(err, "decode a stored document's fields")
 	}
 	r := make(row, 0, len(pairs)+1)
@@ -277,7 +222,7 @@ func (s *state) knowledgeName(n *flow.Node) (string, error) {
 		return "", errs.Field(errs.Unprocessable, "nodes."+n.ID+".knowledge_base",
 			"node %s (%s): knowledge base name %q must be 3 to 63 letters, digits, '_' or '-', starting and ending with a letter or digit", n.ID, n.Type, name)
 	}
-	if err := s.vectorsAvailable(n, "knowledge_base"); err != nil {
+	if _, err := s.vectorCaller(n, "knowledge_base"); err != nil {
 		return "", err
 	}
 	return name, nil
@@ -366,7 +311,7 @@ func (s *state) knowledgeIngestion(ctx context.Context, n *flow.Node, t *NodeTra
 			ident = append(ident, c.name)
 		}
 	}
-	var docs []vector.Doc
+	var docs []VectorDoc
 	for _, r := range rows {
 		var parts, ids []string
 		for _, c := range config {
@@ -398,16 +343,14 @@ func (s *state) knowledgeIngestion(ctx context.Context, n *flow.Node, t *NodeTra
 		if err != nil {
 			return fail("input_df", "%v", err)
 		}
-		docs = append(docs, vector.Doc{Text: text, Meta: b})
+		docs = append(docs, VectorDoc{Text: text, Meta: b})
 	}
-	if max := s.e.Vectors.Limits().MaxPerCollection; len(docs) > max {
-		return fail("input_df", "%d rows to ingest; a knowledge base holds at most %d (vectors.max_per_collection)", len(docs), max)
-	}
-	key := s.vectorKey("knowledge", name)
-	info, err := s.e.Vectors.Info(ctx, key)
+	collection := "knowledge/" + name
+	r, err := s.vectors(ctx, n, "knowledge_base", VectorCall{Op: VectorInfo, Collection: collection}, t)
 	if err != nil {
-		return vectorError(n, "knowledge_base", err)
+		return err
 	}
+	info := r.Info
 	ref := &embedRef{model: info.Model}
 	if info.Count == 0 {
 		ref.model = s.modelName(n)
@@ -419,11 +362,11 @@ func (s *state) knowledgeIngestion(ctx context.Context, n *flow.Node, t *NodeTra
 			ref.model = v
 		}
 	}
-	opt := vector.AddOptions{SkipDuplicates: true}
+	c := VectorCall{Op: VectorIngest, Collection: collection, Embed: s.embedSpec(ref), Docs: docs, SkipDuplicates: true}
 	if v, ok := s.param(n, "allow_duplicates").Bool(); ok && v {
-		opt.SkipDuplicates = false
+		c.SkipDuplicates = false
 	}
-	if err := s.storeDocs(ctx, n, ref, key, docs, opt, t); err != nil {
+	if _, err := s.vectors(ctx, n, "input_df", c, t); err != nil {
 		return err
 	}
 	vectorized, identifiers := []any{}, []any{}
@@ -459,11 +402,12 @@ func (s *state) knowledgeRetrieval(ctx context.Context, n *flow.Node, t *NodeTra
 	if err != nil {
 		return err
 	}
-	key := s.vectorKey("knowledge", name)
-	info, err := s.e.Vectors.Info(ctx, key)
+	collection := "knowledge/" + name
+	ir, err := s.vectors(ctx, n, "knowledge_base", VectorCall{Op: VectorInfo, Collection: collection}, t)
 	if err != nil {
-		return vectorError(n, "knowledge_base", err)
+		return err
 	}
+	info := ir.Info
 	if info.Count == 0 {
 		return errs.Field(errs.Unprocessable, "nodes."+n.ID+".knowledge_base",
 			"node %s (KnowledgeBase): knowledge base %q has no documents in this project; ingest some first (KnowledgeIngestion)", n.ID, name)
@@ -481,27 +425,22 @@ func (s *state) knowledgeRetrieval(ctx context.Context, n *flow.Node, t *NodeTra
 	}
 	includeEmb, _ := s.param(n, "include_embeddings").Bool()
 	query := s.text(n, "search_query")
-	var hits []vector.Hit
+	c := VectorCall{Op: VectorList, Collection: collection, K: k, WithVectors: includeEmb}
 	if strings.TrimSpace(query) != "" {
-		hits, err = s.searchDocs(ctx, n, &embedRef{model: info.Model}, key, query, k, t)
-	} else {
-		// A zero vector scores every document 0: the first k, in order.
-		hits, err = s.e.Vectors.Search(ctx, key, make([]float32, info.Dimensions), k)
-		if err != nil {
-			err = vectorError(n, "knowledge_base", err)
-		}
+		c.Op, c.Query, c.Embed = VectorSearch, query, EmbedSpec{Model: info.Model}
 	}
+	r, err := s.vectors(ctx, n, "search_query", c, t)
 	if err != nil {
 		return err
 	}
-	rows := make([]row, 0, len(hits))
-	for _, h := range hits {
+	rows := make([]row, 0, len(r.Hits))
+	for _, h := range r.Hits {
 		r := row{{"content", h.Text}}
 		if strings.TrimSpace(query) != "" {
 			r = append(r, field{"_score", h.Score})
 		}
 		if includeMeta {
-			m, err := docRow(h.Doc)
+			m, err := docRow(h.Meta)
 			if err != nil {
 				return err
 			}
