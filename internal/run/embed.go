@@ -87,10 +87,7 @@ func (e *Executor) Embed(ctx context.Context, job *Job, c EmbedCall) (EmbedResul
 	}
 	m, note, err := e.resolveModel(job, ModelCall{NodeID: c.NodeID, ModelNodeID: c.ModelNodeID, Model: c.Model})
 	if err != nil {
-		if c.ModelNodeID == "" {
-			return out, errs.Field(errs.Unprocessable, field, "node %s: embeddings model %q is not in the model table (configured: %v)", c.NodeID, c.Model, e.Models.Names())
-		}
-		return out, err
+		return out, errs.Field(errs.Unprocessable, field, "node %s: embeddings model %q is not in the model table (configured: %v)", c.NodeID, c.Model, e.Models.Names())
 	}
 	if !m.CanEmbed() {
 		return out, errs.Field(errs.Unprocessable, field,

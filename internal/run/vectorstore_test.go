@@ -227,7 +227,8 @@ func TestOpenAIEmbeddingsSettleInTheLedger(t *testing.T) {
 	defer srv.Close()
 	h := newHarness(t,
 		llm.ModelConfig{Name: "gpt-4o-mini", Provider: llm.ProviderSimulated},
-		llm.ModelConfig{Name: "text-embedding-3-small", Provider: llm.ProviderOpenAI, BaseURL: srv.URL + "/v1", APIKey: llm.NewSecret("sk-fake-embeddings-key"), InputPricePerMTok: 0.02})
+		llm.ModelConfig{Name: "text-embedding-3-small", Provider: llm.ProviderOpenAI, BaseURL: srv.URL + "/v1", APIKey: llm.NewSecret("sk-fake-embeddings-key"), InputPricePerMTok: 0.02},
+		llm.ModelConfig{Name: "llama3", Provider: llm.ProviderOllama, BaseURL: "http://127.0.0.1:1"})
 	h.exec.Vectors = h.store.Vectors(vector.Limits{})
 	start := time.Now().Add(-time.Minute)
 	res, err := h.exec.Execute(context.Background(), h.job(parseFlow(t, []byte(jsonf(ragFlow, "FAISS", ragDoc, 1))), "How are quota scopes arranged in a tree?"))
@@ -266,6 +267,16 @@ func TestOpenAIEmbeddingsSettleInTheLedger(t *testing.T) {
 	}
 	if use := h.userUse(); use.TokensDay.Used == 0 {
 		t.Errorf("the member's token counter did not move: %+v", use)
+	}
+
+	// A model the table lacks is named at the Embeddings node; a chat-only
+	// provider cannot embed.
+	for model, want := range map[string]string{"text-embedding-ada-999": "not in the model table", "llama3": "serves no embeddings"} {
+		_, err := h.exec.Execute(context.Background(), h.job(parseFlow(t, []byte(strings.Replace(jsonf(ragFlow, "FAISS", ragDoc, 1), "text-embedding-3-small", model, 1))), "q"))
+		var e *errs.Error
+		if !errors.As(err, &e) || e.Code != errs.Unprocessable || e.Field != "nodes.emb.model" || !strings.Contains(e.Message, want) {
+			t.Errorf("model %s: got %v, want unprocessable at nodes.emb.model (%s)", model, err, want)
+		}
 	}
 }
 
