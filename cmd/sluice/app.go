@@ -32,6 +32,7 @@ import (
 	"github.com/sluicehq/sluice/internal/sqlstore"
 	"github.com/sluicehq/sluice/internal/tenancy"
 	"github.com/sluicehq/sluice/internal/usage"
+	"github.com/sluicehq/sluice/internal/vector"
 )
 
 // App is a whole Sluice server: built from a Config, started on a listener,
@@ -230,7 +231,8 @@ func (a *App) startRuns() error {
 	a.files = &files.Service{Store: a.store, Dir: a.cfg.FilesDir(), MaxFileBytes: int64(a.cfg.Files.MaxFileBytes),
 		ProjectQuota: int64(a.cfg.Files.ProjectQuota), Log: a.log}
 	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: guard,
-		Log: a.log, DemoModels: demo, Gate: a.gate, Files: a.files}
+		Log: a.log, DemoModels: demo, Gate: a.gate, Files: a.files,
+		Vectors: newVectorStore(a.cfg.Vectors, a.store)}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
 		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
 	// Runs without memory_per_run execute here, where no kernel limit holds
@@ -434,4 +436,13 @@ func (a *App) startFront() error {
 	a.log.Info("governing an existing LangFlow: its run, webhook, build, flow and file routes are proxied; Sluice's own flow runtime is off for them",
 		slog.String("upstream", u.Redacted()), slog.Bool("charge_reported_usage", lf.ChargeReportedUsage))
 	return nil
+}
+
+// newVectorStore is the flow runtime's vector store: the database's, or
+// this process's memory when vectors.persist is off.
+func newVectorStore(c config.Vectors, store *sqlstore.Store) vector.Store {
+	if c.Persist {
+		return store.Vectors(c.Limits())
+	}
+	return vector.NewMemory(c.Limits())
 }

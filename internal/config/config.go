@@ -26,6 +26,7 @@ import (
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/vector"
 )
 
 // Config is what `sluice serve` needs to start.
@@ -84,6 +85,9 @@ type Config struct {
 	Langflow Langflow `yaml:"langflow"`
 	// Files bounds the files projects keep (uploads, SaveToFile).
 	Files Files `yaml:"files"`
+	// Vectors configures the local vector store of the flow runtime's
+	// FAISS, Chroma and Knowledge components.
+	Vectors Vectors `yaml:"vectors"`
 	// RedisURL, when set, makes the quota engine shared through Redis
 	// (several instances enforce one set of limits); empty keeps it in
 	// process. Secret: it may carry a password.
@@ -330,6 +334,27 @@ type Langflow struct {
 	ChargeReportedUsage bool `yaml:"charge_reported_usage"`
 }
 
+// Vectors configures the flow runtime's local vector store
+// (docs/flows.md#embeddings-and-vector-stores).
+type Vectors struct {
+	// Persist keeps collections in the database (every instance sees
+	// them, they outlive a restart); off, each instance keeps them in
+	// memory until it stops.
+	Persist bool `yaml:"persist"`
+	// MaxPerCollection bounds the documents of one collection; an ingest
+	// past it fails (422) before anything is embedded.
+	MaxPerCollection int `yaml:"max_per_collection"`
+	// MaxCollections bounds the collections of one project.
+	MaxCollections int `yaml:"max_collections"`
+	// MaxDimensions bounds the length of a stored vector.
+	MaxDimensions int `yaml:"max_dimensions"`
+}
+
+// Limits are the store's bounds.
+func (v Vectors) Limits() vector.Limits {
+	return vector.Limits{MaxPerCollection: v.MaxPerCollection, MaxCollections: v.MaxCollections, MaxDimensions: v.MaxDimensions}
+}
+
 // defaultRouting is llm.DefaultRouterOptions in the config's units.
 func defaultRouting() Routing {
 	o := llm.DefaultRouterOptions()
@@ -496,6 +521,7 @@ func Default() Config {
 		Langflow:     Langflow{ChargeReportedUsage: true},
 		SecretKeyEnv: "SLUICE_SECRET_KEY",
 		Files:        Files{MaxFileBytes: 32 << 20, ProjectQuota: 512 << 20},
+		Vectors:      Vectors{Persist: true, MaxPerCollection: 10_000, MaxCollections: 100, MaxDimensions: 4096},
 	}
 }
 
@@ -661,6 +687,15 @@ func (c *Config) Validate() error {
 	}
 	if v := c.SecretKeyEnv; v != "" && !envVarName.MatchString(v) {
 		return errs.Field(errs.Invalid, "secret_key_env", "secret_key_env %q is not an environment variable name", v)
+	}
+	if v := c.Vectors.MaxPerCollection; v < 1 || v > 1_000_000 {
+		return errs.Field(errs.Invalid, "vectors.max_per_collection", "vectors.max_per_collection %d is outside 1..1000000", v)
+	}
+	if v := c.Vectors.MaxCollections; v < 1 || v > 100_000 {
+		return errs.Field(errs.Invalid, "vectors.max_collections", "vectors.max_collections %d is outside 1..100000", v)
+	}
+	if v := c.Vectors.MaxDimensions; v < 1 || v > 65_536 {
+		return errs.Field(errs.Invalid, "vectors.max_dimensions", "vectors.max_dimensions %d is outside 1..65536", v)
 	}
 	if v := c.Langflow.APIKeyEnv; v != "" && !envVarName.MatchString(v) {
 		return errs.Field(errs.Invalid, "langflow.api_key_env", "langflow.api_key_env %q is not an environment variable name", v)

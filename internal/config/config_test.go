@@ -82,6 +82,7 @@ quota_engine: lease
 		Langflow:           config.Default().Langflow,
 		SecretKeyEnv:       config.Default().SecretKeyEnv,
 		Files:              config.Default().Files,
+		Vectors:            config.Default().Vectors,
 
 		MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 	}
@@ -186,7 +187,7 @@ admin_key: file-key
 					Sandbox:     config.Sandbox{Unenforced: "refuse", Workers: 2},
 					RedisPrefix: "sluice", UsageQueueMax: 100_000,
 					SettleOverrun: config.Default().SettleOverrun, SettleSanity: config.Default().SettleSanity,
-					Routing: config.Default().Routing, Gateway: config.Default().Gateway, Langflow: config.Default().Langflow, SecretKeyEnv: config.Default().SecretKeyEnv, Files: config.Default().Files,
+					Routing: config.Default().Routing, Gateway: config.Default().Gateway, Langflow: config.Default().Langflow, SecretKeyEnv: config.Default().SecretKeyEnv, Files: config.Default().Files, Vectors: config.Default().Vectors,
 
 					MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 				}
@@ -700,5 +701,28 @@ func TestGatewayValidation(t *testing.T) {
 	if err := c.Parse(strings.NewReader("gateway:\n  max_body_bytes: 16MiB\n  log_prompts: true\n")); err != nil || c.Validate() != nil ||
 		c.Gateway.MaxBodyBytes != 16<<20 || !c.Gateway.LogPrompts || c.Gateway.DefaultMaxTokens != 4096 {
 		t.Errorf("gateway section: %+v (%v), want 16MiB, prompts logged, default 4096 kept", c.Gateway, err)
+	}
+}
+
+// TestVectorsValidation: the vectors section's bounds name their field.
+func TestVectorsValidation(t *testing.T) {
+	for field, yaml := range map[string]string{
+		"vectors.max_per_collection": "vectors:\n  max_per_collection: 0\n",
+		"vectors.max_collections":    "vectors:\n  max_collections: 100001\n",
+		"vectors.max_dimensions":     "vectors:\n  max_dimensions: -1\n",
+	} {
+		c := config.Default()
+		if err := c.Parse(strings.NewReader(yaml)); err != nil {
+			t.Fatalf("%s: parse: %v", field, err)
+		}
+		var e *errs.Error
+		if err := c.Validate(); !errors.As(err, &e) || e.Field != field {
+			t.Errorf("%s: Validate() = %v, want an error naming %s", field, err, field)
+		}
+	}
+	c := config.Default()
+	if err := c.Parse(strings.NewReader("vectors:\n  persist: false\n  max_per_collection: 500\n")); err != nil || c.Validate() != nil ||
+		c.Vectors.Persist || c.Vectors.MaxPerCollection != 500 || c.Vectors.MaxDimensions != 4096 {
+		t.Errorf("vectors section: %+v (%v), want in memory, 500 per collection, default dimensions kept", c.Vectors, err)
 	}
 }

@@ -85,6 +85,8 @@ const (
 	typeTemplate  = "PromptTemplate"
 	typeMemory    = "Memory"
 	typeTool      = "Tool"
+	// typeEmbeddings is an embeddings model handed to a vector store.
+	typeEmbeddings = "Embeddings"
 )
 
 // Lookup returns the component for a canonical type name or alias, or nil.
@@ -149,6 +151,28 @@ func modelOutputs() []Output {
 
 func withInputs(base []Input, more ...Input) []Input {
 	return append(append([]Input(nil), base...), more...)
+}
+
+// vectorStoreInputs are LangFlow's LCVectorStoreComponent inputs, with the
+// field that names the collection.
+func vectorStoreInputs(nameField string) []Input {
+	return []Input{
+		lit(nameField),
+		lit("persist_directory"),
+		{Name: "ingest_data", Edge: true, List: true, Types: []string{typeData, typeDataFrame}},
+		msg("search_query"),
+		lit("should_cache_vector_store"),
+		{Name: "embedding", Edge: true, EdgeOnly: true, Types: []string{typeEmbeddings}},
+		lit("number_of_results"),
+	}
+}
+
+// vectorStoreOutputs are LangFlow's LCVectorStoreComponent outputs.
+func vectorStoreOutputs() []Output {
+	return []Output{
+		{Name: "search_results", Type: typeData},
+		{Name: "dataframe", Type: typeDataFrame},
+	}
 }
 
 // chatFields are the message-metadata fields of ChatInput and ChatOutput.
@@ -475,6 +499,64 @@ var Components = map[string]*Component{
 			{Name: "chunks", Type: typeData},
 			{Name: "dataframe", Type: typeDataFrame},
 		},
+	},
+	"OpenAIEmbeddings": {
+		// The key and base URL fields are carried but unused: the model
+		// table holds providers' keys.
+		Type:    "OpenAIEmbeddings",
+		Aliases: []string{"OpenAIEmbeddingsComponent"},
+		Inputs:  []Input{lit("model"), lit("dimensions"), lit("chunk_size")},
+		Outputs: []Output{{Name: "embeddings", Type: typeEmbeddings}},
+	},
+	"EmbeddingModel": {
+		// The model is a model list ([{"name": …, "provider": …}]), a name,
+		// or an Embeddings edge passed on.
+		Type:    "EmbeddingModel",
+		Aliases: []string{"EmbeddingModelComponent"},
+		Inputs: []Input{
+			{Name: "model", Edge: true, Types: []string{typeEmbeddings}},
+			lit("dimensions"),
+			lit("chunk_size"),
+		},
+		Outputs: []Output{{Name: "embeddings", Type: typeEmbeddings}},
+	},
+	"FAISS": {
+		Type:    "FAISS",
+		Aliases: []string{"FaissVectorStoreComponent"},
+		Inputs:  vectorStoreInputs("index_name"),
+		Outputs: vectorStoreOutputs(),
+	},
+	"Chroma": {
+		Type:    "Chroma",
+		Aliases: []string{"ChromaVectorStoreComponent"},
+		Inputs:  withInputs(vectorStoreInputs("collection_name"), lit("allow_duplicates"), lit("limit"), lit("search_type")),
+		Outputs: vectorStoreOutputs(),
+	},
+	"KnowledgeIngestion": {
+		Type:    "KnowledgeIngestion",
+		Aliases: []string{"KnowledgeIngestionComponent", "KBIngestion"},
+		Inputs: []Input{
+			req(lit("knowledge_base")),
+			req(Input{Name: "input_df", Edge: true, List: true, Types: []string{typeDataFrame, typeData, typeMessage}}),
+			lit("column_config"),
+			lit("chunk_size"),
+			lit("allow_duplicates"),
+			lit("embedding_model"),
+		},
+		Outputs: []Output{{Name: "dataframe_output", Type: typeData}},
+	},
+	"KnowledgeBase": {
+		// LangFlow's Knowledge Retrieval.
+		Type:    "KnowledgeBase",
+		Aliases: []string{"KnowledgeBaseComponent", "KnowledgeRetrieval", "KBRetrieval"},
+		Inputs: []Input{
+			req(lit("knowledge_base")),
+			msg("search_query"),
+			lit("top_k"),
+			lit("include_metadata"),
+			lit("include_embeddings"),
+		},
+		Outputs: []Output{{Name: "retrieve_data", Type: typeDataFrame}},
 	},
 	"BatchRunComponent": {
 		// The model is a LanguageModel edge (LangFlow 1.1–1.6) or the

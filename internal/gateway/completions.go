@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -196,7 +195,7 @@ func (h *Handler) embeddings(w http.ResponseWriter, r *http.Request) {
 			return gate.Outcome{}, fieldError("model", "model "+a.Model.Name()+" ("+a.Model.Config().Provider+
 				") does not serve embeddings through Sluice; use an OpenAI-compatible deployment")
 		}
-		return simulatedEmbeddings(w, a, req, inputs, call.InputTokens)
+		return simulatedEmbeddings(ctx, w, a, req, inputs, call.InputTokens)
 	}
 	res, err := h.Gate.Do(r.Context(), call)
 	if err != nil && !res.Committed {
@@ -204,10 +203,11 @@ func (h *Handler) embeddings(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// simulatedEmbeddings answers with deterministic unit vectors derived
-// from each input's hash: no meaning, but stable, so that flows and tests
-// that store and search embeddings run without a provider.
-func simulatedEmbeddings(w http.ResponseWriter, a gate.Attempt, req embeddingRequest, inputs []string, tokens int) (gate.Outcome, error) {
+// simulatedEmbeddings answers with the simulated model's embeddings
+// (llm.Simulated.Embed: deterministic hashed bag-of-words vectors, so that
+// texts sharing words are near), so that clients that store and search
+// embeddings run without a provider. The usage is the prompt as counted.
+func simulatedEmbeddings(ctx context.Context, w http.ResponseWriter, a gate.Attempt, req embeddingRequest, inputs []string, tokens int) (gate.Outcome, error) {
 	dims := 256
 	if req.Dimensions != nil {
 		dims = *req.Dimensions
@@ -217,23 +217,12 @@ func simulatedEmbeddings(w http.ResponseWriter, a gate.Attempt, req embeddingReq
 		Index     int    `json:"index"`
 		Embedding any    `json:"embedding"` // floats, or base64 of little-endian float32s
 	}
+	r, err := a.Model.Embed(ctx, llm.EmbedRequest{Input: inputs, Dimensions: dims})
+	if err != nil {
+		return gate.Outcome{Response: llm.Response{Usage: r.Usage}}, err
+	}
 	data := make([]item, 0, len(inputs))
-	for i, s := range inputs {
-		vec := make([]float32, dims)
-		seed := sha256.Sum256([]byte(s))
-		var norm float64
-		for j := range vec {
-			if j%8 == 0 && j > 0 {
-				seed = sha256.Sum256(seed[:])
-			}
-			v := float64(int32(binary.LittleEndian.Uint32(seed[(j%8)*4:]))) / math.MaxInt32
-			vec[j] = float32(v)
-			norm += v * v
-		}
-		norm = math.Sqrt(norm)
-		for j := range vec {
-			vec[j] = float32(float64(vec[j]) / norm)
-		}
+	for i, vec := range r.Vectors {
 		var emb any = vec
 		if req.EncodingFormat == "base64" {
 			raw := make([]byte, 4*len(vec))

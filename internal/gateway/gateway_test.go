@@ -493,3 +493,40 @@ func TestStreamWithoutDone(t *testing.T) {
 		t.Fatalf("events %q, want the two chunks and [DONE], no error", events)
 	}
 }
+
+// TestSimulatedEmbeddings: the simulated model answers /v1/embeddings with
+// its hashed bag-of-words vectors (texts sharing words are nearer than
+// unrelated ones), in OpenAI's shape, with the prompt settled.
+func TestSimulatedEmbeddings(t *testing.T) {
+	w := newWorld(t, nil)
+	resp := post(t, w.url+"/v1/embeddings", `{"model":"simulated","dimensions":64,"input":["the quota of a tenant","a tenant's quota","cats sleep in the sun"]}`)
+	defer resp.Body.Close()
+	var b struct {
+		Object string `json:"object"`
+		Data   []struct {
+			Index     int       `json:"index"`
+			Embedding []float64 `json:"embedding"`
+		} `json:"data"`
+		Usage struct {
+			PromptTokens int `json:"prompt_tokens"`
+		} `json:"usage"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&b); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("got %d, %v", resp.StatusCode, err)
+	}
+	if b.Object != "list" || len(b.Data) != 3 || len(b.Data[0].Embedding) != 64 || b.Usage.PromptTokens == 0 {
+		t.Fatalf("got %+v, want 3 vectors of 64 and the prompt's tokens", b)
+	}
+	dot := func(x, y []float64) (d float64) {
+		for i := range x {
+			d += x[i] * y[i]
+		}
+		return d
+	}
+	if near, far := dot(b.Data[0].Embedding, b.Data[1].Embedding), dot(b.Data[0].Embedding, b.Data[2].Embedding); near <= far {
+		t.Errorf("cosine of texts sharing words %.3f, of unrelated ones %.3f: want the first higher", near, far)
+	}
+	if s := w.meter.waitSettle(t, 1); s.usage.InputTokens != int64(b.Usage.PromptTokens) || s.usage.OutputTokens != 0 {
+		t.Errorf("settled %+v, want the %d prompt tokens and no output", s.usage, b.Usage.PromptTokens)
+	}
+}

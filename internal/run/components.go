@@ -45,6 +45,14 @@ func (s *state) exec(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 		return s.splitText(n)
 	case "CurrentDate":
 		return s.currentDate(n)
+	case "OpenAIEmbeddings", "EmbeddingModel":
+		return s.embeddings(n)
+	case "FAISS", "Chroma":
+		return s.vectorStore(ctx, n, t)
+	case "KnowledgeIngestion":
+		return s.knowledgeIngestion(ctx, n, t)
+	case "KnowledgeBase":
+		return s.knowledgeRetrieval(ctx, n, t)
 	case "File":
 		return s.readFile(ctx, n)
 	case "SaveToFile":

@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/vector"
 )
 
 // Executor runs flow graphs. Every model call goes through the meter.
@@ -50,6 +51,9 @@ type Executor struct {
 	// Now, when set, is the clock of components that read the time
 	// (CurrentDate); nil is time.Now.
 	Now func() time.Time
+	// Vectors keeps the collections of vector-store and Knowledge
+	// components (nil: flows that use one fail with a clear error).
+	Vectors vector.Store
 }
 
 // now is the executor's clock.
@@ -190,6 +194,7 @@ type value struct {
 	template *templated // PromptTemplate handles
 	tool     *tool      // tools for agents
 	data     *table     // Data, a list of Data, a DataFrame (see data.go)
+	embed    *embedRef  // Embeddings handles (see embed.go)
 }
 
 // modelRef is a model chosen by a node, not yet called.

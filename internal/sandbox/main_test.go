@@ -20,6 +20,7 @@ import (
 	"github.com/sluicehq/sluice/internal/sandbox"
 	"github.com/sluicehq/sluice/internal/sqlstore"
 	"github.com/sluicehq/sluice/internal/usage"
+	"github.com/sluicehq/sluice/internal/vector"
 )
 
 // workerEnv makes this test binary act as a sandbox worker (TestMain).
@@ -107,7 +108,8 @@ func newStack(t testing.TB, limits string, opts sandbox.Options, models ...llm.M
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.exec = &run.Executor{Meter: st.meter, Models: registry, Messages: store, Guard: &run.Guard{}, Log: log, DemoModels: len(models) == 0}
+	st.exec = &run.Executor{Meter: st.meter, Models: registry, Messages: store, Guard: &run.Guard{}, Log: log, DemoModels: len(models) == 0,
+		Vectors: store.Vectors(vector.Limits{})}
 	if len(opts.Command) == 0 {
 		opts.Command = []string{os.Args[0]}
 	}

@@ -23,10 +23,11 @@ import (
 // that many bytes of JSON (a frame). Lengths are bounded, so a worker
 // cannot make the server allocate without limit.
 //
-//	worker → server: ready, call, append, messages, event, progress, result
-//	server → worker: job, call_result, append_result, messages_result
+//	worker → server: ready, call, vector, append, messages, event, progress, result
+//	server → worker: job, call_result, vector_result, append_result, messages_result
 //
-// A request (call, append, messages) carries an id its answer repeats.
+// A request (call, vector, append, messages) carries an id its answer
+// repeats.
 const maxFrame = 16 << 20
 
 // Frame types.
@@ -35,6 +36,8 @@ const (
 	frameJob            = "job"
 	frameCall           = "call"
 	frameCallResult     = "call_result"
+	frameVector         = "vector"
+	frameVectorResult   = "vector_result"
 	frameAppend         = "append"
 	frameAppendResult   = "append_result"
 	frameMessages       = "messages"
@@ -97,6 +100,19 @@ type callBody struct {
 type callResultBody struct {
 	Result run.CallResult `json:"result"`
 	Error  *wireError     `json:"error,omitempty"`
+}
+
+// vectorBody is a vector-store request (embeddings and the store, both in
+// the server).
+type vectorBody struct {
+	run.VectorCall
+	Steps int64 `json:"steps"`
+}
+
+// vectorResultBody answers a vector request.
+type vectorResultBody struct {
+	Result run.VectorResult `json:"result"`
+	Error  *wireError       `json:"error,omitempty"`
 }
 
 // messagesBody asks for the session's last N messages.

@@ -257,6 +257,8 @@ loop:
 			switch f.Type {
 			case frameCall:
 				se.handle(func() { se.call(callCtx, f) })
+			case frameVector:
+				se.handle(func() { se.vector(callCtx, f) })
 			case frameAppend:
 				se.handle(func() { se.appendMessage(callCtx, f) })
 			case frameMessages:
@@ -391,6 +393,28 @@ func (se *session) call(ctx context.Context, f frame) {
 		se.mu.Unlock()
 	}
 	_ = se.w.c.send(frameCallResult, f.ID, callResultBody{Result: r, Error: encodeError(err)})
+}
+
+// vector does the vector-store work the worker asked for, with the
+// server's Calls, in the server's copy of the job's project.
+func (se *session) vector(ctx context.Context, f frame) {
+	var vb vectorBody
+	var r run.VectorResult
+	err := json.Unmarshal(f.Body, &vb)
+	if err == nil {
+		vc, ok := se.s.opts.Calls.(run.VectorCaller)
+		if !ok {
+			err = errs.E(errs.Unprocessable, "node %s: this server has no vector store for sandboxed runs", vb.NodeID)
+		} else {
+			r, err = vc.Vector(ctx, se.job, vb.VectorCall)
+		}
+		se.mu.Lock()
+		se.usage.Add(r.Usage)
+		se.simulated = se.simulated || r.Simulated
+		se.steps = max(se.steps, vb.Steps)
+		se.mu.Unlock()
+	}
+	_ = se.w.c.send(frameVectorResult, f.ID, vectorResultBody{Result: r, Error: encodeError(err)})
 }
 
 // appendMessage stores a message in the run's own session.

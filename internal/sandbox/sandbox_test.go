@@ -453,3 +453,38 @@ func (st *stack) requireNoLeases(ctx context.Context) {
 		}
 	}
 }
+
+// TestVectorStoreInTheWorker: a sandboxed run's vector store is the
+// server's: the worker asks the server to embed (governed, charged to the
+// run) and to store and search, in the run's own project. What one run
+// ingests, the next finds.
+func TestVectorStoreInTheWorker(t *testing.T) {
+	st := newStack(t, `{"memory_per_run":"64MiB"}`, sandbox.Options{Workers: 1, CgroupRoot: "/nonexistent/sluice", RunUnenforced: true})
+	const rag = `{"nodes":[{"id":"doc","type":"TextInput","data":{"input_value":%q}},
+	{"id":"split","type":"SplitText","data":{"chunk_size":60,"chunk_overlap":0,"separator":"\n"}},
+	{"id":"in","type":"ChatInput"},{"id":"emb","type":"OpenAIEmbeddings"},{"id":"store","type":"Chroma","data":{"number_of_results":1}},
+	{"id":"out","type":"ChatOutput"}],
+	"edges":[{"source":"doc","target":"split"},{"source":"split","sourceHandle":"dataframe","target":"store","targetHandle":"ingest_data"},
+	{"source":"in","target":"store","targetHandle":"search_query"},{"source":"emb","target":"store","targetHandle":"embedding"},
+	{"source":"store","sourceHandle":"dataframe","target":"out"}]}`
+	doc := "Budgets are reserved before each model call.\nWorkers run flows under a memory cap.\nCollections belong to one project."
+	ctx := context.Background()
+	out := st.run(ctx, fmt.Sprintf(rag, doc), run.RunRequest{InputValue: "which workers run under a memory cap?"}, nil)
+	if out.Err != nil || out.Record.Status != run.StatusSucceeded {
+		t.Fatalf("sandboxed RAG run: status %s, error %v", out.Record.Status, out.Err)
+	}
+	if got := out.Result.Outputs[0].Text; !strings.Contains(got, "Workers run flows under a memory cap.") || strings.Contains(got, "Budgets") {
+		t.Errorf("output %q, want the one chunk about workers", got)
+	}
+	if out.Record.Usage.InputTokens == 0 || out.Record.Usage.OutputTokens != 0 || out.Result.Resources == nil {
+		t.Errorf("usage %+v (resources %v), want the embeddings' input tokens charged to a sandboxed run", out.Record.Usage, out.Result.Resources)
+	}
+	// The next run (no document) finds what the first stored.
+	const query = `{"nodes":[{"id":"in","type":"ChatInput"},{"id":"emb","type":"OpenAIEmbeddings"},{"id":"store","type":"Chroma","data":{"number_of_results":1}},
+	{"id":"out","type":"ChatOutput"}],"edges":[{"source":"in","target":"store","targetHandle":"search_query"},
+	{"source":"emb","target":"store","targetHandle":"embedding"},{"source":"store","sourceHandle":"dataframe","target":"out"}]}`
+	out = st.run(ctx, query, run.RunRequest{InputValue: "who do collections belong to?"}, nil)
+	if out.Err != nil || !strings.Contains(out.Result.Outputs[0].Text, "Collections belong to one project.") {
+		t.Errorf("second run: %v, output %v; want the stored chunk about collections", out.Err, out.Result)
+	}
+}

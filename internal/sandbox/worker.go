@@ -204,6 +204,7 @@ func (r *remote) takeProgress() []byte {
 var (
 	_ run.Caller       = (*remote)(nil)
 	_ run.FileStore    = (*remote)(nil)
+	_ run.VectorCaller = (*remote)(nil)
 	_ run.MessageStore = (*remote)(nil)
 )
 
@@ -264,6 +265,16 @@ func (r *remote) Call(ctx context.Context, _ *run.Job, mc run.ModelCall) (run.Ca
 	var ans callResultBody
 	if err := r.ask(ctx, frameCall, callBody{ModelCall: mc, Steps: r.steps.Load()}, &ans); err != nil {
 		return run.CallResult{}, err
+	}
+	return ans.Result, ans.Error.decode()
+}
+
+// Vector asks the server to do vector-store work (embed, store, search) in
+// the run's project.
+func (r *remote) Vector(ctx context.Context, _ *run.Job, c run.VectorCall) (run.VectorResult, error) {
+	var ans vectorResultBody
+	if err := r.ask(ctx, frameVector, vectorBody{VectorCall: c, Steps: r.steps.Load()}, &ans); err != nil {
+		return run.VectorResult{}, err
 	}
 	return ans.Result, ans.Error.decode()
 }
