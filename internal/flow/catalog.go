@@ -474,6 +474,27 @@ var Components = map[string]*Component{
 		},
 		Outputs: []Output{{Name: "batch_results", Type: typeDataFrame}},
 	},
+	"StructuredOutput": {
+		// The model is a LanguageModel on "llm" (LangFlow 1.1–1.4) or
+		// "model", else the node's own model list (later exports).
+		Type:    "StructuredOutput",
+		Aliases: []string{"StructuredOutputComponent"},
+		Inputs: []Input{
+			{Name: "llm", Edge: true, EdgeOnly: true, Types: []string{typeModel}},
+			{Name: "model", Edge: true, Types: []string{typeModel}},
+			lit("api_key"),
+			req(msg("input_value")),
+			msg("system_prompt"),
+			msg("schema_name"),
+			req(lit("output_schema")),
+			lit("multiple"),
+		},
+		Outputs: []Output{
+			{Name: "structured_output", Type: typeData},
+			{Name: "dataframe_output", Type: typeDataFrame},
+			{Name: "structured_output_dataframe", Type: typeDataFrame},
+		},
+	},
 	TypeCustomComponent: {
 		Type:     TypeCustomComponent,
 		IsCustom: true,

@@ -41,6 +41,8 @@ func (s *state) exec(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 		return s.parser(n)
 	case "BatchRunComponent":
 		return s.batchRun(ctx, n, t)
+	case "StructuredOutput":
+		return s.structuredOutput(ctx, n, t)
 	case "SplitText":
 		return s.splitText(n)
 	case "CurrentDate":
