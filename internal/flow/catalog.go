@@ -495,6 +495,20 @@ var Components = map[string]*Component{
 			{Name: "structured_output_dataframe", Type: typeDataFrame},
 		},
 	},
+	"LoopComponent": {
+		// The body's result comes back into "item": a feedback edge.
+		Type:    "LoopComponent",
+		Aliases: []string{"Loop"},
+		Inputs: []Input{
+			{Name: "data", Edge: true, Types: []string{typeDataFrame, typeData, typeMessage}},
+			{Name: "item", Edge: true, EdgeOnly: true, List: true, Types: []string{typeData, typeMessage, typeDataFrame}},
+		},
+		Outputs: []Output{
+			{Name: "item", Type: typeData},
+			{Name: "done", Type: typeDataFrame},
+		},
+		AllowsCycles: true,
+	},
 	TypeCustomComponent: {
 		Type:     TypeCustomComponent,
 		IsCustom: true,

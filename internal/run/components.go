@@ -41,6 +41,8 @@ func (s *state) exec(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 		return s.parser(n)
 	case "BatchRunComponent":
 		return s.batchRun(ctx, n, t)
+	case "LoopComponent":
+		return errs.Field(errs.Unprocessable, "nodes."+n.ID, "node %s (Loop) runs only with its body", n.ID) // see runNode
 	case "StructuredOutput":
 		return s.structuredOutput(ctx, n, t)
 	case "SplitText":
