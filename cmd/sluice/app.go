@@ -218,7 +218,7 @@ func (a *App) startRuns() error {
 		return err
 	}
 	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: guard,
-		Log: a.log, DemoModels: demo, Gate: a.gate}
+		Log: a.log, DemoModels: demo, Gate: a.gate, Tools: toolServices(a.cfg.Tools, os.Getenv)}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
 		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
 	// Runs without memory_per_run execute here, where no kernel limit holds
@@ -421,4 +421,19 @@ func (a *App) startFront() error {
 	a.log.Info("governing an existing LangFlow: its run, webhook, build, flow and file routes are proxied; Sluice's own flow runtime is off for them",
 		slog.String("upstream", u.Redacted()), slog.Bool("charge_reported_usage", lf.ChargeReportedUsage))
 	return nil
+}
+
+// toolServices are the search services of the configuration, each key read
+// from the environment variable it names (a missing key refuses that
+// service's nodes at run time, with the variable to set).
+func toolServices(t config.Tools, getenv func(string) string) map[string]run.ToolService {
+	out := map[string]run.ToolService{}
+	for name, c := range map[string]config.ToolService{run.ServiceTavily: t.Tavily, run.ServiceSearchAPI: t.SearchAPI, run.ServiceArXiv: t.ArXiv} {
+		svc := run.ToolService{BaseURL: c.BaseURL, KeyEnv: c.APIKeyEnv}
+		if c.APIKeyEnv != "" {
+			svc.Key = llm.NewSecret(strings.TrimSpace(getenv(c.APIKeyEnv)))
+		}
+		out[name] = svc
+	}
+	return out
 }

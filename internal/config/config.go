@@ -81,6 +81,10 @@ type Config struct {
 	// Langflow, when its upstream is set, makes Sluice a governing front
 	// for an existing LangFlow server (docs/langflow-front.md).
 	Langflow Langflow `yaml:"langflow"`
+	// Tools configures the outside services flows' search components call
+	// (Tavily, SearchApi, arXiv): where they are and which environment
+	// variable holds each one's key.
+	Tools Tools `yaml:"tools"`
 	// RedisURL, when set, makes the quota engine shared through Redis
 	// (several instances enforce one set of limits); empty keeps it in
 	// process. Secret: it may carry a password.
@@ -296,6 +300,32 @@ type Langflow struct {
 	ChargeReportedUsage bool `yaml:"charge_reported_usage"`
 }
 
+// Tools are the search services of the flow runtime.
+type Tools struct {
+	Tavily    ToolService `yaml:"tavily"`
+	SearchAPI ToolService `yaml:"searchapi"`
+	ArXiv     ToolService `yaml:"arxiv"`
+}
+
+// ToolService is one outside service: its base URL, which the SSRF guard
+// lets its component reach even when it is private, and the environment
+// variable holding its key (read at start, never printed).
+type ToolService struct {
+	BaseURL   string `yaml:"base_url"`
+	APIKeyEnv string `yaml:"api_key_env"`
+}
+
+// each returns the services with their config paths.
+func (t *Tools) each() []struct {
+	path string
+	s    *ToolService
+} {
+	return []struct {
+		path string
+		s    *ToolService
+	}{{"tools.tavily", &t.Tavily}, {"tools.searchapi", &t.SearchAPI}, {"tools.arxiv", &t.ArXiv}}
+}
+
 // defaultRouting is llm.DefaultRouterOptions in the config's units.
 func defaultRouting() Routing {
 	o := llm.DefaultRouterOptions()
@@ -461,6 +491,11 @@ func Default() Config {
 		Gateway:      Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096, UsageCommit: "durable"},
 		Langflow:     Langflow{ChargeReportedUsage: true},
 		SecretKeyEnv: "SLUICE_SECRET_KEY",
+		Tools: Tools{
+			Tavily:    ToolService{BaseURL: "https://api.tavily.com", APIKeyEnv: "TAVILY_API_KEY"},
+			SearchAPI: ToolService{BaseURL: "https://www.searchapi.io", APIKeyEnv: "SEARCHAPI_API_KEY"},
+			ArXiv:     ToolService{BaseURL: "https://export.arxiv.org"},
+		},
 	}
 }
 
@@ -626,6 +661,17 @@ func (c *Config) Validate() error {
 	}
 	if v := c.SecretKeyEnv; v != "" && !envVarName.MatchString(v) {
 		return errs.Field(errs.Invalid, "secret_key_env", "secret_key_env %q is not an environment variable name", v)
+	}
+	for _, t := range c.Tools.each() {
+		if u := t.s.BaseURL; u != "" {
+			pu, err := url.Parse(u)
+			if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" || pu.User != nil || pu.RawQuery != "" {
+				return errs.Field(errs.Invalid, t.path+".base_url", "%s.base_url %q is not an http(s) URL without credentials or query", t.path, u)
+			}
+		}
+		if v := t.s.APIKeyEnv; v != "" && !envVarName.MatchString(v) {
+			return errs.Field(errs.Invalid, t.path+".api_key_env", "%s.api_key_env %q is not an environment variable name", t.path, v)
+		}
 	}
 	if v := c.Langflow.APIKeyEnv; v != "" && !envVarName.MatchString(v) {
 		return errs.Field(errs.Invalid, "langflow.api_key_env", "langflow.api_key_env %q is not an environment variable name", v)

@@ -392,6 +392,68 @@ var Components = map[string]*Component{
 		},
 		IsTool: true,
 	},
+	"TavilySearchComponent": {
+		// The key is the server's (tools.tavily), never the node's.
+		Type:    "TavilySearchComponent",
+		Aliases: []string{"TavilySearch", "TavilySearchAPI"},
+		Inputs: []Input{
+			lit("api_key"),
+			msg("query"),
+			lit("search_depth"),
+			lit("chunks_per_source"),
+			lit("topic"),
+			lit("days"),
+			lit("max_results"),
+			lit("include_answer"),
+			lit("time_range"),
+			lit("include_images"),
+			msg("include_domains"),
+			msg("exclude_domains"),
+			lit("include_raw_content"),
+			lit("tools_metadata"),
+		},
+		Outputs: []Output{
+			{Name: "dataframe", Type: typeDataFrame},
+			{Name: "data", Type: typeData},
+			{Name: "text", Type: typeMessage},
+		},
+		IsTool: true,
+	},
+	"SearchComponent": {
+		// SearchApi; the key is the server's (tools.searchapi).
+		Type:    "SearchComponent",
+		Aliases: []string{"SearchAPI", "SearchApi", "SearchAPIComponent"},
+		Inputs: []Input{
+			lit("engine"),
+			lit("api_key"),
+			msg("input_value"),
+			lit("search_params"),
+			lit("max_results"),
+			lit("max_snippet_length"),
+			lit("tools_metadata"),
+		},
+		Outputs: []Output{
+			{Name: "dataframe", Type: typeDataFrame},
+			{Name: "data", Type: typeData},
+			{Name: "text", Type: typeMessage},
+		},
+		IsTool: true,
+	},
+	"ArXivComponent": {
+		Type:    "ArXivComponent",
+		Aliases: []string{"ArXiv", "arXiv"},
+		Inputs: []Input{
+			msg("search_query"),
+			lit("search_type"),
+			lit("max_results"),
+			lit("tools_metadata"),
+		},
+		Outputs: []Output{
+			{Name: "dataframe", Type: typeDataFrame},
+			{Name: "data", Type: typeData},
+		},
+		IsTool: true,
+	},
 	"File": {
 		// The file itself arrives at run time (upload or tweak of "path");
 		// an export's path is usually empty.

@@ -44,6 +44,11 @@ type Executor struct {
 	// OnModelCall): the server shares one with its OpenAI gateway, so
 	// routing health, retries and the call log are the same for both.
 	Gate *gate.Gate
+	// Tools are the outside APIs the search components call (Tavily,
+	// SearchApi, arXiv), by service name (ServiceTavily, …): the server's
+	// tools configuration. A search node whose service is missing, or has
+	// no key, is refused with 422.
+	Tools map[string]ToolService
 	// Now, when set, is the clock of components that read the time
 	// (CurrentDate); nil is time.Now.
 	Now func() time.Time
@@ -290,6 +295,13 @@ func (s *state) runNode(ctx context.Context, u unit) error {
 		return ctxError(err)
 	}
 	if s.toolOnly(n) {
+		if isSearch(n.Type) {
+			// A tool that cannot work fails the run now, not the agent's
+			// call of it later.
+			if _, _, err := s.service(n); err != nil {
+				return &RunError{Status: StatusFailed, NodeID: n.ID, Err: err}
+			}
+		}
 		s.setOut(n.ID, flow.ToolOutput, value{tool: s.toolFor(n)})
 		return nil
 	}

@@ -150,3 +150,44 @@ func TestLoopTooManyItems(t *testing.T) {
 		t.Fatalf("run: got %v, want the loop refusing %d items", err, run.MaxLoopItems+1)
 	}
 }
+
+// TestLoopOverArXivPapers is LangFlow's loop starter (LoopTemplate) as
+// exported: arXiv's papers (its "data" output) into the loop, each paper
+// through a Parser into a model, the model's answer back into the loop's
+// item, done through a Parser to the chat.
+func TestLoopOverArXivPapers(t *testing.T) {
+	var queries []string
+	srv := arxivServer(t, &queries)
+	f := lfFlow(t, []map[string]any{
+		lfNode("ChatInput-HBlBP", "ChatInput", map[string]any{"should_store_message": false}),
+		lfNode("ArXivComponent-sSqo4", "ArXivComponent", map[string]any{"search_type": "all", "max_results": 2}),
+		lfNode("LoopComponent-0aBsp", "LoopComponent", nil),
+		lfNode("parser-lOwhH", "parser", map[string]any{"mode": "Parser", "pattern": "Translate to Portuguese: {title}"}),
+		lfNode("LanguageModelComponent-V", "LanguageModelComponent", map[string]any{"model_name": "gpt-4o-mini"}),
+		lfNode("parser-done", "parser", map[string]any{"mode": "Parser", "pattern": "{text}", "sep": "\n"}),
+		lfNode("ChatOutput-01dLy", "ChatOutput", map[string]any{"should_store_message": false}),
+	}, []map[string]any{
+		lfEdge("ChatInput-HBlBP", "ChatInput", "message", "ArXivComponent-sSqo4", "ArXivComponent", "search_query"),
+		lfEdge("ArXivComponent-sSqo4", "ArXivComponent", "data", "LoopComponent-0aBsp", "LoopComponent", "data"),
+		lfEdge("LoopComponent-0aBsp", "LoopComponent", "item", "parser-lOwhH", "parser", "input_data"),
+		lfEdge("parser-lOwhH", "parser", "parsed_text", "LanguageModelComponent-V", "LanguageModelComponent", "input_value"),
+		lfEdge("LanguageModelComponent-V", "LanguageModelComponent", "text_output", "LoopComponent-0aBsp", "LoopComponent", ""),
+		lfEdge("LoopComponent-0aBsp", "LoopComponent", "done", "parser-done", "parser", "input_data"),
+		lfEdge("parser-done", "parser", "parsed_text", "ChatOutput-01dLy", "ChatOutput", "input_value"),
+	})
+	h := newHarness(t)
+	exec := *h.exec
+	exec.Tools = map[string]run.ToolService{run.ServiceArXiv: {BaseURL: srv.URL}}
+	res, err := exec.Execute(context.Background(), h.job(parseFlow(t, f), "quantum"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(res.Outputs[0].Text, "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "Translate to Portuguese: Quantum Computation and") ||
+		!strings.Contains(lines[1], "Translate to Portuguese: Quantum Computing in the NISQ") {
+		t.Errorf("done: got %q, want one answer per paper, in order", lines)
+	}
+	if len(queries) != 1 || queries[0] != "quantum|2" {
+		t.Errorf("arXiv queries: got %v, want [quantum|2]", queries)
+	}
+}
