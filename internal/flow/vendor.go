@@ -28,10 +28,11 @@ var vendorTypes = map[string]string{
 	// Notion.
 	"NotionPageCreator": "Notion", "NotionDatabaseProperties": "Notion", "NotionListPages": "Notion", "NotionUserList": "Notion",
 	"NotionPageContent": "Notion", "NotionPageUpdate": "Notion", "NotionSearch": "Notion", "AddContentToPage": "Notion",
-	// Composio and the Google Workspace connectors.
+	// Composio.
 	"ComposioAPI": "Composio", "ComposioGmailAPIComponent": "Composio", "ComposioGitHubAPIComponent": "Composio",
 	"ComposioSlackAPIComponent": "Composio", "ComposioOutlookAPIComponent": "Composio", "ComposioGoogleCalendarAPIComponent": "Composio",
 	"ComposioGoogleTasksAPIComponent": "Composio",
+	// Google Workspace.
 	"GmailLoaderComponent": "Google Gmail", "GoogleDriveComponent": "Google Drive", "GoogleDriveSearchComponent": "Google Drive",
 	"GoogleOAuthToken": "Google OAuth",
 	// Memories, evaluators and other hosted services.
