@@ -324,6 +324,10 @@ func (s *state) runNode(ctx context.Context, u unit) error {
 	t.Usage = Usage{InputTokens: s.usage.InputTokens - before.InputTokens, OutputTokens: s.usage.OutputTokens - before.OutputTokens,
 		GPUMillis: s.usage.GPUMillis - before.GPUMillis, CostMicros: s.usage.CostMicros - before.CostMicros}
 	t.Calls = s.callCount - calls
+	if u.body != nil {
+		// The body's nodes have their own traces, with their calls.
+		t.Usage, t.Calls = Usage{}, 0
+	}
 	if err != nil {
 		t.Status, t.Error = "failed", err.Error()
 		s.trace = append(s.trace, t)

@@ -86,11 +86,15 @@ func TestLoopRunsBodyPerItem(t *testing.T) {
 			t.Errorf("answer %d: got %q, want one about %q", i, lines[i], "Translate: "+c)
 		}
 	}
-	calls := 0
+	calls, total := 0, run.Usage{}
 	var order []string
 	for _, tr := range res.Trace {
 		calls += tr.Calls * boolInt(tr.NodeID == "LanguageModelComponent-1")
 		order = append(order, tr.NodeID)
+		total.Add(tr.Usage)
+	}
+	if total != res.Usage {
+		t.Errorf("trace usage: got %+v in all, want the run's %+v (the loop's own trace counts none of its body's)", total, res.Usage)
 	}
 	if calls != 3 {
 		t.Errorf("model calls: got %d, want 3 (one per item); trace %v", calls, order)
