@@ -232,7 +232,7 @@ func (a *App) startRuns() error {
 		ProjectQuota: int64(a.cfg.Files.ProjectQuota), Log: a.log}
 	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: guard,
 		Log: a.log, DemoModels: demo, Gate: a.gate, Files: a.files,
-		Vectors: newVectorStore(a.cfg.Vectors, a.store)}
+		Vectors: newVectorStore(a.cfg.Vectors, a.store), Tools: toolServices(a.cfg.Tools, os.Getenv)}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
 		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
 	// Runs without memory_per_run execute here, where no kernel limit holds
@@ -445,4 +445,19 @@ func newVectorStore(c config.Vectors, store *sqlstore.Store) vector.Store {
 		return store.Vectors(c.Limits())
 	}
 	return vector.NewMemory(c.Limits())
+}
+
+// toolServices are the search services of the configuration, each key read
+// from the environment variable it names (a missing key refuses that
+// service's nodes at run time, with the variable to set).
+func toolServices(t config.Tools, getenv func(string) string) map[string]run.ToolService {
+	out := map[string]run.ToolService{}
+	for name, c := range map[string]config.ToolService{run.ServiceTavily: t.Tavily, run.ServiceSearchAPI: t.SearchAPI, run.ServiceArXiv: t.ArXiv} {
+		svc := run.ToolService{BaseURL: c.BaseURL, KeyEnv: c.APIKeyEnv}
+		if c.APIKeyEnv != "" {
+			svc.Key = llm.NewSecret(strings.TrimSpace(getenv(c.APIKeyEnv)))
+		}
+		out[name] = svc
+	}
+	return out
 }

@@ -109,7 +109,7 @@ func runLocal(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	}
 	meter := metering.New(engine, mgr, rec, log)
 	svc := &run.Service{Store: store, Exec: &run.Executor{Meter: meter, Models: models, Messages: store,
-		Guard: &run.Guard{AllowHosts: cfg.AllowHosts}, Log: log, DemoModels: len(cfg.Models) == 0, Vectors: newVectorStore(cfg.Vectors, store)}, Log: log}
+		Guard: &run.Guard{AllowHosts: cfg.AllowHosts}, Log: log, DemoModels: len(cfg.Models) == 0, Vectors: newVectorStore(cfg.Vectors, store), Tools: toolServices(cfg.Tools, os.Getenv)}, Log: log}
 	var onEvent func(string, any)
 	if *stream && !*asJSON {
 		onEvent = func(event string, data any) {

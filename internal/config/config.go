@@ -88,6 +88,10 @@ type Config struct {
 	// Vectors configures the local vector store of the flow runtime's
 	// FAISS, Chroma and Knowledge components.
 	Vectors Vectors `yaml:"vectors"`
+	// Tools configures the outside services flows' search components call
+	// (Tavily, SearchApi, arXiv): where they are and which environment
+	// variable holds each one's key.
+	Tools Tools `yaml:"tools"`
 	// RedisURL, when set, makes the quota engine shared through Redis
 	// (several instances enforce one set of limits); empty keeps it in
 	// process. Secret: it may carry a password.
@@ -355,6 +359,32 @@ func (v Vectors) Limits() vector.Limits {
 	return vector.Limits{MaxPerCollection: v.MaxPerCollection, MaxCollections: v.MaxCollections, MaxDimensions: v.MaxDimensions}
 }
 
+// Tools are the search services of the flow runtime.
+type Tools struct {
+	Tavily    ToolService `yaml:"tavily"`
+	SearchAPI ToolService `yaml:"searchapi"`
+	ArXiv     ToolService `yaml:"arxiv"`
+}
+
+// ToolService is one outside service: its base URL, which the SSRF guard
+// lets its component reach even when it is private, and the environment
+// variable holding its key (read at start, never printed).
+type ToolService struct {
+	BaseURL   string `yaml:"base_url"`
+	APIKeyEnv string `yaml:"api_key_env"`
+}
+
+// each returns the services with their config paths.
+func (t *Tools) each() []struct {
+	path string
+	s    *ToolService
+} {
+	return []struct {
+		path string
+		s    *ToolService
+	}{{"tools.tavily", &t.Tavily}, {"tools.searchapi", &t.SearchAPI}, {"tools.arxiv", &t.ArXiv}}
+}
+
 // defaultRouting is llm.DefaultRouterOptions in the config's units.
 func defaultRouting() Routing {
 	o := llm.DefaultRouterOptions()
@@ -522,6 +552,11 @@ func Default() Config {
 		SecretKeyEnv: "SLUICE_SECRET_KEY",
 		Files:        Files{MaxFileBytes: 32 << 20, ProjectQuota: 512 << 20},
 		Vectors:      Vectors{Persist: true, MaxPerCollection: 10_000, MaxCollections: 100, MaxDimensions: 4096},
+		Tools: Tools{
+			Tavily:    ToolService{BaseURL: "https://api.tavily.com", APIKeyEnv: "TAVILY_API_KEY"},
+			SearchAPI: ToolService{BaseURL: "https://www.searchapi.io", APIKeyEnv: "SEARCHAPI_API_KEY"},
+			ArXiv:     ToolService{BaseURL: "https://export.arxiv.org"},
+		},
 	}
 }
 
@@ -696,6 +731,17 @@ func (c *Config) Validate() error {
 	}
 	if v := c.Vectors.MaxDimensions; v < 1 || v > 65_536 {
 		return errs.Field(errs.Invalid, "vectors.max_dimensions", "vectors.max_dimensions %d is outside 1..65536", v)
+	}
+	for _, t := range c.Tools.each() {
+		if u := t.s.BaseURL; u != "" {
+			pu, err := url.Parse(u)
+			if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" || pu.User != nil || pu.RawQuery != "" {
+				return errs.Field(errs.Invalid, t.path+".base_url", "%s.base_url %q is not an http(s) URL without credentials or query", t.path, u)
+			}
+		}
+		if v := t.s.APIKeyEnv; v != "" && !envVarName.MatchString(v) {
+			return errs.Field(errs.Invalid, t.path+".api_key_env", "%s.api_key_env %q is not an environment variable name", t.path, v)
+		}
 	}
 	if v := c.Langflow.APIKeyEnv; v != "" && !envVarName.MatchString(v) {
 		return errs.Field(errs.Invalid, "langflow.api_key_env", "langflow.api_key_env %q is not an environment variable name", v)

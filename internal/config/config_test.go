@@ -83,6 +83,7 @@ quota_engine: lease
 		SecretKeyEnv:       config.Default().SecretKeyEnv,
 		Files:              config.Default().Files,
 		Vectors:            config.Default().Vectors,
+		Tools:              config.Default().Tools,
 
 		MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 	}
@@ -188,6 +189,7 @@ admin_key: file-key
 					RedisPrefix: "sluice", UsageQueueMax: 100_000,
 					SettleOverrun: config.Default().SettleOverrun, SettleSanity: config.Default().SettleSanity,
 					Routing: config.Default().Routing, Gateway: config.Default().Gateway, Langflow: config.Default().Langflow, SecretKeyEnv: config.Default().SecretKeyEnv, Files: config.Default().Files, Vectors: config.Default().Vectors,
+					Tools: config.Default().Tools,
 
 					MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 				}
@@ -279,6 +281,10 @@ func TestValidate(t *testing.T) {
 		{"log_format unknown", func(c *config.Config) { c.LogFormat = "logfmt" }, "log_format"},
 		{"log_format empty", func(c *config.Config) { c.LogFormat = "" }, "log_format"},
 		{"log_format text", func(c *config.Config) { c.LogFormat = "text" }, ""},
+		{"tools base_url local", func(c *config.Config) { c.Tools.Tavily.BaseURL = "http://127.0.0.1:9000" }, ""},
+		{"tools base_url not http", func(c *config.Config) { c.Tools.ArXiv.BaseURL = "ftp://mirror" }, "tools.arxiv.base_url"},
+		{"tools base_url with key in query", func(c *config.Config) { c.Tools.SearchAPI.BaseURL = "https://s.example?api_key=x" }, "tools.searchapi.base_url"},
+		{"tools api_key_env not a name", func(c *config.Config) { c.Tools.Tavily.APIKeyEnv = "tvly-abc key" }, "tools.tavily.api_key_env"},
 		{"max_body_bytes zero", func(c *config.Config) { c.MaxBodyBytes = 0 }, "max_body_bytes"},
 		{"max_body_bytes negative", func(c *config.Config) { c.MaxBodyBytes = -1 }, "max_body_bytes"},
 		{"max_body_bytes below minimum", func(c *config.Config) { c.MaxBodyBytes = 1023 }, "max_body_bytes"},

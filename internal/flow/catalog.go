@@ -416,6 +416,68 @@ var Components = map[string]*Component{
 		},
 		IsTool: true,
 	},
+	"TavilySearchComponent": {
+		// The key is the server's (tools.tavily), never the node's.
+		Type:    "TavilySearchComponent",
+		Aliases: []string{"TavilySearch", "TavilySearchAPI"},
+		Inputs: []Input{
+			lit("api_key"),
+			msg("query"),
+			lit("search_depth"),
+			lit("chunks_per_source"),
+			lit("topic"),
+			lit("days"),
+			lit("max_results"),
+			lit("include_answer"),
+			lit("time_range"),
+			lit("include_images"),
+			msg("include_domains"),
+			msg("exclude_domains"),
+			lit("include_raw_content"),
+			lit("tools_metadata"),
+		},
+		Outputs: []Output{
+			{Name: "dataframe", Type: typeDataFrame},
+			{Name: "data", Type: typeData},
+			{Name: "text", Type: typeMessage},
+		},
+		IsTool: true,
+	},
+	"SearchComponent": {
+		// SearchApi; the key is the server's (tools.searchapi).
+		Type:    "SearchComponent",
+		Aliases: []string{"SearchAPI", "SearchApi", "SearchAPIComponent"},
+		Inputs: []Input{
+			lit("engine"),
+			lit("api_key"),
+			msg("input_value"),
+			lit("search_params"),
+			lit("max_results"),
+			lit("max_snippet_length"),
+			lit("tools_metadata"),
+		},
+		Outputs: []Output{
+			{Name: "dataframe", Type: typeDataFrame},
+			{Name: "data", Type: typeData},
+			{Name: "text", Type: typeMessage},
+		},
+		IsTool: true,
+	},
+	"ArXivComponent": {
+		Type:    "ArXivComponent",
+		Aliases: []string{"ArXiv", "arXiv"},
+		Inputs: []Input{
+			msg("search_query"),
+			lit("search_type"),
+			lit("max_results"),
+			lit("tools_metadata"),
+		},
+		Outputs: []Output{
+			{Name: "dataframe", Type: typeDataFrame},
+			{Name: "data", Type: typeData},
+		},
+		IsTool: true,
+	},
 	"File": {
 		// The file itself arrives at run time (upload or tweak of "path");
 		// an export's path is usually empty.
@@ -572,6 +634,41 @@ var Components = map[string]*Component{
 			lit("enable_metadata"),
 		},
 		Outputs: []Output{{Name: "batch_results", Type: typeDataFrame}},
+	},
+	"StructuredOutput": {
+		// The model is a LanguageModel on "llm" (LangFlow 1.1–1.4) or
+		// "model", else the node's own model list (later exports).
+		Type:    "StructuredOutput",
+		Aliases: []string{"StructuredOutputComponent"},
+		Inputs: []Input{
+			{Name: "llm", Edge: true, EdgeOnly: true, Types: []string{typeModel}},
+			{Name: "model", Edge: true, Types: []string{typeModel}},
+			lit("api_key"),
+			req(msg("input_value")),
+			msg("system_prompt"),
+			msg("schema_name"),
+			req(lit("output_schema")),
+			lit("multiple"),
+		},
+		Outputs: []Output{
+			{Name: "structured_output", Type: typeData},
+			{Name: "dataframe_output", Type: typeDataFrame},
+			{Name: "structured_output_dataframe", Type: typeDataFrame},
+		},
+	},
+	"LoopComponent": {
+		// The body's result comes back into "item": a feedback edge.
+		Type:    "LoopComponent",
+		Aliases: []string{"Loop"},
+		Inputs: []Input{
+			{Name: "data", Edge: true, Types: []string{typeDataFrame, typeData, typeMessage}},
+			{Name: "item", Edge: true, EdgeOnly: true, List: true, Types: []string{typeData, typeMessage, typeDataFrame}},
+		},
+		Outputs: []Output{
+			{Name: "item", Type: typeData},
+			{Name: "done", Type: typeDataFrame},
+		},
+		AllowsCycles: true,
 	},
 	TypeCustomComponent: {
 		Type:     TypeCustomComponent,

@@ -121,8 +121,8 @@ func TestCatalogConsistent(t *testing.T) {
 		}
 	}
 	for typ, c := range flow.Components {
-		if c.AllowsCycles {
-			t.Errorf("%s allows cycles; no catalogued component is a loop yet", typ)
+		if c.AllowsCycles != (typ == "LoopComponent") {
+			t.Errorf("%s: AllowsCycles is %v; only LoopComponent is a loop", typ, c.AllowsCycles)
 		}
 	}
 }

@@ -387,6 +387,11 @@ func (d *decoder) edge(v any, path string, format Format) *Edge {
 		}
 		if h, ok := data["targetHandle"].(map[string]any); ok {
 			e.TargetInput = str(h["fieldName"])
+			if e.TargetInput == "" {
+				// A loop's feedback edge targets the loop's own output
+				// handle ("item"), which names no field.
+				e.TargetInput = str(h["name"])
+			}
 			if e.Target == "" {
 				e.Target = str(h["id"])
 			}

@@ -27,6 +27,9 @@ const (
 	DuplicateID ProblemKind = "duplicate_id"
 	// UnknownComponent: a node's type is not in Components.
 	UnknownComponent ProblemKind = "unknown_component"
+	// VendorComponent: a node's type needs a vendor's cloud service (see
+	// Vendor), which Sluice does not run natively.
+	VendorComponent ProblemKind = "vendor_component"
 	// DanglingEdge: an edge's source or target node does not exist.
 	DanglingEdge ProblemKind = "dangling_edge"
 	// UnknownOutput: an edge leaves from an output the component lacks.
@@ -233,6 +236,10 @@ func (v *validator) nodes() {
 			switch {
 			case n.Type == "":
 				v.add(UnknownComponent, n.ID, "type", "node has no component type")
+			case Vendor(n.Type) != "":
+				v.add(VendorComponent, n.ID, "type",
+					"component %s calls %s, an outside service Sluice does not run natively; run flows that use it through the LangFlow front (see docs/langflow-front.md)",
+					n.Type, Vendor(n.Type))
 			default:
 				v.add(UnknownComponent, n.ID, "type", "unknown component type %q: Sluice does not implement it", n.Type)
 			}

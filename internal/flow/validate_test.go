@@ -60,6 +60,16 @@ func TestValidationProblems(t *testing.T) {
 			kind: flow.UnknownComponent, node: "x", field: "type", msg: `"Frobnicator"`,
 		},
 		{
+			name: "vendor component",
+			json: `{"nodes":[{"id":"yt","type":"YouTubeTranscripts"},{"id":"out","type":"ChatOutput"}],"edges":[{"source":"yt","target":"out","targetHandle":"input_value"}]}`,
+			kind: flow.VendorComponent, node: "yt", field: "type", msg: "calls YouTube, an outside service Sluice does not run natively; run flows that use it through the LangFlow front (see docs/langflow-front.md)",
+		},
+		{
+			name: "vendor tool of an agent",
+			json: `{"nodes":[{"id":"q","type":"AgentQL"},{"id":"a","type":"Agent"}],"edges":[{"source":"q","sourceHandle":"component_as_tool","target":"a","targetHandle":"tools"}]}`,
+			kind: flow.VendorComponent, node: "q", field: "type", msg: "AgentQL",
+		},
+		{
 			name: "node without a type",
 			json: `{"nodes":[{"id":"x","data":{}}]}`,
 			kind: flow.UnknownComponent, node: "x", field: "type",

@@ -70,7 +70,8 @@ func (p *HuggingFace) String() string { return "huggingface(" + p.base + ")" }
 
 // Chat renders the conversation into a prompt and generates its answer.
 func (p *HuggingFace) Chat(ctx context.Context, r Request) (Response, error) {
-	prompt := RenderPrompt(r.Messages)
+	// Text generation has no structured-output mode: ask for the JSON.
+	prompt := RenderPrompt(SchemaInstruction(r.Messages, r.Schema))
 	resp, err := postJSON(ctx, p.client, ProviderHuggingFace, p.modelURL(r.Model), p.key, hfRequestBody(r, prompt), false)
 	if err != nil {
 		return failed(ctx, r, err)

@@ -74,6 +74,40 @@ type Request struct {
 	Temperature *float64
 	Tools       []Tool
 	Stop        []string
+	// Schema, when set, asks for an answer that is one JSON value
+	// conforming to a JSON schema: the provider's structured-output mode
+	// where it has one (OpenAI's response_format, Ollama's format), else
+	// an instruction in the conversation (SchemaInstruction). Either way
+	// the caller validates the answer.
+	Schema *ResponseSchema
+}
+
+// ResponseSchema is a JSON schema an answer must conform to.
+type ResponseSchema struct {
+	// Name names the schema (OpenAI requires one: letters, digits, _ and -).
+	Name   string          `json:"name"`
+	Schema json.RawMessage `json:"schema"`
+	// Strict asks the provider to hold the answer to the schema exactly
+	// (OpenAI's strict mode, which needs every object closed).
+	Strict bool `json:"strict,omitempty"`
+}
+
+// SchemaInstruction returns msgs with a system turn that asks for JSON
+// conforming to rs: for providers without a structured-output mode.
+func SchemaInstruction(msgs []Message, rs *ResponseSchema) []Message {
+	if rs == nil {
+		return msgs
+	}
+	note := "Answer with only one JSON value, no prose and no code fence, that conforms to this JSON schema:\n" + string(rs.Schema)
+	out := make([]Message, 0, len(msgs)+1)
+	out = append(out, msgs...)
+	for i := range out {
+		if out[i].Role == RoleSystem {
+			out[i].Content += "\n\n" + note
+			return out
+		}
+	}
+	return append([]Message{{Role: RoleSystem, Content: note}}, msgs...)
 }
 
 // Usage is what one call consumed.

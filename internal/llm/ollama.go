@@ -145,6 +145,8 @@ type olRequest struct {
 	Stream   bool        `json:"stream"` // Ollama streams unless told false
 	Tools    []oaTool    `json:"tools,omitempty"`
 	Options  *olOptions  `json:"options,omitempty"`
+	// Format is a JSON schema the answer must follow (structured outputs).
+	Format json.RawMessage `json:"format,omitempty"`
 }
 
 type olOptions struct {
@@ -203,6 +205,9 @@ func ollamaRequest(r Request, stream bool) olRequest {
 	}
 	for _, t := range r.Tools {
 		req.Tools = append(req.Tools, oaTool{Type: "function", Function: oaFunction{Name: t.Name, Description: t.Description, Parameters: t.Parameters}})
+	}
+	if r.Schema != nil {
+		req.Format = r.Schema.Schema // Ollama takes the schema itself as "format"
 	}
 	return req
 }

@@ -180,8 +180,15 @@ type oaRequest struct {
 	Temperature         *float64         `json:"temperature,omitempty"`
 	Stop                []string         `json:"stop,omitempty"`
 	Tools               []oaTool         `json:"tools,omitempty"`
+	ResponseFormat      *oaFormat        `json:"response_format,omitempty"`
 	Stream              bool             `json:"stream,omitempty"`
 	StreamOptions       *oaStreamOptions `json:"stream_options,omitempty"`
+}
+
+// oaFormat is response_format in its json_schema form (structured outputs).
+type oaFormat struct {
+	Type       string          `json:"type"`
+	JSONSchema *ResponseSchema `json:"json_schema,omitempty"`
 }
 
 type oaStreamOptions struct {
@@ -262,6 +269,9 @@ func openaiRequest(r Request, stream bool) oaRequest {
 		req.MaxCompletionTokens = r.MaxTokens
 	} else {
 		req.MaxTokens = r.MaxTokens
+	}
+	if r.Schema != nil {
+		req.ResponseFormat = &oaFormat{Type: "json_schema", JSONSchema: r.Schema}
 	}
 	if stream {
 		req.StreamOptions = &oaStreamOptions{IncludeUsage: true}

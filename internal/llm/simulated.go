@@ -41,6 +41,8 @@ type SimulatedOptions struct {
 //     (else the first tool) with {"expression": "<the expression>"}.
 //   - When the conversation ends with a tool result, it answers "The result
 //     is <result>."
+//   - A request with a Schema gets a JSON value conforming to it (see
+//     simulatedJSON).
 //   - With AlwaysCallTool, or the model SimulatedLoopModel, it calls a tool
 //     on every call where tools are offered ("1+1" when there is no
 //     expression).
@@ -121,6 +123,9 @@ func (p *Simulated) answer(r Request) Response {
 		return resp
 	}
 	text := simulatedText(r)
+	if r.Schema != nil {
+		text = simulatedJSON(r)
+	}
 	if r.MaxTokens > 0 {
 		if cut, ok := truncateTokens(enc, text, r.MaxTokens); ok {
 			text = cut

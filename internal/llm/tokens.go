@@ -194,7 +194,11 @@ func CountTokens(model string, msgs []Message) int {
 // name, description and schema, plus a few for framing).
 func CountRequest(r Request) int {
 	e, exact := encoderFor(r.Model)
-	return scaleUnless(exact, countMessages(e, r.Messages)+countTools(e, r.Tools))
+	n := countMessages(e, r.Messages) + countTools(e, r.Tools)
+	if r.Schema != nil {
+		n += e.count(string(r.Schema.Schema)) // the schema is part of the prompt
+	}
+	return scaleUnless(exact, n)
 }
 
 // CountText counts the tokens of s on model, with no message overhead.

@@ -29,7 +29,7 @@ const (
 // no sandbox), which no kernel limit holds. Before it starts, such a run
 // reserves a fixed share, an estimate of the most it may hold: PerRun, plus
 // the tool response cap for every node that fetches (URLComponent,
-// APIRequest), whose responses are the large part of a run held in memory.
+// APIRequest, the search components), whose responses are the large part of a run held in memory.
 // A run whose share does not fit in what other runs left of Total is
 // refused (unavailable, with Retry-After) instead of growing the heap. It
 // is admission by estimate, not a measurement: only the sandbox's cgroups
@@ -48,7 +48,7 @@ type MemoryCeiling struct {
 }
 
 // fetches reports node types that read responses from the network.
-func fetches(typ string) bool { return typ == "URLComponent" || typ == "APIRequest" }
+func fetches(typ string) bool { return typ == "URLComponent" || typ == "APIRequest" || isSearch(typ) }
 
 // Estimate is the share a run of g reserves.
 func (c *MemoryCeiling) Estimate(g *flow.Flow) int64 {

@@ -54,9 +54,10 @@ func TestMemoryCeilingReserve(t *testing.T) {
 func TestMemoryCeilingEstimate(t *testing.T) {
 	c := &run.MemoryCeiling{Total: 1 << 30, PerRun: 4 << 20, PerTool: 10 << 20}
 	g := &flow.Flow{Nodes: []*flow.Node{{ID: "in", Type: "ChatInput"}, {ID: "u", Type: "URLComponent"},
-		{ID: "a", Type: "APIRequest"}, {ID: "c", Type: "CalculatorComponent"}}}
-	if got, want := c.Estimate(g), int64(24<<20); got != want {
-		t.Errorf("Estimate = %d, want %d (4 MiB and 10 MiB for each of two fetching nodes)", got, want)
+		{ID: "a", Type: "APIRequest"}, {ID: "c", Type: "CalculatorComponent"},
+		{ID: "t", Type: "TavilySearchComponent"}, {ID: "s", Type: "SearchComponent"}, {ID: "x", Type: "ArXivComponent"}}}
+	if got, want := c.Estimate(g), int64(54<<20); got != want {
+		t.Errorf("Estimate = %d, want %d (4 MiB and 10 MiB for each of five fetching nodes)", got, want)
 	}
 }
 

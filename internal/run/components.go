@@ -37,10 +37,16 @@ func (s *state) exec(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 			s.setOut(n.ID, o.Name, value{text: res})
 		}
 		return nil
+	case "TavilySearchComponent", "SearchComponent", "ArXivComponent":
+		return s.search(ctx, n)
 	case "ParserComponent":
 		return s.parser(n)
 	case "BatchRunComponent":
 		return s.batchRun(ctx, n, t)
+	case "LoopComponent":
+		return errs.Field(errs.Unprocessable, "nodes."+n.ID, "node %s (Loop) runs only with its body", n.ID) // see runNode
+	case "StructuredOutput":
+		return s.structuredOutput(ctx, n, t)
 	case "SplitText":
 		return s.splitText(n)
 	case "CurrentDate":

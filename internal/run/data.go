@@ -330,3 +330,12 @@ func alignDecimal(cells []string) {
 		cells[i] = s + strings.Repeat(" ", most-after(s))
 	}
 }
+
+// rowMap is a row as a JSON object (a Data's data).
+func rowMap(r row) map[string]any {
+	m := make(map[string]any, len(r))
+	for _, f := range r {
+		m[f.name] = f.value
+	}
+	return m
+}

@@ -48,6 +48,11 @@ type Executor struct {
 	// OnModelCall): the server shares one with its OpenAI gateway, so
 	// routing health, retries and the call log are the same for both.
 	Gate *gate.Gate
+	// Tools are the outside APIs the search components call (Tavily,
+	// SearchApi, arXiv), by service name (ServiceTavily, …): the server's
+	// tools configuration. A search node whose service is missing, or has
+	// no key, is refused with 422.
+	Tools map[string]ToolService
 	// Now, when set, is the clock of components that read the time
 	// (CurrentDate); nil is time.Now.
 	Now func() time.Time
@@ -272,46 +277,82 @@ func (s *state) run(ctx context.Context) error {
 	if err != nil {
 		return &RunError{Status: StatusFailed, Err: err}
 	}
-	for _, n := range order {
-		if err := ctx.Err(); err != nil {
-			return ctxError(err)
-		}
-		if s.toolOnly(n) {
-			s.setOut(n.ID, flow.ToolOutput, value{tool: s.toolFor(n)})
-			continue
-		}
-		if err := s.step(n.ID); err != nil {
+	return s.runNodes(ctx, order)
+}
+
+// runNodes runs nodes (in flow.Order's order) in turn: a loop component
+// runs together with its body (see loop.go).
+func (s *state) runNodes(ctx context.Context, nodes []*flow.Node) error {
+	units, err := s.schedule(nodes)
+	if err != nil {
+		return &RunError{Status: StatusFailed, Err: err}
+	}
+	for _, u := range units {
+		if err := s.runNode(ctx, u); err != nil {
 			return err
 		}
-		t := NodeTrace{NodeID: n.ID, Type: n.Type, StartedAt: time.Now().UTC()}
-		if s.job.Progress != nil {
-			s.job.Progress(Progress{Steps: s.steps, Node: n.ID})
-		}
-		before := s.usage
-		calls := s.callCount
-		err := s.exec(ctx, n, &t)
-		t.DurationMS = float64(time.Since(t.StartedAt).Microseconds()) / 1000
-		t.Usage = Usage{InputTokens: s.usage.InputTokens - before.InputTokens, OutputTokens: s.usage.OutputTokens - before.OutputTokens,
-			GPUMillis: s.usage.GPUMillis - before.GPUMillis, CostMicros: s.usage.CostMicros - before.CostMicros}
-		t.Calls = s.callCount - calls
-		if err != nil {
-			t.Status, t.Error = "failed", err.Error()
-			s.trace = append(s.trace, t)
-			s.progress(&t)
-			var re *RunError
-			if errors.As(err, &re) {
-				if re.NodeID == "" {
-					re.NodeID = n.ID
-				}
-				return re
+	}
+	return nil
+}
+
+// runNode runs one node (a loop with its body), with its step, progress
+// and trace.
+func (s *state) runNode(ctx context.Context, u unit) error {
+	n := u.node
+	if err := ctx.Err(); err != nil {
+		return ctxError(err)
+	}
+	if s.toolOnly(n) {
+		if isSearch(n.Type) {
+			// A tool that cannot work fails the run now, not the agent's
+			// call of it later.
+			if _, _, err := s.service(n); err != nil {
+				return &RunError{Status: StatusFailed, NodeID: n.ID, Err: err}
 			}
-			return &RunError{Status: statusOf(err), NodeID: n.ID, Err: err}
 		}
-		t.Status = "succeeded"
-		t.OutputPreview = preview(s.textOf(n.ID))
+		s.setOut(n.ID, flow.ToolOutput, value{tool: s.toolFor(n)})
+		return nil
+	}
+	if err := s.step(n.ID); err != nil {
+		return err
+	}
+	t := NodeTrace{NodeID: n.ID, Type: n.Type, StartedAt: time.Now().UTC()}
+	if s.job.Progress != nil {
+		s.job.Progress(Progress{Steps: s.steps, Node: n.ID})
+	}
+	before := s.usage
+	calls := s.callCount
+	var err error
+	if u.body != nil {
+		err = s.loop(ctx, n, u.body)
+	} else {
+		err = s.exec(ctx, n, &t)
+	}
+	t.DurationMS = float64(time.Since(t.StartedAt).Microseconds()) / 1000
+	t.Usage = Usage{InputTokens: s.usage.InputTokens - before.InputTokens, OutputTokens: s.usage.OutputTokens - before.OutputTokens,
+		GPUMillis: s.usage.GPUMillis - before.GPUMillis, CostMicros: s.usage.CostMicros - before.CostMicros}
+	t.Calls = s.callCount - calls
+	if u.body != nil {
+		// The body's nodes have their own traces, with their calls.
+		t.Usage, t.Calls = Usage{}, 0
+	}
+	if err != nil {
+		t.Status, t.Error = "failed", err.Error()
 		s.trace = append(s.trace, t)
 		s.progress(&t)
+		var re *RunError
+		if errors.As(err, &re) {
+			if re.NodeID == "" {
+				re.NodeID = n.ID
+			}
+			return re
+		}
+		return &RunError{Status: statusOf(err), NodeID: n.ID, Err: err}
 	}
+	t.Status = "succeeded"
+	t.OutputPreview = preview(s.textOf(n.ID))
+	s.trace = append(s.trace, t)
+	s.progress(&t)
 	return nil
 }
 
@@ -423,7 +464,7 @@ func (s *state) param(n *flow.Node, name string) flow.Param {
 // order of the output names components use.
 func (s *state) textOf(nodeID string) string {
 	for _, name := range []string{"message", "text", "text_output", "prompt", "response", "messages_text", "result", "raw_results",
-		"parsed_text", "current_date", "dataframe", "chunks"} {
+		"parsed_text", "current_date", "dataframe", "chunks", "structured_output", "done"} {
 		if v, ok := s.outputs[nodeID][name]; ok && v.text != "" {
 			return v.text
 		}

@@ -423,14 +423,6 @@ func rowJSON(r row, prefix string) string {
 	return b.String()
 }
 
-func rowMap(r row) map[string]any {
-	m := make(map[string]any, len(r))
-	for _, f := range r {
-		m[f.name] = f.value
-	}
-	return m
-}
-
 // appendJSON is LangFlow's JSON append: the existing content as a list
 // (an object becomes its first element, anything unreadable nothing), the
 // new records after it, written with json.dumps(indent=2).

@@ -41,6 +41,9 @@ type ModelCall struct {
 	MaxTokens int           `json:"max_tokens,omitempty"`
 	Messages  []llm.Message `json:"messages"`
 	Tools     []llm.Tool    `json:"tools,omitempty"`
+	// Schema asks for an answer conforming to a JSON schema (see
+	// llm.Request.Schema).
+	Schema *llm.ResponseSchema `json:"schema,omitempty"`
 	// Stream asks for token events on the job's OnEvent.
 	Stream bool `json:"stream,omitempty"`
 }
@@ -115,8 +118,15 @@ func (e *Executor) resolveModel(job *Job, c ModelCall) (*llm.Model, string, erro
 // node modelNode, through the executor's Caller, and accounts for it in the
 // run and the node's trace.
 func (s *state) complete(ctx context.Context, caller, modelNode *flow.Node, msgs []llm.Message, tools []llm.Tool, t *NodeTrace) (llm.Response, error) {
-	c := ModelCall{NodeID: caller.ID, ModelNodeID: modelNode.ID, Model: s.modelName(modelNode), Messages: msgs, Tools: tools,
-		Stream: s.job.OnEvent != nil && len(tools) == 0 && s.streams(modelNode)}
+	return s.completeCall(ctx, modelNode, ModelCall{NodeID: caller.ID, Messages: msgs, Tools: tools,
+		Stream: s.job.OnEvent != nil && len(tools) == 0 && s.streams(modelNode)}, t)
+}
+
+// completeCall is complete for a call the caller has begun: c's node,
+// messages, tools, schema and streaming; the model's settings are read
+// from modelNode.
+func (s *state) completeCall(ctx context.Context, modelNode *flow.Node, c ModelCall, t *NodeTrace) (llm.Response, error) {
+	c.ModelNodeID, c.Model = modelNode.ID, s.modelName(modelNode)
 	if v, ok := s.param(modelNode, "temperature").Float(); ok {
 		c.Temperature = &v
 	}
@@ -140,7 +150,7 @@ func (s *state) complete(ctx context.Context, caller, modelNode *flow.Node, msgs
 		if s.streamIDs == nil {
 			s.streamIDs = map[string]string{}
 		}
-		s.streamIDs[caller.ID] = r.StreamID
+		s.streamIDs[c.NodeID] = r.StreamID
 	}
 	return r.Response, err
 }
@@ -161,7 +171,7 @@ func (e *Executor) Call(ctx context.Context, job *Job, c ModelCall) (CallResult,
 	if err != nil {
 		return out, err
 	}
-	req := llm.Request{Messages: c.Messages, Tools: c.Tools, Temperature: c.Temperature}
+	req := llm.Request{Messages: c.Messages, Tools: c.Tools, Temperature: c.Temperature, Schema: c.Schema}
 	resp, err := e.call(ctx, job, c, m, req, &out)
 	if err != nil {
 		var d *quota.Denial

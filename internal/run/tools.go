@@ -93,6 +93,8 @@ func (s *state) toolFor(n *flow.Node) *tool {
 			}
 			return s.fetch(ctx, strings.ToUpper(method), u, nil, s.guard().maxResponse())
 		}
+	case "TavilySearchComponent", "SearchComponent", "ArXivComponent":
+		schema = s.searchTool(n, t)
 	default:
 		t.def = llm.Tool{Name: n.ID, Description: n.DisplayName}
 		schema = objectSchema(map[string]any{}, "")
