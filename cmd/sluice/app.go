@@ -217,8 +217,12 @@ func (a *App) startRuns() error {
 	if err := a.startFront(); err != nil {
 		return err
 	}
+	mcpServers, err := mcpServers(a.cfg, os.Getenv)
+	if err != nil {
+		return err
+	}
 	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: guard,
-		Log: a.log, DemoModels: demo, Gate: a.gate}
+		Log: a.log, DemoModels: demo, Gate: a.gate, MCPServers: mcpServers}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
 		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
 	// Runs without memory_per_run execute here, where no kernel limit holds

@@ -37,6 +37,8 @@ func (s *state) exec(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 			s.setOut(n.ID, o.Name, value{text: res})
 		}
 		return nil
+	case TypeMCPTools:
+		return s.mcpNode(ctx, n)
 	case "ParserComponent":
 		return s.parser(n)
 	case "BatchRunComponent":

@@ -47,6 +47,9 @@ type Executor struct {
 	// Now, when set, is the clock of components that read the time
 	// (CurrentDate); nil is time.Now.
 	Now func() time.Time
+	// MCPServers are the MCP servers MCPTools nodes may use, by name (the
+	// mcp_servers config section); no other is ever connected to.
+	MCPServers []MCPServer
 }
 
 // now is the executor's clock.
@@ -186,6 +189,7 @@ type value struct {
 	model    *modelRef  // LanguageModel handles
 	template *templated // PromptTemplate handles
 	tool     *tool      // tools for agents
+	tools    []*tool    // several tools on one edge (an MCP server's)
 	data     *table     // Data, a list of Data, a DataFrame (see data.go)
 }
 
@@ -219,6 +223,8 @@ type state struct {
 	callCount int
 	// simulated is set once a simulated model answered.
 	simulated bool
+	// mcp holds the run's MCP sessions, by server name.
+	mcp map[string]*mcpConn
 }
 
 // step counts a node, model turn or tool call against max_steps.
@@ -243,6 +249,7 @@ func (s *state) emit(event string, data any) {
 func (e *Executor) Execute(ctx context.Context, job *Job) (*Result, error) {
 	s := &state{e: e, job: job, f: job.Flow, outputs: map[string]map[string]value{}, inputs: map[string]map[string][]value{}, start: time.Now()}
 	err := s.run(ctx)
+	s.closeMCP()
 	res := &Result{Usage: s.usage, Steps: s.steps, Trace: s.trace, Messages: s.msgs, Simulated: s.simulated}
 	if err == nil {
 		res.Outputs = s.collect()
@@ -269,6 +276,14 @@ func (s *state) run(ctx context.Context) error {
 			return ctxError(err)
 		}
 		if s.toolOnly(n) {
+			if n.Type == TypeMCPTools {
+				tools, err := s.mcpTools(ctx, n)
+				if err != nil {
+					return &RunError{Status: statusOf(err), NodeID: n.ID, Err: err}
+				}
+				s.setOut(n.ID, flow.ToolOutput, value{tools: tools})
+				continue
+			}
 			s.setOut(n.ID, flow.ToolOutput, value{tool: s.toolFor(n)})
 			continue
 		}
