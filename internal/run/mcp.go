@@ -310,6 +310,7 @@ func (s *state) callMCP(ctx context.Context, n *flow.Node, c *mcpConn, name stri
 	err := s.e.governor().Request(ctx, s.job.Who, "mcp_call", s.job.RunID, func(ctx context.Context) error {
 		cctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
+		c.over.Store(false) // a run's calls are one at a time
 		r, err := c.session.CallTool(cctx, &mcp.CallToolParams{Name: name, Arguments: args})
 		if err != nil {
 			return c.failure(ctx, cctx, n, fmt.Sprintf("calling tool %q", name), err)
