@@ -228,11 +228,16 @@ func (a *App) startRuns() error {
 	if err := a.startFront(); err != nil {
 		return err
 	}
+	mcpServers, err := mcpServers(a.cfg, os.Getenv)
+	if err != nil {
+		return err
+	}
 	a.files = &files.Service{Store: a.store, Dir: a.cfg.FilesDir(), MaxFileBytes: int64(a.cfg.Files.MaxFileBytes),
 		ProjectQuota: int64(a.cfg.Files.ProjectQuota), Log: a.log}
 	exec := &run.Executor{Meter: a.meter, Models: models, Messages: a.store, Guard: guard,
 		Log: a.log, DemoModels: demo, Gate: a.gate, Files: a.files,
-		Vectors: newVectorStore(a.cfg.Vectors, a.store), Tools: toolServices(a.cfg.Tools, os.Getenv)}
+		Vectors: newVectorStore(a.cfg.Vectors, a.store), Tools: toolServices(a.cfg.Tools, os.Getenv),
+		MCPServers: mcpServers}
 	a.runs = &run.Service{Store: a.store, Tenancy: a.tenancy, Exec: exec, Log: a.log,
 		OnRunEnd: func(st run.Status) { a.metrics.Runs.WithLabelValues(string(st)).Inc() }}
 	// Runs without memory_per_run execute here, where no kernel limit holds

@@ -108,8 +108,12 @@ func runLocal(args []string, stdout, stderr io.Writer, getenv func(string) strin
 		return err
 	}
 	meter := metering.New(engine, mgr, rec, log)
+	mcp, err := mcpServers(cfg, os.Getenv)
+	if err != nil {
+		return err
+	}
 	svc := &run.Service{Store: store, Exec: &run.Executor{Meter: meter, Models: models, Messages: store,
-		Guard: &run.Guard{AllowHosts: cfg.AllowHosts}, Log: log, DemoModels: len(cfg.Models) == 0, Vectors: newVectorStore(cfg.Vectors, store), Tools: toolServices(cfg.Tools, os.Getenv)}, Log: log}
+		Guard: &run.Guard{AllowHosts: cfg.AllowHosts}, Log: log, DemoModels: len(cfg.Models) == 0, Vectors: newVectorStore(cfg.Vectors, store), Tools: toolServices(cfg.Tools, os.Getenv), MCPServers: mcp}, Log: log}
 	var onEvent func(string, any)
 	if *stream && !*asJSON {
 		onEvent = func(event string, data any) {

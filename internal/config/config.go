@@ -148,6 +148,9 @@ type Config struct {
 	// Sandbox configures the worker processes that execute runs with a
 	// memory cap (memory_per_run).
 	Sandbox Sandbox `yaml:"sandbox"`
+	// MCPServers are the MCP servers flows' MCPTools nodes may use, by
+	// name (docs/flows.md#mcp-tools). Only these are ever connected to.
+	MCPServers []MCPServer `yaml:"mcp_servers"`
 
 	// --- Settle bounds (POST /api/v1/quota/settle) ---
 
@@ -763,6 +766,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.validateSettle(); err != nil {
+		return err
+	}
+	if err := c.validateMCP(); err != nil {
 		return err
 	}
 	return c.Sandbox.validate()

@@ -29,6 +29,11 @@ type Component struct {
 	// IsCustom marks user-supplied code (Node.Code). It accepts any input and
 	// output name; the executor must refuse it or run it sandboxed.
 	IsCustom bool
+	// ToolParams marks a component whose fields beyond Inputs are the
+	// parameters of the tool it calls (MCPTools: the selected MCP tool's
+	// input schema, as LangFlow adds them to the node): each takes a
+	// Message edge or a value.
+	ToolParams bool
 	// AllowsCycles marks a loop component: an edge from inside a cycle back
 	// into it is a feedback edge, allowed by Validate and ignored by Order.
 	AllowsCycles bool
@@ -391,6 +396,25 @@ var Components = map[string]*Component{
 			{Name: "dataframe", Type: typeDataFrame},
 		},
 		IsTool: true,
+	},
+	"MCPTools": {
+		// The server is the operator's (mcp_servers), chosen by name; the
+		// selected tool's parameters are fields of their own (ToolParams).
+		Type:    "MCPTools",
+		Aliases: []string{"MCPToolsComponent"},
+		Inputs: []Input{
+			lit("mcp_server"),
+			lit("tool"),
+			lit("use_cache"),
+			lit("verify_ssl"),
+			lit("headers"),
+			lit("tool_execution_timeout"),
+			lit("tool_placeholder"),
+			lit("tools_metadata"),
+		},
+		Outputs:    []Output{{Name: "response", Type: typeDataFrame}},
+		IsTool:     true,
+		ToolParams: true,
 	},
 	"APIRequest": {
 		Type:    "APIRequest",

@@ -335,6 +335,9 @@ func (v *validator) input(i int, e *Edge, n *Node, c *Component) (Input, bool) {
 	if in, ok := c.Input(e.TargetInput); ok && in.Edge {
 		return in, true
 	}
+	if c.ToolParams && !slices.ContainsFunc(c.Inputs, func(in Input) bool { return in.Name == e.TargetInput }) {
+		return Input{Name: e.TargetInput, Edge: true, Types: []string{typeMessage, typeData, typeDataFrame}}, true
+	}
 	if c.Type == TypePrompt && slices.Contains(v.promptVars(n), e.TargetInput) {
 		return Input{Name: e.TargetInput, Edge: true}, true // any value renders as text
 	}

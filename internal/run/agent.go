@@ -9,6 +9,7 @@ import (
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/flow"
 	"github.com/sluicehq/sluice/internal/llm"
+	"github.com/sluicehq/sluice/internal/quota"
 )
 
 // DefaultMaxIterations bounds an agent that sets no max_iterations.
@@ -28,6 +29,7 @@ func (s *state) agent(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 		if v.tool != nil {
 			tools = append(tools, v.tool)
 		}
+		tools = append(tools, v.tools...)
 	}
 	defs := make([]llm.Tool, len(tools))
 	byName := map[string]*tool{}
@@ -65,7 +67,10 @@ func (s *state) agent(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 			if err := s.step(n.ID); err != nil {
 				return err
 			}
-			result := s.runTool(ctx, byName[call.Name], call)
+			result, err := s.runTool(ctx, byName[call.Name], call)
+			if err != nil {
+				return err
+			}
 			msgs = append(msgs, llm.Message{Role: llm.RoleTool, ToolCallID: call.ID, Name: call.Name, Content: result})
 			if err := ctx.Err(); err != nil {
 				return ctxError(err)
@@ -77,26 +82,34 @@ func (s *state) agent(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 }
 
 // runTool calls a tool and returns what the model should read: its result
-// or its error, so that the model can recover.
-func (s *state) runTool(ctx context.Context, tl *tool, call llm.ToolCall) string {
+// or its error, so that the model can recover. A refusal by the meter (a
+// governed tool call over the chain's limits) or the run's end is no
+// error for the model to recover from: it ends the agent.
+func (s *state) runTool(ctx context.Context, tl *tool, call llm.ToolCall) (string, error) {
 	if tl == nil {
-		return fmt.Sprintf("error: no tool named %q", call.Name)
+		return fmt.Sprintf("error: no tool named %q", call.Name), nil
 	}
 	args := map[string]any{}
 	if call.Arguments != "" {
 		if err := json.Unmarshal([]byte(call.Arguments), &args); err != nil {
-			return fmt.Sprintf("error: arguments are not a JSON object: %v", err)
+			return fmt.Sprintf("error: arguments are not a JSON object: %v", err), nil
 		}
 	}
 	out, err := tl.run(ctx, args)
 	if err != nil {
+		if d, ok := errors.AsType[*quota.Denial](err); ok {
+			return "", d
+		}
+		if re, ok := errors.AsType[*RunError](err); ok {
+			return "", re
+		}
 		var e *errs.Error
 		if errors.As(err, &e) {
-			return "error: " + e.Message
+			return "error: " + e.Message, nil
 		}
-		return "error: " + err.Error()
+		return "error: " + err.Error(), nil
 	}
-	return preview4k(out)
+	return preview4k(out), nil
 }
 
 // preview4k bounds a tool result fed back to the model.

@@ -48,7 +48,9 @@ type MemoryCeiling struct {
 }
 
 // fetches reports node types that read responses from the network.
-func fetches(typ string) bool { return typ == "URLComponent" || typ == "APIRequest" || isSearch(typ) }
+func fetches(typ string) bool {
+	return typ == "URLComponent" || typ == "APIRequest" || isSearch(typ) || typ == TypeMCPTools
+}
 
 // Estimate is the share a run of g reserves.
 func (c *MemoryCeiling) Estimate(g *flow.Flow) int64 {

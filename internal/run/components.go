@@ -39,6 +39,8 @@ func (s *state) exec(ctx context.Context, n *flow.Node, t *NodeTrace) error {
 		return nil
 	case "TavilySearchComponent", "SearchComponent", "ArXivComponent":
 		return s.search(ctx, n)
+	case TypeMCPTools:
+		return s.mcpNode(ctx, n)
 	case "ParserComponent":
 		return s.parser(n)
 	case "BatchRunComponent":

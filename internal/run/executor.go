@@ -59,6 +59,9 @@ type Executor struct {
 	// Vectors keeps the collections of vector-store and Knowledge
 	// components (nil: flows that use one fail with a clear error).
 	Vectors vector.Store
+	// MCPServers are the MCP servers MCPTools nodes may use, by name (the
+	// mcp_servers config section); no other is ever connected to.
+	MCPServers []MCPServer
 }
 
 // now is the executor's clock.
@@ -198,6 +201,7 @@ type value struct {
 	model    *modelRef  // LanguageModel handles
 	template *templated // PromptTemplate handles
 	tool     *tool      // tools for agents
+	tools    []*tool    // several tools on one edge (an MCP server's)
 	data     *table     // Data, a list of Data, a DataFrame (see data.go)
 	embed    *embedRef  // Embeddings handles (see embed.go)
 }
@@ -232,6 +236,8 @@ type state struct {
 	callCount int
 	// simulated is set once a simulated model answered.
 	simulated bool
+	// mcp holds the run's MCP sessions, by server name.
+	mcp map[string]*mcpConn
 }
 
 // step counts a node, model turn or tool call against max_steps.
@@ -256,6 +262,7 @@ func (s *state) emit(event string, data any) {
 func (e *Executor) Execute(ctx context.Context, job *Job) (*Result, error) {
 	s := &state{e: e, job: job, f: job.Flow, outputs: map[string]map[string]value{}, inputs: map[string]map[string][]value{}, start: time.Now()}
 	err := s.run(ctx)
+	s.closeMCP()
 	res := &Result{Usage: s.usage, Steps: s.steps, Trace: s.trace, Messages: s.msgs, Simulated: s.simulated}
 	if err == nil {
 		res.Outputs = s.collect()
@@ -303,6 +310,14 @@ func (s *state) runNode(ctx context.Context, u unit) error {
 		return ctxError(err)
 	}
 	if s.toolOnly(n) {
+		if n.Type == TypeMCPTools {
+			tools, err := s.mcpTools(ctx, n)
+			if err != nil {
+				return &RunError{Status: statusOf(err), NodeID: n.ID, Err: err}
+			}
+			s.setOut(n.ID, flow.ToolOutput, value{tools: tools})
+			return nil
+		}
 		if isSearch(n.Type) {
 			// A tool that cannot work fails the run now, not the agent's
 			// call of it later.

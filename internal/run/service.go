@@ -350,6 +350,10 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	if err := CheckTweaks(g, req.Tweaks); err != nil {
 		return nil, err
 	}
+	// So is an MCP server the operator did not declare.
+	if err := s.Exec.CheckMCP(g, req.Tweaks); err != nil {
+		return nil, err
+	}
 	runID := id.New("run")
 	slot, err := s.gate().Admit(ctx, who, "run")
 	if err != nil {
@@ -380,6 +384,9 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	execute := s.Exec.Execute
 	if caps.MemoryPerRun > 0 && s.Sandbox != nil {
 		if err := s.Sandbox.Check(caps); err != nil {
+			return nil, err
+		}
+		if err := CheckSandboxed(g); err != nil {
 			return nil, err
 		}
 		execute = s.Sandbox.Execute
