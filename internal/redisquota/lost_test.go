@@ -345,3 +345,48 @@ func TestLatencySpikesDoNotFlap(t *testing.T) {
 	px.drop.Store(false)
 	waitFor(t, time.Minute, "normal again", func() bool { return !f.Degraded() })
 }
+
+// TestLostAcquireVoidedBeforeItsRetry: an acquire that Redis carried out
+// but whose reply was lost is voided before it is tried again, so the
+// retry does not meet the lost acquire's own slot: at a concurrency limit
+// of one the caller is admitted once, and one slot is held.
+func TestLostAcquireVoidedBeforeItsRetry(t *testing.T) {
+	srv := sharedServer(t)
+	px := newProxy(t, srv.addr)
+	c := redis.NewClient(&redis.Options{Addr: px.addr(), ContextTimeoutEnabled: true, MaxRetries: -1, PoolSize: 4})
+	t.Cleanup(func() { c.Close() })
+	b, prefix := newBackend(t, c, redisquota.Options{Timeout: 2 * time.Second, Retries: 1})
+	observer, _ := newBackend(t, newClient(t, srv.addr), redisquota.Options{Prefix: prefix, Timeout: loadedTimeout})
+	ctx := context.Background()
+	chain := []quota.Scope{{Key: "one", Limits: &quota.Limits{Concurrency: quota.AtMost(1)}}}
+	req := quota.Request{Chain: chain, Ask: quota.Ask{Requests: 1, Concurrency: true}, TTL: time.Hour}
+	// Warm up: the scripts are loaded, so that the lost EVALSHA runs.
+	tk, err := b.Acquire(ctx, req)
+	if err != nil {
+		t.Fatalf("Acquire: %v", err)
+	}
+	if _, err := b.Settle(ctx, tk.ID, quota.Usage{}); err != nil {
+		t.Fatalf("Settle: %v", err)
+	}
+
+	px.drop.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Acquire(ctx, req)
+		done <- err
+	}()
+	// Once Redis has carried the acquire out (its reply being dropped),
+	// Redis answers again: the timeout declares the reply lost, and the
+	// retry follows.
+	waitFor(t, time.Minute, "the acquire carried out", func() bool { return useOf(t, observer, "one").Concurrency == 1 })
+	px.drop.Store(false)
+	if err := <-done; err != nil {
+		t.Fatalf("Acquire whose first reply was lost: %v, want admitted by its retry", err)
+	}
+	if u := useOf(t, observer, "one"); u.Concurrency != 1 {
+		t.Errorf("slots held: %d, want 1 (the retry's; the lost one voided)", u.Concurrency)
+	}
+	if n := b.PendingVoids(); n != 0 {
+		t.Errorf("pending voids: %d, want 0 (voided before the retry)", n)
+	}
+}

@@ -116,7 +116,9 @@
 // zero-use settle that records nothing) or else writes a tombstone that
 // acquire.lua refuses (every acquire checks its ticket key does not
 // exist), so a lost acquire holds no slot and no reservation once Redis
-// answers again. The Acquire itself is tried again with a fresh id.
+// answers again. The Acquire itself is tried again with a fresh id, after
+// one void of the lost id where Redis answers it (so the retry does not
+// meet the lost acquire's own slot).
 //
 // When Redis cannot be reached or does not answer within Options.Timeout
 // (after the retries), a call returns an error wrapping ErrUnavailable;
@@ -195,8 +197,8 @@ type Options struct {
 	// a broken connection) is sent again before its error is returned
 	// (default 2; negative for none). Settle, Charge and Heartbeat resend
 	// the same call: they are idempotent by their id. Acquire tries again
-	// with a fresh ticket id, after handing the lost one to the voider
-	// (see the package comment).
+	// with a fresh ticket id, after voiding the lost one (or, when Redis
+	// does not answer, handing it to the voider: see the package comment).
 	Retries int
 	// Observe, when set, is told every script call's operation
 	// ("acquire", "settle", "void", …), its outcome ("ok", "timeout",
@@ -695,10 +697,16 @@ func (b *Backend) acquire(ctx context.Context, r quota.Request, re *readmission)
 				continue
 			}
 		} else if lost(err) {
-			// Redis may have granted it: the voider releases the ticket,
-			// or bars it should it arrive late. Nobody else knows its id.
-			b.voidLater(id, ttl)
-			if retries < b.retries && ctx.Err() == nil && !b.closed.Load() {
+			// Redis may have granted it: a void releases the ticket, or
+			// bars it should it arrive late. Nobody else knows its id.
+			// Before trying again, void it now if Redis answers (else the
+			// voider will): a retry that met the lost acquire's own slot
+			// would be refused at a concurrency limit of one.
+			again := retries < b.retries && ctx.Err() == nil && !b.closed.Load()
+			if !again || b.void(ctx, id) != nil {
+				b.voidLater(id, ttl)
+			}
+			if again {
 				retries++
 				try--
 				id = newID()
