@@ -11,7 +11,7 @@ import (
 )
 
 // DefaultRunTimeout bounds governed work whose scopes set no run_timeout.
-const DefaultRunTimeout = 10 * time.Minute
+const DefaultRunTimeout = metering.DefaultRunTimeout
 
 // Heartbeater extends an admission's lease (*metering.Meter).
 type Heartbeater interface {
@@ -37,7 +37,9 @@ type Slot struct {
 // Release. The chain's caps (run timeout, memory per run, tokens per
 // call) come with it.
 func (g *Gate) Admit(ctx context.Context, who metering.Who, kind string) (*Slot, error) {
-	adm, err := g.Meter.Acquire(ctx, who, kind, quota.Ask{Requests: 1, Concurrency: true}, DefaultRunTimeout+time.Minute)
+	// Leased at once for the chain's run timeout: a slot seen held is held
+	// for the run's whole allowed life.
+	adm, err := g.Meter.Acquire(ctx, who, kind, quota.Ask{Requests: 1, Concurrency: true}, metering.TTLRun)
 	if err != nil {
 		g.logCall(ctx, Call{Who: who, Kind: kind}, &Result{}, time.Now(), "denied", err)
 		return nil, err
@@ -47,8 +49,8 @@ func (g *Gate) Admit(ctx context.Context, who metering.Who, kind string) (*Slot,
 		s.Timeout = rt
 	}
 	if s.Timeout > DefaultRunTimeout {
-		// The slot was leased for the default; a longer allowed run keeps
-		// it for its whole life.
+		// A meter that took TTLRun literally leased the default: a
+		// longer allowed run keeps the slot for its whole life.
 		hb, ok := g.Meter.(Heartbeater)
 		if ok {
 			if _, err := hb.Heartbeat(ctx, adm.ID, s.Timeout+time.Minute); err != nil {

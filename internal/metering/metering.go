@@ -87,7 +87,30 @@ type Admission struct {
 	Chain    *policy.Chain
 }
 
-// Acquire admits ask for who, or returns the engine's *quota.Denial.
+// DefaultRunTimeout bounds governed work whose scopes set no run_timeout.
+const DefaultRunTimeout = 10 * time.Minute
+
+// TTLRun, as Acquire's ttl, leases the ticket for the chain's run_timeout
+// (DefaultRunTimeout when no scope sets one) plus a minute: a run's slot
+// is held for its whole allowed life from its first instant.
+const TTLRun time.Duration = -1
+
+// runTTL is TTLRun's lease for chain.
+func runTTL(chain *policy.Chain) time.Duration {
+	rt := time.Duration(0)
+	for _, sc := range chain.Scopes {
+		if sc.Limits != nil && sc.Limits.RunTimeout > 0 && (rt == 0 || sc.Limits.RunTimeout < rt) {
+			rt = sc.Limits.RunTimeout
+		}
+	}
+	if rt == 0 {
+		rt = DefaultRunTimeout
+	}
+	return rt + time.Minute
+}
+
+// Acquire admits ask for who, or returns the engine's *quota.Denial. A ttl
+// of TTLRun leases the ticket for the chain's run timeout.
 func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask, ttl time.Duration) (*Admission, error) {
 	snap := m.policy.Current()
 	if pf := snap.Platform(); pf.ReadOnly {
@@ -125,6 +148,9 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 	raw, err := json.Marshal(meta)
 	if err != nil {
 		return nil, fmt.Errorf("acquire: encode ticket meta: %w", err)
+	}
+	if ttl == TTLRun {
+		ttl = runTTL(chain)
 	}
 	t, err := m.engine.Acquire(ctx, quota.Request{Chain: chain.Scopes, Ask: ask, TTL: ttl, Meta: string(raw)})
 	if m.OnDecision != nil {
