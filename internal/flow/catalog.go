@@ -609,14 +609,16 @@ var Components = map[string]*Component{
 	"FAISS": {
 		Type:    "FAISS",
 		Aliases: []string{"FaissVectorStoreComponent"},
-		Inputs:  vectorStoreInputs("index_name"),
+		Inputs:  withInputs(vectorStoreInputs("index_name"), lit("tools_metadata")),
 		Outputs: vectorStoreOutputs(),
+		IsTool:  true,
 	},
 	"Chroma": {
 		Type:    "Chroma",
 		Aliases: []string{"ChromaVectorStoreComponent"},
-		Inputs:  withInputs(vectorStoreInputs("collection_name"), lit("allow_duplicates"), lit("limit"), lit("search_type")),
+		Inputs:  withInputs(vectorStoreInputs("collection_name"), lit("allow_duplicates"), lit("limit"), lit("search_type"), lit("tools_metadata")),
 		Outputs: vectorStoreOutputs(),
+		IsTool:  true,
 	},
 	"KnowledgeIngestion": {
 		Type:    "KnowledgeIngestion",

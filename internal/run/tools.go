@@ -70,6 +70,10 @@ func (s *state) toolFor(n *flow.Node) *tool {
 			}
 			return strings.Join(out, "\n\n"), nil
 		}
+	case "FAISS", "Chroma":
+		t.def = llm.Tool{Name: "search_documents", Description: "Search the vector store for the documents most relevant to a query."}
+		schema = objectSchema(map[string]any{"search_query": map[string]any{"type": "string", "description": "What to search for."}}, "search_query")
+		t.run = s.vectorTool(n)
 	case "CurrentDate":
 		// LangFlow's tool of the component's get_current_date output.
 		t.def = llm.Tool{Name: "get_current_date", Description: "Returns the current date and time in the selected timezone."}

@@ -91,30 +91,81 @@ func (s *state) vectorStore(ctx context.Context, n *flow.Node, t *NodeTrace) err
 			return err
 		}
 	}
-	var rows []row
-	if query := s.text(n, "search_query"); strings.TrimSpace(query) != "" {
-		k := kind.defaultK
-		if v, ok := s.param(n, "number_of_results").Int(); ok {
-			k = v
-		}
-		if k < 1 {
-			return fail("number_of_results", "number_of_results must be at least 1, not %d", k)
-		}
-		r, err := s.vectors(ctx, n, "search_query", VectorCall{Op: VectorSearch, Collection: collection, Embed: s.embedSpec(ref), Query: query, K: k}, t)
-		if err != nil {
-			return err
-		}
-		for _, h := range r.Hits {
-			r, err := docRow(h.Meta)
-			if err != nil {
-				return err
-			}
-			rows = append(rows, r.set("text", h.Text))
-		}
+	rows, err := s.vectorSearch(ctx, n, collection, ref, s.text(n, "search_query"), t)
+	if err != nil {
+		return err
 	}
 	s.setOut(n.ID, "search_results", dataValue(&table{kind: dataList, rows: rows}))
 	s.setOut(n.ID, "dataframe", dataValue(&table{kind: dataFrame, rows: rows}))
 	return nil
+}
+
+// vectorSearch runs a vector-store node's search for query (none when it
+// is blank): its number_of_results nearest documents, as rows.
+func (s *state) vectorSearch(ctx context.Context, n *flow.Node, collection string, ref *embedRef, query string, t *NodeTrace) ([]row, error) {
+	if strings.TrimSpace(query) == "" {
+		return nil, nil
+	}
+	k := vectorKinds[n.Type].defaultK
+	if v, ok := s.param(n, "number_of_results").Int(); ok {
+		k = v
+	}
+	if k < 1 {
+		return nil, errs.Field(errs.Unprocessable, "nodes."+n.ID+".number_of_results", "node %s (%s): number_of_results must be at least 1, not %d", n.ID, n.Type, k)
+	}
+	r, err := s.vectors(ctx, n, "search_query", VectorCall{Op: VectorSearch, Collection: collection, Embed: s.embedSpec(ref), Query: query, K: k}, t)
+	if err != nil {
+		return nil, err
+	}
+	var rows []row
+	for _, h := range r.Hits {
+		r, err := docRow(h.Meta)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, r.set("text", h.Text))
+	}
+	return rows, nil
+}
+
+// vectorTool is a vector-store node in an Agent's tools, as LangFlow's
+// search_documents: the query the model asks, against the node's
+// collection and embeddings (it ingests nothing).
+func (s *state) vectorTool(n *flow.Node) func(context.Context, map[string]any) (string, error) {
+	return func(ctx context.Context, args map[string]any) (string, error) {
+		kind := vectorKinds[n.Type]
+		name := strings.TrimSpace(s.param(n, kind.nameField).String())
+		if name == "" {
+			name = kind.defaultName
+		}
+		var ref *embedRef
+		for _, field := range []string{"embedding", "embedding_model"} {
+			if v, ok := s.in(n, field); ok && v.embed != nil {
+				ref = v.embed
+				break
+			}
+		}
+		if ref == nil {
+			return "", errs.Field(errs.Unprocessable, "nodes."+n.ID+".embedding", "node %s (%s): connect an Embeddings component to embedding", n.ID, n.Type)
+		}
+		query, _ := args["search_query"].(string)
+		rows, err := s.vectorSearch(ctx, n, kind.namespace+"/"+name, ref, query, &NodeTrace{})
+		if err != nil {
+			return "", err
+		}
+		var texts []string
+		for _, r := range rows {
+			for _, f := range r {
+				if f.name == "text" {
+					texts = append(texts, fmt.Sprint(f.value))
+				}
+			}
+		}
+		if len(texts) == 0 {
+			return "No documents found.", nil
+		}
+		return strings.Join(texts, "\n\n"), nil
+	}
 }
 
 // ingestDocs reads the rows on an input (Data, lists of Data, DataFrames,

@@ -392,3 +392,43 @@ func TestVectorStoreRAGStarter(t *testing.T) {
 		t.Errorf("outputs: got %+v, want the simulated model's answer", res.Outputs)
 	}
 }
+
+// agentVectorFlow gives an Agent the FAISS store as a tool: LangFlow's
+// search_documents.
+const agentVectorFlow = `{"nodes":[
+	{"id":"in","type":"ChatInput","data":{"should_store_message":false}},
+	{"id":"emb","type":"OpenAIEmbeddings","data":{"model":"text-embedding-3-small"}},
+	{"id":"store","type":"FAISS","data":{"number_of_results":1}},
+	{"id":"agent","type":"Agent","data":{"model_name":"gpt-4o-mini"}},
+	{"id":"out","type":"ChatOutput","data":{"should_store_message":false}}
+],"edges":[{"source":"in","target":"agent","targetHandle":"input_value"},
+	{"source":"emb","sourceHandle":"embeddings","target":"store","targetHandle":"embedding"},
+	{"source":"store","sourceHandle":"component_as_tool","target":"agent","targetHandle":"tools"},
+	{"source":"agent","target":"out"}]}`
+
+// TestVectorStoreAsAgentTool: a vector store in an Agent's tools searches
+// the project's collection for the query the model asks.
+func TestVectorStoreAsAgentTool(t *testing.T) {
+	oai, seen := scriptedOpenAI(t, `{"search_query":"Which model answers offline for demos?"}`)
+	h := newHarness(t, llm.ModelConfig{Name: "gpt-4o-mini", Provider: llm.ProviderOpenAI, BaseURL: oai.URL, APIKey: llm.NewSecret("sk-test"), Default: true},
+		llm.ModelConfig{Name: "text-embedding-3-small", Provider: llm.ProviderSimulated})
+	h.exec.Vectors = h.store.Vectors(vector.Limits{})
+	if _, err := h.exec.Execute(context.Background(), h.job(parseFlow(t, []byte(jsonf(ragFlow, "FAISS", ragDoc, 1))), "x")); err != nil {
+		t.Fatalf("ingest run: %v", err)
+	}
+	res, err := h.exec.Execute(context.Background(), h.job(parseFlow(t, []byte(agentVectorFlow)), "Which model answers offline?"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Outputs[0].Text != "Nielsen and Chuang wrote it." {
+		t.Errorf("output: got %q, want the scripted model's answer", res.Outputs[0].Text)
+	}
+	if len(*seen) != 2 {
+		t.Fatalf("model calls: got %d, want 2", len(*seen))
+	}
+	second := (*seen)[1]
+	last, _ := second[len(second)-1].(map[string]any)
+	if last["role"] != "tool" || !strings.Contains(fmt.Sprint(last["content"]), "The simulated model answers offline") || strings.Contains(fmt.Sprint(last["content"]), "Quota") {
+		t.Errorf("tool result: got %v, want the one nearest chunk", last)
+	}
+}
