@@ -76,3 +76,41 @@ local function tk_reply(status, now, t)
   end
   return out
 end
+
+-- tk_charge settles one reservation r of a ticket on tag: use holds the
+-- ticket's use per budget meter, c is the window the use counts in (r's
+-- own, or the current one when r's ended), late says the reservation was
+-- already refunded (its slot freed, its amount no longer counted). A slot
+-- is freed; a budget counter gets use − reserved while it still holds r's
+-- window (use alone past a stranded reservation's amount, or once late),
+-- else restarts in window c with the use.
+local function tk_charge(tag, r, use, c, late, keyms)
+  local sk = tag .. ':s:' .. r.k
+  if r.m == 6 then
+    if not late and r.x ~= 1 and r.a > 0 and redis.call('HEXISTS', sk, 'u6') == 1 then
+      redis.call('HINCRBY', sk, 'u6', s(-r.a))
+      redis.call('PEXPIRE', sk, keyms)
+    end
+  elseif is_budget(r.m) then
+    local u = use[r.m]
+    local sw = num(redis.call('HGET', sk, 'w' .. r.m))
+    local held = sw == r.w
+    if sw < c and u > 0 then
+      -- the counter's window has ended: it restarts without the reservation
+      redis.call('HSET', sk, 'w' .. r.m, s(c), 'u' .. r.m, 0, 's' .. r.m, 0)
+      held = false
+    end
+    local delta = u
+    if held then
+      if r.x == 1 then
+        delta = math.max(u - r.a, 0)
+      elseif not late then
+        delta = u - r.a
+      end
+    end
+    if delta ~= 0 then
+      redis.call('HINCRBY', sk, 'u' .. r.m, s(delta))
+      redis.call('PEXPIRE', sk, keyms)
+    end
+  end
+end

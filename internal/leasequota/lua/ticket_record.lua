@@ -75,31 +75,9 @@ end
 local function settle_taken(t)
   local use = {[2] = num(t.ui) + num(t.uo), [3] = num(t.ui) + num(t.uo), [4] = num(t.ug), [5] = num(t.uc)}
   for _, r in ipairs(t.r) do
-    local sk = tag .. ':s:' .. r.k
-    if r.m == 6 then
-      if r.x ~= 1 and r.a > 0 and redis.call('HEXISTS', sk, 'u6') == 1 then
-        redis.call('HINCRBY', sk, 'u6', s(-r.a))
-        redis.call('PEXPIRE', sk, keyms)
-      end
-    elseif is_budget(r.m) then
-      local u = use[r.m]
-      local c = r.w
-      if num(t.sa) >= r.we * 1000000 then c = r.we end -- settled in the next window
-      local sw = num(redis.call('HGET', sk, 'w' .. r.m))
-      local held = sw == r.w
-      if sw < c and u > 0 then
-        redis.call('HSET', sk, 'w' .. r.m, s(c), 'u' .. r.m, 0, 's' .. r.m, 0)
-        sw, held = c, false
-      end
-      local delta = u
-      if held then
-        if r.x == 1 then delta = math.max(u - r.a, 0) else delta = u - r.a end
-      end
-      if delta ~= 0 then
-        redis.call('HINCRBY', sk, 'u' .. r.m, s(delta))
-        redis.call('PEXPIRE', sk, keyms)
-      end
-    end
+    local c = r.w
+    if is_budget(r.m) and num(t.sa) >= r.we * 1000000 then c = r.we end -- settled in the next window
+    tk_charge(tag, r, use, c, false, keyms)
   end
 end
 

@@ -72,35 +72,7 @@ if not late and t.e <= now then
   late = true
 end
 for q, r in ipairs(t.r) do
-  local sk = tag .. ':s:' .. r.k
-  if r.m == 6 then
-    if not late and r.x ~= 1 and r.a > 0 and redis.call('HEXISTS', sk, 'u6') == 1 then
-      redis.call('HINCRBY', sk, 'u6', s(-r.a))
-      redis.call('PEXPIRE', sk, keyms)
-    end
-  elseif is_budget(r.m) then
-    local u = use[r.m]
-    local c = cur[q] or r.w
-    local sw = num(redis.call('HGET', sk, 'w' .. r.m))
-    local held = sw == r.w
-    if sw < c and u > 0 then
-      -- the counter's window has ended: it restarts without the reservation
-      redis.call('HSET', sk, 'w' .. r.m, s(c), 'u' .. r.m, 0, 's' .. r.m, 0)
-      sw, held = c, false
-    end
-    local delta = u
-    if held then
-      if r.x == 1 then
-        delta = math.max(u - r.a, 0)
-      elseif not late then
-        delta = u - r.a
-      end
-    end
-    if delta ~= 0 then
-      redis.call('HINCRBY', sk, 'u' .. r.m, s(delta))
-      redis.call('PEXPIRE', sk, keyms)
-    end
-  end
+  tk_charge(tag, r, use, cur[q] or r.w, late, keyms)
 end
 t.st = 's'
 t.ui, t.uo, t.ug, t.uc, t.sa = tin, tout, gpu, cost, now
