@@ -25,7 +25,8 @@ import (
 // DefaultMaxTokens is a call's output allowance when the caller asks none.
 const DefaultMaxTokens = 1024
 
-// Meter admits and settles governed work (*metering.Meter).
+// Meter admits and settles governed work (*metering.Meter). Acquire's ttl
+// may be metering.TTLRun: the chain's run timeout, which the meter knows.
 type Meter interface {
 	Acquire(ctx context.Context, who metering.Who, kind string, ask quota.Ask, ttl time.Duration) (*metering.Admission, error)
 	SettleWith(ctx context.Context, ticketID string, u quota.Usage, model string, annotate func(*usage.Event)) (quota.Settlement, error)

@@ -13,11 +13,6 @@ import (
 // DefaultRunTimeout bounds governed work whose scopes set no run_timeout.
 const DefaultRunTimeout = metering.DefaultRunTimeout
 
-// Heartbeater extends an admission's lease (*metering.Meter).
-type Heartbeater interface {
-	Heartbeat(ctx context.Context, ticketID string, ttl time.Duration) (time.Time, error)
-}
-
 // Slot is admitted work that holds a concurrency slot for its whole life:
 // a flow run, a run proxied to LangFlow. It counted as one request at
 // admission; its model calls are governed calls of their own (Do).
@@ -47,17 +42,6 @@ func (g *Gate) Admit(ctx context.Context, who metering.Who, kind string) (*Slot,
 	s := &Slot{Admission: adm, Timeout: DefaultRunTimeout, g: g}
 	if rt := adm.Caps.RunTimeout; rt > 0 {
 		s.Timeout = rt
-	}
-	if s.Timeout > DefaultRunTimeout {
-		// A meter that took TTLRun literally leased the default: a
-		// longer allowed run keeps the slot for its whole life.
-		hb, ok := g.Meter.(Heartbeater)
-		if ok {
-			if _, err := hb.Heartbeat(ctx, adm.ID, s.Timeout+time.Minute); err != nil {
-				_ = s.Release(ctx, nil)
-				return nil, err
-			}
-		}
 	}
 	return s, nil
 }

@@ -174,13 +174,8 @@ func writeFlowError(w http.ResponseWriter, r *http.Request, s *Server, err error
 	writeError(w, r, s.Log, err)
 }
 
-// unknownRunFields lists the top-level fields of a run body that runBody
-// does not read.
-func unknownRunFields(raw []byte) []string {
-	var m map[string]json.RawMessage
-	if json.Unmarshal(raw, &m) != nil {
-		return nil
-	}
+// runFields are the top-level JSON fields runBody reads.
+var runFields = sync.OnceValue(func() map[string]bool {
 	known := map[string]bool{}
 	for _, t := range []reflect.Type{reflect.TypeFor[run.RunRequest](), reflect.TypeFor[runBody]()} {
 		for i := range t.NumField() {
@@ -188,9 +183,19 @@ func unknownRunFields(raw []byte) []string {
 			known[name] = true
 		}
 	}
+	return known
+})
+
+// unknownRunFields lists the top-level fields of a run body that runBody
+// does not read.
+func unknownRunFields(raw []byte) []string {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return nil
+	}
 	var out []string
 	for k := range m {
-		if !known[k] {
+		if !runFields()[k] {
 			out = append(out, k)
 		}
 	}
