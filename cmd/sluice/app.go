@@ -184,8 +184,7 @@ func (a *App) startQuota(ctx context.Context) error {
 			if err := a.recorder.Flush(ctx); err != nil {
 				return time.Time{}, 0, fmt.Errorf("flush usage events: %w", err)
 			}
-			readAt := time.Now()
-			n, err := restorer.Restore(ctx, a.store)
+			n, readAt, err := restorer.RestoreRead(ctx, a.store)
 			return readAt, n, err
 		}
 		if _, err := a.engine.rebuild(ctx); err != nil {

@@ -424,10 +424,23 @@ func (m *Meter) Policy() *policy.Manager { return m.policy }
 // Restore rebuilds the engine's budget counters from the roll-ups of the
 // current windows. Call it at start-up, before serving.
 func (m *Meter) Restore(ctx context.Context, store usage.Store) (int, error) {
-	rollups, err := store.Rollups(ctx, usage.CurrentPeriods(m.now()))
+	n, _, err := m.RestoreRead(ctx, store)
+	return n, err
+}
+
+// RestoreRead is Restore that also returns when the roll-ups were read
+// (usage.Store.RollupsRead): the counters hold every settlement whose
+// event was committed before it, and none settled after it.
+func (m *Meter) RestoreRead(ctx context.Context, store usage.Store) (int, time.Time, error) {
+	rollups, readAt, err := store.RollupsRead(ctx, usage.CurrentPeriods(m.now()))
 	if err != nil {
-		return 0, err
+		return 0, readAt, err
 	}
+	n, err := m.restore(ctx, rollups)
+	return n, readAt, err
+}
+
+func (m *Meter) restore(ctx context.Context, rollups []usage.Rollup) (int, error) {
 	snap := m.policy.Current()
 	n := 0
 	for _, r := range rollups {

@@ -248,10 +248,11 @@ const localPrefix = "~"
 // it twice, and it is dropped (the log says how many). Spooled usage from
 // after it is not in the ledger read and is delivered as usual. The moment
 // is compared with each spooled item's latest settlement, by the
-// instances' clocks, which must agree (NTP); a settlement that raced the
-// read can be counted twice, the safe side, and one whose event was still
-// uncommitted when the ledger was read but whose spooled time is earlier
-// is the only use that can go uncounted (bounded by the settlements in
+// instances' clocks, which must agree (NTP). The moment follows the
+// read's snapshot (usage.Store.RollupsRead), so a settlement the read holds
+// was spooled before it and is not counted twice; one whose event was
+// still uncommitted at the snapshot but whose spooled time is earlier is
+// the only use that can go uncounted (bounded by the settlements in
 // flight at that instant). The ledger holds no live ticket, so after the
 // rebuild, when the backend is a Readmitter, each instance takes back the
 // live shared tickets it issued, with their slots and reservations (see

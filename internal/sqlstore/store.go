@@ -91,6 +91,11 @@ func (r readDB) BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, erro
 }
 
 // beginner is a pool that begins transactions: w, or r.
+// querier is a pool or a transaction.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
 type beginner interface {
 	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
 }

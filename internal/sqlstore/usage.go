@@ -787,7 +787,7 @@ func (s *Store) UsageQuarantine(ctx context.Context, after string, limit int) ([
 }
 
 // Rollups returns the roll-ups of the given periods, with the use of every
-// event committed before the call.
+// event committed before the call (RollupsRead also says when it read).
 func (s *Store) Rollups(ctx context.Context, periods []string) ([]usage.Rollup, error) {
 	return s.rollups(ctx, periods, nil)
 }
@@ -804,10 +804,58 @@ func (s *Store) KindRollups(ctx context.Context, kind, tenantID string, periods 
 	return s.rollups(ctx, periods, &w)
 }
 
-func (s *Store) rollups(ctx context.Context, periods []string, also *where) ([]usage.Rollup, error) {
-	if len(periods) == 0 {
-		return nil, nil
+// RollupsRead is Rollups with the moment of the read: every event the
+// roll-ups hold was committed before it, and it follows the read's
+// snapshot as closely as the store can tell (on SQLite no event commits
+// between the read and it; on PostgreSQL it is taken just after a
+// repeatable-read snapshot is, before the roll-ups are read in it). A
+// rebuild of the quota counters from the roll-ups drops spooled usage
+// settled before it: the closer it is to the snapshot, the fewer
+// settlements in flight at the read can go uncounted, and none can be
+// counted twice.
+func (s *Store) RollupsRead(ctx context.Context, periods []string) ([]usage.Rollup, time.Time, error) {
+	if l := s.roll; l != nil {
+		// Writes commit under l.mu: holding it across the fold, the read
+		// and the stamp, the read holds exactly what was committed.
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if err := s.foldPending(ctx); err != nil {
+			return nil, time.Time{}, usageError(err, "fold usage into roll-ups")
+		}
+		out, err := s.queryRollups(ctx, s.r, periods, nil)
+		return out, time.Now(), err
 	}
+	var out []usage.Rollup
+	var readAt time.Time
+	err := s.readTx(ctx, func(tx *sql.Tx) error {
+		// A repeatable-read transaction's snapshot is taken at its first
+		// statement.
+		if _, err := tx.ExecContext(ctx, "SELECT 1"); err != nil {
+			return dbError(err, "take a snapshot")
+		}
+		readAt = time.Now()
+		var err error
+		out, err = s.queryRollups(ctx, tx, periods, nil)
+		return err
+	})
+	return out, readAt, err
+}
+
+// readTx runs fn in a read-only repeatable-read transaction on the read
+// pool.
+func (s *Store) readTx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
+	if err != nil {
+		return dbError(err, "begin transaction")
+	}
+	defer func() { _ = tx.Rollback() }()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func (s *Store) rollups(ctx context.Context, periods []string, also *where) ([]usage.Rollup, error) {
 	if l := s.roll; l != nil {
 		l.mu.Lock()
 		err := s.foldPending(ctx)
@@ -816,17 +864,24 @@ func (s *Store) rollups(ctx context.Context, periods []string, also *where) ([]u
 			return nil, usageError(err, "fold usage into roll-ups")
 		}
 	}
-	q := `SELECT scope, period, tenant_id, requests, tokens, gpu_ms, cost_micros FROM usage_rollups WHERE period IN (?` +
+	return s.queryRollups(ctx, s.r, periods, also)
+}
+
+func (s *Store) queryRollups(ctx context.Context, q querier, periods []string, also *where) ([]usage.Rollup, error) {
+	if len(periods) == 0 {
+		return nil, nil
+	}
+	stmt := `SELECT scope, period, tenant_id, requests, tokens, gpu_ms, cost_micros FROM usage_rollups WHERE period IN (?` +
 		strings.Repeat(", ?", len(periods)-1) + `)`
 	args := make([]any, len(periods))
 	for i, p := range periods {
 		args[i] = p
 	}
 	if also != nil {
-		q += " AND " + strings.Join(also.conds, " AND ") + " ORDER BY scope, period"
+		stmt += " AND " + strings.Join(also.conds, " AND ") + " ORDER BY scope, period"
 		args = append(args, also.args...)
 	}
-	rows, err := s.r.QueryContext(ctx, s.d.rebind(q), args...)
+	rows, err := q.QueryContext(ctx, s.d.rebind(stmt), args...)
 	if err != nil {
 		return nil, errs.Wrap(err, "read roll-ups")
 	}

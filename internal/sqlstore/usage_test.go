@@ -123,6 +123,7 @@ func TestUsageWrites(t *testing.T) {
 			t.Run("quarantine", func(t *testing.T) { t.Parallel(); testUsageQuarantine(t, eng.name, eng.open(t)) })
 			t.Run("64 committers", func(t *testing.T) { t.Parallel(); testUsageCommitters(t, eng.open(t)) })
 			t.Run("events exist", func(t *testing.T) { t.Parallel(); testEventsExist(t, eng.open(t)) })
+			t.Run("read moment", func(t *testing.T) { t.Parallel(); testRollupsRead(t, eng.open(t)) })
 		})
 	}
 }
@@ -693,4 +694,88 @@ func testEventsExist(t *testing.T, s *Store) {
 	if got, err := s.EventsExist(ctx, nil); err != nil || len(got) != 0 {
 		t.Errorf("EventsExist(nil) = %v, %v", got, err)
 	}
+}
+
+// testRollupsRead: 16 writers commit one-token events while the roll-ups
+// are read again and again. Every read holds only events whose write began
+// before its moment (none that a rebuild would count twice with a spool
+// delivered after the moment), and every event committed before the read
+// began.
+func testRollupsRead(t *testing.T, s *Store) {
+	ctx := context.Background()
+	at := time.Now().UTC()
+	day := usage.DayPeriod(at, time.UTC)
+	const writers, each = 16, 60
+	type write struct{ began, done time.Time }
+	var mu sync.Mutex
+	var writes []write
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				e := usage.Event{ID: fmt.Sprintf("rr_%d_%d", w, i), At: at, TenantID: "ten_r", UserID: "usr_r", Kind: "metering",
+					Requests: 1, InputTokens: 1, Scopes: []string{"t/ten_r"}, Loc: time.UTC}
+				began := time.Now()
+				if _, err := s.RecordUsage(ctx, []usage.Event{e}); err != nil {
+					t.Errorf("RecordUsage = %v", err)
+					return
+				}
+				done := time.Now()
+				mu.Lock()
+				writes = append(writes, write{began, done})
+				mu.Unlock()
+			}
+		}()
+	}
+	type read struct {
+		start, at time.Time
+		tokens    int64
+	}
+	var reads []read
+	stop := make(chan struct{})
+	go func() { wg.Wait(); close(stop) }()
+	for loop := true; loop; {
+		select {
+		case <-stop:
+			loop = false
+		default:
+		}
+		start := time.Now()
+		rs, readAt, err := s.RollupsRead(ctx, []string{day})
+		if err != nil {
+			t.Fatalf("RollupsRead = %v", err)
+		}
+		r := read{start: start, at: readAt}
+		for _, x := range rs {
+			if x.Scope == "t/ten_r" {
+				r.tokens += x.Tokens
+			}
+		}
+		reads = append(reads, r)
+	}
+	wg.Wait()
+	if len(writes) != writers*each {
+		t.Fatalf("%d writes, want %d", len(writes), writers*each)
+	}
+	for _, r := range reads {
+		var begun, committed int64
+		for _, w := range writes {
+			if w.began.Before(r.at) {
+				begun++
+			}
+			if w.done.Before(r.start) {
+				committed++
+			}
+		}
+		if r.tokens > begun {
+			t.Errorf("a read marked %s holds %d events, but only %d writes began before it: a rebuild would count %d twice",
+				r.at.Format(time.StampMicro), r.tokens, begun, r.tokens-begun)
+		}
+		if r.tokens < committed {
+			t.Errorf("a read begun %s holds %d events, but %d were committed before it began", r.start.Format(time.StampMicro), r.tokens, committed)
+		}
+	}
+	t.Logf("%d reads during %d writes", len(reads), len(writes))
 }

@@ -85,6 +85,10 @@ func (f *fakeStore) Rollups(ctx context.Context, periods []string) ([]usage.Roll
 	return nil, errors.New("fakeStore keeps no roll-ups")
 }
 
+func (f *fakeStore) RollupsRead(ctx context.Context, periods []string) ([]usage.Rollup, time.Time, error) {
+	return nil, time.Time{}, errors.New("fakeStore keeps no roll-ups")
+}
+
 // written returns the ids written, in order, and the size of each batch.
 func (f *fakeStore) written() (ids []string, sizes []int) {
 	f.mu.Lock()

@@ -61,6 +61,10 @@ type Store interface {
 	RecordUsage(ctx context.Context, events []Event) (int, error)
 	// Rollups returns the roll-ups of the given periods.
 	Rollups(ctx context.Context, periods []string) ([]Rollup, error)
+	// RollupsRead is Rollups with the moment of the read: every event
+	// the roll-ups hold was committed before it, and it follows the
+	// read's snapshot as closely as the store can tell.
+	RollupsRead(ctx context.Context, periods []string) ([]Rollup, time.Time, error)
 }
 
 // DayPeriod and MonthPeriod name the windows that t falls in, in loc.
