@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/admission"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/files"
 	"github.com/sluicehq/sluice/internal/front"
@@ -162,6 +163,15 @@ func (a *App) startQuota(ctx context.Context) error {
 	a.meter.Ledger = a.store.UsageEvent
 	a.meter.OnDecision = func(kind, result, dim string) { a.metrics.Decisions.WithLabelValues(kind, result, dim).Inc() }
 	a.meter.OnSettle = a.metrics.Settlements.Inc
+	if aq := a.cfg.Admission; aq.MaxWait > 0 {
+		a.meter.Queue = admission.New(admission.Options{
+			MaxQueue: aq.QueueMax, MaxPerFlow: aq.QueuePerUser, MaxWait: time.Duration(aq.MaxWait), Poll: time.Duration(aq.PollInterval),
+			OnDone: func(c admission.Class, waited time.Duration, outcome string) {
+				a.metrics.QueueWaits.WithLabelValues(c.String(), outcome).Observe(waited.Seconds())
+			},
+		})
+		a.metrics.SetQueueLength(a.meter.Queue.Len)
+	}
 	mgr.OnReload = func(s *policy.Snapshot) {
 		a.tenancy.ForgetKeys() // a change made through another instance may have revoked a key
 		a.engine.tenantsChanged()

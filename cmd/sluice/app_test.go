@@ -94,6 +94,9 @@ func testConfig(t *testing.T) config.Config {
 	cfg := config.Default()
 	cfg.Addr = "127.0.0.1:0"
 	cfg.DataDir = t.TempDir()
+	// A full concurrency limit refuses at once, as these tests expect;
+	// queue_test.go turns the queue on.
+	cfg.Admission.MaxWait = 0
 	return cfg
 }
 

@@ -2,7 +2,8 @@
 // because a concurrency limit is full. Instead of refusing at once, such
 // work joins the queue of the scope whose limit is full and waits, bounded
 // (a maximum queue per scope and per flow, a maximum wait), for a slot.
-// Queues serve plan classes strictly (high before normal before low) and,
+// Queues serve plan classes strictly (high before normal before low: an
+// arrival overtakes waiters of worse classes, never its own) and,
 // within a class, flows fairly by round-robin: a user with 100
 // queued runs gets one turn per round, like a user with one, so nobody is
 // starved by a busier neighbour. A cancelled caller leaves at once.
@@ -128,7 +129,7 @@ func (e *Error) Error() string {
 	if e.Reason == ErrQueueFull {
 		return fmt.Sprintf("%v (the queue for %s is full)", e.Err, e.Waited.Scope)
 	}
-	return fmt.Sprintf("%v (waited %s for a slot)", e.Err, e.Waited.Wait.Round(time.Millisecond))
+	return fmt.Sprintf("%v (waited %s for a slot)", e.Err, Round(e.Waited.Wait))
 }
 
 // Unwrap returns both the refusal and the reason.
@@ -146,7 +147,7 @@ type Try func() (full string, err error)
 // the queue was full or the wait ran out), or the context's error.
 func (q *Queue) Do(ctx context.Context, a Arrival, try Try) (Waited, error) {
 	var wd Waited
-	scope := q.waitingAt(a.Scopes)
+	scope := q.waitingAt(a.Scopes, a.Class)
 	var last error
 	if scope == "" || q.o.MaxQueue < 0 {
 		full, err := try()
@@ -221,16 +222,23 @@ func (q *Queue) report(c Class, d time.Duration, outcome string) {
 	}
 }
 
-// waitingAt returns the first scope of scopes with waiters, or "".
-func (q *Queue) waitingAt(scopes []string) string {
+// waitingAt returns the first scope of scopes where waiters of class c or
+// a better one wait, or "": an arrival overtakes only worse classes.
+func (q *Queue) waitingAt(scopes []string, c Class) string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.scopes) == 0 {
 		return ""
 	}
 	for _, s := range scopes {
-		if sq := q.scopes[s]; sq != nil && (sq.fq.n > 0 || sq.turns > 0) {
-			return s
+		sq := q.scopes[s]
+		if sq == nil {
+			continue
+		}
+		for k := range sq.fq.classes[:c+1] {
+			if len(sq.fq.classes[k].ring) > 0 {
+				return s
+			}
 		}
 	}
 	return ""
@@ -404,4 +412,13 @@ func (q *Queue) Len() int {
 		n += sq.fq.n + sq.turns
 	}
 	return n
+}
+
+// Round rounds a wait for people: to 100 ms under ten seconds, else to the
+// second.
+func Round(d time.Duration) time.Duration {
+	if d < 10*time.Second {
+		return d.Round(100 * time.Millisecond)
+	}
+	return d.Round(time.Second)
 }

@@ -80,6 +80,9 @@ type Config struct {
 	Routing Routing `yaml:"routing"`
 	// Gateway configures the OpenAI-compatible API under /v1/.
 	Gateway Gateway `yaml:"gateway"`
+	// Admission is the queue of governed work (runs, gateway calls, the
+	// LangFlow front) waiting for a full concurrency limit.
+	Admission Admission `yaml:"admission"`
 	// Langflow, when its upstream is set, makes Sluice a governing front
 	// for an existing LangFlow server (docs/langflow-front.md).
 	Langflow Langflow `yaml:"langflow"`
@@ -269,6 +272,21 @@ type Routing struct {
 }
 
 // Gateway configures the OpenAI-compatible API (docs/gateway.md).
+// Admission configures the wait for a full concurrency limit: instead of
+// a 429 at once, such work queues on the full scope, served by plan
+// priority and fairly across users, for at most MaxWait.
+type Admission struct {
+	// MaxWait bounds a wait; 0 refuses at once (no queue).
+	MaxWait Duration `yaml:"max_wait"`
+	// QueueMax bounds the waiters of one scope.
+	QueueMax int `yaml:"queue_max"`
+	// QueuePerUser bounds one user's waiters in one scope.
+	QueuePerUser int `yaml:"queue_per_user"`
+	// PollInterval is how often the head of a queue tries again when no
+	// release was seen on this instance (a slot freed on another one).
+	PollInterval Duration `yaml:"poll_interval"`
+}
+
 type Gateway struct {
 	// MaxBodyBytes bounds a /v1/ request body (default 8MiB: prompts with
 	// long context or images are larger than admin requests; at most 64MiB).
@@ -551,6 +569,7 @@ func Default() Config {
 		Sandbox:      Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
 		Routing:      defaultRouting(),
 		Gateway:      Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096, UsageCommit: "durable"},
+		Admission:    Admission{MaxWait: Duration(30 * time.Second), QueueMax: 100, QueuePerUser: 10, PollInterval: Duration(250 * time.Millisecond)},
 		Langflow:     Langflow{ChargeReportedUsage: true},
 		SecretKeyEnv: "SLUICE_SECRET_KEY",
 		Files:        Files{MaxFileBytes: 32 << 20, ProjectQuota: 512 << 20},
@@ -710,6 +729,18 @@ func (c *Config) Validate() error {
 	}
 	if g := c.Gateway; g.MaxBodyBytes < 1024 || g.MaxBodyBytes > 64<<20 {
 		return errs.Field(errs.Invalid, "gateway.max_body_bytes", "gateway.max_body_bytes %d is outside 1KiB..64MiB", int64(g.MaxBodyBytes))
+	}
+	if a := c.Admission; a.MaxWait < 0 || time.Duration(a.MaxWait) > 10*time.Minute {
+		return errs.Field(errs.Invalid, "admission.max_wait", "admission.max_wait must be between 0 (no queue) and 10m")
+	}
+	if a := c.Admission; a.MaxWait > 0 && (a.QueueMax < 1 || a.QueueMax > 100_000) {
+		return errs.Field(errs.Invalid, "admission.queue_max", "admission.queue_max must be between 1 and 100000")
+	}
+	if a := c.Admission; a.MaxWait > 0 && (a.QueuePerUser < 1 || a.QueuePerUser > a.QueueMax) {
+		return errs.Field(errs.Invalid, "admission.queue_per_user", "admission.queue_per_user must be between 1 and admission.queue_max")
+	}
+	if a := c.Admission; a.MaxWait > 0 && (a.PollInterval < Duration(10*time.Millisecond) || time.Duration(a.PollInterval) > 10*time.Second) {
+		return errs.Field(errs.Invalid, "admission.poll_interval", "admission.poll_interval must be between 10ms and 10s")
 	}
 	if u := c.Gateway.UsageCommit; u != "durable" && u != "queued" {
 		return errs.Field(errs.Invalid, "gateway.usage_commit", "gateway.usage_commit %q is not durable or queued", u)

@@ -79,6 +79,7 @@ quota_engine: lease
 		SettleSanity:       config.Default().SettleSanity,
 		Routing:            config.Default().Routing,
 		Gateway:            config.Default().Gateway,
+		Admission:          config.Default().Admission,
 		Langflow:           config.Default().Langflow,
 		SecretKeyEnv:       config.Default().SecretKeyEnv,
 		Files:              config.Default().Files,
@@ -188,7 +189,7 @@ admin_key: file-key
 					Sandbox:     config.Sandbox{Unenforced: "refuse", Workers: 2},
 					RedisPrefix: "sluice", UsageQueueMax: 100_000,
 					SettleOverrun: config.Default().SettleOverrun, SettleSanity: config.Default().SettleSanity,
-					Routing: config.Default().Routing, Gateway: config.Default().Gateway, Langflow: config.Default().Langflow, SecretKeyEnv: config.Default().SecretKeyEnv, Files: config.Default().Files, Vectors: config.Default().Vectors,
+					Routing: config.Default().Routing, Gateway: config.Default().Gateway, Admission: config.Default().Admission, Langflow: config.Default().Langflow, SecretKeyEnv: config.Default().SecretKeyEnv, Files: config.Default().Files, Vectors: config.Default().Vectors,
 					Tools: config.Default().Tools,
 
 					MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,

@@ -235,7 +235,10 @@ func (h *Handler) call(w http.ResponseWriter, cl *caller, kind string, cands []*
 	return gate.Call{
 		Who: cl.who, Kind: kind, Model: cands[0], Candidates: cands, Request: lreq, Requests: 1, Concurrency: true,
 		MaxTokensDefault: def, TTL: ttl, Field: "max_tokens", Subject: "the request", QueueUsage: h.QueueUsage,
-		OnAdmit:   func(adm *metering.Admission) { setRateHeaders(w, &adm.Ticket) },
+		OnAdmit: func(adm *metering.Admission) {
+			setRateHeaders(w, &adm.Ticket)
+			setQueueHeaders(w, adm.Waited)
+		},
 		RequestID: w.Header().Get("X-Request-Id"), KeyID: cl.p.KeyID, KeyPrefix: cl.p.KeyPrefix,
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/admission"
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/gate"
 	"github.com/sluicehq/sluice/internal/llm"
@@ -254,7 +255,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var d *quota.Denial
 	if errors.As(err, &d) {
-		writeDenial(w, d)
+		writeDenial(w, d, queueNote(err))
 		return
 	}
 	var pe *llm.ProviderError
@@ -329,7 +330,30 @@ func (h *Handler) providerFailure(w http.ResponseWriter, r *http.Request, pe *ll
 // writeDenial answers a quota denial as OpenAI does: 429 with
 // rate_limit_exceeded for a rate or concurrency limit, insufficient_quota
 // for an exhausted budget, 403 for a model the policy does not allow.
-func writeDenial(w http.ResponseWriter, d *quota.Denial) {
+// queueNote says how a refused call fared in the queue for a slot, "" if
+// it did not queue.
+func queueNote(err error) string {
+	var qe *admission.Error
+	switch {
+	case !errors.As(err, &qe):
+		return ""
+	case qe.Reason == admission.ErrQueueFull:
+		return " The queue for a slot there is full."
+	}
+	return " Waited " + admission.Round(qe.Waited.Wait).String() + " in the queue for a slot."
+}
+
+// setQueueHeaders says how long an admitted call waited for a
+// concurrency slot, and how many were ahead of it when it joined.
+func setQueueHeaders(w http.ResponseWriter, wd admission.Waited) {
+	if !wd.Queued {
+		return
+	}
+	w.Header().Set("X-Sluice-Queue-Wait-Ms", strconv.FormatInt(wd.Wait.Milliseconds(), 10))
+	w.Header().Set("X-Sluice-Queue-Ahead", strconv.Itoa(wd.Ahead))
+}
+
+func writeDenial(w http.ResponseWriter, d *quota.Denial, note string) {
 	h := w.Header()
 	if d.RetryAfter > 0 {
 		h.Set("Retry-After", strconv.FormatInt(int64(math.Ceil(d.RetryAfter.Seconds())), 10))
@@ -358,7 +382,7 @@ func writeDenial(w http.ResponseWriter, d *quota.Denial) {
 			"The model `"+d.Model+"` is not allowed for "+d.Scope+" by Sluice's policy.")
 	case d.Code == quota.CodeRateLimited && d.Dimension == quota.DimConcurrency:
 		writeError(w, http.StatusTooManyRequests, "requests", "rate_limit_exceeded", "",
-			"Concurrency limit reached at "+d.Scope+": "+strconv.FormatInt(d.Used, 10)+" of "+strconv.FormatInt(d.Limit, 10)+" in flight."+retry)
+			"Concurrency limit reached at "+d.Scope+": "+strconv.FormatInt(d.Used, 10)+" of "+strconv.FormatInt(d.Limit, 10)+" in flight."+note+retry)
 	case d.Code == quota.CodeRateLimited:
 		typ := "requests"
 		if d.Dimension != quota.DimRequests {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/admission"
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/policy"
@@ -189,7 +190,8 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, err)
 		return
 	}
-	adm, err := s.Meter.Acquire(r.Context(), who, "metering", ask, ttl)
+	// The decision API answers at once: its callers wait their own way.
+	adm, err := s.Meter.Acquire(metering.NoWait(r.Context()), who, "metering", ask, ttl)
 	if err != nil {
 		writeQuotaError(w, r, s, err)
 		return
@@ -215,6 +217,16 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		out.Remaining = append(out.Remaining, v)
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// setQueueHeaders says how long an admission waited for a concurrency
+// slot, and how many were ahead of it when it joined the queue.
+func setQueueHeaders(w http.ResponseWriter, wd admission.Waited) {
+	if !wd.Queued {
+		return
+	}
+	w.Header().Set("X-Sluice-Queue-Wait-Ms", strconv.FormatInt(wd.Wait.Milliseconds(), 10))
+	w.Header().Set("X-Sluice-Queue-Ahead", strconv.Itoa(wd.Ahead))
 }
 
 // setRateHeaders adds the IETF RateLimit-* headers (for requests) and the
@@ -303,6 +315,17 @@ func writeQuotaErrorExtra(w http.ResponseWriter, r *http.Request, s *Server, err
 		w.Header().Set("RateLimit-Reset", strconv.FormatInt(int64(math.Ceil(d.RetryAfter.Seconds())), 10))
 	}
 	msg := denialMessage(d, limit, used, requested)
+	var qe *admission.Error
+	if errors.As(err, &qe) {
+		if qe.Reason == admission.ErrQueueFull {
+			msg += "; the queue for a slot there is full"
+			extra["queue"] = "full"
+		} else {
+			msg += "; waited " + admission.Round(qe.Waited.Wait).String() + " in the queue for a slot"
+			extra["queue"] = "timeout"
+			extra["queued_ms"] = qe.Waited.Wait.Milliseconds()
+		}
+	}
 	if node, ok := more["node_id"].(string); ok {
 		msg = "node " + node + ": " + msg
 	}
@@ -611,5 +634,14 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"scopes": rep})
+	out := map[string]any{"scopes": rep}
+	if q := s.Meter.Queue; q != nil {
+		// Who waits for a slot on this instance, per scope of the chain.
+		states := q.States(scopes)
+		if states == nil {
+			states = []admission.State{}
+		}
+		out["queues"] = states
+	}
+	writeJSON(w, http.StatusOK, out)
 }

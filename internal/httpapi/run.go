@@ -256,6 +256,7 @@ func (s *Server) runFlow(w http.ResponseWriter, r *http.Request) {
 		if out.Ticket != nil {
 			setRateHeaders(w, out.Ticket)
 		}
+		setQueueHeaders(w, out.Waited)
 		if out.Err != nil {
 			writeRunError(w, r, s, out.Err, out.Record)
 			return

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/admission"
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/quota"
@@ -57,7 +58,19 @@ type Meter struct {
 	// settlements) whose settle was acknowledged has one, and a lookup or
 	// a replayed settle is answered from it instead of 404.
 	Ledger func(ctx context.Context, id string) (usage.Event, bool, error)
+	// Queue, when set, holds an admission that asks for a concurrency
+	// slot while the only refusal is a full concurrency limit: it waits,
+	// fairly and bounded, instead of being refused at once (see package
+	// admission). Settlements tell it when slots free.
+	Queue *admission.Queue
 }
+
+type noWaitKey struct{}
+
+// NoWait marks ctx so that Acquire refuses a full concurrency limit at
+// once instead of queuing (the quota decision API, whose callers wait
+// in their own way).
+func NoWait(ctx context.Context) context.Context { return context.WithValue(ctx, noWaitKey{}, true) }
 
 // ticketMeta is what a settlement needs to know about its ticket, stored
 // as JSON in the ticket's quota.Request.Meta.
@@ -70,7 +83,9 @@ type ticketMeta struct {
 	Model     string   `json:"model,omitempty"`
 	Requests  int64    `json:"requests,omitempty"`
 	Scopes    []string `json:"scopes"`
-	Zone      string   `json:"zone,omitempty"` // the tenant's time zone, by name
+	// Slot: the ticket holds a concurrency slot, which its settle frees.
+	Slot bool   `json:"slot,omitempty"`
+	Zone string `json:"zone,omitempty"` // the tenant's time zone, by name
 	// MaxTokensPerCall is the tightest cap of the chain when admitted.
 	MaxTokensPerCall int64 `json:"max_tokens_per_call,omitempty"`
 }
@@ -85,6 +100,9 @@ type Admission struct {
 	quota.Ticket
 	Priority policy.Priority
 	Chain    *policy.Chain
+	// Waited says whether and how long the admission waited in the
+	// queue of a full concurrency limit.
+	Waited admission.Waited
 }
 
 // DefaultRunTimeout bounds governed work whose scopes set no run_timeout.
@@ -135,7 +153,7 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 		return nil, err
 	}
 	meta := ticketMeta{TenantID: who.TenantID, UserID: who.UserID, ProjectID: who.ProjectID, KeyID: who.KeyID, Kind: kind,
-		Model: ask.Model, Requests: ask.Requests, Scopes: chain.Keys}
+		Model: ask.Model, Requests: ask.Requests, Scopes: chain.Keys, Slot: ask.Concurrency}
 	if len(chain.Scopes) > 1 && chain.Scopes[1].Loc != nil {
 		meta.Zone = chain.Scopes[1].Loc.String()
 	}
@@ -152,7 +170,26 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 	if ttl == TTLRun {
 		ttl = runTTL(chain)
 	}
-	t, err := m.engine.Acquire(ctx, quota.Request{Chain: chain.Scopes, Ask: ask, TTL: ttl, Meta: string(raw)})
+	req := quota.Request{Chain: chain.Scopes, Ask: ask, TTL: ttl, Meta: string(raw)}
+	var t quota.Ticket
+	var waited admission.Waited
+	if m.Queue != nil && ask.Concurrency && ctx.Value(noWaitKey{}) == nil {
+		flow := who.UserID
+		if flow == "" {
+			flow = "key/" + who.KeyID
+		}
+		waited, err = m.Queue.Do(ctx, admission.Arrival{Scopes: chain.Keys, Flow: flow, Class: classOf(chain.Priority)},
+			func() (string, error) {
+				t, err = m.engine.Acquire(ctx, req)
+				var d *quota.Denial
+				if errors.As(err, &d) && d.Dimension == quota.DimConcurrency {
+					return d.Scope, err
+				}
+				return "", err
+			})
+	} else {
+		t, err = m.engine.Acquire(ctx, req)
+	}
 	if m.OnDecision != nil {
 		var d *quota.Denial
 		switch {
@@ -167,7 +204,18 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 	if err != nil {
 		return nil, engineError(err)
 	}
-	return &Admission{Ticket: t, Priority: chain.Priority, Chain: chain}, nil
+	return &Admission{Ticket: t, Priority: chain.Priority, Chain: chain, Waited: waited}, nil
+}
+
+// classOf is a plan priority's scheduling class.
+func classOf(p policy.Priority) admission.Class {
+	switch p {
+	case policy.PriorityHigh:
+		return admission.ClassHigh
+	case policy.PriorityLow:
+		return admission.ClassLow
+	}
+	return admission.ClassNormal
 }
 
 // TicketView is what the engine knows of a ticket, decoded: whom it
@@ -327,6 +375,9 @@ func (m *Meter) settle(ctx context.Context, ticketID string, u quota.Usage, mode
 		}
 		if m.OnSettle != nil {
 			m.OnSettle()
+		}
+		if m.Queue != nil && meta.Slot {
+			m.Queue.Released(meta.Scopes) // its slot is free
 		}
 	}
 	if model == "" {

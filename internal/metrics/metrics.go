@@ -8,6 +8,7 @@ package metrics
 import (
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,7 +40,16 @@ type Metrics struct {
 	// by operation (acquire, settle, charge, heartbeat, use, void, …) and
 	// outcome (ok, timeout, canceled, error).
 	RedisCallDuration *prometheus.HistogramVec
+	// QueueWaits is how long admissions waited for a concurrency slot, by
+	// class and outcome (admitted, refused, timeout, full, cancelled).
+	QueueWaits *prometheus.HistogramVec
+	// QueueLength is how many admissions wait for a slot on this instance.
+	QueueLength prometheus.GaugeFunc
+	queueLen    atomic.Pointer[func() int]
 }
+
+// SetQueueLength makes QueueLength report n.
+func (m *Metrics) SetQueueLength(n func() int) { m.queueLen.Store(&n) }
 
 // New registers every metric in a fresh registry. pending reports queued
 // usage events (nil for none).
@@ -91,6 +101,19 @@ func New(pending func() float64) *Metrics {
 	m.EventsPending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_usage_events_pending", Help: "Usage events queued and not yet written to the store.",
 	}, pending)
+	m.QueueWaits = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "sluice_admission_queue_wait_seconds", Help: "How long admissions waited for a full concurrency limit, by class (high, normal, low) and outcome (admitted, refused, timeout, full, cancelled).",
+		Buckets: []float64{.001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+	}, []string{"class", "outcome"})
+	m.QueueLength = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_admission_queue_length", Help: "Admissions waiting for a concurrency slot on this instance.",
+	}, func() float64 {
+		if f := m.queueLen.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
+	m.Registry.MustRegister(m.QueueWaits, m.QueueLength)
 	m.Registry.MustRegister(m.HTTPRequests, m.HTTPDuration, m.Decisions, m.Settlements, m.QuotaMode, m.EventsPending,
 		m.Runs, m.ModelCalls, m.Tokens, m.PolicyVersion, m.UsageQuarantinedTotal, m.UsageRefusedTotal,
 		m.RedisCallDuration,

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sort"
 	"time"
@@ -756,6 +757,9 @@ func (s *Service) SetPlatform(ctx context.Context, in Platform) (Platform, error
 	}
 	if len(in.Message) > 500 {
 		return Platform{}, errs.Field(errs.Invalid, "message", "message is longer than 500 characters")
+	}
+	if in.ReservedShare < 0 || in.ReservedShare > 0.9 || math.IsNaN(in.ReservedShare) {
+		return Platform{}, errs.Field(errs.Invalid, "reserved_share", "reserved_share is a share of the global concurrency limit between 0 and 0.9, e.g. 0.2")
 	}
 	err = s.update(ctx, func(tx Tx) error {
 		raw, err := tx.Setting(platformSetting)

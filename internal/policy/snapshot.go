@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"math"
 	"sync"
 	"time"
 
@@ -47,6 +48,11 @@ type Platform struct {
 	// settlements of work in flight and administration continue.
 	ReadOnly bool   `json:"read_only"`
 	Message  string `json:"message,omitempty"`
+	// ReservedShare is the share of the global concurrency limit kept for
+	// the high class (enterprise plans): work of the other classes may
+	// hold at most the rest, so under overload a high-priority run still
+	// finds a slot. 0 keeps none; at most 0.9.
+	ReservedShare float64 `json:"reserved_share,omitempty"`
 }
 
 // Resolved is a scope's effective policy.
@@ -79,6 +85,9 @@ type Snapshot struct {
 	mu        sync.RWMutex
 	effective map[string]*Resolved
 	chains    map[chainKey]*Chain
+
+	reservedOnce sync.Once
+	reserved     *quota.Limits // the global limits the lower classes see
 }
 
 type tenantNode struct {
@@ -278,6 +287,11 @@ func (s *Snapshot) ChainFor(tenantID, userID, projectID, keyID string) (*Chain, 
 		}
 		c.Scopes = append(c.Scopes, sc)
 	}
+	if c.Priority != PriorityHigh && c.Scopes[0].Key == GlobalScope {
+		if l := s.reservedGlobal(); l != nil {
+			c.Scopes[0].Limits = l
+		}
+	}
 	s.mu.Lock()
 	s.chains[k] = c
 	s.mu.Unlock()
@@ -426,4 +440,30 @@ func (s *Snapshot) Plans() []*Plan {
 		out = append(out, p)
 	}
 	return out
+}
+
+// reservedGlobal returns the global scope's limits as the classes below
+// high see them when a share of the global concurrency is reserved (the
+// limit less the share, rounded so that at least one slot is reserved),
+// or nil when nothing is reserved.
+func (s *Snapshot) reservedGlobal() *quota.Limits {
+	s.reservedOnce.Do(func() {
+		share := s.data.Platform.ReservedShare
+		if share <= 0 {
+			return
+		}
+		g := s.Effective(GlobalScope).Limits
+		if g == nil {
+			return
+		}
+		n, ok := g.Concurrency.Max()
+		if !ok || n == 0 {
+			return
+		}
+		keep := int64(math.Ceil(float64(n) * min(share, 0.9)))
+		l := *g
+		l.Concurrency = quota.AtMost(n - keep)
+		s.reserved = &l
+	})
+	return s.reserved
 }

@@ -528,3 +528,42 @@ func TestManagerGrantExpiry(t *testing.T) {
 		t.Fatalf("ValidUntil with no active grant: got %v, want zero", last.ValidUntil)
 	}
 }
+
+// TestReservedShare: with a share of the global concurrency reserved, the
+// chains of the normal and low classes see the global limit less the
+// share (at least one slot kept), the high class the whole of it.
+func TestReservedShare(t *testing.T) {
+	t.Parallel()
+	d := &policy.Data{Tree: tree(), Plans: plans(t), Scopes: []*policy.ScopeLimits{
+		settings(t, "global", "", `{"concurrency":10}`),
+		settings(t, "tenant/ten_a", "ent", `{}`),
+		settings(t, "user/usr_u", "free", `{}`),
+	}, Platform: policy.Platform{ReservedShare: 0.2}}
+	snap := policy.NewSnapshot(d, policy.Spec{}, 1, t0)
+	for _, c := range []struct {
+		user, tenant, project string
+		want                  int64
+	}{
+		{"usr_v", "ten_a", "prj_p", 10}, // enterprise: high
+		{"usr_u", "ten_a", "prj_p", 8},  // free: low
+		{"usr_x", "ten_b", "prj_q", 8},  // no plan: normal
+	} {
+		ch, err := snap.Chain(c.tenant, c.user, c.project)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bound(t, c.user+" sees global concurrency", ch.Scopes[0].Limits.Concurrency, c.want)
+	}
+	if l := snap.Effective("global").Limits; l == nil {
+		t.Fatal("global limits gone")
+	} else {
+		bound(t, "global's own limit", l.Concurrency, 10)
+	}
+	d.Platform.ReservedShare = 0.01
+	snap = policy.NewSnapshot(d, policy.Spec{}, 2, t0)
+	ch, err := snap.Chain("ten_b", "usr_x", "prj_q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound(t, "a small share still keeps one slot", ch.Scopes[0].Limits.Concurrency, 9)
+}

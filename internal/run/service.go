@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/sluicehq/sluice/internal/admission"
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/flow"
 	"github.com/sluicehq/sluice/internal/gate"
@@ -311,6 +312,8 @@ type Outcome struct {
 	// Ticket is the run's admission, with what remained after it (for the
 	// RateLimit headers of the response).
 	Ticket *quota.Ticket
+	// Waited says whether and how long the run waited for a slot.
+	Waited admission.Waited
 }
 
 // Run admits and executes a run of a stored flow, records it, and returns
@@ -444,7 +447,7 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	if s.OnRunEnd != nil {
 		s.OnRunEnd(rec.Status)
 	}
-	return &Outcome{Record: rec, Result: res, Err: runErr, Ticket: &adm.Ticket}, nil
+	return &Outcome{Record: rec, Result: res, Err: runErr, Ticket: &adm.Ticket, Waited: adm.Waited}, nil
 }
 
 // admitInProcess reserves a run's share of the in-process memory ceiling,
