@@ -131,46 +131,13 @@ func runTTL(chain *policy.Chain) time.Duration {
 // of TTLRun leases the ticket for the chain's run timeout.
 func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask, ttl time.Duration) (*Admission, error) {
 	snap := m.policy.Current()
-	if pf := snap.Platform(); pf.ReadOnly {
-		msg := "Sluice is in read-only mode: no new work is admitted"
-		if pf.Message != "" {
-			msg += ": " + pf.Message
-		}
-		if m.OnDecision != nil {
+	req, chain, err := m.request(ctx, snap, who, kind, ask, ttl)
+	if err != nil {
+		if errors.Is(err, errReadOnly) && m.OnDecision != nil {
 			m.OnDecision(kind, "denied", "read_only")
 		}
-		return nil, errs.E(errs.Unavailable, "%s", msg)
-	}
-	chain, err := snap.ChainFor(who.TenantID, who.UserID, who.ProjectID, who.KeyID)
-	if errs.Is(err, errs.NotFound) {
-		// The project may have been created on another instance since our
-		// last reload: callers have already checked it exists in the store.
-		if rerr := m.policy.ReloadIfOlder(ctx, snap); rerr == nil {
-			chain, err = m.policy.Current().ChainFor(who.TenantID, who.UserID, who.ProjectID, who.KeyID)
-		}
-	}
-	if err != nil {
 		return nil, err
 	}
-	meta := ticketMeta{TenantID: who.TenantID, UserID: who.UserID, ProjectID: who.ProjectID, KeyID: who.KeyID, Kind: kind,
-		Model: ask.Model, Requests: ask.Requests, Scopes: chain.Keys, Slot: ask.Concurrency}
-	if len(chain.Scopes) > 1 && chain.Scopes[1].Loc != nil {
-		meta.Zone = chain.Scopes[1].Loc.String()
-	}
-	for _, sc := range chain.Scopes {
-		if sc.Limits != nil && sc.Limits.MaxTokensPerCall > 0 &&
-			(meta.MaxTokensPerCall == 0 || sc.Limits.MaxTokensPerCall < meta.MaxTokensPerCall) {
-			meta.MaxTokensPerCall = sc.Limits.MaxTokensPerCall
-		}
-	}
-	raw, err := json.Marshal(meta)
-	if err != nil {
-		return nil, fmt.Errorf("acquire: encode ticket meta: %w", err)
-	}
-	if ttl == TTLRun {
-		ttl = runTTL(chain)
-	}
-	req := quota.Request{Chain: chain.Scopes, Ask: ask, TTL: ttl, Meta: string(raw)}
 	var t quota.Ticket
 	var waited admission.Waited
 	if m.Queue != nil && ask.Concurrency && ctx.Value(noWaitKey{}) == nil {
@@ -180,6 +147,15 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 		}
 		waited, err = m.Queue.Do(ctx, admission.Arrival{Scopes: chain.Keys, Flow: flow, Class: classOf(chain.Priority)},
 			func() (string, error) {
+				if now := m.policy.Current(); now != snap {
+					// The policy changed while it waited: decide on the
+					// limits in force now, not those of its arrival.
+					r, c, err := m.request(ctx, now, who, kind, ask, ttl)
+					if err != nil {
+						return "", err
+					}
+					snap, req, chain = now, r, c
+				}
 				t, err = m.engine.Acquire(ctx, req)
 				var d *quota.Denial
 				if errors.As(err, &d) && d.Dimension == quota.DimConcurrency {
@@ -197,6 +173,8 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 			m.OnDecision(kind, "admitted", "")
 		case errors.As(err, &d):
 			m.OnDecision(kind, "denied", d.Dimension.String())
+		case errors.Is(err, errReadOnly):
+			m.OnDecision(kind, "denied", "read_only")
 		default:
 			m.OnDecision(kind, "error", "")
 		}
@@ -205,6 +183,52 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 		return nil, engineError(err)
 	}
 	return &Admission{Ticket: t, Priority: chain.Priority, Chain: chain, Waited: waited}, nil
+}
+
+// errReadOnly marks a refusal in the platform's read-only mode.
+var errReadOnly = errors.New("platform read-only")
+
+// request is the engine's request for an admission on snap: who's chain
+// (reloading the policy once if it does not know the project yet), the
+// ticket's meta and its ttl. The platform's read-only mode refuses it.
+func (m *Meter) request(ctx context.Context, snap *policy.Snapshot, who Who, kind string, ask quota.Ask, ttl time.Duration) (quota.Request, *policy.Chain, error) {
+	if pf := snap.Platform(); pf.ReadOnly {
+		msg := "Sluice is in read-only mode: no new work is admitted"
+		if pf.Message != "" {
+			msg += ": " + pf.Message
+		}
+		return quota.Request{}, nil, &errs.Error{Code: errs.Unavailable, Message: msg, Err: errReadOnly}
+	}
+	chain, err := snap.ChainFor(who.TenantID, who.UserID, who.ProjectID, who.KeyID)
+	if errs.Is(err, errs.NotFound) {
+		// The project may have been created on another instance since our
+		// last reload: callers have already checked it exists in the store.
+		if rerr := m.policy.ReloadIfOlder(ctx, snap); rerr == nil {
+			chain, err = m.policy.Current().ChainFor(who.TenantID, who.UserID, who.ProjectID, who.KeyID)
+		}
+	}
+	if err != nil {
+		return quota.Request{}, nil, err
+	}
+	meta := ticketMeta{TenantID: who.TenantID, UserID: who.UserID, ProjectID: who.ProjectID, KeyID: who.KeyID, Kind: kind,
+		Model: ask.Model, Requests: ask.Requests, Scopes: chain.Keys, Slot: ask.Concurrency}
+	if len(chain.Scopes) > 1 && chain.Scopes[1].Loc != nil {
+		meta.Zone = chain.Scopes[1].Loc.String()
+	}
+	for _, sc := range chain.Scopes {
+		if sc.Limits != nil && sc.Limits.MaxTokensPerCall > 0 &&
+			(meta.MaxTokensPerCall == 0 || sc.Limits.MaxTokensPerCall < meta.MaxTokensPerCall) {
+			meta.MaxTokensPerCall = sc.Limits.MaxTokensPerCall
+		}
+	}
+	raw, err := json.Marshal(meta)
+	if err != nil {
+		return quota.Request{}, nil, fmt.Errorf("acquire: encode ticket meta: %w", err)
+	}
+	if ttl == TTLRun {
+		ttl = runTTL(chain)
+	}
+	return quota.Request{Chain: chain.Scopes, Ask: ask, TTL: ttl, Meta: string(raw)}, chain, nil
 }
 
 // classOf is a plan priority's scheduling class.

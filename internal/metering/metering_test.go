@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/admission"
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/policy"
@@ -461,5 +462,56 @@ func TestSettleQueued(t *testing.T) {
 			t.Fatal("the queued event was not written after the store came back")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestQueuedAcquireDecidesOnTheCurrentPolicy: an admission waiting for a
+// full concurrency limit is decided on the limits in force when it tries
+// again, not those of its arrival: raising the limit lets it in although
+// nothing was released.
+func TestQueuedAcquireDecidesOnTheCurrentPolicy(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	setConcurrency := func(n string) {
+		var s policy.Spec
+		if err := json.Unmarshal([]byte(`{"concurrency":`+n+`}`), &s); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.pol.SetLimits(w.admin, "user/"+w.who.UserID, policy.LimitsInput{Limits: s}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setConcurrency("1")
+	m := w.a
+	m.Queue = admission.New(admission.Options{MaxWait: time.Minute, Poll: 10 * time.Millisecond})
+	ask := quota.Ask{Requests: 1, Concurrency: true}
+	first, err := m.Acquire(ctx, w.who, "run", ask, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		adm, err := m.Acquire(ctx, w.who, "run", ask, time.Minute)
+		if err == nil && !adm.Waited.Queued {
+			err = errors.New("admitted without waiting")
+		}
+		done <- err
+	}()
+	for end := time.Now().Add(10 * time.Second); m.Queue.Len() != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the second admission never queued")
+		}
+	}
+	setConcurrency("2")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the queued admission: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the queued admission still waits on the limit of its arrival")
+	}
+	if _, err := m.Settle(ctx, first.ID, quota.Usage{}, ""); err != nil {
+		t.Fatal(err)
 	}
 }
