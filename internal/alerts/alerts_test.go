@@ -431,4 +431,3 @@ func TestValidateThresholds(t *testing.T) {
 		}
 	}
 }
-
