@@ -151,6 +151,8 @@ type Config struct {
 	// MCPServers are the MCP servers flows' MCPTools nodes may use, by
 	// name (docs/flows.md#mcp-tools). Only these are ever connected to.
 	MCPServers []MCPServer `yaml:"mcp_servers"`
+	// Alerts configures quota threshold alerts (docs/alerts.md).
+	Alerts Alerts `yaml:"alerts"`
 
 	// --- Settle bounds (POST /api/v1/quota/settle) ---
 
@@ -549,6 +551,7 @@ func Default() Config {
 		InProcessRunReserve:  4 << 20,
 
 		Sandbox:      Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
+		Alerts:       defaultAlerts(),
 		Routing:      defaultRouting(),
 		Gateway:      Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096, UsageCommit: "durable"},
 		Langflow:     Langflow{ChargeReportedUsage: true},
@@ -769,6 +772,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.validateMCP(); err != nil {
+		return err
+	}
+	if err := c.validateAlerts(); err != nil {
 		return err
 	}
 	return c.Sandbox.validate()
