@@ -100,7 +100,8 @@ func (a *Alerter) thresholds() []int {
 
 // Sweep looks at every tracked scope once. An error reading one scope or
 // recording one event is logged and retried at the next sweep; Sweep
-// returns the first, and how many events this instance announced.
+// returns the first, and how many events this instance announced. One
+// goroutine sweeps (Run's): calls must not overlap.
 func (a *Alerter) Sweep(ctx context.Context) (int, error) {
 	if a.seen == nil {
 		a.seen = map[meterKey]*meterState{}

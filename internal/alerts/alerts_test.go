@@ -431,3 +431,30 @@ func TestValidateThresholds(t *testing.T) {
 		}
 	}
 }
+
+// Noting an admission of scopes already tracked costs no allocation:
+// it runs on every admission.
+func TestTrackerTouchAllocs(t *testing.T) {
+	snap := snapshot(t, t0, `{"tokens":"1000/day"}`)
+	chain, err := snap.ChainFor(tenantID, userID, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := alerts.NewTracker(0, nil)
+	tr.Touch(chain.Scopes, 0)
+	if n := testing.AllocsPerRun(1000, func() { tr.Touch(chain.Scopes, 0) }); n != 0 {
+		t.Fatalf("allocations per touch: %v, want 0", n)
+	}
+}
+
+func BenchmarkTrackerTouch(b *testing.B) {
+	snap := policySnapshotForBench(b)
+	chain, _ := snap.ChainFor(tenantID, userID, "", "")
+	tr := alerts.NewTracker(0, nil)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			tr.Touch(chain.Scopes, 0)
+		}
+	})
+}

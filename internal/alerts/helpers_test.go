@@ -166,7 +166,7 @@ func addTenant(t *testing.T, s *sqlstore.Store) {
 
 // snapshot is a policy with limits (JSON, as the API takes them) on the
 // tenant's scope.
-func snapshot(t *testing.T, now time.Time, limits string) *policy.Snapshot {
+func snapshot(t testing.TB, now time.Time, limits string) *policy.Snapshot {
 	t.Helper()
 	var spec policy.Spec
 	if err := json.Unmarshal([]byte(limits), &spec); err != nil {
@@ -271,4 +271,8 @@ func (r *receiver) requests() []received {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]received(nil), r.got...)
+}
+
+func policySnapshotForBench(b *testing.B) *policy.Snapshot {
+	return snapshot(b, time.Now(), `{"tokens":["1000/day","100000/month"]}`)
 }

@@ -145,6 +145,12 @@ func (s *Service) SetWebhook(ctx context.Context, tenantID, rawURL, secret strin
 	if s.Box == nil {
 		return nil, errs.E(errs.Conflict, "this server has no secret to seal webhook secrets with: an operator sets one (secret_key_env, SLUICE_SECRET_KEY by default, at least %d bytes) and restarts", sealed.MinSecret)
 	}
+	// A platform admin may name any tenant: it must exist.
+	if name, _, err := s.Store.ScopeNames(ctx, tenantID, ""); err != nil {
+		return nil, err
+	} else if name == "" {
+		return nil, errs.Field(errs.NotFound, "tenant_id", "tenant %s not found", tenantID)
+	}
 	now := s.now()
 	w := &Webhook{TenantID: tenantID, URL: rawURL, UpdatedBy: p.UserID, UpdatedAt: now.UTC()}
 	w.Sealed = s.Box.Seal([]byte(secret), webhookAAD(tenantID))

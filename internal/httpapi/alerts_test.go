@@ -124,6 +124,9 @@ func TestAlertWebhookAndDeliveries(t *testing.T) {
 	if r := e.do(o.adminKey, "PUT", path, map[string]any{"url": h.srv.URL, "tenant_id": w.tenant}); r.status != 404 {
 		t.Fatalf("another tenant's admin: %d %s, want 404", r.status, r.raw)
 	}
+	if r := e.do(e.admin, "PUT", path, map[string]any{"url": h.srv.URL, "tenant_id": "ten_nope"}); r.status != 404 || errBody(r)["field"] != "tenant_id" {
+		t.Fatalf("unknown tenant: %d %s, want 404 naming tenant_id", r.status, r.raw)
+	}
 	// Bad URLs name the field; the SSRF guard refuses private addresses.
 	for _, u := range []string{"ftp://x.example/", "http://user:pw@x.example/", "http://10.1.2.3/hook", "http://localhost:9/"} {
 		if r := e.do(w.adminKey, "PUT", path, map[string]any{"url": u}); r.status != 400 || errBody(r)["field"] != "url" {
