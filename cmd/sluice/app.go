@@ -56,6 +56,8 @@ type App struct {
 	models   *llm.Registry
 	front    *front.Handler // nil unless langflow.upstream is set
 	sandbox  *sandbox.Sandbox
+	sealer   *sealed.Box // nil without a server secret
+	alerts   appAlerts
 	ln       net.Listener
 	srv      *http.Server
 
@@ -123,6 +125,7 @@ func (a *App) openSealer() error {
 		return fmt.Errorf("secret_key_env: %s: %w", env, err)
 	}
 	a.tenancy.SetSealer(box)
+	a.sealer = box
 	return nil
 }
 
@@ -159,7 +162,7 @@ func (a *App) startQuota(ctx context.Context) error {
 	a.metrics = metrics.New(func() float64 { return float64(a.recorder.Pending()) })
 	a.recorder = usage.NewRecorder(a.store, a.log, time.Duration(a.cfg.UsageFlushInterval),
 		usage.WithQueueMax(a.cfg.UsageQueueMax), usage.WithObserver(a.metrics))
-	a.meter = metering.New(a.engine, mgr, a.recorder, a.log)
+	a.meter = metering.New(a.watchAdmissions(a.engine), mgr, a.recorder, a.log)
 	a.meter.Ledger = a.store.UsageEvent
 	a.meter.OnDecision = func(kind, result, dim string) { a.metrics.Decisions.WithLabelValues(kind, result, dim).Inc() }
 	a.meter.OnSettle = a.metrics.Settlements.Inc
@@ -224,6 +227,9 @@ func (a *App) startRuns() error {
 	guard := &run.Guard{AllowHosts: a.cfg.AllowHosts, MaxResponseBytes: int64(a.cfg.MaxToolResponseBytes)}
 	if err := guard.Validate(); err != nil {
 		return fmt.Errorf("allow_hosts: %w", err)
+	}
+	if err := a.startAlerts(guard); err != nil {
+		return err
 	}
 	ro := models.RouterOptions()
 	a.gate = &gate.Gate{Meter: a.meter, Log: a.log, Health: models, Engine: a.engine,
@@ -323,6 +329,7 @@ func (a *App) Handler() http.Handler {
 			Demo: len(a.cfg.Models) == 0, MaxBodyBytes: int64(a.cfg.Gateway.MaxBodyBytes),
 			MaxTokensDefault: a.cfg.Gateway.DefaultMaxTokens, LogPrompts: a.cfg.Gateway.LogPrompts,
 			QueueUsage: a.cfg.Gateway.UsageCommit == "queued"},
+		Alerts: a.alerts.service,
 	}
 	if a.front != nil {
 		api.Front, api.FrontPaths = a.front, front.Paths
@@ -399,6 +406,7 @@ func (a *App) startBackground() {
 		defer a.background.Done()
 		mgr.Watch(ctx, time.Duration(a.cfg.PolicyPollInterval), a.store.ChangeVersion)
 	}()
+	a.runAlerts(ctx)
 	if a.cfg.PolicyFile != "" {
 		ap := &policydoc.Applier{Tenancy: a.tenancy, Policy: a.policy}
 		a.background.Add(1)

@@ -154,6 +154,8 @@ type Config struct {
 	// MCPServers are the MCP servers flows' MCPTools nodes may use, by
 	// name (docs/flows.md#mcp-tools). Only these are ever connected to.
 	MCPServers []MCPServer `yaml:"mcp_servers"`
+	// Alerts configures quota threshold alerts (docs/alerts.md).
+	Alerts Alerts `yaml:"alerts"`
 
 	// --- Settle bounds (POST /api/v1/quota/settle) ---
 
@@ -567,6 +569,7 @@ func Default() Config {
 		InProcessRunReserve:  4 << 20,
 
 		Sandbox:      Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
+		Alerts:       defaultAlerts(),
 		Routing:      defaultRouting(),
 		Gateway:      Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096, UsageCommit: "durable"},
 		Admission:    Admission{MaxWait: Duration(30 * time.Second), QueueMax: 100, QueuePerUser: 10, PollInterval: Duration(250 * time.Millisecond)},
@@ -800,6 +803,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.validateMCP(); err != nil {
+		return err
+	}
+	if err := c.validateAlerts(); err != nil {
 		return err
 	}
 	return c.Sandbox.validate()

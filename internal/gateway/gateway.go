@@ -420,6 +420,9 @@ func setRateHeaders(w http.ResponseWriter, t *quota.Ticket) {
 		h.Set("x-ratelimit-remaining-tokens", strconv.FormatInt(max(tok.Remaining, 0), 10))
 		h.Set("x-ratelimit-reset-tokens", resetString(time.Until(tok.ResetAt)))
 	}
+	if v := metering.QuotaUsed(t); v != "" {
+		h.Set(metering.QuotaUsedHeader, v) // docs/alerts.md
+	}
 }
 
 // resetString writes a wait as OpenAI does: "1s", "6m0s", "17ms".

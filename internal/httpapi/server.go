@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/alerts"
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/files"
 	"github.com/sluicehq/sluice/internal/metering"
@@ -55,6 +56,8 @@ type Server struct {
 	// Sluice's own flow runtime. It authenticates its callers itself.
 	Front      http.Handler
 	FrontPaths []string
+	// Alerts, when set, serves the alert webhooks and delivery log.
+	Alerts *alerts.Service
 }
 
 // Handler returns the API's root handler.
@@ -75,6 +78,7 @@ func (s *Server) Handler() http.Handler {
 	s.runRoutes(api)
 	s.fileRoutes(api)
 	s.usageAdminRoutes(api)
+	s.alertRoutes(api)
 	api.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

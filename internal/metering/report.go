@@ -3,6 +3,7 @@ package metering
 import (
 	"context"
 	"math"
+	"strconv"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/policy"
@@ -122,4 +123,37 @@ func unitOf(dim string) string {
 		return "micro_usd"
 	}
 	return ""
+}
+
+// QuotaUsedHeader names the response header that tells a caller how much
+// of its tightest budget is used.
+const QuotaUsedHeader = "X-Sluice-Quota-Used"
+
+// QuotaUsed is QuotaUsedHeader's value for an admission: of the chain's
+// budgets (tokens per day and month, GPU seconds, cost), the one most used
+// in percent after this admission's reservation (each budget's figure is
+// its tightest scope's: the one with the least left), as
+// "tokens/month=85.0"; "" when no budget limits the chain.
+func QuotaUsed(t *quota.Ticket) string {
+	best, pct := -1, 0.0
+	for i := range t.Remaining {
+		r := &t.Remaining[i]
+		if r.Window == quota.WindowNone || r.Scope == "" || r.Limit <= 0 {
+			continue
+		}
+		if p := float64(r.Limit-r.Remaining) / float64(r.Limit) * 100; best < 0 || p > pct {
+			best, pct = i, p
+		}
+	}
+	if best < 0 {
+		return ""
+	}
+	r := &t.Remaining[best]
+	var b [48]byte
+	out := append(b[:0], r.Dimension.String()...)
+	out = append(out, '/')
+	out = append(out, r.Window.String()...)
+	out = append(out, '=')
+	out = strconv.AppendFloat(out, math.Round(pct*10)/10, 'f', 1, 64)
+	return string(out)
 }

@@ -46,6 +46,13 @@ type Metrics struct {
 	// QueueLength is how many admissions wait for a slot on this instance.
 	QueueLength prometheus.GaugeFunc
 	queueLen    atomic.Pointer[func() int]
+	// QuotaAlerts counts threshold events this instance announced
+	// (docs/alerts.md), by dimension, window and threshold percent.
+	QuotaAlerts *prometheus.CounterVec
+	// AlertDeliveries counts webhook attempts by target (tenant, global)
+	// and outcome (delivered, retry, failed), and deliveries not queued
+	// because the outbox was full (dropped).
+	AlertDeliveries *prometheus.CounterVec
 }
 
 // SetQueueLength makes QueueLength report n.
@@ -98,6 +105,12 @@ func New(pending func() float64) *Metrics {
 		Name: "sluice_redis_call_duration_seconds", Help: "Latency of the quota engine's Redis calls by operation and outcome (ok, timeout, canceled, error).",
 		Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 	}, []string{"op", "outcome"})
+	m.QuotaAlerts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_quota_alerts_total", Help: "Quota threshold events announced by this instance, by dimension, window and threshold percent.",
+	}, []string{"dimension", "window", "threshold"})
+	m.AlertDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_alert_deliveries_total", Help: "Alert webhook attempts by target (tenant, global) and outcome (delivered, retry, failed), and deliveries dropped because the outbox was full.",
+	}, []string{"target", "outcome"})
 	m.EventsPending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_usage_events_pending", Help: "Usage events queued and not yet written to the store.",
 	}, pending)
@@ -116,7 +129,7 @@ func New(pending func() float64) *Metrics {
 	m.Registry.MustRegister(m.QueueWaits, m.QueueLength)
 	m.Registry.MustRegister(m.HTTPRequests, m.HTTPDuration, m.Decisions, m.Settlements, m.QuotaMode, m.EventsPending,
 		m.Runs, m.ModelCalls, m.Tokens, m.PolicyVersion, m.UsageQuarantinedTotal, m.UsageRefusedTotal,
-		m.RedisCallDuration,
+		m.RedisCallDuration, m.QuotaAlerts, m.AlertDeliveries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.SetMode("normal")
 	return m

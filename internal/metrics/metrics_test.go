@@ -17,6 +17,8 @@ func TestMetricsExposition(t *testing.T) {
 	m.UsageQuarantined(2)
 	m.UsageRefused(1, false)
 	m.UsageRefused(3, true)
+	m.QuotaAlerts.WithLabelValues("tokens", "month", "80").Inc()
+	m.AlertDeliveries.WithLabelValues("tenant", "retry").Inc()
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body, _ := io.ReadAll(rec.Body)
@@ -30,6 +32,8 @@ func TestMetricsExposition(t *testing.T) {
 		`sluice_usage_events_quarantined_total 2`,
 		`sluice_usage_events_refused_total{how="commit"} 1`,
 		`sluice_usage_events_refused_total{how="dropped"} 3`,
+		`sluice_quota_alerts_total{dimension="tokens",threshold="80",window="month"} 1`,
+		`sluice_alert_deliveries_total{outcome="retry",target="tenant"} 1`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(string(body), want) {
