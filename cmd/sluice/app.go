@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/admission"
@@ -27,6 +28,7 @@ import (
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/policydoc"
+	"github.com/sluicehq/sluice/internal/redisqueue"
 	"github.com/sluicehq/sluice/internal/run"
 	"github.com/sluicehq/sluice/internal/sandbox"
 	"github.com/sluicehq/sluice/internal/sealed"
@@ -167,12 +169,24 @@ func (a *App) startQuota(ctx context.Context) error {
 	a.meter.OnDecision = func(kind, result, dim string) { a.metrics.Decisions.WithLabelValues(kind, result, dim).Inc() }
 	a.meter.OnSettle = a.metrics.Settlements.Inc
 	if aq := a.cfg.Admission; aq.MaxWait > 0 {
-		a.meter.Queue = admission.New(admission.Options{
+		o := admission.Options{
 			MaxQueue: aq.QueueMax, MaxPerFlow: aq.QueuePerUser, MaxWait: time.Duration(aq.MaxWait), Poll: time.Duration(aq.PollInterval),
 			OnDone: func(c admission.Class, waited time.Duration, outcome string) {
 				a.metrics.QueueWaits.WithLabelValues(c.String(), outcome).Observe(waited.Seconds())
 			},
-		})
+		}
+		if a.engine.redis != nil {
+			// Several instances: one fair queue per scope, in Redis.
+			o.Board, o.Instance = redisqueue.New(a.engine.redis, a.cfg.RedisPrefix), a.engine.id
+			var last atomic.Int64
+			o.OnBoardError = func(err error) {
+				if now := time.Now().UnixNano(); now-last.Load() > int64(10*time.Second) {
+					last.Store(now)
+					a.log.Warn("admission queue: the shared order in redis cannot be used; ordering this instance's waiters alone", slog.String("error", err.Error()))
+				}
+			}
+		}
+		a.meter.Queue = admission.New(o)
 		a.metrics.SetQueueLength(a.meter.Queue.Len)
 	}
 	mgr.OnReload = func(s *policy.Snapshot) {
@@ -401,6 +415,13 @@ func (a *App) startBackground() {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.stopBackground = cancel
 	mgr := a.policy.Manager()
+	if q := a.meter.Queue; q != nil {
+		a.background.Add(1)
+		go func() {
+			defer a.background.Done()
+			q.Run(ctx) // serves the shared order (a no-op without Redis)
+		}()
+	}
 	a.background.Add(1)
 	go func() {
 		defer a.background.Done()

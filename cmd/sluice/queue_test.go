@@ -186,3 +186,70 @@ func TestGatewayQueueWaitEnds(t *testing.T) {
 		t.Errorf("queue waits timed out: %v, want 1", got)
 	}
 }
+
+// TestQueueIsOneAcrossInstances: three instances on one Redis with the
+// admission queue on. alice's one slot is held by a stream on instance 0;
+// a call waits for it on instance 1, then another arrives on instance 2.
+// The arrival on 2 queues behind 1's waiter (no overtaking across
+// instances), and when the stream ends the slot goes to 1's waiter first,
+// then to 2's: the instances serve one queue, in Redis's order.
+func TestQueueIsOneAcrossInstances(t *testing.T) {
+	up := newUpstream(t)
+	c := startClusterWith(t, queuePolicy, time.Second, func(cfg *config.Config) {
+		cfg.Admission = config.Default().Admission
+		cfg.Admission.MaxWait = config.Duration(30 * time.Second)
+		cfg.Admission.PollInterval = config.Duration(50 * time.Millisecond)
+		cfg.Models = append(cfg.Models, up.model("gpt-4o-mini"))
+	})
+	clients := make([]openai.Client, 3)
+	for i, a := range c.apps {
+		clients[i] = openai.NewClient(option.WithBaseURL(a.url+"/v1/"), option.WithAPIKey(c.key), option.WithMaxRetries(0))
+	}
+	release := make(chan struct{})
+	holdStream(up, release)
+	s := clients[0].Chat.Completions.NewStreaming(context.Background(), chatParams("gpt-4o-mini"))
+	if !s.Next() {
+		t.Fatalf("first chunk: %v", s.Err())
+	}
+	up.setAnswer(nil)
+	order := make(chan string, 2)
+	ask := func(i int, name string) {
+		if _, err := clients[i].Chat.Completions.New(context.Background(), chatParams("gpt-4o-mini")); err != nil {
+			order <- name + ": " + err.Error()
+			return
+		}
+		order <- name
+	}
+	waiting := func(i int) int {
+		code, body := call(t, "GET", c.apps[i].url+"/api/v1/usage", c.key, "")
+		if code != 200 {
+			t.Fatalf("usage: %d %v", code, body)
+		}
+		n := 0
+		for _, q := range body["queues"].([]any) {
+			n += int(q.(map[string]any)["waiting"].(float64))
+		}
+		return n
+	}
+	go ask(1, "first")
+	eventually(t, patience, "the first call waiting on instance 1", func() bool { return waiting(1) == 1 })
+	// Instance 2 must have read that someone waits before its arrival.
+	time.Sleep(200 * time.Millisecond)
+	go ask(2, "second")
+	eventually(t, patience, "the second call waiting on instance 2", func() bool { return waiting(2) == 1 })
+	select {
+	case got := <-order:
+		t.Fatalf("%s answered while the slot was held", got)
+	default:
+	}
+	close(release)
+	for s.Next() {
+	}
+	s.Close()
+	if got := <-order; got != "first" {
+		t.Errorf("%s admitted first, want the call that waited first (on another instance)", got)
+	}
+	if got := <-order; got != "second" {
+		t.Errorf("then %s, want second", got)
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -51,7 +52,34 @@ type Options struct {
 	// "cancelled".
 	OnDone func(class Class, waited time.Duration, outcome string)
 
+	// Board, when set, is the queue order shared with the other
+	// instances (Redis): a scope's waiters on every instance are served
+	// as one fair queue, in the board's order, and an arrival waits
+	// behind waiters of any instance. Run must be running.
+	Board Board
+	// Instance names this instance in the board's waiter ids.
+	Instance string
+	// OnBoardError, when set, hears a failed board call (the queue then
+	// orders this instance's waiters alone until the board answers).
+	OnBoardError func(error)
+
 	fifo bool // tests: no fairness, the control
+}
+
+// Board is a queue order shared by instances. Waiter ids are unique
+// across instances.
+type Board interface {
+	// Join enters a waiter of user in class c on scope's queue.
+	Join(ctx context.Context, scope, id, user string, c Class) error
+	// Leave takes a waiter out: served (admitted) or gone unserved.
+	Leave(ctx context.Context, scope, id string, served bool) error
+	// Heads returns the first n waiters of scope's queue, in order.
+	Heads(ctx context.Context, scope string, n int) ([]string, error)
+	// Touch renews this instance's waiters, whose entries otherwise
+	// expire (an instance that died leaves no waiter behind for long).
+	Touch(ctx context.Context, scope string, ids []string) error
+	// Active returns the scopes with waiters on some instance.
+	Active(ctx context.Context) (map[string]bool, error)
 }
 
 // Queue holds the waiting requests of every scope. Safe for concurrent use.
@@ -60,11 +88,16 @@ type Queue struct {
 	mu     sync.Mutex
 	scopes map[string]*scopeQueue
 	seq    uint64
+	// With a board: the scopes with waiters on other instances (as the
+	// loop last read them), and the loop's wake-up.
+	remote map[string]bool
+	wake   chan struct{}
 }
 
 type scopeQueue struct {
 	fq    fairQueue
 	turns int // turns granted and not yet resolved
+	ids   map[string]*waiter // with a board: this instance's waiters by id
 }
 
 // New returns a queue.
@@ -90,7 +123,7 @@ func New(o Options) *Queue {
 			return t.C, t.Stop
 		}
 	}
-	return &Queue{o: o, scopes: map[string]*scopeQueue{}}
+	return &Queue{o: o, scopes: map[string]*scopeQueue{}, wake: make(chan struct{}, 1)}
 }
 
 // Arrival is a request that may have to wait.
@@ -177,6 +210,9 @@ func (q *Queue) Do(ctx context.Context, a Arrival, try Try) (Waited, error) {
 				q.report(a.Class, 0, "full")
 				return wd, &Error{Err: last, Reason: ErrQueueFull, Waited: wd}
 			}
+			if q.o.Board != nil {
+				q.join(scope, w, a)
+			}
 			if !wd.Queued {
 				wd.Ahead = ahead
 			}
@@ -199,7 +235,7 @@ func (q *Queue) Do(ctx context.Context, a Arrival, try Try) (Waited, error) {
 		full, err := try()
 		switch {
 		case full == "":
-			q.leave(scope, w)
+			q.leaveServed(scope, w, err == nil)
 			outcome := "admitted"
 			if err != nil {
 				outcome = "refused"
@@ -227,10 +263,13 @@ func (q *Queue) report(c Class, d time.Duration, outcome string) {
 func (q *Queue) waitingAt(scopes []string, c Class) string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.scopes) == 0 {
+	if len(q.scopes) == 0 && len(q.remote) == 0 {
 		return ""
 	}
 	for _, s := range scopes {
+		if q.remote[s] {
+			return s // waiters elsewhere: behind them
+		}
 		sq := q.scopes[s]
 		if sq == nil {
 			continue
@@ -250,7 +289,7 @@ func (q *Queue) enter(scope string, a Arrival) (*waiter, int, error) {
 	defer q.mu.Unlock()
 	sq := q.scopes[scope]
 	if sq == nil {
-		sq = &scopeQueue{}
+		sq = &scopeQueue{ids: map[string]*waiter{}}
 		sq.fq.fifo = q.o.fifo
 		q.scopes[scope] = sq
 	}
@@ -261,7 +300,40 @@ func (q *Queue) enter(scope string, a Arrival) (*waiter, int, error) {
 	q.seq++
 	w := &waiter{flow: a.Flow, class: a.Class, at: q.o.Now(), turn: make(chan struct{}, 1)}
 	sq.fq.push(w, q.seq)
-	return w, sq.fq.position(w) + sq.turns, nil
+	ahead := sq.fq.position(w) + sq.turns
+	if q.o.Board != nil {
+		w.id = q.o.Instance + ":" + strconv.FormatUint(q.seq, 10)
+		sq.ids[w.id] = w
+	}
+	return w, ahead, nil
+}
+
+// join enters w on the board (outside the lock); the loop serves it once
+// the board names it the head.
+func (q *Queue) join(scope string, w *waiter, a Arrival) {
+	ctx, cancel := context.WithTimeout(context.Background(), boardTimeout)
+	defer cancel()
+	if err := q.o.Board.Join(ctx, scope, w.id, a.Flow, a.Class); err != nil {
+		q.boardError(err)
+	}
+	q.poke()
+}
+
+// boardTimeout bounds one board call.
+const boardTimeout = 2 * time.Second
+
+func (q *Queue) boardError(err error) {
+	if q.o.OnBoardError != nil {
+		q.o.OnBoardError(err)
+	}
+}
+
+// poke wakes the loop.
+func (q *Queue) poke() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
 }
 
 // await blocks until w holds a turn, the deadline passes (ErrTimeout) or
@@ -283,10 +355,11 @@ func (q *Queue) await(ctx context.Context, scope string, w *waiter, deadline tim
 		case <-c:
 		}
 		// No release seen here for a while: the head tries again, in case
-		// a slot was freed where this instance cannot see it.
+		// a slot was freed where this instance cannot see it. With a
+		// board the loop does that, in the board's order.
 		q.mu.Lock()
 		sq := q.scopes[scope]
-		if !w.granted && sq.turns == 0 && sq.fq.peek() == w {
+		if q.o.Board == nil && !w.granted && sq.turns == 0 && sq.fq.peek() == w {
 			sq.fq.take()
 			w.granted = true
 			sq.turns++
@@ -300,6 +373,10 @@ func (q *Queue) await(ctx context.Context, scope string, w *waiter, deadline tim
 // Released tells the queue that slots were freed on the scopes of a
 // settled ticket: each scope's next waiter gets a turn.
 func (q *Queue) Released(scopes []string) {
+	if q.o.Board != nil {
+		q.poke() // the board says whose turn it is
+		return
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.scopes) == 0 {
@@ -341,10 +418,24 @@ func (q *Queue) back(scope string, w *waiter) {
 
 // leave takes w out of scope's queue for good. A turn it held and did not
 // use (it was cancelled or timed out holding it) passes to the next.
-func (q *Queue) leave(scope string, w *waiter) {
+func (q *Queue) leave(scope string, w *waiter) { q.leaveServed(scope, w, false) }
+
+// leaveServed is leave, telling the board whether w was served.
+func (q *Queue) leaveServed(scope string, w *waiter, served bool) {
+	if q.o.Board != nil && w.id != "" {
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), boardTimeout)
+			defer cancel()
+			if err := q.o.Board.Leave(ctx, scope, w.id, served); err != nil {
+				q.boardError(err)
+			}
+			q.poke()
+		}()
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	sq := q.scopes[scope]
+	delete(sq.ids, w.id)
 	unused := false
 	select {
 	case <-w.turn:
@@ -358,7 +449,7 @@ func (q *Queue) leave(scope string, w *waiter) {
 		sq.fq.remove(w)
 	}
 	sq.fq.done(w)
-	if unused {
+	if unused && q.o.Board == nil {
 		q.grant(sq)
 	}
 	q.dropIfIdle(scope, sq)
@@ -421,4 +512,87 @@ func Round(d time.Duration) time.Duration {
 		return d.Round(100 * time.Millisecond)
 	}
 	return d.Round(time.Second)
+}
+
+// Run serves the board's order until ctx ends (only with a board): on
+// every wake-up (an arrival, a release, a waiter leaving) and every Poll,
+// it reads which scopes wait anywhere (for arrivals to queue behind them),
+// renews this instance's waiters, and gives a turn to each local waiter
+// the board names the head of its scope. When the board cannot be read,
+// the scope's local head gets the turn (this instance alone is ordered,
+// as without a board).
+func (q *Queue) Run(ctx context.Context) {
+	if q.o.Board == nil {
+		return
+	}
+	for {
+		q.serve(ctx)
+		c, stop := q.o.Timer(q.o.Poll)
+		select {
+		case <-ctx.Done():
+			stop()
+			return
+		case <-q.wake:
+			stop()
+		case <-c:
+		}
+	}
+}
+
+// serve is one round of Run.
+func (q *Queue) serve(ctx context.Context) {
+	bctx, cancel := context.WithTimeout(ctx, boardTimeout)
+	defer cancel()
+	active, err := q.o.Board.Active(bctx)
+	if err != nil {
+		q.boardError(err)
+	}
+	q.mu.Lock()
+	q.remote = active
+	type local struct {
+		scope string
+		ids   []string
+	}
+	var todo []local
+	for s, sq := range q.scopes {
+		if sq.fq.n == 0 {
+			continue
+		}
+		l := local{scope: s}
+		for id, w := range sq.ids {
+			if w.in {
+				l.ids = append(l.ids, id)
+			}
+		}
+		todo = append(todo, l)
+	}
+	q.mu.Unlock()
+	for _, l := range todo {
+		if err := q.o.Board.Touch(bctx, l.scope, l.ids); err != nil {
+			q.boardError(err)
+		}
+		heads, err := q.o.Board.Heads(bctx, l.scope, 1)
+		q.mu.Lock()
+		sq := q.scopes[l.scope]
+		switch {
+		case sq == nil:
+		case err != nil || len(heads) == 0:
+			// The board is away, or lost this scope's waiters (Redis
+			// restarted empty): order this instance's own.
+			if err != nil {
+				q.boardError(err)
+			}
+			if sq.turns == 0 {
+				q.grant(sq)
+			}
+		default:
+			if w := sq.ids[heads[0]]; w != nil && w.in {
+				sq.fq.remove(w)
+				w.granted = true
+				sq.turns++
+				w.turn <- struct{}{}
+			}
+		}
+		q.mu.Unlock()
+	}
 }

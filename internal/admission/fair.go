@@ -30,6 +30,7 @@ func (c Class) String() string {
 
 // waiter is one queued request.
 type waiter struct {
+	id    string // with a board: unique across instances
 	flow  string
 	class Class
 	seq   uint64
