@@ -55,6 +55,9 @@ type Server struct {
 	// Sluice's own flow runtime. It authenticates its callers itself.
 	Front      http.Handler
 	FrontPaths []string
+
+	// Requests, when set, serves quota requests (/api/v1/quota-requests).
+	Requests *policy.Requests
 }
 
 // Handler returns the API's root handler.
@@ -75,6 +78,7 @@ func (s *Server) Handler() http.Handler {
 	s.runRoutes(api)
 	s.fileRoutes(api)
 	s.usageAdminRoutes(api)
+	s.requestRoutes(api)
 	api.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
