@@ -297,6 +297,7 @@ func (a *App) Handler() http.Handler {
 		Tenancy:      a.tenancy,
 		Policy:       a.policy,
 		Requests:     policy.NewRequests(a.store, a.policy),
+		Credits:      policy.NewCredits(a.store, a.policy),
 		Meter:        a.meter,
 		Metrics:      a.metrics,
 		Quarantine:   a.store,

@@ -168,3 +168,125 @@ func testRequestPendingBound(t *testing.T, s *Store) {
 		return nil
 	})
 }
+
+// TestCredits runs the prepaid credit queries on both engines.
+func TestCredits(t *testing.T) {
+	for _, e := range []struct {
+		name string
+		open func(t *testing.T) *Store
+	}{{"sqlite", openSQLite}, {"postgres", openPostgres}} {
+		t.Run(e.name, func(t *testing.T) {
+			t.Parallel()
+			t.Run("ConcurrentTopUps", func(t *testing.T) { t.Parallel(); testCreditConcurrentTopUps(t, e.open(t)) })
+			t.Run("Codes", func(t *testing.T) { t.Parallel(); testCreditCodes(t, e.open(t)) })
+		})
+	}
+}
+
+// testCreditConcurrentTopUps: concurrent additions to one balance lose
+// none, and each entry records a distinct balance after it.
+func testCreditConcurrentTopUps(t *testing.T, s *Store) {
+	w := newWorld(t, s)
+	scope := "user/" + w.ua2.ID
+	const writers = 16
+	var wg sync.WaitGroup
+	errc := make(chan error, writers)
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- s.UpdateCredits(context.Background(), func(tx policy.CreditTx) error {
+				return tx.AddCredit(&policy.CreditEntry{ID: id.New("crd"), Scope: scope, TenantID: w.A.ID, Kind: policy.CreditTopUp,
+					Tokens: 100, CostMicros: 1, At: base.Add(time.Duration(i) * time.Second)})
+			})
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil {
+			t.Fatalf("UpdateCredits = %v, want nil", err)
+		}
+	}
+	if err := s.ViewCredits(context.Background(), func(tx policy.CreditTx) error {
+		b, err := tx.CreditBalance(scope)
+		if err != nil {
+			return err
+		}
+		if b.Tokens != writers*100 || b.CostMicros != writers || b.TenantID != w.A.ID || b.UpdatedAt == nil {
+			t.Errorf("balance after %d top-ups of 100: got %+v, want %d tokens, %d micro-USD", writers, b, writers*100, writers)
+		}
+		es, err := tx.CreditEntries(scope, tenancy.Page{Limit: 100})
+		if err != nil {
+			return err
+		}
+		seen := map[int64]bool{}
+		for _, e := range es {
+			seen[e.BalanceTokens] = true
+		}
+		if len(es) != writers || len(seen) != writers {
+			t.Errorf("entries: got %d with %d distinct balances, want %d of each", len(es), len(seen), writers)
+		}
+		page, err := tx.CreditEntries(scope, tenancy.Page{Limit: 5, After: es[4].ID})
+		if err != nil {
+			return err
+		}
+		same(t, page, es[5:10])
+		none, err := tx.CreditBalance("user/" + w.ub1.ID)
+		if err != nil || none.Tokens != 0 || none.UpdatedAt != nil {
+			t.Errorf("balance of a scope never credited: got %+v, %v, want zero", none, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("ViewCredits = %v, want nil", err)
+	}
+}
+
+func testCreditCodes(t *testing.T, s *Store) {
+	w := newWorld(t, s)
+	exp := base.Add(time.Hour)
+	a := &policy.CreditCode{ID: id.New("ccd"), TenantID: w.A.ID, Prefix: "slc_abcdef", Hash: "aa", Tokens: 5000, CostMicros: 250_000,
+		Note: "workshop", CreatedBy: w.ua1.ID, CreatedAt: base, ExpiresAt: &exp}
+	b := &policy.CreditCode{ID: id.New("ccd"), TenantID: w.B.ID, Scope: "project/" + w.pb1.ID, Prefix: "slc_ghijkl", Hash: "bb",
+		Tokens: 1, CreatedBy: w.admin.ID, CreatedAt: base}
+	err := s.UpdateCredits(context.Background(), func(tx policy.CreditTx) error {
+		for _, c := range []*policy.CreditCode{a, b} {
+			if err := tx.InsertCreditCode(c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("InsertCreditCode = %v, want nil", err)
+	}
+	err = s.UpdateCredits(context.Background(), func(tx policy.CreditTx) error {
+		return tx.InsertCreditCode(&policy.CreditCode{ID: id.New("ccd"), TenantID: w.A.ID, Prefix: "x", Hash: "aa", CreatedBy: "u", CreatedAt: base})
+	})
+	wantCode(t, err, errs.Conflict, "-")
+	redeemed := *a
+	at := base.Add(time.Minute)
+	redeemed.RedeemedBy, redeemed.RedeemedScope, redeemed.RedeemedAt = w.ua2.ID, "user/"+w.ua2.ID, &at
+	if err := s.UpdateCredits(context.Background(), func(tx policy.CreditTx) error { return tx.RedeemCreditCode(&redeemed) }); err != nil {
+		t.Fatalf("RedeemCreditCode = %v, want nil", err)
+	}
+	err = s.UpdateCredits(context.Background(), func(tx policy.CreditTx) error { return tx.RedeemCreditCode(&redeemed) })
+	wantCode(t, err, errs.Conflict, "code")
+	if err := s.ViewCredits(context.Background(), func(tx policy.CreditTx) error {
+		got, err := tx.CreditCodeByHash("aa")
+		if err != nil {
+			return err
+		}
+		same(t, got, &redeemed)
+		_, err = tx.CreditCodeByHash("cc")
+		wantCode(t, err, errs.NotFound, "-")
+		ofB, err := tx.CreditCodes(w.B.ID, tenancy.Page{Limit: 10})
+		if err != nil {
+			return err
+		}
+		same(t, ofB, []*policy.CreditCode{b})
+		return nil
+	}); err != nil {
+		t.Fatalf("ViewCredits = %v, want nil", err)
+	}
+}
