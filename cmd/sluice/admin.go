@@ -106,6 +106,8 @@ func runClient(args []string, stdout, stderr io.Writer, getenv func(string) stri
 		return apply(ctx, c, flags, stdout, stderr)
 	case "limits":
 		return limits(ctx, c, stdout, stderr, pos[1:], flags)
+	case "requests":
+		return requestsCmd(ctx, c, stdout, pos[1:], flags)
 	case "export":
 		format := flags["format"]
 		if format == "" {

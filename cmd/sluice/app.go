@@ -326,6 +326,8 @@ func (a *App) Handler() http.Handler {
 		Version:      version,
 		Tenancy:      a.tenancy,
 		Policy:       a.policy,
+		Requests:     policy.NewRequests(a.store, a.policy),
+		Credits:      policy.NewCredits(a.store, a.policy),
 		Meter:        a.meter,
 		Metrics:      a.metrics,
 		Quarantine:   a.store,

@@ -54,6 +54,9 @@ func clientFlags() []string {
 		add(r.fields)
 	}
 	add(listFilters)
+	for _, names := range requestFlags {
+		add(names)
+	}
 	return flags
 }
 

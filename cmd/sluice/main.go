@@ -31,6 +31,7 @@ Usage:
   sluice usage [--scope S]        limits, use and what remains, per scope
   sluice usage keys [--tenant-id T] [--user-id U]  spend per API key (tokens, requests, cost)
   sluice limits list|get|set|clear SCOPE  a scope's limits (user/ID, key/ID, project/ID, …)
+  sluice requests create|list|get|approve|deny|cancel  ask for more quota, decide asks (docs/quota-requests.md)
   sluice apply -f FILE [--dry-run]  create/update plans, tree and limits from a policy file
   sluice export [--format yaml|json] print the current policy in the same format
   sluice RESOURCE VERB [flags]    administer a running server

@@ -96,7 +96,7 @@ type Queue struct {
 
 type scopeQueue struct {
 	fq    fairQueue
-	turns int // turns granted and not yet resolved
+	turns int                // turns granted and not yet resolved
 	ids   map[string]*waiter // with a board: this instance's waiters by id
 }
 

@@ -58,6 +58,11 @@ type Server struct {
 	FrontPaths []string
 	// Alerts, when set, serves the alert webhooks and delivery log.
 	Alerts *alerts.Service
+
+	// Requests, when set, serves quota requests (/api/v1/quota-requests).
+	Requests *policy.Requests
+	// Credits, when set, serves prepaid credit (/api/v1/credits, …).
+	Credits *policy.Credits
 }
 
 // Handler returns the API's root handler.
@@ -79,6 +84,8 @@ func (s *Server) Handler() http.Handler {
 	s.fileRoutes(api)
 	s.usageAdminRoutes(api)
 	s.alertRoutes(api)
+	s.requestRoutes(api)
+	s.creditRoutes(api)
 	api.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

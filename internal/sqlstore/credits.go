@@ -1,0 +1,130 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/tenancy"
+)
+
+var _ policy.CreditStore = (*Store)(nil)
+
+// UpdateCredits runs fn in a read-write transaction. Credit is not part
+// of the policy snapshot, so the change counter stays.
+func (s *Store) UpdateCredits(ctx context.Context, fn func(policy.CreditTx) error) error {
+	return s.tx(ctx, s.w, func(tx *sql.Tx) error { return fn(&conn{ctx: ctx, tx: tx, d: s.d}) })
+}
+
+// ViewCredits runs fn in a read-only transaction.
+func (s *Store) ViewCredits(ctx context.Context, fn func(policy.CreditTx) error) error {
+	return s.tx(ctx, s.r, func(tx *sql.Tx) error { return fn(&conn{ctx: ctx, tx: tx, d: s.d}) })
+}
+
+// AddCredit adds to the balance in one statement, so concurrent changes of
+// one balance never lose each other's (the row lock orders them on
+// PostgreSQL; SQLite has one writer).
+func (c *conn) AddCredit(e *policy.CreditEntry) error {
+	err := c.queryRow(`INSERT INTO credit_balances (scope, tenant_id, tokens, cost_micros, updated_at) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (scope) DO UPDATE SET tokens = credit_balances.tokens + excluded.tokens,
+		cost_micros = credit_balances.cost_micros + excluded.cost_micros, updated_at = excluded.updated_at
+		RETURNING tokens, cost_micros`,
+		e.Scope, e.TenantID, e.Tokens, e.CostMicros, micros(e.At)).Scan(&e.BalanceTokens, &e.BalanceCostMicros)
+	if err != nil {
+		return c.wrap(err)
+	}
+	_, err = c.exec(`INSERT INTO credit_entries (id, scope, tenant_id, kind, tokens, cost_micros, balance_tokens, balance_cost_micros,
+		note, actor, code_id, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		e.ID, e.Scope, e.TenantID, e.Kind, e.Tokens, e.CostMicros, e.BalanceTokens, e.BalanceCostMicros, e.Note, e.Actor, e.CodeID, micros(e.At))
+	return err
+}
+
+func (c *conn) CreditBalance(scope string) (*policy.CreditBalance, error) {
+	b := &policy.CreditBalance{Scope: scope}
+	var at int64
+	err := c.queryRow(`SELECT tenant_id, tokens, cost_micros, updated_at FROM credit_balances WHERE scope = ?`, scope).
+		Scan(&b.TenantID, &b.Tokens, &b.CostMicros, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return b, nil
+	}
+	if err != nil {
+		return nil, c.wrap(err)
+	}
+	t := fromMicros(at)
+	b.UpdatedAt = &t
+	return b, nil
+}
+
+func (c *conn) CreditEntries(scope string, page tenancy.Page) ([]*policy.CreditEntry, error) {
+	var w where
+	w.eq("scope", scope)
+	q, args := w.sql(tenancy.Filter{Page: page}, "id")
+	rows, err := c.query(`SELECT id, scope, tenant_id, kind, tokens, cost_micros, balance_tokens, balance_cost_micros, note, actor,
+		code_id, at FROM credit_entries`+q, args...)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, func(r *sql.Rows) (*policy.CreditEntry, error) {
+		var e policy.CreditEntry
+		var at int64
+		err := r.Scan(&e.ID, &e.Scope, &e.TenantID, &e.Kind, &e.Tokens, &e.CostMicros, &e.BalanceTokens, &e.BalanceCostMicros,
+			&e.Note, &e.Actor, &e.CodeID, &at)
+		e.At = fromMicros(at)
+		return &e, err
+	})
+}
+
+const codeCols = `id, tenant_id, scope, prefix, hash, tokens, cost_micros, note, created_by, created_at, expires_at,
+	redeemed_by, redeemed_scope, redeemed_at`
+
+func scanCode(r scanner) (*policy.CreditCode, error) {
+	var cc policy.CreditCode
+	var created int64
+	var expires, redeemed sql.NullInt64
+	if err := r.Scan(&cc.ID, &cc.TenantID, &cc.Scope, &cc.Prefix, &cc.Hash, &cc.Tokens, &cc.CostMicros, &cc.Note, &cc.CreatedBy,
+		&created, &expires, &cc.RedeemedBy, &cc.RedeemedScope, &redeemed); err != nil {
+		return nil, err
+	}
+	cc.CreatedAt, cc.ExpiresAt, cc.RedeemedAt = fromMicros(created), fromNullMicros(expires), fromNullMicros(redeemed)
+	return &cc, nil
+}
+
+func (c *conn) InsertCreditCode(cc *policy.CreditCode) error {
+	_, err := c.exec(`INSERT INTO credit_codes (`+codeCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		cc.ID, cc.TenantID, cc.Scope, cc.Prefix, cc.Hash, cc.Tokens, cc.CostMicros, cc.Note, cc.CreatedBy, micros(cc.CreatedAt),
+		nullMicros(cc.ExpiresAt), cc.RedeemedBy, cc.RedeemedScope, nullMicros(cc.RedeemedAt))
+	return err
+}
+
+func (c *conn) CreditCodeByHash(hash string) (*policy.CreditCode, error) {
+	return one(c.queryRow(`SELECT `+codeCols+` FROM credit_codes WHERE hash = ?`, hash), scanCode, "redeem code")
+}
+
+func (c *conn) CreditCodes(tenantID string, page tenancy.Page) ([]*policy.CreditCode, error) {
+	var w where
+	w.eq("tenant_id", tenantID)
+	q, args := w.sql(tenancy.Filter{Page: page}, "id")
+	rows, err := c.query(`SELECT `+codeCols+` FROM credit_codes`+q, args...)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, func(r *sql.Rows) (*policy.CreditCode, error) { return scanCode(r) })
+}
+
+func (c *conn) RedeemCreditCode(cc *policy.CreditCode) error {
+	res, err := c.exec(`UPDATE credit_codes SET redeemed_by = ?, redeemed_scope = ?, redeemed_at = ? WHERE id = ? AND redeemed_at IS NULL`,
+		cc.RedeemedBy, cc.RedeemedScope, nullMicros(cc.RedeemedAt), cc.ID)
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return errs.Wrap(err, "rows affected")
+	}
+	if n == 0 {
+		return errs.Field(errs.Conflict, "code", "this code was already redeemed")
+	}
+	return nil
+}
