@@ -85,15 +85,32 @@ func (s *Store) migrate(ctx context.Context) (int, error) {
 		version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)`); err != nil {
 		return 0, fmt.Errorf("create schema_migrations: %w", err)
 	}
-	var current int
-	if err := s.w.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+	// Every migration not applied yet is applied, in order, not only those
+	// above the highest applied: two branches' migrations merged in either
+	// order both reach a database that got one of them first.
+	applied := map[int]bool{}
+	current := 0
+	rows, err := s.w.QueryContext(ctx, `SELECT version FROM schema_migrations`)
+	if err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("read schema version: %w", err)
+		}
+		applied[v], current = true, max(current, v)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("read schema version: %w", err)
 	}
 	if latest := ms[len(ms)-1].version; current > latest {
 		return current, fmt.Errorf("the database is at schema version %d but this sluice knows only up to %d: run a newer sluice", current, latest)
 	}
 	for _, m := range ms {
-		if m.version <= current {
+		if applied[m.version] {
 			continue
 		}
 		err := s.tx(ctx, s.w, func(tx *sql.Tx) error {
@@ -109,7 +126,7 @@ func (s *Store) migrate(ctx context.Context) (int, error) {
 		if err != nil {
 			return current, fmt.Errorf("migration %s: %w", m.name, err)
 		}
-		current = m.version
+		current = max(current, m.version)
 	}
 	return current, nil
 }
