@@ -359,10 +359,7 @@ func TestKillNineLosesNoAcknowledgedSettleShared(t *testing.T) {
 	p2 := startProc(t, env, "--config", cfgFile, "--data", t.TempDir())
 	member := applyPolicy(t, p1.url, faultAdmin, faultPolicy)
 	for _, p := range []*proc{p1, p2} {
-		eventually(t, patience, "instance sees the policy", func() bool {
-			code, _ := call(t, "GET", p.url+"/api/v1/usage", member.key, "")
-			return code == 200
-		})
+		seesPolicy(t, p1.url, p.url, member.key)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())

@@ -162,11 +162,11 @@ func TestLeaseEngineInstanceKilled(t *testing.T) {
 	member := applyPolicy(t, c.apps[0].url, faultAdmin, leasePolicy)
 	c.user, c.tenant, c.key = member.userID, member.tenantID, member.key
 	urls := []string{p.url, c.apps[0].url, c.apps[1].url} // the child is instance 0
+	if err := c.apps[0].app.policy.Manager().Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	for _, u := range urls {
-		eventually(t, patience, "instance sees the policy", func() bool {
-			code, _ := call(t, "GET", u+"/api/v1/usage", c.key, "")
-			return code == 200
-		})
+		seesPolicy(t, c.apps[0].url, u, c.key)
 	}
 	st, client := leaseStore(t, c.redis.url())
 	userScope := leasequota.Scope{Tenant: c.tenant, Key: "user/" + c.user}
