@@ -54,7 +54,7 @@ func (s *Spec) UnmarshalJSON(b []byte) error {
 		if err := json.Unmarshal(one, &out); err != nil {
 			var te *json.UnmarshalTypeError
 			if errors.As(err, &te) {
-				return errs.Field(errs.Invalid, "limits."+k, "limits.%s must be %s, not %s", k, te.Type, te.Value)
+				return errs.Field(errs.Invalid, "limits."+k, "limits.%s must be %s, not %s", k, specExpect[k], te.Value)
 			}
 			return errs.Field(errs.Invalid, "limits."+k, "limits.%s: %v", k, err)
 		}
@@ -330,19 +330,63 @@ func (bs Budgets) MarshalJSON() ([]byte, error) {
 	return json.Marshal([]Budget(bs))
 }
 
-// UnmarshalJSON reads text or a list of texts.
+// UnmarshalJSON reads text or a list of texts. An error says what is
+// wrong with the budget in words, never in Go's types.
 func (bs *Budgets) UnmarshalJSON(data []byte) error {
-	var one Budget
-	if err := one.UnmarshalJSON(data); err == nil {
+	var raw any
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return fmt.Errorf("a budget such as \"500000/day\" or a list of them is expected")
+	}
+	switch v := raw.(type) {
+	case string:
+		var one Budget
+		if err := one.UnmarshalJSON(data); err != nil {
+			return err
+		}
 		*bs = Budgets{one}
 		return nil
+	case []any:
+		var many Budgets
+		for i, e := range v {
+			b, _ := json.Marshal(e)
+			var one Budget
+			if err := one.UnmarshalJSON(b); err != nil {
+				return fmt.Errorf("item %d: %w", i+1, err)
+			}
+			many = append(many, one)
+		}
+		*bs = many
+		return nil
 	}
-	var many []Budget
-	if err := json.Unmarshal(data, &many); err != nil {
-		return fmt.Errorf("tokens is a budget such as \"500000/day\" or a list of them: %v", err)
+	return fmt.Errorf("a budget such as \"500000/day\" or a list of them is expected, not %s", jsonWord(raw))
+}
+
+// jsonWord names a decoded JSON value's kind for a person.
+func jsonWord(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return "true or false"
+	case float64:
+		return "a number"
+	case string:
+		return "text"
+	case []any:
+		return "a list"
 	}
-	*bs = many
-	return nil
+	return "an object"
+}
+
+// specExpect says, for each limit, what its value looks like.
+var specExpect = map[string]string{
+	"requests": `a rate such as "60/min"`, "tokens_rate": `a rate such as "100000/min"`,
+	"tokens":      `a budget such as "1000000/day" or a list such as ["1000000/day", "20000000/month"]`,
+	"gpu_seconds": `a budget such as "7200/month"`, "cost": `a budget in US dollars such as "50/month"`,
+	"concurrency": "a whole number such as 5", "memory_per_run": `a size such as "2GiB"`,
+	"run_timeout": `a duration such as "10m"`, "max_steps": "a whole number such as 100",
+	"max_tokens_per_call": "a whole number such as 4096", "models": `a list of model names such as ["gpt-4o-mini"]`,
+	"on_outage": `"local" or "deny"`,
 }
 
 func (bs Budgets) get(w quota.Window) *Budget {

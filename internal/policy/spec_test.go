@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -610,6 +611,35 @@ func TestGrantActive(t *testing.T) {
 	} {
 		if got := c.g.Active(now); got != c.want {
 			t.Errorf("%s: Active = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// TestSpecErrorsInWords: a limit of the wrong shape is refused with its
+// field and what it should look like, never with Go's type names.
+func TestSpecErrorsInWords(t *testing.T) {
+	for _, c := range []struct{ in, field, want string }{
+		{`{"tokens":"lots"}`, "limits.tokens", "500000/day"},
+		{`{"tokens":5}`, "limits.tokens", "not a number"},
+		{`{"tokens":["1000/day", 5]}`, "limits.tokens", "item 2"},
+		{`{"concurrency":"five"}`, "limits.concurrency", "a whole number such as 5"},
+		{`{"requests":7}`, "limits.requests", `a rate is "60/min"`},
+		{`{"models":"gpt-4o"}`, "limits.models", "a list of model names"},
+	} {
+		var s Spec
+		err := json.Unmarshal([]byte(c.in), &s)
+		var e *errs.Error
+		if !errors.As(err, &e) {
+			t.Errorf("%s: got %v, want a field error", c.in, err)
+			continue
+		}
+		if e.Field != c.field || !strings.Contains(e.Message, c.want) {
+			t.Errorf("%s: got field %q, %q; want field %q and %q", c.in, e.Field, e.Message, c.field, c.want)
+		}
+		for _, leak := range []string{"Go value", "policy.", "int64", "[]", "json:"} {
+			if strings.Contains(e.Message, leak) {
+				t.Errorf("%s: the message %q shows Go internals (%q)", c.in, e.Message, leak)
+			}
 		}
 	}
 }

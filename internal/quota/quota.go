@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -528,7 +529,7 @@ func (d *Denial) Error() string {
 	}
 	msg := fmt.Sprintf("%s: scope %s %s: used %d of %s, requested %d", d.Code, d.Scope, what, d.Used, limit, d.Requested)
 	if d.RetryAfter > 0 {
-		msg += ", retry after " + d.RetryAfter.String()
+		msg += ", retry after " + FormatWait(d.RetryAfter)
 	}
 	return msg
 }
@@ -544,4 +545,30 @@ func (d *Denial) Is(target error) bool {
 		return d.Code == CodeModelNotAllowed
 	}
 	return false
+}
+
+// RoundWait rounds a wait for people: to the minute from an hour on, to
+// the second from ten seconds on, to a tenth of a second below ("retry
+// after 10h24m", not 10h23m35.526206901s).
+func RoundWait(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Hour:
+		return d.Round(time.Minute)
+	case d >= 10*time.Second:
+		return d.Round(time.Second)
+	}
+	return d.Round(100 * time.Millisecond)
+}
+
+// FormatWait is RoundWait as text without trailing zero units: "10h24m",
+// "4m3s", "1.2s".
+func FormatWait(d time.Duration) string {
+	s := RoundWait(d).String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }

@@ -91,7 +91,7 @@ func TestLimitsValidate(t *testing.T) {
 func TestDenialError(t *testing.T) {
 	d := &quota.Denial{Code: quota.CodeQuotaExceeded, Scope: "t/a", Dimension: quota.DimTokens, Window: quota.WindowDay,
 		Limit: 1000, Used: 900, Requested: 200, RetryAfter: time.Hour}
-	want := "quota_exceeded: scope t/a tokens/day: used 900 of 1000, requested 200, retry after 1h0m0s"
+	want := "quota_exceeded: scope t/a tokens/day: used 900 of 1000, requested 200, retry after 1h"
 	if got := d.Error(); got != want {
 		t.Errorf("Error(): got %q, want %q", got, want)
 	}
@@ -105,5 +105,22 @@ func TestDenialError(t *testing.T) {
 	m := &quota.Denial{Code: quota.CodeModelNotAllowed, Scope: "t/a", Dimension: quota.DimModel, Model: "gpt-5"}
 	if got := m.Error(); got != `model_not_allowed: scope t/a does not allow model "gpt-5"` {
 		t.Errorf("model Error(): got %q", got)
+	}
+}
+
+func TestRoundWait(t *testing.T) {
+	for _, c := range []struct {
+		in   time.Duration
+		want string
+	}{
+		{10*time.Hour + 23*time.Minute + 35526206901*time.Nanosecond, "10h24m"},
+		{2*time.Hour + 20*time.Second, "2h"},
+		{4*time.Minute + 2500*time.Millisecond, "4m3s"},
+		{5*time.Minute + 200*time.Millisecond, "5m"},
+		{1234 * time.Millisecond, "1.2s"},
+	} {
+		if got := quota.FormatWait(c.in); got != c.want {
+			t.Errorf("FormatWait(%s) = %s, want %s", c.in, got, c.want)
+		}
 	}
 }
