@@ -144,9 +144,9 @@ func (s *state) searchTool(n *flow.Node, t *tool) map[string]any {
 	return objectSchema(map[string]any{spec.queryInput: map[string]any{"type": "string", "description": "The search query."}}, spec.queryInput)
 }
 
-// searchRows calls the node's service with query and returns its results
-// as rows.
-func (s *state) searchRows(ctx context.Context, n *flow.Node, query string) ([]row, error) {
+// searchHere calls the node's service with query, from this process, and
+// returns its results as rows.
+func (s *state) searchHere(ctx context.Context, n *flow.Node, query string) ([]row, error) {
 	spec, svc, err := s.service(n)
 	if err != nil {
 		return nil, err

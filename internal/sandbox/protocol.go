@@ -38,6 +38,8 @@ const (
 	frameCallResult     = "call_result"
 	frameVector         = "vector"
 	frameVectorResult   = "vector_result"
+	frameSearch         = "search"
+	frameSearchResult   = "search_result"
 	frameAppend         = "append"
 	frameAppendResult   = "append_result"
 	frameMessages       = "messages"
@@ -112,6 +114,18 @@ type vectorBody struct {
 // vectorResultBody answers a vector request.
 type vectorResultBody struct {
 	Result run.VectorResult `json:"result"`
+	Error  *wireError       `json:"error,omitempty"`
+}
+
+// searchBody asks the server for a search node's call.
+type searchBody struct {
+	run.SearchCall
+	Steps int64 `json:"steps"`
+}
+
+// searchResultBody answers a search request.
+type searchResultBody struct {
+	Result run.SearchResult `json:"result"`
 	Error  *wireError       `json:"error,omitempty"`
 }
 

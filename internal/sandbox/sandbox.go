@@ -259,6 +259,8 @@ loop:
 				se.handle(func() { se.call(callCtx, f) })
 			case frameVector:
 				se.handle(func() { se.vector(callCtx, f) })
+			case frameSearch:
+				se.handle(func() { se.search(callCtx, f) })
 			case frameAppend:
 				se.handle(func() { se.appendMessage(callCtx, f) })
 			case frameMessages:
@@ -415,6 +417,26 @@ func (se *session) vector(ctx context.Context, f frame) {
 		se.mu.Unlock()
 	}
 	_ = se.w.c.send(frameVectorResult, f.ID, vectorResultBody{Result: r, Error: encodeError(err)})
+}
+
+// search makes a search node's call for the worker, with the server's
+// key for the service, behind its SSRF guard.
+func (se *session) search(ctx context.Context, f frame) {
+	var sb searchBody
+	var r run.SearchResult
+	err := json.Unmarshal(f.Body, &sb)
+	if err == nil {
+		sc, ok := se.s.opts.Calls.(run.SearchCaller)
+		if !ok {
+			err = errs.E(errs.Unprocessable, "node %s: this server makes no search calls for sandboxed runs", sb.NodeID)
+		} else {
+			r, err = sc.Search(ctx, se.job, sb.SearchCall)
+		}
+		se.mu.Lock()
+		se.steps = max(se.steps, sb.Steps)
+		se.mu.Unlock()
+	}
+	_ = se.w.c.send(frameSearchResult, f.ID, searchResultBody{Result: r, Error: encodeError(err)})
 }
 
 // appendMessage stores a message in the run's own session.

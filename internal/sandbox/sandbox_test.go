@@ -2,6 +2,7 @@ package sandbox_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -486,5 +487,49 @@ func TestVectorStoreInTheWorker(t *testing.T) {
 	out = st.run(ctx, query, run.RunRequest{InputValue: "who do collections belong to?"}, nil)
 	if out.Err != nil || !strings.Contains(out.Result.Outputs[0].Text, "Collections belong to one project.") {
 		t.Errorf("second run: %v, output %v; want the stored chunk about collections", out.Err, out.Result)
+	}
+}
+
+// TestSearchInTheWorker: a sandboxed run's search node is called by the
+// server, with the server's key for the service: the worker never has it
+// (its environment and the job it is sent hold no key), and the results
+// reach the flow as in process.
+func TestSearchInTheWorker(t *testing.T) {
+	const key = "tvly-dev-SANDBOX-7c2d"
+	var got map[string]any
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/search" || r.Header.Get("Authorization") != "Bearer "+key {
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprint(w, `{"detail":{"error":"Unauthorized: missing or invalid API key."}}`)
+			return
+		}
+		_ = json.NewDecoder(r.Body).Decode(&got)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"query":"q","answer":null,"images":[],"results":[{"url":"https://example.org/babbage","title":"Babbage","content":"The analytical engine was designed by Charles Babbage.","score":0.9,"raw_content":null}],"response_time":0.5}`)
+	}))
+	defer srv.Close()
+	st := newStack(t, `{"memory_per_run":"64MiB"}`, sandbox.Options{Workers: 1, CgroupRoot: "/nonexistent/sluice", RunUnenforced: true})
+	st.exec.Tools = map[string]run.ToolService{run.ServiceTavily: {BaseURL: srv.URL, Key: llm.NewSecret(key)}}
+	st.exec.Guard = &run.Guard{AllowHosts: []string{"127.0.0.1"}}
+	const f = `{"nodes":[{"id":"in","type":"ChatInput","data":{"should_store_message":false}},
+	{"id":"search","type":"TavilySearchComponent","data":{"max_results":3,"include_answer":false,"include_images":false}},
+	{"id":"p","type":"ParserComponent","data":{"pattern":"{title}: {content}","sep":"\n"}},
+	{"id":"out","type":"ChatOutput","data":{"should_store_message":false}}],
+	"edges":[{"source":"in","target":"search","targetHandle":"query"},{"source":"search","sourceHandle":"dataframe","target":"p"},{"source":"p","target":"out"}]}`
+	out := st.run(context.Background(), f, run.RunRequest{InputValue: "who designed the analytical engine?"}, nil)
+	if out.Err != nil || out.Record.Status != run.StatusSucceeded {
+		t.Fatalf("sandboxed search run: status %s, error %v", out.Record.Status, out.Err)
+	}
+	if got := out.Result.Outputs[0].Text; got != "Babbage: The analytical engine was designed by Charles Babbage." {
+		t.Errorf("output %q", got)
+	}
+	if out.Result.Resources == nil {
+		t.Error("no resources measured: the run did not go through the worker")
+	}
+	if got["query"] != "who designed the analytical engine?" || got["max_results"] != float64(3) {
+		t.Errorf("Tavily got %v, want the query and the node's max_results", got)
+	}
+	if strings.Contains(st.logs.String(), key) {
+		t.Error("the key is in the logs")
 	}
 }

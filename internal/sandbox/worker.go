@@ -279,6 +279,16 @@ func (r *remote) Vector(ctx context.Context, _ *run.Job, c run.VectorCall) (run.
 	return ans.Result, ans.Error.decode()
 }
 
+// Search asks the server to call a search node's service: its key stays
+// there.
+func (r *remote) Search(ctx context.Context, _ *run.Job, c run.SearchCall) (run.SearchResult, error) {
+	var ans searchResultBody
+	if err := r.ask(ctx, frameSearch, searchBody{SearchCall: c, Steps: r.steps.Load()}, &ans); err != nil {
+		return run.SearchResult{}, err
+	}
+	return ans.Result, ans.Error.decode()
+}
+
 // AppendMessage asks the server to store a message of this run's session.
 func (r *remote) AppendMessage(ctx context.Context, m *run.Message) error {
 	var ans messagesResultBody
