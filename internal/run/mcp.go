@@ -114,17 +114,7 @@ func (e *Executor) CheckMCP(f *flow.Flow, tweaks map[string]map[string]any) erro
 }
 
 func errSandboxedMCP(n *flow.Node) error {
-	return errs.Field(errs.Unprocessable, "nodes."+n.ID, "node %s (MCPTools): MCP tools do not run in sandboxed runs (memory_per_run)", n.ID)
-}
-
-// CheckSandboxed refuses a flow with MCPTools nodes for a sandboxed run.
-func CheckSandboxed(f *flow.Flow) error {
-	for _, n := range f.Nodes {
-		if n != nil && n.Type == TypeMCPTools {
-			return errSandboxedMCP(n)
-		}
-	}
-	return nil
+	return errs.Field(errs.Unprocessable, "nodes."+n.ID, "node %s (MCPTools): this sandbox worker cannot reach the server's MCP servers", n.ID)
 }
 
 // mcpConn is a run's session with one MCP server and the tools it listed.
@@ -133,6 +123,10 @@ type mcpConn struct {
 	session *mcp.ClientSession
 	tools   []*mcp.Tool
 	limit   int64
+	// remote, in a sandbox worker, makes the calls through the server
+	// (session is nil then), for node nodeID.
+	remote MCPCaller
+	nodeID string
 	// over is set when a response passed the cap (the transport cut it).
 	over atomic.Bool
 }
@@ -142,8 +136,12 @@ type mcpConn struct {
 func (s *state) mcpConnFor(ctx context.Context, n *flow.Node) (*mcpConn, error) {
 	if s.e.Calls != nil {
 		// A sandbox worker: the servers and their secrets stay with the
-		// server process.
-		return nil, errSandboxedMCP(n)
+		// server process, which lists and calls the tools.
+		mc, ok := s.e.Calls.(MCPCaller)
+		if !ok {
+			return nil, errSandboxedMCP(n)
+		}
+		return s.remoteMCPConn(ctx, n, mc)
 	}
 	srv, err := s.mcpServer(n)
 	if err != nil {
@@ -193,7 +191,9 @@ func (s *state) mcpConnFor(ctx context.Context, n *flow.Node) (*mcpConn, error) 
 // closeMCP ends the run's MCP sessions.
 func (s *state) closeMCP() {
 	for _, c := range s.mcp {
-		_ = c.session.Close()
+		if c.session != nil {
+			_ = c.session.Close()
+		}
 	}
 	s.mcp = nil
 }
@@ -302,6 +302,17 @@ func (e *Executor) governor() *gate.Gate {
 // timeout and the tool response cap. A result the server marks as an
 // error is an error naming the node and the tool.
 func (s *state) callMCP(ctx context.Context, n *flow.Node, c *mcpConn, name string, args map[string]any) (*mcp.CallToolResult, error) {
+	if c.remote != nil {
+		// The server governs, bounds and makes the call.
+		r, err := c.remote.MCP(ctx, s.job, MCPCall{NodeID: n.ID, Op: MCPCallTool, Tool: name, Args: args})
+		if err != nil {
+			return nil, err
+		}
+		if r.Result == nil {
+			return nil, errs.E(errs.Unavailable, "node %s: MCP tool %q: the server sent no result", n.ID, name)
+		}
+		return r.Result, nil
+	}
 	timeout := c.srv.timeout()
 	if v, ok := s.param(n, "tool_execution_timeout").Float(); ok && v > 0 && time.Duration(v*float64(time.Second)) < timeout {
 		timeout = time.Duration(v * float64(time.Second))

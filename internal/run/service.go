@@ -389,9 +389,6 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 		if err := s.Sandbox.Check(caps); err != nil {
 			return nil, err
 		}
-		if err := CheckSandboxed(g); err != nil {
-			return nil, err
-		}
 		execute = s.Sandbox.Execute
 	} else {
 		release, err := s.admitInProcess(runID, g, caps)

@@ -40,6 +40,8 @@ const (
 	frameVectorResult   = "vector_result"
 	frameSearch         = "search"
 	frameSearchResult   = "search_result"
+	frameMCP            = "mcp"
+	frameMCPResult      = "mcp_result"
 	frameAppend         = "append"
 	frameAppendResult   = "append_result"
 	frameMessages       = "messages"
@@ -127,6 +129,18 @@ type searchBody struct {
 type searchResultBody struct {
 	Result run.SearchResult `json:"result"`
 	Error  *wireError       `json:"error,omitempty"`
+}
+
+// mcpBody asks the server for an MCP operation.
+type mcpBody struct {
+	run.MCPCall
+	Steps int64 `json:"steps"`
+}
+
+// mcpResultBody answers an MCP request.
+type mcpResultBody struct {
+	Result run.MCPResult `json:"result"`
+	Error  *wireError    `json:"error,omitempty"`
 }
 
 // messagesBody asks for the session's last N messages.

@@ -215,6 +215,9 @@ type session struct {
 	current   string // the node running, from progress
 	since     time.Time
 	stored    []*run.Message
+	// mcp holds the run's MCP sessions, opened on the worker's first MCP
+	// operation; closed when the run ends.
+	mcp *run.MCPSessions
 }
 
 func (se *session) run(ctx context.Context) (*run.Result, error) {
@@ -261,6 +264,8 @@ loop:
 				se.handle(func() { se.vector(callCtx, f) })
 			case frameSearch:
 				se.handle(func() { se.search(callCtx, f) })
+			case frameMCP:
+				se.handle(func() { se.mcpOp(callCtx, f) })
 			case frameAppend:
 				se.handle(func() { se.appendMessage(callCtx, f) })
 			case frameMessages:
@@ -293,6 +298,9 @@ loop:
 	w.kill()
 	cancelCalls()
 	se.wg.Wait()
+	if se.mcp != nil {
+		se.mcp.Close()
+	}
 	var c counters
 	var cpu time.Duration
 	var maxRSS int64
@@ -437,6 +445,37 @@ func (se *session) search(ctx context.Context, f frame) {
 		se.mu.Unlock()
 	}
 	_ = se.w.c.send(frameSearchResult, f.ID, searchResultBody{Result: r, Error: encodeError(err)})
+}
+
+// mcpSessions is what opens a run's MCP sessions in the server (the
+// executor).
+type mcpSessions interface {
+	NewMCPSessions(job *run.Job) *run.MCPSessions
+}
+
+// mcpOp lists or calls a run's MCP tools for the worker: the MCP servers,
+// their tokens and sessions are the server's.
+func (se *session) mcpOp(ctx context.Context, f frame) {
+	var mb mcpBody
+	var r run.MCPResult
+	err := json.Unmarshal(f.Body, &mb)
+	if err == nil {
+		se.mu.Lock()
+		if se.mcp == nil {
+			if ms, ok := se.s.opts.Calls.(mcpSessions); ok {
+				se.mcp = ms.NewMCPSessions(se.job)
+			}
+		}
+		m := se.mcp
+		se.steps = max(se.steps, mb.Steps)
+		se.mu.Unlock()
+		if m == nil {
+			err = errs.E(errs.Unprocessable, "node %s: this server makes no MCP calls for sandboxed runs", mb.NodeID)
+		} else {
+			r, err = m.MCP(ctx, se.job, mb.MCPCall)
+		}
+	}
+	_ = se.w.c.send(frameMCPResult, f.ID, mcpResultBody{Result: r, Error: encodeError(err)})
 }
 
 // appendMessage stores a message in the run's own session.

@@ -10,9 +10,12 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/flow"
@@ -531,5 +534,59 @@ func TestSearchInTheWorker(t *testing.T) {
 	}
 	if strings.Contains(st.logs.String(), key) {
 		t.Error("the key is in the logs")
+	}
+}
+
+// TestMCPInTheWorker: a sandboxed run's MCPTools node lists and calls its
+// server's tools through the server process, which holds the server's
+// token and the session: the tool answers, the call is counted, and the
+// token is nowhere in the logs.
+func TestMCPInTheWorker(t *testing.T) {
+	const token = "Bearer mcp-sandbox-secret-91c2"
+	type addIn struct {
+		A float64 `json:"a"`
+		B float64 `json:"b"`
+	}
+	type addOut struct {
+		Sum float64 `json:"sum"`
+	}
+	var calls atomic.Int64
+	srv := mcp.NewServer(&mcp.Implementation{Name: "calc", Version: "1.0.0"}, nil)
+	mcp.AddTool(srv, &mcp.Tool{Name: "add", Description: "Add two numbers."},
+		func(_ context.Context, _ *mcp.CallToolRequest, in addIn) (*mcp.CallToolResult, addOut, error) {
+			calls.Add(1)
+			return nil, addOut{Sum: in.A + in.B}, nil
+		})
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != token {
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	defer hs.Close()
+	st := newStack(t, `{"memory_per_run":"64MiB"}`, sandbox.Options{Workers: 1, CgroupRoot: "/nonexistent/sluice", RunUnenforced: true})
+	st.exec.MCPServers = []run.MCPServer{{Name: "calc", URL: hs.URL, Headers: map[string]string{"Authorization": token}}}
+	const f = `{"nodes":[{"id":"in","type":"ChatInput","data":{"should_store_message":false}},
+	{"id":"mcp","type":"MCPTools","data":{"mcp_server":{"name":"calc","config":{}},"tool":"add","a":2}},
+	{"id":"out","type":"ChatOutput","data":{"should_store_message":false}}],
+	"edges":[{"source":"in","sourceHandle":"message","target":"mcp","targetHandle":"b"},
+	{"source":"mcp","sourceHandle":"response","target":"out","targetHandle":"input_value"}]}`
+	out := st.run(context.Background(), f, run.RunRequest{InputValue: "40"}, nil)
+	if out.Err != nil || out.Record.Status != run.StatusSucceeded {
+		t.Fatalf("sandboxed MCP run: status %s, error %v", out.Record.Status, out.Err)
+	}
+	if got, want := out.Result.Outputs[0].Text, "|   sum |\n|------:|\n|    42 |"; got != want {
+		t.Errorf("output %q, want %q", got, want)
+	}
+	if out.Result.Resources == nil {
+		t.Error("no resources measured: the run did not go through the worker")
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("the MCP server answered %d calls, want 1", n)
+	}
+	if strings.Contains(st.logs.String(), "mcp-sandbox-secret") {
+		t.Error("the MCP token is in the logs")
 	}
 }

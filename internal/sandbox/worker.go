@@ -289,6 +289,16 @@ func (r *remote) Search(ctx context.Context, _ *run.Job, c run.SearchCall) (run.
 	return ans.Result, ans.Error.decode()
 }
 
+// MCP asks the server to list or call a node's MCP tools: the MCP
+// servers and their tokens stay there.
+func (r *remote) MCP(ctx context.Context, _ *run.Job, c run.MCPCall) (run.MCPResult, error) {
+	var ans mcpResultBody
+	if err := r.ask(ctx, frameMCP, mcpBody{MCPCall: c, Steps: r.steps.Load()}, &ans); err != nil {
+		return run.MCPResult{}, err
+	}
+	return ans.Result, ans.Error.decode()
+}
+
 // AppendMessage asks the server to store a message of this run's session.
 func (r *remote) AppendMessage(ctx context.Context, m *run.Message) error {
 	var ans messagesResultBody
