@@ -39,9 +39,17 @@ var vendorTypes = map[string]string{
 	"ZepChatMemory": "Zep", "Mem0MemoryComponent": "Mem0", "LangWatchEvaluator": "LangWatch",
 	"CleanlabEvaluator": "Cleanlab", "CleanlabRemediator": "Cleanlab", "CleanlabRAGEvaluator": "Cleanlab",
 	"Confluence": "Atlassian Confluence", "Unstructured": "Unstructured", "UnstructuredComponent": "Unstructured",
-	"MCPTools": "MCP servers", "MCPToolsComponent": "MCP servers",
 }
 
 // Vendor returns the vendor whose cloud a component type needs, or "" for
 // a type that is not one of vendorTypes.
 func Vendor(typ string) string { return vendorTypes[typ] }
+
+// VendorTypes lists the vendor component types refused natively.
+func VendorTypes() []string {
+	out := make([]string, 0, len(vendorTypes))
+	for t := range vendorTypes {
+		out = append(out, t)
+	}
+	return out
+}

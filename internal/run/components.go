@@ -11,60 +11,72 @@ import (
 	"github.com/sluicehq/sluice/internal/llm"
 )
 
+// nodeRunner runs one component type as a node: it reads the node's
+// inputs and sets its outputs.
+type nodeRunner func(s *state, ctx context.Context, n *flow.Node, t *NodeTrace) error
+
+// runners implement every component the catalog (flow.Components)
+// declares, by canonical type: with toolBuilders, the executor's side of
+// the one registry. TestOneComponentRegistry keeps the three in step: a
+// type declared without an implementation, or implemented without a
+// declaration, fails it. Every runner may run in a sandbox worker: the
+// work that needs the server's keys or stores (model calls, search, MCP,
+// files, vectors, messages) asks the server from there.
+var runners = map[string]nodeRunner{
+	"ChatInput":              func(s *state, ctx context.Context, n *flow.Node, _ *NodeTrace) error { return s.input(ctx, n) },
+	"TextInput":              func(s *state, ctx context.Context, n *flow.Node, _ *NodeTrace) error { return s.input(ctx, n) },
+	"ChatOutput":             func(s *state, ctx context.Context, n *flow.Node, _ *NodeTrace) error { return s.output(ctx, n) },
+	"TextOutput":             func(s *state, ctx context.Context, n *flow.Node, _ *NodeTrace) error { return s.output(ctx, n) },
+	flow.TypePrompt:          func(s *state, _ context.Context, n *flow.Node, _ *NodeTrace) error { return s.prompt(n) },
+	"LanguageModelComponent": (*state).model,
+	"OpenAIModel":            (*state).model,
+	"HuggingFaceHub":         (*state).model,
+	"OllamaModel":            (*state).model,
+	flow.TypeLLMChain:        (*state).chain,
+	"Memory":                 func(s *state, ctx context.Context, n *flow.Node, _ *NodeTrace) error { return s.memory(ctx, n) },
+	flow.TypeAgent:           (*state).agent,
+	"CalculatorComponent":    (*state).toolAsNode,
+	"URLComponent":           (*state).toolAsNode,
+	"APIRequest":             (*state).toolAsNode,
+	"TavilySearchComponent":  func(s *state, ctx context.Context, n *flow.Node, _ *NodeTrace) error { return s.search(ctx, n) },
+	"SearchComponent":        func(s *state, ctx context.Context, n *flow.Node, _ *NodeTrace) error { return s.search(ctx, n) },
+	"ArXivComponent":         func(s *state, ctx context.Context, n *flow.Node, _ *NodeTrace) error { return s.search(ctx, n) },
+	TypeMCPTools:             func(s *state, ctx context.Context, n *flow.Node, _ *NodeTrace) error { return s.mcpNode(ctx, n) },
+	"ParserComponent":        func(s *state, _ context.Context, n *flow.Node, _ *NodeTrace) error { return s.parser(n) },
+	"BatchRunComponent":      (*state).batchRun,
+	"LoopComponent": func(_ *state, _ context.Context, n *flow.Node, _ *NodeTrace) error {
+		return errs.Field(errs.Unprocessable, "nodes."+n.ID, "node %s (Loop) runs only with its body", n.ID) // see runNode
+	},
+	"StructuredOutput":   (*state).structuredOutput,
+	"SplitText":          func(s *state, _ context.Context, n *flow.Node, _ *NodeTrace) error { return s.splitText(n) },
+	"CurrentDate":        func(s *state, _ context.Context, n *flow.Node, _ *NodeTrace) error { return s.currentDate(n) },
+	"OpenAIEmbeddings":   func(s *state, _ context.Context, n *flow.Node, _ *NodeTrace) error { return s.embeddings(n) },
+	"EmbeddingModel":     func(s *state, _ context.Context, n *flow.Node, _ *NodeTrace) error { return s.embeddings(n) },
+	"FAISS":              (*state).vectorStore,
+	"Chroma":             (*state).vectorStore,
+	"KnowledgeIngestion": (*state).knowledgeIngestion,
+	"KnowledgeBase":      (*state).knowledgeRetrieval,
+	"File":               func(s *state, ctx context.Context, n *flow.Node, _ *NodeTrace) error { return s.readFile(ctx, n) },
+	"SaveToFile":         func(s *state, ctx context.Context, n *flow.Node, _ *NodeTrace) error { return s.saveToFile(ctx, n) },
+}
+
+// toolAsNode runs a tool component as an ordinary node: its tool with the
+// node's own fields as arguments, the answer on every output.
+func (s *state) toolAsNode(ctx context.Context, n *flow.Node, _ *NodeTrace) error {
+	res, err := s.toolFor(n).run(ctx, s.toolArgs(n))
+	if err != nil {
+		return err
+	}
+	for _, o := range n.Component().Outputs {
+		s.setOut(n.ID, o.Name, value{text: res})
+	}
+	return nil
+}
+
 // exec runs one node: it reads the node's inputs and sets its outputs.
 func (s *state) exec(ctx context.Context, n *flow.Node, t *NodeTrace) error {
-	switch n.Type {
-	case "ChatInput", "TextInput":
-		return s.input(ctx, n)
-	case "ChatOutput", "TextOutput":
-		return s.output(ctx, n)
-	case flow.TypePrompt:
-		return s.prompt(n)
-	case "LanguageModelComponent", "OpenAIModel", "HuggingFaceHub", "OllamaModel":
-		return s.model(ctx, n, t)
-	case flow.TypeLLMChain:
-		return s.chain(ctx, n, t)
-	case "Memory":
-		return s.memory(ctx, n)
-	case flow.TypeAgent:
-		return s.agent(ctx, n, t)
-	case "CalculatorComponent", "URLComponent", "APIRequest":
-		res, err := s.toolFor(n).run(ctx, s.toolArgs(n))
-		if err != nil {
-			return err
-		}
-		for _, o := range n.Component().Outputs {
-			s.setOut(n.ID, o.Name, value{text: res})
-		}
-		return nil
-	case "TavilySearchComponent", "SearchComponent", "ArXivComponent":
-		return s.search(ctx, n)
-	case TypeMCPTools:
-		return s.mcpNode(ctx, n)
-	case "ParserComponent":
-		return s.parser(n)
-	case "BatchRunComponent":
-		return s.batchRun(ctx, n, t)
-	case "LoopComponent":
-		return errs.Field(errs.Unprocessable, "nodes."+n.ID, "node %s (Loop) runs only with its body", n.ID) // see runNode
-	case "StructuredOutput":
-		return s.structuredOutput(ctx, n, t)
-	case "SplitText":
-		return s.splitText(n)
-	case "CurrentDate":
-		return s.currentDate(n)
-	case "OpenAIEmbeddings", "EmbeddingModel":
-		return s.embeddings(n)
-	case "FAISS", "Chroma":
-		return s.vectorStore(ctx, n, t)
-	case "KnowledgeIngestion":
-		return s.knowledgeIngestion(ctx, n, t)
-	case "KnowledgeBase":
-		return s.knowledgeRetrieval(ctx, n, t)
-	case "File":
-		return s.readFile(ctx, n)
-	case "SaveToFile":
-		return s.saveToFile(ctx, n)
+	if r, ok := runners[n.Type]; ok {
+		return r(s, ctx, n, t)
 	}
 	if f, ok := s.e.Components[n.Type]; ok {
 		text, err := f(ctx, n, func(name string) flow.Param { return s.param(n, name) }, s.text(n, "input_value"))

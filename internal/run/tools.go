@@ -22,84 +22,113 @@ type tool struct {
 	run func(ctx context.Context, args map[string]any) (string, error)
 }
 
+// toolBuilder makes a tool component's tool for node n: it sets t's name,
+// description and run, and returns its parameters' JSON schema.
+type toolBuilder func(s *state, n *flow.Node, t *tool) map[string]any
+
+// toolBuilders are the tools of the catalog's tool components (IsTool),
+// by type: the rest of the one registry with runners (MCPTools offers its
+// server's tools instead, see mcpTools).
+var toolBuilders = map[string]toolBuilder{
+	"CalculatorComponent":   calculatorTool,
+	"URLComponent":          urlTool,
+	"APIRequest":            apiRequestTool,
+	"FAISS":                 vectorStoreTool,
+	"Chroma":                vectorStoreTool,
+	"CurrentDate":           currentDateTool,
+	"TavilySearchComponent": (*state).searchTool,
+	"SearchComponent":       (*state).searchTool,
+	"ArXivComponent":        (*state).searchTool,
+}
+
+func calculatorTool(_ *state, _ *flow.Node, t *tool) map[string]any {
+	t.def = llm.Tool{Name: "evaluate_expression", Description: "Perform basic arithmetic operations on a given expression."}
+	t.run = func(_ context.Context, args map[string]any) (string, error) {
+		expr, _ := args["expression"].(string)
+		v, err := Evaluate(expr)
+		if err != nil {
+			return "", errs.E(errs.Invalid, "cannot evaluate %q: %v", expr, err)
+		}
+		return FormatNumber(v), nil
+	}
+	return objectSchema(map[string]any{"expression": map[string]any{"type": "string", "description": "The arithmetic expression to evaluate (e.g., '4*4*(33/22)+12-20')."}}, "expression")
+}
+
+func urlTool(s *state, _ *flow.Node, t *tool) map[string]any {
+	t.def = llm.Tool{Name: "fetch_content", Description: "Fetch content from one or more web pages."}
+	t.run = func(ctx context.Context, args map[string]any) (string, error) {
+		var urls []string
+		switch v := args["urls"].(type) {
+		case []any:
+			for _, u := range v {
+				if s, ok := u.(string); ok {
+					urls = append(urls, s)
+				}
+			}
+		case string:
+			urls = strings.Fields(strings.ReplaceAll(v, ",", " "))
+		}
+		if len(urls) == 0 {
+			return "", errs.E(errs.Invalid, "no URL given")
+		}
+		// The URLs share one cap: a tool call never holds more.
+		var out []string
+		left := s.guard().maxResponse()
+		for _, u := range urls[:min(len(urls), 5)] {
+			body, err := s.fetch(ctx, http.MethodGet, u, nil, left)
+			if err != nil {
+				return "", err
+			}
+			left -= int64(len(body))
+			out = append(out, body)
+		}
+		return strings.Join(out, "\n\n"), nil
+	}
+	return objectSchema(map[string]any{"urls": map[string]any{"type": "array", "items": map[string]any{"type": "string"}}}, "urls")
+}
+
+func vectorStoreTool(s *state, n *flow.Node, t *tool) map[string]any {
+	t.def = llm.Tool{Name: "search_documents", Description: "Search the vector store for the documents most relevant to a query."}
+	t.run = s.vectorTool(n)
+	return objectSchema(map[string]any{"search_query": map[string]any{"type": "string", "description": "What to search for."}}, "search_query")
+}
+
+// currentDateTool is LangFlow's tool of the component's get_current_date
+// output.
+func currentDateTool(s *state, n *flow.Node, t *tool) map[string]any {
+	t.def = llm.Tool{Name: "get_current_date", Description: "Returns the current date and time in the selected timezone."}
+	t.run = func(_ context.Context, args map[string]any) (string, error) {
+		zone, _ := args["timezone"].(string)
+		if zone == "" {
+			zone = s.text(n, "timezone")
+		}
+		return currentDateText(s.e.now(), zone), nil
+	}
+	return objectSchema(map[string]any{"timezone": map[string]any{"type": "string",
+		"description": "The IANA time zone to give the date and time in (for example Europe/Paris); UTC when empty."}}, "")
+}
+
+func apiRequestTool(s *state, _ *flow.Node, t *tool) map[string]any {
+	t.def = llm.Tool{Name: "make_request", Description: "Make an HTTP request to a URL."}
+	t.run = func(ctx context.Context, args map[string]any) (string, error) {
+		u, _ := args["url"].(string)
+		method, _ := args["method"].(string)
+		if method == "" {
+			method = http.MethodGet
+		}
+		return s.fetch(ctx, strings.ToUpper(method), u, nil, s.guard().maxResponse())
+	}
+	return objectSchema(map[string]any{"url": map[string]any{"type": "string"}, "method": map[string]any{"type": "string"}}, "url")
+}
+
 // toolFor builds the tool a node offers: its name and parameters from the
 // export's tools_metadata when present, else the component's defaults.
 func (s *state) toolFor(n *flow.Node) *tool {
 	t := &tool{}
 	var schema map[string]any
-	switch n.Type {
-	case "CalculatorComponent":
-		t.def = llm.Tool{Name: "evaluate_expression", Description: "Perform basic arithmetic operations on a given expression."}
-		schema = objectSchema(map[string]any{"expression": map[string]any{"type": "string", "description": "The arithmetic expression to evaluate (e.g., '4*4*(33/22)+12-20')."}}, "expression")
-		t.run = func(_ context.Context, args map[string]any) (string, error) {
-			expr, _ := args["expression"].(string)
-			v, err := Evaluate(expr)
-			if err != nil {
-				return "", errs.E(errs.Invalid, "cannot evaluate %q: %v", expr, err)
-			}
-			return FormatNumber(v), nil
-		}
-	case "URLComponent":
-		t.def = llm.Tool{Name: "fetch_content", Description: "Fetch content from one or more web pages."}
-		schema = objectSchema(map[string]any{"urls": map[string]any{"type": "array", "items": map[string]any{"type": "string"}}}, "urls")
-		t.run = func(ctx context.Context, args map[string]any) (string, error) {
-			var urls []string
-			switch v := args["urls"].(type) {
-			case []any:
-				for _, u := range v {
-					if s, ok := u.(string); ok {
-						urls = append(urls, s)
-					}
-				}
-			case string:
-				urls = strings.Fields(strings.ReplaceAll(v, ",", " "))
-			}
-			if len(urls) == 0 {
-				return "", errs.E(errs.Invalid, "no URL given")
-			}
-			// The URLs share one cap: a tool call never holds more.
-			var out []string
-			left := s.guard().maxResponse()
-			for _, u := range urls[:min(len(urls), 5)] {
-				body, err := s.fetch(ctx, http.MethodGet, u, nil, left)
-				if err != nil {
-					return "", err
-				}
-				left -= int64(len(body))
-				out = append(out, body)
-			}
-			return strings.Join(out, "\n\n"), nil
-		}
-	case "FAISS", "Chroma":
-		t.def = llm.Tool{Name: "search_documents", Description: "Search the vector store for the documents most relevant to a query."}
-		schema = objectSchema(map[string]any{"search_query": map[string]any{"type": "string", "description": "What to search for."}}, "search_query")
-		t.run = s.vectorTool(n)
-	case "CurrentDate":
-		// LangFlow's tool of the component's get_current_date output.
-		t.def = llm.Tool{Name: "get_current_date", Description: "Returns the current date and time in the selected timezone."}
-		schema = objectSchema(map[string]any{"timezone": map[string]any{"type": "string",
-			"description": "The IANA time zone to give the date and time in (for example Europe/Paris); UTC when empty."}}, "")
-		t.run = func(_ context.Context, args map[string]any) (string, error) {
-			zone, _ := args["timezone"].(string)
-			if zone == "" {
-				zone = s.text(n, "timezone")
-			}
-			return currentDateText(s.e.now(), zone), nil
-		}
-	case "APIRequest":
-		t.def = llm.Tool{Name: "make_request", Description: "Make an HTTP request to a URL."}
-		schema = objectSchema(map[string]any{"url": map[string]any{"type": "string"}, "method": map[string]any{"type": "string"}}, "url")
-		t.run = func(ctx context.Context, args map[string]any) (string, error) {
-			u, _ := args["url"].(string)
-			method, _ := args["method"].(string)
-			if method == "" {
-				method = http.MethodGet
-			}
-			return s.fetch(ctx, strings.ToUpper(method), u, nil, s.guard().maxResponse())
-		}
-	case "TavilySearchComponent", "SearchComponent", "ArXivComponent":
-		schema = s.searchTool(n, t)
-	default:
+	if b, ok := toolBuilders[n.Type]; ok {
+		schema = b(s, n, t)
+	} else {
 		t.def = llm.Tool{Name: n.ID, Description: n.DisplayName}
 		schema = objectSchema(map[string]any{}, "")
 		t.run = func(context.Context, map[string]any) (string, error) {
