@@ -73,8 +73,15 @@ type Handler struct {
 	mux     *http.ServeMux
 }
 
-// Routes registers the API on mux.
-func (h *Handler) Routes(mux *http.ServeMux) {
+// Mux is where Routes registers the API: an *http.ServeMux, or one that
+// also lists the routes (the server's OpenAPI document).
+type Mux interface {
+	HandleFunc(pattern string, handler func(http.ResponseWriter, *http.Request))
+}
+
+// Routes registers the API on mux. Its last pattern, /v1/, answers
+// OpenAI's 404 for the paths the others do not serve.
+func (h *Handler) Routes(mux Mux) {
 	mux.HandleFunc("POST /v1/chat/completions", h.chat)
 	mux.HandleFunc("POST /v1/completions", h.completions)
 	mux.HandleFunc("POST /v1/embeddings", h.embeddings)

@@ -11,7 +11,7 @@ import (
 
 // alertRoutes serves the tenants' alert webhooks and the delivery log
 // (docs/alerts.md).
-func (s *Server) alertRoutes(mux *http.ServeMux) {
+func (s *Server) alertRoutes(mux *routes) {
 	mux.HandleFunc("PUT /api/v1/admin/alerts/webhook", s.putAlertWebhook)
 	mux.HandleFunc("GET /api/v1/admin/alerts/webhook", s.getAlertWebhook)
 	mux.HandleFunc("DELETE /api/v1/admin/alerts/webhook", s.deleteAlertWebhook)

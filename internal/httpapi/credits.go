@@ -12,7 +12,7 @@ import (
 
 // creditRoutes serve prepaid credit: balances and their history, top-ups
 // by admins, single-use redeem codes (docs/quota-requests.md).
-func (s *Server) creditRoutes(mux *http.ServeMux) {
+func (s *Server) creditRoutes(mux *routes) {
 	if s.Credits == nil {
 		return
 	}

@@ -23,7 +23,7 @@ import (
 // v2 keeps the project's own files (the folder is the project's id; the
 // project is the key's default one, or ?project_id=). Every lookup names
 // the tenant and project the caller works in, so another's file is 404.
-func (s *Server) fileRoutes(mux *http.ServeMux) {
+func (s *Server) fileRoutes(mux *routes) {
 	if s.Files == nil || s.Runs == nil {
 		return
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/sluicehq/sluice/internal/policydoc"
 )
 
-func (s *Server) policyRoutes(mux *http.ServeMux) {
+func (s *Server) policyRoutes(mux *routes) {
 	p := s.Policy
 	mux.HandleFunc("GET /api/v1/admin/plans", func(w http.ResponseWriter, r *http.Request) {
 		plans, err := p.Plans(r.Context())
@@ -160,7 +160,7 @@ func (s *Server) policyRoutes(mux *http.ServeMux) {
 }
 
 // policyDocRoutes serve `sluice apply` and `sluice export`.
-func (s *Server) policyDocRoutes(mux *http.ServeMux) {
+func (s *Server) policyDocRoutes(mux *routes) {
 	ap := &policydoc.Applier{Tenancy: s.Tenancy, Policy: s.Policy}
 	mux.HandleFunc("POST /api/v1/admin/policy", func(w http.ResponseWriter, r *http.Request) {
 		dry := false

@@ -19,7 +19,7 @@ import (
 	"github.com/sluicehq/sluice/internal/usage"
 )
 
-func (s *Server) quotaRoutes(mux *http.ServeMux) {
+func (s *Server) quotaRoutes(mux *routes) {
 	mux.HandleFunc("POST /api/v1/quota/acquire", s.acquire)
 	mux.HandleFunc("POST /api/v1/quota/settle", s.settle)
 	mux.HandleFunc("POST /api/v1/quota/heartbeat", s.heartbeat)

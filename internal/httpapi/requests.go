@@ -11,7 +11,7 @@ import (
 
 // requestRoutes serve quota requests: a user asks for more of a dimension,
 // an admin approves (a temporary grant) or denies it (docs/quota-requests.md).
-func (s *Server) requestRoutes(mux *http.ServeMux) {
+func (s *Server) requestRoutes(mux *routes) {
 	if s.Requests == nil {
 		return
 	}

@@ -21,7 +21,7 @@ import (
 	"github.com/sluicehq/sluice/internal/tenancy"
 )
 
-func (s *Server) runRoutes(mux *http.ServeMux) {
+func (s *Server) runRoutes(mux *routes) {
 	if s.Runs == nil {
 		return
 	}

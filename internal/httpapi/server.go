@@ -8,12 +8,14 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/alerts"
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/files"
+	"github.com/sluicehq/sluice/internal/gateway"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/policy"
@@ -67,14 +69,21 @@ type Server struct {
 
 // Handler returns the API's root handler.
 func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
+	h, _ := s.handler()
+	return h
+}
+
+// handler builds the root handler and lists the routes it serves (method
+// and pattern, as registered): the OpenAPI document's source.
+func (s *Server) handler() (http.Handler, []string) {
+	mux := newRoutes()
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics.Handler())
 	}
 
-	api := http.NewServeMux()
+	api := newRoutes()
 	api.HandleFunc("GET /api/v1/me", s.me)
 	s.tenancyRoutes(api)
 	s.quotaRoutes(api)
@@ -86,22 +95,37 @@ func (s *Server) Handler() http.Handler {
 	s.alertRoutes(api)
 	s.requestRoutes(api)
 	s.creditRoutes(api)
-	api.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
+	// Not routes: the answers for paths no route serves.
+	api.m.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	mux.Handle("/api/", s.authenticate(api))
+	mux.m.Handle("/api/", s.authenticate(api.m))
+	served := append(slices.Clone(mux.patterns), api.patterns...)
 	if s.Gateway != nil {
-		mux.Handle("/v1/", s.Gateway)
-	}
-	if s.Front != nil {
-		for _, p := range s.FrontPaths {
-			mux.Handle(p, s.Front)
+		mux.m.Handle("/v1/", s.Gateway)
+		if g, ok := s.Gateway.(interface{ Routes(gateway.Mux) }); ok {
+			gw := newRoutes()
+			g.Routes(gw)
+			served = append(served, gw.patterns...)
 		}
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	if s.Front != nil {
+		// LangFlow's own API, proxied: docs/langflow-front.md, not Sluice's
+		// OpenAPI document.
+		for _, p := range s.FrontPaths {
+			mux.m.Handle(p, s.Front)
+		}
+	}
+	served = append(served, "GET /openapi.json")
+	doc := s.openAPI(served)
+	mux.m.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(doc)
+	})
+	mux.m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return s.withRequestLog(mux)
+	return s.withRequestLog(mux.m), served
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {

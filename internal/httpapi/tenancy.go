@@ -10,7 +10,7 @@ import (
 	"github.com/sluicehq/sluice/internal/tenancy"
 )
 
-func (s *Server) tenancyRoutes(mux *http.ServeMux) {
+func (s *Server) tenancyRoutes(mux *routes) {
 	t := s.Tenancy
 	crud(s, mux, "/api/v1/admin/tenants", t.CreateTenant, t.Tenant, t.Tenants, t.UpdateTenant, t.DeleteTenant,
 		func(v *tenancy.Tenant) string { return v.ID })
@@ -117,7 +117,7 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
 }
 
 // crud registers the five routes of a collection.
-func crud[In, Patch any, T any](s *Server, mux *http.ServeMux, base string,
+func crud[In, Patch any, T any](s *Server, mux *routes, base string,
 	c func(context.Context, In) (T, error),
 	g func(context.Context, string) (T, error),
 	l func(context.Context, tenancy.Filter) ([]T, error),

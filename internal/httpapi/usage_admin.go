@@ -25,7 +25,7 @@ type KindRollupReader interface {
 	KindRollups(ctx context.Context, kind, tenantID string, periods []string) ([]usage.Rollup, error)
 }
 
-func (s *Server) usageAdminRoutes(mux *http.ServeMux) {
+func (s *Server) usageAdminRoutes(mux *routes) {
 	mux.HandleFunc("GET /api/v1/admin/usage/quarantine", s.usageQuarantine)
 	mux.HandleFunc("GET /api/v1/admin/usage/keys", s.keySpend)
 }

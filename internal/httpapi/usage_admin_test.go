@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -58,12 +57,12 @@ func TestUsageQuarantineRoute(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := &Server{Log: slog.New(slog.DiscardHandler), Quarantine: c.lister}
-			mux := http.NewServeMux()
+			mux := newRoutes()
 			s.usageAdminRoutes(mux)
 			req := httptest.NewRequest("GET", "/api/v1/admin/usage/quarantine"+c.query, nil)
 			req = req.WithContext(tenancy.WithPrincipal(req.Context(), c.who))
 			rec := httptest.NewRecorder()
-			mux.ServeHTTP(rec, req)
+			mux.m.ServeHTTP(rec, req)
 			body, _ := io.ReadAll(rec.Body)
 			if rec.Code != c.status {
 				t.Fatalf("status: got %d, want %d (%s)", rec.Code, c.status, body)
