@@ -417,6 +417,14 @@ func (a *App) startBackground() {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.stopBackground = cancel
 	mgr := a.policy.Manager()
+	if a.runs != nil {
+		// Cancels asked through another instance for runs executing here.
+		a.background.Add(1)
+		go func() {
+			defer a.background.Done()
+			a.runs.WatchCancels(ctx, time.Second)
+		}()
+	}
 	if q := a.meter.Queue; q != nil {
 		a.background.Add(1)
 		go func() {

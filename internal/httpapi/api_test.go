@@ -35,6 +35,7 @@ type env struct {
 	meter  *metering.Meter
 	rec    *usage.Recorder
 	store  *sqlstore.Store
+	runs   *run.Service
 	logs   *syncBuffer
 	clock  *clock
 }
@@ -118,7 +119,7 @@ func newEnv(t *testing.T, models ...llm.ModelConfig) *env {
 		Ready: func(ctx context.Context) map[string]error { return map[string]error{"store": store.Ping(ctx)} }}
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(ts.Close)
-	return &env{t: t, url: ts.URL, admin: res.Secret, svc: svc, policy: pol, meter: meter, rec: rec, store: store, logs: logs, clock: clk}
+	return &env{t: t, url: ts.URL, admin: res.Secret, svc: svc, policy: pol, meter: meter, rec: rec, store: store, runs: runs, logs: logs, clock: clk}
 }
 
 // resp is a decoded response.

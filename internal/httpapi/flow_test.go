@@ -1359,3 +1359,76 @@ func TestRunResponsesCarryRateLimitHeaders(t *testing.T) {
 		t.Fatalf("run response: %d with headers %v, want RateLimit-Limit 30, Remaining 29", r.status, r.header)
 	}
 }
+
+// TestCancelARun: the owner cancels a run waiting on a slow model; it ends
+// cancelled at once, says by whom, and gives its slot back. A member of
+// another tenant cannot touch it (404), an ended run answers 409, and a
+// cancel asked through another instance (the run marked in the store)
+// stops the run at its instance's next check.
+func TestCancelARun(t *testing.T) {
+	e := newEnv(t, llm.ModelConfig{Name: "slow", Provider: llm.ProviderSimulated, Latency: llm.Duration(time.Hour), Default: true})
+	w := e.makeWorld("acme")
+	v := e.makeWorld("rival")
+	e.must(200, e.admin, "PUT", "/api/v1/admin/limits/user/"+w.member, map[string]any{"limits": map[string]any{"concurrency": 1}})
+	e.uploadFlow(w.memberKey, readSharedFlow(t, "basic-prompting.json"), "basic")
+	start := func() (string, chan int) {
+		t.Helper()
+		done := make(chan int, 1)
+		go func() {
+			req, _ := http.NewRequest("POST", e.url+"/api/v1/run/basic", strings.NewReader(`{"input_value":"hi"}`))
+			req.Header.Set("Authorization", "Bearer "+w.memberKey)
+			hr, err := http.DefaultClient.Do(req)
+			if err != nil {
+				done <- 0
+				return
+			}
+			hr.Body.Close()
+			done <- hr.StatusCode
+		}()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			for _, r := range e.must(200, w.memberKey, "GET", "/api/v1/runs", nil).items() {
+				if r["status"] == "running" {
+					return r["id"].(string), done
+				}
+			}
+		}
+		t.Fatal("the run never started")
+		return "", nil
+	}
+	ended := func(id string, done chan int) map[string]any {
+		t.Helper()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the cancelled run is still running")
+		}
+		return e.must(200, w.memberKey, "GET", "/api/v1/runs/"+id, nil).body
+	}
+
+	id, done := start()
+	e.must(404, v.memberKey, "POST", "/api/v1/runs/"+id+"/cancel", nil)
+	if got := e.must(202, w.memberKey, "POST", "/api/v1/runs/"+id+"/cancel", nil).str("status"); got != "cancelling" {
+		t.Errorf("cancel answered status %q, want cancelling", got)
+	}
+	rec := ended(id, done)
+	if rec["status"] != "cancelled" || !strings.Contains(fmt.Sprint(rec["error_message"]), "cancelled by user "+w.member) {
+		t.Errorf("after cancel: %v %v, want cancelled by the member", rec["status"], rec["error_message"])
+	}
+	if c := e.usageOf(w.memberKey, "", "user/"+w.member, "concurrency", ""); num(c, "used") != 0 {
+		t.Errorf("concurrency after the cancel: %v, want 0 used", c)
+	}
+	e.must(409, w.memberKey, "POST", "/api/v1/runs/"+id+"/cancel", nil)
+
+	// Another instance asked: the mark in the store, this instance's watch.
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go e.runs.WatchCancels(ctx, 20*time.Millisecond)
+	id, done = start()
+	if err := e.store.RequestCancel(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	rec = ended(id, done)
+	if rec["status"] != "cancelled" || !strings.Contains(fmt.Sprint(rec["error_message"]), "another instance") {
+		t.Errorf("after a cancel through another instance: %v %v", rec["status"], rec["error_message"])
+	}
+}

@@ -38,6 +38,14 @@ func (s *Server) runRoutes(mux *routes) {
 	})
 	mux.HandleFunc("POST /api/v1/run/{flow}", s.runFlow)
 	mux.HandleFunc("GET /api/v1/runs/{id}", get(s, s.Runs.RunRecord))
+	mux.HandleFunc("POST /api/v1/runs/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		rec, err := s.Runs.Cancel(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusAccepted, rec)
+	})
 	mux.HandleFunc("GET /api/v1/runs", func(w http.ResponseWriter, r *http.Request) {
 		f := tenancy.Filter{}
 		for k, v := range r.URL.Query() {

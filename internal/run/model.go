@@ -42,6 +42,9 @@ const (
 	StatusStepLimitExceeded   Status = "step_limit_exceeded"
 	StatusMemoryLimitExceeded Status = "memory_limit_exceeded"
 	StatusCancelled           Status = "cancelled"
+	// StatusCancelling marks a running run whose cancel was asked on
+	// another instance than the one executing it.
+	StatusCancelling Status = "cancelling"
 )
 
 // Usage is what a run or a node used.
@@ -123,6 +126,10 @@ type Store interface {
 	FinishRun(ctx context.Context, r *Record) error
 	Run(ctx context.Context, id string) (*Record, error)
 	Runs(ctx context.Context, f tenancy.Filter) ([]*Record, error)
+	// RequestCancel marks a running run for its instance to stop.
+	RequestCancel(ctx context.Context, id string) error
+	// CancelRequested returns which of the given running runs are marked.
+	CancelRequested(ctx context.Context, ids []string) ([]string, error)
 
 	AppendMessage(ctx context.Context, m *Message) error
 	// Messages returns a session's last n messages, oldest first.

@@ -55,6 +55,80 @@ type Service struct {
 
 	mu     sync.Mutex
 	parsed map[string]parsedFlow // by flow id, for the version stored
+
+	// running holds the cancel of each run this instance executes, by
+	// run id (Cancel, WatchCancels).
+	running sync.Map
+}
+
+// cancelled is the cause of a run cancelled through Cancel.
+type cancelled struct{ by string }
+
+func (c cancelled) Error() string { return "the run was cancelled by " + c.by }
+
+// Cancel stops a running run: the caller's own, or any of a tenant for its
+// admins. A run executing on this instance stops at once; one on another
+// instance is marked, and its instance stops it at its next check
+// (WatchCancels). Either way it ends as cancelled, releasing what it holds
+// and recording what it used. A run that has ended is answered as it is
+// (409).
+func (s *Service) Cancel(ctx context.Context, runID string) (*Record, error) {
+	p, err := principal(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.RunRecord(ctx, runID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Status != StatusRunning && r.Status != StatusCancelling {
+		return r, errs.E(errs.Conflict, "run %s has ended (%s): nothing to cancel", runID, r.Status)
+	}
+	who := "user " + p.UserID
+	if p.UserID == "" {
+		who = "key " + p.KeyID
+	}
+	if c, ok := s.running.Load(runID); ok {
+		c.(context.CancelCauseFunc)(cancelled{by: who})
+	} else if err := s.Store.RequestCancel(ctx, runID); err != nil {
+		return nil, err
+	}
+	r.Status = StatusCancelling
+	return r, nil
+}
+
+// WatchCancels stops, every interval until ctx ends, the runs of this
+// instance that a Cancel on another instance marked.
+func (s *Service) WatchCancels(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var ids []string
+		s.running.Range(func(k, _ any) bool {
+			ids = append(ids, k.(string))
+			return len(ids) < 1000
+		})
+		if len(ids) == 0 {
+			continue
+		}
+		marked, err := s.Store.CancelRequested(ctx, ids)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.Log.Warn("checking for cancelled runs failed", slog.String("error", err.Error()))
+			}
+			continue
+		}
+		for _, id := range marked {
+			if c, ok := s.running.Load(id); ok {
+				c.(context.CancelCauseFunc)(cancelled{by: "a request on another instance"})
+			}
+		}
+	}
 }
 
 // Sandbox executes runs outside the server process.
@@ -400,7 +474,11 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	if err := s.Store.InsertRun(context.WithoutCancel(ctx), rec); err != nil {
 		return nil, err
 	}
-	rctx, cancel := context.WithTimeout(ctx, timeout)
+	cctx, cancelRun := context.WithCancelCause(ctx)
+	defer cancelRun(nil)
+	s.running.Store(runID, cancelRun)
+	defer s.running.Delete(runID)
+	rctx, cancel := context.WithTimeout(cctx, timeout)
 	defer cancel()
 	job := &Job{RunID: runID, FlowID: flowID, Flow: g, Who: who, InputValue: req.InputValue, InputType: req.InputType,
 		OutputType: req.OutputType, OutputComponent: req.OutputComponent, Tweaks: req.Tweaks, SessionID: req.SessionID,
@@ -408,7 +486,11 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 		Allowed: func(model string) bool { return gate.Allows(adm.Chain, model) }}
 	job.Route.Tenant, job.Route.Plan = gate.Route(who.TenantID, adm.Chain)
 	res, runErr := execute(rctx, job)
-	if runErr != nil && rctx.Err() != nil && ctx.Err() == nil {
+	var byCancel cancelled
+	switch {
+	case runErr != nil && errors.As(context.Cause(cctx), &byCancel):
+		runErr = &RunError{Status: StatusCancelled, Err: errs.E(errs.Conflict, "%s", byCancel.Error())}
+	case runErr != nil && rctx.Err() != nil && ctx.Err() == nil:
 		runErr = ctxError(rctx.Err()) // the run's own deadline, not the caller's
 	}
 	end := time.Now().UTC().Truncate(time.Microsecond)

@@ -167,6 +167,38 @@ func (s *Store) FinishRun(ctx context.Context, x *run.Record) error {
 	return affected(res, "run")
 }
 
+// RequestCancel marks a running run as cancelling.
+func (s *Store) RequestCancel(ctx context.Context, id string) error {
+	_, err := s.exec(ctx, `UPDATE runs SET status = ? WHERE id = ? AND status = ?`, string(run.StatusCancelling), id, string(run.StatusRunning))
+	return err
+}
+
+// CancelRequested returns which of ids are marked cancelling.
+func (s *Store) CancelRequested(ctx context.Context, ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	args := make([]any, 0, len(ids)+1)
+	args = append(args, string(run.StatusCancelling))
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	rows, err := s.r.QueryContext(ctx, s.d.rebind(`SELECT id FROM runs WHERE status = ? AND id IN (?`+strings.Repeat(", ?", len(ids)-1)+`)`), args...)
+	if err != nil {
+		return nil, errs.Wrap(err, "read cancelled runs")
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, errs.Wrap(err, "scan run id")
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
 // Run returns a run by id.
 func (s *Store) Run(ctx context.Context, id string) (*run.Record, error) {
 	return one(s.r.QueryRowContext(ctx, s.d.rebind(`SELECT `+runCols+` FROM runs WHERE id = ?`), id), scanRun, "run")
