@@ -28,6 +28,7 @@ import (
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/policydoc"
+	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/redisqueue"
 	"github.com/sluicehq/sluice/internal/run"
 	"github.com/sluicehq/sluice/internal/sandbox"
@@ -168,6 +169,9 @@ func (a *App) startQuota(ctx context.Context) error {
 	a.meter.Ledger = a.store.UsageEvent
 	a.meter.OnDecision = func(kind, result, dim string) { a.metrics.Decisions.WithLabelValues(kind, result, dim).Inc() }
 	a.meter.OnSettle = a.metrics.Settlements.Inc
+	if f, ok := a.engine.Backend.(*quota.Failover); ok {
+		a.meter.OnCommitted = f.Committed
+	}
 	if aq := a.cfg.Admission; aq.MaxWait > 0 {
 		o := admission.Options{
 			MaxQueue: aq.QueueMax, MaxPerFlow: aq.QueuePerUser, MaxWait: time.Duration(aq.MaxWait), Poll: time.Duration(aq.PollInterval),

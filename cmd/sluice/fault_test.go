@@ -615,25 +615,27 @@ tenants:
 	for i := range urls {
 		used := c.usedTokens(t, i)
 		switch {
-		case used > total:
+		case used > total+spoolRace:
 			// Reservations of tickets nobody will settle (a ticket
 			// settled elsewhere readmitted after the rebuild, a settle
-			// told "unknown" before its issuer readmitted it), or a
-			// settle both in the rebuild's ledger read and delivered
-			// from a spool (the read's mark before its snapshot).
-			t.Errorf("instance %d: Redis says alice used %d tokens today, the ledger says %d", i, used, total)
-		case used < total-spoolRace:
-			t.Errorf("instance %d: Redis says alice used %d tokens today, the ledger says %d (more than %d under)", i, used, total, spoolRace)
+			// told "unknown" before its issuer readmitted it), or more
+			// settlements counted twice than commits returning around
+			// the rebuild's read explain.
+			t.Errorf("instance %d: Redis says alice used %d tokens today, the ledger says %d (more than %d over)", i, used, total, spoolRace)
+		case used > total:
+			// The safe side (docs/quota.md): a settlement whose commit
+			// returned just around the rebuild's read, delivered from the
+			// spool although the read held it.
+			t.Logf("instance %d: Redis says %d, the ledger %d: commits around the rebuild's read counted twice", i, used, total)
 		case used < total:
-			// Known gap (docs/quota.md): a settle spooled by a degraded
-			// instance just before the ledger was read for the rebuild,
-			// whose event committed just after, is in neither.
-			t.Logf("instance %d: Redis says %d, the ledger %d: settles in flight at the rebuild's ledger read", i, used, total)
+			// Use the ledger holds and the counters do not: the rebuild
+			// dropped spooled use its read did not hold.
+			t.Errorf("instance %d: Redis says alice used %d tokens today, the ledger says %d: %d acknowledged tokens uncounted", i, used, total, total-used)
 		}
 	}
 }
 
-// spoolRace bounds what TestRedisComesBackEmpty lets Redis's counter fall
-// short of the ledger after a rebuild: ten 7-token settles caught between
-// the spool cutoff and the ledger read.
-const spoolRace = 70
+// spoolRace bounds what TestRedisComesBackEmpty lets Redis's counter exceed
+// the ledger after a rebuild: twenty 7-token settles whose commits returned
+// around the ledger read (a loaded 2-core machine stretches that).
+const spoolRace = 140

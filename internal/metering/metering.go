@@ -58,6 +58,11 @@ type Meter struct {
 	// settlements) whose settle was acknowledged has one, and a lookup or
 	// a replayed settle is answered from it instead of 404.
 	Ledger func(ctx context.Context, id string) (usage.Event, bool, error)
+	// OnCommitted, when set, is told each settlement whose usage event was
+	// committed before the settle answered, with the time (quota.Failover.
+	// Committed: a rebuild after a Redis loss then knows which spooled use
+	// the ledger holds).
+	OnCommitted func(ticketID string, at time.Time)
 	// Queue, when set, holds an admission that asks for a concurrency
 	// slot while the only refusal is a full concurrency limit: it waits,
 	// fairly and bounded, instead of being refused at once (see package
@@ -419,8 +424,12 @@ func (m *Meter) settle(ctx context.Context, ticketID string, u quota.Usage, mode
 	if queued && !s.Replay && m.rec.TryRecord(ev) {
 		return s, nil
 	}
-	if err := m.commit(ctx, ev); err != nil {
+	at, err := m.commit(ctx, ev)
+	if err != nil {
 		return s, err
+	}
+	if m.OnCommitted != nil && !at.IsZero() {
+		m.OnCommitted(ticketID, at)
 	}
 	return s, nil
 }
@@ -431,7 +440,7 @@ func (m *Meter) settle(ctx context.Context, ticketID string, u quota.Usage, mode
 // refuses them with 503 and Retry-After, never holds them for the length
 // of an outage. The event stays queued either way, and a retried settle
 // (a replay) waits for it again.
-func (m *Meter) commit(ctx context.Context, ev usage.Event) error {
+func (m *Meter) commit(ctx context.Context, ev usage.Event) (time.Time, error) {
 	patience := m.CommitPatience
 	if patience <= 0 {
 		patience = defaultCommitPatience
@@ -440,17 +449,17 @@ func (m *Meter) commit(ctx context.Context, ev usage.Event) error {
 	defer cancel()
 	wait := 2 * time.Millisecond
 	for {
-		err := m.rec.Commit(wctx, ev)
+		at, err := m.rec.CommitAt(wctx, ev)
 		switch {
 		case err == nil:
-			return nil
+			return at, nil
 		case ctx.Err() != nil:
-			return err // the caller gave up
+			return at, err // the caller gave up
 		case wctx.Err() != nil:
-			return &errs.Error{Code: errs.Unavailable, RetryAfter: time.Second, Err: err,
+			return at, &errs.Error{Code: errs.Unavailable, RetryAfter: time.Second, Err: err,
 				Message: "usage store not answering: the settle is queued and will be written; retry it to learn when"}
 		case !errors.Is(err, usage.ErrBehind):
-			return err
+			return at, err
 		}
 		select {
 		case <-wctx.Done():

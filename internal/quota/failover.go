@@ -295,8 +295,12 @@ type Failover struct {
 	// degraded spell (cleared when it begins): see Memory.fillRates.
 	primed map[string]bool
 	spool  []*spooled
-	shares sync.Map // shareKey → *Limits scaled for the current instance count
-	count  atomic.Int64
+	// committed holds, while the spool is not empty, when the usage event
+	// of each spooled settlement was committed to the ledger (Committed):
+	// a rebuild drops exactly the spooled use its ledger read holds.
+	committed map[string]time.Time
+	shares    sync.Map // shareKey → *Limits scaled for the current instance count
+	count     atomic.Int64
 
 	knownMu sync.Mutex
 	known   map[string]*knownUse // last budget use seen from the shared backend, by scope
@@ -398,6 +402,7 @@ type spooled struct {
 
 // spoolPart is one settlement merged into a local charge.
 type spoolPart struct {
+	id string // the local ticket settled
 	at time.Time
 	u  Usage
 }
@@ -421,14 +426,14 @@ func subUsage(a *Usage, b Usage) {
 
 // trim takes out of a local charge what was settled before readAt (the
 // rebuilt counters hold it), and reports whether anything is left.
-func (s *spooled) trim(readAt time.Time) bool {
+func (s *spooled) trim(readAt time.Time, inRead func(id string, at time.Time) bool) bool {
 	if !s.foldedLast.IsZero() && s.foldedLast.Before(readAt) {
 		subUsage(&s.usage, s.folded)
 		s.folded, s.foldedLast = Usage{}, time.Time{}
 	}
 	kept := s.parts[:0]
 	for _, p := range s.parts {
-		if p.at.Before(readAt) {
+		if inRead(p.id, p.at) {
 			subUsage(&s.usage, p.u)
 			continue
 		}
@@ -721,18 +726,21 @@ func (f *Failover) rebuild() error {
 		return err
 	}
 	f.mu.Lock()
+	inRead := f.inRead(readAt)
 	kept := make([]*spooled, 0, len(f.spool))
 	for _, s := range f.spool {
-		if s.last.Before(readAt) {
+		if s.charge != "" && s.parts != nil {
+			if !s.trim(readAt, inRead) {
+				continue // merged settlements, all in the read
+			}
+		} else if inRead(s.ticket, s.last) {
 			continue
-		}
-		if s.charge != "" && s.parts != nil && !s.trim(readAt) {
-			continue // merged settlements, all before the read
 		}
 		kept = append(kept, s)
 	}
 	dropped := len(f.spool) - len(kept)
 	f.spool = kept
+	clear(f.committed)
 	f.rebuiltAt.Store(f.now().UnixNano())
 	if _, ok := f.shared.(Readmitter); ok {
 		f.readmitting = true
@@ -848,6 +856,51 @@ func (f *Failover) settleTwin(ctx context.Context, twin string, chain []Scope) {
 	f.deliver()
 }
 
+// maxCommitted bounds Committed's memory; past it, stamps are not kept
+// and the rebuild falls back on settlement times.
+const maxCommitted = 200_000
+
+// stampWait is how long after its settlement a spooled use without a
+// commit stamp is taken for one still being committed (its event not yet
+// in the ledger); older, it is taken for one whose stamp was not kept.
+const stampWait = time.Minute
+
+// Committed tells the Failover that the usage event of the settlement of
+// ticket id was committed to the ledger at at (the caller's clock, after
+// the commit returned). A rebuild after a state loss reads the ledger and
+// drops the spooled use its read holds, by these stamps: a settlement
+// whose event committed before the read began is in it, one whose event
+// was not yet committed when the rebuild decided is not, whatever the
+// settlement's own time. Cheap when nothing is spooled.
+func (f *Failover) Committed(id string, at time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.spool) == 0 || len(f.committed) >= maxCommitted {
+		return
+	}
+	if f.committed == nil {
+		f.committed = map[string]time.Time{}
+	}
+	f.committed[id] = at
+}
+
+// inRead returns whether a spooled settlement (its ticket id and time) is
+// in a ledger read that began at readAt: by its commit stamp when it has
+// one; without, a recent one is still being committed (not in it) and an
+// old one is judged by its time. Called with f.mu held.
+func (f *Failover) inRead(readAt time.Time) func(id string, at time.Time) bool {
+	now := f.now()
+	return func(id string, at time.Time) bool {
+		if c, ok := f.committed[id]; ok && id != "" {
+			return c.Before(readAt)
+		}
+		if now.Sub(at) < stampWait {
+			return false
+		}
+		return at.Before(readAt)
+	}
+}
+
 // readmit takes the live shared tickets this instance issued back into
 // the shared backend after a rebuild (see Readmitter): the rebuilt
 // counters hold what was settled, not the slots and reservations of the
@@ -919,6 +972,7 @@ func (f *Failover) reconcile(ctx context.Context) error {
 	for {
 		f.mu.Lock()
 		if len(f.spool) == 0 {
+			clear(f.committed) // nothing spooled: no stamp is needed
 			f.mu.Unlock()
 			return nil
 		}
@@ -1613,7 +1667,7 @@ func (f *Failover) spoolCharge(item *spooled) {
 		s := f.spool[i]
 		if s.bucket == item.bucket && !s.sending && s.charge != "" {
 			addUsage(&s.usage, item.usage)
-			s.parts = append(s.parts, spoolPart{item.last, item.usage})
+			s.parts = append(s.parts, spoolPart{strings.TrimPrefix(item.charge, "local:"), item.last, item.usage})
 			if len(s.parts) > maxParts {
 				addUsage(&s.folded, s.parts[0].u)
 				if s.parts[0].at.After(s.foldedLast) {
@@ -1627,7 +1681,7 @@ func (f *Failover) spoolCharge(item *spooled) {
 			return
 		}
 	}
-	item.parts = []spoolPart{{item.last, item.usage}}
+	item.parts = []spoolPart{{strings.TrimPrefix(item.charge, "local:"), item.last, item.usage}}
 	f.spool = append(f.spool, item)
 }
 

@@ -804,15 +804,13 @@ func (s *Store) KindRollups(ctx context.Context, kind, tenantID string, periods 
 	return s.rollups(ctx, periods, &w)
 }
 
-// RollupsRead is Rollups with the moment of the read: every event the
-// roll-ups hold was committed before it, and it follows the read's
-// snapshot as closely as the store can tell (on SQLite no event commits
-// between the read and it; on PostgreSQL it is taken just after a
-// repeatable-read snapshot is, before the roll-ups are read in it). A
-// rebuild of the quota counters from the roll-ups drops spooled usage
-// settled before it: the closer it is to the snapshot, the fewer
-// settlements in flight at the read can go uncounted, and none can be
-// counted twice.
+// RollupsRead is Rollups with the moment of the read: every event whose
+// commit returned before it is in the roll-ups read (on SQLite no event
+// commits between the read and it; on PostgreSQL it is taken just before
+// a repeatable-read snapshot is, in which the roll-ups are then read). A
+// rebuild of the quota counters from the roll-ups drops the spooled use
+// whose event was committed before it (quota.Failover.Committed), and
+// delivers the rest.
 func (s *Store) RollupsRead(ctx context.Context, periods []string) ([]usage.Rollup, time.Time, error) {
 	if l := s.roll; l != nil {
 		// Writes commit under l.mu: holding it across the fold, the read
@@ -829,11 +827,11 @@ func (s *Store) RollupsRead(ctx context.Context, periods []string) ([]usage.Roll
 	var readAt time.Time
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
 		// A repeatable-read transaction's snapshot is taken at its first
-		// statement.
+		// statement: every commit that returned before readAt is in it.
+		readAt = time.Now()
 		if _, err := tx.ExecContext(ctx, "SELECT 1"); err != nil {
 			return dbError(err, "take a snapshot")
 		}
-		readAt = time.Now()
 		var err error
 		out, err = s.queryRollups(ctx, tx, periods, nil)
 		return err

@@ -58,6 +58,7 @@ type pending struct {
 	ev   Event
 	done chan error // nil for Record; buffered, receives the outcome once
 	err  error      // the outcome, set by the writer before done
+	at   time.Time  // when its transaction's commit returned, set before done
 }
 
 // Observer learns what happens to events that are not simply written;
@@ -139,11 +140,20 @@ var ErrBehind = errors.New("usage store behind")
 // malformed and quarantined it; and ctx's error if ctx ends first, in
 // which case e stays queued and is still written.
 func (r *Recorder) Commit(ctx context.Context, e Event) error {
+	_, err := r.CommitAt(ctx, e)
+	return err
+}
+
+// CommitAt is Commit that also returns when the event's transaction
+// committed (as the writer saw its commit return, before it told anyone):
+// a rebuild of the quota counters that read the ledger after that moment
+// holds the event.
+func (r *Recorder) CommitAt(ctx context.Context, e Event) (time.Time, error) {
 	p := &pending{ev: e, done: make(chan error, 1)}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
-		return &errs.Error{Code: errs.Unavailable, Message: "usage recorder is shut down"}
+		return time.Time{}, &errs.Error{Code: errs.Unavailable, Message: "usage recorder is shut down"}
 	}
 	if n := len(r.queue) + r.inflight; n >= r.max {
 		retry := max(r.backoff, time.Second)
@@ -151,7 +161,7 @@ func (r *Recorder) Commit(ctx context.Context, e Event) error {
 		if r.obs != nil {
 			r.obs.UsageRefused(1, false)
 		}
-		return &errs.Error{Code: errs.Unavailable, RetryAfter: retry, Err: ErrBehind,
+		return time.Time{}, &errs.Error{Code: errs.Unavailable, RetryAfter: retry, Err: ErrBehind,
 			Message: fmt.Sprintf("usage store behind: %d events are waiting to be written", n)}
 	}
 	r.queue = append(r.queue, p)
@@ -159,9 +169,9 @@ func (r *Recorder) Commit(ctx context.Context, e Event) error {
 	r.wake()
 	select {
 	case err := <-p.done:
-		return err
+		return p.at, err
 	case <-ctx.Done():
-		return ctx.Err()
+		return time.Time{}, ctx.Err()
 	}
 }
 
@@ -397,6 +407,10 @@ func (r *Recorder) writeChunk() (more bool, err error) {
 		r.events = append(r.events, p.ev)
 	}
 	resolved, err := r.write(r.batch, r.events)
+	committed := time.Now()
+	for _, p := range r.batch[:resolved] {
+		p.at = committed
+	}
 	if err != nil {
 		r.log.Error("writing usage events failed; will retry", slog.Int("events", n-resolved), slog.String("error", err.Error()))
 	}
