@@ -83,6 +83,7 @@ func (s *Server) Handler() http.Handler {
 	s.runRoutes(api)
 	s.fileRoutes(api)
 	s.usageAdminRoutes(api)
+	s.historyRoutes(api)
 	s.alertRoutes(api)
 	s.requestRoutes(api)
 	s.creditRoutes(api)
