@@ -208,28 +208,26 @@ func (s *Server) historyScope(ctx context.Context, p tenancy.Principal, scope st
 // day of the range, both included. Left out, from is the first day of the
 // month of to (or of now) and to the last day of the month of now.
 func historyRange(from, to string, now time.Time) (string, string, error) {
-	monthStart := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
-	last := monthStart.AddDate(0, 1, -1)
-	if to != "" {
-		t, isMonth, err := parseHistoryDay("to", to)
-		if err != nil {
-			return "", "", err
-		}
-		last = t
-		if isMonth {
-			last = t.AddDate(0, 1, -1)
-		}
-	}
-	first := time.Date(last.Year(), last.Month(), 1, 0, 0, 0, 0, time.UTC)
-	if to == "" {
-		first = monthStart
-	}
+	var first, last time.Time
+	var toMonth bool
+	var err error
 	if from != "" {
-		t, _, err := parseHistoryDay("from", from)
-		if err != nil {
+		if first, _, err = parseHistoryDay("from", from); err != nil {
 			return "", "", err
 		}
-		first = t
+	}
+	if to != "" {
+		if last, toMonth, err = parseHistoryDay("to", to); err != nil {
+			return "", "", err
+		}
+		if toMonth {
+			last = last.AddDate(0, 1, -1)
+		}
+	} else {
+		last = time.Date(now.Year(), now.Month()+1, 0, 0, 0, 0, 0, time.UTC)
+	}
+	if from == "" {
+		first = time.Date(last.Year(), last.Month(), 1, 0, 0, 0, 0, time.UTC)
 	}
 	if first.After(last) {
 		return "", "", errs.Field(errs.Invalid, "from", "from %s is after to %s", first.Format("2006-01-02"), last.Format("2006-01-02"))
