@@ -68,6 +68,9 @@ func clientArgs(args []string) (flags map[string]string, pos []string, err error
 }
 
 func runClient(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	if usageReportHelp(args, stdout) {
+		return nil
+	}
 	flags, pos, err := clientArgs(args)
 	if err != nil {
 		return err
@@ -93,6 +96,9 @@ func runClient(args []string, stdout, stderr io.Writer, getenv func(string) stri
 	case "usage":
 		if len(pos) > 1 && pos[1] == "keys" {
 			return keySpend(ctx, c, stdout, flags)
+		}
+		if len(pos) > 1 && pos[1] == "report" {
+			return usageReport(ctx, c, stdout, pos[2:], flags)
 		}
 		q := url.Values{}
 		for k, v := range flags {

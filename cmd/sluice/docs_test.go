@@ -57,6 +57,7 @@ func clientFlags() []string {
 	for _, names := range requestFlags {
 		add(names)
 	}
+	add(usageReportFlags)
 	return flags
 }
 

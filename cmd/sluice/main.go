@@ -30,6 +30,7 @@ Usage:
   sluice whoami                   show who the API key belongs to
   sluice usage [--scope S]        limits, use and what remains, per scope
   sluice usage keys [--tenant-id T] [--user-id U]  spend per API key (tokens, requests, cost)
+  sluice usage report [--month M] [--by model|project] [--format csv]  use per day/month from the ledger (-h for more)
   sluice limits list|get|set|clear SCOPE  a scope's limits (user/ID, key/ID, project/ID, …)
   sluice requests create|list|get|approve|deny|cancel  ask for more quota, decide asks (docs/quota-requests.md)
   sluice apply -f FILE [--dry-run]  create/update plans, tree and limits from a policy file

@@ -92,6 +92,7 @@ func (s *Server) handler() (http.Handler, []string) {
 	s.runRoutes(api)
 	s.fileRoutes(api)
 	s.usageAdminRoutes(api)
+	s.historyRoutes(api)
 	s.alertRoutes(api)
 	s.requestRoutes(api)
 	s.creditRoutes(api)
