@@ -29,7 +29,7 @@ const (
 	MaxHistoryRows = 10_000
 )
 
-func (s *Server) historyRoutes(mux *http.ServeMux) {
+func (s *Server) historyRoutes(mux *routes) {
 	mux.HandleFunc("GET /api/v1/usage/history", s.usageHistory)
 }
 

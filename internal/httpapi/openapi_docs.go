@@ -50,6 +50,7 @@ var routeDocs = map[string]routeDoc{
 	"POST /api/v1/quota/settle":          {tag: "Quota", summary: "Settle a ticket with what it used (answers once the usage is durable)"},
 	"POST /api/v1/quota/heartbeat":       {tag: "Quota", summary: "Extend a ticket's lease"},
 	"GET /api/v1/quota/tickets/{id}":     {tag: "Quota", summary: "Show a ticket"},
+	"GET /api/v1/usage/history":          {tag: "Usage", summary: "Use by day or month (and model) of a scope, JSON or CSV, equal to the ledger"},
 	"GET /api/v1/usage":                  {tag: "Usage", summary: "Use, limits, percent and resets of the caller's scopes, and who waits for a slot"},
 	"GET /api/v1/admin/usage/quarantine": {tag: "Usage", summary: "Usage events the store set aside as malformed"},
 	"GET /api/v1/admin/usage/keys":       {tag: "Usage", summary: "Spend per API key"},
