@@ -259,8 +259,13 @@ type ChainPool struct {
 }
 
 // Path is one way through a chain's pools: the engine's scopes and the
-// scope keys for usage events (real and synthetic, each synthetic right
-// after its real scope, so the key's scope stays last).
+// scope keys for usage events, real and synthetic. A pool's shared part
+// comes right before the pool: the engine reports the first scope that
+// refuses, and when the pool is full on a path that borrows, its shared
+// part is (the guarantees below it being full too), which is the refusal
+// that tells the caller why. A guarantee comes right after its scope: a
+// child at its own cap is refused there, and borrowing would not help.
+// The key's scope stays last (metering reads the key from it).
 type Path struct {
 	Scopes []quota.Scope
 	Keys   []string
@@ -276,18 +281,18 @@ func (c *Chain) Path(borrow uint64) Path {
 	}
 	out := Path{Scopes: make([]quota.Scope, 0, len(c.base)+len(c.Pools)), Keys: make([]string, 0, len(c.Keys)+len(c.Pools))}
 	for i, k := range c.Keys {
+		for j := range c.Pools {
+			if p := &c.Pools[j]; p.Scope == k && (p.Guaranteed == nil || borrow&(1<<uint(j)) != 0) {
+				out.Scopes = append(out.Scopes, p.Borrow)
+				out.Keys = append(out.Keys, p.Borrow.Key)
+			}
+		}
 		if i < len(c.base) {
 			out.Scopes = append(out.Scopes, c.base[i])
 		}
 		out.Keys = append(out.Keys, k)
 		for j := range c.Pools {
-			p := &c.Pools[j]
-			borrows := p.Guaranteed == nil || borrow&(1<<uint(j)) != 0
-			switch {
-			case borrows && p.Scope == k:
-				out.Scopes = append(out.Scopes, p.Borrow)
-				out.Keys = append(out.Keys, p.Borrow.Key)
-			case !borrows && p.Child == k:
+			if p := &c.Pools[j]; p.Guaranteed != nil && p.Child == k && borrow&(1<<uint(j)) == 0 {
 				out.Scopes = append(out.Scopes, *p.Guaranteed)
 				out.Keys = append(out.Keys, p.Guaranteed.Key)
 			}
@@ -296,11 +301,38 @@ func (c *Chain) Path(borrow uint64) Path {
 	return out
 }
 
-// GuaranteeAt returns the index of the pool whose guarantee is the
-// synthetic scope named scope, or -1.
-func (c *Chain) GuaranteeAt(scope string) int {
+// AllKeys are Keys with every synthetic scope of the chain's pools, on
+// either path, in Path's order (usage pages show them).
+func (c *Chain) AllKeys() []string {
+	if len(c.Pools) == 0 {
+		return c.Keys
+	}
+	out := make([]string, 0, len(c.Keys)+2*len(c.Pools))
+	for _, k := range c.Keys {
+		for j := range c.Pools {
+			if c.Pools[j].Scope == k {
+				out = append(out, c.Pools[j].Borrow.Key)
+			}
+		}
+		out = append(out, k)
+		for j := range c.Pools {
+			p := &c.Pools[j]
+			if p.Guaranteed != nil && p.Child == k {
+				out = append(out, p.Guaranteed.Key)
+			}
+		}
+	}
+	return out
+}
+
+// BorrowAfter returns the index of the pool whose shared part a request
+// refused at scope on a path that used its guarantee should try instead,
+// or -1: a refusal at the guarantee (it is used up), or at the pool itself
+// (it is full; on the path that borrows, its shared part, which comes
+// first, will then say so).
+func (c *Chain) BorrowAfter(scope string) int {
 	for j := range c.Pools {
-		if g := c.Pools[j].Guaranteed; g != nil && g.Key == scope {
+		if g := c.Pools[j].Guaranteed; g != nil && (g.Key == scope || c.Pools[j].Scope == scope) {
 			return j
 		}
 	}

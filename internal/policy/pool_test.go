@@ -51,7 +51,7 @@ func TestChainPaths(t *testing.T) {
 		t.Fatalf("Keys %v, want the real scopes %v", c.Keys, real)
 	}
 	guaranteed := []string{"global", "tenant/ten_a", "department/dep_1", "department/dep_2", "project/prj_p", "project/prj_p~guaranteed", "user/usr_x", "membership/usr_x@prj_p", "key/key_1"}
-	borrowed := []string{"global", "tenant/ten_a", "department/dep_1", "department/dep_2", "department/dep_2~borrow", "project/prj_p", "user/usr_x", "membership/usr_x@prj_p", "key/key_1"}
+	borrowed := []string{"global", "tenant/ten_a", "department/dep_1", "department/dep_2~borrow", "department/dep_2", "project/prj_p", "user/usr_x", "membership/usr_x@prj_p", "key/key_1"}
 	if p := c.Path(0); !slices.Equal(p.Keys, guaranteed) || !slices.Equal(c.PathKeys, guaranteed) {
 		t.Fatalf("guaranteed path keys %v (PathKeys %v), want %v", p.Keys, c.PathKeys, guaranteed)
 	}
@@ -72,8 +72,9 @@ func TestChainPaths(t *testing.T) {
 	if sc := c.Scopes[5]; sc.Key != "project/prj_p~guaranteed" || sc.Tenant != "ten_a" || sc.Loc.String() != "Asia/Shanghai" {
 		t.Fatalf("Scopes[5] = %s tenant %q loc %v, want prj_p's guarantee in ten_a's time zone", sc.Key, sc.Tenant, sc.Loc)
 	}
-	if j := c.GuaranteeAt("project/prj_p~guaranteed"); j != 0 {
-		t.Fatalf("GuaranteeAt = %d, want 0", j)
+	if c.BorrowAfter("project/prj_p~guaranteed") != 0 || c.BorrowAfter("department/dep_2") != 0 || c.BorrowAfter("project/prj_p") != -1 {
+		t.Fatalf("BorrowAfter(guarantee, pool, own limit) = %d, %d, %d, want 0, 0, -1",
+			c.BorrowAfter("project/prj_p~guaranteed"), c.BorrowAfter("department/dep_2"), c.BorrowAfter("project/prj_p"))
 	}
 
 	// B, without one: only the borrowed path, whatever the bits say.
@@ -81,8 +82,8 @@ func TestChainPaths(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantB := []string{"global", "tenant/ten_a", "department/dep_1", "department/dep_2", "department/dep_2~borrow", "project/prj_b", "user/usr_y", "membership/usr_y@prj_b"}
-	if !slices.Equal(cb.PathKeys, wantB) || !slices.Equal(cb.Path(1).Keys, wantB) || cb.GuaranteeAt("project/prj_p~guaranteed") != -1 {
+	wantB := []string{"global", "tenant/ten_a", "department/dep_1", "department/dep_2~borrow", "department/dep_2", "project/prj_b", "user/usr_y", "membership/usr_y@prj_b"}
+	if !slices.Equal(cb.PathKeys, wantB) || !slices.Equal(cb.Path(1).Keys, wantB) || cb.BorrowAfter("department/dep_2") != -1 {
 		t.Fatalf("B's path keys %v / %v, want %v", cb.PathKeys, cb.Path(1).Keys, wantB)
 	}
 
