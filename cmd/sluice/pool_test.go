@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/policy"
+)
+
+// TestPoolGuaranteeAcrossInstances: a department of 4 slots in which
+// project web (alice) is guaranteed 2 and project lab (bob) has none, on
+// three instances over one Redis (the script engine). Bob, asking on
+// every instance, gets only the shared 2 and is told whose shared part is
+// used up; alice still gets her 2; nobody gets a fifth.
+func TestPoolGuaranteeAcrossInstances(t *testing.T) {
+	c := startCluster(t, `
+tenants:
+  - name: acme
+    departments:
+      - name: research
+        limits: {concurrency: 4}
+        projects: [{name: web}, {name: lab}]
+    users:
+      - {name: alice, projects: [web]}
+      - {name: bob, projects: [lab]}
+`, time.Second)
+	url := c.apps[0].url
+	ids := map[string]map[string]any{}
+	_, projects := call(t, "GET", url+"/api/v1/admin/projects", c.admin, "")
+	for _, p := range projects["items"].([]any) {
+		m := p.(map[string]any)
+		ids["project "+m["name"].(string)] = m
+	}
+	_, users := call(t, "GET", url+"/api/v1/admin/users", c.admin, "")
+	for _, u := range users["items"].([]any) {
+		m := u.(map[string]any)
+		ids["user "+m["name"].(string)] = m
+	}
+	web, lab, bob := ids["project web"]["id"].(string), ids["project lab"]["id"].(string), ids["user bob"]["id"].(string)
+	dept := "department/" + ids["project web"]["department_id"].(string)
+	code, key := call(t, "POST", url+"/api/v1/admin/keys", c.admin, `{"user_id":"`+bob+`","project_id":"`+lab+`"}`)
+	if code != 201 {
+		t.Fatalf("bob's key: %d %v", code, key)
+	}
+	bobKey := key["secret"].(string)
+
+	// Guarantees are checked: not more than the pool holds.
+	if code, m := call(t, "PUT", url+"/api/v1/admin/limits/project/"+web, c.admin, `{"guaranteed":{"concurrency":5}}`); code != 400 || errBody(m)["field"] != "guaranteed.concurrency" {
+		t.Fatalf("a guarantee above the pool: %d %v, want 400 naming guaranteed.concurrency", code, m)
+	}
+	if code, m := call(t, "PUT", url+"/api/v1/admin/limits/project/"+web, c.admin, `{"guaranteed":{"concurrency":2}}`); code != 200 {
+		t.Fatalf("web's guarantee: %d %v", code, m)
+	}
+	for i, a := range c.apps {
+		eventually(t, patience, fmt.Sprintf("instance %d sees the pool", i), func() bool {
+			_ = a.app.policy.Manager().Reload(context.Background())
+			return a.app.policy.Manager().Current().IsPool(dept)
+		})
+	}
+
+	acquire := func(i int, key string) (int, map[string]any) {
+		t.Helper()
+		return call(t, "POST", c.apps[i%3].url+"/api/v1/quota/acquire", key, `{"concurrency":true,"requests":0,"ttl_seconds":600}`)
+	}
+	// Bob, on every instance: the shared part only.
+	for i := range 2 {
+		if code, m := acquire(i, bobKey); code != 200 {
+			t.Fatalf("bob's slot %d: %d %v", i+1, code, m)
+		}
+	}
+	for i := range 3 {
+		code, m := acquire(i, bobKey)
+		e := errBody(m)
+		msg, _ := e["message"].(string)
+		if code != 429 || e["scope"] != dept || e["part"] != "shared" ||
+			!strings.Contains(msg, "the shared part of department research is used up") || !strings.Contains(msg, "ask an admin of acme") {
+			t.Fatalf("bob's third slot on instance %d: %d %v, want 429 at the shared part of %s", i, code, m, dept)
+		}
+	}
+	// Alice's guarantee holds on every instance; the pool is then full.
+	for i := range 2 {
+		if code, m := acquire(i+1, c.key); code != 200 {
+			t.Fatalf("alice's guaranteed slot %d: %d %v", i+1, code, m)
+		}
+	}
+	if code, m := acquire(0, c.key); code != 429 || errBody(m)["part"] != "shared" {
+		t.Fatalf("alice's third slot: %d %v, want 429 at the shared part", code, m)
+	}
+
+	// Her usage page shows the pool's shared part and her guarantee.
+	_, u := call(t, "GET", c.apps[2].url+"/api/v1/usage", c.key, "")
+	seen := map[string]string{}
+	for _, s := range u["scopes"].([]any) {
+		sm := s.(map[string]any)
+		for _, d := range sm["dimensions"].([]any) {
+			if dm := d.(map[string]any); dm["dimension"] == "concurrency" {
+				kind, _ := sm["kind"].(string)
+				seen[sm["scope"].(string)] = fmt.Sprintf("%s %v/%v", kind, dm["used"], dm["limit"])
+			}
+		}
+	}
+	want := map[string]string{dept + policy.BorrowSuffix: "pool_shared 2/2", "project/" + web + policy.GuaranteedSuffix: "guaranteed 2/2", dept: " 4/4"}
+	for k, v := range want {
+		if seen[k] != v {
+			t.Fatalf("usage of %s: %q, want %q (all: %v)", k, seen[k], v, seen)
+		}
+	}
+}
+
+// errBody is the error object of an error answer.
+func errBody(m map[string]any) map[string]any {
+	e, _ := m["error"].(map[string]any)
+	return e
+}
