@@ -99,9 +99,9 @@ func tokensDim(w quota.Window) guaranteeDim {
 
 // ValidateGuarantee checks a guarantee's form: only budgets and
 // concurrency can be reserved (a rate or a per-run cap cannot be shared
-// out), with the spec's own rules.
-func ValidateGuarantee(g *Spec) error {
-	if err := g.Validate("guaranteed."); err != nil {
+// out), with the spec's own rules. Errors name field+".X".
+func ValidateGuarantee(field string, g *Spec) error {
+	if err := g.Validate(field + "."); err != nil {
 		return err
 	}
 	bad := ""
@@ -124,11 +124,11 @@ func ValidateGuarantee(g *Spec) error {
 		bad = "on_outage"
 	}
 	if bad != "" {
-		return errs.Field(errs.Invalid, "guaranteed."+bad,
+		return errs.Field(errs.Invalid, field+"."+bad,
 			"a guarantee reserves concurrency, tokens (per day or month), gpu_seconds or cost, not %s", bad)
 	}
 	if g.IsZero() {
-		return errs.Field(errs.Invalid, "guaranteed", "a guarantee must reserve at least one of concurrency, tokens, gpu_seconds, cost; omit it for none")
+		return errs.Field(errs.Invalid, field, "a guarantee must reserve at least one of concurrency, tokens, gpu_seconds, cost; omit it for none")
 	}
 	return nil
 }

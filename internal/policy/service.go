@@ -594,7 +594,7 @@ func (s *Service) SetLimits(ctx context.Context, scope string, in LimitsInput) (
 		return nil, err
 	}
 	if in.Guaranteed != nil {
-		if err := ValidateGuarantee(in.Guaranteed); err != nil {
+		if err := ValidateGuarantee("guaranteed", in.Guaranteed); err != nil {
 			return nil, err
 		}
 	}
