@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/admission"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/quota"
@@ -213,4 +214,62 @@ func TestPoolTokenGuaranteeSurvivesRestart(t *testing.T) {
 		t.Fatalf("A spends its guaranteed 400 after the restart: %v", err)
 	}
 	wantShared(t, spend(m, p.a, 1), p, quota.DimTokens)
+}
+
+// TestPoolQueue: a borrower waits in the admission queue of the pool's
+// shared part; an owner of a guarantee with room is not held up behind
+// it, and a slot freed in the shared part lets the borrower in.
+func TestPoolQueue(t *testing.T) {
+	w := newWorld(t)
+	p := newPool(t, w)
+	ctx := context.Background()
+	m := w.a
+	// Only a release wakes a waiter: a poll would hide a missed one.
+	m.Queue = admission.New(admission.Options{MaxWait: time.Minute, Poll: time.Hour})
+	ask := quota.Ask{Concurrency: true}
+	var bs []*metering.Admission
+	for range 2 {
+		adm, err := m.Acquire(ctx, p.b, "run", ask, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bs = append(bs, adm)
+	}
+	done := make(chan *metering.Admission, 1)
+	go func() {
+		adm, err := m.Acquire(ctx, p.b, "run", ask, time.Minute)
+		if err != nil {
+			t.Errorf("the queued borrower: %v", err)
+		}
+		done <- adm
+	}()
+	for end := time.Now().Add(10 * time.Second); m.Queue.Len() != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the third borrower never queued")
+		}
+	}
+	// A's guarantee has room: no wait behind B.
+	a, err := m.Acquire(ctx, p.a, "run", ask, time.Minute)
+	if err != nil || a.Waited.Queued {
+		t.Fatalf("A's guaranteed slot with a borrower queued: %+v, %v, want it at once", a, err)
+	}
+	// A slot of A's guarantee frees nothing of the shared part...
+	if _, err := m.Settle(ctx, a.ID, quota.Usage{}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if m.Queue.Len() != 1 {
+		t.Fatalf("queue length %d after A's settle, want the borrower still waiting", m.Queue.Len())
+	}
+	// ...one of B's does.
+	if _, err := m.Settle(ctx, bs[0].ID, quota.Usage{}, ""); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case adm := <-done:
+		if adm == nil || !adm.Waited.Queued || adm.Waited.Scope != p.dept+policy.BorrowSuffix {
+			t.Fatalf("the borrower: %+v, want admitted after waiting at the shared part", adm)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the borrower was not admitted after a shared slot freed")
+	}
 }
