@@ -58,8 +58,8 @@ tenants:
 	if code, m := call(t, "PUT", url+"/api/v1/admin/limits/project/"+web, c.admin, `{"guaranteed":{"concurrency":5}}`); code != 400 || errBody(m)["field"] != "guaranteed.concurrency" {
 		t.Fatalf("a guarantee above the pool: %d %v, want 400 naming guaranteed.concurrency", code, m)
 	}
-	if code, m := call(t, "PUT", url+"/api/v1/admin/limits/project/"+web, c.admin, `{"guaranteed":{"concurrency":2}}`); code != 200 {
-		t.Fatalf("web's guarantee: %d %v", code, m)
+	if code, out, errOut := cli(t, url, c.admin, "limits", "set", "project/"+web, "--guaranteed", `{"concurrency":2}`); code != 0 {
+		t.Fatalf("sluice limits set --guaranteed: %d %s %s", code, out, errOut)
 	}
 	for i, a := range c.apps {
 		eventually(t, patience, fmt.Sprintf("instance %d sees the pool", i), func() bool {
