@@ -232,9 +232,10 @@ type SharedDenial struct {
 
 func (e *SharedDenial) Error() string { return e.Message() }
 
-// Unwrap gives the engine's error: errors.As finds the (rewritten) Denial
-// and, after a wait in the queue, the *admission.Error.
-func (e *SharedDenial) Unwrap() error { return e.err }
+// Unwrap gives the Denial naming the pool, then the engine's error:
+// errors.As finds the former first and, after a wait in the queue, the
+// *admission.Error.
+func (e *SharedDenial) Unwrap() []error { return []error{e.Denial, e.err} }
 
 // Message says what is used up and who can raise it.
 func (e *SharedDenial) Message() string {
@@ -253,8 +254,9 @@ func sharedDenial(snap *policy.Snapshot, who Who, err error) error {
 	if !ok || suffix != policy.BorrowSuffix {
 		return err
 	}
-	d.Scope = real // each denial is the caller's own value
-	return &SharedDenial{Denial: d, Pool: real, Label: snap.ScopeLabel(real), Tenant: snap.TenantName(who.TenantID), err: err}
+	named := *d
+	named.Scope = real
+	return &SharedDenial{Denial: &named, Pool: real, Label: snap.ScopeLabel(real), Tenant: snap.TenantName(who.TenantID), err: err}
 }
 
 // errReadOnly marks a refusal in the platform's read-only mode.
