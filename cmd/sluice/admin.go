@@ -24,7 +24,7 @@ type resource struct {
 
 // jsonFields are fields whose flag value is JSON, sent as is: a limits
 // object ({"requests":"10/min","models":["gpt-4o-mini"]}).
-var jsonFields = map[string]bool{"limits": true}
+var jsonFields = map[string]bool{"limits": true, "guaranteed": true}
 
 var resources = map[string]resource{
 	"tenants":     {"/api/v1/admin/tenants", []string{"name", "display_name", "timezone"}},
@@ -272,7 +272,7 @@ func bodyOf(name string, res resource, flags map[string]string) (map[string]any,
 }
 
 // limits reads and sets a scope's limits: sluice limits list [--tenant-id T],
-// get SCOPE, set SCOPE [--plan P] [--limits JSON], clear SCOPE. A scope is
+// get SCOPE, set SCOPE [--plan P] [--limits JSON] [--guaranteed JSON], clear SCOPE. A scope is
 // global, tenant/ID, department/ID, project/ID, user/ID,
 // membership/USER@PROJECT or key/ID.
 func limits(ctx context.Context, c *client.Client, stdout, stderr io.Writer, args []string, flags map[string]string) error {
@@ -303,7 +303,7 @@ func limits(ctx context.Context, c *client.Client, stdout, stderr io.Writer, arg
 	case "get":
 		return show(ctx, c, stdout, http.MethodGet, scopePath, nil, nil)
 	case "set":
-		body, err := bodyOf("limits set", resource{fields: []string{"plan", "limits"}}, flags)
+		body, err := bodyOf("limits set", resource{fields: []string{"plan", "limits", "guaranteed"}}, flags)
 		if err != nil {
 			return err
 		}

@@ -262,6 +262,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var d *quota.Denial
 	if errors.As(err, &d) {
+		var sd *metering.SharedDenial
+		if errors.As(err, &sd) {
+			writeSharedDenial(w, d, sd, queueNote(err))
+			return
+		}
 		writeDenial(w, d, queueNote(err))
 		return
 	}
@@ -332,6 +337,25 @@ func (h *Handler) providerFailure(w http.ResponseWriter, r *http.Request, pe *ll
 	default:
 		writeError(w, http.StatusBadGateway, "server_error", "upstream_error", "", "the model provider is unavailable")
 	}
+}
+
+// writeSharedDenial answers a refusal at the shared part of a pool with
+// guarantees: 429 saying that the pool's shared part is used up and who
+// can raise it.
+func writeSharedDenial(w http.ResponseWriter, d *quota.Denial, sd *metering.SharedDenial, note string) {
+	retry := ""
+	if d.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(d.RetryAfter.Seconds())), 10))
+		retry = " Please try again in " + resetString(d.RetryAfter) + "."
+	}
+	msg := sd.Message()
+	msg = strings.ToUpper(msg[:1]) + msg[1:] + ": " + d.Dimension.String() + " used " + strconv.FormatInt(d.Used, 10) +
+		" of " + strconv.FormatInt(d.Limit, 10) + "." + note + retry
+	if d.Dimension == quota.DimConcurrency {
+		writeError(w, http.StatusTooManyRequests, "requests", "rate_limit_exceeded", "", msg)
+		return
+	}
+	writeError(w, http.StatusTooManyRequests, "insufficient_quota", "insufficient_quota", "", msg)
 }
 
 // writeDenial answers a quota denial as OpenAI does: 429 with

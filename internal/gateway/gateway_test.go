@@ -530,3 +530,29 @@ func TestSimulatedEmbeddings(t *testing.T) {
 		t.Errorf("settled %+v, want the %d prompt tokens and no output", s.usage, b.Usage.PromptTokens)
 	}
 }
+
+// TestSharedPartDenial: a refusal at a pool's shared part says whose
+// shared part is used up and who can raise it, in OpenAI's shape.
+func TestSharedPartDenial(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { t.Error("a denied call reached the provider") }))
+	defer up.Close()
+	w := newWorld(t, []llm.ModelConfig{openaiModel("m", up.URL)})
+	d := &quota.Denial{Code: quota.CodeQuotaExceeded, Scope: "department/dep_r", Dimension: quota.DimTokens, Window: quota.WindowDay,
+		Limit: 600, Used: 600, Requested: 10, RetryAfter: time.Hour}
+	w.meter.deny = &metering.SharedDenial{Denial: d, Pool: "department/dep_r", Label: "department research", Tenant: "acme"}
+	resp := post(t, w.url+"/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+	defer resp.Body.Close()
+	var body struct {
+		Error struct {
+			Message string `json:"message"`
+			Type    string `json:"type"`
+		} `json:"error"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	if resp.StatusCode != 429 || body.Error.Type != "insufficient_quota" || resp.Header.Get("Retry-After") == "" ||
+		!strings.HasPrefix(body.Error.Message, "The shared part of department research is used up") ||
+		!strings.Contains(body.Error.Message, "ask an admin of acme to raise it") {
+		t.Fatalf("got %d %+v (Retry-After %q), want 429 insufficient_quota naming the shared part and who raises it",
+			resp.StatusCode, body.Error, resp.Header.Get("Retry-After"))
+	}
+}

@@ -201,7 +201,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 		Caps: capsView{MemoryPerRun: adm.Caps.MemoryPerRun, RunTimeoutSecs: adm.Caps.RunTimeout.Seconds(),
 			MaxSteps: adm.Caps.MaxSteps, MaxTokensPerCall: adm.Caps.MaxTokensPerCall},
 		Remaining: []remainingView{}}
-	out.Scopes = adm.Chain.Keys
+	out.Scopes = adm.Keys
 	for _, rem := range adm.Remaining {
 		if rem.Scope == "" {
 			continue
@@ -315,6 +315,12 @@ func writeQuotaErrorExtra(w http.ResponseWriter, r *http.Request, s *Server, err
 		w.Header().Set("RateLimit-Reset", strconv.FormatInt(int64(math.Ceil(d.RetryAfter.Seconds())), 10))
 	}
 	msg := denialMessage(d, limit, used, requested)
+	var sd *metering.SharedDenial
+	if errors.As(err, &sd) {
+		// The limit and use are those of the pool's shared part.
+		msg = sd.Message() + "; in its shared part: " + msg
+		extra["part"] = "shared"
+	}
 	var qe *admission.Error
 	if errors.As(err, &qe) {
 		if qe.Reason == admission.ErrQueueFull {
@@ -622,7 +628,9 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
 		// Every scope of the chain, the caller's key included even when it
 		// limits nothing (it then shows no meters: its spend is in the
 		// usage ledger, GET /api/v1/admin/usage/keys).
-		for _, sc := range chain.Keys {
+		// A pool's shared part and the caller's guarantee show after
+		// their real scopes.
+		for _, sc := range chain.AllKeys() {
 			if sc == policy.GlobalScope && !p.IsPlatformAdmin() {
 				continue // the platform-wide pool is the operator's business
 			}

@@ -105,6 +105,9 @@ type Admission struct {
 	quota.Ticket
 	Priority policy.Priority
 	Chain    *policy.Chain
+	// Keys name the scopes the ticket charges: the chain's, with the
+	// synthetic scopes of the pools' parts it was admitted on.
+	Keys []string
 	// Waited says whether and how long the admission waited in the
 	// queue of a full concurrency limit.
 	Waited admission.Waited
@@ -134,9 +137,14 @@ func runTTL(chain *policy.Chain) time.Duration {
 
 // Acquire admits ask for who, or returns the engine's *quota.Denial. A ttl
 // of TTLRun leases the ticket for the chain's run timeout.
+//
+// Through a pool with guarantees (see policy.ChainPool) it asks on the
+// path that uses the caller's guarantees first and, for each guarantee
+// (or whose pool is full) that refuses, again on that pool's shared
+// part: at most one retry per pool. A refusal at a pool's shared part is a *SharedDenial.
 func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask, ttl time.Duration) (*Admission, error) {
 	snap := m.policy.Current()
-	req, chain, err := m.request(ctx, snap, who, kind, ask, ttl)
+	chain, err := m.chain(ctx, snap, who)
 	if err != nil {
 		if errors.Is(err, errReadOnly) && m.OnDecision != nil {
 			m.OnDecision(kind, "denied", "read_only")
@@ -144,24 +152,27 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 		return nil, err
 	}
 	var t quota.Ticket
+	var keys []string
 	var waited admission.Waited
 	if m.Queue != nil && ask.Concurrency && ctx.Value(noWaitKey{}) == nil {
 		flow := who.UserID
 		if flow == "" {
 			flow = "key/" + who.KeyID
 		}
-		waited, err = m.Queue.Do(ctx, admission.Arrival{Scopes: chain.Keys, Flow: flow, Class: classOf(chain.Priority)},
+		// The arrival queues behind the waiters of its first path: a
+		// guarantee with room is not held up by those waiting to borrow.
+		waited, err = m.Queue.Do(ctx, admission.Arrival{Scopes: chain.PathKeys, Flow: flow, Class: classOf(chain.Priority)},
 			func() (string, error) {
 				if now := m.policy.Current(); now != snap {
 					// The policy changed while it waited: decide on the
 					// limits in force now, not those of its arrival.
-					r, c, err := m.request(ctx, now, who, kind, ask, ttl)
+					c, err := m.chain(ctx, now, who)
 					if err != nil {
 						return "", err
 					}
-					snap, req, chain = now, r, c
+					snap, chain = now, c
 				}
-				t, err = m.engine.Acquire(ctx, req)
+				t, keys, err = m.acquire(ctx, chain, who, kind, ask, ttl)
 				var d *quota.Denial
 				if errors.As(err, &d) && d.Dimension == quota.DimConcurrency {
 					return d.Scope, err
@@ -169,7 +180,7 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 				return "", err
 			})
 	} else {
-		t, err = m.engine.Acquire(ctx, req)
+		t, keys, err = m.acquire(ctx, chain, who, kind, ask, ttl)
 	}
 	if m.OnDecision != nil {
 		var d *quota.Denial
@@ -185,24 +196,86 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 		}
 	}
 	if err != nil {
-		return nil, engineError(err)
+		return nil, engineError(sharedDenial(snap, who, err))
 	}
-	return &Admission{Ticket: t, Priority: chain.Priority, Chain: chain, Waited: waited}, nil
+	return &Admission{Ticket: t, Priority: chain.Priority, Chain: chain, Keys: keys, Waited: waited}, nil
+}
+
+// acquire asks the engine on chain's paths, guarantees first (see
+// Acquire), and returns the ticket with the scope keys of the path that
+// admitted it.
+func (m *Meter) acquire(ctx context.Context, chain *policy.Chain, who Who, kind string, ask quota.Ask, ttl time.Duration) (quota.Ticket, []string, error) {
+	var borrow uint64
+	for {
+		path := chain.Path(borrow)
+		req, err := m.request(chain, path, who, kind, ask, ttl)
+		if err != nil {
+			return quota.Ticket{}, nil, err
+		}
+		t, err := m.engine.Acquire(ctx, req)
+		var d *quota.Denial
+		if errors.As(err, &d) {
+			if j := chain.BorrowAfter(d.Scope); j >= 0 && borrow&(1<<uint(j)) == 0 {
+				borrow |= 1 << uint(j) // the guarantee is used up: borrow
+				continue
+			}
+		}
+		return t, path.Keys, err
+	}
+}
+
+// SharedDenial is a refusal at the shared part of a pool with guarantees:
+// what the pool's children may borrow beyond their guarantees is used
+// up. Its Denial names the pool's real scope.
+type SharedDenial struct {
+	Denial *quota.Denial
+	// Pool is the pool's scope, Label its kind and name ("department
+	// research"), Tenant the name of its tenant.
+	Pool, Label, Tenant string
+	err                 error
+}
+
+func (e *SharedDenial) Error() string { return e.Message() }
+
+// Unwrap gives the Denial naming the pool, then the engine's error:
+// errors.As finds the former first and, after a wait in the queue, the
+// *admission.Error.
+func (e *SharedDenial) Unwrap() []error { return []error{e.Denial, e.err} }
+
+// Message says what is used up and who can raise it.
+func (e *SharedDenial) Message() string {
+	return "the shared part of " + e.Label + " is used up (its guarantees stay reserved for their owners); ask an admin of " +
+		e.Tenant + " to raise it, or POST /api/v1/quota-requests"
+}
+
+// sharedDenial turns a denial at a pool's shared part (P~borrow) into a
+// *SharedDenial whose Denial names P itself; other errors pass.
+func sharedDenial(snap *policy.Snapshot, who Who, err error) error {
+	var d *quota.Denial
+	if !errors.As(err, &d) {
+		return err
+	}
+	real, suffix, ok := policy.SplitSynthetic(d.Scope)
+	if !ok || suffix != policy.BorrowSuffix {
+		return err
+	}
+	named := *d
+	named.Scope = real
+	return &SharedDenial{Denial: &named, Pool: real, Label: snap.ScopeLabel(real), Tenant: snap.TenantName(who.TenantID), err: err}
 }
 
 // errReadOnly marks a refusal in the platform's read-only mode.
 var errReadOnly = errors.New("platform read-only")
 
-// request is the engine's request for an admission on snap: who's chain
-// (reloading the policy once if it does not know the project yet), the
-// ticket's meta and its ttl. The platform's read-only mode refuses it.
-func (m *Meter) request(ctx context.Context, snap *policy.Snapshot, who Who, kind string, ask quota.Ask, ttl time.Duration) (quota.Request, *policy.Chain, error) {
+// chain is who's chain on snap (reloading the policy once if it does not
+// know the project yet). The platform's read-only mode refuses it.
+func (m *Meter) chain(ctx context.Context, snap *policy.Snapshot, who Who) (*policy.Chain, error) {
 	if pf := snap.Platform(); pf.ReadOnly {
 		msg := "Sluice is in read-only mode: no new work is admitted"
 		if pf.Message != "" {
 			msg += ": " + pf.Message
 		}
-		return quota.Request{}, nil, &errs.Error{Code: errs.Unavailable, Message: msg, Err: errReadOnly}
+		return nil, &errs.Error{Code: errs.Unavailable, Message: msg, Err: errReadOnly}
 	}
 	chain, err := snap.ChainFor(who.TenantID, who.UserID, who.ProjectID, who.KeyID)
 	if errs.Is(err, errs.NotFound) {
@@ -212,15 +285,18 @@ func (m *Meter) request(ctx context.Context, snap *policy.Snapshot, who Who, kin
 			chain, err = m.policy.Current().ChainFor(who.TenantID, who.UserID, who.ProjectID, who.KeyID)
 		}
 	}
-	if err != nil {
-		return quota.Request{}, nil, err
-	}
+	return chain, err
+}
+
+// request is the engine's request for an admission on one path of chain:
+// its scopes, the ticket's meta (with the path's keys) and its ttl.
+func (m *Meter) request(chain *policy.Chain, path policy.Path, who Who, kind string, ask quota.Ask, ttl time.Duration) (quota.Request, error) {
 	meta := ticketMeta{TenantID: who.TenantID, UserID: who.UserID, ProjectID: who.ProjectID, KeyID: who.KeyID, Kind: kind,
-		Model: ask.Model, Requests: ask.Requests, Scopes: chain.Keys, Slot: ask.Concurrency}
-	if len(chain.Scopes) > 1 && chain.Scopes[1].Loc != nil {
-		meta.Zone = chain.Scopes[1].Loc.String()
+		Model: ask.Model, Requests: ask.Requests, Scopes: path.Keys, Slot: ask.Concurrency}
+	if len(path.Scopes) > 1 && path.Scopes[1].Loc != nil {
+		meta.Zone = path.Scopes[1].Loc.String()
 	}
-	for _, sc := range chain.Scopes {
+	for _, sc := range path.Scopes {
 		if sc.Limits != nil && sc.Limits.MaxTokensPerCall > 0 &&
 			(meta.MaxTokensPerCall == 0 || sc.Limits.MaxTokensPerCall < meta.MaxTokensPerCall) {
 			meta.MaxTokensPerCall = sc.Limits.MaxTokensPerCall
@@ -228,12 +304,12 @@ func (m *Meter) request(ctx context.Context, snap *policy.Snapshot, who Who, kin
 	}
 	raw, err := json.Marshal(meta)
 	if err != nil {
-		return quota.Request{}, nil, fmt.Errorf("acquire: encode ticket meta: %w", err)
+		return quota.Request{}, fmt.Errorf("acquire: encode ticket meta: %w", err)
 	}
 	if ttl == TTLRun {
 		ttl = runTTL(chain)
 	}
-	return quota.Request{Chain: chain.Scopes, Ask: ask, TTL: ttl, Meta: string(raw)}, chain, nil
+	return quota.Request{Chain: path.Scopes, Ask: ask, TTL: ttl, Meta: string(raw)}, nil
 }
 
 // classOf is a plan priority's scheduling class.

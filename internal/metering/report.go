@@ -12,7 +12,11 @@ import (
 
 // ScopeReport is a scope's limits and use, as shown to people.
 type ScopeReport struct {
-	Scope      string            `json:"scope"`
+	Scope string `json:"scope"`
+	// Kind marks a pool's synthetic scopes: "pool_shared" (what the
+	// pool's children may borrow beyond their guarantees) or
+	// "guaranteed" (the scope's guaranteed share); "" for real scopes.
+	Kind       string            `json:"kind,omitempty"`
 	Plan       string            `json:"plan,omitempty"`
 	Priority   policy.Priority   `json:"priority,omitempty"`
 	Dimensions []DimensionReport `json:"dimensions"`
@@ -45,6 +49,12 @@ func (m *Meter) Report(ctx context.Context, scopes []string) ([]ScopeReport, err
 			return nil, err
 		}
 		rep := ScopeReport{Scope: s, Plan: r.Plan, Priority: r.Priority, Dimensions: []DimensionReport{}}
+		switch _, suffix, _ := policy.SplitSynthetic(s); suffix {
+		case policy.BorrowSuffix:
+			rep.Kind = "pool_shared"
+		case policy.GuaranteedSuffix:
+			rep.Kind = "guaranteed"
+		}
 		l := r.Limits
 		if l == nil {
 			l = &quota.Limits{}

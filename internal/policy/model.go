@@ -33,11 +33,14 @@ type Plan struct {
 // ScopeLimits is what an admin set on one scope: a plan and/or explicit
 // overrides of the plan's limits.
 type ScopeLimits struct {
-	Scope     string    `json:"scope"`
-	TenantID  string    `json:"tenant_id,omitempty"`
-	Plan      string    `json:"plan,omitempty"`
-	Limits    Spec      `json:"limits"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Scope    string `json:"scope"`
+	TenantID string `json:"tenant_id,omitempty"`
+	Plan     string `json:"plan,omitempty"`
+	Limits   Spec   `json:"limits"`
+	// Guaranteed is the share of its parent's limits reserved for the
+	// scope (departments and projects only; see pool.go); nil for none.
+	Guaranteed *Spec     `json:"guaranteed,omitempty"`
+	UpdatedAt  time.Time `json:"updated_at"`
 }
 
 // Grant temporarily raises a scope's limits by the amounts in Limits (an

@@ -1,13 +1,16 @@
 package policy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -197,10 +200,44 @@ func (s *Service) DeletePlan(ctx context.Context, name string) error {
 
 // ---- scope limits ----
 
-// LimitsInput sets a scope's plan and explicit limits.
+// LimitsInput sets a scope's plan, explicit limits and guarantee.
 type LimitsInput struct {
 	Plan   string `json:"plan"`
 	Limits Spec   `json:"limits"`
+	// Guaranteed reserves a share of the parent's limits for the scope
+	// (departments and projects; see pool.go). Plans carry none: a
+	// guarantee is a share of one particular parent.
+	Guaranteed *Spec `json:"guaranteed,omitempty"`
+}
+
+// UnmarshalJSON decodes the input so that an error in the guarantee names
+// its field as guaranteed.X, not limits.X.
+func (in *LimitsInput) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		Plan       string          `json:"plan"`
+		Limits     Spec            `json:"limits"`
+		Guaranteed json.RawMessage `json:"guaranteed"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&raw); err != nil {
+		return err
+	}
+	out := LimitsInput{Plan: raw.Plan, Limits: raw.Limits}
+	if len(raw.Guaranteed) > 0 && string(raw.Guaranteed) != "null" {
+		var g Spec
+		if err := json.Unmarshal(raw.Guaranteed, &g); err != nil {
+			var e *errs.Error
+			if errors.As(err, &e) && strings.HasPrefix(e.Field, "limits") {
+				return errs.Field(e.Code, "guaranteed"+strings.TrimPrefix(e.Field, "limits"), "%s",
+					strings.ReplaceAll(e.Message, "limits", "guaranteed"))
+			}
+			return errs.Field(errs.Invalid, "guaranteed", "guaranteed: %v", err)
+		}
+		out.Guaranteed = &g
+	}
+	*in = out
+	return nil
 }
 
 // scopeRef is what the rules need to know of a scope's object.
@@ -387,6 +424,64 @@ func (s *Service) checkWithinParents(snap *Snapshot, kind, id string, ref scopeR
 				f, scope, other.Scope, describeField(&below.Spec, f))
 		}
 	}
+	return checkGuarantees(snap, kind, id, tenantID, scope, sl, child)
+}
+
+// checkGuarantees verifies a scope's guarantee, if sl were its settings:
+// only departments and projects hold one; their parent (the pool) limits
+// every dimension it reserves; it stays within the scope's own limit; the
+// guarantees of the parent's children add up to no more than its limit.
+// And, the scope being a pool, that its limits still hold its children's
+// guarantees.
+func checkGuarantees(snap *Snapshot, kind, id, tenantID, scope string, sl *ScopeLimits, child *Resolved) error {
+	if hasGuarantee(sl) {
+		parent := snap.guaranteeParent(kind, id, tenantID)
+		if parent == "" {
+			return errs.Field(errs.Invalid, "guaranteed",
+				"only departments and projects hold guarantees (a share of their parent department's or tenant's limits), not %s", scope)
+		}
+		pl := snap.Effective(parent).Spec
+		for _, d := range guaranteeDims {
+			g, ok := d.get(sl.Guaranteed)
+			if !ok {
+				continue
+			}
+			f := "guaranteed." + d.name
+			l, ok := d.get(&pl)
+			if !ok {
+				return errs.Field(errs.Invalid, f, "%s cannot be guaranteed to %s: its parent %s does not limit it", d.label, scope, parent)
+			}
+			if own, ok := d.get(&child.Spec); ok && g > own {
+				return errs.Field(errs.Invalid, f, "the guarantee of %s in %s (%d) exceeds its own limit (%d)", scope, d.label, g, own)
+			}
+			sum := g
+			for _, sib := range snap.pools[parent] {
+				if v, ok := d.get(sib.Guaranteed); ok && sib.Scope != scope {
+					sum += v
+				}
+			}
+			if sum > l {
+				return errs.Field(errs.Invalid, f, "the guarantees in %s of the children of %s would add up to %d, above its limit of %d",
+					d.label, parent, sum, l)
+			}
+		}
+	}
+	for _, d := range guaranteeDims {
+		var sum int64
+		any := false
+		for _, k := range snap.pools[scope] {
+			if v, ok := d.get(k.Guaranteed); ok {
+				sum, any = sum+v, true
+			}
+		}
+		if !any {
+			continue
+		}
+		if l, ok := d.get(&child.Spec); !ok || l < sum {
+			return errs.Field(errs.Invalid, "limits."+d.name, "%s of %s must hold the guarantees of its children (%d in all); lower those first",
+				d.label, scope, sum)
+		}
+	}
 	return nil
 }
 
@@ -432,21 +527,29 @@ func (s *Service) Limits(ctx context.Context, scope string) (*ScopeView, error) 
 
 // ScopeView is a scope's settings and what they resolve to.
 type ScopeView struct {
-	Scope     string     `json:"scope"`
-	TenantID  string     `json:"tenant_id,omitempty"`
-	Plan      string     `json:"plan,omitempty"`
-	Limits    Spec       `json:"limits"`
-	Effective Spec       `json:"effective"`
-	Priority  Priority   `json:"priority,omitempty"`
-	Grants    []*Grant   `json:"grants,omitempty"`
-	UpdatedAt *time.Time `json:"updated_at,omitempty"`
+	Scope     string `json:"scope"`
+	TenantID  string `json:"tenant_id,omitempty"`
+	Plan      string `json:"plan,omitempty"`
+	Limits    Spec   `json:"limits"`
+	Effective Spec   `json:"effective"`
+	// Guaranteed is the scope's share of its parent; Shared, for a pool,
+	// what its children may borrow (its limits less their guarantees).
+	Guaranteed *Spec      `json:"guaranteed,omitempty"`
+	Shared     *Spec      `json:"shared,omitempty"`
+	Priority   Priority   `json:"priority,omitempty"`
+	Grants     []*Grant   `json:"grants,omitempty"`
+	UpdatedAt  *time.Time `json:"updated_at,omitempty"`
 }
 
 func (s *Service) view(scope, tenantID string, sl *ScopeLimits) *ScopeView {
-	r := s.mgr.Current().Effective(scope)
+	snap := s.mgr.Current()
+	r := snap.Effective(scope)
 	v := &ScopeView{Scope: scope, TenantID: tenantID, Effective: r.Spec, Priority: r.Priority, Grants: r.Grants}
+	if snap.IsPool(scope) {
+		v.Shared = &snap.Effective(BorrowScope(scope)).Spec
+	}
 	if sl != nil {
-		v.Plan, v.Limits = sl.Plan, sl.Limits
+		v.Plan, v.Limits, v.Guaranteed = sl.Plan, sl.Limits, sl.Guaranteed
 		t := sl.UpdatedAt
 		v.UpdatedAt = &t
 	}
@@ -490,6 +593,11 @@ func (s *Service) SetLimits(ctx context.Context, scope string, in LimitsInput) (
 	if err := in.Limits.Validate("limits."); err != nil {
 		return nil, err
 	}
+	if in.Guaranteed != nil {
+		if err := ValidateGuarantee("guaranteed", in.Guaranteed); err != nil {
+			return nil, err
+		}
+	}
 	var after *ScopeLimits
 	err = s.update(ctx, func(tx Tx) error {
 		after, err = s.setLimits(tx, p, kind, oid, scope, in)
@@ -524,7 +632,8 @@ func (s *Service) setLimits(tx Tx, p tenancy.Principal, kind, oid, scope string,
 			return nil, err
 		}
 	}
-	after := &ScopeLimits{Scope: scope, TenantID: ref.tenant, Plan: in.Plan, Limits: in.Limits, UpdatedAt: s.now().UTC().Truncate(time.Microsecond)}
+	after := &ScopeLimits{Scope: scope, TenantID: ref.tenant, Plan: in.Plan, Limits: in.Limits, Guaranteed: in.Guaranteed,
+		UpdatedAt: s.now().UTC().Truncate(time.Microsecond)}
 	if err := s.checkWithinParents(s.mgr.Current(), kind, oid, ref, scope, after); err != nil {
 		return nil, err
 	}
@@ -559,6 +668,9 @@ func (s *Service) ClearLimits(ctx context.Context, scope string) error {
 		before, err := tx.ScopeLimits(scope)
 		if err != nil {
 			return err
+		}
+		if s.mgr.Current().IsPool(scope) {
+			return errs.Field(errs.Conflict, "scope", "children of %s hold guarantees of its limits; remove those first", scope)
 		}
 		if err := tx.DeleteScopeLimits(scope); err != nil {
 			return err

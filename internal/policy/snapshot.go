@@ -81,6 +81,7 @@ type Snapshot struct {
 	depts         map[string]TreeDepartment
 	projects      map[string]*projectNode
 	keys          map[string]TreeKey
+	pools         map[string][]*ScopeLimits // pool → its children with guarantees
 
 	mu        sync.RWMutex
 	effective map[string]*Resolved
@@ -108,9 +109,17 @@ type Chain struct {
 	// is here only when it limits something: a scope costs the engine
 	// about a third of a decision whether it limits anything or not.
 	Scopes []quota.Scope
-	// Keys name every scope of the chain, the key's included, for usage
-	// events: spend per key is summed from them.
+	// Keys name every real scope of the chain, the key's included.
 	Keys []string
+	// PathKeys are Keys with the synthetic scopes of Scopes' path through
+	// the chain's pools (see Path), for usage events: spend per key is
+	// summed from them. They are Keys when the chain has no pools.
+	PathKeys []string
+	// Pools are the pools with guarantees the chain passes through,
+	// outermost first (see Path); Scopes take every guarantee the chain
+	// has.
+	Pools []ChainPool
+	base  []quota.Scope // Scopes without synthetic scopes
 	// Priority and Plan are those of the innermost scope with a plan.
 	Priority Priority
 	Plan     string
@@ -157,6 +166,7 @@ func NewSnapshot(d *Data, defaultGlobal Spec, version int64, now time.Time) *Sna
 	for _, k := range d.Keys {
 		s.keys[k.ID] = k
 	}
+	s.indexGuarantees()
 	return s
 }
 
@@ -188,7 +198,9 @@ func (s *Snapshot) Plan(name string) (*Plan, bool) {
 }
 
 // Effective returns a scope's effective policy: its plan, overlaid with its
-// explicit limits, raised by its active grants.
+// explicit limits, raised by its active grants. A synthetic scope of a
+// pool (P~borrow, C~guaranteed) resolves to the limits the engine gets
+// for it.
 func (s *Snapshot) Effective(scope string) *Resolved {
 	s.mu.RLock()
 	r, ok := s.effective[scope]
@@ -196,7 +208,11 @@ func (s *Snapshot) Effective(scope string) *Resolved {
 	if ok {
 		return r
 	}
-	r = s.resolve(scope, s.scopes[scope])
+	if real, suffix, ok := SplitSynthetic(scope); ok {
+		r = s.resolveSynthetic(real, suffix)
+	} else {
+		r = s.resolve(scope, s.scopes[scope])
+	}
 	s.mu.Lock()
 	s.effective[scope] = r
 	s.mu.Unlock()
@@ -292,6 +308,7 @@ func (s *Snapshot) ChainFor(tenantID, userID, projectID, keyID string) (*Chain, 
 			c.Scopes[0].Limits = l
 		}
 	}
+	s.addPools(c, tenantID)
 	s.mu.Lock()
 	s.chains[k] = c
 	s.mu.Unlock()

@@ -68,7 +68,7 @@ func (r *applyRun) apply(d *Document) error {
 		}
 	}
 	if d.Global != nil {
-		if err := r.limits(policy.GlobalScope, "global", d.Global.Plan, d.Global.Limits); err != nil {
+		if err := r.limits(policy.GlobalScope, "global", d.Global.Plan, d.Global.Limits, nil); err != nil {
 			return fmt.Errorf("global: %w", err)
 		}
 	}
@@ -87,6 +87,13 @@ func (r *applyRun) apply(d *Document) error {
 		}
 	}
 	return nil
+}
+
+func guaranteeEqual(a, b *policy.Spec) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return specEqual(*a, *b)
 }
 
 func specEqual(a, b policy.Spec) bool {
@@ -122,11 +129,15 @@ func (r *applyRun) plan(name string, p Plan) error {
 // limits sets a scope's plan and limits when the document says something
 // different from what is there. In a dry run a scope whose object does not
 // exist yet is simply reported.
-func (r *applyRun) limits(scope, path, plan string, spec *policy.Spec) error {
-	if plan == "" && spec == nil {
+//
+// A department's or project's guarantee goes with its limits: setting
+// either without guaranteed removes a guarantee the scope had (the
+// document says all of a scope's settings, and export writes them all).
+func (r *applyRun) limits(scope, path, plan string, spec, guaranteed *policy.Spec) error {
+	if plan == "" && spec == nil && guaranteed == nil {
 		return nil
 	}
-	want := policy.LimitsInput{Plan: plan}
+	want := policy.LimitsInput{Plan: plan, Guaranteed: guaranteed}
 	if spec != nil {
 		want.Limits = *spec
 	}
@@ -135,7 +146,7 @@ func (r *applyRun) limits(scope, path, plan string, spec *policy.Spec) error {
 		if err != nil && !errs.Is(err, errs.NotFound) {
 			return err
 		}
-		if cur != nil && cur.Plan == want.Plan && specEqual(cur.Limits, want.Limits) && cur.UpdatedAt != nil {
+		if cur != nil && cur.Plan == want.Plan && specEqual(cur.Limits, want.Limits) && guaranteeEqual(cur.Guaranteed, want.Guaranteed) && cur.UpdatedAt != nil {
 			return nil
 		}
 	}
@@ -153,6 +164,10 @@ func describe(in policy.LimitsInput) string {
 	s := string(b)
 	if in.Plan != "" {
 		s = "plan " + in.Plan + ", limits " + s
+	}
+	if in.Guaranteed != nil {
+		g, _ := json.Marshal(in.Guaranteed)
+		s += ", guaranteed " + string(g)
 	}
 	return s
 }
@@ -186,7 +201,7 @@ func (r *applyRun) tenant(t Tenant, cur *tenancy.Tenant) error {
 			}
 		}
 	}
-	if err := r.limits(scopeOf(policy.KindTenant, id), t.Name, t.Plan, t.Limits); err != nil {
+	if err := r.limits(scopeOf(policy.KindTenant, id), t.Name, t.Plan, t.Limits, nil); err != nil {
 		return err
 	}
 
@@ -261,7 +276,7 @@ func (r *applyRun) departments(tenantID, path, parentID string, want []Departmen
 				}
 			}
 		}
-		if err := r.limits(scopeOf(policy.KindDepartment, id), dpath, d.Plan, d.Limits); err != nil {
+		if err := r.limits(scopeOf(policy.KindDepartment, id), dpath, d.Plan, d.Limits, d.Guaranteed); err != nil {
 			return fmt.Errorf("department %s: %w", dpath, err)
 		}
 		if err := r.departments(tenantID, dpath, id, d.Departments, existing, projByName, projectIDs); err != nil {
@@ -307,7 +322,7 @@ func (r *applyRun) projects(tenantID, path, deptID string, want []Project, byNam
 			}
 		}
 		ids[p.Name] = id
-		if err := r.limits(scopeOf(policy.KindProject, id), ppath, p.Plan, p.Limits); err != nil {
+		if err := r.limits(scopeOf(policy.KindProject, id), ppath, p.Plan, p.Limits, p.Guaranteed); err != nil {
 			return fmt.Errorf("project %s: %w", ppath, err)
 		}
 	}
@@ -365,7 +380,7 @@ func (r *applyRun) users(tenantID, path string, want []User, projectIDs map[stri
 				}
 			}
 		}
-		if err := r.limits(scopeOf(policy.KindUser, id), upath, u.Plan, u.Limits); err != nil {
+		if err := r.limits(scopeOf(policy.KindUser, id), upath, u.Plan, u.Limits, nil); err != nil {
 			return fmt.Errorf("user %s: %w", u.Name, err)
 		}
 		for _, pname := range u.Projects {
@@ -411,7 +426,7 @@ func (r *applyRun) keys(tenantID, userID, path string, want []Key) error {
 		if err != nil {
 			return fmt.Errorf("keys[%d]: %w", i, err)
 		}
-		if err := r.limits(policy.ScopeName(policy.KindKey, key.ID), path+"/keys/"+k.label(), k.Plan, k.Limits); err != nil {
+		if err := r.limits(policy.ScopeName(policy.KindKey, key.ID), path+"/keys/"+k.label(), k.Plan, k.Limits, nil); err != nil {
 			return fmt.Errorf("key %s: %w", k.label(), err)
 		}
 	}

@@ -430,3 +430,44 @@ func TestApplyKeys(t *testing.T) {
 		t.Fatalf("export with a shared name: got %+v, want ci by id", keys[0])
 	}
 }
+
+func TestApplyGuarantee(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	doc := parse(t, readTestdata(t, "everything.yaml"))
+	s.apply(t, s.admin, doc, false)
+	snap := s.mgr.Current()
+	var g1 string
+	for _, sl := range snap.Scopes() {
+		if sl.Guaranteed != nil {
+			g1 = sl.Scope
+		}
+	}
+	if g1 == "" || jsonOf(t, snap.Effective(policy.GuaranteedScope(g1)).Spec) != `{"tokens":"100000/day"}` {
+		t.Fatalf("group-1's guarantee after apply: scope %q", g1)
+	}
+	// The department pools it: its shared part is the rest.
+	var cs101 string
+	for _, sl := range snap.Scopes() {
+		if snap.IsPool(sl.Scope) {
+			cs101 = sl.Scope
+		}
+	}
+	if got := jsonOf(t, snap.Effective(policy.BorrowScope(cs101)).Spec); got != `{"tokens":"400000/day"}` {
+		t.Fatalf("cs101's shared part: %s, want 500000 - 100000 a day", got)
+	}
+
+	// A guarantee of a rate is refused, naming where.
+	_, err := policydoc.Parse([]byte(`
+tenants:
+  - name: t
+    departments:
+      - name: d
+        limits: {concurrency: 2}
+        projects: [{name: p, guaranteed: {requests: 10/min}}]
+`))
+	var e *errs.Error
+	if !errors.As(err, &e) || e.Field != "tenants[0].departments[0].projects[0].guaranteed.requests" {
+		t.Fatalf("parse a rate guarantee: got %v, want a field error at ...projects[0].guaranteed.requests", err)
+	}
+}

@@ -62,6 +62,8 @@ type Department struct {
 	DisplayName string       `json:"display_name,omitempty"`
 	Plan        string       `json:"plan,omitempty"`
 	Limits      *policy.Spec `json:"limits,omitempty"`
+	// Guaranteed is the department's share of its parent's limits.
+	Guaranteed  *policy.Spec `json:"guaranteed,omitempty"`
 	Departments []Department `json:"departments,omitempty"`
 	Projects    []Project    `json:"projects,omitempty"`
 }
@@ -72,6 +74,8 @@ type Project struct {
 	DisplayName string       `json:"display_name,omitempty"`
 	Plan        string       `json:"plan,omitempty"`
 	Limits      *policy.Spec `json:"limits,omitempty"`
+	// Guaranteed is the project's share of its parent's limits.
+	Guaranteed *policy.Spec `json:"guaranteed,omitempty"`
 }
 
 // User is a user, the projects they belong to, and their limits.
@@ -318,6 +322,9 @@ func (d *Document) Validate() error {
 				if err := checkLimited(dat, dp.Plan, dp.Limits); err != nil {
 					return err
 				}
+				if err := checkGuarantee(dat, dp.Guaranteed); err != nil {
+					return err
+				}
 				if err := addProjects(dat, dp.Projects, projects); err != nil {
 					return err
 				}
@@ -399,6 +406,13 @@ func checkKeys(at string, keys []Key) error {
 
 // checkLimited validates a scope's limits; plans are checked on the server,
 // where they may already exist.
+func checkGuarantee(at string, g *policy.Spec) error {
+	if g != nil {
+		return policy.ValidateGuarantee(at+".guaranteed", g)
+	}
+	return nil
+}
+
 func checkLimited(at, plan string, limits *policy.Spec) error {
 	if limits != nil {
 		return limits.Validate(at + ".limits.")
@@ -417,6 +431,9 @@ func addProjects(at string, ps []Project, seen map[string]bool) error {
 		}
 		seen[p.Name] = true
 		if err := checkLimited(pat, p.Plan, p.Limits); err != nil {
+			return err
+		}
+		if err := checkGuarantee(pat, p.Guaranteed); err != nil {
 			return err
 		}
 	}

@@ -36,6 +36,12 @@ func (a *Applier) Export(ctx context.Context) (*Document, error) {
 		spec := sl.Limits
 		return sl.Plan, &spec
 	}
+	guaranteed := func(scope string) *policy.Spec {
+		if sl, ok := limits[scope]; ok {
+			return sl.Guaranteed
+		}
+		return nil
+	}
 	if p.IsPlatformAdmin() {
 		plans, err := a.Policy.Plans(ctx)
 		if err != nil {
@@ -77,6 +83,7 @@ func (a *Applier) Export(ctx context.Context) (*Document, error) {
 			projectName[pr.ID] = pr.Name
 			dp := Project{Name: pr.Name, DisplayName: pr.DisplayName}
 			dp.Plan, dp.Limits = limited(policy.ScopeName(policy.KindProject, pr.ID))
+			dp.Guaranteed = guaranteed(policy.ScopeName(policy.KindProject, pr.ID))
 			projectsIn[pr.DepartmentID] = append(projectsIn[pr.DepartmentID], dp)
 		}
 		children := map[string][]*tenancy.Department{}
@@ -89,6 +96,7 @@ func (a *Applier) Export(ctx context.Context) (*Document, error) {
 			for _, dp := range children[parent] {
 				dd := Department{Name: dp.Name, DisplayName: dp.DisplayName, Projects: projectsIn[dp.ID], Departments: build(dp.ID)}
 				dd.Plan, dd.Limits = limited(policy.ScopeName(policy.KindDepartment, dp.ID))
+				dd.Guaranteed = guaranteed(policy.ScopeName(policy.KindDepartment, dp.ID))
 				out = append(out, dd)
 			}
 			return out

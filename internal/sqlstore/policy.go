@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -110,12 +111,64 @@ func scanScope(r scanner) (*policy.ScopeLimits, error) {
 	if err := r.Scan(&sl.Scope, &sl.TenantID, &sl.Plan, &limits, &u); err != nil {
 		return nil, err
 	}
-	sp, err := parseSpec(limits)
+	sp, g, err := parseScopeSpec(limits)
 	if err != nil {
 		return nil, err
 	}
-	sl.Limits, sl.UpdatedAt = sp, fromMicros(u)
+	sl.Limits, sl.Guaranteed, sl.UpdatedAt = sp, g, fromMicros(u)
 	return &sl, nil
+}
+
+// guaranteedKey holds a scope's guarantee inside its limits_json (no
+// column of its own: the limits' keys are the spec's fields, never this).
+const guaranteedKey = "guaranteed"
+
+// scopeSpecJSON encodes a scope's limits and, under guaranteedKey, its
+// guarantee.
+func scopeSpecJSON(sl *policy.ScopeLimits) (string, error) {
+	limits, err := specJSON(sl.Limits)
+	if err != nil || sl.Guaranteed == nil {
+		return limits, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(limits), &m); err != nil {
+		return "", errs.Wrap(err, "encode limits")
+	}
+	g, err := specJSON(*sl.Guaranteed)
+	if err != nil {
+		return "", err
+	}
+	m[guaranteedKey] = json.RawMessage(g)
+	b, err := json.Marshal(m)
+	if err != nil {
+		return "", errs.Wrap(err, "encode limits")
+	}
+	return string(b), nil
+}
+
+// parseScopeSpec decodes what scopeSpecJSON wrote.
+func parseScopeSpec(s string) (policy.Spec, *policy.Spec, error) {
+	if !strings.Contains(s, `"`+guaranteedKey+`"`) {
+		sp, err := parseSpec(s)
+		return sp, nil, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(s), &m); err != nil {
+		return policy.Spec{}, nil, errs.Wrap(err, "decode stored limits")
+	}
+	raw, ok := m[guaranteedKey]
+	if !ok { // the word was elsewhere, e.g. in a model's name
+		sp, err := parseSpec(s)
+		return sp, nil, err
+	}
+	g, err := parseSpec(string(raw))
+	if err != nil {
+		return policy.Spec{}, nil, err
+	}
+	delete(m, guaranteedKey)
+	rest, _ := json.Marshal(m)
+	sp, err := parseSpec(string(rest))
+	return sp, &g, err
 }
 
 func (c *conn) ScopeLimits(scope string) (*policy.ScopeLimits, error) {
@@ -137,7 +190,7 @@ func (c *conn) ListScopeLimits(tenantID string) ([]*policy.ScopeLimits, error) {
 }
 
 func (c *conn) PutScopeLimits(sl *policy.ScopeLimits) error {
-	limits, err := specJSON(sl.Limits)
+	limits, err := scopeSpecJSON(sl)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/quota"
 	"github.com/sluicehq/sluice/internal/tenancy"
 	"github.com/sluicehq/sluice/internal/usage"
 )
@@ -161,9 +162,12 @@ func testPolicy(t *testing.T, s *Store) {
 
 	scopes := []*policy.ScopeLimits{
 		{Scope: "tenant:" + w.A.ID, TenantID: w.A.ID, Plan: "gold", UpdatedAt: base},
-		{Scope: "user:" + w.ua1.ID, TenantID: w.A.ID, Plan: "gold", Limits: policy.Spec{Concurrency: ptr(int64(1))}, UpdatedAt: base},
+		// A guarantee travels inside limits_json; a model named like its
+		// key does not confuse the decoding.
+		{Scope: "user:" + w.ua1.ID, TenantID: w.A.ID, Plan: "gold", Limits: policy.Spec{Concurrency: ptr(int64(1))},
+			Guaranteed: &policy.Spec{Concurrency: ptr(int64(1)), Tokens: policy.Budgets{{Amount: 5, Window: quota.WindowDay}}}, UpdatedAt: base},
 		{Scope: "tenant:" + w.B.ID, TenantID: w.B.ID, Plan: "basic", UpdatedAt: base},
-		{Scope: "global", Limits: policy.Spec{MaxSteps: ptr(int64(100))}, UpdatedAt: base},
+		{Scope: "global", Limits: policy.Spec{MaxSteps: ptr(int64(100)), Models: []string{"guaranteed"}}, UpdatedAt: base},
 	}
 	updatePolicy(t, s, func(tx policy.Tx) error {
 		for _, sl := range scopes {
