@@ -26,6 +26,9 @@ type resource struct {
 // object ({"requests":"10/min","models":["gpt-4o-mini"]}).
 var jsonFields = map[string]bool{"limits": true, "guaranteed": true}
 
+// limitsSetFields are the flags of sluice limits set.
+var limitsSetFields = []string{"plan", "limits", "guaranteed"}
+
 var resources = map[string]resource{
 	"tenants":     {"/api/v1/admin/tenants", []string{"name", "display_name", "timezone"}},
 	"departments": {"/api/v1/admin/departments", []string{"tenant_id", "parent_id", "name", "display_name"}},
@@ -303,7 +306,7 @@ func limits(ctx context.Context, c *client.Client, stdout, stderr io.Writer, arg
 	case "get":
 		return show(ctx, c, stdout, http.MethodGet, scopePath, nil, nil)
 	case "set":
-		body, err := bodyOf("limits set", resource{fields: []string{"plan", "limits", "guaranteed"}}, flags)
+		body, err := bodyOf("limits set", resource{fields: limitsSetFields}, flags)
 		if err != nil {
 			return err
 		}

@@ -58,6 +58,7 @@ func clientFlags() []string {
 		add(names)
 	}
 	add(usageReportFlags)
+	add(limitsSetFields)
 	return flags
 }
 
