@@ -603,6 +603,12 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
 	}
 	var scopes []string
 	if scope := q.Get("scope"); scope != "" {
+		if scope == policy.GlobalScope && !p.IsPlatformAdmin() {
+			// The platform-wide pool is the operator's business, as in
+			// the chain's own report below and the usage history.
+			writeError(w, r, s.Log, errs.Field(errs.NotFound, "scope", "scope %s not found", scope))
+			return
+		}
 		if !p.AdminOf(p.TenantID) {
 			if err := s.mayReadScope(r.Context(), p, scope); err != nil {
 				writeError(w, r, s.Log, err)

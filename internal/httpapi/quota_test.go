@@ -565,3 +565,19 @@ func mustZone(t *testing.T, name string) *time.Location {
 	}
 	return loc
 }
+
+// TestGlobalUsageIsTheOperators: the platform-wide pool's use is read by
+// platform admins only; a tenant admin or a member is told it does not
+// exist, as for another tenant's scopes.
+func TestGlobalUsageIsTheOperators(t *testing.T) {
+	e := newEnv(t)
+	w := e.makeWorld("acme")
+	if r := e.do(e.admin, "GET", "/api/v1/usage?scope=global", nil); r.status != 200 {
+		t.Errorf("platform admin: %d %s, want 200", r.status, r.raw)
+	}
+	for name, key := range map[string]string{"tenant admin": w.adminKey, "member": w.memberKey} {
+		if r := e.do(key, "GET", "/api/v1/usage?scope=global", nil); r.status != 404 {
+			t.Errorf("%s reading the global pool: %d %s, want 404", name, r.status, r.raw)
+		}
+	}
+}
