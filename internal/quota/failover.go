@@ -871,8 +871,14 @@ const stampWait = time.Minute
 // drops the spooled use its read holds, by these stamps: a settlement
 // whose event committed before the read began is in it, one whose event
 // was not yet committed when the rebuild decided is not, whatever the
-// settlement's own time. Cheap when nothing is spooled.
+// settlement's own time. Stamps are only read by a rebuild, which happens
+// while degraded: out of it this is one atomic load, off the settle path's
+// lock (an item spooled in a spell and committed after it was decided
+// already).
 func (f *Failover) Committed(id string, at time.Time) {
+	if !f.degraded.Load() {
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.spool) == 0 || len(f.committed) >= maxCommitted {
