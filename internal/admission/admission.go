@@ -25,9 +25,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/quota"
 )
 
 // Options configure a Queue. Zero values pick the defaults.
@@ -144,6 +147,30 @@ type Waited struct {
 	Ahead  int           // waiters ahead of it when it entered
 }
 
+// SetHeaders says on an admitted response how long it waited for a
+// concurrency slot and how many were ahead of it when it joined
+// (nothing when it did not wait).
+func (wd Waited) SetHeaders(h http.Header) {
+	if !wd.Queued {
+		return
+	}
+	h.Set("X-Sluice-Queue-Wait-Ms", strconv.FormatInt(wd.Wait.Milliseconds(), 10))
+	h.Set("X-Sluice-Queue-Ahead", strconv.Itoa(wd.Ahead))
+}
+
+// Note says, for a refusal's message, how the request fared in the queue
+// ("" when err is no queue refusal).
+func Note(err error) string {
+	var qe *Error
+	switch {
+	case !errors.As(err, &qe):
+		return ""
+	case qe.Reason == ErrQueueFull:
+		return "the queue for a slot there is full"
+	}
+	return "waited " + quota.FormatWait(qe.Waited.Wait) + " in the queue for a slot"
+}
+
 // Outcomes of a wait that ended without admission.
 var (
 	ErrQueueFull = errors.New("admission queue full")
@@ -162,7 +189,7 @@ func (e *Error) Error() string {
 	if e.Reason == ErrQueueFull {
 		return fmt.Sprintf("%v (the queue for %s is full)", e.Err, e.Waited.Scope)
 	}
-	return fmt.Sprintf("%v (waited %s for a slot)", e.Err, Round(e.Waited.Wait))
+	return fmt.Sprintf("%v (waited %s for a slot)", e.Err, quota.FormatWait(e.Waited.Wait))
 }
 
 // Unwrap returns both the refusal and the reason.
@@ -503,15 +530,6 @@ func (q *Queue) Len() int {
 		n += sq.fq.n + sq.turns
 	}
 	return n
-}
-
-// Round rounds a wait for people: to 100 ms under ten seconds, else to the
-// second.
-func Round(d time.Duration) time.Duration {
-	if d < 10*time.Second {
-		return d.Round(100 * time.Millisecond)
-	}
-	return d.Round(time.Second)
 }
 
 // Run serves the board's order until ctx ends (only with a board): on

@@ -237,7 +237,7 @@ func (h *Handler) call(w http.ResponseWriter, cl *caller, kind string, cands []*
 		MaxTokensDefault: def, TTL: ttl, Field: "max_tokens", Subject: "the request", QueueUsage: h.QueueUsage,
 		OnAdmit: func(adm *metering.Admission) {
 			setRateHeaders(w, &adm.Ticket)
-			setQueueHeaders(w, adm.Waited)
+			adm.Waited.SetHeaders(w.Header())
 		},
 		RequestID: w.Header().Get("X-Request-Id"), KeyID: cl.p.KeyID, KeyPrefix: cl.p.KeyPrefix,
 	}

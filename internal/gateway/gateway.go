@@ -262,12 +262,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var d *quota.Denial
 	if errors.As(err, &d) {
+		note := admission.Note(err)
+		if note != "" {
+			note = " " + strings.ToUpper(note[:1]) + note[1:] + "."
+		}
 		var sd *metering.SharedDenial
 		if errors.As(err, &sd) {
-			writeSharedDenial(w, d, sd, queueNote(err))
+			writeSharedDenial(w, d, sd, note)
 			return
 		}
-		writeDenial(w, d, queueNote(err))
+		writeDenial(w, d, note)
 		return
 	}
 	var pe *llm.ProviderError
@@ -361,29 +365,6 @@ func writeSharedDenial(w http.ResponseWriter, d *quota.Denial, sd *metering.Shar
 // writeDenial answers a quota denial as OpenAI does: 429 with
 // rate_limit_exceeded for a rate or concurrency limit, insufficient_quota
 // for an exhausted budget, 403 for a model the policy does not allow.
-// queueNote says how a refused call fared in the queue for a slot, "" if
-// it did not queue.
-func queueNote(err error) string {
-	var qe *admission.Error
-	switch {
-	case !errors.As(err, &qe):
-		return ""
-	case qe.Reason == admission.ErrQueueFull:
-		return " The queue for a slot there is full."
-	}
-	return " Waited " + admission.Round(qe.Waited.Wait).String() + " in the queue for a slot."
-}
-
-// setQueueHeaders says how long an admitted call waited for a
-// concurrency slot, and how many were ahead of it when it joined.
-func setQueueHeaders(w http.ResponseWriter, wd admission.Waited) {
-	if !wd.Queued {
-		return
-	}
-	w.Header().Set("X-Sluice-Queue-Wait-Ms", strconv.FormatInt(wd.Wait.Milliseconds(), 10))
-	w.Header().Set("X-Sluice-Queue-Ahead", strconv.Itoa(wd.Ahead))
-}
-
 func writeDenial(w http.ResponseWriter, d *quota.Denial, note string) {
 	h := w.Header()
 	if d.RetryAfter > 0 {

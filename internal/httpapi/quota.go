@@ -219,16 +219,6 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// setQueueHeaders says how long an admission waited for a concurrency
-// slot, and how many were ahead of it when it joined the queue.
-func setQueueHeaders(w http.ResponseWriter, wd admission.Waited) {
-	if !wd.Queued {
-		return
-	}
-	w.Header().Set("X-Sluice-Queue-Wait-Ms", strconv.FormatInt(wd.Wait.Milliseconds(), 10))
-	w.Header().Set("X-Sluice-Queue-Ahead", strconv.Itoa(wd.Ahead))
-}
-
 // setRateHeaders adds the IETF RateLimit-* headers (for requests) and the
 // OpenAI-style x-ratelimit-* headers (requests and tokens).
 func setRateHeaders(w http.ResponseWriter, t *quota.Ticket) {
@@ -321,14 +311,13 @@ func writeQuotaErrorExtra(w http.ResponseWriter, r *http.Request, s *Server, err
 		msg = sd.Message() + "; in its shared part: " + msg
 		extra["part"] = "shared"
 	}
-	var qe *admission.Error
-	if errors.As(err, &qe) {
-		if qe.Reason == admission.ErrQueueFull {
-			msg += "; the queue for a slot there is full"
+	if note := admission.Note(err); note != "" {
+		msg += "; " + note
+		var qe *admission.Error
+		errors.As(err, &qe)
+		if extra["queue"] = "timeout"; qe.Reason == admission.ErrQueueFull {
 			extra["queue"] = "full"
 		} else {
-			msg += "; waited " + admission.Round(qe.Waited.Wait).String() + " in the queue for a slot"
-			extra["queue"] = "timeout"
 			extra["queued_ms"] = qe.Waited.Wait.Milliseconds()
 		}
 	}

@@ -264,7 +264,7 @@ func (s *Server) runFlow(w http.ResponseWriter, r *http.Request) {
 		if out.Ticket != nil {
 			setRateHeaders(w, out.Ticket)
 		}
-		setQueueHeaders(w, out.Waited)
+		out.Waited.SetHeaders(w.Header())
 		if out.Err != nil {
 			writeRunError(w, r, s, out.Err, out.Record)
 			return
