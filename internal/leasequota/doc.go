@@ -66,9 +66,12 @@
 // 1/8), so near a limit leases shrink to 1 unit and then to nothing, and
 // decisions fall back to the direct path. Grants for the scopes of one
 // tag go in one Store.GrantBatch (up to 64 scopes: one rates read, one
-// script); Remaining in the reply feeds f. Return: budgets
-// and slots held above target for an idle interval, everything on
-// shutdown (Close), and on a policy change of the scope (the limit the
+// script); Remaining in the reply feeds f. Return: budgets held above
+// target for an idle interval (3 refreshes), all of an idle budget whose
+// limit is near and all idle slots (one slot kept idle per instance made
+// the store count it as used: a small department was refused at "4 of 4"
+// with 3 running), what the refills of a refused acquire leased,
+// everything on shutdown (Close), and on a policy change of the scope (the limit the
 // lease was sized against is gone; rates and slots re-granted against
 // the new limits, never over them since the new grant clamps to
 // new limit − used).
@@ -229,7 +232,8 @@
 // limit is far), rates as a direct decision whose refusal carries the
 // bucket it was refused on, so the denial is quota.Memory's to the
 // nanosecond; a refusal gives back the rate units the same acquire took
-// at earlier scopes (while no decision has followed them). A model
+// at earlier scopes (while no decision has followed them) and the budget
+// and slot leases its refills added (as far as they are unspent). A model
 // refused at scope j is reported unless a scope before it refuses the ask
 // (checked, charging nothing). A scope's grants and returns are
 // serialised (a channel lock, so the synctest simulation can advance its

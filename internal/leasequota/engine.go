@@ -738,19 +738,30 @@ func (e *Engine) acquire(ctx context.Context, r quota.Request, checkOnly bool) (
 	var (
 		shorts   []short
 		paid     []paidRate
+		leased   []leasedUnits
 		refilled bool
 	)
+	// refused gives back what this acquire took from the store and did
+	// not spend: rate units decided for it, and the budget and slot
+	// leases its refills added. Kept, a slot leased at a department for
+	// an ask its project then refused stayed with this instance, counted
+	// as used in the store, and other instances were refused "4 of 4"
+	// with 3 in use.
+	refused := func() {
+		e.giveBack(ctx, paid)
+		e.giveBackLeased(ctx, leased)
+	}
 	for round := 0; ; round++ {
 		t, sh, renew, adj, err := e.decide(&r, clamp, refilled, checkOnly, false, paid, shorts[:0])
 		switch {
 		case err != nil:
-			e.giveBack(ctx, paid)
+			refused()
 			return quota.Ticket{}, err
 		case renew != nil:
 			err = e.renewNow(ctx, renew)
 		case sh == nil:
 			if checkOnly {
-				e.giveBack(ctx, paid)
+				refused()
 			}
 			e.adjustRates(ctx, adj)
 			return t, nil
@@ -760,13 +771,13 @@ func (e *Engine) acquire(ctx context.Context, r quota.Request, checkOnly bool) (
 		default:
 			shorts, refilled = sh, true
 			var d *quota.Denial
-			if d, err = e.refill(ctx, &r, shorts, &paid); d != nil {
-				e.giveBack(ctx, paid)
+			if d, err = e.refill(ctx, &r, shorts, &paid, &leased); d != nil {
+				refused()
 				return quota.Ticket{}, d
 			}
 		}
 		if err != nil {
-			e.giveBack(ctx, paid)
+			refused()
 			return quota.Ticket{}, err
 		}
 	}
@@ -822,6 +833,53 @@ func (e *Engine) giveBack(ctx context.Context, paid []paidRate) {
 			p.s.m[p.m].bucket = b
 			e.mu.Unlock()
 		}
+	}
+}
+
+// leasedUnits is what one refill added to a budget or slot lease for an
+// acquire.
+type leasedUnits struct {
+	s      *lscope
+	m      Meter
+	n      int64
+	window time.Time
+}
+
+// giveBackLeased returns to the store what refills added to leases for an
+// acquire that was refused, as far as the leases still hold it unspent
+// (a concurrent decision may have spent some: that part stays spent).
+// A failed return is kept to be sent again, as giveUnused's are.
+func (e *Engine) giveBackLeased(ctx context.Context, leased []leasedUnits) {
+	for len(leased) > 0 {
+		s := leased[0].s
+		s.io.Lock()
+		e.mu.Lock()
+		var gives []Give
+		rest := leased[:0:0]
+		for _, l := range leased {
+			if l.s != s {
+				rest = append(rest, l)
+				continue
+			}
+			lm := &s.m[l.m]
+			if lm.stale || l.m.isBudget() && !l.window.Equal(lm.window) {
+				continue
+			}
+			if n := min(l.n, lm.avail-lm.ret); n > 0 {
+				lm.ret += n
+				gives = append(gives, Give{Meter: l.m, Amount: n, Window: lm.window})
+			}
+		}
+		var id string
+		if len(gives) > 0 {
+			id = e.requestID()
+		}
+		e.mu.Unlock()
+		if len(gives) > 0 {
+			_ = e.giveBackLease(ctx, s, id, gives) // kept in unsent on failure
+		}
+		s.io.Unlock()
+		leased = rest
 	}
 }
 
@@ -1179,7 +1237,7 @@ func (e *Engine) requestID() string {
 // demand while the limit is far), rates decided in the store exactly (the
 // direct path: slots from now, as quota.Memory). The first refusal, in
 // quota.Memory's check order, is returned as the denial.
-func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short, paid *[]paidRate) (*quota.Denial, error) {
+func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short, paid *[]paidRate, leased *[]leasedUnits) (*quota.Denial, error) {
 	var groups [][]short
 	for len(shorts) > 0 {
 		n := 1
@@ -1190,7 +1248,7 @@ func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short, p
 		shorts = shorts[n:]
 	}
 	if len(groups) == 1 {
-		return e.refillScope(ctx, r, groups[0], paid)
+		return e.refillScope(ctx, r, groups[0], paid, leased)
 	}
 	// The scopes go to the store at once (a cold chain would otherwise wait
 	// for a round trip or two per scope, one after the other). The answer
@@ -1198,17 +1256,21 @@ func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short, p
 	// rate units a later scope took meanwhile are in paid, given back by
 	// the caller with the rest.
 	type result struct {
-		i    int
-		d    *quota.Denial
-		err  error
-		paid []paidRate
+		i      int
+		d      *quota.Denial
+		err    error
+		paid   []paidRate
+		leased []leasedUnits
 	}
 	done := make(chan result, len(groups)) // a channel: durably blocking in a synctest bubble
 	for i, g := range groups {
 		go func() {
-			var p []paidRate
-			d, err := e.refillScope(ctx, r, g, &p)
-			done <- result{i, d, err, p}
+			var (
+				p []paidRate
+				l []leasedUnits
+			)
+			d, err := e.refillScope(ctx, r, g, &p, &l)
+			done <- result{i, d, err, p, l}
 		}()
 	}
 	res := make([]result, len(groups))
@@ -1218,6 +1280,7 @@ func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short, p
 	}
 	for _, x := range res {
 		*paid = append(*paid, x.paid...)
+		*leased = append(*leased, x.leased...)
 	}
 	for _, x := range res {
 		if x.d != nil || x.err != nil {
@@ -1229,7 +1292,7 @@ func (e *Engine) refill(ctx context.Context, r *quota.Request, shorts []short, p
 
 // refillScope is refill for the shorts of one scope: one store call (two
 // when a stale lease goes back first).
-func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []short, paid *[]paidRate) (*quota.Denial, error) {
+func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []short, paid *[]paidRate, leased *[]leasedUnits) (*quota.Denial, error) {
 	s := group[0].s
 	e.sweepTag(ctx, s.sc.Tenant)
 	s.io.Lock()
@@ -1337,6 +1400,9 @@ func (e *Engine) refillScope(ctx context.Context, r *quota.Request, group []shor
 	var denial *quota.Denial
 	for i, g := range res.Grants {
 		w, sh := wants[i], wsh[i]
+		if !w.Direct && !w.Meter.isRate() && g.Granted > 0 && (!w.Meter.isBudget() || w.Window.Equal(s.m[w.Meter].window)) {
+			*leased = append(*leased, leasedUnits{s: s, m: w.Meter, n: g.Granted, window: w.Window})
+		}
 		if w.Direct && g.Granted > 0 {
 			p := paidRate{i: sh.i, s: s, m: w.Meter, n: g.Granted, rate: w.Rate, before: g.Before, after: g.After, remaining: g.Remaining}
 			if b, err := quota.ParseBucket(g.After); err == nil {
@@ -1378,6 +1444,24 @@ func (e *Engine) target(lm *lmeter, m Meter) int64 {
 	}
 	per := float64(e.o.Horizon) / float64(e.o.Refresh)
 	return max(int64(lm.demand*per), lm.maxAsk)
+}
+
+// idleRounds is how many refreshes without a charge make a lease idle.
+const idleRounds = 3
+
+// keepIdle is what an idle budget or slot lease keeps of what it holds
+// (n live instances): its target while the limit is far, so that the
+// next decision needs no store call; nothing while the limit is near, nor
+// ever for slots. An idle instance keeping one slot (the largest ask seen)
+// of a department's 4 made the store count it as used: with three
+// instances, the third was refused "4 of 4" with 3 runs going, for as
+// long as the others stayed idle. Called with e.mu held.
+func (e *Engine) keepIdle(lm *lmeter, m Meter, n int) int64 {
+	keep := e.target(lm, m)
+	if m == MeterConcurrency || lm.remaining != unknownRem && lm.remaining < keep*int64(2*n) {
+		return 0
+	}
+	return keep
 }
 
 // unitsAfter returns the rate units of lm that are still spendable at t.
@@ -2084,8 +2168,8 @@ func (e *Engine) giveUnused(ctx context.Context, s *lscope, all bool) error {
 		switch {
 		case all || lm.stale:
 			n = lm.avail - lm.ret
-		case lm.idle >= 3:
-			n = lm.avail - lm.ret - e.target(lm, m)
+		case lm.idle >= idleRounds:
+			n = lm.avail - lm.ret - e.keepIdle(lm, m, max(e.instances(), 1))
 		}
 		lm.stale = false
 		if n <= 0 {
@@ -2300,7 +2384,7 @@ func (e *Engine) refresh(ctx context.Context, rs *refreshState) {
 				lm.idle = 0
 			}
 			lm.spent = 0
-			if !m.isRate() && (lm.stale || lm.idle >= 3 && lm.avail > e.target(lm, m)) {
+			if !m.isRate() && (lm.stale || lm.idle >= idleRounds && lm.avail > e.keepIdle(lm, m, n)) {
 				giveBack = true
 			}
 			if len(s.unsent) > 0 {
