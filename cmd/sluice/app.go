@@ -49,6 +49,7 @@ type App struct {
 	store    *sqlstore.Store
 	tenancy  *tenancy.Service
 	policy   *policy.Service
+	credits  *policy.Credits
 	engine   *engine
 	recorder *usage.Recorder
 	meter    *metering.Meter
@@ -142,6 +143,7 @@ func (a *App) startQuota(ctx context.Context) error {
 	}
 	mgr := policy.NewManager(a.store, global, a.log)
 	a.policy = policy.NewService(a.store, mgr, a.log)
+	a.credits = policy.NewCredits(a.store, a.policy)
 	if err := a.policy.EnsureDefaultPlans(ctx); err != nil {
 		return fmt.Errorf("default plans: %w", err)
 	}
@@ -167,6 +169,7 @@ func (a *App) startQuota(ctx context.Context) error {
 		usage.WithQueueMax(a.cfg.UsageQueueMax), usage.WithObserver(a.metrics))
 	a.meter = metering.New(a.watchAdmissions(a.engine), mgr, a.recorder, a.log)
 	a.meter.Ledger = a.store.UsageEvent
+	a.meter.Credit = a.credits
 	a.meter.OnDecision = func(kind, result, dim string) { a.metrics.Decisions.WithLabelValues(kind, result, dim).Inc() }
 	a.meter.OnSettle = a.metrics.Settlements.Inc
 	if f, ok := a.engine.Backend.(*quota.Failover); ok {
@@ -331,7 +334,7 @@ func (a *App) Handler() http.Handler {
 		Tenancy:      a.tenancy,
 		Policy:       a.policy,
 		Requests:     policy.NewRequests(a.store, a.policy),
-		Credits:      policy.NewCredits(a.store, a.policy),
+		Credits:      a.credits,
 		Meter:        a.meter,
 		Metrics:      a.metrics,
 		Quarantine:   a.store,
@@ -442,6 +445,11 @@ func (a *App) startBackground() {
 		mgr.Watch(ctx, time.Duration(a.cfg.PolicyPollInterval), a.store.ChangeVersion)
 	}()
 	a.runAlerts(ctx)
+	a.background.Add(1)
+	go func() {
+		defer a.background.Done()
+		a.settleCreditDraws(ctx, time.Minute)
+	}()
 	if a.cfg.PolicyFile != "" {
 		ap := &policydoc.Applier{Tenancy: a.tenancy, Policy: a.policy}
 		a.background.Add(1)
@@ -517,4 +525,25 @@ func toolServices(t config.Tools, getenv func(string) string) map[string]run.Too
 		out[name] = svc
 	}
 	return out
+}
+
+// creditSettleDelay is how long after a window ends its credit draws are
+// settled: the window's last usage events are in the ledger by then.
+const creditSettleDelay = 5 * time.Minute
+
+// settleCreditDraws gives back, every interval, what credit draws of
+// ended windows did not use (policy.Credits.SettleDraws).
+func (a *App) settleCreditDraws(ctx context.Context, every time.Duration) {
+	tk := time.NewTicker(every)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+		}
+		if _, err := a.credits.SettleDraws(ctx, time.Now().Add(-creditSettleDelay), a.store.WindowUse); err != nil && ctx.Err() == nil {
+			a.log.Warn("settling credit draws", slog.String("error", err.Error()))
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -68,6 +69,16 @@ type Meter struct {
 	// fairly and bounded, instead of being refused at once (see package
 	// admission). Settlements tell it when slots free.
 	Queue *admission.Queue
+	// Credit, when set, lifts a refusal of a token or cost budget with
+	// the refusing scope's prepaid credit (*policy.Credits): the meter
+	// draws and asks again.
+	Credit CreditDrawer
+}
+
+// CreditDrawer draws prepaid credit into a grant on a refused budget
+// (*policy.Credits). Draw answers policy.ErrNoCredit when there is none.
+type CreditDrawer interface {
+	Draw(ctx context.Context, in policy.DrawInput) (*policy.Grant, error)
 }
 
 type noWaitKey struct{}
@@ -172,7 +183,7 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 					}
 					snap, chain = now, c
 				}
-				t, keys, err = m.acquire(ctx, chain, who, kind, ask, ttl)
+				t, keys, chain, err = m.acquire(ctx, chain, who, kind, ask, ttl)
 				var d *quota.Denial
 				if errors.As(err, &d) && d.Dimension == quota.DimConcurrency {
 					return d.Scope, err
@@ -180,7 +191,7 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 				return "", err
 			})
 	} else {
-		t, keys, err = m.acquire(ctx, chain, who, kind, ask, ttl)
+		t, keys, chain, err = m.acquire(ctx, chain, who, kind, ask, ttl)
 	}
 	if m.OnDecision != nil {
 		var d *quota.Denial
@@ -203,14 +214,20 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 
 // acquire asks the engine on chain's paths, guarantees first (see
 // Acquire), and returns the ticket with the scope keys of the path that
-// admitted it.
-func (m *Meter) acquire(ctx context.Context, chain *policy.Chain, who Who, kind string, ask quota.Ask, ttl time.Duration) (quota.Ticket, []string, error) {
-	var borrow uint64
+// admitted it and the chain it was decided on: a budget refused where the
+// scope holds prepaid credit is raised by a draw (see policy.Credits.Draw)
+// and the request asked again on the policy that has it, at most once per
+// scope of the chain.
+func (m *Meter) acquire(ctx context.Context, chain *policy.Chain, who Who, kind string, ask quota.Ask, ttl time.Duration) (quota.Ticket, []string, *policy.Chain, error) {
+	var (
+		borrow uint64
+		drawn  []string
+	)
 	for {
 		path := chain.Path(borrow)
 		req, err := m.request(chain, path, who, kind, ask, ttl)
 		if err != nil {
-			return quota.Ticket{}, nil, err
+			return quota.Ticket{}, nil, chain, err
 		}
 		t, err := m.engine.Acquire(ctx, req)
 		var d *quota.Denial
@@ -219,9 +236,58 @@ func (m *Meter) acquire(ctx context.Context, chain *policy.Chain, who Who, kind 
 				borrow |= 1 << uint(j) // the guarantee is used up: borrow
 				continue
 			}
+			if m.Credit != nil && len(drawn) < len(chain.Scopes) && !slices.Contains(drawn, d.Scope) {
+				if c, ok := m.drawCredit(ctx, chain, who, d); ok {
+					drawn = append(drawn, d.Scope)
+					chain = c
+					continue
+				}
+			}
 		}
-		return t, path.Keys, err
+		return t, path.Keys, chain, err
 	}
+}
+
+// drawCredit lifts denial d with its scope's prepaid credit, if it is a
+// token or cost budget's and the scope holds some, and returns who's
+// chain on the policy with the draw's grant.
+func (m *Meter) drawCredit(ctx context.Context, chain *policy.Chain, who Who, d *quota.Denial) (*policy.Chain, bool) {
+	if d.Code != quota.CodeQuotaExceeded || d.ResetAt.IsZero() ||
+		!(d.Dimension == quota.DimTokens && (d.Window == quota.WindowDay || d.Window == quota.WindowMonth) ||
+			d.Dimension == quota.DimCost && d.Window == quota.WindowMonth) {
+		return nil, false
+	}
+	if _, _, synthetic := policy.SplitSynthetic(d.Scope); synthetic {
+		return nil, false
+	}
+	var sc *quota.Scope
+	for i := range chain.Scopes {
+		if chain.Scopes[i].Key == d.Scope {
+			sc = &chain.Scopes[i]
+		}
+	}
+	if sc == nil {
+		return nil, false
+	}
+	loc := sc.Loc
+	if loc == nil {
+		loc = time.UTC
+	}
+	last := d.ResetAt.Add(-time.Nanosecond)
+	period := usage.DayPeriod(last, loc)
+	if d.Window == quota.WindowMonth {
+		period = usage.MonthPeriod(last, loc)
+	}
+	_, err := m.Credit.Draw(ctx, policy.DrawInput{Scope: d.Scope, TenantID: sc.Tenant, Dimension: d.Dimension, Window: d.Window,
+		Period: period, End: d.ResetAt, Need: d.Requested - max(d.Limit-d.Used, 0)})
+	if err != nil {
+		if !errors.Is(err, policy.ErrNoCredit) {
+			m.log.Warn("drawing prepaid credit failed; the refusal stands", slog.String("scope", d.Scope), slog.String("error", err.Error()))
+		}
+		return nil, false
+	}
+	c, err := m.chain(ctx, m.policy.Current(), who)
+	return c, err == nil
 }
 
 // SharedDenial is a refusal at the shared part of a pool with guarantees:

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"math"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -21,8 +22,7 @@ import (
 // up, members redeem single-use codes into it, and every change is an
 // entry in its history. This file keeps the balances and their history;
 // drawing a balance down once a periodic budget is spent belongs to the
-// quota engines and is not done yet (docs/quota-requests.md, Prepaid
-// credit).
+// meter, through credit_draw.go.
 
 // CreditBalance is what a scope holds.
 type CreditBalance struct {
@@ -125,6 +125,9 @@ type Credits struct {
 	store CreditStore
 	pol   *Service
 	now   func() time.Time
+
+	mu    sync.Mutex
+	empty map[string]time.Time // scopes found without credit, when
 }
 
 // NewCredits returns the workflow over store.
@@ -209,6 +212,7 @@ func (c *Credits) TopUp(ctx context.Context, scope string, in CreditAmount) (*Cr
 	if err != nil {
 		return nil, err
 	}
+	c.forgetEmpty(e.Scope)
 	return e, nil
 }
 
@@ -448,5 +452,6 @@ func (c *Credits) Redeem(ctx context.Context, in RedeemInput) (*CreditEntry, err
 	if err != nil {
 		return nil, err
 	}
+	c.forgetEmpty(e.Scope)
 	return e, nil
 }

@@ -4,13 +4,17 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/tenancy"
 )
 
-var _ policy.CreditStore = (*Store)(nil)
+var (
+	_ policy.CreditStore     = (*Store)(nil)
+	_ policy.CreditDrawStore = (*Store)(nil)
+)
 
 // UpdateCredits runs fn in a read-write transaction. Credit is not part
 // of the policy snapshot, so the change counter stays.
@@ -127,4 +131,47 @@ func (c *conn) RedeemCreditCode(cc *policy.CreditCode) error {
 		return errs.Field(errs.Conflict, "code", "this code was already redeemed")
 	}
 	return nil
+}
+
+// ChangeCredits runs fn in a write transaction that counts as a policy
+// change: a credit draw inserts a grant, which every instance must load.
+func (s *Store) ChangeCredits(ctx context.Context, fn func(policy.CreditDrawTx) error) error {
+	return s.change(ctx, func(c *conn) error { return fn(c) })
+}
+
+// UpdateCreditDraws runs fn in a write transaction.
+func (s *Store) UpdateCreditDraws(ctx context.Context, fn func(policy.CreditDrawTx) error) error {
+	return s.tx(ctx, s.w, func(tx *sql.Tx) error { return fn(&conn{ctx: ctx, tx: tx, d: s.d}) })
+}
+
+func (c *conn) InsertCreditDraw(d *policy.CreditDrawRecord) error {
+	_, err := c.exec(`INSERT INTO credit_draws (id, scope, tenant_id, dimension, period, amount, base_limit, grant_id, window_end, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		d.ID, d.Scope, d.TenantID, d.Dimension, d.Period, d.Amount, d.BaseLimit, d.GrantID, micros(d.End), micros(d.CreatedAt))
+	return err
+}
+
+func (c *conn) CreditDrawsDue(t time.Time, limit int) ([]*policy.CreditDrawRecord, error) {
+	rows, err := c.query(`SELECT id, scope, tenant_id, dimension, period, amount, base_limit, grant_id, window_end, created_at
+		FROM credit_draws WHERE settled_at IS NULL AND window_end < ? ORDER BY window_end, id LIMIT ?`, micros(t), limit)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, func(r *sql.Rows) (*policy.CreditDrawRecord, error) {
+		var d policy.CreditDrawRecord
+		var end, at int64
+		err := r.Scan(&d.ID, &d.Scope, &d.TenantID, &d.Dimension, &d.Period, &d.Amount, &d.BaseLimit, &d.GrantID, &end, &at)
+		d.End, d.CreatedAt = fromMicros(end), fromMicros(at)
+		return &d, err
+	})
+}
+
+func (c *conn) SettleCreditDraws(scope, dimension, period string, at time.Time) (int, error) {
+	res, err := c.exec(`UPDATE credit_draws SET settled_at = ? WHERE scope = ? AND dimension = ? AND period = ? AND settled_at IS NULL`,
+		micros(at), scope, dimension, period)
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
 }

@@ -792,6 +792,22 @@ func (s *Store) Rollups(ctx context.Context, periods []string) ([]usage.Rollup, 
 	return s.rollups(ctx, periods, nil)
 }
 
+// WindowUse is one scope's use in one period from the roll-ups: tokens,
+// or for "cost" micro-USD (policy.WindowUse: credit draws are settled on
+// it).
+func (s *Store) WindowUse(ctx context.Context, scope, dimension, period string) (int64, error) {
+	var w where
+	w.eq("scope", scope)
+	rs, err := s.rollups(ctx, []string{period}, &w)
+	if err != nil || len(rs) == 0 {
+		return 0, err
+	}
+	if dimension == "cost" {
+		return rs[0].CostMicros, nil
+	}
+	return rs[0].Tokens, nil
+}
+
 // KindRollups returns the roll-ups of the scopes of one kind (policy.KindKey:
 // the spend of every API key) in the given periods, of one tenant when
 // tenantID is set, by scope, with the use of every event committed before
