@@ -122,6 +122,7 @@ func (h *Handler) init() {
 			},
 			FlushInterval:  -1, // streams pass through as they come
 			Transport:      tr,
+			ErrorLog:       slog.NewLogLogger(h.Log.Handler(), slog.LevelWarn), // an answer cut on its way, in Sluice's log
 			ModifyResponse: h.modifyResponse,
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 				if errors.Is(r.Context().Err(), context.DeadlineExceeded) {

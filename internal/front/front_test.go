@@ -111,12 +111,13 @@ func TestStreamOutlivesItsRequestBody(t *testing.T) {
 	defer release()
 	up, _ := url.Parse(lf.URL)
 	m := &meter{}
+	var logs lockedBuffer
 	h := &front.Handler{
 		Upstream: up, Key: llm.NewSecret("lf-upstream-key"), Gate: &gate.Gate{Meter: m},
 		Auth: authFunc(func(context.Context, string) (tenancy.Principal, error) {
 			return tenancy.Principal{KeyID: "k1", UserID: "u1", TenantID: "t1"}, nil
 		}),
-		Log: slog.New(slog.DiscardHandler), ChargeReportedUsage: true,
+		Log: slog.New(slog.NewJSONHandler(&logs, nil)), ChargeReportedUsage: true,
 	}
 
 	answered := make(chan struct{})
@@ -167,4 +168,26 @@ func TestStreamOutlivesItsRequestBody(t *testing.T) {
 	if s := m.settles(); len(s) != 1 || s[0] != (quota.Usage{InputTokens: 30, OutputTokens: 12}) {
 		t.Errorf("settled %v, want once with the 30+12 tokens LangFlow reported", s)
 	}
+	if l := logs.String(); strings.Contains(l, `"level":"WARN"`) {
+		t.Errorf("a run relayed whole logged a warning: %s", l)
+	}
+}
+
+// lockedBuffer is a log's writer that the test reads while the handler
+// may still write.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
