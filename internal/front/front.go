@@ -13,6 +13,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -115,9 +116,13 @@ func (h *Handler) init() {
 					pr.Out.Header.Set("X-Api-Key", k)
 				}
 				pr.SetXForwarded()
+				if pr.Out.Body != nil {
+					pr.Out.Body = &untilEOF{ReadCloser: pr.Out.Body}
+				}
 			},
 			FlushInterval:  -1, // streams pass through as they come
 			Transport:      tr,
+			ErrorLog:       slog.NewLogLogger(h.Log.Handler(), slog.LevelWarn), // an answer cut on its way, in Sluice's log
 			ModifyResponse: h.modifyResponse,
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 				if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
@@ -215,6 +220,33 @@ func (h *Handler) serveRun(w http.ResponseWriter, r *http.Request, who metering.
 		h.release(r.Context(), slot, px.track.usage())
 	}()
 	h.proxy.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// untilEOF is the caller's request body as the transport reads it to
+// LangFlow: once the body has ended, it answers io.EOF itself instead of
+// reading the caller's body again. Having sent a body's Content-Length,
+// http.Transport reads it once more to check it was no longer than
+// declared; but the server closes a request's body when the answer
+// starts (an HTTP/1 handler may not read its request once it has begun
+// to answer), and LangFlow answers a stream at once. When that last read
+// came after the first event had been relayed, it failed (invalid Read on
+// closed Body), and the transport closed the connection the answer was
+// still coming on: the caller's stream was cut and its slot freed while
+// LangFlow ran on (golang.org/issue/40747).
+type untilEOF struct {
+	io.ReadCloser
+	ended bool // read only by the transport's one writing goroutine
+}
+
+func (b *untilEOF) Read(p []byte) (int, error) {
+	if b.ended {
+		return 0, io.EOF
+	}
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.ended = true
+	}
+	return n, err
 }
 
 // keyFor is the LangFlow key a request forwards with: the one held for
