@@ -123,7 +123,7 @@ func tenancyCommands(add func(*command)) {
 			inTenant = " --tenant university"
 		}
 		one := func(x *invocation) (string, error) {
-			id, err := x.names.id(r.kind, x.tenantScope(), x.args[0], r.kind)
+			id, err := x.names.id(r.kind, x.tenantScope(), x.args[0], "")
 			return r.path + "/" + url.PathEscape(id), err
 		}
 		upper := strings.ToUpper(r.kind)
@@ -211,7 +211,7 @@ func tenancyCommands(add func(*command)) {
 func keyCommands(add func(*command)) {
 	const path = "/api/v1/admin/keys"
 	one := func(x *invocation) (string, error) {
-		id, err := x.names.id("key", x.tenantScope(), x.args[0], "key")
+		id, err := x.names.id("key", x.tenantScope(), x.args[0], "")
 		return path + "/" + url.PathEscape(id), err
 	}
 	fExpIn := flagSpec{"expires-in", "DURATION", "expire after this long: 720h, 30d"}
@@ -291,7 +291,7 @@ func policyCommands(add func(*command)) {
 	// Limits.
 	const lpath = "/api/v1/admin/limits"
 	scopePath := func(x *invocation) (string, string, error) {
-		s, err := x.names.scope(x.tenantScope(), x.args[0], "scope")
+		s, err := x.names.scope(x.tenantScope(), x.args[0], "")
 		if err != nil {
 			return "", "", err
 		}

@@ -31,6 +31,10 @@ var kinds = map[string]struct{ path, prefix string }{
 	"flow":       {"/api/v1/flows", "flw"},
 }
 
+// nameShape is what a name may be (tenancy's rule); anything else is
+// sent as written, for the server to judge.
+var nameShape = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
 // idShape is an id as package id makes them: prefix, '_', 26 characters
 // of Crockford base32.
 var idShape = regexp.MustCompile(`^[a-z]{2,4}_[0-9a-hjkmnp-tv-z]{26}$`)
@@ -74,12 +78,12 @@ func (r *resolver) list(kind, tenant string) ([]named, error) {
 }
 
 // id resolves value, a name or an id of kind, within tenant when set.
-// flag names the command-line flag in errors.
+// flag names the command-line flag in errors ("" for an argument).
 func (r *resolver) id(kind, tenant, value, flag string) (string, error) {
 	if value == "" {
 		return "", nil
 	}
-	if idShape.MatchString(value) && strings.HasPrefix(value, kinds[kind].prefix+"_") {
+	if idShape.MatchString(value) && strings.HasPrefix(value, kinds[kind].prefix+"_") || !nameShape.MatchString(value) {
 		return value, nil
 	}
 	items, err := r.list(kind, tenant)
@@ -91,6 +95,12 @@ func (r *resolver) id(kind, tenant, value, flag string) (string, error) {
 		if it.Name == value || it.ID == value {
 			hits = append(hits, it)
 		}
+	}
+	field, prefix := flag, ""
+	if flag != "" {
+		prefix = "--" + flag + ": "
+	} else {
+		field = kind
 	}
 	where := ""
 	if tenant != "" && kind != "tenant" {
@@ -113,7 +123,7 @@ func (r *resolver) id(kind, tenant, value, flag string) (string, error) {
 				there += ", …"
 			}
 		}
-		return "", errs.Field(errs.NotFound, flag, "--%s: no %s named %q%s; %s", flag, kind, value, where, there)
+		return "", errs.Field(errs.NotFound, field, "%sno %s named %q%s; %s", prefix, kind, value, where, there)
 	}
 	var cands []string
 	for _, h := range hits {
@@ -127,7 +137,7 @@ func (r *resolver) id(kind, tenant, value, flag string) (string, error) {
 	if kind != "tenant" && tenant == "" {
 		hint = "add --tenant NAME, or give the id"
 	}
-	return "", errs.Field(errs.Invalid, flag, "--%s: %d %ss are named %q%s: %s; %s", flag, len(hits), kind, value, where, strings.Join(cands, ", "), hint)
+	return "", errs.Field(errs.Invalid, field, "%s%d %ss are named %q%s: %s; %s", prefix, len(hits), kind, value, where, strings.Join(cands, ", "), hint)
 }
 
 // scope resolves the names in a scope: project/group-1 is project/prj_…,
