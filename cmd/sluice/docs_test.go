@@ -41,24 +41,19 @@ func helpFlags(t *testing.T, cmd string) []string {
 	return flags
 }
 
-// clientFlags are the flags the client commands accept (clientArgs takes
-// any --name, and each command then reads the ones it knows).
+// clientFlags are the flags the client commands accept: every command's
+// (cli_cmd.go), the ids a name flag also takes (--tenant-id), and the
+// global ones.
 func clientFlags() []string {
-	flags := []string{"server", "f", "file", "dry-run", "format", "scope", "user-id", "project-id"}
-	add := func(names []string) {
-		for _, n := range names {
-			flags = append(flags, strings.ReplaceAll(n, "_", "-"))
+	flags := []string{"server", "output", "file", "help"}
+	for _, c := range commands() {
+		for _, f := range c.flags {
+			flags = append(flags, f.name)
+			if nameFlags[f.name] != "" {
+				flags = append(flags, f.name+"-id")
+			}
 		}
 	}
-	for _, r := range resources {
-		add(r.fields)
-	}
-	add(listFilters)
-	for _, names := range requestFlags {
-		add(names)
-	}
-	add(usageReportFlags)
-	add(limitsSetFields)
 	return flags
 }
 

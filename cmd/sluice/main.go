@@ -21,34 +21,26 @@ var version = "dev"
 
 func main() { os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr, os.Getenv)) }
 
-const usageText = `sluice governs LLM workflows: quotas per tenant, department, project and user.
+// usageText is sluice help: the server's commands, then every client
+// command (cli_cmd.go).
+var usageText = `sluice governs LLM workflows: quotas per tenant, department, project and user.
 
 Usage:
-  sluice serve [flags]            run the server (sluice serve -h for flags)
+  sluice serve [flags]              run the server (sluice serve -h for flags)
   sluice run FLOW.json --input "…"  run a flow file in this process (no server needed)
-  sluice version                  print the version
-  sluice whoami                   show who the API key belongs to
-  sluice usage [--scope S]        limits, use and what remains, per scope
-  sluice usage keys [--tenant-id T] [--user-id U]  spend per API key (tokens, requests, cost)
-  sluice usage report [--month M] [--by model|project] [--format csv]  use per day/month from the ledger (-h for more)
-  sluice limits list|get|set|clear SCOPE  a scope's limits (user/ID, key/ID, project/ID, …)
-  sluice requests create|list|get|approve|deny|cancel  ask for more quota, decide asks (docs/quota-requests.md)
-  sluice apply -f FILE [--dry-run]  create/update plans, tree and limits from a policy file
-  sluice export [--format yaml|json] print the current policy in the same format
-  sluice RESOURCE VERB [flags]    administer a running server
+  sluice version                    print the version
+  sluice help [COMMAND [VERB]]      this help, or a command's
 
-Resources and verbs:
-  tenants | departments | projects | users   list, get ID, create, update ID, delete ID
-  keys                                       list, get ID, create, update ID, revoke ID
-                                             (create --expires-in 720h --plan P --limits '{…}')
-  memberships                                list, add, remove
-  audit                                      list
-  plans                                      list, get NAME
-  grants                                     list
+Client commands (each has -h with examples; see docs/cli.md):
+` + clientHelp() + `
+Client flags: --server URL (default $SLUICE_SERVER or http://127.0.0.1:8080); the API key is
+read from $SLUICE_API_KEY; -o table|json (default: table on a terminal, JSON otherwise).
+Names are accepted where ids are: --tenant university --project group-1 --user alice.
 
-Client flags: --server URL (default $SLUICE_SERVER or http://127.0.0.1:8080);
-the API key is read from $SLUICE_API_KEY. Object fields are flags:
+Examples:
   sluice tenants create --name university --timezone Asia/Shanghai
+  sluice limits set project/group-1 --tenant university --limits '{"tokens":"1000000/month"}'
+  sluice flows run basic --input "hello" --stream
 `
 
 func realMain(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
@@ -67,6 +59,10 @@ func realMain(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	case "version", "--version":
 		fmt.Fprintln(stdout, "sluice", version)
 	case "help", "-h", "--help":
+		if len(args) > 1 {
+			err = runClient(append(args[1:], "-h"), stdout, stderr, getenv)
+			break
+		}
 		fmt.Fprint(stdout, usageText)
 	default:
 		err = runClient(args, stdout, stderr, getenv)

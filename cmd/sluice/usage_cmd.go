@@ -44,24 +44,6 @@ Examples:
 // usageReportFlags are the flags of sluice usage report.
 var usageReportFlags = []string{"scope", "month", "from", "to", "group", "by", "format", "o", "tenant_id"}
 
-// usageReportHelp prints the help of sluice usage report when args ask for
-// it (-h or --help after "usage report"), and reports whether they did: the
-// client's flag parser would take -h for a flag needing a value.
-func usageReportHelp(args []string, stdout io.Writer) bool {
-	for i := 0; i+1 < len(args); i++ {
-		if args[i] != "usage" || args[i+1] != "report" {
-			continue
-		}
-		for _, a := range args[i+2:] {
-			if a == "-h" || a == "--help" || a == "-help" {
-				fmt.Fprint(stdout, usageReportText)
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // usageReport prints a scope's history (GET /api/v1/usage/history), or
 // with --by project every project's totals over the range.
 func usageReport(ctx context.Context, c *client.Client, stdout io.Writer, args []string, flags map[string]string) error {
