@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -268,4 +269,69 @@ func findKey(have []*tenancy.Key, k policydoc.Key) (*tenancy.Key, error) {
 		return found[0], nil
 	}
 	return nil, errs.E(errs.Invalid, "%d keys of the user match: name the key by id", len(found))
+}
+
+// Label names the walls' user, membership and key scopes for people
+// ("user ann", "user ann in project web", "key ci of ann"); the tree's
+// scopes were named by the replay. A scope whose object is gone keeps its
+// id.
+func (rep *Report) Label(ctx context.Context, store policy.Store, snap *policy.Snapshot) error {
+	return store.ViewPolicy(ctx, func(tx policy.Tx) error {
+		users := map[string]string{}
+		userName := func(id string) (string, error) {
+			if n, ok := users[id]; ok {
+				return n, nil
+			}
+			u, err := tx.User(id)
+			switch {
+			case errs.Is(err, errs.NotFound):
+				users[id] = id
+			case err != nil:
+				return "", err
+			default:
+				users[id] = u.Name
+			}
+			return users[id], nil
+		}
+		for i := range rep.Walls {
+			w := &rep.Walls[i]
+			kind, id, err := policy.ParseScope("scope", w.Scope)
+			if err != nil {
+				continue
+			}
+			switch kind {
+			case policy.KindUser:
+				n, err := userName(id)
+				if err != nil {
+					return err
+				}
+				w.Name = "user " + n
+			case policy.KindMembership:
+				uid, pid, _ := strings.Cut(id, "@")
+				n, err := userName(uid)
+				if err != nil {
+					return err
+				}
+				w.Name = "user " + n + " in " + snap.ScopeLabel(policy.ScopeName(policy.KindProject, pid))
+			case policy.KindKey:
+				k, err := tx.Key(id)
+				if errs.Is(err, errs.NotFound) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				n, err := userName(k.UserID)
+				if err != nil {
+					return err
+				}
+				label := k.Name
+				if label == "" {
+					label = k.Prefix
+				}
+				w.Name = "key " + label + " of " + n
+			}
+		}
+		return nil
+	})
 }
