@@ -59,6 +59,7 @@ func clientFlags() []string {
 	}
 	add(usageReportFlags)
 	add(limitsSetFields)
+	add(whatIfFlags)
 	return flags
 }
 
