@@ -24,6 +24,9 @@ func runClient(args []string, stdout, stderr io.Writer, getenv func(string) stri
 
 // apply sends a policy file to the server: sluice apply -f FILE [--dry-run].
 func apply(ctx context.Context, c *client.Client, flags map[string]string, stdout, stderr io.Writer) error {
+	if _, ok := flags["what_if"]; ok {
+		return applyWhatIf(ctx, c, flags, stdout)
+	}
 	path := flags["f"]
 	if path == "" {
 		path = flags["file"]

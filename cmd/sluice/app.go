@@ -353,6 +353,7 @@ func (a *App) Handler() http.Handler {
 			MaxTokensDefault: a.cfg.Gateway.DefaultMaxTokens, LogPrompts: a.cfg.Gateway.LogPrompts,
 			QueueUsage: a.cfg.Gateway.UsageCommit == "queued"},
 		Alerts: a.alerts.service,
+		WhatIf: whatIfOptions(&a.cfg),
 	}
 	if a.front != nil {
 		api.Front, api.FrontPaths = a.front, front.Paths

@@ -60,9 +60,14 @@ var commands = sync.OnceValue(func() []*command {
 	usageCommands(add)
 
 	add(&command{path: []string{"apply"}, summary: "create or update plans, the tree and limits from a policy file",
-		flags:    []flagSpec{{"f", "FILE", "the policy file (YAML or JSON); - reads standard input"}, {"dry-run", "", "say what would change, change nothing"}},
-		examples: []string{"sluice apply -f policy.yaml --dry-run", "sluice apply -f policy.yaml"},
+		flags: []flagSpec{{"f", "FILE", "the policy file (YAML or JSON); - reads standard input"}, {"dry-run", "", "say what would change, change nothing"},
+			{"what-if", "WINDOW", "replay the ledger's last WINDOW (7d, 24h; at most 90d) against the file and report what it would have denied, clamped or queued; apply nothing"},
+			{"tenant", "NAME", "with --what-if: the tenant whose ledger is replayed (platform admins; default all)"}},
+		examples: []string{"sluice apply -f policy.yaml --dry-run", "sluice apply -f policy.yaml", "sluice apply -f draft.yaml --what-if 7d", "sluice apply -f draft.yaml --what-if 24h -o json"},
 		run: func(x *invocation) error {
+			if _, ok := x.flags["what_if"]; ok && x.outputFlag != "" {
+				x.flags["o"] = x.outputFlag // the report's own table or JSON
+			}
 			return apply(x.ctx, x.c, x.flags, x.stdout, x.stderr)
 		}})
 	add(&command{path: []string{"export"}, summary: "print the current policy as a policy file",

@@ -66,6 +66,9 @@ type Config struct {
 	// the store falls that far behind, settles answer 503 with Retry-After
 	// instead of memory growing; 0 means 100000.
 	UsageQueueMax int `yaml:"usage_queue_max"`
+	// WhatIfMaxEvents bounds the usage events and runs one policy what-if
+	// reads (docs/what-if.md); a longer ledger is refused. 0 means 1000000.
+	WhatIfMaxEvents int `yaml:"whatif_max_events"`
 	// PolicyPollInterval is how often an instance looks for changes made
 	// by others (the shared store's change counter).
 	PolicyPollInterval Duration `yaml:"policy_poll_interval"`
@@ -792,6 +795,9 @@ func (c *Config) Validate() error {
 	}
 	if c.UsageQueueMax < 0 || c.UsageQueueMax > 10_000_000 {
 		return errs.Field(errs.Invalid, "usage_queue_max", "usage_queue_max must be between 0 (the default, 100000) and 10000000")
+	}
+	if c.WhatIfMaxEvents < 0 || c.WhatIfMaxEvents > 100_000_000 {
+		return errs.Field(errs.Invalid, "whatif_max_events", "whatif_max_events must be between 0 (the default, 1000000) and 100000000")
 	}
 	if err := c.validateFiles(); err != nil {
 		return err

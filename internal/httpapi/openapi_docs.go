@@ -70,6 +70,7 @@ var routeDocs = map[string]routeDoc{
 	"PUT /api/v1/admin/platform":             {tag: "Policy", summary: "Change platform settings"},
 	"POST /api/v1/admin/policy":              {tag: "Policy", summary: "Apply a policy document (sluice apply)"},
 	"GET /api/v1/admin/policy":               {tag: "Policy", summary: "Export the policy as a document (sluice export)"},
+	"POST /api/v1/admin/policy/what-if":      {tag: "Policy", summary: "Replay the last days of the ledger against a draft policy document, changing nothing"},
 
 	"POST /api/v1/flows":            {tag: "Flows and runs", summary: "Upload a flow (a LangFlow export)"},
 	"GET /api/v1/flows":             {tag: "Flows and runs", summary: "List flows"},

@@ -21,6 +21,7 @@ import (
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/run"
 	"github.com/sluicehq/sluice/internal/tenancy"
+	"github.com/sluicehq/sluice/internal/whatif"
 )
 
 // Server serves the API.
@@ -65,6 +66,8 @@ type Server struct {
 	Requests *policy.Requests
 	// Credits, when set, serves prepaid credit (/api/v1/credits, …).
 	Credits *policy.Credits
+	// WhatIf bounds policy what-if replays (zero: whatif's defaults).
+	WhatIf whatif.Options
 }
 
 // Handler returns the API's root handler.
@@ -96,6 +99,7 @@ func (s *Server) handler() (http.Handler, []string) {
 	s.alertRoutes(api)
 	s.requestRoutes(api)
 	s.creditRoutes(api)
+	s.whatIfRoutes(api)
 	// Not routes: the answers for paths no route serves.
 	api.m.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, errs.E(errs.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))

@@ -1,0 +1,130 @@
+package httpapi
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/errs"
+	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/policydoc"
+	"github.com/sluicehq/sluice/internal/tenancy"
+	"github.com/sluicehq/sluice/internal/whatif"
+)
+
+// whatIfStore is what a what-if reads: the ledger and the live policy
+// (sqlstore.Store, the store that keeps the quarantine).
+type whatIfStore interface {
+	whatif.Ledger
+	policy.Store
+}
+
+func (s *Server) whatIfRoutes(mux *routes) {
+	mux.HandleFunc("POST /api/v1/admin/policy/what-if", s.whatIf)
+}
+
+// whatIf replays the ledger of the last ?window= (default 7d) against the
+// draft policy document in the body (what POST /api/v1/admin/policy takes)
+// and reports what it would have denied, clamped or queued. It changes
+// nothing. See docs/what-if.md.
+func (s *Server) whatIf(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	p, _ := tenancy.PrincipalFrom(ctx)
+	if p.Role != tenancy.RolePlatformAdmin && p.Role != tenancy.RoleTenantAdmin {
+		writeError(w, r, s.Log, errs.E(errs.Forbidden, "a policy what-if is for admins"))
+		return
+	}
+	store, ok := s.Quarantine.(whatIfStore)
+	if !ok {
+		writeError(w, r, s.Log, errs.E(errs.Unavailable, "this server keeps no usage ledger to replay"))
+		return
+	}
+	windowText, tenantID := "7d", ""
+	for name, vals := range r.URL.Query() {
+		switch v := vals[len(vals)-1]; name {
+		case "window":
+			windowText = v
+		case "tenant_id":
+			tenantID = v
+		default:
+			writeError(w, r, s.Log, errs.Field(errs.Invalid, name, "unknown query parameter %q", name))
+			return
+		}
+	}
+	window, err := whatif.ParseWindow("window", windowText)
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, policydoc.MaxSize))
+	if err != nil {
+		writeError(w, r, s.Log, errs.E(errs.TooLarge, "policy document is larger than %d bytes", policydoc.MaxSize))
+		return
+	}
+	doc, err := policydoc.Parse(body)
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	mgr := s.Policy.Manager()
+	live := mgr.Current()
+	if tenantID, err = whatIfTenant(p, tenantID, doc, live); err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	now := time.Now()
+	draft, err := whatif.NewDraft(ctx, store, doc, mgr.DefaultGlobal(), live.Platform(), now)
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	rep, err := whatif.Replay(ctx, store, draft, tenantID, window, now, s.WhatIf)
+	if err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	if err := rep.Label(ctx, store, draft.Snapshot); err != nil {
+		writeError(w, r, s.Log, err)
+		return
+	}
+	if rep.Walls == nil {
+		rep.Walls = []whatif.Wall{}
+	}
+	if rep.Notes == nil {
+		rep.Notes = []string{}
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+// whatIfTenant checks who may replay what and returns the tenant whose
+// ledger is replayed ("" every tenant's). A tenant admin replays only
+// their tenant's ledger, with a draft that names only their tenant (plans
+// and the global scope are platform admins'); another tenant's id is 404,
+// as everywhere.
+func whatIfTenant(p tenancy.Principal, tenantID string, doc *policydoc.Document, live *policy.Snapshot) (string, error) {
+	if p.IsPlatformAdmin() {
+		if tenantID != "" && !slices.Contains(live.TenantIDs(), tenantID) {
+			return "", errs.Field(errs.NotFound, "tenant_id", "tenant %s not found", tenantID)
+		}
+		return tenantID, nil
+	}
+	if tenantID != "" && tenantID != p.TenantID {
+		return "", errs.Field(errs.NotFound, "tenant_id", "tenant %s not found", tenantID)
+	}
+	if len(doc.Plans) > 0 {
+		return "", errs.Field(errs.Forbidden, "plans", "plans are the platform's: a tenant admin's draft may not change them")
+	}
+	if doc.Global != nil {
+		return "", errs.Field(errs.Forbidden, "global", "the global scope is the platform's: a tenant admin's draft may not change it")
+	}
+	own := live.TenantName(p.TenantID)
+	for i, t := range doc.Tenants {
+		if t.Name != own {
+			field := fmt.Sprintf("tenants[%d].name", i)
+			return "", errs.Field(errs.Forbidden, field, "%s: a tenant admin's draft may name only their own tenant, %s", field, own)
+		}
+	}
+	return p.TenantID, nil
+}
