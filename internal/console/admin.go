@@ -1,0 +1,4 @@
+package console
+
+func (c *Console) adminRoutes() {
+}
