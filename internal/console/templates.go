@@ -28,6 +28,7 @@ var funcs = template.FuncMap{
 	"fmtInt": groupDigits,
 	"sel":    func(a, b string) bool { return a == b },
 	"join":   strings.Join,
+	"split":  strings.Fields,
 }
 
 // groupDigits writes n with thin spaces between thousands: 1 234 567.
@@ -57,10 +58,10 @@ func mustParse() map[string]*template.Template {
 	out := map[string]*template.Template{}
 	for _, n := range names {
 		base := strings.TrimSuffix(strings.TrimPrefix(n, "templates/"), ".html")
-		if base == "layout" {
+		if base == "layout" || base == "partials" {
 			continue
 		}
-		t := template.Must(template.New("layout").Funcs(funcs).ParseFS(templateFiles, "templates/layout.html", n))
+		t := template.Must(template.New("layout").Funcs(funcs).ParseFS(templateFiles, "templates/layout.html", "templates/partials.html", n))
 		out[base] = t
 	}
 	return out
