@@ -183,7 +183,8 @@ func (c *Console) signedIn(next func(http.ResponseWriter, *req)) http.HandlerFun
 			c.refuse(w, r, nil, "Your session has ended (it expired, you signed out, or its API key was revoked). Sign in again.")
 			return
 		}
-		rq := &req{Request: r.WithContext(tenancy.WithPrincipal(r.Context(), p)), s: s, p: p}
+		r = r.WithContext(tenancy.WithPrincipal(r.Context(), p))
+		rq := &req{Request: r, s: s, p: p}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			if why := sameOrigin(r); why != "" {
 				c.refuse(w, r, rq, why)
