@@ -97,7 +97,27 @@ func resetWords(t time.Time, loc *time.Location) string {
 	return t.In(loc).Format("2 Jan 15:04") + " " + loc.String()
 }
 
-func makeBar(d metering.DimensionReport, loc *time.Location) bar {
+// nextWindow is when a day or month window that has seen no use yet
+// starts again, in loc (the engine reports a reset only once a window has
+// use).
+func nextWindow(window string, now time.Time, loc *time.Location) *time.Time {
+	n := now.In(loc)
+	var t time.Time
+	switch window {
+	case "day":
+		t = time.Date(n.Year(), n.Month(), n.Day()+1, 0, 0, 0, 0, loc)
+	case "month":
+		t = time.Date(n.Year(), n.Month()+1, 1, 0, 0, 0, 0, loc)
+	default:
+		return nil
+	}
+	return &t
+}
+
+func makeBar(d metering.DimensionReport, loc *time.Location, now time.Time) bar {
+	if d.ResetAt == nil {
+		d.ResetAt = nextWindow(d.Window, now, loc)
+	}
 	b := bar{Dimension: d.Dimension, Window: d.Window, Label: dimLabel(d), Used: d.Used, Level: "ok"}
 	unit := map[string]string{"tokens": "tokens", "requests": "requests", "seconds": "s", "runs": "runs"}[d.Unit]
 	if d.Limit != nil {
@@ -165,7 +185,7 @@ func (c *Console) scopeViews(ctx context.Context, tenantID string, scopes []stri
 			v.Part = "guaranteed share"
 		}
 		for _, d := range r.Dimensions {
-			v.Bars = append(v.Bars, makeBar(d, loc))
+			v.Bars = append(v.Bars, makeBar(d, loc, c.Now()))
 		}
 		out = append(out, v)
 	}
