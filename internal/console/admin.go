@@ -306,7 +306,7 @@ func (c *Console) showScope(w http.ResponseWriter, r *req, status int, scope str
 	c.render(w, r, status, "scope", d.Name, "admin", d)
 }
 
-func scopeURL(scope, notice string) string {
+func scopeURL(scope string) string {
 	return "/console/admin/scope?scope=" + url.QueryEscape(scope)
 }
 
@@ -331,7 +331,7 @@ func (c *Console) setLimits(w http.ResponseWriter, r *req) {
 			Grant: map[string]string{"duration": "7d"}})
 		return
 	}
-	redirect(w, r, scopeURL(scope, ""), "limits")
+	redirect(w, r, scopeURL(scope), "limits")
 }
 
 func (c *Console) clearLimits(w http.ResponseWriter, r *req) {
@@ -340,7 +340,7 @@ func (c *Console) clearLimits(w http.ResponseWriter, r *req) {
 		c.fail(w, r.Request, r, err)
 		return
 	}
-	redirect(w, r, scopeURL(scope, ""), "cleared")
+	redirect(w, r, scopeURL(scope), "cleared")
 }
 
 func (c *Console) createGrant(w http.ResponseWriter, r *req) {
@@ -380,7 +380,7 @@ func (c *Console) createGrant(w http.ResponseWriter, r *req) {
 		fail(fe, msg)
 		return
 	}
-	redirect(w, r, scopeURL(scope, ""), "grant")
+	redirect(w, r, scopeURL(scope), "grant")
 }
 
 // parseLife reads "7d" or "72h".
@@ -404,7 +404,7 @@ func (c *Console) revokeGrant(w http.ResponseWriter, r *req) {
 		c.fail(w, r.Request, r, err)
 		return
 	}
-	redirect(w, r, scopeURL(g.Scope, ""), "ungrant")
+	redirect(w, r, scopeURL(g.Scope), "ungrant")
 }
 
 // ---- plans ----
