@@ -18,6 +18,8 @@ import (
 
 	"github.com/sluicehq/sluice/internal/admission"
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/console"
+	"github.com/sluicehq/sluice/internal/console/session"
 	"github.com/sluicehq/sluice/internal/files"
 	"github.com/sluicehq/sluice/internal/front"
 	"github.com/sluicehq/sluice/internal/gate"
@@ -358,7 +360,15 @@ func (a *App) Handler() http.Handler {
 	if a.front != nil {
 		api.Front, api.FrontPaths = a.front, front.Paths
 	}
+	api.Console = a.console(api.Requests).Handler()
 	return api.Handler()
+}
+
+// console builds the web console over the app's services.
+func (a *App) console(requests *policy.Requests) *console.Console {
+	return &console.Console{Tenancy: a.tenancy, Policy: a.policy, Meter: a.meter, Requests: requests, Runs: a.runs,
+		Ledger: a.store, Names: a.store, Mode: a.mode, Log: a.log, SecureCookie: a.cfg.Console.SecureCookie,
+		Sessions: session.NewManager(a.store, a.tenancy, time.Duration(a.cfg.Console.SessionTTL), nil)}
 }
 
 // settleBounds resolves the configured settle bounds for the API.

@@ -159,6 +159,8 @@ type Config struct {
 	MCPServers []MCPServer `yaml:"mcp_servers"`
 	// Alerts configures quota threshold alerts (docs/alerts.md).
 	Alerts Alerts `yaml:"alerts"`
+	// Console configures the web console's sessions (docs/console.md).
+	Console Console `yaml:"console"`
 
 	// --- Settle bounds (POST /api/v1/quota/settle) ---
 
@@ -171,6 +173,15 @@ type Config struct {
 	// for its users) or a platform admin may settle on one ticket (default
 	// 1e9 tokens, 1e7 GPU seconds, 1e6 USD).
 	SettleSanity SettleAmounts `yaml:"settle_sanity"`
+}
+
+// Console configures the web console's sign-in sessions.
+type Console struct {
+	// SessionTTL is how long a console session lasts after sign-in.
+	SessionTTL Duration `yaml:"session_ttl"`
+	// SecureCookie is "auto" (the session cookie is Secure when the request
+	// came over TLS or with X-Forwarded-Proto: https) or "always".
+	SecureCookie string `yaml:"secure_cookie"`
 }
 
 // SettleAmounts are per-dimension amounts of a settle, in the units
@@ -573,6 +584,7 @@ func Default() Config {
 
 		Sandbox:      Sandbox{Unenforced: UnenforcedRefuse, Workers: 2},
 		Alerts:       defaultAlerts(),
+		Console:      Console{SessionTTL: Duration(12 * time.Hour), SecureCookie: "auto"},
 		Routing:      defaultRouting(),
 		Gateway:      Gateway{MaxBodyBytes: 8 << 20, DefaultMaxTokens: 4096, UsageCommit: "durable"},
 		Admission:    Admission{MaxWait: Duration(30 * time.Second), QueueMax: 100, QueuePerUser: 10, PollInterval: Duration(250 * time.Millisecond)},
@@ -747,6 +759,12 @@ func (c *Config) Validate() error {
 	}
 	if a := c.Admission; a.MaxWait > 0 && (a.PollInterval < Duration(10*time.Millisecond) || time.Duration(a.PollInterval) > 10*time.Second) {
 		return errs.Field(errs.Invalid, "admission.poll_interval", "admission.poll_interval must be between 10ms and 10s")
+	}
+	if t := time.Duration(c.Console.SessionTTL); t < time.Minute || t > 30*24*time.Hour {
+		return errs.Field(errs.Invalid, "console.session_ttl", "console.session_ttl %s must be between 1m and 720h", t)
+	}
+	if v := c.Console.SecureCookie; v != "auto" && v != "always" {
+		return errs.Field(errs.Invalid, "console.secure_cookie", "console.secure_cookie %q is not auto or always", v)
 	}
 	if u := c.Gateway.UsageCommit; u != "durable" && u != "queued" {
 		return errs.Field(errs.Invalid, "gateway.usage_commit", "gateway.usage_commit %q is not durable or queued", u)

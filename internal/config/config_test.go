@@ -86,6 +86,7 @@ quota_engine: lease
 		Vectors:            config.Default().Vectors,
 		Tools:              config.Default().Tools,
 		Alerts:             config.Default().Alerts,
+		Console:            config.Default().Console,
 
 		MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 	}
@@ -191,7 +192,7 @@ admin_key: file-key
 					RedisPrefix: "sluice", UsageQueueMax: 100_000,
 					SettleOverrun: config.Default().SettleOverrun, SettleSanity: config.Default().SettleSanity,
 					Routing: config.Default().Routing, Gateway: config.Default().Gateway, Admission: config.Default().Admission, Langflow: config.Default().Langflow, SecretKeyEnv: config.Default().SecretKeyEnv, Files: config.Default().Files, Vectors: config.Default().Vectors,
-					Tools: config.Default().Tools, Alerts: config.Default().Alerts,
+					Tools: config.Default().Tools, Alerts: config.Default().Alerts, Console: config.Default().Console,
 
 					MaxToolResponseBytes: 10 << 20, InProcessRunMemory: 512 << 20, InProcessRunReserve: 4 << 20,
 				}

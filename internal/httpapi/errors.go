@@ -29,6 +29,15 @@ var statusOf = map[errs.Code]int{
 	errs.Internal:        http.StatusInternalServerError,
 }
 
+// Status is the HTTP status of an error with code c, from the same table
+// the API answers with (the web console shows its errors as pages).
+func Status(c errs.Code) int {
+	if status, ok := statusOf[c]; ok {
+		return status
+	}
+	return http.StatusInternalServerError
+}
+
 // errorBody is the one error shape of the API.
 type errorBody struct {
 	Error errorDetail `json:"error"`

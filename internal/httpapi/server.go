@@ -68,6 +68,12 @@ type Server struct {
 	Credits *policy.Credits
 	// WhatIf bounds policy what-if replays (zero: whatif's defaults).
 	WhatIf whatif.Options
+
+	// Console, when set, serves the web console's HTML pages under
+	// /console/ and GET / redirects there. They are pages, not API: they
+	// are mounted beside the recorded routes, so the OpenAPI document
+	// leaves them out (TestConsoleIsNotInOpenAPI).
+	Console http.Handler
 }
 
 // Handler returns the API's root handler.
@@ -120,6 +126,12 @@ func (s *Server) handler() (http.Handler, []string) {
 		for _, p := range s.FrontPaths {
 			mux.m.Handle(p, s.Front)
 		}
+	}
+	if s.Console != nil {
+		mux.m.Handle("/console/", s.Console)
+		mux.m.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "/console/", http.StatusFound)
+		})
 	}
 	served = append(served, "GET /openapi.json")
 	doc := s.openAPI(served)

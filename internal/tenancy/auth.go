@@ -73,26 +73,9 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, e
 		} else if err != nil {
 			return err
 		}
-		if !k.Active(s.now()) {
-			if k.RevokedAt != nil {
-				return errs.E(errs.Unauthorized, "API key %s… has been revoked", k.Prefix)
-			}
-			return errs.E(errs.Unauthorized, "API key %s… has expired", k.Prefix)
-		}
-		u, err := tx.User(k.UserID)
-		if err != nil {
-			return err
-		}
 		key = k
-		p = Principal{KeyID: k.ID, KeyPrefix: k.Prefix, UserID: u.ID, UserName: u.Name, TenantID: u.TenantID, ProjectID: k.ProjectID, Role: u.Role}
-		if p.ProjectID != "" && u.Role == RoleMember {
-			if _, err := tx.Membership(u.ID, p.ProjectID); errs.Is(err, errs.NotFound) {
-				p.ProjectID = "" // membership ended since the key was made
-			} else if err != nil {
-				return err
-			}
-		}
-		return nil
+		p, err = s.principalOf(tx, k)
+		return err
 	})
 	if err != nil {
 		return p, err
@@ -106,6 +89,47 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, e
 	}
 	s.auth.mu.Unlock()
 	return p, nil
+}
+
+// principalOf is the principal key k authenticates, if it is active.
+func (s *Service) principalOf(tx Tx, k *Key) (Principal, error) {
+	if !k.Active(s.now()) {
+		if k.RevokedAt != nil {
+			return Principal{}, errs.E(errs.Unauthorized, "API key %s… has been revoked", k.Prefix)
+		}
+		return Principal{}, errs.E(errs.Unauthorized, "API key %s… has expired", k.Prefix)
+	}
+	u, err := tx.User(k.UserID)
+	if err != nil {
+		return Principal{}, err
+	}
+	p := Principal{KeyID: k.ID, KeyPrefix: k.Prefix, UserID: u.ID, UserName: u.Name, TenantID: u.TenantID, ProjectID: k.ProjectID, Role: u.Role}
+	if p.ProjectID != "" && u.Role == RoleMember {
+		if _, err := tx.Membership(u.ID, p.ProjectID); errs.Is(err, errs.NotFound) {
+			p.ProjectID = "" // membership ended since the key was made
+		} else if err != nil {
+			return Principal{}, err
+		}
+	}
+	return p, nil
+}
+
+// KeyPrincipal resolves the key with id keyID, as Authenticate resolves a
+// secret: a session made by signing in with a key (the web console) lives
+// only as long as its key stays active. It reads the store every time.
+func (s *Service) KeyPrincipal(ctx context.Context, keyID string) (Principal, error) {
+	var p Principal
+	err := s.store.View(ctx, func(tx Tx) error {
+		k, err := tx.Key(keyID)
+		if errs.Is(err, errs.NotFound) {
+			return errs.E(errs.Unauthorized, "the API key was deleted")
+		} else if err != nil {
+			return err
+		}
+		p, err = s.principalOf(tx, k)
+		return err
+	})
+	return p, err
 }
 
 // BootstrapResult says what Bootstrap did.
