@@ -442,6 +442,12 @@ func (a *App) startBackground() {
 			defer a.background.Done()
 			a.runs.WatchCancels(ctx, time.Second)
 		}()
+		// Runs left running by an instance that was killed.
+		a.background.Add(1)
+		go func() {
+			defer a.background.Done()
+			a.runs.ReconcileLost(ctx, a.cfg.InterruptGrace(), time.Now)
+		}()
 	}
 	if q := a.meter.Queue; q != nil {
 		a.background.Add(1)

@@ -72,6 +72,10 @@ type Config struct {
 	// PolicyPollInterval is how often an instance looks for changes made
 	// by others (the shared store's change counter).
 	PolicyPollInterval Duration `yaml:"policy_poll_interval"`
+	// RunInterruptGrace is how long past its deadline a run still recorded
+	// as running is ended as interrupted: the instance executing it
+	// stopped (run.Service.ReconcileLost). 0 means 2 minutes.
+	RunInterruptGrace Duration `yaml:"run_interrupt_grace"`
 	// PolicyFile, when set, is a policy YAML (sluice apply's format) applied
 	// at start and again whenever it changes.
 	PolicyFile string `yaml:"policy_file"`
@@ -718,6 +722,9 @@ func (c *Config) Validate() error {
 	if c.PolicyPollInterval <= 0 || time.Duration(c.PolicyPollInterval) > time.Second {
 		return errs.Field(errs.Invalid, "policy_poll_interval", "policy_poll_interval must be between 0 and 1s, so changes reach every instance within a second")
 	}
+	if c.RunInterruptGrace != 0 && (c.RunInterruptGrace < Duration(time.Second) || c.RunInterruptGrace > Duration(24*time.Hour)) {
+		return errs.Field(errs.Invalid, "run_interrupt_grace", "run_interrupt_grace must be between 1s and 24h")
+	}
 	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") && !strings.HasPrefix(c.RedisURL, "unix://") {
 		return errs.Field(errs.Invalid, "redis_url", "redis_url must be redis://HOST:PORT[/DB], rediss://… or unix://…")
 	}
@@ -965,4 +972,12 @@ func (c Config) String() string {
 		return fmt.Sprintf("config: %v", err)
 	}
 	return string(b)
+}
+
+// InterruptGrace is RunInterruptGrace with its default applied.
+func (c *Config) InterruptGrace() time.Duration {
+	if c.RunInterruptGrace == 0 {
+		return 2 * time.Minute
+	}
+	return time.Duration(c.RunInterruptGrace)
 }

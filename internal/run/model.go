@@ -45,6 +45,9 @@ const (
 	// StatusCancelling marks a running run whose cancel was asked on
 	// another instance than the one executing it.
 	StatusCancelling Status = "cancelling"
+	// StatusInterrupted marks a run whose instance stopped before the run
+	// ended (killed, crashed): found still running past its deadline.
+	StatusInterrupted Status = "interrupted"
 )
 
 // Usage is what a run or a node used.
@@ -65,17 +68,21 @@ func (u *Usage) Add(o Usage) {
 
 // Record is a run as stored and shown.
 type Record struct {
-	ID             string      `json:"id"`
-	FlowID         string      `json:"flow_id"`
-	TenantID       string      `json:"tenant_id"`
-	ProjectID      string      `json:"project_id,omitempty"`
-	UserID         string      `json:"user_id,omitempty"`
-	SessionID      string      `json:"session_id,omitempty"`
-	Status         Status      `json:"status"`
-	ErrorCode      string      `json:"error_code,omitempty"`
-	ErrorMessage   string      `json:"error_message,omitempty"`
-	StartedAt      time.Time   `json:"started_at"`
-	EndedAt        *time.Time  `json:"ended_at,omitempty"`
+	ID           string     `json:"id"`
+	FlowID       string     `json:"flow_id"`
+	TenantID     string     `json:"tenant_id"`
+	ProjectID    string     `json:"project_id,omitempty"`
+	UserID       string     `json:"user_id,omitempty"`
+	SessionID    string     `json:"session_id,omitempty"`
+	Status       Status     `json:"status"`
+	ErrorCode    string     `json:"error_code,omitempty"`
+	ErrorMessage string     `json:"error_message,omitempty"`
+	StartedAt    time.Time  `json:"started_at"`
+	EndedAt      *time.Time `json:"ended_at,omitempty"`
+	// DeadlineAt is when the run's timeout stops it: a run still running
+	// well after it was executed by an instance that died
+	// (Service.ReconcileLost).
+	DeadlineAt     *time.Time  `json:"deadline_at,omitempty"`
 	Usage          Usage       `json:"usage"`
 	Steps          int64       `json:"steps"`
 	MemoryEnforced bool        `json:"memory_enforced"`
@@ -130,6 +137,10 @@ type Store interface {
 	RequestCancel(ctx context.Context, id string) error
 	// CancelRequested returns which of the given running runs are marked.
 	CancelRequested(ctx context.Context, ids []string) ([]string, error)
+	// InterruptRuns ends as interrupted the runs still running (or
+	// cancelling) whose deadline passed before t (those recorded without
+	// one: started before t less legacyLife), and returns how many.
+	InterruptRuns(ctx context.Context, t time.Time, legacyLife time.Duration, message string) (int, error)
 
 	AppendMessage(ctx context.Context, m *Message) error
 	// Messages returns a session's last n messages, oldest first.

@@ -131,6 +131,39 @@ func (s *Service) WatchCancels(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// ReconcileLost ends, until ctx ends, the runs that the instance
+// executing them never finished — it was killed or crashed — as
+// interrupted, once their deadline is grace past (the instance ends a run
+// at its deadline and records it a moment later, unless it died). It
+// looks every grace/2 (at least a second, at most a minute). Their slots went back
+// with their tickets' expiry, and the model calls they made were recorded
+// one by one; only the run's own record was left running. Every instance
+// may run it: the update is conditional.
+func (s *Service) ReconcileLost(ctx context.Context, grace time.Duration, now func() time.Time) {
+	t := time.NewTicker(min(max(grace/2, time.Second), time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := s.Store.InterruptRuns(ctx, now().Add(-grace), 24*time.Hour,
+			"the instance executing the run stopped before the run ended; what its model calls used is recorded")
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.Log.Warn("reconciling runs left running failed", slog.String("error", err.Error()))
+		case n > 0:
+			s.Log.Warn("runs left running by a stopped instance ended as interrupted", slog.Int("runs", n))
+			if s.OnRunEnd != nil {
+				for range n {
+					s.OnRunEnd(StatusInterrupted)
+				}
+			}
+		}
+	}
+}
+
 // Sandbox executes runs outside the server process.
 type Sandbox interface {
 	// Check says why a run with these caps cannot be given to Execute (the
@@ -448,6 +481,8 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	}
 	rec := &Record{ID: runID, FlowID: flowID, TenantID: who.TenantID, ProjectID: who.ProjectID, UserID: who.UserID,
 		SessionID: req.SessionID, Status: StatusRunning, StartedAt: time.Now().UTC().Truncate(time.Microsecond), Trace: []NodeTrace{}}
+	deadline := rec.StartedAt.Add(timeout)
+	rec.DeadlineAt = &deadline
 	// Every exit path below releases the run's slot and records the run.
 	// The normal path releases it before the run shows as ended, so that
 	// whoever sees the run finished also finds its slot free.

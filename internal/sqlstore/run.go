@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/run"
@@ -105,20 +106,21 @@ func (s *Store) DeleteFlow(ctx context.Context, id string) error {
 // ---- runs ----
 
 const runCols = `id, flow_id, tenant_id, project_id, user_id, session_id, status, error_code, error_message, started_at, ended_at,
-	input_tokens, output_tokens, gpu_ms, cost_micros, steps, memory_enforced, peak_memory, cpu_ms, output_preview, trace_json`
+	input_tokens, output_tokens, gpu_ms, cost_micros, steps, memory_enforced, peak_memory, cpu_ms, output_preview, trace_json, deadline_at`
 
 func scanRun(r scanner) (*run.Record, error) {
 	var x run.Record
 	var started int64
-	var ended sql.NullInt64
+	var ended, deadline sql.NullInt64
 	var enforced int64
 	var trace string
 	if err := r.Scan(&x.ID, &x.FlowID, &x.TenantID, &x.ProjectID, &x.UserID, &x.SessionID, &x.Status, &x.ErrorCode, &x.ErrorMessage,
 		&started, &ended, &x.Usage.InputTokens, &x.Usage.OutputTokens, &x.Usage.GPUMillis, &x.Usage.CostMicros, &x.Steps,
-		&enforced, &x.PeakMemory, &x.CPUMillis, &x.OutputPreview, &trace); err != nil {
+		&enforced, &x.PeakMemory, &x.CPUMillis, &x.OutputPreview, &trace, &deadline); err != nil {
 		return nil, err
 	}
 	x.StartedAt, x.EndedAt, x.MemoryEnforced = fromMicros(started), fromNullMicros(ended), enforced != 0
+	x.DeadlineAt = fromNullMicros(deadline)
 	if err := json.Unmarshal([]byte(trace), &x.Trace); err != nil {
 		return nil, err
 	}
@@ -139,7 +141,7 @@ func runArgs(x *run.Record) ([]any, error) {
 	}
 	return []any{x.ID, x.FlowID, x.TenantID, x.ProjectID, x.UserID, x.SessionID, string(x.Status), x.ErrorCode, x.ErrorMessage,
 		micros(x.StartedAt), nullMicros(x.EndedAt), x.Usage.InputTokens, x.Usage.OutputTokens, x.Usage.GPUMillis, x.Usage.CostMicros,
-		x.Steps, enforced, x.PeakMemory, x.CPUMillis, x.OutputPreview, string(trace)}, nil
+		x.Steps, enforced, x.PeakMemory, x.CPUMillis, x.OutputPreview, string(trace), nullMicros(x.DeadlineAt)}, nil
 }
 
 // InsertRun records a run as it starts.
@@ -148,7 +150,7 @@ func (s *Store) InsertRun(ctx context.Context, x *run.Record) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.exec(ctx, `INSERT INTO runs (`+runCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
+	_, err = s.exec(ctx, `INSERT INTO runs (`+runCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
 	return err
 }
 
@@ -160,11 +162,27 @@ func (s *Store) FinishRun(ctx context.Context, x *run.Record) error {
 	}
 	res, err := s.exec(ctx, `UPDATE runs SET status = ?, error_code = ?, error_message = ?, ended_at = ?, input_tokens = ?, output_tokens = ?,
 		gpu_ms = ?, cost_micros = ?, steps = ?, memory_enforced = ?, peak_memory = ?, cpu_ms = ?, output_preview = ?, trace_json = ?
-		WHERE id = ?`, slices.Concat(args[6:9], args[10:], []any{x.ID})...)
+		WHERE id = ?`, slices.Concat(args[6:9], args[10:21], []any{x.ID})...)
 	if err != nil {
 		return err
 	}
 	return affected(res, "run")
+}
+
+// InterruptRuns ends as interrupted the runs still open whose deadline
+// passed before t (without one, started before t less legacyLife). The
+// update is conditional: instances running it at once end each run once,
+// and a run its instance finishes after all keeps what it recorded.
+func (s *Store) InterruptRuns(ctx context.Context, t time.Time, legacyLife time.Duration, message string) (int, error) {
+	res, err := s.exec(ctx, `UPDATE runs SET status = ?, error_code = ?, error_message = ?, ended_at = COALESCE(deadline_at, started_at + ?)
+		WHERE ended_at IS NULL AND status IN (?, ?) AND COALESCE(deadline_at, started_at + ?) < ?`,
+		string(run.StatusInterrupted), string(errs.Unavailable), message, legacyLife.Microseconds(),
+		string(run.StatusRunning), string(run.StatusCancelling), legacyLife.Microseconds(), micros(t))
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
 }
 
 // RequestCancel marks a running run as cancelling.
