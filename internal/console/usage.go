@@ -159,7 +159,7 @@ func makeBar(d metering.DimensionReport, loc *time.Location, now time.Time) bar 
 // scopeViews reports scopes with their names, meters and queues, in the
 // order given; reset times are in tenantID's zone.
 func (c *Console) scopeViews(ctx context.Context, tenantID string, scopes []string) ([]scopeView, error) {
-	rep, err := c.Meter.Report(ctx, scopes)
+	rep, err := c.Meter.Report(ctx, tenantID, scopes)
 	if err != nil {
 		return nil, err
 	}

@@ -632,7 +632,7 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
 			scopes = append(scopes, sc)
 		}
 	}
-	rep, err := s.Meter.Report(r.Context(), scopes)
+	rep, err := s.Meter.Report(r.Context(), p.TenantID, scopes)
 	if err != nil {
 		writeError(w, r, s.Log, err)
 		return

@@ -153,7 +153,7 @@ func TestPoolConcurrencyGuarantee(t *testing.T) {
 	wantShared(t, err, p, quota.DimConcurrency)
 
 	// The usage report shows the pool's shared part and A's guarantee.
-	rep, err := w.a.Report(ctx, []string{p.dept, p.dept + policy.BorrowSuffix, p.aScope, p.aScope + policy.GuaranteedSuffix})
+	rep, err := w.a.Report(ctx, "", []string{p.dept, p.dept + policy.BorrowSuffix, p.aScope, p.aScope + policy.GuaranteedSuffix})
 	if err != nil {
 		t.Fatal(err)
 	}

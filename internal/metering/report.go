@@ -37,12 +37,26 @@ type DimensionReport struct {
 	Unit      string     `json:"unit"`
 }
 
-// Report describes the given scopes' limits and use at now.
-func (m *Meter) Report(ctx context.Context, scopes []string) ([]ScopeReport, error) {
+// Report describes the given scopes' limits and use at now. A window
+// nothing has used yet resets at the end of the current one in the
+// scope's tenant's time zone (tenantID's for the scopes whose tenant the
+// policy does not hold, such as users'; UTC for the global scope).
+func (m *Meter) Report(ctx context.Context, tenantID string, scopes []string) ([]ScopeReport, error) {
 	snap := m.policy.Current()
 	now := m.now()
 	out := make([]ScopeReport, 0, len(scopes))
 	for _, s := range scopes {
+		loc := time.UTC
+		if s != policy.GlobalScope {
+			tenant := tenantID
+			base, _, _ := policy.SplitSynthetic(s)
+			if kind, id, err := policy.ParseScope("scope", base); err == nil {
+				if t, ok := snap.ScopeTenant(kind, id); ok {
+					tenant = t
+				}
+			}
+			loc = snap.Location(tenant)
+		}
 		r := snap.Effective(s)
 		use, err := m.engine.Use(ctx, s)
 		if err != nil {
@@ -93,10 +107,17 @@ func (m *Meter) Report(ctx context.Context, scopes []string) ([]ScopeReport, err
 		}
 		budget := func(name string, w quota.Window, b quota.Bound, wu quota.WindowUse, scale int64) {
 			d := DimensionReport{Dimension: name, Window: w.String(), Used: ceilDiv(wu.Used, scale), Unit: unitOf(name)}
-			if !wu.End.IsZero() {
-				t := wu.End
-				d.ResetAt = &t
+			t := wu.End
+			if t.IsZero() {
+				// Nothing used yet: the engine keeps no window.
+				bounds := quota.DayBounds
+				if w == quota.WindowMonth {
+					bounds = quota.MonthBounds
+				}
+				_, end := bounds(now.UnixNano(), loc)
+				t = time.Unix(0, end).UTC()
 			}
+			d.ResetAt = &t
 			n, ok := b.Max()
 			add(d, n/scale, ok)
 		}
