@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/policy"
@@ -47,7 +48,7 @@ func (s *Server) tenancyRoutes(mux *routes) {
 		w.WriteHeader(http.StatusNoContent)
 	})
 
-	mux.HandleFunc("GET /api/v1/admin/audit", list(s, t.Audit, func(v *tenancy.AuditEntry) string { return v.ID }))
+	mux.HandleFunc("GET /api/v1/admin/audit", list(s, t.Audit, func(v *tenancy.AuditEntry) string { return v.ID }, auditParam))
 
 	// The keys Sluice forwards with to an upstream service (the LangFlow it
 	// fronts) per user or project, sealed at rest; answers show hints only.
@@ -188,9 +189,9 @@ type listResponse[T any] struct {
 	Next  string `json:"next,omitempty"`
 }
 
-func list[T any](s *Server, fn func(context.Context, tenancy.Filter) ([]T, error), idOf func(T) string) http.HandlerFunc {
+func list[T any](s *Server, fn func(context.Context, tenancy.Filter) ([]T, error), idOf func(T) string, extra ...queryParam) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		f, err := filterFromQuery(r)
+		f, err := filterFromQuery(r, extra...)
 		if err != nil {
 			writeError(w, r, s.Log, err)
 			return
@@ -212,9 +213,44 @@ func list[T any](s *Server, fn func(context.Context, tenancy.Filter) ([]T, error
 	}
 }
 
-// filterFromQuery reads list filters; unknown parameters are errors, so a
-// typo never silently lists everything.
-func filterFromQuery(r *http.Request) (tenancy.Filter, error) {
+// queryParam reads a parameter one list has beyond the common filters
+// into f; false when it does not know name.
+type queryParam func(name, v string, f *tenancy.Filter) (bool, error)
+
+// auditParam reads the audit log's filters: actor (a user or key id),
+// action (exact, or a prefix ending in "." or "*"), object_kind,
+// object_id, since and until (RFC 3339).
+func auditParam(name, v string, f *tenancy.Filter) (bool, error) {
+	a := &f.Audit
+	switch name {
+	case "actor":
+		a.Actor = v
+	case "action":
+		a.Action = v
+	case "object_kind":
+		a.ObjectKind = v
+	case "object_id":
+		a.ObjectID = v
+	case "since", "until":
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return true, errs.Field(errs.Invalid, name, "%s must be a time such as 2026-12-01T00:00:00Z", name)
+		}
+		if name == "since" {
+			a.Since = t
+		} else {
+			a.Until = t
+		}
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+// filterFromQuery reads list filters (the common ones and the list's
+// extra ones); unknown parameters are errors, so a typo never silently
+// lists everything.
+func filterFromQuery(r *http.Request, extra ...queryParam) (tenancy.Filter, error) {
 	var f tenancy.Filter
 	for name, vals := range r.URL.Query() {
 		v := vals[len(vals)-1]
@@ -244,7 +280,17 @@ func filterFromQuery(r *http.Request) (tenancy.Filter, error) {
 			}
 			f.Limit = n
 		default:
-			return f, errs.Field(errs.Invalid, name, "unknown query parameter %q", name)
+			known := false
+			for _, x := range extra {
+				ok, err := x(name, v, &f)
+				if err != nil {
+					return f, err
+				}
+				known = known || ok
+			}
+			if !known {
+				return f, errs.Field(errs.Invalid, name, "unknown query parameter %q", name)
+			}
 		}
 	}
 	return f, nil

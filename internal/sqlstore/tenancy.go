@@ -604,6 +604,27 @@ func (c *conn) Audit(f tenancy.Filter) ([]*tenancy.AuditEntry, error) {
 	if f.After != "" {
 		w.add("id < ?", f.After) // newest first: page backwards
 	}
+	a := f.Audit
+	if a.Actor != "" {
+		w.add("(actor_user = ? OR actor_key = ?)", a.Actor, a.Actor)
+	}
+	if prefix, ok := strings.CutSuffix(a.Action, "*"); ok || strings.HasSuffix(a.Action, ".") {
+		if !ok {
+			prefix = a.Action
+		}
+		esc := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(prefix)
+		w.add(`action LIKE ? ESCAPE '\'`, esc+"%")
+	} else {
+		w.eq("action", a.Action)
+	}
+	w.eq("object_kind", a.ObjectKind)
+	w.eq("object_id", a.ObjectID)
+	if !a.Since.IsZero() {
+		w.add("at >= ?", micros(a.Since))
+	}
+	if !a.Until.IsZero() {
+		w.add("at < ?", micros(a.Until))
+	}
 	q := ""
 	if len(w.conds) > 0 {
 		q = " WHERE " + strings.Join(w.conds, " AND ")

@@ -167,5 +167,20 @@ type Filter struct {
 	ProjectID    string
 	UserID       string
 	Root         bool
+	// Audit narrows audit log listings (Service.Audit) only.
+	Audit AuditFilter
 	Page
+}
+
+// AuditFilter selects audit entries: by the acting user or key (Actor,
+// either id), the action (exact, or a prefix when it ends in "." or
+// "*": "credit." or "grant.*"), the object, and a time range [Since,
+// Until). Zero fields select everything.
+type AuditFilter struct {
+	Actor      string
+	Action     string
+	ObjectKind string
+	ObjectID   string
+	Since      time.Time
+	Until      time.Time
 }
