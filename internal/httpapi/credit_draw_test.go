@@ -73,10 +73,14 @@ func TestCreditDrawnAfterTheBudget(t *testing.T) {
 	if b != 4400 || last["kind"] != "draw" || num(last, "tokens") != -600 {
 		t.Fatalf("after the draw: balance %d, last entry %v; want 4400 and a draw of -600", b, last)
 	}
-	// The draw's grant is policy: the member's limit shows it.
+	// The draw's grant is policy: the member's limit shows it, and the
+	// balance left is beside it.
 	u := e.must(200, w.memberKey, "GET", "/api/v1/usage", nil)
 	if !strings.Contains(u.raw, `"limit":1600`) {
 		t.Errorf("the member's usage does not show her budget raised to 1600 by the draw: %s", u.raw)
+	}
+	if cr, _ := u.body["credits"].([]any); len(cr) != 1 || cr[0].(map[string]any)["scope"] != user || num(cr[0].(map[string]any), "tokens") != 4400 {
+		t.Errorf("the member's usage shows credits %v, want her 4400 tokens", u.body["credits"])
 	}
 
 	// Without credit the refusal stands.

@@ -638,6 +638,22 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := map[string]any{"scopes": rep}
+	if s.Credits != nil {
+		// Prepaid credit beside the budgets it extends (drawn once a
+		// token or cost budget refuses).
+		bs, err := s.Credits.Balances(r.Context(), scopes)
+		if err != nil {
+			writeError(w, r, s.Log, err)
+			return
+		}
+		credits := []map[string]any{}
+		for _, b := range bs {
+			if b.Tokens != 0 || b.CostMicros != 0 {
+				credits = append(credits, map[string]any{"scope": b.Scope, "tokens": b.Tokens, "cost_usd": b.CostUSD})
+			}
+		}
+		out["credits"] = credits
+	}
 	if q := s.Meter.Queue; q != nil {
 		// Who waits for a slot on this instance, per scope of the chain.
 		states := q.States(scopes)

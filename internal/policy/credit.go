@@ -111,6 +111,9 @@ type CreditTx interface {
 	// fills in e's balance after, and records e.
 	AddCredit(e *CreditEntry) error
 	CreditBalance(scope string) (*CreditBalance, error) // zero balance when none
+	// CreditBalancesOf returns the balances some of scopes hold (none
+	// for a scope without one).
+	CreditBalancesOf(scopes []string) ([]*CreditBalance, error)
 	CreditEntries(scope string, page tenancy.Page) ([]*CreditEntry, error)
 	InsertCreditCode(c *CreditCode) error
 	CreditCodeByHash(hash string) (*CreditCode, error)
@@ -454,4 +457,16 @@ func (c *Credits) Redeem(ctx context.Context, in RedeemInput) (*CreditEntry, err
 	}
 	c.forgetEmpty(e.Scope)
 	return e, nil
+}
+
+// Balances returns the balances the given scopes hold, without their
+// history, for a caller already allowed to read the scopes' usage (GET
+// /api/v1/usage shows them beside the budgets they extend).
+func (c *Credits) Balances(ctx context.Context, scopes []string) ([]*CreditBalance, error) {
+	var out []*CreditBalance
+	err := c.store.ViewCredits(ctx, func(tx CreditTx) (err error) {
+		out, err = tx.CreditBalancesOf(scopes)
+		return err
+	})
+	return out, err
 }

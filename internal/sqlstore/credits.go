@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -59,6 +60,29 @@ func (c *conn) CreditBalance(scope string) (*policy.CreditBalance, error) {
 	t := fromMicros(at)
 	b.UpdatedAt = &t
 	return b, nil
+}
+
+func (c *conn) CreditBalancesOf(scopes []string) ([]*policy.CreditBalance, error) {
+	if len(scopes) == 0 {
+		return nil, nil
+	}
+	args := make([]any, len(scopes))
+	for i, s := range scopes {
+		args[i] = s
+	}
+	rows, err := c.query(`SELECT scope, tenant_id, tokens, cost_micros, updated_at FROM credit_balances WHERE scope IN (?`+
+		strings.Repeat(", ?", len(scopes)-1)+`) ORDER BY scope`, args...)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, func(r *sql.Rows) (*policy.CreditBalance, error) {
+		b := &policy.CreditBalance{}
+		var at int64
+		err := r.Scan(&b.Scope, &b.TenantID, &b.Tokens, &b.CostMicros, &at)
+		t := fromMicros(at)
+		b.UpdatedAt, b.CostUSD = &t, float64(b.CostMicros)/1e6
+		return b, err
+	})
 }
 
 func (c *conn) CreditEntries(scope string, page tenancy.Page) ([]*policy.CreditEntry, error) {
