@@ -397,3 +397,53 @@ func TestWhatIfCSRFIsRefused(t *testing.T) {
 		t.Errorf("a draft past policydoc.MaxSize: %d, want 413:\n%.2000s", p.status, p.body)
 	}
 }
+
+// TestWhatIfPlatformAdminPicksTheLedger: a platform admin replays every
+// tenant's ledger or one tenant's; each wall reads in its tenant's zone
+// even in a replay of every tenant; an unknown tenant is 404.
+func TestWhatIfPlatformAdminPicksTheLedger(t *testing.T) {
+	e := newEnv(t)
+	now := e.clock.Now()
+	e.spendAt(t, now.Add(-time.Hour), now.Add(-time.Hour+time.Minute))
+	res, err := e.svc.Bootstrap(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, key, err := e.svc.CreateKey(e.platform, tenancy.KeyInput{UserID: res.UserID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.CreateTenant(e.platform, tenancy.TenantInput{Name: "rival", Timezone: "UTC"}); err != nil {
+		t.Fatal(err)
+	}
+	a := e.browser()
+	a.signIn(key)
+	page := a.get(whatIfPath)
+	if page.status != http.StatusOK || !strings.Contains(page.body, `<option value="`+e.tenantID+`" >uni</option>`) ||
+		!strings.Contains(page.body, "plans:") {
+		t.Fatalf("the platform admin's page: %d, want a tenant pick and the whole policy (plans too) in the draft:\n%s", page.status, page.body)
+	}
+	for _, c := range []struct {
+		tenant string
+		events string
+	}{{"", "2"}, {e.tenantID, "2"}} {
+		p := a.postDraft(map[string]string{"window": "24h", "tenant_id": c.tenant, "draft": webDraft("uni", "150/day")})
+		if p.status != http.StatusOK || !strings.Contains(p.body, `data-events="`+c.events+`"`) {
+			t.Fatalf("tenant %q: %d, want %s events:\n%s", c.tenant, p.status, c.events, p.body)
+		}
+		if w := shownWalls(p.body); len(w) != 1 || w[0].denied != 1 {
+			t.Errorf("tenant %q: got walls %+v, want the second call denied", c.tenant, w)
+		}
+		if !strings.Contains(visibleText(p.body), "Fri 20 Nov 2026 10:01 Asia/Shanghai") {
+			t.Errorf("tenant %q: the wall is not shown in uni's zone:\n%s", c.tenant, visibleText(p.body))
+		}
+		if global := strings.Contains(p.body, "the global scope is left out"); global != (c.tenant != "") {
+			t.Errorf("tenant %q: the note on the global scope is shown: %v", c.tenant, global)
+		}
+	}
+	p := a.postDraft(map[string]string{"window": "24h", "tenant_id": "ten_nope", "draft": webDraft("uni", "150/day")})
+	if field, _ := shownError(p.body); p.status != http.StatusNotFound || field != "tenant_id" ||
+		!regexp.MustCompile(`id="tenant_id"[^>]*aria-invalid="true"`).MatchString(p.body) {
+		t.Errorf("an unknown tenant: %d naming %q, want 404 naming tenant_id:\n%s", p.status, field, p.body)
+	}
+}
