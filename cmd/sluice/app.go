@@ -368,7 +368,7 @@ func (a *App) Handler() http.Handler {
 func (a *App) console(requests *policy.Requests) *console.Console {
 	return &console.Console{Tenancy: a.tenancy, Policy: a.policy, Meter: a.meter, Requests: requests, Runs: a.runs,
 		Ledger: a.store, Names: a.store, Mode: a.mode, Log: a.log, SecureCookie: a.cfg.Console.SecureCookie,
-		Sessions: session.NewManager(a.store, a.tenancy, time.Duration(a.cfg.Console.SessionTTL), nil)}
+		Sessions: session.NewManager(a.store, a.tenancy, time.Duration(a.cfg.Console.SessionTTL), nil), WhatIf: whatIfOptions(&a.cfg)}
 }
 
 // settleBounds resolves the configured settle bounds for the API.

@@ -33,6 +33,7 @@ import (
 	"github.com/sluicehq/sluice/internal/run"
 	"github.com/sluicehq/sluice/internal/tenancy"
 	"github.com/sluicehq/sluice/internal/usage"
+	"github.com/sluicehq/sluice/internal/whatif"
 )
 
 //go:embed templates/*.html
@@ -77,6 +78,8 @@ type Console struct {
 	Runs     *run.Service
 	Ledger   Ledger
 	Names    Names
+	// WhatIf bounds the policy what-if page's replays, as the API's.
+	WhatIf whatif.Options
 	// Mode reports the quota engine's mode: normal, degraded or read_only.
 	Mode func() string
 	// SecureCookie "always" marks the session cookie Secure whatever the
@@ -112,6 +115,7 @@ func (c *Console) Handler() http.Handler {
 	c.memberRoutes()
 	c.adminRoutes()
 	c.flowRoutes()
+	c.whatIfRoutes()
 	c.mux.HandleFunc("/console/", func(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, nil, errs.E(errs.NotFound, "there is no console page at %s", r.URL.Path))
 	})

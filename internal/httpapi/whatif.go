@@ -1,10 +1,8 @@
 package httpapi
 
 import (
-	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
@@ -70,7 +68,7 @@ func (s *Server) whatIf(w http.ResponseWriter, r *http.Request) {
 	}
 	mgr := s.Policy.Manager()
 	live := mgr.Current()
-	if tenantID, err = whatIfTenant(p, tenantID, doc, live); err != nil {
+	if tenantID, err = whatif.TenantFor(p, tenantID, doc, live); err != nil {
 		writeError(w, r, s.Log, err)
 		return
 	}
@@ -96,35 +94,4 @@ func (s *Server) whatIf(w http.ResponseWriter, r *http.Request) {
 		rep.Notes = []string{}
 	}
 	writeJSON(w, http.StatusOK, rep)
-}
-
-// whatIfTenant checks who may replay what and returns the tenant whose
-// ledger is replayed ("" every tenant's). A tenant admin replays only
-// their tenant's ledger, with a draft that names only their tenant (plans
-// and the global scope are platform admins'); another tenant's id is 404,
-// as everywhere.
-func whatIfTenant(p tenancy.Principal, tenantID string, doc *policydoc.Document, live *policy.Snapshot) (string, error) {
-	if p.IsPlatformAdmin() {
-		if tenantID != "" && !slices.Contains(live.TenantIDs(), tenantID) {
-			return "", errs.Field(errs.NotFound, "tenant_id", "tenant %s not found", tenantID)
-		}
-		return tenantID, nil
-	}
-	if tenantID != "" && tenantID != p.TenantID {
-		return "", errs.Field(errs.NotFound, "tenant_id", "tenant %s not found", tenantID)
-	}
-	if len(doc.Plans) > 0 {
-		return "", errs.Field(errs.Forbidden, "plans", "plans are the platform's: a tenant admin's draft may not change them")
-	}
-	if doc.Global != nil {
-		return "", errs.Field(errs.Forbidden, "global", "the global scope is the platform's: a tenant admin's draft may not change it")
-	}
-	own := live.TenantName(p.TenantID)
-	for i, t := range doc.Tenants {
-		if t.Name != own {
-			field := fmt.Sprintf("tenants[%d].name", i)
-			return "", errs.Field(errs.Forbidden, field, "%s: a tenant admin's draft may name only their own tenant, %s", field, own)
-		}
-	}
-	return p.TenantID, nil
 }
