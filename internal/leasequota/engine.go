@@ -1790,12 +1790,16 @@ func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Se
 	} else {
 		over, adj = e.release(t, u, now, true, nil, nil)
 	}
+	full := e.fullSlots(t)
 	// A settled ticket is kept only to answer replays: dropping its
 	// reservations keeps the retained tickets small for the collector.
 	t.settled, t.doneAt, t.res = &st, now, nil
 	e.retire(id)
 	calls := e.overrunCalls(over)
 	e.mu.Unlock()
+	for _, s := range full {
+		e.giveSlots(ctx, s)
+	}
 	for _, c := range calls {
 		// The settle stands whatever happens; an overrun the store did
 		// not confirm is sent again with its id (resendUnknown).
@@ -1805,6 +1809,41 @@ func (e *Engine) Settle(ctx context.Context, id string, u quota.Usage) (quota.Se
 	}
 	e.adjustRates(ctx, adj)
 	return st, nil
+}
+
+// fullSlots returns the scopes whose slot ticket t held came back to a
+// lease whose limit the store had found full: another instance may be
+// refused, or queued, for want of it. Called with e.mu held, after
+// release.
+func (e *Engine) fullSlots(t *ticket) []*lscope {
+	var out []*lscope
+	for _, r := range t.res {
+		if lm := &r.s.m[MeterConcurrency]; r.m == MeterConcurrency && r.gen == r.s.gen && lm.remaining != unknownRem && lm.remaining <= 0 {
+			out = append(out, r.s)
+		}
+	}
+	return out
+}
+
+// giveSlots returns the unused slots of s's lease to the store at once
+// (not after the idle rounds giveUnused waits for), under s.io.
+func (e *Engine) giveSlots(ctx context.Context, s *lscope) {
+	s.io.Lock()
+	defer s.io.Unlock()
+	if err := e.resendUnknown(ctx, s); err != nil {
+		return // the idle rounds give it back (giveUnused)
+	}
+	e.mu.Lock()
+	lm := &s.m[MeterConcurrency]
+	n := lm.avail - lm.ret
+	if n <= 0 || lm.stale {
+		e.mu.Unlock()
+		return
+	}
+	lm.ret += n
+	id := e.requestID()
+	e.mu.Unlock()
+	_ = e.giveBackLease(ctx, s, id, []Give{{Meter: MeterConcurrency, Amount: n}}) // kept to be sent again on failure
 }
 
 // settleRecorded settles recorded ticket t through the store and

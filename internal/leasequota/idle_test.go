@@ -109,3 +109,37 @@ func TestIdleSlotLeaseGoesBack(t *testing.T) {
 		t.Errorf("the store counts %d department slots, want 2 (b's two runs)", slots)
 	}
 }
+
+// TestFreedSlotOfAFullLimitGoesBackAtOnce: a run that ends on one
+// instance while its scope's limit is full gives its slot back to the
+// store with the settle, not a few refreshes later: the next run, on
+// another instance, is admitted at once. (It was refused until the first
+// instance's lease went idle.)
+func TestFreedSlotOfAFullLimitGoesBackAtOnce(t *testing.T) {
+	clk := quotatest.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
+	st, a, b := slotPair(t, clk, time.Hour) // no background returns
+	ctx := t.Context()
+	one := slotAsk([]quota.Scope{{Key: "t/acme/u1", Limits: &quota.Limits{Concurrency: quota.AtMost(1)}}})
+	for i := range 3 {
+		tk, err := a.Acquire(ctx, one)
+		if err != nil {
+			t.Fatalf("run %d on a: %v", i, err)
+		}
+		if _, err := b.Acquire(ctx, one); err == nil {
+			t.Fatalf("run %d: b admitted a second run under a limit of 1", i)
+		}
+		if _, err := a.Settle(ctx, tk.ID, quota.Usage{}); err != nil {
+			t.Fatal(err)
+		}
+		tb, err := b.Acquire(ctx, one)
+		if err != nil {
+			t.Fatalf("run %d: b refused right after a's run ended: %v", i, err)
+		}
+		if _, err := b.Settle(ctx, tb.ID, quota.Usage{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, slots := readUse(t, st, "t/acme/u1"); slots != 0 {
+		t.Errorf("the store counts %d slots with no run going, want 0", slots)
+	}
+}
