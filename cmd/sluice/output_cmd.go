@@ -50,7 +50,11 @@ func (o *output) render(raw json.RawMessage) error {
 	m, ok := v.(map[string]any)
 	if !ok {
 		if items, ok := v.([]any); ok {
-			return o.table(items, nil)
+			var cols []column
+			if o.view != nil {
+				cols = o.view.columns
+			}
+			return o.table(items, cols)
 		}
 		_, err := fmt.Fprintln(o, text(v))
 		return err
