@@ -29,6 +29,7 @@ func alertCommands(add func(*command)) {
 signatures. With --secret-file ("-": standard input) that secret is used and never shown.`,
 		flags: []flagSpec{fHookTenant, {"url", "URL", "where alerts go: an http or https URL (the server's address guard applies)"},
 			{"secret-file", "FILE", "a file holding the signing secret (default: the server makes one)"}},
+		fieldFlags: map[string]string{"secret": "secret-file"},
 		examples: []string{"sluice alerts webhook set --tenant university --url https://hooks.example.edu/sluice",
 			"sluice alerts webhook set --url https://hooks.example.edu/sluice --secret-file hook.secret"},
 		run: func(x *invocation) error {

@@ -159,7 +159,8 @@ A user's key is used for their calls, else their project's, else the server's ow
 		about: upAbout + `
 The key is read from --secret-file, or from standard input (not typed at a terminal); it is
 sealed with the server's secret and never shown again, by the server or by this command.`,
-		flags: []flagSpec{fTenant, fService, {"secret-file", "FILE", "the file holding the key (default: standard input)"}},
+		flags:      []flagSpec{fTenant, fService, {"secret-file", "FILE", "the file holding the key (default: standard input)"}},
+		fieldFlags: map[string]string{"api_key": "secret-file"},
 		examples: []string{"sluice upstream-keys set user/alice --tenant university --secret-file alice-langflow.key",
 			"pass show langflow/group-1 | sluice upstream-keys set project/group-1 --tenant university"},
 		run: func(x *invocation) error {
