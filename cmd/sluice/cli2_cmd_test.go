@@ -20,6 +20,7 @@ type cliWorld struct {
 	admin, alice sluiceCLI
 	uni, prj     string // ids
 	aliceID      string
+	dataDir      string
 }
 
 func startCLIWorld(t *testing.T, modify func(*config.Config)) cliWorld {
@@ -31,7 +32,7 @@ func startCLIWorld(t *testing.T, modify func(*config.Config)) cliWorld {
 	}
 	s := start(t, cfg)
 	admin := sluiceCLI{t, s.url, keyPattern.FindString(s.stdout.String())}
-	w := cliWorld{s: s, admin: admin}
+	w := cliWorld{s: s, admin: admin, dataDir: cfg.DataDir}
 	w.uni = admin.json("tenants", "create", "--name", "university")["id"].(string)
 	w.prj = admin.json("projects", "create", "--tenant", "university", "--name", "group-1")["id"].(string)
 	w.aliceID = admin.json("users", "create", "--tenant", "university", "--name", "alice")["id"].(string)
@@ -130,6 +131,16 @@ func TestCLIPlatformUpstreamKeysQuarantine(t *testing.T) {
 	if l := alice.json("upstream-keys", "list"); len(l["data"].([]any)) != 1 || !strings.Contains(alice.tty("upstream-keys", "list"), "…9999") {
 		t.Fatalf("alice's upstream keys: %v", l)
 	}
+	// A terminal is refused before anything is read: /dev/null is a
+	// character device, as a terminal is, which is what the check sees.
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devNull.Close()
+	withStdin(t, devNull)
+	wantIn(t, "upstream-keys set < a terminal", admin.run(2, "upstream-keys", "set", "user/alice", "--tenant", "university"),
+		[]string{"terminal", "--secret-file"})
 	withStdin(t, strings.NewReader(""))
 	wantIn(t, "upstream-keys set < empty", admin.run(2, "upstream-keys", "set", "user/alice", "--tenant", "university"), []string{"--secret-file"})
 	wantIn(t, "upstream-keys set, a key with a space", admin.run(1, "upstream-keys", "set", "user/alice", "--tenant", "university",
@@ -322,6 +333,25 @@ func TestCLIFiles(t *testing.T) {
 	alice.run(0, "files", "download", items[1]["id"].(string))
 	if b, err := os.ReadFile(filepath.Join(dir, "notes (1).txt")); err != nil || string(b) != "second version" {
 		t.Fatalf("files download ID (to its stored name): %q %v", b, err)
+	}
+	// Bytes that differ from the server's record are not kept.
+	var stored string
+	_ = filepath.WalkDir(w.dataDir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && filepath.Base(p) == items[0]["id"] { // Dir/<tenant>/<project>/<file id>
+			stored = p
+		}
+		return nil
+	})
+	if stored == "" {
+		t.Fatalf("the bytes of %s not found under %s", items[0]["id"], w.dataDir)
+	}
+	if err := os.WriteFile(stored, []byte("the launch code is PAPAYA-99999\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "tampered.txt")
+	wantIn(t, "files download of altered bytes", alice.run(1, "files", "download", "notes.txt", "--to", bad), []string{"SHA-256", "nothing kept"})
+	if _, err := os.Stat(bad); !os.IsNotExist(err) {
+		t.Fatalf("a download that failed its check left %s: %v", bad, err)
 	}
 	wantIn(t, "files download nothing", alice.run(1, "files", "download", "report"), []string{"not_found", `"report"`, "notes.txt"})
 
