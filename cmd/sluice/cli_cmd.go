@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/internal/client"
+	"github.com/sluicehq/sluice/internal/errs"
 )
 
 // command is one client command: `sluice limits set SCOPE [flags]`.
@@ -28,7 +30,12 @@ type command struct {
 	formats []string
 	// long commands (a flow's run) are not cut off by the client's timeout.
 	long bool
-	run  func(x *invocation) error
+	// view is the command's table, when views (output_cmd.go) has none.
+	view *view
+	// fieldFlags name the flag behind an API field where the names differ
+	// ("api_key": "secret-file"); blameFlag finds the others by name.
+	fieldFlags map[string]string
+	run        func(x *invocation) error
 }
 
 // flagSpec is one flag of a command.
@@ -44,7 +51,7 @@ var nameFlags = map[string]string{"tenant": "tenant", "department": "department"
 
 // boolFlags take no value (--dry-run), but --stream=false or --stream false
 // are read as written.
-var boolFlags = map[string]bool{"dry_run": true, "stream": true, "active": true, "help": true, "h": true}
+var boolFlags = map[string]bool{"dry_run": true, "stream": true, "active": true, "read_only": true, "help": true, "h": true}
 
 // invocation is one parsed command line, ready to run.
 type invocation struct {
@@ -65,7 +72,11 @@ type invocation struct {
 // out is where show writes: stdout with the format and the command's
 // table view.
 func (x *invocation) out() *output {
-	return &output{Writer: x.stdout, format: x.format, names: x.names, ctx: x.ctx, view: views[strings.Join(x.cmd.path, " ")]}
+	v := x.cmd.view
+	if v == nil {
+		v = views[x.cmd.name()]
+	}
+	return &output{Writer: x.stdout, format: x.format, names: x.names, ctx: x.ctx, view: v}
 }
 
 // show performs a call and prints the answer in the chosen format.
@@ -92,7 +103,7 @@ func runCLI(args []string, stdout, stderr io.Writer, getenv func(string) string,
 		return err
 	}
 	if cmd == nil { // a group's help
-		fmt.Fprint(stdout, groupHelp(line.pos[0]))
+		fmt.Fprint(stdout, groupHelp(line.pos))
 		return nil
 	}
 	if line.help {
@@ -159,7 +170,31 @@ func runCLI(args []string, stdout, stderr io.Writer, getenv func(string) string,
 	if err := x.resolveFlags(); err != nil {
 		return err
 	}
-	return cmd.run(x)
+	return cmd.blameFlag(cmd.run(x))
+}
+
+// blameFlag adds the flag at fault to a server error that names a field:
+// field limits.tokens is --limits', tenant_id --tenant's, api_key
+// --secret-file's.
+func (c *command) blameFlag(err error) error {
+	var e *errs.Error
+	if !errors.As(err, &e) || e.Field == "" {
+		return err
+	}
+	base, _, _ := strings.Cut(e.Field, ".")
+	flag := c.fieldFlags[base]
+	if flag == "" {
+		for _, name := range []string{base, strings.TrimSuffix(base, "_id")} {
+			if c.has(name) {
+				flag = dashed(name)
+				break
+			}
+		}
+	}
+	if flag == "" {
+		return err
+	}
+	return &errs.Error{Code: e.Code, Message: e.Message, Field: e.Field + ", flag --" + flag, Err: e.Err}
 }
 
 // resolveFlags turns --tenant/--department/--parent/--project/--user
@@ -285,17 +320,25 @@ func findCommand(pos []string, help bool) (*command, []string, error) {
 		// of a group; say so rather than "usage takes no arguments".
 		return best, pos[n:], nil
 	}
-	verbs := groupVerbs(pos[0])
-	if len(verbs) == 0 {
+	// The longest group the words name: "alerts webhook", else "alerts".
+	group := 0
+	for i := len(pos); i > 0; i-- {
+		if len(groupVerbs(pos[:i])) > 0 {
+			group = i
+			break
+		}
+	}
+	if group == 0 {
 		return nil, nil, usageError(fmt.Sprintf("unknown command %q (run sluice help)", pos[0]))
 	}
-	if help && len(pos) == 1 {
+	name, verbs := strings.Join(pos[:group], " "), groupVerbs(pos[:group])
+	if help && len(pos) == group {
 		return nil, nil, nil
 	}
-	if len(pos) == 1 {
-		return nil, nil, usageError(fmt.Sprintf("%s needs a verb: %s (sluice %s -h)", pos[0], strings.Join(verbs, ", "), pos[0]))
+	if len(pos) == group {
+		return nil, nil, usageError(fmt.Sprintf("%s needs a verb: %s (sluice %s -h)", name, strings.Join(verbs, ", "), name))
 	}
-	return nil, nil, usageError(fmt.Sprintf("unknown verb %q for %s: %s (sluice %s -h)", pos[1], pos[0], strings.Join(verbs, ", "), pos[0]))
+	return nil, nil, usageError(fmt.Sprintf("unknown verb %q for %s: %s (sluice %s -h)", pos[group], name, strings.Join(verbs, ", "), name))
 }
 
 func (c *command) matches(words []string) bool {
@@ -398,24 +441,27 @@ func (c *command) helpText() string {
 	return b.String()
 }
 
-// groupVerbs are the verbs of a group (limits: list, get, set, delete).
-func groupVerbs(group string) []string {
+// groupVerbs are the words that follow prefix in the commands under it
+// (limits: list, get, set, delete; alerts: webhook, deliveries).
+func groupVerbs(prefix []string) []string {
 	var out []string
 	for _, c := range commands() {
-		if c.path[0] == group && len(c.path) == 2 {
-			out = append(out, c.path[1])
+		if len(c.path) > len(prefix) && slices.Equal(c.path[:len(prefix)], prefix) && !slices.Contains(out, c.path[len(prefix)]) {
+			out = append(out, c.path[len(prefix)])
 		}
 	}
 	return out
 }
 
-// groupHelp is `sluice limits -h`: each verb, its summary and an example.
-func groupHelp(group string) string {
+// groupHelp is `sluice limits -h` (or `sluice alerts webhook -h`): each
+// command under the group, its summary and an example.
+func groupHelp(prefix []string) string {
 	var b strings.Builder
+	group := strings.Join(prefix, " ")
 	fmt.Fprintf(&b, "sluice %s: %s\n\nUsage:\n", group, groupSummaries[group])
 	var cmds []*command
 	for _, c := range commands() {
-		if c.path[0] == group && len(c.path) == 2 {
+		if len(c.path) > len(prefix) && slices.Equal(c.path[:len(prefix)], prefix) {
 			cmds = append(cmds, c)
 		}
 	}
@@ -458,7 +504,9 @@ func clientHelp() string {
 				single = c.summary
 				continue
 			}
-			verbs = append(verbs, c.path[1])
+			if !slices.Contains(verbs, c.path[1]) {
+				verbs = append(verbs, c.path[1])
+			}
 		}
 		left := g
 		if len(verbs) > 0 && single == "" {

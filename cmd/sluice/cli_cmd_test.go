@@ -61,10 +61,10 @@ func (c sluiceCLI) tty(args ...string) string {
 // says the same; an unknown flag names itself and the command's flags.
 func TestCLIHelpOnEveryCommand(t *testing.T) {
 	noEnv := func(string) string { return "" }
-	groups := map[string]bool{}
+	groups := map[string]bool{} // every group, nested ones too: "alerts", "alerts webhook"
 	for _, c := range commands() {
-		if len(c.path) == 2 {
-			groups[c.path[0]] = true
+		for i := 1; i < len(c.path); i++ {
+			groups[strings.Join(c.path[:i], " ")] = true
 		}
 		for _, h := range []string{"-h", "--help"} {
 			args := append(append([]string{}, c.path...), h)
@@ -83,14 +83,21 @@ func TestCLIHelpOnEveryCommand(t *testing.T) {
 	}
 	for g := range groups {
 		var out bytes.Buffer
-		if code := realMain([]string{g, "-h"}, &out, &out, noEnv); code != 0 || !strings.Contains(out.String(), "Examples") {
+		if code := realMain(append(strings.Fields(g), "-h"), &out, &out, noEnv); code != 0 || !strings.Contains(out.String(), "Examples") {
 			t.Errorf("sluice %s -h: exit %d:\n%s", g, code, out.String())
 		}
 	}
-	for _, args := range [][]string{{"-h"}, {"help"}, {"help", "grants", "create"}, {"users", "create", "--name", "-h"}} {
+	for _, args := range [][]string{{"-h"}, {"help"}, {"help", "grants", "create"}, {"users", "create", "--name", "-h"},
+		{"serve", "-h"}, {"serve", "--help"}, {"run", "-h"}, {"run", "flow.json", "--help"}, {"worker", "-h"}, {"help", "serve"},
+		{"help", "alerts", "webhook", "set"}} {
 		var out bytes.Buffer
 		if code := realMain(args, &out, &out, noEnv); code != 0 || !strings.Contains(out.String(), "Examples") {
 			t.Errorf("sluice %s: exit %d:\n%s", strings.Join(args, " "), code, out.String())
+		}
+	}
+	for _, g := range []string{"platform", "upstream-keys", "alerts", "alerts webhook", "credits", "credit-codes", "files"} {
+		if !groups[g] {
+			t.Errorf("no command group %q", g)
 		}
 	}
 	if len(groups) < 12 {
@@ -105,6 +112,14 @@ func TestCLIHelpOnEveryCommand(t *testing.T) {
 	errOut.Reset()
 	if code := realMain([]string{"limits", "frob"}, &out, &errOut, noEnv); code != 2 || !strings.Contains(errOut.String(), "list, get, set, delete") {
 		t.Fatalf("unknown verb: exit %d, %q; want 2 naming the verbs", code, errOut.String())
+	}
+	errOut.Reset()
+	if code := realMain([]string{"alerts", "webhook"}, &out, &errOut, noEnv); code != 2 || !strings.Contains(errOut.String(), "get, set, delete") {
+		t.Fatalf("a nested group without its verb: exit %d, %q; want 2 naming the verbs", code, errOut.String())
+	}
+	errOut.Reset()
+	if code := realMain([]string{"worker", "--frob"}, &out, &errOut, noEnv); code != 2 || !strings.Contains(errOut.String(), "worker -h") {
+		t.Fatalf("worker --frob: exit %d, %q; want 2 pointing at worker -h", code, errOut.String())
 	}
 }
 

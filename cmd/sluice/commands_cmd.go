@@ -30,6 +30,14 @@ var groupSummaries = map[string]string{
 	"runs":        "runs of flows",
 	"usage":       "use, limits and what remains",
 	"requests":    "ask for more quota, decide asks",
+
+	"platform":       "the platform's settings: read-only mode, reserved share",
+	"upstream-keys":  "the keys Sluice forwards with to the LangFlow it fronts",
+	"alerts":         "threshold alerts: a tenant's webhook and the delivery log",
+	"alerts webhook": "a tenant's alert webhook (its secret is shown once, when generated)",
+	"credits":        "prepaid credit: balances, top-ups, redeeming codes",
+	"credit-codes":   "single-use redeem codes (shown once)",
+	"files":          "a project's files, for its flows",
 }
 
 // Flags several commands share.
@@ -58,6 +66,10 @@ var commands = sync.OnceValue(func() []*command {
 	policyCommands(add)
 	flowCommands(add)
 	usageCommands(add)
+	platformCommands(add)
+	alertCommands(add)
+	creditCommands(add)
+	fileCommands(add)
 
 	add(&command{path: []string{"apply"}, summary: "create or update plans, the tree and limits from a policy file",
 		flags: []flagSpec{{"f", "FILE", "the policy file (YAML or JSON); - reads standard input"}, {"dry-run", "", "say what would change, change nothing"},

@@ -60,6 +60,10 @@ func realMain(args []string, stdout, stderr io.Writer, getenv func(string) strin
 		fmt.Fprintln(stdout, "sluice", version)
 	case "help", "-h", "--help":
 		if len(args) > 1 {
+			switch args[1] {
+			case "serve", "run", "worker": // their help is the flag package's, on stderr
+				return realMain([]string{args[1], "-h"}, stdout, stderr, getenv)
+			}
 			err = runClient(append(args[1:], "-h"), stdout, stderr, getenv)
 			break
 		}
@@ -80,6 +84,23 @@ func realMain(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	}
 	fmt.Fprintf(stderr, "sluice: %s\n", describe(err))
 	return 1
+}
+
+// flagUsage is the -h of a command whose flags the flag package parses
+// (serve, run): what it does, its usage line, its flags and examples.
+func flagUsage(fs *flag.FlagSet, w io.Writer, name, summary, usage, about string, examples []string) func() {
+	return func() {
+		fmt.Fprintf(w, "sluice %s: %s\n\nUsage:\n  %s\n", name, summary, usage)
+		if about != "" {
+			fmt.Fprintf(w, "\n%s\n", about)
+		}
+		fmt.Fprint(w, "\nFlags (-name and --name are the same):\n")
+		fs.PrintDefaults()
+		fmt.Fprint(w, "\nExamples:\n")
+		for _, e := range examples {
+			fmt.Fprintf(w, "  %s\n", e)
+		}
+	}
 }
 
 // usageError is a mistake on the command line.
@@ -113,6 +134,15 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	logFormat := fs.String("log-format", "", "json or text (env SLUICE_LOG_FORMAT)")
 	langflow := fs.String("langflow-upstream", "", "govern an existing LangFlow at this URL (env SLUICE_LANGFLOW_UPSTREAM)")
 	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets redacted) and exit")
+	fs.Usage = flagUsage(fs, stderr, "serve", "run the server: the API, the gateway, the console and the quota engine",
+		"sluice serve [flags]",
+		`Settings come from the defaults, then --config's file, then SLUICE_* environment variables,
+then these flags (docs/configuration.md has every setting). Without a database URL the data
+lives in SQLite under the data directory; on first start an admin key is printed and kept in
+DATA/admin.key.`,
+		[]string{"sluice serve", "sluice serve --config sluice.yaml --addr 0.0.0.0:8080",
+			"sluice serve --database-url postgres://sluice@db.internal/sluice --log-format text",
+			"sluice serve --langflow-upstream http://127.0.0.1:7860", "sluice serve --config sluice.yaml --print-config"})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -36,7 +36,8 @@ type column struct {
 
 // idKinds are the fields that hold another object's id, shown by name.
 var idKinds = map[string]string{"tenant_id": "tenant", "department_id": "department", "parent_id": "department",
-	"project_id": "project", "user_id": "user", "flow_id": "flow", "created_by": "user", "actor_user_id": "user", "key_id": "key"}
+	"project_id": "project", "user_id": "user", "flow_id": "flow", "created_by": "user", "actor_user_id": "user", "key_id": "key",
+	"updated_by": "user", "redeemed_by": "user"}
 
 // render prints an answer as a table.
 func (o *output) render(raw json.RawMessage) error {
@@ -50,7 +51,11 @@ func (o *output) render(raw json.RawMessage) error {
 	m, ok := v.(map[string]any)
 	if !ok {
 		if items, ok := v.([]any); ok {
-			return o.table(items, nil)
+			var cols []column
+			if o.view != nil {
+				cols = o.view.columns
+			}
+			return o.table(items, cols)
 		}
 		_, err := fmt.Fprintln(o, text(v))
 		return err

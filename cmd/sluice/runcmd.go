@@ -38,6 +38,14 @@ func runLocal(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	stream := fs.Bool("stream", false, "print tokens as they arrive")
 	configFile := fs.String("config", getenv("SLUICE_CONFIG"), "YAML config file with a model table (env SLUICE_CONFIG)")
 	data := fs.String("data", "", "data directory for chat history (default ./data)")
+	fs.Usage = flagUsage(fs, stderr, "run", "run a flow file in this process, without a server", "sluice run FLOW.json [flags]",
+		`The flow is a LangFlow export. Its model calls go through a quota engine with the default global
+limits and are metered; models come from --config's model table (docs/models.md). The server's
+client command is sluice flows run.`,
+		[]string{`sluice run examples/flows/basic-prompting.json --input "Write a haiku about queues"`,
+			`sluice run flow.json --input "hi" --stream --config sluice.yaml`,
+			`sluice run flow.json --input "hi" --session s1 --json`,
+			`sluice run flow.json --input "hi" --tweaks '{"Prompt-abc":{"template":"Answer briefly: {input}"}}'`})
 	// Accept the flow path before or after the flags.
 	var path string
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {

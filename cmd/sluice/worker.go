@@ -16,8 +16,12 @@ import (
 // it, gives it one run over stdin and stdout, and makes the run's model
 // calls for it. It is not meant to be run by hand.
 func worker(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+		fmt.Fprint(stderr, workerHelp)
+		return nil
+	}
 	if len(args) > 0 {
-		return usageError("worker takes no arguments: the server starts workers itself")
+		return usageError("worker takes no arguments: the server starts workers itself (sluice worker -h)")
 	}
 	// stdout is the channel to the server: nothing else may write to it.
 	if stdout == io.Writer(os.Stdout) {
@@ -28,6 +32,21 @@ func worker(args []string, stdout, stderr io.Writer, getenv func(string) string)
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})).With(slog.String("process", "worker"), slog.Int("pid", os.Getpid()))
 	return sandbox.Work(context.Background(), os.Stdin, stdout, log, getenv)
 }
+
+const workerHelp = `sluice worker: the sandbox's worker process (started by the server, not by hand)
+
+Usage:
+  sluice worker
+
+sluice serve starts sandbox.workers of these (config sandbox.worker_command, default this
+binary with "worker") and gives each one run at a time over standard input and output, held to
+the run's memory_per_run by a cgroup; the worker asks the server for its model calls. It takes
+no flags; SLUICE_LOG_LEVEL sets its log level (its logs go to standard error).
+
+Examples:
+  sluice serve --config sluice.yaml    # starts the workers itself
+  sluice worker -h                     # this help
+`
 
 // testWorkerEnv is set by this package's tests: what makes the test binary
 // act as sluice when it is started as a worker (see TestMain).
