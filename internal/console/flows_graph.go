@@ -441,6 +441,8 @@ func (c *Console) stopWords(r *req, rec *run.Record) string {
 	at := ""
 	if m := nodeText.FindStringSubmatch(msg); m != nil {
 		at = " at node " + m[1]
+	} else if n := len(rec.Trace); n > 0 && rec.Trace[n-1].Status == "failed" {
+		at = " at node " + rec.Trace[n-1].NodeID // where it was when stopped
 	}
 	switch rec.Status {
 	case run.StatusSucceeded, run.StatusRunning, run.StatusCancelling:
