@@ -552,7 +552,9 @@ func TestAnotherTenantsFlowsAndRunsAreNotFound(t *testing.T) {
 		{"open the flow", func() page { return rival.get("/console/flows/" + id) }},
 		{"open the flow by endpoint", func() page { return rival.get("/console/flows/basic-prompting") }},
 		{"run the flow", func() page { return rival.post("/console/flows/"+id+"/run", url.Values{"csrf": {tok}, "input": {"x"}}) }},
-		{"stream the flow", func() page { return rival.post("/console/flows/"+id+"/stream", url.Values{"csrf": {tok}, "input": {"x"}}) }},
+		{"stream the flow", func() page {
+			return rival.post("/console/flows/"+id+"/stream", url.Values{"csrf": {tok}, "input": {"x"}})
+		}},
 		{"open the run", func() page { return rival.get("/console/runs/" + runID) }},
 	} {
 		p := c.do()
