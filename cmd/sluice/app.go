@@ -60,7 +60,8 @@ type App struct {
 	files    *files.Service
 	gate     *gate.Gate
 	models   *llm.Registry
-	front    *front.Handler // nil unless langflow.upstream is set
+	front    *front.Handler   // nil unless langflow.upstream is set
+	web      *console.Console // its runs are stopped after the server drains
 	sandbox  *sandbox.Sandbox
 	sealer   *sealed.Box // nil without a server secret
 	alerts   appAlerts
@@ -360,7 +361,8 @@ func (a *App) Handler() http.Handler {
 	if a.front != nil {
 		api.Front, api.FrontPaths = a.front, front.Paths
 	}
-	api.Console = a.console(api.Requests).Handler()
+	a.web = a.console(api.Requests)
+	api.Console = a.web.Handler()
 	return api.Handler()
 }
 
@@ -399,6 +401,7 @@ func (a *App) Serve(ctx context.Context) error {
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	select {
 	case err := <-errc:
+		a.web.Close()
 		a.endBackground()
 		a.closeQuota()
 		a.store.Close()
@@ -412,6 +415,7 @@ func (a *App) Serve(ctx context.Context) error {
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		err = errors.Join(err, serr)
 	}
+	a.web.Close()
 	a.endBackground()
 	a.closeQuota()
 	return errors.Join(err, a.store.Close())

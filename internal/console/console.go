@@ -92,6 +92,7 @@ type Console struct {
 
 	pages map[string]*template.Template
 	mux   *http.ServeMux
+	live  *liveRuns // the flow runs started here (flows_run.go)
 }
 
 // Handler returns the console's handler, for Prefix and everything under

@@ -17,9 +17,11 @@ import (
 
 	"github.com/sluicehq/sluice/internal/console"
 	"github.com/sluicehq/sluice/internal/console/session"
+	"github.com/sluicehq/sluice/internal/llm"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/quota"
+	"github.com/sluicehq/sluice/internal/run"
 	"github.com/sluicehq/sluice/internal/sqlstore"
 	"github.com/sluicehq/sluice/internal/tenancy"
 	"github.com/sluicehq/sluice/internal/usage"
@@ -62,9 +64,28 @@ type env struct {
 	aliceID  string
 	aliceKey string // its id
 	admin    string // the tenant admin's key
+	runs     *run.Service
+	// finished receives each run's record as the store records its end.
+	finished chan *run.Record
 }
 
-func newEnv(t *testing.T) *env {
+// finishSignal is the real store, telling the test when a run ends (runs
+// started from the console go on after the request that started them).
+type finishSignal struct {
+	*sqlstore.Store
+	finished chan *run.Record
+}
+
+func (s finishSignal) FinishRun(ctx context.Context, r *run.Record) error {
+	err := s.Store.FinishRun(ctx, r)
+	select {
+	case s.finished <- r:
+	default:
+	}
+	return err
+}
+
+func newEnv(t *testing.T, models ...llm.ModelConfig) *env {
 	t.Helper()
 	ctx := context.Background()
 	store, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "sluice.db"))
@@ -133,11 +154,21 @@ func newEnv(t *testing.T) *env {
 	}
 	e.tenantID, e.project, e.alice, e.aliceID, e.aliceKey, e.admin = ten.ID, prj.ID, secret, alice.ID, k.ID, bossKey
 
-	c := &console.Console{Tenancy: svc, Policy: pol, Meter: meter, Requests: requests, Ledger: store, Names: store,
+	// Flows run on the simulated model unless the test names others.
+	registry, err := llm.NewRegistry(models, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.finished = make(chan *run.Record, 16)
+	exec := &run.Executor{Meter: meter, Models: registry, Messages: store, Guard: &run.Guard{}, Log: log, DemoModels: len(models) == 0}
+	e.runs = &run.Service{Store: finishSignal{store, e.finished}, Tenancy: svc, Exec: exec, Log: log}
+
+	c := &console.Console{Tenancy: svc, Policy: pol, Meter: meter, Requests: requests, Runs: e.runs, Ledger: store, Names: store,
 		Sessions: session.NewManager(store, svc, 12*time.Hour, clk.Now), Log: log, Now: clk.Now,
 		Mode: func() string { return "normal" }}
 	ts := httptest.NewServer(c.Handler())
 	t.Cleanup(ts.Close)
+	t.Cleanup(c.Close) // runs first: the console's runs end before the store closes
 	e.url = ts.URL
 	return e
 }

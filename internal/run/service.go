@@ -427,6 +427,24 @@ type Outcome struct {
 // its outcome. A denial at admission returns an error and records nothing
 // (nothing ran); anything after admission is recorded.
 func (s *Service) Run(ctx context.Context, idOrName string, req RunRequest, onEvent func(string, any)) (*Outcome, error) {
+	return s.RunWatched(ctx, idOrName, req, Watch{OnEvent: onEvent})
+}
+
+// Watch follows a run as it goes (the web console's live run page).
+type Watch struct {
+	// OnEvent receives the stream's events (add_message, token), as Run's
+	// onEvent does.
+	OnEvent func(event string, data any)
+	// Started is told the run's record once the run is admitted and
+	// recorded, before its first node: from then on the run can be read
+	// and cancelled by its id. A run refused at admission never starts.
+	Started func(*Record)
+	// Progress is told when a node starts and ends.
+	Progress func(Progress)
+}
+
+// RunWatched is Run, telling w how the run goes.
+func (s *Service) RunWatched(ctx context.Context, idOrName string, req RunRequest, w Watch) (*Outcome, error) {
 	p, err := principal(ctx)
 	if err != nil {
 		return nil, err
@@ -443,7 +461,7 @@ func (s *Service) Run(ctx context.Context, idOrName string, req RunRequest, onEv
 		return nil, err
 	}
 	who := metering.Who{TenantID: fl.TenantID, UserID: p.UserID, ProjectID: fl.ProjectID, KeyID: p.KeyID}
-	return s.execute(ctx, who, fl.ID, g, req, onEvent)
+	return s.execute(ctx, who, fl.ID, g, req, w)
 }
 
 // RunGraph runs a graph that is not stored (the CLI's local runs).
@@ -451,10 +469,10 @@ func (s *Service) RunGraph(ctx context.Context, who metering.Who, g *flow.Flow, 
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
-	return s.execute(ctx, who, "", g, req, onEvent)
+	return s.execute(ctx, who, "", g, req, Watch{OnEvent: onEvent})
 }
 
-func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, g *flow.Flow, req RunRequest, onEvent func(string, any)) (*Outcome, error) {
+func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, g *flow.Flow, req RunRequest, w Watch) (*Outcome, error) {
 	// A tweak naming no node is the caller's mistake: refused before it
 	// costs a request or a slot.
 	if err := CheckTweaks(g, req.Tweaks); err != nil {
@@ -515,9 +533,13 @@ func (s *Service) execute(ctx context.Context, who metering.Who, flowID string, 
 	defer s.running.Delete(runID)
 	rctx, cancel := context.WithTimeout(cctx, timeout)
 	defer cancel()
+	if w.Started != nil {
+		started := *rec
+		w.Started(&started)
+	}
 	job := &Job{RunID: runID, FlowID: flowID, Flow: g, Who: who, InputValue: req.InputValue, InputType: req.InputType,
 		OutputType: req.OutputType, OutputComponent: req.OutputComponent, Tweaks: req.Tweaks, SessionID: req.SessionID,
-		Caps: caps, OnEvent: onEvent, DefaultModel: defaultModel(adm.Chain),
+		Caps: caps, OnEvent: w.OnEvent, Progress: w.Progress, DefaultModel: defaultModel(adm.Chain),
 		Allowed: func(model string) bool { return gate.Allows(adm.Chain, model) }}
 	job.Route.Tenant, job.Route.Plan = gate.Route(who.TenantID, adm.Chain)
 	res, runErr := execute(rctx, job)
