@@ -34,7 +34,12 @@ func init() {
 func (c *Console) flowRoutes() {
 	c.live = newLiveRuns()
 	c.mux.HandleFunc("GET /console/flows", c.signedIn(c.flowsPage))
-	c.mux.HandleFunc("POST /console/flows", c.withUpload(c.uploadFlow))
+	c.mux.HandleFunc("POST /console/flows", c.largeForm(maxUploadBytes, c.signedIn(c.uploadFlow), func(tooLarge bool) error {
+		if tooLarge {
+			return errs.Field(errs.TooLarge, "flow", "the upload is larger than %s bytes; a flow may be at most %s bytes", groupDigits(maxUploadBytes), groupDigits(flow.MaxBytes))
+		}
+		return errs.E(errs.Invalid, "the upload could not be read as a form")
+	}))
 	c.mux.HandleFunc("GET /console/flows/{id}", c.signedIn(c.flowPage))
 	c.mux.HandleFunc("POST /console/flows/{id}/run", c.signedIn(c.runFlow))
 	c.mux.HandleFunc("POST /console/flows/{id}/stream", c.signedIn(c.streamFlow))
@@ -127,39 +132,42 @@ func (c *Console) projectOptions(r *req) []option {
 	return out
 }
 
-// withUpload reads a multipart upload (bounded by maxUploadBytes) before
-// signedIn checks the request, so that signedIn finds the form's CSRF token
-// in PostForm as it does for every other form. The body is read only for a
-// live session posting from this site; signedIn then checks everything
-// again, the token included.
-func (c *Console) withUpload(next func(http.ResponseWriter, *req)) http.HandlerFunc {
-	checked := c.signedIn(next)
+// largeForm reads a form of up to limit bytes (multipart or not, all in
+// memory: no temporary files) before next runs, where signedIn's own
+// parse keeps a small form's bound, so that signedIn finds the form's CSRF
+// token in PostForm as for every other form. The body is read only for a
+// live session posting from this site; anything else goes on unread to
+// next, whose signedIn refuses it. signedIn then checks everything again,
+// the token included. A body past limit, or malformed, is answered with
+// bad's error (tooLarge says which).
+func (c *Console) largeForm(limit int64, next http.HandlerFunc, bad func(tooLarge bool) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 		ck, err := r.Cookie(CookieName)
-		if mt != "multipart/form-data" || err != nil || sameOrigin(r) != "" {
-			checked(w, r)
+		if err != nil || sameOrigin(r) != "" {
+			next(w, r)
 			return
 		}
 		s, p, err := c.Sessions.Resolve(r.Context(), ck.Value)
 		if err != nil {
-			checked(w, r)
+			next(w, r)
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, maxUploadBytes)
-		// All in memory: the body is bounded, so no temporary files.
-		if err := r.ParseMultipartForm(maxUploadBytes); err != nil {
-			rq := &req{Request: r.WithContext(tenancy.WithPrincipal(r.Context(), p)), s: s, p: p}
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
-				c.fail(w, r, rq, errs.Field(errs.TooLarge, "flow", "the upload is larger than %s bytes; a flow may be at most %s bytes", groupDigits(maxUploadBytes), groupDigits(flow.MaxBytes)))
-				return
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
+			err = r.ParseMultipartForm(limit)
+			if r.MultipartForm != nil {
+				defer r.MultipartForm.RemoveAll()
 			}
-			c.fail(w, r, rq, errs.E(errs.Invalid, "the upload could not be read as a form"))
+		} else {
+			err = r.ParseForm()
+		}
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			rq := &req{Request: r.WithContext(tenancy.WithPrincipal(r.Context(), p)), s: s, p: p}
+			c.fail(w, r, rq, bad(errors.As(err, &tooBig)))
 			return
 		}
-		defer r.MultipartForm.RemoveAll()
-		checked(w, r)
+		next(w, r)
 	}
 }
 
@@ -347,4 +355,5 @@ var statusWords = map[run.Status]string{
 	run.StatusQuotaExceeded: "stopped: quota used up", run.StatusRateLimited: "stopped: rate limit",
 	run.StatusTimeout: "stopped: time limit", run.StatusStepLimitExceeded: "stopped: step limit",
 	run.StatusMemoryLimitExceeded: "stopped: memory limit", run.StatusCancelled: "cancelled", run.StatusCancelling: "cancelling",
+	run.StatusInterrupted: "interrupted: its server stopped",
 }

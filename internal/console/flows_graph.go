@@ -467,6 +467,8 @@ func (c *Console) stopWords(r *req, rec *run.Record) string {
 			return "Cancelled" + at + " by " + who + "."
 		}
 		return "Cancelled" + at + "."
+	case run.StatusInterrupted:
+		return "Interrupted" + at + ": the server running it stopped before it ended (what its model calls used is counted)."
 	}
 	if d := parseDenial(msg); d != nil {
 		return "Failed" + at + ": " + c.denialWords(r, rec.TenantID, d)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
-	"mime"
 	"net/http"
 	"strings"
 	"time"
@@ -24,7 +23,9 @@ import (
 // replay what (whatif.TenantFor). Nothing is applied.
 func (c *Console) whatIfRoutes() {
 	c.mux.HandleFunc("GET /console/admin/what-if", adminOnly(c, c.whatIfPage))
-	c.mux.HandleFunc("POST /console/admin/what-if", c.draftBody(adminOnly(c, c.runWhatIf)))
+	c.mux.HandleFunc("POST /console/admin/what-if", c.largeForm(maxDraftForm, adminOnly(c, c.runWhatIf), func(bool) error {
+		return errs.E(errs.TooLarge, "the form is malformed or its draft is larger than %d bytes", policydoc.MaxSize)
+	}))
 }
 
 // whatIfLedger is what a replay reads: the ledger and the live policy
@@ -42,41 +43,6 @@ var whatIfWindows = []option{{Value: "24h", Label: "the last 24 hours"}, {Value:
 // takes, sent as multipart/form-data (which does not inflate it as
 // URL-encoding would), and the form's other fields.
 const maxDraftForm = policydoc.MaxSize + maxFormBytes
-
-// draftBody reads the what-if form with a bound large enough for a policy
-// document, where signedIn's is a small form's. It does so only for a
-// request of this site that carries a live session; anything else goes on
-// unread to signedIn, which refuses it. Once the form is parsed signedIn
-// does not read the body again.
-func (c *Console) draftBody(next http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		var token string
-		if ck, err := r.Cookie(CookieName); err == nil {
-			token = ck.Value
-		}
-		if _, _, err := c.Sessions.Resolve(r.Context(), token); err != nil || sameOrigin(r) != "" {
-			next(w, r)
-			return
-		}
-		r.Body = http.MaxBytesReader(w, r.Body, maxDraftForm)
-		var err error
-		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
-			// Every part is kept in memory (the body is bounded), so no
-			// temporary file is left behind.
-			err = r.ParseMultipartForm(maxDraftForm)
-			if r.MultipartForm != nil {
-				defer r.MultipartForm.RemoveAll()
-			}
-		} else {
-			err = r.ParseForm()
-		}
-		if err != nil {
-			c.fail(w, r, nil, errs.E(errs.TooLarge, "the form is malformed or its draft is larger than %d bytes", policydoc.MaxSize))
-			return
-		}
-		next(w, r)
-	}
-}
 
 // whatIfData is the page's.
 type whatIfData struct {
