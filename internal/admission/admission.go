@@ -496,10 +496,15 @@ type State struct {
 	Oldest  time.Duration `json:"-"`
 	// OldestWaitMS is how long the longest waiter has waited.
 	OldestWaitMS int64 `json:"oldest_wait_ms"`
+	// Mine are the asker's own waiters (flow), first come first: how many
+	// are served before each, as the queue stands now.
+	Mine []int `json:"mine,omitempty"`
 }
 
-// States reports the queues of the given scopes that have waiters.
-func (q *Queue) States(scopes []string) []State {
+// States reports the queues of the given scopes that have waiters, with
+// flow's own waiters' places in them (flow: a user id, or "key/" and a
+// key id, as the meter queues them; "" for none).
+func (q *Queue) States(scopes []string, flow string) []State {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	var out []State
@@ -516,6 +521,17 @@ func (q *Queue) States(scopes []string) []State {
 			}
 		}
 		st.OldestWaitMS = st.Oldest.Milliseconds()
+		if flow != "" {
+			for c := range sq.fq.classes {
+				if fl := sq.fq.classes[c].flows[sq.fq.flowOf(&waiter{flow: flow})]; fl != nil {
+					for _, w := range fl.ws {
+						if w.flow == flow {
+							st.Mine = append(st.Mine, sq.fq.position(w)+sq.turns)
+						}
+					}
+				}
+			}
+		}
 		out = append(out, st)
 	}
 	return out

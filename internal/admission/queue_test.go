@@ -288,3 +288,40 @@ func TestQueueUnusedTurnPassesOn(t *testing.T) {
 		t.Errorf("%d queued", q.Len())
 	}
 }
+
+// States tells an asker where each of its own waiters stands: served in
+// turns, flow by flow, so bob's one request behind alice's three is
+// second, and alice's later ones come after it.
+func TestStatesPlaceTheAskersWaiters(t *testing.T) {
+	clk := &fakeClock{now: time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)}
+	q := New(Options{MaxQueue: 100, MaxPerFlow: 100, MaxWait: time.Hour, Poll: time.Hour, Now: clk.Now, Timer: clk.Timer})
+	s := &slots{limit: 0}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	join := func(flow string, n int) {
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _ = q.Do(ctx, Arrival{Scopes: []string{"t/x"}, Flow: flow, Class: ClassNormal}, s.try("t/x"))
+			}()
+			want := q.Len() + 1
+			eventually(t, "the waiter queues", func() bool { return q.Len() == want })
+		}
+	}
+	join("alice", 3)
+	join("bob", 1)
+	st := q.States([]string{"t/x", "t/other"}, "bob")
+	if len(st) != 1 || st[0].Waiting != 4 || len(st[0].Mine) != 1 || st[0].Mine[0] != 1 {
+		t.Fatalf("bob's view: %+v, want t/x with 4 waiting and his one 1 ahead", st)
+	}
+	if st := q.States([]string{"t/x"}, "alice"); len(st[0].Mine) != 3 || st[0].Mine[0] != 0 || st[0].Mine[1] != 2 || st[0].Mine[2] != 3 {
+		t.Errorf("alice's view: %+v, want her waiters 0, 2 and 3 ahead", st[0].Mine)
+	}
+	if st := q.States([]string{"t/x"}, ""); st[0].Mine != nil {
+		t.Errorf("nobody's view has places %v", st[0].Mine)
+	}
+	cancel()
+	wg.Wait()
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/sluicehq/sluice/internal/admission"
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/policy"
+	"github.com/sluicehq/sluice/internal/tenancy"
 )
 
 // bar is one meter of a scope, ready to draw.
@@ -166,7 +167,11 @@ func (c *Console) scopeViews(ctx context.Context, tenantID string, scopes []stri
 	loc := c.Meter.Policy().Current().Location(tenantID)
 	queues := map[string]*admission.State{}
 	if q := c.Meter.Queue; q != nil {
-		for _, st := range q.States(scopes) {
+		var flow string
+		if p, ok := tenancy.PrincipalFrom(ctx); ok {
+			flow = metering.QueueFlow(p.UserID, p.KeyID)
+		}
+		for _, st := range q.States(scopes, flow) {
 			queues[st.Scope] = &st
 		}
 	}

@@ -656,7 +656,7 @@ func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
 	}
 	if q := s.Meter.Queue; q != nil {
 		// Who waits for a slot on this instance, per scope of the chain.
-		states := q.States(scopes)
+		states := q.States(scopes, metering.QueueFlow(p.UserID, p.KeyID))
 		if states == nil {
 			states = []admission.State{}
 		}

@@ -111,6 +111,15 @@ func New(engine quota.Backend, pm *policy.Manager, rec *usage.Recorder, log *slo
 	return &Meter{engine: engine, policy: pm, rec: rec, log: log, now: time.Now}
 }
 
+// QueueFlow is who's flow in the admission queue: round-robin turns are
+// per user (per key for a key without one).
+func QueueFlow(userID, keyID string) string {
+	if userID == "" {
+		return "key/" + keyID
+	}
+	return userID
+}
+
 // Admission is an admitted request.
 type Admission struct {
 	quota.Ticket
@@ -166,10 +175,7 @@ func (m *Meter) Acquire(ctx context.Context, who Who, kind string, ask quota.Ask
 	var keys []string
 	var waited admission.Waited
 	if m.Queue != nil && ask.Concurrency && ctx.Value(noWaitKey{}) == nil {
-		flow := who.UserID
-		if flow == "" {
-			flow = "key/" + who.KeyID
-		}
+		flow := QueueFlow(who.UserID, who.KeyID)
 		// The arrival queues behind the waiters of its first path: a
 		// guarantee with room is not held up by those waiting to borrow.
 		waited, err = m.Queue.Do(ctx, admission.Arrival{Scopes: chain.PathKeys, Flow: flow, Class: classOf(chain.Priority)},
