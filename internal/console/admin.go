@@ -616,7 +616,12 @@ func (c *Console) auditPage(w http.ResponseWriter, r *req) {
 		names[id] = n
 		return n
 	}
-	page := tenancy.Filter{TenantID: tenantID, Page: tenancy.Page{Limit: tenancy.MaxPageSize}}
+	// The time range is the store's to apply (the scan starts at its
+	// newest entry); the words are matched here, as parts of names.
+	page := tenancy.Filter{TenantID: tenantID, Audit: tenancy.AuditFilter{Since: from, Until: to}, Page: tenancy.Page{Limit: tenancy.MaxPageSize}}
+	if strings.HasPrefix(f["actor"], "usr_") || strings.HasPrefix(f["actor"], "key_") {
+		page.Audit.Actor = f["actor"]
+	}
 	scanned := 0
 scan:
 	for scanned < auditScan {
