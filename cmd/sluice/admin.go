@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 
 	"github.com/sluicehq/sluice/internal/client"
 )
@@ -34,15 +33,9 @@ func apply(ctx context.Context, c *client.Client, flags map[string]string, stdou
 	if path == "" {
 		return usageError("apply needs -f FILE (or -f - for standard input)")
 	}
-	var data []byte
-	var err error
-	if path == "-" {
-		data, err = io.ReadAll(os.Stdin)
-	} else {
-		data, err = os.ReadFile(path)
-	}
+	data, err := readInput(path)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+		return err
 	}
 	q := url.Values{}
 	dry := flags["dry_run"] == "true"

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -75,15 +74,9 @@ func applyWhatIf(ctx context.Context, c *client.Client, flags map[string]string,
 	if format != "" && format != "json" && format != "table" {
 		return usageError(fmt.Sprintf("apply --what-if: -o must be table or json, not %q", format))
 	}
-	var data []byte
-	var err error
-	if path == "-" {
-		data, err = io.ReadAll(os.Stdin)
-	} else {
-		data, err = os.ReadFile(path)
-	}
+	data, err := readInput(path)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+		return err
 	}
 	q := url.Values{"window": {flags["what_if"]}}
 	if t := flags["tenant_id"]; t != "" {

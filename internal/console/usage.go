@@ -11,6 +11,7 @@ import (
 	"github.com/sluicehq/sluice/internal/metering"
 	"github.com/sluicehq/sluice/internal/policy"
 	"github.com/sluicehq/sluice/internal/tenancy"
+	"github.com/sluicehq/sluice/internal/whatif"
 )
 
 // bar is one meter of a scope, ready to draw.
@@ -66,11 +67,18 @@ func dimLabel(d metering.DimensionReport) string {
 	return d.Dimension
 }
 
+// periodWord names a rate's period ("1m0s": "minute") for a sentence.
 func periodWord(p string) string {
 	d, err := time.ParseDuration(p)
 	if err != nil {
 		return p
 	}
+	return periodText(d)
+}
+
+// periodText names a period: second, minute, hour, day, or as a window
+// is written ("7d").
+func periodText(d time.Duration) string {
 	switch d {
 	case time.Second:
 		return "second"
@@ -81,7 +89,7 @@ func periodWord(p string) string {
 	case 24 * time.Hour:
 		return "day"
 	}
-	return d.String()
+	return whatif.FormatWindow(d)
 }
 
 // amount writes a meter's amount in its unit: micro-USD as dollars.

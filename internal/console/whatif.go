@@ -300,20 +300,6 @@ func limitText(wl whatif.Wall) string {
 	return n + per
 }
 
-func periodText(d time.Duration) string {
-	switch d {
-	case time.Second:
-		return "second"
-	case time.Minute:
-		return "minute"
-	case time.Hour:
-		return "hour"
-	case 24 * time.Hour:
-		return "day"
-	}
-	return whatif.FormatWindow(d)
-}
-
 // timeline draws the window as a bar from its start to its end with the
 // part before the first wall filled and a mark at the wall: an inline SVG
 // (no script, no style attribute: the CSP allows neither inline) with its

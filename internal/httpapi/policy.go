@@ -176,12 +176,7 @@ func (s *Server) policyDocRoutes(mux *routes) {
 			}
 			dry = b
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, policydoc.MaxSize))
-		if err != nil {
-			writeError(w, r, s.Log, errs.E(errs.TooLarge, "policy document is larger than %d bytes", policydoc.MaxSize))
-			return
-		}
-		doc, err := policydoc.Parse(body)
+		doc, err := readPolicyDoc(w, r)
 		if err != nil {
 			writeError(w, r, s.Log, err)
 			return
@@ -226,4 +221,14 @@ func (s *Server) policyDocRoutes(mux *routes) {
 		}
 		writeJSON(w, http.StatusOK, doc)
 	})
+}
+
+// readPolicyDoc reads a policy document (YAML or JSON) from r's body,
+// bounded by policydoc.MaxSize.
+func readPolicyDoc(w http.ResponseWriter, r *http.Request) (*policydoc.Document, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, policydoc.MaxSize))
+	if err != nil {
+		return nil, errs.E(errs.TooLarge, "policy document is larger than %d bytes", policydoc.MaxSize)
+	}
+	return policydoc.Parse(body)
 }

@@ -1,13 +1,11 @@
 package httpapi
 
 import (
-	"io"
 	"net/http"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/errs"
 	"github.com/sluicehq/sluice/internal/policy"
-	"github.com/sluicehq/sluice/internal/policydoc"
 	"github.com/sluicehq/sluice/internal/tenancy"
 	"github.com/sluicehq/sluice/internal/whatif"
 )
@@ -56,12 +54,7 @@ func (s *Server) whatIf(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.Log, err)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, policydoc.MaxSize))
-	if err != nil {
-		writeError(w, r, s.Log, errs.E(errs.TooLarge, "policy document is larger than %d bytes", policydoc.MaxSize))
-		return
-	}
-	doc, err := policydoc.Parse(body)
+	doc, err := readPolicyDoc(w, r)
 	if err != nil {
 		writeError(w, r, s.Log, err)
 		return

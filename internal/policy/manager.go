@@ -39,27 +39,10 @@ func (m *Manager) SetClock(now func() time.Time) { m.now = now }
 func (m *Manager) Reload(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	d := &Data{}
-	err := m.store.ViewPolicy(ctx, func(tx Tx) error {
-		tree, err := tx.Tree()
-		if err != nil {
-			return err
-		}
-		d.Tree = *tree
-		if d.Plans, err = tx.Plans(); err != nil {
-			return err
-		}
-		if d.Scopes, err = tx.ListScopeLimits(""); err != nil {
-			return err
-		}
-		if d.Grants, err = tx.Grants("", "", m.now()); err != nil {
-			return err
-		}
-		raw, err := tx.Setting(platformSetting)
-		if err != nil || raw == "" {
-			return err
-		}
-		return json.Unmarshal([]byte(raw), &d.Platform)
+	var d *Data
+	err := m.store.ViewPolicy(ctx, func(tx Tx) (err error) {
+		d, err = LoadData(tx, m.now())
+		return err
 	})
 	if err != nil {
 		return err
@@ -154,3 +137,28 @@ func (m *Manager) Current() *Snapshot {
 
 // DefaultGlobal returns the global limits used when no admin set any.
 func (m *Manager) DefaultGlobal() Spec { return m.defaultGlobal }
+
+// LoadData reads what a snapshot is made of in tx: the tree, the plans,
+// the scopes' limits, the grants active at now and the platform settings.
+func LoadData(tx Tx, now time.Time) (*Data, error) {
+	d := &Data{}
+	tree, err := tx.Tree()
+	if err != nil {
+		return nil, err
+	}
+	d.Tree = *tree
+	if d.Plans, err = tx.Plans(); err != nil {
+		return nil, err
+	}
+	if d.Scopes, err = tx.ListScopeLimits(""); err != nil {
+		return nil, err
+	}
+	if d.Grants, err = tx.Grants("", "", now); err != nil {
+		return nil, err
+	}
+	raw, err := tx.Setting(platformSetting)
+	if err != nil || raw == "" {
+		return d, err
+	}
+	return d, json.Unmarshal([]byte(raw), &d.Platform)
+}

@@ -422,7 +422,7 @@ func (r *applyRun) keys(tenantID, userID, path string, want []Key) error {
 		}
 	}
 	for i, k := range want {
-		key, err := findKey(have, k)
+		key, err := FindKey(have, k)
 		if err != nil {
 			return fmt.Errorf("keys[%d]: %w", i, err)
 		}
@@ -433,9 +433,9 @@ func (r *applyRun) keys(tenantID, userID, path string, want []Key) error {
 	return nil
 }
 
-// findKey finds the key k names among a user's keys: by id, or by name or
+// FindKey finds the key k names among a user's keys: by id, or by name or
 // prefix among the unrevoked ones, where exactly one matches.
-func findKey(have []*tenancy.Key, k Key) (*tenancy.Key, error) {
+func FindKey(have []*tenancy.Key, k Key) (*tenancy.Key, error) {
 	var found []*tenancy.Key
 	for _, h := range have {
 		switch {

@@ -29,23 +29,13 @@ type Draft struct {
 // the document or on the server, as apply requires.
 func NewDraft(ctx context.Context, store policy.Store, doc *policydoc.Document, defaultGlobal policy.Spec,
 	platform policy.Platform, now time.Time) (*Draft, error) {
-	d := &policy.Data{Platform: platform}
-	b := &drafter{doc: doc, data: d, scopes: map[string]*policy.ScopeLimits{}}
-	err := store.ViewPolicy(ctx, func(tx policy.Tx) error {
-		tree, err := tx.Tree()
-		if err != nil {
+	var d *policy.Data
+	b := &drafter{doc: doc, scopes: map[string]*policy.ScopeLimits{}}
+	err := store.ViewPolicy(ctx, func(tx policy.Tx) (err error) {
+		if d, err = policy.LoadData(tx, now); err != nil {
 			return err
 		}
-		d.Tree = *tree
-		if d.Plans, err = tx.Plans(); err != nil {
-			return err
-		}
-		if d.Scopes, err = tx.ListScopeLimits(""); err != nil {
-			return err
-		}
-		if d.Grants, err = tx.Grants("", "", now); err != nil {
-			return err
-		}
+		d.Platform, b.data = platform, d
 		b.tx = tx
 		return b.overlay()
 	})
@@ -237,7 +227,7 @@ func (b *drafter) users(at, tenantID string, want []policydoc.User) error {
 		}
 		for k, key := range u.Keys {
 			kat := fmt.Sprintf("%s.keys[%d]", uat, k)
-			found, err := findKey(keys, key)
+			found, err := policydoc.FindKey(keys, key)
 			if err != nil {
 				return errs.Field(errs.CodeOf(err), kat, "%s: %v", kat, err)
 			}
@@ -248,27 +238,6 @@ func (b *drafter) users(at, tenantID string, want []policydoc.User) error {
 		}
 	}
 	return nil
-}
-
-// findKey finds the key k names among a user's keys as apply does: by id,
-// or by name or prefix among the unrevoked ones, exactly one.
-func findKey(have []*tenancy.Key, k policydoc.Key) (*tenancy.Key, error) {
-	var found []*tenancy.Key
-	for _, h := range have {
-		switch {
-		case k.ID != "" && h.ID == k.ID,
-			k.Name != "" && h.RevokedAt == nil && h.Name == k.Name,
-			k.Prefix != "" && h.RevokedAt == nil && h.Prefix == k.Prefix:
-			found = append(found, h)
-		}
-	}
-	switch len(found) {
-	case 0:
-		return nil, errs.E(errs.NotFound, "the user has no such key")
-	case 1:
-		return found[0], nil
-	}
-	return nil, errs.E(errs.Invalid, "%d keys of the user match: name the key by id", len(found))
 }
 
 // Label names the walls' user, membership and key scopes for people
