@@ -11,15 +11,9 @@ import (
 
 // TestConsoleSessions runs the console session queries on both engines.
 func TestConsoleSessions(t *testing.T) {
-	for _, e := range []struct {
-		name string
-		open func(t *testing.T) *Store
-	}{{"sqlite", openSQLite}, {"postgres", openPostgres}} {
-		t.Run(e.name, func(t *testing.T) {
-			t.Parallel()
-			testConsoleSessions(t, e.open(t))
-		})
-	}
+	eachEngine(t, func(t *testing.T, open func(*testing.T) *Store) {
+		testConsoleSessions(t, open(t))
+	})
 }
 
 func testConsoleSessions(t *testing.T, s *Store) {

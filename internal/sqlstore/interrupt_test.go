@@ -13,15 +13,9 @@ import (
 // runs within their deadline and ended runs are left alone; and the
 // instance's own late record still wins.
 func TestInterruptRuns(t *testing.T) {
-	for _, e := range []struct {
-		name string
-		open func(t *testing.T) *Store
-	}{{"sqlite", openSQLite}, {"postgres", openPostgres}} {
-		t.Run(e.name, func(t *testing.T) {
-			t.Parallel()
-			testInterruptRuns(t, e.open(t))
-		})
-	}
+	eachEngine(t, func(t *testing.T, open func(*testing.T) *Store) {
+		testInterruptRuns(t, open(t))
+	})
 }
 
 func testInterruptRuns(t *testing.T, s *Store) {

@@ -97,17 +97,11 @@ func TestPostgres(t *testing.T) {
 // TestPolicyAndUsage runs the policy and usage queries, which the tenancy
 // suite does not reach, on both engines.
 func TestPolicyAndUsage(t *testing.T) {
-	for _, e := range []struct {
-		name string
-		open func(t *testing.T) *Store
-	}{{"sqlite", openSQLite}, {"postgres", openPostgres}} {
-		t.Run(e.name, func(t *testing.T) {
-			t.Parallel()
-			t.Run("Policy", func(t *testing.T) { t.Parallel(); testPolicy(t, e.open(t)) })
-			t.Run("Usage", func(t *testing.T) { t.Parallel(); testUsage(t, e.open(t)) })
-			t.Run("KeyScopes", func(t *testing.T) { t.Parallel(); testKeyScopes(t, e.open(t)) })
-		})
-	}
+	eachEngine(t, func(t *testing.T, open func(*testing.T) *Store) {
+		t.Run("Policy", func(t *testing.T) { t.Parallel(); testPolicy(t, open(t)) })
+		t.Run("Usage", func(t *testing.T) { t.Parallel(); testUsage(t, open(t)) })
+		t.Run("KeyScopes", func(t *testing.T) { t.Parallel(); testKeyScopes(t, open(t)) })
+	})
 }
 
 func updatePolicy(t *testing.T, s *Store, fn func(policy.Tx) error) {
@@ -654,4 +648,18 @@ func testKeyScopes(t *testing.T, s *Store) {
 func sortedRollups(rs ...usage.Rollup) []usage.Rollup {
 	slices.SortFunc(rs, func(a, b usage.Rollup) int { return strings.Compare(a.Scope, b.Scope) })
 	return rs
+}
+
+// eachEngine runs fn, in parallel, on SQLite and on PostgreSQL; open
+// gives a fresh store of the engine.
+func eachEngine(t *testing.T, fn func(t *testing.T, open func(*testing.T) *Store)) {
+	for _, e := range []struct {
+		name string
+		open func(t *testing.T) *Store
+	}{{"sqlite", openSQLite}, {"postgres", openPostgres}} {
+		t.Run(e.name, func(t *testing.T) {
+			t.Parallel()
+			fn(t, e.open)
+		})
+	}
 }

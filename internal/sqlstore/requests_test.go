@@ -15,16 +15,10 @@ import (
 
 // TestQuotaRequests runs the quota request queries on both engines.
 func TestQuotaRequests(t *testing.T) {
-	for _, e := range []struct {
-		name string
-		open func(t *testing.T) *Store
-	}{{"sqlite", openSQLite}, {"postgres", openPostgres}} {
-		t.Run(e.name, func(t *testing.T) {
-			t.Parallel()
-			t.Run("RoundTrip", func(t *testing.T) { t.Parallel(); testRequestRoundTrip(t, e.open(t)) })
-			t.Run("PendingBoundUnderConcurrency", func(t *testing.T) { t.Parallel(); testRequestPendingBound(t, e.open(t)) })
-		})
-	}
+	eachEngine(t, func(t *testing.T, open func(*testing.T) *Store) {
+		t.Run("RoundTrip", func(t *testing.T) { t.Parallel(); testRequestRoundTrip(t, open(t)) })
+		t.Run("PendingBoundUnderConcurrency", func(t *testing.T) { t.Parallel(); testRequestPendingBound(t, open(t)) })
+	})
 }
 
 func updateRequests(t *testing.T, s *Store, fn func(policy.RequestTx) error) {
@@ -171,16 +165,10 @@ func testRequestPendingBound(t *testing.T, s *Store) {
 
 // TestCredits runs the prepaid credit queries on both engines.
 func TestCredits(t *testing.T) {
-	for _, e := range []struct {
-		name string
-		open func(t *testing.T) *Store
-	}{{"sqlite", openSQLite}, {"postgres", openPostgres}} {
-		t.Run(e.name, func(t *testing.T) {
-			t.Parallel()
-			t.Run("ConcurrentTopUps", func(t *testing.T) { t.Parallel(); testCreditConcurrentTopUps(t, e.open(t)) })
-			t.Run("Codes", func(t *testing.T) { t.Parallel(); testCreditCodes(t, e.open(t)) })
-		})
-	}
+	eachEngine(t, func(t *testing.T, open func(*testing.T) *Store) {
+		t.Run("ConcurrentTopUps", func(t *testing.T) { t.Parallel(); testCreditConcurrentTopUps(t, open(t)) })
+		t.Run("Codes", func(t *testing.T) { t.Parallel(); testCreditCodes(t, open(t)) })
+	})
 }
 
 // testCreditConcurrentTopUps: concurrent additions to one balance lose

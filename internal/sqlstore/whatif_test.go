@@ -15,15 +15,9 @@ import (
 // break ties), counts them up to a limit, and stops early without leaking
 // the query, on both engines.
 func TestWhatIfReads(t *testing.T) {
-	for _, e := range []struct {
-		name string
-		open func(t *testing.T) *Store
-	}{{"sqlite", openSQLite}, {"postgres", openPostgres}} {
-		t.Run(e.name, func(t *testing.T) {
-			t.Parallel()
-			testWhatIfReads(t, e.open(t))
-		})
-	}
+	eachEngine(t, func(t *testing.T, open func(*testing.T) *Store) {
+		testWhatIfReads(t, open(t))
+	})
 }
 
 func testWhatIfReads(t *testing.T, s *Store) {
