@@ -112,30 +112,9 @@ func meter(t *testing.T, ctx context.Context, base, scope, dim, window string) (
 // grows; a CSRF attempt and another tenant's admin are refused.
 func TestConsoleInABrowser(t *testing.T) {
 	path := chromium(t)
-	cfg := testConfig(t)
-	cfg.AdminKey = "operator-chosen-admin-key-0123456789abcdef"
-	admin := string(cfg.AdminKey)
-	s := start(t, cfg)
-
-	mk := func(what, path, body string) map[string]any {
-		t.Helper()
-		code, m := call(t, "POST", s.url+path, admin, body)
-		if code != http.StatusCreated {
-			t.Fatalf("%s: %d %v", what, code, m)
-		}
-		return m
-	}
-	ten := mk("tenant", "/api/v1/admin/tenants", `{"name":"university","timezone":"Asia/Shanghai"}`)["id"].(string)
-	dept := mk("department", "/api/v1/admin/departments", `{"tenant_id":"`+ten+`","name":"cs101"}`)["id"].(string)
-	prj := mk("project", "/api/v1/admin/projects", `{"tenant_id":"`+ten+`","department_id":"`+dept+`","name":"group-1"}`)["id"].(string)
-	alice := mk("user", "/api/v1/admin/users", `{"tenant_id":"`+ten+`","name":"alice","role":"member"}`)["id"].(string)
-	mk("member", "/api/v1/admin/memberships", `{"user_id":"`+alice+`","project_id":"`+prj+`"}`)
-	aliceKey := mk("key", "/api/v1/admin/keys", `{"user_id":"`+alice+`","project_id":"`+prj+`","name":"laptop"}`)["secret"].(string)
-	boss := mk("admin user", "/api/v1/admin/users", `{"tenant_id":"`+ten+`","name":"teacher","role":"tenant_admin"}`)["id"].(string)
-	bossKey := mk("admin key", "/api/v1/admin/keys", `{"user_id":"`+boss+`"}`)["secret"].(string)
-	if code, m := call(t, "PUT", s.url+"/api/v1/admin/limits/project/"+prj, admin, `{"limits":{"tokens":"2000/month"}}`); code != http.StatusOK {
-		t.Fatalf("limits: %d %v", code, m)
-	}
+	w := newConsoleWorld(t)
+	s, ten, prj, aliceKey, bossKey := w.s, w.tenant, w.project, w.aliceKey, w.bossKey
+	mk := func(what, path, body string) map[string]any { return w.mk(t, what, path, body) }
 	scope := "project/" + prj
 
 	member := newBrowser(t, path)
@@ -255,4 +234,45 @@ func TestConsoleInABrowser(t *testing.T) {
 		}
 	}
 	shoot(t, rival, "cross-tenant-refused")
+}
+
+// consoleWorld is what the browser tests start from: a server, the
+// tenant university (Asia/Shanghai) with department cs101 and project
+// group-1 (2,000 tokens a month), its member alice and its admin teacher,
+// each with a key.
+type consoleWorld struct {
+	s                 *started
+	admin             string
+	tenant, project   string
+	aliceKey, bossKey string
+}
+
+func newConsoleWorld(t *testing.T) consoleWorld {
+	t.Helper()
+	cfg := testConfig(t)
+	cfg.AdminKey = "operator-chosen-admin-key-0123456789abcdef"
+	w := consoleWorld{admin: string(cfg.AdminKey), s: start(t, cfg)}
+	mk := func(what, path, body string) map[string]any { return w.mk(t, what, path, body) }
+	w.tenant = mk("tenant", "/api/v1/admin/tenants", `{"name":"university","timezone":"Asia/Shanghai"}`)["id"].(string)
+	dept := mk("department", "/api/v1/admin/departments", `{"tenant_id":"`+w.tenant+`","name":"cs101"}`)["id"].(string)
+	w.project = mk("project", "/api/v1/admin/projects", `{"tenant_id":"`+w.tenant+`","department_id":"`+dept+`","name":"group-1"}`)["id"].(string)
+	alice := mk("user", "/api/v1/admin/users", `{"tenant_id":"`+w.tenant+`","name":"alice","role":"member"}`)["id"].(string)
+	mk("member", "/api/v1/admin/memberships", `{"user_id":"`+alice+`","project_id":"`+w.project+`"}`)
+	w.aliceKey = mk("key", "/api/v1/admin/keys", `{"user_id":"`+alice+`","project_id":"`+w.project+`","name":"laptop"}`)["secret"].(string)
+	boss := mk("admin user", "/api/v1/admin/users", `{"tenant_id":"`+w.tenant+`","name":"teacher","role":"tenant_admin"}`)["id"].(string)
+	w.bossKey = mk("admin key", "/api/v1/admin/keys", `{"user_id":"`+boss+`"}`)["secret"].(string)
+	if code, m := call(t, "PUT", w.s.url+"/api/v1/admin/limits/project/"+w.project, w.admin, `{"limits":{"tokens":"2000/month"}}`); code != http.StatusOK {
+		t.Fatalf("limits: %d %v", code, m)
+	}
+	return w
+}
+
+// mk creates something as the platform admin (201 expected).
+func (w consoleWorld) mk(t *testing.T, what, path, body string) map[string]any {
+	t.Helper()
+	code, m := call(t, "POST", w.s.url+path, w.admin, body)
+	if code != http.StatusCreated {
+		t.Fatalf("%s: %d %v", what, code, m)
+	}
+	return m
 }

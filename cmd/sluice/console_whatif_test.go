@@ -18,30 +18,8 @@ import (
 // in the tenant's zone, with its timeline.
 func TestConsoleWhatIfInABrowser(t *testing.T) {
 	path := chromium(t)
-	cfg := testConfig(t)
-	cfg.AdminKey = "operator-chosen-admin-key-0123456789abcdef"
-	admin := string(cfg.AdminKey)
-	s := start(t, cfg)
-
-	mk := func(what, path, body string) map[string]any {
-		t.Helper()
-		code, m := call(t, "POST", s.url+path, admin, body)
-		if code != http.StatusCreated {
-			t.Fatalf("%s: %d %v", what, code, m)
-		}
-		return m
-	}
-	ten := mk("tenant", "/api/v1/admin/tenants", `{"name":"university","timezone":"Asia/Shanghai"}`)["id"].(string)
-	dept := mk("department", "/api/v1/admin/departments", `{"tenant_id":"`+ten+`","name":"cs101"}`)["id"].(string)
-	prj := mk("project", "/api/v1/admin/projects", `{"tenant_id":"`+ten+`","department_id":"`+dept+`","name":"group-1"}`)["id"].(string)
-	alice := mk("user", "/api/v1/admin/users", `{"tenant_id":"`+ten+`","name":"alice","role":"member"}`)["id"].(string)
-	mk("member", "/api/v1/admin/memberships", `{"user_id":"`+alice+`","project_id":"`+prj+`"}`)
-	aliceKey := mk("key", "/api/v1/admin/keys", `{"user_id":"`+alice+`","project_id":"`+prj+`","name":"laptop"}`)["secret"].(string)
-	boss := mk("admin user", "/api/v1/admin/users", `{"tenant_id":"`+ten+`","name":"teacher","role":"tenant_admin"}`)["id"].(string)
-	bossKey := mk("admin key", "/api/v1/admin/keys", `{"user_id":"`+boss+`"}`)["secret"].(string)
-	if code, m := call(t, "PUT", s.url+"/api/v1/admin/limits/project/"+prj, admin, `{"limits":{"tokens":"2000/month"}}`); code != http.StatusOK {
-		t.Fatalf("limits: %d %v", code, m)
-	}
+	w := newConsoleWorld(t)
+	s, admin, prj, aliceKey, bossKey := w.s, w.admin, w.project, w.aliceKey, w.bossKey
 	// Three chat completions on the built-in simulated model: the ledger
 	// the replay reads (committed before each call answers).
 	var spent []int64
