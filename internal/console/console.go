@@ -14,6 +14,7 @@
 package console
 
 import (
+	"bytes"
 	"context"
 	"embed"
 	"errors"
@@ -323,11 +324,17 @@ func (c *Console) render(w http.ResponseWriter, r *req, status int, name, title,
 			pg.Notice = notices[n]
 		}
 	}
+	// Rendered whole before anything is sent: a template that fails half
+	// way answers 500, not a truncated page with a 200.
+	var buf bytes.Buffer
+	if err := t.ExecuteTemplate(&buf, "layout", pg); err != nil {
+		c.Log.Error("console: render failed", slog.String("page", name), slog.String("error", err.Error()))
+		http.Error(w, "the page could not be drawn; the server's log says why", http.StatusInternalServerError)
+		return
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
-	if err := t.ExecuteTemplate(w, "layout", pg); err != nil {
-		c.Log.Warn("console: render failed", slog.String("page", name), slog.String("error", err.Error()))
-	}
+	_, _ = buf.WriteTo(w)
 }
 
 // problem is the data of the error page.

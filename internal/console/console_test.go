@@ -516,8 +516,9 @@ func TestAskApproveAndTheBarMoves(t *testing.T) {
 	if p := m.get("/console/"); !strings.Contains(p.body, `data-limit="150000"`) {
 		t.Fatalf("the member's bar did not grow to 150000:\n%s", p.body)
 	}
-	if p := m.get("/console/requests"); !strings.Contains(p.body, `data-status="approved"`) {
-		t.Fatalf("the member's request is not approved:\n%s", p.body)
+	if p := m.get("/console/requests"); !strings.Contains(p.body, `data-status="approved"`) || !strings.Contains(p.body, "<small>until ") ||
+		!strings.Contains(p.body, "</html>") {
+		t.Fatalf("the member's request is not shown approved, with its grant's end, on a whole page:\n%s", p.body)
 	}
 }
 

@@ -100,7 +100,7 @@ type requestRow struct {
 	By                                                                               string
 	CreatedAt                                                                        time.Time
 	ExpiresAt                                                                        *time.Time
-	Pending                                                                          bool
+	Pending, GrantEnded                                                              bool
 }
 
 type requestsData struct {
@@ -127,7 +127,7 @@ func (c *Console) requestRows(r *req, list []*policy.QuotaRequest) []requestRow 
 		row := requestRow{ID: q.ID, Scope: q.Scope, ScopeName: c.scopeName(r.ctx(), q.TenantID, q.Scope), Dimension: q.Dimension,
 			Amount: shownAmount(q.Dimension, q.Amount), Duration: time.Duration(q.Duration).String(), Reason: q.Reason,
 			Status: q.Status, Note: q.Note, CreatedAt: q.CreatedAt, ExpiresAt: q.ExpiresAt, Pending: q.Status == policy.RequestPending,
-			By: c.scopeName(r.ctx(), q.TenantID, policy.KindUser+"/"+q.RequestedBy)}
+			GrantEnded: q.GrantEnded(), By: c.scopeName(r.ctx(), q.TenantID, policy.KindUser+"/"+q.RequestedBy)}
 		if q.GrantedAmount != 0 {
 			row.Granted = shownAmount(q.Dimension, q.GrantedAmount)
 		}

@@ -130,8 +130,8 @@ func TestQuotaRequestApprovedRaisesAtOnceAndExpires(t *testing.T) {
 	if got := strings.Join(e.auditOf(a.str("grant_id")), ","); got != "grant.create" {
 		t.Fatalf("audit of the grant: got %s, want grant.create", got)
 	}
-	if got := e.must(200, w.memberKey, "GET", "/api/v1/quota-requests/"+qid, nil); got.str("status") != "approved" {
-		t.Fatalf("requester sees: %s", got.raw)
+	if got := e.must(200, w.memberKey, "GET", "/api/v1/quota-requests/"+qid, nil); got.str("status") != "approved" || got.body["grant_active"] != true {
+		t.Fatalf("requester sees: %s, want approved with its grant active", got.raw)
 	}
 
 	// The grant lapses by itself: the next day's budget is the plain one.
@@ -141,6 +141,10 @@ func TestQuotaRequestApprovedRaisesAtOnceAndExpires(t *testing.T) {
 	}
 	if r := e.do(w.memberKey, "POST", "/api/v1/quota/acquire", map[string]any{"tokens": 1500}); r.status != 429 {
 		t.Fatalf("acquire of 1500 after expiry: got %d, want 429: %s", r.status, r.raw)
+	}
+	// The request says so: approved, its grant no longer active.
+	if got := e.must(200, w.memberKey, "GET", "/api/v1/quota-requests?status=approved", nil).items(); len(got) != 1 || got[0]["grant_active"] != false {
+		t.Fatalf("requester's list after the grant expired: %v, want its grant_active false", got)
 	}
 }
 

@@ -65,6 +65,20 @@ type QuotaRequest struct {
 	GrantedAmount int64      `json:"-"`
 	GrantID       string     `json:"grant_id,omitempty"`
 	ExpiresAt     *time.Time `json:"expires_at,omitempty"` // the grant's
+	// GrantActive, on an approved request, says whether its grant still
+	// raises the limit (false once it expired): computed when read.
+	GrantActive *bool `json:"grant_active,omitempty"`
+}
+
+// GrantEnded reports whether q was approved and its grant has expired.
+func (q *QuotaRequest) GrantEnded() bool { return q.GrantActive != nil && !*q.GrantActive }
+
+// markGrant sets q's GrantActive as of now.
+func (q *QuotaRequest) markGrant(now time.Time) {
+	if q.Status == RequestApproved && q.ExpiresAt != nil {
+		active := now.Before(*q.ExpiresAt)
+		q.GrantActive = &active
+	}
 }
 
 // MarshalJSON shows the amounts in the dimension's unit (US dollars for
@@ -469,6 +483,9 @@ func (r *Requests) Get(ctx context.Context, reqID string) (*QuotaRequest, error)
 	if errs.Is(err, errs.NotFound) || (err == nil && !visible(p, q)) {
 		return nil, notFound(reqID)
 	}
+	if q != nil {
+		q.markGrant(r.now())
+	}
 	return q, err
 }
 
@@ -504,6 +521,10 @@ func (r *Requests) List(ctx context.Context, f RequestFilter) ([]*QuotaRequest, 
 		out, err = tx.QuotaRequests(f)
 		return err
 	})
+	now := r.now()
+	for _, q := range out {
+		q.markGrant(now)
+	}
 	return out, err
 }
 
