@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"html"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,6 +69,8 @@ type env struct {
 	runs     *run.Service
 	// finished receives each run's record as the store records its end.
 	finished chan *run.Record
+	// degraded is the quota engine's mode as the console is told it.
+	degraded atomic.Bool
 }
 
 // finishSignal is the real store, telling the test when a run ends (runs
@@ -165,7 +169,15 @@ func newEnv(t *testing.T, models ...llm.ModelConfig) *env {
 
 	c := &console.Console{Tenancy: svc, Policy: pol, Meter: meter, Requests: requests, Runs: e.runs, Ledger: store, Names: store,
 		Sessions: session.NewManager(store, svc, 12*time.Hour, clk.Now), Log: log, Now: clk.Now,
-		Mode: func() string { return "normal" }}
+		Mode: func() string { // as cmd/sluice's App.mode
+			switch {
+			case pol.Manager().Current().Platform().ReadOnly:
+				return "read_only"
+			case e.degraded.Load():
+				return "degraded"
+			}
+			return "normal"
+		}}
 	ts := httptest.NewServer(c.Handler())
 	t.Cleanup(ts.Close)
 	t.Cleanup(c.Close) // runs first: the console's runs end before the store closes
@@ -587,5 +599,46 @@ func TestCrossTenantIsRefused(t *testing.T) {
 	}
 	if p := b.get("/console/admin/requests"); strings.Contains(p.body, list[0]) {
 		t.Error("another tenant's request is in the pending list")
+	}
+}
+
+// TestBannerSaysWhenDegradedOrReadOnly: every page carries a banner while
+// the quota engine is degraded or the platform is read-only (with the
+// operator's message), and none otherwise.
+func TestBannerSaysWhenDegradedOrReadOnly(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	b.signIn(e.alice)
+	banner := func(path string) string {
+		t.Helper()
+		p := b.get(path)
+		if p.status != http.StatusOK {
+			t.Fatalf("GET %s: %d", path, p.status)
+		}
+		m := regexp.MustCompile(`<div class="banner" role="alert" id="banner">([^<]*)</div>`).FindStringSubmatch(p.body)
+		if m == nil {
+			return ""
+		}
+		return html.UnescapeString(m[1])
+	}
+	if got := banner("/console/"); got != "" {
+		t.Fatalf("a banner in normal mode: %q", got)
+	}
+	e.degraded.Store(true)
+	if got := banner("/console/requests"); !strings.Contains(got, "degraded") {
+		t.Errorf("degraded: banner %q, want it to say degraded", got)
+	}
+	e.degraded.Store(false)
+	if _, err := e.policy.SetPlatform(e.platform, policy.Platform{ReadOnly: true, Message: "maintenance until 18:00"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := banner("/console/keys"); !strings.Contains(got, "read-only") || !strings.Contains(got, "maintenance until 18:00") {
+		t.Errorf("read-only: banner %q, want it to say read-only with the operator's message", got)
+	}
+	if _, err := e.policy.SetPlatform(e.platform, policy.Platform{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := banner("/console/"); got != "" {
+		t.Errorf("a banner after read-only was lifted: %q", got)
 	}
 }
