@@ -2,11 +2,13 @@ package httpapi_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -74,7 +76,9 @@ func newAlertsEnv(t *testing.T) *alertsEnv {
 	al := &alerts.Alerter{Tracker: tracker, Usage: meter, Policy: mgr.Current, Store: store, Log: log, Now: clk.Now}
 	disp := &alerts.Dispatcher{Store: store, Box: box, Client: guard.Client(5 * time.Second), Log: log, Now: clk.Now}
 	al.Queued = disp.Wake
-	srv := &httpapi.Server{Tenancy: svc, Policy: pol, Meter: meter, Log: log, MaxBodyBytes: 1 << 20, Quarantine: store,
+	rq := policy.NewRequests(store, pol)
+	rq.SetClock(clk.Now)
+	srv := &httpapi.Server{Tenancy: svc, Policy: pol, Meter: meter, Log: log, MaxBodyBytes: 1 << 20, Quarantine: store, Requests: rq,
 		Alerts: &alerts.Service{Store: store, Box: box, Now: clk.Now, CheckURL: func(raw string) error {
 			_, err := guard.CheckURL(raw)
 			return err
@@ -221,5 +225,50 @@ func TestAlertWebhookAndDeliveries(t *testing.T) {
 	e.must(204, w.adminKey, "DELETE", path, nil)
 	if r := e.do(w.adminKey, "GET", path, nil); r.status != 404 {
 		t.Fatalf("GET after delete: %d, want 404", r.status)
+	}
+}
+
+// TestQuotaRequestsAnnouncedToTheWebhook: each step of a quota request
+// (asked, approved) is a signed delivery to the tenant's alert webhook,
+// queued with the step itself; a tenant without a webhook queues nothing.
+func TestQuotaRequestsAnnouncedToTheWebhook(t *testing.T) {
+	e := newAlertsEnv(t)
+	w := e.makeWorld("acme")
+	o := e.makeWorld("other")
+	h := newHook(t)
+	secret := e.must(200, w.adminKey, "PUT", "/api/v1/admin/alerts/webhook", map[string]any{"url": h.srv.URL}).str("secret")
+	for _, x := range []world{w, o} {
+		e.must(200, e.admin, "PUT", "/api/v1/admin/limits/user/"+x.member, map[string]any{"limits": map[string]any{"tokens": "1000/day"}})
+	}
+	ask := map[string]any{"dimension": "tokens_day", "amount": 500, "duration": "24h", "reason": "exam week"}
+	qid := e.must(201, w.memberKey, "POST", "/api/v1/quota-requests", ask).str("id")
+	e.must(200, w.adminKey, "POST", "/api/v1/quota-requests/"+qid+"/approve", map[string]any{})
+	e.must(201, o.memberKey, "POST", "/api/v1/quota-requests", ask)
+	if n, err := e.disp.DeliverDue(context.Background()); err != nil || n != 2 {
+		t.Fatalf("deliver: %d (%v), want 2 (acme's two steps; other has no webhook)", n, err)
+	}
+	h.mu.Lock()
+	reqs := append([]hookReq(nil), h.reqs...)
+	h.mu.Unlock()
+	var types []string
+	for _, q := range reqs {
+		if err := alerts.Verify(secret, q.sig, q.body, e.clock.Now(), time.Minute); err != nil {
+			t.Errorf("signature: %v", err)
+		}
+		var ev struct {
+			Type     string `json:"type"`
+			TenantID string `json:"tenant_id"`
+			Request  struct {
+				ID, Status string
+			} `json:"request"`
+		}
+		if err := json.Unmarshal(q.body, &ev); err != nil || ev.TenantID != w.tenant || ev.Request.ID != qid {
+			t.Errorf("body %s: want acme's request %s", q.body, qid)
+		}
+		types = append(types, ev.Type+"/"+ev.Request.Status)
+	}
+	slices.Sort(types)
+	if got := strings.Join(types, ","); got != "quota_request.approve/approved,quota_request.create/pending" {
+		t.Errorf("announced: %s, want the request created (pending) and approved", got)
 	}
 }

@@ -160,7 +160,46 @@ func (r *Requests) audit(tx RequestTx, p tenancy.Principal, tenantID, action, ki
 	if after != nil {
 		e.After, _ = json.Marshal(after)
 	}
-	return tx.InsertAudit(e)
+	if err := tx.InsertAudit(e); err != nil {
+		return err
+	}
+	if kind != "quota_request" || tenantID == "" {
+		return nil
+	}
+	n, ok := tx.(WebhookQueuer)
+	if !ok {
+		return nil
+	}
+	// The tenant's alert webhook hears of every step, in the same
+	// transaction: a request is never created or decided unannounced.
+	ev := RequestEvent{ID: id.NewAt("evt", now), Type: action, At: now, TenantID: tenantID, Request: after}
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	queued, err := n.QueueTenantWebhook(tenantID, ev.ID, body, now)
+	if err == nil && !queued && r.log != nil {
+		r.log.Debug("quota request notice not queued (no webhook, or the outbox is full)", slog.String("tenant_id", tenantID), slog.String("event", ev.Type))
+	}
+	return err
+}
+
+// WebhookQueuer queues, in a transaction, a signed delivery of body to a
+// tenant's alert webhook (sqlstore): false when the tenant has none or
+// the outbox is full.
+type WebhookQueuer interface {
+	QueueTenantWebhook(tenantID, eventID string, body []byte, at time.Time) (bool, error)
+}
+
+// RequestEvent is the webhook body announcing a step of a quota request:
+// Type is quota_request.create, .approve, .deny or .cancel, Request the
+// request after it.
+type RequestEvent struct {
+	ID       string    `json:"id"`
+	Type     string    `json:"type"`
+	At       time.Time `json:"at"`
+	TenantID string    `json:"tenant_id"`
+	Request  any       `json:"request"`
 }
 
 // ---- dimensions ----

@@ -288,3 +288,30 @@ func (s *Store) PruneAlerts(ctx context.Context, before time.Time) (int, error) 
 	})
 	return int(n), err
 }
+
+// QueueTenantWebhook implements policy.WebhookQueuer: a delivery of body to
+// the tenant's alert webhook, queued in the caller's transaction (so the
+// notice and what it announces commit together); false when the tenant
+// has no webhook or the outbox holds alerts.DefaultOutboxMax undelivered
+// rows.
+func (c *conn) QueueTenantWebhook(tenantID, eventID string, body []byte, at time.Time) (bool, error) {
+	var n int
+	if err := c.queryRow(`SELECT COUNT(*) FROM alert_webhooks WHERE tenant_id = ?`, tenantID).Scan(&n); err != nil {
+		return false, c.wrap(err)
+	}
+	if n == 0 {
+		return false, nil
+	}
+	var pending int
+	if err := c.queryRow(`SELECT COUNT(*) FROM alert_deliveries WHERE status = ?`, alerts.StatusPending).Scan(&pending); err != nil {
+		return false, c.wrap(err)
+	}
+	if pending >= alerts.DefaultOutboxMax {
+		return false, nil
+	}
+	t := micros(at)
+	_, err := c.exec(`INSERT INTO alert_deliveries (id, event_id, tenant_id, target, body, status, next_attempt_at, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		id.NewAt("dlv", at), eventID, tenantID, alerts.TargetTenant, string(body), alerts.StatusPending, t, t, t)
+	return err == nil, err
+}
