@@ -70,9 +70,10 @@ type CreditDrawTx interface {
 	// CreditDrawsDue lists draws whose window ended before t and that are
 	// not settled, oldest first, at most limit.
 	CreditDrawsDue(t time.Time, limit int) ([]*CreditDrawRecord, error)
-	// SettleCreditDraws marks the draws of one scope, dimension and period
-	// settled and returns how many it marked (0: another instance did).
-	SettleCreditDraws(scope, dimension, period string, at time.Time) (int, error)
+	// SettleCreditDraws marks the unsettled draws of one scope, dimension
+	// and period settled and returns what it marked: how many, their
+	// amounts' sum and their least base limit (n 0: another instance did).
+	SettleCreditDraws(scope, dimension, period string, at time.Time) (n int, total, base int64, err error)
 }
 
 // CreditDrawStore runs credit draws: ChangeCredits's commit also counts
@@ -242,41 +243,38 @@ func (c *Credits) SettleDraws(ctx context.Context, settleBefore time.Time, use W
 	}); err != nil {
 		return 0, err
 	}
-	type window struct{ scope, dim, period string }
-	type drawn struct {
-		tenant      string
-		total, base int64
-	}
+	// The due rows only name the windows: each window's draws are summed
+	// from the rows its settling marks, in that transaction, so a window
+	// with more draws than one listing holds is still settled whole.
+	type window struct{ scope, dim, period, tenant string }
 	var order []window
-	groups := map[window]*drawn{}
+	seen := map[window]bool{}
 	for _, d := range due {
-		w := window{d.Scope, d.Dimension, d.Period}
-		g := groups[w]
-		if g == nil {
-			g = &drawn{tenant: d.TenantID, base: d.BaseLimit}
-			groups[w] = g
+		w := window{d.Scope, d.Dimension, d.Period, d.TenantID}
+		if !seen[w] {
+			seen[w] = true
 			order = append(order, w)
 		}
-		g.total += d.Amount
-		g.base = min(g.base, d.BaseLimit)
 	}
 	settled := 0
 	for _, w := range order {
-		g := groups[w]
 		used, err := use(ctx, w.scope, w.dim, w.period)
 		if err != nil {
 			return settled, err
 		}
-		paid := min(max(used-g.base, 0), g.total)
-		refund := g.total - paid
 		now := c.now().UTC().Truncate(time.Microsecond)
 		err = st.UpdateCreditDraws(ctx, func(tx CreditDrawTx) error {
-			n, err := tx.SettleCreditDraws(w.scope, w.dim, w.period, now)
-			if err != nil || n == 0 || refund == 0 {
+			n, total, base, err := tx.SettleCreditDraws(w.scope, w.dim, w.period, now)
+			if err != nil || n == 0 {
 				return err
 			}
-			e := &CreditEntry{ID: id.NewAt("crd", now), Scope: w.scope, TenantID: g.tenant, Kind: CreditRefund, At: now,
-				Note: fmt.Sprintf("%s %s: drawn %d, used beyond the budget %d", w.dim, w.period, g.total, paid)}
+			paid := min(max(used-base, 0), total)
+			refund := total - paid
+			if refund == 0 {
+				return nil
+			}
+			e := &CreditEntry{ID: id.NewAt("crd", now), Scope: w.scope, TenantID: w.tenant, Kind: CreditRefund, At: now,
+				Note: fmt.Sprintf("%s %s: drawn %d, used beyond the budget %d", w.dim, w.period, total, paid)}
 			if w.dim == quota.DimCost.String() {
 				e.CostMicros = refund
 			} else {
@@ -285,7 +283,7 @@ func (c *Credits) SettleDraws(ctx context.Context, settleBefore time.Time, use W
 			if err := tx.AddCredit(e); err != nil {
 				return err
 			}
-			return c.audit(tx, tenancy.SystemPrincipal, g.tenant, "credit.refund", "credit", w.scope, e)
+			return c.audit(tx, tenancy.SystemPrincipal, w.tenant, "credit.refund", "credit", w.scope, e)
 		})
 		if err != nil {
 			return settled, err

@@ -190,12 +190,26 @@ func (c *conn) CreditDrawsDue(t time.Time, limit int) ([]*policy.CreditDrawRecor
 	})
 }
 
-func (c *conn) SettleCreditDraws(scope, dimension, period string, at time.Time) (int, error) {
-	res, err := c.exec(`UPDATE credit_draws SET settled_at = ? WHERE scope = ? AND dimension = ? AND period = ? AND settled_at IS NULL`,
-		micros(at), scope, dimension, period)
+func (c *conn) SettleCreditDraws(scope, dimension, period string, at time.Time) (n int, total, base int64, err error) {
+	rows, err := c.query(`UPDATE credit_draws SET settled_at = ? WHERE scope = ? AND dimension = ? AND period = ? AND settled_at IS NULL
+		RETURNING amount, base_limit`, micros(at), scope, dimension, period)
 	if err != nil {
-		return 0, err
+		return 0, 0, 0, err
 	}
-	n, err := res.RowsAffected()
-	return int(n), err
+	defer rows.Close()
+	for rows.Next() {
+		var amount, b int64
+		if err := rows.Scan(&amount, &b); err != nil {
+			return 0, 0, 0, c.wrap(err)
+		}
+		if n == 0 || b < base {
+			base = b
+		}
+		n++
+		total += amount
+	}
+	if err := rows.Err(); err != nil {
+		return 0, 0, 0, c.wrap(err)
+	}
+	return n, total, base, nil
 }
