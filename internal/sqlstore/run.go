@@ -174,10 +174,13 @@ func (s *Store) FinishRun(ctx context.Context, x *run.Record) error {
 // update is conditional: instances running it at once end each run once,
 // and a run its instance finishes after all keeps what it recorded.
 func (s *Store) InterruptRuns(ctx context.Context, t time.Time, legacyLife time.Duration, message string) (int, error) {
+	// Written so that runs_open (deadline_at, open runs only) serves both
+	// branches: the sweep runs every minute on every instance, and must
+	// not scan the whole runs table.
 	res, err := s.exec(ctx, `UPDATE runs SET status = ?, error_code = ?, error_message = ?, ended_at = COALESCE(deadline_at, started_at + ?)
-		WHERE ended_at IS NULL AND status IN (?, ?) AND COALESCE(deadline_at, started_at + ?) < ?`,
+		WHERE ended_at IS NULL AND status IN (?, ?) AND (deadline_at < ? OR deadline_at IS NULL AND started_at < ?)`,
 		string(run.StatusInterrupted), string(errs.Unavailable), message, legacyLife.Microseconds(),
-		string(run.StatusRunning), string(run.StatusCancelling), legacyLife.Microseconds(), micros(t))
+		string(run.StatusRunning), string(run.StatusCancelling), micros(t), micros(t.Add(-legacyLife)))
 	if err != nil {
 		return 0, err
 	}
