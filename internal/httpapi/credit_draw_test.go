@@ -115,3 +115,21 @@ func TestCreditDrawnAfterTheBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestCreditOfOneKindOnly: a scope holding cost credit and no token
+// credit is refused on tokens, and that refusal does not hide its cost
+// credit: a refusal of its cost budget just after is lifted by a draw.
+func TestCreditOfOneKindOnly(t *testing.T) {
+	e := newEnv(t)
+	withCreditDraws(e)
+	w := e.makeWorld("acme")
+	user := "user/" + w.member
+	e.must(200, e.admin, "PUT", "/api/v1/admin/limits/user/"+w.member, map[string]any{"limits": map[string]any{"tokens": "1000/day", "cost": "$1/month"}})
+	e.must(200, w.adminKey, "POST", "/api/v1/admin/credits/"+user+"/topup", map[string]any{"cost_usd": 5})
+	if a := e.do(w.memberKey, "POST", "/api/v1/quota/acquire", map[string]any{"tokens": 1500}); a.status != 429 || errBody(a)["dimension"] != "tokens" {
+		t.Fatalf("1500 tokens with no token credit: %d %s, want 429 on tokens", a.status, a.raw)
+	}
+	if a := e.do(w.memberKey, "POST", "/api/v1/quota/acquire", map[string]any{"tokens": 10, "cost_usd": 2}); a.status != 200 {
+		t.Fatalf("$2 on a $1 budget with $5 of cost credit, just after a token refusal: %d %s, want 200", a.status, a.raw)
+	}
+}

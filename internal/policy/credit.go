@@ -130,7 +130,7 @@ type Credits struct {
 	now   func() time.Time
 
 	mu    sync.Mutex
-	empty map[string]time.Time // scopes found without credit, when
+	empty map[emptyKey]time.Time // balances found empty, when
 }
 
 // NewCredits returns the workflow over store.

@@ -104,7 +104,7 @@ func (c *Credits) Draw(ctx context.Context, in DrawInput) (*Grant, error) {
 	if in.Dimension != quota.DimTokens && in.Dimension != quota.DimCost {
 		return nil, ErrNoCredit
 	}
-	if c.knownEmpty(in.Scope) {
+	if c.knownEmpty(in.Scope, in.Dimension) {
 		return nil, ErrNoCredit
 	}
 	var have *CreditBalance
@@ -115,7 +115,7 @@ func (c *Credits) Draw(ctx context.Context, in DrawInput) (*Grant, error) {
 		return nil, err
 	}
 	if in.Dimension == quota.DimTokens && have.Tokens <= 0 || in.Dimension == quota.DimCost && have.CostMicros <= 0 {
-		c.markEmpty(in.Scope)
+		c.markEmpty(in.Scope, in.Dimension)
 		return nil, ErrNoCredit
 	}
 	var (
@@ -298,26 +298,35 @@ func (c *Credits) SettleDraws(ctx context.Context, settleBefore time.Time, use W
 // this instance ends it at once.
 const emptyFor = 5 * time.Second
 
-// knownEmpty reports whether scope was found without credit lately.
-func (c *Credits) knownEmpty(scope string) bool {
+// emptyKey is a scope's balance of one kind: a scope with cost credit
+// and no token credit is empty for tokens only.
+type emptyKey struct {
+	scope string
+	dim   quota.Dimension
+}
+
+// knownEmpty reports whether scope was found without credit of dimension
+// d lately.
+func (c *Credits) knownEmpty(scope string, d quota.Dimension) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	at, ok := c.empty[scope]
+	at, ok := c.empty[emptyKey{scope, d}]
 	return ok && c.now().Sub(at) < emptyFor
 }
 
-func (c *Credits) markEmpty(scope string) {
+func (c *Credits) markEmpty(scope string, d quota.Dimension) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.empty == nil || len(c.empty) >= 10_000 {
-		c.empty = map[string]time.Time{} // bounded: forget them all
+		c.empty = map[emptyKey]time.Time{} // bounded: forget them all
 	}
-	c.empty[scope] = c.now()
+	c.empty[emptyKey{scope, d}] = c.now()
 }
 
-// forgetEmpty ends scope's known-empty mark (credit was added).
+// forgetEmpty ends scope's known-empty marks (credit was added).
 func (c *Credits) forgetEmpty(scope string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.empty, scope)
+	delete(c.empty, emptyKey{scope, quota.DimTokens})
+	delete(c.empty, emptyKey{scope, quota.DimCost})
 }
