@@ -112,6 +112,9 @@ func (c *Credits) Draw(ctx context.Context, in DrawInput) (*Grant, error) {
 		have, err = tx.CreditBalance(in.Scope)
 		return err
 	}); err != nil {
+		// The database is away: the refusal stands, and the next ones of
+		// this scope do not each wait on it (nor log it) for a while.
+		c.markEmpty(in.Scope, in.Dimension)
 		return nil, err
 	}
 	if in.Dimension == quota.DimTokens && have.Tokens <= 0 || in.Dimension == quota.DimCost && have.CostMicros <= 0 {
@@ -293,9 +296,9 @@ func (c *Credits) SettleDraws(ctx context.Context, settleBefore time.Time, use W
 	return settled, nil
 }
 
-// emptyFor is how long a scope found without credit is not asked again
-// (a refused scope asks on every call); a top-up or redemption through
-// this instance ends it at once.
+// emptyFor is how long a scope found without credit (or whose balance
+// could not be read) is not asked again (a refused scope asks on every
+// call); a top-up or redemption through this instance ends it at once.
 const emptyFor = 5 * time.Second
 
 // emptyKey is a scope's balance of one kind: a scope with cost credit
