@@ -301,12 +301,12 @@ func TestStatesPlaceTheAskersWaiters(t *testing.T) {
 	var wg sync.WaitGroup
 	join := func(flow string, n int) {
 		for range n {
+			want := q.Len() + 1 // before the waiter starts: it may queue at once
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				_, _ = q.Do(ctx, Arrival{Scopes: []string{"t/x"}, Flow: flow, Class: ClassNormal}, s.try("t/x"))
 			}()
-			want := q.Len() + 1
 			eventually(t, "the waiter queues", func() bool { return q.Len() == want })
 		}
 	}
