@@ -2232,9 +2232,19 @@ func (e *Engine) giveUnused(ctx context.Context, s *lscope, all bool) error {
 // be sent again with the same id (resendReturns), which the store answers
 // with what it did the first time. Called with s.io held.
 func (e *Engine) giveBackLease(ctx context.Context, s *lscope, id string, gives []Give) error {
+	e.mu.Lock()
+	gen := s.gen
+	e.mu.Unlock()
 	res, err := e.st.Return(ctx, id, e.inst, s.sc, gives)
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if s.gen != gen {
+		// The store lost its state meanwhile and the lease was dropped
+		// (dropScope): what this gave back was in a lease that no longer
+		// exists. Kept to be sent again, it would be given back out of the
+		// rebuilt counters: below the ledger.
+		return err
+	}
 	if err != nil {
 		s.unsent = append(s.unsent, unsentCall{id: id, gives: gives})
 		return err
